@@ -1,0 +1,34 @@
+"""Turn user-input errors into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from medsam2.errors import InputError
+
+F = TypeVar("F", bound=Callable)
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> None:
+    """Print `message` as the one-line error and exit with status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def reports_input_errors(command: F) -> F:
+    """Decorate a command so an `InputError` ends it with a one-line message, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InputError as error:
+            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,67 @@
+"""`medsam2 info`: what a scan or mask file is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from medsam2.cli.errors import reports_input_errors
+from medsam2.io import Volume, load_image
+from medsam2.io.volume import orientation_code
+from medsam2.preprocess import guess_modality
+
+# A file whose values are few non-negative integers is shown as a label map.
+MAX_LABELS_FOR_MASK = 64
+
+
+def mask_labels(volume: Volume) -> list[int] | None:
+    """The non-zero labels if the volume looks like a label map, else None."""
+    if not np.issubdtype(volume.array.dtype, np.integer) and volume.array.dtype != bool:
+        return None
+    values = np.unique(volume.array)
+    if values.size > MAX_LABELS_FOR_MASK or values.min() < 0:
+        return None
+    return [int(v) for v in values if v != 0]
+
+
+def describe(volume: Volume) -> dict:
+    """The facts `medsam2 info` prints, as a JSON-ready dict."""
+    array = volume.array
+    facts = {
+        "file": str(volume.source) if volume.source else None,
+        "shape_zyx": list(volume.shape),
+        "channels": int(array.shape[3]) if volume.is_color else 1,
+        "dtype": str(array.dtype),
+        "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing],
+        "origin_xyz_mm": [round(float(o), 4) for o in volume.origin],
+        "orientation": orientation_code(volume),
+        "direction": [round(float(d), 6) for d in volume.direction],
+        "intensity_min": float(array.min()),
+        "intensity_max": float(array.max()),
+        "modality": guess_modality(volume),
+    }
+    labels = mask_labels(volume)
+    if labels is not None:
+        counts = {label: int(np.count_nonzero(array == label)) for label in labels}
+        facts["labels"] = {str(label): counts[label] for label in labels}
+    return facts
+
+
+@reports_input_errors
+def info(
+    image: Path = typer.Argument(..., help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
+) -> None:
+    """Show what IMAGE is: shape, spacing, orientation, intensities, modality guess, labels.
+
+    Example: medsam2 info scan.nii.gz
+    """
+    facts = describe(load_image(image))
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        typer.echo(f"{key:>16}: {value}")

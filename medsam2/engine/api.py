@@ -1,0 +1,59 @@
+"""One call from a volume and prompts to a label map in the volume's geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsam2.engine.predictor import SlicePredictor
+from medsam2.engine.prompts import Prompt
+from medsam2.engine.session import PropagationConfig, Session
+from medsam2.io.volume import SliceAxis, Volume, from_slices, slicing_axis_index, to_slices
+from medsam2.preprocess import to_uint8
+
+
+@dataclass
+class Result:
+    """A segmentation: the label map (same geometry as the input) and what produced it."""
+
+    labels: Volume  # (Z, Y, X) uint16 label map
+    names: dict[int, str | None]  # object id -> name
+    prompts: list[Prompt] = field(default_factory=list)
+    slices: np.ndarray | None = field(default=None, repr=False)  # the uint8 slices the model saw, slicing axis first
+    axis_index: int = 0  # array axis the slices were taken along
+
+
+def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None = None) -> tuple[np.ndarray, int]:
+    """The volume as a uint8 stack of slices along `axis` (slicing axis first) and that axis' index."""
+    axis_index = slicing_axis_index(volume, axis)
+    image = to_uint8(volume, window=window).array
+    return np.ascontiguousarray(to_slices(image, axis_index)), axis_index
+
+
+def segment_volume(
+    volume: Volume,
+    prompts: list[Prompt],
+    predictor: SlicePredictor,
+    *,
+    axis: SliceAxis = "axial",
+    window: str | None = None,
+    config: PropagationConfig | None = None,
+    keep_largest: bool = False,
+    fill_holes: bool = False,
+    progress: bool = True,
+) -> Result:
+    """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`)."""
+    slices, axis_index = prepare_slices(volume, axis, window)
+    session = Session(slices, predictor, config)
+    for prompt in prompts:
+        session.apply(prompt)
+    session.propagate(progress=progress)
+    labels = from_slices(session.result(keep_largest=keep_largest, fill_holes=fill_holes), axis_index)
+    return Result(
+        labels=volume.with_array(np.ascontiguousarray(labels)),
+        names={obj_id: tracked.name for obj_id, tracked in session.objects.items()},
+        prompts=list(prompts),
+        slices=slices,
+        axis_index=axis_index,
+    )

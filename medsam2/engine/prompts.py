@@ -1,0 +1,102 @@
+"""Prompts: what a user gives on one slice for one object, in voxel coordinates of that slice.
+
+Coordinates are (x, y) = (column, row) of the slice as the session sees it (after choosing the slicing
+axis); boxes are (x_min, y_min, x_max, y_max), inclusive pixel indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medsam2.errors import InputError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One interaction: a box, points with labels (1 = object, 0 = background), and/or a mask."""
+
+    slice_index: int
+    obj_id: int = 1
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    mask: np.ndarray | None = None  # (H, W) bool
+    name: str | None = None
+
+    def validate(self, num_slices: int, height: int, width: int) -> None:
+        """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack."""
+        where = f"prompt on slice {self.slice_index} (object {self.obj_id})"
+        if not 0 <= self.slice_index < num_slices:
+            raise InputError(f"{where}: slice out of range 0..{num_slices - 1}")
+        if self.obj_id < 1:
+            raise InputError(f"{where}: object ids start at 1")
+        if self.box is None and not self.points and self.mask is None:
+            raise InputError(f"{where}: give a box, points or a mask")
+        if self.box is not None:
+            if len(self.box) != 4:
+                raise InputError(f"{where}: a box needs 4 numbers x1,y1,x2,y2, got {len(self.box)}")
+            x1, y1, x2, y2 = self.box
+            if x2 <= x1 or y2 <= y1:
+                raise InputError(f"{where}: box {list(self.box)} is inverted or empty (need x1<x2, y1<y2)")
+            if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
+                raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} slice")
+        if len(self.points) != len(self.labels):
+            raise InputError(f"{where}: {len(self.points)} points but {len(self.labels)} labels")
+        if any(len(point) != 2 for point in self.points):
+            raise InputError(f"{where}: each point needs 2 numbers x,y")
+        for (x, y), label in zip(self.points, self.labels):
+            if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+                raise InputError(f"{where}: point ({x}, {y}) lies outside the {width}x{height} slice")
+            if label not in (0, 1):
+                raise InputError(f"{where}: point label {label} must be 1 (object) or 0 (background)")
+        if self.mask is not None:
+            if self.mask.shape != (height, width):
+                raise InputError(f"{where}: mask shape {self.mask.shape} differs from slice shape {(height, width)}")
+            if not self.mask.any():
+                raise InputError(f"{where}: mask prompt is empty")
+
+
+def box_from_mask(mask: np.ndarray, margin: float = 0.0) -> tuple[float, float, float, float] | None:
+    """Bounding box (x_min, y_min, x_max, y_max) of a 2D mask, grown by `margin` pixels on each side
+    and clipped to the slice; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = mask.shape
+    return (
+        max(cols[0] - margin, 0.0),
+        max(rows[0] - margin, 0.0),
+        min(cols[-1] + margin, width - 1.0),
+        min(rows[-1] + margin, height - 1.0),
+    )
+
+
+def recist_to_box(
+    line: tuple[float, float, float, float], height: int, width: int
+) -> tuple[float, float, float, float]:
+    """A RECIST line (x1, y1, x2, y2) as the square box MedSAM2's lesion workflow uses: centred on
+    the line's midpoint, side = the line's length, clipped to the slice."""
+    x1, y1, x2, y2 = line
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = float(np.hypot(x2 - x1, y2 - y1)) / 2
+    return (max(cx - half, 0.0), max(cy - half, 0.0), min(cx + half, width - 1.0), min(cy + half, height - 1.0))
+
+
+def recist_line_from_marker(marker: np.ndarray) -> tuple[int, tuple[float, float, float, float]]:
+    """(slice index, (x1, y1, x2, y2)) of a RECIST marker volume (non-zero pixels drawn along the
+    line on one slice, as in MedSAM/FLARE npz files): the end points are the marker pixels furthest
+    apart along the line's principal direction."""
+    slices = np.flatnonzero(marker.reshape(marker.shape[0], -1).any(axis=1))
+    if slices.size == 0:
+        raise InputError("the RECIST marker is empty")
+    slice_index = int(slices[np.argmax([np.count_nonzero(marker[s]) for s in slices])])
+    rows, cols = np.nonzero(marker[slice_index])
+    xy = np.stack([cols, rows], axis=1).astype(float)
+    centred = xy - xy.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(xy) > 1 else np.array([1.0, 0.0])
+    along = centred @ axis
+    start, end = xy[np.argmin(along)], xy[np.argmax(along)]
+    return slice_index, (start[0], start[1], end[0], end[1])

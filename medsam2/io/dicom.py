@@ -1,0 +1,112 @@
+"""DICOM specifics: finding and reading a series, the modality tag, writing DICOM-SEG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pydicom.misc
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from medsam2.errors import InputError
+from medsam2.io.volume import Modality
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128), whatever its name."""
+    return path.is_file() and pydicom.misc.is_dicom(path)
+
+
+def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
+    """The series with the most files in `folder`, and its files in slice order.
+
+    GDCM orders a series' files by their position along the slice normal, not by file name or
+    instance number, so the returned list matches the slices of the image.
+    """
+    # Checked first because GDCM only prints a warning when it finds nothing.
+    if not any(is_dicom_file(entry) for entry in folder.iterdir()):
+        raise InputError(f"{folder}: no DICOM files in this folder")
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"{folder}: no DICOM image series in this folder")
+    files = max(
+        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids),
+        key=len,
+    )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    _check_even_slice_spacing(reader, image, folder)
+    return image, list(files)
+
+
+def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
+    """Refuse series with missing slices: GDCM silently leaves out files it cannot read, and ITK then
+    spaces the remaining slices evenly, which misplaces every slice after the gap."""
+    position_tag = "0020|0032"
+    count = image.GetSize()[2]
+    if count < 3 or not all(reader.HasMetaDataKey(k, position_tag) for k in range(count)):
+        return
+    positions = np.array([[float(v) for v in reader.GetMetaData(k, position_tag).split("\\")] for k in range(count)])
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    gaps = np.abs(np.diff(positions @ normal))
+    # 10 %: rounding of the position text and scanner jitter are far smaller; a missing slice doubles a gap.
+    if gaps.min() <= 0 or gaps.max() > 1.1 * gaps.min():
+        raise InputError(
+            f"{folder}: slice gaps range from {gaps.min():.3g} to {gaps.max():.3g} mm across the {count} readable "
+            "files of the series; slices are missing, damaged or repeated (evenly spaced slices are needed)"
+        )
+
+
+def read_modality(path: str | Path) -> Modality:
+    """The Modality tag (0008,0060) when it is one medsam2 knows, else "unknown"."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    value = str(dataset.get("Modality", "")).strip().upper()
+    return value if value in get_args(Modality) else "unknown"  # type: ignore[return-value]
+
+
+def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: Path) -> None:
+    """Write a BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`.
+
+    `labels[k]` must overlay the k-th frame of the sources: the k-th file of a series in the order of
+    `read_largest_series`, or the k-th frame of a single (possibly multi-frame) file.
+    """
+    from medsam2 import __version__  # here, not at import time: the package root may import io
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medsam2", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    # Label-map style input: highdicom needs a description for every value 1..max, present or not.
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=label,
+            segment_label=f"label {label}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for label in range(1, max(int(labels.max()), 1) + 1)
+    ]
+    segmentation = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(sources[0].get("SeriesNumber") or 0) + 1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medsam2",
+        manufacturer_model_name="medsam2",
+        software_versions=__version__,
+        device_serial_number="none",
+    )
+    segmentation.save_as(target)

@@ -1,0 +1,61 @@
+"""A PNG montage of slices with mask contours and prompt boxes, for a quick look at a result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from medsam2.io.atomic import atomic_path
+
+# Distinct, colour-blind-friendly label colours (Okabe-Ito), cycled for labels beyond eight.
+LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255)]
+BOX_COLOUR = (255, 40, 40)
+
+
+def overlay_slice(
+    image: np.ndarray, labels: np.ndarray, box: tuple[float, float, float, float] | None = None
+) -> Image.Image:
+    """One uint8 slice (H, W) or (H, W, 3) with the contour of each label and an optional box."""
+    rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image.copy()
+    for label in np.unique(labels):
+        if label == 0:
+            continue
+        region = labels == label
+        contour = region & ~ndimage.binary_erosion(region, iterations=max(1, image.shape[0] // 256))
+        rgb[contour] = LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
+    tile = Image.fromarray(rgb.astype(np.uint8))
+    if box is not None:
+        ImageDraw.Draw(tile).rectangle(box, outline=BOX_COLOUR, width=max(1, image.shape[0] // 256))
+    return tile
+
+
+def save_overlay_montage(
+    slices: np.ndarray,
+    labels: np.ndarray,
+    path: Path | str,
+    boxes: dict[int, tuple[float, float, float, float]] | None = None,
+    max_tiles: int = 16,
+    tile_size: int = 256,
+) -> Path:
+    """Write a grid of the slices that hold an object or a box (at most `max_tiles`, evenly picked),
+    each captioned with its index, as a PNG."""
+    boxes = boxes or {}
+    shown = sorted({int(k) for k in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))} | set(boxes))
+    if not shown:
+        shown = [slices.shape[0] // 2]
+    if len(shown) > max_tiles:
+        shown = [shown[int(round(i))] for i in np.linspace(0, len(shown) - 1, max_tiles)]
+    columns = int(np.ceil(np.sqrt(len(shown))))
+    rows = int(np.ceil(len(shown) / columns))
+    montage = Image.new("RGB", (columns * tile_size, rows * tile_size))
+    for position, index in enumerate(shown):
+        tile = overlay_slice(slices[index], labels[index], boxes.get(index))
+        tile.thumbnail((tile_size, tile_size))
+        ImageDraw.Draw(tile).text((4, 4), f"{index}", fill=(255, 255, 0))
+        montage.paste(tile, ((position % columns) * tile_size, (position // columns) * tile_size))
+    with atomic_path(path) as temporary:
+        montage.save(temporary, format="PNG")
+    return Path(path)

@@ -1,0 +1,30 @@
+"""File-name rules shared by the readers and the commands that walk folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Longest first, so ".nii.gz" wins over ".gz".
+IMAGE_SUFFIXES = (
+    ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz",
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
+)
+
+
+def image_suffix(path: Path) -> str | None:
+    """The recognised image suffix of `path` (lower case), or None."""
+    name = path.name.lower()
+    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), None)
+
+
+def mask_file_stem(path: Path) -> str:
+    """The file name without its image suffix: "case_01.nii.gz" -> "case_01"."""
+    suffix = image_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.stem
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files skipped)."""
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p)
+    )

@@ -1,0 +1,223 @@
+"""Reading images into `Volume`s: NIfTI, NRRD, MetaImage, DICOM, MedSAM npz and 2D pictures.
+
+What each reader leaves in ``Volume.meta`` (used by the writers to mirror the input):
+
+- ``"is_2d"``: the file held a 2D image (a picture, a 2D npz, a 2D NIfTI...), stored as one slice;
+- ``"dicom_files"``: for DICOM input, the source file paths in slice (or frame) order;
+- ``"npz"``: for npz input, every array but ``imgs`` by key (``gts``, ``recist``, ``boxes``, ``spacing``...).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import get_args
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+
+from medsam2.errors import InputError
+from medsam2.io import dicom
+from medsam2.io.paths import IMAGE_SUFFIXES, image_suffix
+from medsam2.io.volume import Modality, Volume
+
+SUPPORTED_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # plus DICOM series folders and DICOM files of any name
+SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+# What the libraries raise on unreadable, truncated or malformed files.
+_LIBRARY_READ_ERRORS = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    zlib.error,
+    InvalidDicomError,
+    nib.filebasedimages.ImageFileError,
+)
+_ITK_PREFIX = re.compile(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: )")
+
+
+def file_suffix(path: Path) -> str:
+    """The lower-case format suffix, ".nii.gz" as one; for an unknown format, the last suffix."""
+    return image_suffix(path) or path.suffix.lower()
+
+
+def library_reason(error: BaseException) -> str:
+    """The informative line of a library's (often multi-line) error message, for a one-line error.
+
+    SimpleITK raises RuntimeError with ITK's chain of messages, most specific last, after a
+    source-location line, each prefixed with the class and address, sometimes followed by a stale
+    errno "Reason:" line (a truncated MetaImage reports "No such file"). Python libraries put the
+    message first.
+    """
+    lines = [_ITK_PREFIX.sub("", line.strip()) for line in str(error).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("Exception thrown in SimpleITK", "Reason: "))]
+    if not useful:
+        return type(error).__name__
+    return useful[-1] if isinstance(error, RuntimeError) else useful[0]
+
+
+def load_image(path: str | Path, *, modality: str | None = None) -> Volume:
+    """Read an image file or a DICOM series folder into a `Volume` (see the module doc for formats).
+
+    `modality` (CT, MR, PT, US, XA, OT or unknown; any case) overrides the DICOM Modality tag; files
+    without one get "unknown", left to the preprocess layer to guess from the intensities.
+    """
+    path = Path(path)
+    override = _parse_modality(modality, path) if modality is not None else None
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    read = _read_dicom_folder if path.is_dir() else _reader_for(path)
+    try:
+        volume = read(path)
+    except InputError:  # a ValueError too: let ours through unchanged
+        raise
+    except _LIBRARY_READ_ERRORS as error:
+        raise InputError(f"{path}: cannot read ({library_reason(error)})") from error
+    _check_values(volume.array, path)
+    return replace(volume, modality=override) if override else volume
+
+
+def _parse_modality(value: str, path: Path) -> Modality:
+    known = get_args(Modality)
+    normalised = value.strip().upper()
+    if normalised == "UNKNOWN":
+        return "unknown"
+    if normalised not in known:
+        raise InputError(f"{path}: unknown modality '{value}' (choose from {', '.join(known)})")
+    return normalised  # type: ignore[return-value]
+
+
+def _reader_for(path: Path) -> Callable[[Path], Volume]:
+    suffix = file_suffix(path)
+    if suffix in SITK_SUFFIXES:
+        return _read_sitk_file
+    if suffix == ".npz":
+        return _read_npz
+    if suffix in PICTURE_SUFFIXES:
+        return _read_picture
+    if suffix == ".dcm" or dicom.is_dicom_file(path):
+        return _read_dicom_file
+    raise InputError(
+        f"{path}: unsupported file type '{suffix or 'no extension'}' "
+        f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder)"
+    )
+
+
+def _check_values(array: np.ndarray, path: Path) -> None:
+    if array.size == 0:
+        raise InputError(f"{path}: the image is empty (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"{path}: {bad} voxels are NaN or infinite")
+
+
+def _volume_from_sitk(
+    image: sitk.Image, path: Path, modality: Modality = "unknown", meta: dict | None = None
+) -> Volume:
+    size = image.GetSize()
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+    elif image.GetDimension() >= 4:
+        raise InputError(
+            f"{path}: {image.GetDimension()}D image holding {int(np.prod(size[3:]))} volumes of {size[:3]}; "
+            "medsam2 needs a single 3D volume (split the file first)"
+        )
+    is_2d = image.GetDimension() == 2
+    if is_2d:
+        image = sitk.JoinSeries(image)
+    channels = image.GetNumberOfComponentsPerPixel()
+    if channels not in (1, 3):
+        raise InputError(f"{path}: {channels} values per voxel; expected grey (1) or colour (3)")
+    return Volume(
+        array=sitk.GetArrayFromImage(image),
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=image.GetDirection(),
+        modality=modality,
+        source=path,
+        meta={"is_2d": is_2d, **(meta or {})},
+    )
+
+
+def _read_sitk_file(path: Path) -> Volume:
+    if file_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_voxels(path)
+    return _volume_from_sitk(sitk.ReadImage(str(path)), path)
+
+
+def _check_nifti_voxels(path: Path) -> None:
+    """Check with nibabel what SimpleITK (niftilib) hides: it reads a truncated NIfTI without complaint,
+    making up the missing voxels, and silently turns NaN/inf voxels into 0."""
+    image = nib.load(path)
+    if np.issubdtype(image.get_data_dtype(), np.floating):
+        _check_values(np.asanyarray(image.dataobj), path)  # raises EOFError/OSError when truncated
+        return
+    header = image.header
+    data_bytes = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    data_end = int(header.get_data_offset()) + data_bytes
+    with nib.openers.Opener(path) as stream:  # decompresses .nii.gz; EOFError if the gzip stream is cut short
+        stream.seek(data_end - 1)
+        if not stream.read(1):
+            raise InputError(f"{path}: the file is truncated (voxel data ends early)")
+
+
+def _read_dicom_file(path: Path) -> Volume:
+    return _volume_from_sitk(
+        sitk.ReadImage(str(path)), path, dicom.read_modality(path), {"dicom_files": [str(path)]}
+    )
+
+
+def _read_dicom_folder(path: Path) -> Volume:
+    image, files = dicom.read_largest_series(path)
+    return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})
+
+
+def _read_npz(path: Path) -> Volume:
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    if "imgs" not in arrays:
+        raise InputError(f"{path}: no 'imgs' array in this npz (keys: {', '.join(sorted(arrays)) or 'none'})")
+    imgs = arrays.pop("imgs")
+    # MedSAM layouts: 3D (D, H, W); 2D grey (H, W) or colour (H, W, 3).
+    is_2d = imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[-1] == 3)
+    if not is_2d and imgs.ndim != 3:
+        raise InputError(f"{path}: 'imgs' has shape {imgs.shape}; expected (D, H, W), (H, W) or (H, W, 3)")
+    geometry = {
+        key: values
+        for key, length in (("spacing", 3), ("origin", 3), ("direction", 9))
+        if (values := _npz_vector(arrays, key, length, path)) is not None
+    }
+    return Volume(array=imgs[None] if is_2d else imgs, source=path, meta={"is_2d": is_2d, "npz": arrays}, **geometry)
+
+
+def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path) -> tuple[float, ...] | None:
+    if key not in arrays:
+        return None
+    values = np.asarray(arrays[key], dtype=float).ravel()
+    positive = key == "spacing"
+    if values.size != length or not np.isfinite(values).all() or (positive and (values <= 0).any()):
+        raise InputError(f"{path}: '{key}' should be {length} finite numbers{' > 0' if positive else ''}, got {values}")
+    return tuple(values.tolist())
+
+
+def _read_picture(path: Path) -> Volume:
+    with Image.open(path) as picture:
+        if getattr(picture, "n_frames", 1) > 1:
+            raise InputError(f"{path}: {picture.n_frames} pages; only single 2D images are supported")
+        if picture.mode in ("1", "LA"):
+            picture = picture.convert("L")
+        elif picture.mode not in ("L", "I", "I;16", "F", "RGB"):  # palette, alpha, CMYK...
+            picture = picture.convert("RGB")
+        array = np.asarray(picture)
+    return Volume(array=array[None], source=path, meta={"is_2d": True})

@@ -1,0 +1,131 @@
+"""Writing label masks that overlay their input image exactly, atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+
+from medsam2.errors import InputError
+from medsam2.io import dicom
+from medsam2.io.readers import SITK_SUFFIXES, file_suffix, library_reason
+from medsam2.io.volume import Volume
+
+SUPPORTED_MASK_SUFFIXES = SITK_SUFFIXES + (".npz", ".png", ".dcm")
+
+
+def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
+    """Write `mask` (integer labels, shape ``like.shape``) with the geometry of `like`; return the path.
+
+    The format follows the suffix: NIfTI/NRRD/MetaImage (spacing, origin, direction of `like`), .npz
+    (key ``segs`` in the layout of a MedSAM npz, with ``spacing``, ``origin``, ``direction``), .png
+    (2D images only) or .dcm (a DICOM-SEG referencing the DICOM image `like` was read from). Labels
+    are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
+    """
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix not in SUPPORTED_MASK_SUFFIXES:
+        raise InputError(
+            f"{path}: cannot write masks as '{suffix or 'no extension'}' "
+            f"(supported: {' '.join(SUPPORTED_MASK_SUFFIXES)})"
+        )
+    mask = np.asarray(mask)
+    if mask.shape != like.shape:
+        raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
+    if suffix == ".png" and like.shape[0] != 1:
+        raise InputError(f"{path}: PNG holds one 2D slice but the image has {like.shape[0]}; use .nii.gz")
+    if suffix == ".dcm" and "dicom_files" not in like.meta:
+        raise InputError(f"{path}: DICOM-SEG output needs a DICOM input image, not {like.source or 'an array'}")
+    labels = _label_map(mask, path)
+    write = _WRITERS.get(suffix, _write_sitk)
+    with _atomic_output(path) as staging_path:
+        write(labels, like, staging_path)
+    return path
+
+
+def _label_map(mask: np.ndarray, path: Path) -> np.ndarray:
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.floating):
+        if not (np.isfinite(mask).all() and np.array_equal(mask, np.round(mask))):
+            raise InputError(f"{path}: mask values must be whole-number labels, got non-integer {mask.dtype} values")
+    elif not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(f"{path}: mask must hold integer labels, got {mask.dtype}")
+    low, high = (mask.min(), mask.max()) if mask.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise InputError(f"{path}: mask labels must be within 0..65535, got {low}..{high}")
+    return mask.astype(np.uint8 if high < 256 else np.uint16)
+
+
+@contextmanager
+def _atomic_output(path: Path) -> Iterator[Path]:
+    """Yield where to write `path`'s file(s), in a hidden folder beside it; move them into place on success.
+
+    A folder rather than one temporary file (`medsam2.io.atomic.atomic_path`) because .mhd/.nhdr
+    headers name their data file, which must keep its final name; the file at `path` (the header)
+    moves last, after its data. Library and file-system failures become `InputError`.
+    """
+    moved: list[Path] = []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
+            yield Path(staging) / path.name
+            for written in sorted(Path(staging).iterdir(), key=lambda file: file.name == path.name):
+                target = path.parent / written.name
+                os.replace(written, target)
+                moved.append(target)
+    except (OSError, RuntimeError) as error:  # RuntimeError: SimpleITK's writers
+        for target in moved:
+            target.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({library_reason(error)})") from error
+
+
+def _write_sitk(labels: np.ndarray, like: Volume, target: Path) -> None:
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing(like.spacing)
+    image.SetOrigin(like.origin)
+    image.SetDirection(like.direction)
+    sitk.WriteImage(image, str(target), useCompression=True)
+
+
+def _write_npz(labels: np.ndarray, like: Volume, target: Path) -> None:
+    np.savez_compressed(
+        target,
+        segs=labels[0] if like.meta.get("is_2d") else labels,
+        spacing=np.asarray(like.spacing),
+        origin=np.asarray(like.origin),
+        direction=np.asarray(like.direction),
+    )
+
+
+def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
+    Image.fromarray(labels[0]).save(target)
+
+
+def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
+    try:
+        sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in like.meta["dicom_files"]]
+    except (OSError, InvalidDicomError) as error:
+        reason = library_reason(error)
+        raise InputError(f"{like.source}: cannot re-read its DICOM files for the DICOM-SEG ({reason})") from error
+    try:
+        dicom.write_segmentation(labels, sources, target)
+    except (ValueError, AttributeError, KeyError) as error:
+        # Attributes a SEG must copy from its sources (patient, study, frame of reference) missing or malformed.
+        reason = library_reason(error)
+        raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({reason})") from error
+
+
+_WRITERS: dict[str, Callable[[np.ndarray, Volume, Path], None]] = {
+    ".npz": _write_npz,
+    ".png": _write_png,
+    ".dcm": _write_dicom_seg,
+}

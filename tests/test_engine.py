@@ -1,0 +1,180 @@
+"""The propagation engine on real CT lesions with the real LiteMedSAM weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+
+from medsam2.engine.api import segment_volume
+from medsam2.engine.models import load_predictor
+from medsam2.engine.prompts import Prompt, box_from_mask, recist_line_from_marker, recist_to_box
+from medsam2.engine.session import PropagationConfig, Session
+from medsam2.errors import InputError
+from medsam2.io import load_image
+from medsam2.io.masks import stored_array
+from medsam2.metrics import dice
+
+
+class CountingPredictor:
+    """The real predictor, counting the predictions it is asked for."""
+
+    def __init__(self, predictor):
+        self.inner = predictor
+        self.calls = 0
+
+    def encode(self, slices):
+        return self.inner.encode(slices)
+
+    def predict(self, embedding, image_hw, **prompts):
+        self.calls += 1
+        return self.inner.predict(embedding, image_hw, **prompts)
+
+    def mask_to_low_res_logits(self, mask):
+        return self.inner.mask_to_low_res_logits(mask)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return load_predictor("lite-medsam")
+
+
+@pytest.fixture(scope="module")
+def lesion(shared_data):
+    """Case 000002: 13 slices, lesion on 7 of them."""
+    volume = load_image(shared_data / "ct_lesion" / "CT_Lesion_000002_03_01_035-047.npz")
+    gts = stored_array(volume, "gts") > 0
+    key = int(np.argmax(gts.reshape(gts.shape[0], -1).sum(axis=1)))
+    return volume, gts, key
+
+
+def test_one_box_segments_the_lesion_and_stops_where_it_ends(predictor, lesion):
+    volume, gts, key = lesion
+    session = Session(volume.array, predictor)
+    first = session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    assert dice(first, gts[key]) > 0.85
+    session.propagate(progress=False)
+    result = session.result()
+    assert dice(result > 0, gts) > 0.7
+    lesion_slices = np.flatnonzero(gts.any(axis=(1, 2)))
+    far = [z for z in range(volume.shape[0]) if abs(z - lesion_slices).min() > 1]
+    assert far, "the case must have slices well away from the lesion"
+    assert not result[far].any(), "propagation leaked onto slices without the lesion"
+
+
+def test_directions_are_one_sided(predictor, lesion):
+    volume, gts, key = lesion
+    for direction, untouched in (("forward", slice(0, key)), ("backward", slice(key + 1, None))):
+        session = Session(volume.array, predictor)
+        session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+        session.propagate(direction, progress=False)
+        result = session.result()
+        assert not result[untouched].any()
+        assert result.any(axis=(1, 2)).sum() > 1
+
+
+def test_correction_repropagates_only_what_it_affects(predictor, lesion):
+    volume, gts, key = lesion
+    counting = CountingPredictor(predictor)
+    session = Session(volume.array, counting)
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    session.propagate(progress=False)
+    before = session.result()
+    lesion_slices = np.flatnonzero(gts.any(axis=(1, 2)))
+    corrected = int(lesion_slices.max())
+    assert corrected > key + 1
+    counting.calls = 0
+    session.add_prompt(corrected, 1, box=box_from_mask(gts[corrected]))
+    session.propagate(progress=False)
+    after = session.result()
+    # The new anchor, plus at most the slices after the first anchor.
+    assert counting.calls <= 1 + (volume.shape[0] - key - 1)
+    # Slices before the first anchor belong to runs the correction does not touch.
+    np.testing.assert_array_equal(after[:key], before[:key])
+    np.testing.assert_array_equal(after[corrected] > 0, session.objects[1].masks[corrected])
+    assert dice(after[corrected] > 0, gts[corrected]) >= dice(before[corrected] > 0, gts[corrected])
+    assert set(session.objects[1].dirty_runs) == set()
+
+
+def test_points_and_mask_prompts(predictor, lesion):
+    volume, gts, key = lesion
+    rows, cols = np.nonzero(gts[key])
+    centre = (float(cols.mean()), float(rows.mean()))
+    session = Session(volume.array, predictor)
+    clicked = session.add_prompt(key, 1, points=[centre], labels=[1])
+    assert clicked.any() and clicked[int(centre[1]), int(centre[0])]
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, mask=gts[key])
+    session.propagate(progress=False)
+    assert dice(session.result() > 0, gts) > 0.7
+
+
+def test_two_objects_get_their_own_labels(predictor, lesion):
+    volume, gts, key = lesion
+    lesion_box = box_from_mask(gts[key])
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, box=lesion_box, name="lesion")
+    # A second object: the same lesion prompted as object 2 on another slice would overlap, so
+    # prompt the lesion again as object 2 only on the last lesion slice and check both ids survive
+    # where they do not overlap.
+    other = int(np.flatnonzero(gts.any(axis=(1, 2))).min())
+    session.add_prompt(other, 2, box=box_from_mask(gts[other]), name="lesion, upper end")
+    session.propagate(progress=False)
+    labels = session.result()
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert session.objects[1].name == "lesion"
+    session.reset_object(2)
+    assert set(np.unique(session.result())) == {0, 1}
+    with pytest.raises(InputError, match="unknown object id 2"):
+        session.reset_object(2)
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        (Prompt(99, 1, box=(10, 10, 50, 50)), "slice out of range"),
+        (Prompt(3, 1, box=(50, 10, 10, 50)), "inverted"),
+        (Prompt(3, 1, box=(10, 10, 600, 50)), "outside"),
+        (Prompt(3, 1, points=((700.0, 5.0),), labels=(1,)), "outside"),
+        (Prompt(3, 0, box=(10, 10, 50, 50)), "object ids start at 1"),
+        (Prompt(3, 1), "give a box, points or a mask"),
+    ],
+)
+def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):
+    volume, _, _ = lesion
+    session = Session(volume.array, predictor)
+    with pytest.raises(InputError, match=message) as raised:
+        session.apply(prompt)
+    assert "\n" not in str(raised.value)
+
+
+def test_embedding_cache_is_bounded(predictor, lesion):
+    volume, gts, key = lesion
+    session = Session(volume.array, predictor, PropagationConfig(cache_slices=3, prefetch=2))
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    session.propagate(progress=False)
+    assert len(session.embeddings) <= 3
+    assert session.embeddings.encoded_count < volume.shape[0] + 4
+
+
+def test_segment_volume_keeps_geometry_and_recist_prompt(predictor, lesion):
+    volume, gts, key = lesion
+    # A RECIST marker as in the npz files: the lesion's longest diameter drawn on the key slice.
+    rows, cols = np.nonzero(gts[key])
+    xy = np.stack([cols, rows], axis=1)
+    first, second = np.unravel_index(np.argmax(squareform(pdist(xy))), (len(xy), len(xy)))
+    start, end = xy[first], xy[second]
+    marker = np.zeros_like(gts)
+    for t in np.linspace(0, 1, 200):
+        x, y = np.round(start + t * (end - start)).astype(int)
+        marker[key, y, x] = True
+    slice_index, line = recist_line_from_marker(marker)
+    assert slice_index == key
+    assert {tuple(line[:2]), tuple(line[2:])} == {tuple(map(float, start)), tuple(map(float, end))}
+    box = recist_to_box(line, *gts.shape[1:])
+    result = segment_volume(volume, [Prompt(slice_index, 1, box=box)], predictor, progress=False)
+    assert result.labels.spacing == volume.spacing
+    assert result.labels.origin == volume.origin
+    assert result.labels.direction == volume.direction
+    assert result.labels.shape == volume.shape
+    assert dice(result.labels.array > 0, gts) > 0.5

@@ -1,0 +1,382 @@
+"""medsam2.io on real data: every format round-trips image geometry and mask labels; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.data import get_testdata_file
+from scipy.spatial.transform import Rotation
+
+from medsam2.errors import InputError
+from medsam2.io import Volume, check_same_geometry, load_image, save_mask
+
+IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
+ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
+
+
+@pytest.fixture(scope="module")
+def ct_case(ct_lesion_cases: list[Path]) -> Volume:
+    """CT_Lesion_000002: 13 slices of 512x512, 0.977 x 0.977 x 5 mm."""
+    return load_image(ct_lesion_cases[1])
+
+
+def to_sitk(volume: Volume, array: np.ndarray | None = None) -> sitk.Image:
+    image = sitk.GetImageFromArray(volume.array if array is None else array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def assert_same_volume(actual: Volume, expected: Volume, atol: float = 1e-6) -> None:
+    np.testing.assert_array_equal(actual.array, expected.array)
+    for name in ("spacing", "origin", "direction"):
+        np.testing.assert_allclose(getattr(actual, name), getattr(expected, name), rtol=0, atol=atol, err_msg=name)
+
+
+def visible_files(folder: Path) -> list[str]:
+    """Everything in `folder`, hidden staging folders included, as sorted names."""
+    return sorted(entry.name for entry in folder.iterdir())
+
+
+# --- MedSAM npz -----------------------------------------------------------------------------------
+
+
+def test_ct_lesion_npz_load_with_the_files_geometry(ct_lesion_cases: list[Path]) -> None:
+    for case in ct_lesion_cases:
+        raw = np.load(case)
+        volume = load_image(case)
+        np.testing.assert_array_equal(volume.array, raw["imgs"])
+        assert volume.spacing == tuple(raw["spacing"])
+        assert volume.spacing[0] == volume.spacing[1] == pytest.approx(IN_PLANE_SPACING[case.name[10:16]], abs=5e-4)
+        assert volume.spacing[2] == 5.0
+        assert volume.origin == tuple(raw["origin"])
+        assert volume.direction == tuple(raw["direction"])
+        np.testing.assert_array_equal(volume.meta["npz"]["gts"], raw["gts"])
+        assert volume.modality == "unknown"
+        assert load_image(case, modality="ct").modality == "CT"
+
+
+def test_npz_mask_keeps_the_npz_layout(tmp_path: Path, ct_case: Volume) -> None:
+    gts = ct_case.meta["npz"]["gts"]
+    written = np.load(save_mask(gts, ct_case, tmp_path / "segs.npz"))
+    raw = np.load(ct_case.source)
+    assert written["segs"].dtype == np.uint8
+    np.testing.assert_array_equal(written["segs"], gts)
+    for key in ("spacing", "origin", "direction"):
+        np.testing.assert_array_equal(written[key], raw[key])
+
+
+def test_2d_colour_npz_round_trip(tmp_path: Path, ct_case: Volume) -> None:
+    grey = ct_case.array[6]
+    imgs = np.stack([grey, 255 - grey, grey // 2], axis=-1)
+    gts = ct_case.meta["npz"]["gts"][6]
+    source = tmp_path / "slice.npz"
+    np.savez(source, imgs=imgs, gts=gts, spacing=np.array([0.5, 0.5, 1.0]))
+    volume = load_image(source)
+    assert volume.shape == (1, 512, 512) and volume.is_color
+    np.testing.assert_array_equal(volume.array[0], imgs)
+    written = np.load(save_mask(gts[None], volume, tmp_path / "segs.npz"))
+    np.testing.assert_array_equal(written["segs"], gts)  # (H, W), as the input's 2D layout
+    np.testing.assert_array_equal(written["spacing"], [0.5, 0.5, 1.0])
+
+
+# --- ITK formats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ITK_SUFFIXES)
+def test_itk_formats_round_trip(tmp_path: Path, ct_case: Volume, suffix: str) -> None:
+    image_path = tmp_path / f"image{suffix}"
+    sitk.WriteImage(to_sitk(ct_case), str(image_path))
+    image = load_image(image_path)
+    assert_same_volume(image, ct_case)
+
+    gts = ct_case.meta["npz"]["gts"]
+    mask = load_image(save_mask(gts, image, tmp_path / f"mask{suffix}"))
+    assert mask.array.dtype == np.uint8
+    np.testing.assert_array_equal(mask.array, gts)
+    assert_same_volume(mask.with_array(image.array), image)
+    assert not [name for name in visible_files(tmp_path) if name.startswith(".")]
+
+
+def test_labels_above_255_are_stored_as_uint16(tmp_path: Path, ct_case: Volume) -> None:
+    labels = ct_case.meta["npz"]["gts"].astype(np.int64) * 300
+    mask = load_image(save_mask(labels, ct_case, tmp_path / "mask.nii.gz"))
+    assert mask.array.dtype == np.uint16
+    np.testing.assert_array_equal(mask.array, labels)
+
+
+def test_oblique_nifti_mask_overlays_the_image_in_world_space(tmp_path: Path, ct_case: Volume) -> None:
+    rotation = Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix()
+    oblique = Volume(ct_case.array, spacing=(0.8, 0.7, 2.5), origin=(-120.5, 33.25, 410.0),
+                     direction=tuple(rotation.ravel()))
+    image_path = tmp_path / "oblique.nii.gz"
+    sitk_image = to_sitk(oblique)
+    sitk.WriteImage(sitk_image, str(image_path))
+    image = load_image(image_path)
+    np.testing.assert_allclose(image.direction_matrix, rotation, atol=1e-5)
+
+    gts = ct_case.meta["npz"]["gts"]
+    mask_path = save_mask(gts, image, tmp_path / "mask.nii.gz")
+    mask = load_image(mask_path)
+    lesion = np.argwhere(gts)
+    voxels = np.vstack([lesion[0], lesion[-1], [12, 511, 0]])  # (k, i, j)
+    expected = np.array([sitk_image.TransformIndexToPhysicalPoint([int(j), int(i), int(k)]) for k, i, j in voxels])
+    np.testing.assert_allclose(image.index_to_world(voxels), expected, atol=1e-3)
+    np.testing.assert_allclose(mask.index_to_world(voxels), image.index_to_world(voxels), atol=1e-4)
+
+    # Independently of SimpleITK: nibabel's RAS affine over (x, y, z) = (j, i, k) indices.
+    nifti = nib.load(mask_path)
+    ras = nib.affines.apply_affine(nifti.affine, voxels[:, ::-1])
+    np.testing.assert_allclose(ras * [-1, -1, 1], expected, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj).transpose(2, 1, 0), gts)
+
+
+# --- DICOM ----------------------------------------------------------------------------------------
+
+
+def test_dicom_series_npz_and_nifti_of_one_case_load_identically(
+    tmp_path: Path, ct_lesion_cases: list[Path], write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    case = load_image(ct_lesion_cases[0])  # 16 slices
+    folder = tmp_path / "dicom"
+    files = write_dicom_series(case, folder)
+    write_dicom_series(load_image(ct_lesion_cases[2]), folder, seed=1)  # 13 slices, another series
+    assert sorted(files) != files  # names alone would give the wrong slice order
+
+    series = load_image(folder)
+    assert series.modality == "CT"
+    assert series.meta["dicom_files"] == [str(file) for file in files]
+    assert_same_volume(series, case)  # also proves RescaleIntercept was applied
+
+    nifti_path = tmp_path / "case.nii.gz"
+    sitk.WriteImage(to_sitk(case), str(nifti_path))
+    assert_same_volume(load_image(nifti_path), series)
+
+
+def test_dicom_series_with_a_damaged_slice_is_refused(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    files = write_dicom_series(ct_case, tmp_path / "dicom")
+    damaged = files[5].read_bytes()
+    files[5].write_bytes(damaged[: len(damaged) - 1000])  # GDCM leaves such a file out of the series
+    with pytest.raises(InputError, match=r"dicom: slice gaps range from 5 to 10 mm") as error:
+        load_image(tmp_path / "dicom")
+    assert "\n" not in str(error.value)
+
+
+def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    write_dicom_series(ct_case, tmp_path / "dicom")
+    series = load_image(tmp_path / "dicom")
+    labels = ct_case.meta["npz"]["gts"].copy()
+    labels[:, :, 256:][labels[:, :, 256:] == 1] = 2  # two segments
+
+    seg = hd.seg.segread(save_mask(labels, series, tmp_path / "seg.dcm"))
+    assert seg.SegmentationType == "BINARY"
+    assert seg.segment_numbers == [1, 2]
+    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID for source in sources], combine_segments=True)
+    np.testing.assert_array_equal(pixels, labels)
+
+    non_empty = sum(int(np.any(labels == label, axis=(1, 2)).sum()) for label in (1, 2))
+    assert seg.NumberOfFrames == non_empty
+    position_of = {source.SOPInstanceUID: [float(v) for v in source.ImagePositionPatient] for source in sources}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(
+            [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient], position_of[source_uid], atol=1e-3
+        )
+
+
+def test_single_dicom_file_loads_with_modality_and_rescale(tmp_path: Path) -> None:
+    path = Path(get_testdata_file("CT_small.dcm"))
+    dataset = pydicom.dcmread(path)
+    volume = load_image(path)
+    assert volume.modality == "CT"
+    assert volume.shape == (1, 128, 128)
+    np.testing.assert_array_equal(
+        volume.array[0], dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    )
+    np.testing.assert_allclose(volume.spacing[:2], [float(v) for v in dataset.PixelSpacing][::-1])
+    np.testing.assert_allclose(volume.origin, [float(v) for v in dataset.ImagePositionPatient])
+    assert load_image(path, modality="mr").modality == "MR"
+
+    no_extension = tmp_path / "IMAGE0001"
+    shutil.copy(path, no_extension)
+    assert_same_volume(load_image(no_extension), volume)
+
+    mask = (volume.array > 0).astype(np.uint8)
+    seg = hd.seg.segread(save_mask(mask, volume, tmp_path / "seg.dcm"))
+    pixels = seg.get_pixels_by_source_instance([dataset.SOPInstanceUID], combine_segments=True)
+    np.testing.assert_array_equal(pixels, mask)
+
+
+# --- 2D pictures ----------------------------------------------------------------------------------
+
+
+def test_grey_and_colour_pictures(tmp_path: Path, ct_case: Volume) -> None:
+    grey = ct_case.array[6]
+    colour = np.stack([grey, 255 - grey, grey // 2], axis=-1)
+    for suffix in (".png", ".bmp", ".tif"):
+        Image.fromarray(grey).save(tmp_path / f"grey{suffix}")
+        Image.fromarray(colour).save(tmp_path / f"colour{suffix}")
+        grey_volume, colour_volume = load_image(tmp_path / f"grey{suffix}"), load_image(tmp_path / f"colour{suffix}")
+        assert grey_volume.shape == colour_volume.shape == (1, 512, 512)
+        assert not grey_volume.is_color and colour_volume.is_color
+        np.testing.assert_array_equal(grey_volume.array[0], grey)
+        np.testing.assert_array_equal(colour_volume.array[0], colour)
+    Image.fromarray(colour).save(tmp_path / "colour.jpg")
+    assert load_image(tmp_path / "colour.jpg").array.shape == (1, 512, 512, 3)
+
+    gts = ct_case.meta["npz"]["gts"][6:7]
+    mask = load_image(save_mask(gts, load_image(tmp_path / "colour.png"), tmp_path / "mask.png"))
+    assert mask.shape == (1, 512, 512) and not mask.is_color
+    np.testing.assert_array_equal(mask.array, gts)
+
+
+# --- geometry check -------------------------------------------------------------------------------
+
+
+def test_check_same_geometry(ct_case: Volume) -> None:
+    mask = ct_case.with_array(ct_case.meta["npz"]["gts"])
+    check_same_geometry(ct_case, mask, "gts vs imgs")
+    nudged = Volume(mask.array, spacing=mask.spacing, origin=(0.0, 0.0, 2e-3), direction=mask.direction)
+    with pytest.raises(InputError, match="gts vs imgs: origin differs"):
+        check_same_geometry(ct_case, nudged, "gts vs imgs")
+    with pytest.raises(InputError, match="shape"):
+        check_same_geometry(ct_case, Volume(mask.array[:3]), "gts vs imgs")
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _truncated(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    return target
+
+
+def _missing(tmp: Path, _: Path) -> Path:
+    return tmp / "missing.nii.gz"
+
+
+def _truncated_nifti(tmp: Path, case: Path) -> Path:
+    sitk.WriteImage(to_sitk(load_image(case)), str(tmp / "whole.nii.gz"))
+    return _truncated(tmp / "whole.nii.gz", tmp / "truncated.nii.gz")
+
+
+def _truncated_npz(tmp: Path, case: Path) -> Path:
+    return _truncated(case, tmp / "truncated.npz")
+
+
+def _truncated_png(tmp: Path, case: Path) -> Path:
+    Image.fromarray(np.load(case)["imgs"][0]).save(tmp / "whole.png")
+    return _truncated(tmp / "whole.png", tmp / "truncated.png")
+
+
+def _not_an_nrrd(tmp: Path, _: Path) -> Path:
+    (tmp / "garbage.nrrd").write_text("this is not an image\n")
+    return tmp / "garbage.nrrd"
+
+
+def _unsupported_suffix(tmp: Path, _: Path) -> Path:
+    (tmp / "notes.txt").write_text("hello")
+    return tmp / "notes.txt"
+
+
+def _nifti_4d(tmp: Path, _: Path) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), tmp / "timeseries.nii.gz")
+    return tmp / "timeseries.nii.gz"
+
+
+def _nifti_with_nan(tmp: Path, _: Path) -> Path:
+    data = np.zeros((8, 8, 4), np.float32)
+    data[2, 3, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp / "nan.nii.gz")
+    return tmp / "nan.nii.gz"
+
+
+def _npz_with_inf(tmp: Path, _: Path) -> Path:
+    np.savez(tmp / "inf.npz", imgs=np.array([[[0.0, np.inf]]]))
+    return tmp / "inf.npz"
+
+
+def _npz_without_imgs(tmp: Path, case: Path) -> Path:
+    np.savez(tmp / "gts_only.npz", gts=np.load(case)["gts"])
+    return tmp / "gts_only.npz"
+
+
+def _folder_without_dicom(tmp: Path, _: Path) -> Path:
+    (tmp / "no_dicom").mkdir()
+    (tmp / "no_dicom" / "readme.txt").write_text("no images here")
+    return tmp / "no_dicom"
+
+
+def _empty_folder(tmp: Path, _: Path) -> Path:
+    (tmp / "empty_folder").mkdir()
+    return tmp / "empty_folder"
+
+
+@pytest.mark.parametrize(
+    "make_bad_input",
+    [
+        _missing, _truncated_nifti, _truncated_npz, _truncated_png, _not_an_nrrd, _unsupported_suffix, _nifti_4d,
+        _nifti_with_nan, _npz_with_inf, _npz_without_imgs, _folder_without_dicom, _empty_folder,
+    ],
+)
+def test_bad_input_raises_a_one_line_input_error(
+    tmp_path: Path, ct_lesion_cases: list[Path], make_bad_input: Callable[[Path, Path], Path]
+) -> None:
+    path = make_bad_input(tmp_path, ct_lesion_cases[1])
+    with pytest.raises(InputError) as error:
+        load_image(path)
+    message = str(error.value)
+    assert path.name in message and "\n" not in message, message
+
+
+def test_unknown_modality_is_an_input_error(ct_lesion_cases: list[Path]) -> None:
+    with pytest.raises(InputError, match="unknown modality 'xray'"):
+        load_image(ct_lesion_cases[0], modality="xray")
+
+
+def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, write_dicom_series: Callable) -> None:
+    gts = ct_case.meta["npz"]["gts"]
+    out = tmp_path / "out"
+    out.mkdir()
+    bad_writes: list[tuple[np.ndarray, Volume, str]] = [
+        (gts[:5], ct_case, "mask.nii.gz"),  # shape mismatch
+        (gts, ct_case, "mask.png"),  # 13 slices into a PNG
+        (gts, ct_case, "mask.dcm"),  # DICOM-SEG for an npz image
+        (gts, ct_case, "mask.jpg"),  # unsupported mask format
+        (gts.astype(np.int16) - 1, ct_case, "mask.nii.gz"),  # negative labels
+        (gts * 0.5, ct_case, "mask.nii.gz"),  # fractional labels
+    ]
+    for mask, like, name in bad_writes:
+        with pytest.raises(InputError) as error:
+            save_mask(mask, like, out / name)
+        assert name in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert visible_files(out) == []
+
+    # Fails at the very end (a folder is in the way): the written file must not stay around either.
+    (out / "taken.nii.gz").mkdir()
+    with pytest.raises(InputError, match="taken.nii.gz: cannot write"):
+        save_mask(gts, ct_case, out / "taken.nii.gz")
+    assert visible_files(out) == ["taken.nii.gz"] and not any((out / "taken.nii.gz").iterdir())
+
+    # DICOM-SEG whose source files have gone: names the source, writes nothing.
+    files = write_dicom_series(ct_case, tmp_path / "dicom")
+    series = load_image(tmp_path / "dicom")
+    files[3].unlink()
+    with pytest.raises(InputError, match="dicom: cannot re-read"):
+        save_mask(gts, series, out / "seg.dcm")
+    assert visible_files(out) == ["taken.nii.gz"]

@@ -1,0 +1,246 @@
+"""DSC, NSD and HD95: hand-computable cases, the empty cases, axis order of spacing, and agreement
+with independent implementations on real CT lesion masks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medsam2.errors import InputError
+from medsam2.metrics import LabelScores, dice, evaluate, hd95, nsd
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import surface_distance  # DeepMind's reference NSD
+
+SPACING_XYZ = (0.7, 1.3, 5.0)
+
+
+def axis_spacing(ndim: int) -> tuple[float, ...]:
+    """SPACING_XYZ per array axis: (sz, sy, sx), or (sy, sx) in 2D."""
+    return tuple(reversed(SPACING_XYZ[:ndim]))
+
+
+def thin_wall(shape: tuple[int, ...], axis: int, at: int) -> np.ndarray:
+    """A one-voxel-thick wall across `axis` at index `at`, spanning indices 2..6 of the other axes."""
+    index = [slice(2, 7)] * len(shape)
+    index[axis] = slice(at, at + 1)
+    wall = np.zeros(shape, dtype=bool)
+    wall[tuple(index)] = True
+    return wall
+
+
+def reference_hd95(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """HD95 from scipy distance transforms: boundary voxels are voxels with a background face-neighbour."""
+
+    def boundary(mask: np.ndarray) -> np.ndarray:
+        return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+    pred_edge, gt_edge = boundary(pred), boundary(gt)
+    pred_to_gt = ndimage.distance_transform_edt(~gt_edge, sampling=spacing)[pred_edge]
+    gt_to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)[gt_edge]
+    return max(np.percentile(pred_to_gt, 95), np.percentile(gt_to_pred, 95))
+
+
+def reference_nsd(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # it imports scipy.ndimage.filters
+        distances = surface_distance.compute_surface_distances(gt, pred, spacing)
+    return surface_distance.compute_surface_dice_at_tolerance(distances, tolerance_mm)
+
+
+def crop_around(*masks: np.ndarray, margin: int = 3) -> tuple[np.ndarray, ...]:
+    """The masks cut to their union's bounding box plus `margin` (background) voxels, for speed."""
+    union = np.logical_or.reduce(masks)
+    box = tuple(
+        slice(max(int(idx.min()) - margin, 0), int(idx.max()) + margin + 1) for idx in np.nonzero(union)
+    )
+    return tuple(mask[box] for mask in masks)
+
+
+# --- hand-computable cases -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_dice_of_boxes_with_known_overlap(ndim: int) -> None:
+    shape = (20,) * ndim
+    gt = np.zeros(shape, dtype=bool)
+    gt[(slice(5, 15),) * ndim] = True
+    pred = np.roll(gt, 3, axis=-1)  # 7 of 10 columns overlap
+    assert dice(pred, gt) == pytest.approx(0.7, abs=1e-12)
+    assert dice(gt, gt) == 1.0
+    assert dice(pred.astype(np.uint8) * 4, gt) == pytest.approx(0.7, abs=1e-12)  # any non-zero is foreground
+
+
+@pytest.mark.parametrize(("ndim", "axis"), [(3, 0), (3, 1), (3, 2), (2, 0), (2, 1)])
+def test_shift_along_each_axis_is_measured_with_that_axis_spacing(ndim: int, axis: int) -> None:
+    # A wall one voxel thick moved by one voxel across itself: every boundary voxel is exactly
+    # one spacing step from the other wall. The surfaces facing each other coincide (distance 0)
+    # and the outer ones are one step apart, each half of the surface area.
+    shape = (10,) * ndim
+    gt = thin_wall(shape, axis, 4)
+    pred = thin_wall(shape, axis, 5)
+    step = axis_spacing(ndim)[axis]
+    assert hd95(pred, gt, SPACING_XYZ) == pytest.approx(step, rel=1e-6)
+    assert nsd(pred, gt, SPACING_XYZ, tolerance_mm=0.9 * step) == pytest.approx(0.5, abs=1e-6)
+    assert nsd(pred, gt, SPACING_XYZ, tolerance_mm=1.001 * step) == pytest.approx(1.0, abs=1e-6)
+    assert dice(pred, gt) == 0.0
+
+
+def test_z_shift_counts_slice_thickness_not_pixel_size() -> None:
+    gt = thin_wall((10, 10, 10), axis=0, at=4)
+    pred = thin_wall((10, 10, 10), axis=0, at=5)
+    assert hd95(pred, gt, (1.0, 1.0, 5.0)) == pytest.approx(5.0)
+    assert hd95(pred, gt, (5.0, 5.0, 1.0)) == pytest.approx(1.0)
+
+
+def test_gap_of_several_slices_gives_exact_nsd_steps() -> None:
+    # Walls 3 slices apart (sz = 5 mm): the near surfaces are 10 mm apart, the far ones 15 mm.
+    gt = thin_wall((10, 10, 10), axis=0, at=2)
+    pred = thin_wall((10, 10, 10), axis=0, at=5)
+    assert hd95(pred, gt, SPACING_XYZ) == pytest.approx(15.0)
+    assert nsd(pred, gt, SPACING_XYZ, 9.9) == 0.0
+    assert nsd(pred, gt, SPACING_XYZ, 10.1) == pytest.approx(0.5, abs=1e-6)
+    assert nsd(pred, gt, SPACING_XYZ, 14.9) == pytest.approx(0.5, abs=1e-6)
+    assert nsd(pred, gt, SPACING_XYZ, 15.1) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_square_shifted_by_rows_with_anisotropic_spacing() -> None:
+    # A 10 x 10 square moved down 2 rows (sy = 3 mm, sx = 0.5 mm). Its bottom row, a quarter of
+    # its boundary voxels, is 2 * 3 = 6 mm from the other square's boundary and no voxel is
+    # farther, so the 95th percentile is 6 mm in both directions.
+    gt = np.zeros((30, 30), dtype=bool)
+    gt[5:15, 5:15] = True
+    pred = np.roll(gt, 2, axis=0)
+    spacing = (0.5, 3.0)
+    assert hd95(pred, gt, spacing) == pytest.approx(6.0)
+    assert nsd(pred, gt, spacing, 6.01) == pytest.approx(1.0)
+    assert 0.0 < nsd(pred, gt, spacing, 5.9) < 1.0
+    assert dice(pred, gt) == pytest.approx(0.8)
+    # The same shift along columns is 2 * 0.5 = 1 mm.
+    assert hd95(np.roll(gt, 2, axis=1), gt, spacing) == pytest.approx(1.0)
+
+
+# --- empty cases ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_both_empty_is_a_perfect_score(ndim: int) -> None:
+    empty = np.zeros((8,) * ndim, dtype=np.uint8)
+    assert dice(empty, empty) == 1.0
+    assert nsd(empty, empty, SPACING_XYZ) == 1.0
+    assert hd95(empty, empty, SPACING_XYZ) == 0.0
+    assert evaluate(empty, empty, SPACING_XYZ) == []
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_one_empty_is_the_worst_score(ndim: int) -> None:
+    empty = np.zeros((8,) * ndim, dtype=np.uint8)
+    blob = empty.copy()
+    blob[(slice(2, 5),) * ndim] = 1
+    for pred, gt in ((empty, blob), (blob, empty)):
+        assert dice(pred, gt) == 0.0
+        assert nsd(pred, gt, SPACING_XYZ) == 0.0
+        assert hd95(pred, gt, SPACING_XYZ) == math.inf
+    missed = evaluate(empty, blob, SPACING_XYZ)
+    assert missed == [LabelScores(label=1, dice=0.0, nsd=0.0, hd95=math.inf, pred_voxels=0, gt_voxels=3**ndim)]
+
+
+# --- label maps and errors -----------------------------------------------------------------------
+
+
+def test_evaluate_scores_every_label_in_either_map() -> None:
+    gt = np.zeros((6, 20, 20), dtype=np.uint16)
+    gt[1:4, 2:8, 2:8] = 1
+    gt[2:5, 10:18, 10:18] = 3
+    pred = np.zeros_like(gt)
+    pred[1:4, 3:9, 2:8] = 1
+    pred[0:2, 12:15, 0:4] = 7  # a false positive label
+    scores = evaluate(pred, gt, SPACING_XYZ, tolerance_mm=1.0)
+    assert [s.label for s in scores] == [1, 3, 7]
+    by_label = {s.label: s for s in scores}
+    assert by_label[1].dice == dice(pred == 1, gt == 1)
+    assert by_label[1].nsd == nsd(pred == 1, gt == 1, SPACING_XYZ, 1.0)
+    assert by_label[1].hd95 == hd95(pred == 1, gt == 1, SPACING_XYZ)
+    assert (by_label[1].pred_voxels, by_label[1].gt_voxels) == (108, 108)
+    assert (by_label[3].dice, by_label[3].hd95, by_label[3].pred_voxels) == (0.0, math.inf, 0)
+    assert (by_label[7].dice, by_label[7].gt_voxels, by_label[7].pred_voxels) == (0.0, 0, 24)
+
+
+def test_2d_masks_take_xy_spacing_with_or_without_z() -> None:
+    gt = np.zeros((20, 20), dtype=bool)
+    gt[4:12, 5:15] = True
+    pred = np.roll(gt, (1, 2), axis=(0, 1))
+    assert nsd(pred, gt, SPACING_XYZ, 1.0) == nsd(pred, gt, SPACING_XYZ[:2], 1.0)
+    assert hd95(pred, gt, SPACING_XYZ) == hd95(pred, gt, SPACING_XYZ[:2])
+
+
+def test_bad_inputs_are_one_line_input_errors() -> None:
+    mask = np.ones((4, 5, 6), dtype=bool)
+    cases = [
+        lambda: dice(mask, mask[:3]),
+        lambda: evaluate(mask.astype(np.uint8), mask[:, :4].astype(np.uint8), SPACING_XYZ),
+        lambda: hd95(mask, mask, (1.0, 1.0)),
+        lambda: hd95(mask, mask, (1.0, 0.0, 1.0)),
+        lambda: nsd(mask, mask, SPACING_XYZ, tolerance_mm=-1.0),
+        lambda: dice(mask[None], mask[None]),
+    ]
+    for call in cases:
+        with pytest.raises(InputError) as error:
+            call()
+        assert "\n" not in str(error.value)
+
+
+# --- agreement with independent implementations on real lesions ---------------------------------
+
+
+def altered_copies(gt: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "eroded": ndimage.binary_erosion(gt, iterations=2),
+        "dilated": ndimage.binary_dilation(gt, iterations=2),
+        "shifted": np.roll(gt, (1, 3, -2), axis=(0, 1, 2)),
+    }
+
+
+def test_real_lesions_agree_with_scipy_and_deepmind(ct_lesion_cases: list[Path]) -> None:
+    for case in ct_lesion_cases:
+        data = np.load(case)
+        gt = data["gts"] > 0
+        spacing_xyz = tuple(float(s) for s in data["spacing"])
+        spacing_zyx = spacing_xyz[::-1]
+        for name, pred in altered_copies(gt).items():
+            small_pred, small_gt = crop_around(pred, gt)
+            expected_hd95 = reference_hd95(small_pred, small_gt, spacing_zyx)
+            expected_nsd = reference_nsd(small_pred, small_gt, spacing_zyx, 2.0)
+            [scores] = evaluate(pred.astype(np.uint8), gt.astype(np.uint8), spacing_xyz, tolerance_mm=2.0)
+            assert scores.hd95 == pytest.approx(expected_hd95, rel=1e-5), (case.name, name)
+            assert scores.nsd == pytest.approx(expected_nsd, abs=1e-5), (case.name, name)
+            assert scores.dice == pytest.approx(
+                2 * np.count_nonzero(pred & gt) / (np.count_nonzero(pred) + np.count_nonzero(gt))
+            )
+            assert 0.0 < scores.nsd < 1.0 and scores.hd95 > 0
+
+
+def test_real_lesion_slice_and_a_mask_touching_the_border_agree(ct_lesion_cases: list[Path]) -> None:
+    data = np.load(ct_lesion_cases[1])
+    spacing_xyz = tuple(float(s) for s in data["spacing"])
+    gt_slice = data["gts"][int(np.argmax(data["gts"].sum(axis=(1, 2))))] > 0
+    pred_slice = ndimage.binary_dilation(gt_slice, iterations=3)
+    assert hd95(pred_slice, gt_slice, spacing_xyz) == pytest.approx(
+        reference_hd95(pred_slice, gt_slice, spacing_xyz[1::-1]), rel=1e-5
+    )
+    assert nsd(pred_slice, gt_slice, spacing_xyz, 1.5) == pytest.approx(
+        reference_nsd(pred_slice, gt_slice, spacing_xyz[1::-1], 1.5), abs=1e-5
+    )
+
+    # Objects cut by the edge of the array: outside counts as background for both implementations.
+    gt = np.zeros((5, 40, 40), dtype=bool)
+    gt[0:3, 0:20, 10:40] = True
+    pred = np.roll(gt, 2, axis=1)
+    assert hd95(pred, gt, SPACING_XYZ) == pytest.approx(reference_hd95(pred, gt, axis_spacing(3)), rel=1e-5)
+    assert nsd(pred, gt, SPACING_XYZ, 1.5) == pytest.approx(reference_nsd(pred, gt, axis_spacing(3), 1.5), abs=1e-5)
