@@ -86,3 +86,22 @@ def write_dicom_series() -> Callable[..., list[Path]]:
         return files
 
     return write
+
+
+@pytest.fixture(scope="session")
+def draw_recist() -> Callable[[np.ndarray], np.ndarray]:
+    """A function drawing a RECIST marker as MedSAM npz files hold it: the longest diameter of a 2D
+    lesion mask, as a one-pixel line; returns the (H, W) uint8 marker."""
+    from scipy.spatial.distance import pdist, squareform
+
+    def draw(mask: np.ndarray) -> np.ndarray:
+        rows, cols = np.nonzero(mask)
+        xy = np.stack([cols, rows], axis=1)
+        first, second = np.unravel_index(np.argmax(squareform(pdist(xy))), (len(xy), len(xy)))
+        marker = np.zeros(mask.shape, dtype=np.uint8)
+        for t in np.linspace(0.0, 1.0, 4 * mask.shape[0]):
+            x, y = np.round(xy[first] + t * (xy[second] - xy[first])).astype(int)
+            marker[y, x] = 1
+        return marker
+
+    return draw

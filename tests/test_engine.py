@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist, squareform
 
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import load_predictor
@@ -157,20 +156,15 @@ def test_embedding_cache_is_bounded(predictor, lesion):
     assert session.embeddings.encoded_count < volume.shape[0] + 4
 
 
-def test_segment_volume_keeps_geometry_and_recist_prompt(predictor, lesion):
+def test_segment_volume_keeps_geometry_and_recist_prompt(predictor, lesion, draw_recist):
     volume, gts, key = lesion
-    # A RECIST marker as in the npz files: the lesion's longest diameter drawn on the key slice.
-    rows, cols = np.nonzero(gts[key])
-    xy = np.stack([cols, rows], axis=1)
-    first, second = np.unravel_index(np.argmax(squareform(pdist(xy))), (len(xy), len(xy)))
-    start, end = xy[first], xy[second]
-    marker = np.zeros_like(gts)
-    for t in np.linspace(0, 1, 200):
-        x, y = np.round(start + t * (end - start)).astype(int)
-        marker[key, y, x] = True
+    marker = np.zeros(gts.shape, dtype=np.uint8)
+    marker[key] = draw_recist(gts[key])
     slice_index, line = recist_line_from_marker(marker)
     assert slice_index == key
-    assert {tuple(line[:2]), tuple(line[2:])} == {tuple(map(float, start)), tuple(map(float, end))}
+    ends = np.argwhere(marker[key])[:, ::-1]
+    length = np.hypot(*(ends.max(axis=0) - ends.min(axis=0)))
+    assert np.hypot(line[2] - line[0], line[3] - line[1]) == pytest.approx(length, abs=1.5)
     box = recist_to_box(line, *gts.shape[1:])
     result = segment_volume(volume, [Prompt(slice_index, 1, box=box)], predictor, progress=False)
     assert result.labels.spacing == volume.spacing

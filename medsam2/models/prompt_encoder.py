@@ -19,6 +19,8 @@ BOX_BOTTOM_RIGHT = 3
 class PositionEmbeddingRandom(nn.Module):
     """Fourier features of (x, y) positions with a fixed random Gaussian frequency matrix."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))

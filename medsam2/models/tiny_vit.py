@@ -10,6 +10,7 @@ Between stages of attention blocks, features travel as (B, H, W, C); the convs s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -49,24 +50,14 @@ class Conv2dBN(nn.Sequential):
             bn.weight.double(),
             bn.bias.double(),
         )
-        fused = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            groups=conv.groups,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        with torch.no_grad():
-            fused.weight.copy_(weight)
-            fused.bias.copy_(bias)
-        return fused.eval()
+        fused = copy.deepcopy(conv)
+        fused.weight = nn.Parameter(weight.to(conv.weight.dtype))
+        fused.bias = nn.Parameter(bias.to(conv.weight.dtype))
+        return fused
 
 
 def fold_batch_norms(module: nn.Module) -> None:
-    """Replace every `Conv2dBN` inside `module` by its fused conv (eval mode only)."""
+    """Replace every `Conv2dBN` inside `module` by its fused conv (frozen running statistics)."""
     for name, child in module.named_children():
         if isinstance(child, Conv2dBN):
             setattr(module, name, child.fused())
@@ -133,6 +124,8 @@ def relative_offset_index(window_size: int) -> torch.Tensor:
 class Attention(nn.Module):
     """Pre-norm multi-head self-attention within a window, with a learned bias per head and offset."""
 
+    attention_bias_idxs: torch.Tensor
+
     def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -149,8 +142,8 @@ class Attention(nn.Module):
         # the checkpoint's qkv layout is head-major: (head, [q, k, v], head_dim)
         qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4)  # each (B', heads, N, head_dim)
-        # explicit softmax attention in the reference's order of operations (bit-identical
-        # results); on CPU it is also faster than scaled_dot_product_attention with a float mask
+        # explicit softmax attention in the reference's order of operations: bit-identical results,
+        # and no slower on CPU than scaled_dot_product_attention with a float mask
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
         x = attn.softmax(dim=-1) @ v  # (B', heads, N, head_dim)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))

