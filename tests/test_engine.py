@@ -32,6 +32,9 @@ class CountingPredictor:
     def mask_to_low_res_logits(self, mask):
         return self.inner.mask_to_low_res_logits(mask)
 
+    def object_feature(self, embedding, mask):
+        return self.inner.object_feature(embedding, mask)
+
 
 @pytest.fixture(scope="module")
 def predictor():
@@ -93,6 +96,27 @@ def test_correction_repropagates_only_what_it_affects(predictor, lesion):
     np.testing.assert_array_equal(after[corrected] > 0, session.objects[1].masks[corrected])
     assert dice(after[corrected] > 0, gts[corrected]) >= dice(before[corrected] > 0, gts[corrected])
     assert set(session.objects[1].dirty_runs) == set()
+
+
+def test_removing_a_correction_restores_the_propagation_before_it(predictor, lesion):
+    volume, gts, key = lesion
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    reported: list[tuple[int, int]] = []
+    session.propagate(progress=False, on_progress=lambda done, total: reported.append((done, total)))
+    before = session.result()
+    assert reported and reported[-1][0] == reported[-1][1] == volume.shape[0] - 1
+    assert [done for done, _ in reported] == sorted(done for done, _ in reported)
+    corrected = int(np.flatnonzero(gts.any(axis=(1, 2))).max())
+    session.add_prompt(corrected, 1, box=box_from_mask(gts[corrected]))
+    session.propagate(progress=False)
+    session.remove_prompt(corrected, 1)
+    session.propagate(progress=False)
+    np.testing.assert_array_equal(session.result(), before)
+    with pytest.raises(InputError, match=f"no prompt on slice {corrected}"):
+        session.remove_prompt(corrected, 1)
+    session.remove_prompt(key, 1)
+    assert session.objects == {}
 
 
 def test_points_and_mask_prompts(predictor, lesion):

