@@ -8,15 +8,16 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
-from medsam2.cli.segment import parse_numbers, as_index, prompt_boxes
+from medsam2.cli.segment import prompt_boxes
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import load_predictor
+from medsam2.engine.prompt_sources import as_index, parse_numbers
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
-from medsam2.io.paths import mask_file_stem
 from medsam2.io.overlay import save_overlay_montage
+from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
 from medsam2.io.volume import Volume, slicing_axis_index, to_slices
 from medsam2.metrics import evaluate

@@ -8,67 +8,17 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.video import VideoRequest, segment_video_command
 from medsam2.engine.api import Result, segment_volume
 from medsam2.engine.models import load_predictor
-from medsam2.engine.prompt_files import load_prompt_file
-from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box
+from medsam2.engine.prompt_sources import PromptSources, gather_prompts
+from medsam2.engine.sam2_predictor import memory_propagation
+from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.overlay import save_overlay_montage
-from medsam2.io.volume import SliceAxis, Volume, slicing_axis_index, to_slices
-
-
-def parse_numbers(text: str, flag: str, counts: tuple[int, ...]) -> list[float]:
-    """Comma-separated numbers of one of the allowed counts, or a one-line error."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
-    if len(values) not in counts:
-        raise InputError(f"{flag} {text!r}: expected {' or '.join(map(str, counts))} numbers, got {len(values)}")
-    return values
-
-
-def as_index(value: float, flag: str, what: str) -> int:
-    if value != int(value):
-        raise InputError(f"{flag}: {what} must be a whole number, got {value}")
-    return int(value)
-
-
-def prompts_from_flags(
-    boxes: list[str], points: list[str], recists: list[str], height: int, width: int
-) -> list[Prompt]:
-    prompts = []
-    for text in boxes:
-        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--box", (5, 6))
-        obj_id = as_index(rest[0], "--box", "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, "--box", "slice"), obj_id, box=(x1, y1, x2, y2)))
-    for text in points:
-        z, x, y, *rest = parse_numbers(text, "--point", (3, 4, 5))
-        label = as_index(rest[0], "--point", "label") if rest else 1
-        obj_id = as_index(rest[1], "--point", "object id") if len(rest) > 1 else 1
-        prompts.append(Prompt(as_index(z, "--point", "slice"), obj_id, points=((x, y),), labels=(label,)))
-    for text in recists:
-        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--recist", (5, 6))
-        obj_id = as_index(rest[0], "--recist", "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, "--recist", "slice"), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
-    return prompts
-
-
-def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prompt]:
-    """Each label of a mask file becomes a mask prompt on the slice where that label is largest."""
-    if mask.shape != image.shape:
-        raise InputError(f"{mask.source}: mask shape {mask.shape} differs from image shape {image.shape}")
-    slices = to_slices(mask.array, axis_index)
-    prompts = []
-    for label in (int(v) for v in np.unique(slices) if v != 0):
-        areas = (slices == label).reshape(slices.shape[0], -1).sum(axis=1)
-        index = int(np.argmax(areas))
-        prompts.append(Prompt(index, label, mask=slices[index] == label))
-    if not prompts:
-        raise InputError(f"{mask.source}: the mask prompt is empty")
-    return prompts
+from medsam2.io.video import is_video
+from medsam2.io.volume import slicing_axis_index, to_slices
 
 
 def prompt_boxes(result: Result) -> dict[int, tuple[float, float, float, float]]:
@@ -77,20 +27,29 @@ def prompt_boxes(result: Result) -> dict[int, tuple[float, float, float, float]]
 
 @reports_input_errors
 def segment(
-    image: Path = typer.Argument(..., help="Scan to segment (any format `medsam2 info` reads)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Label map to write: .nii.gz/.nii, .nrrd, .mha, .npz (key segs), .png (2D) or .dcm (DICOM-SEG, DICOM input)."),
-    box: list[str] = typer.Option([], "--box", help="Box Z,X1,Y1,X2,Y2[,ID] on slice Z (pixels: X column, Y row). Repeat for anchors or objects."),
-    point: list[str] = typer.Option([], "--point", help="Click Z,X,Y[,LABEL[,ID]]; LABEL 1 = object (default), 0 = background."),
+    image: Path = typer.Argument(..., help="Scan to segment (any format `medsam2 info` reads), or a video: MP4/AVI/MOV..., a folder of PNG/JPEG frames, a cine DICOM, a NIfTI 2D+t."),
+    output: Path = typer.Option(..., "-o", "--output", help="Label map to write: .nii.gz/.nii, .nrrd, .mha, .npz (key segs), .png (2D) or .dcm (DICOM-SEG, DICOM input). For a video: .npz, .nii.gz (2D+t) or a folder (one PNG per frame)."),
+    box: list[str] = typer.Option([], "--box", "--frame-box", help="Box Z,X1,Y1,X2,Y2[,ID] on slice Z, or on frame T of a video (pixels: X column, Y row). Repeat for anchors or objects."),
+    point: list[str] = typer.Option([], "--point", "--frame-point", help="Click Z,X,Y[,LABEL[,ID]] (T,X,Y... on a video frame); LABEL 1 = object (default), 0 = background."),
     recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]: its end points; becomes a square box as in MedSAM2."),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="JSON prompts with several named objects (see README)."),
-    mask_prompt: Path | None = typer.Option(None, "--mask-prompt", help="Mask file in the image's geometry: each label is prompted on its largest slice."),
+    mask_prompt: Path | None = typer.Option(None, "--mask-prompt", help="Mask file in the image's geometry: each label is prompted on its largest slice (frame). Video: also T:FILE, one frame's labels."),
     window: str | None = typer.Option(None, "--window", help="CT window: a preset (soft_tissue, lung, bone, brain, liver, mediastinum) or W,L. Default: by modality."),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
-    model: str = typer.Option("lite-medsam", "--model", help="lite-medsam (embedded) or a checkpoint path."),
+    model: str = typer.Option(
+        "lite-medsam",
+        "--model",
+        help="lite-medsam (embedded); medsam2, sam2.1-tiny, sam2.1-small, sam2.1-base-plus or sam2.1-large "
+        "(checkpoint from $MEDSAM2_MODEL_<NAME> or the config file, see README); PRESET=FILE.pt for a preset's "
+        "settings with your file; or a LiteMedSAM / SAM 2.1 checkpoint path (SAM 2.1 variant detected, 1024 px).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest 3D connected component per object."),
+    memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank each slice (frame) attends to: recent (SAM 2's: the ones just before) or confidence (the most confident earlier ones, weighted by image similarity; see README)."),
+    keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest 3D connected component per object (video: per frame)."),
     fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes in each slice's mask."),
-    overlay: Path | None = typer.Option(None, "--overlay", help="Also write a PNG montage of the segmented slices with contours and boxes."),
+    overlay: Path | None = typer.Option(None, "--overlay", help="Also write a PNG montage of the segmented slices with contours and boxes (video: an .mp4 of every frame with contours and names)."),
+    areas: Path | None = typer.Option(None, "--areas", help="Video: write each object's area per frame (pixels, mm² with pixel spacing) as CSV, and a PNG plot beside it."),
+    echo: bool = typer.Option(False, "--echo", help="Video: object 1 is the LV cavity; print ED/ES frames, Simpson volumes and EF (and add them to --areas). See README."),
 ) -> None:
     """Segment objects through IMAGE from prompts on one or a few slices; write the label map.
 
@@ -99,26 +58,32 @@ def segment(
     other prompt is prompted from that marker.
 
     Example: medsam2 segment ct.nii.gz --box 42,120,88,160,131 -o lesion.nii.gz --overlay lesion.png
+
+    A video is segmented forward and backward from its prompted frames; T is the frame index.
+
+    Example: medsam2 segment echo.mp4 --frame-box 12,80,60,150,170 -o lv.nii.gz --overlay lv.mp4 --areas lv.csv --echo
     """
+    propagation = memory_propagation(memory)
+    if is_video(image):
+        if axis != "axial":
+            raise InputError(f"--axis {axis}: a video has no slicing axis (its frames are segmented as they are)")
+        request = VideoRequest(
+            image, output, boxes=tuple(box), points=tuple(point), recists=tuple(recist), prompts_file=prompts_file,
+            mask_prompt=None if mask_prompt is None else str(mask_prompt), overlay=overlay, areas=areas, echo=echo,
+            model=model, device=device, config=VideoConfig(keep_largest=keep_largest, fill_holes=fill_holes, window=window, propagation=propagation),
+        )
+        return segment_video_command(request)
+    if areas is not None or echo:
+        raise InputError(f"{image}: --areas and --echo are for videos")
     if axis not in ("axial", "coronal", "sagittal"):
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     volume = load_image(image)
     axis_index = slicing_axis_index(volume, axis)  # type: ignore[arg-type]
-    _, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
-    prompts = prompts_from_flags(box, point, recist, height, width)
-    if prompts_file is not None:
-        prompts += load_prompt_file(prompts_file, height, width)
-    if mask_prompt is not None:
-        prompts += prompts_from_mask(load_mask(mask_prompt), volume, axis_index)
-    marker = stored_array(volume, "recist")
-    if not prompts and marker is not None:
-        slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))
-        prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
-    if not prompts:
-        raise InputError(f"{image}: no prompt given (use --box, --point, --recist, --prompts or --mask-prompt)")
+    sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
+    prompts = gather_prompts(volume, axis_index, sources)
     predictor = load_predictor(model, device=device)
     result = segment_volume(
-        volume, prompts, predictor, axis=axis, window=window, keep_largest=keep_largest, fill_holes=fill_holes  # type: ignore[arg-type]
+        volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes  # type: ignore[arg-type]
     )
     save_mask(result.labels.array, like=volume, path=output)
     typer.echo(f"wrote {output}")

@@ -9,6 +9,7 @@ import numpy as np
 from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import PropagationConfig, Session
+from medsam2.engine.tracking import TrackingPredictor
 from medsam2.io.volume import SliceAxis, Volume, from_slices, slicing_axis_index, to_slices
 from medsam2.preprocess import to_uint8
 
@@ -34,7 +35,7 @@ def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None
 def segment_volume(
     volume: Volume,
     prompts: list[Prompt],
-    predictor: SlicePredictor,
+    predictor: SlicePredictor | TrackingPredictor,
     *,
     axis: SliceAxis = "axial",
     window: str | None = None,

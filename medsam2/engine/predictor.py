@@ -1,8 +1,10 @@
 """The small interface between the engine and a promptable 2D model.
 
 The engine never touches network modules: it hands uint8 slices to a `SlicePredictor` to get
-embeddings, and prompts plus an embedding to get logits at slice resolution. Each model family
-(LiteMedSAM here; SAM 2.1 separately) supplies one implementation.
+embeddings, and prompts plus an embedding to get logits at slice resolution; the session follows
+objects with such a predictor by the box chain (`medsam2.engine.box_chain`). Models with a memory
+(SAM 2.1, MedSAM2) are `TrackingPredictor`s instead and bring their own tracker
+(`medsam2.engine.tracking`).
 """
 
 from __future__ import annotations

@@ -1,50 +1,34 @@
 """A segmentation session: one stack of slices, one model, any number of objects.
 
-Propagation (2D models such as LiteMedSAM)
-------------------------------------------
-Every prompted slice of an object is an *anchor*. From each anchor the object is followed slice by
-slice outwards; each new slice is prompted with the box of the previous slice's mask (grown by a
-margin so the object may widen) and, optionally, the previous low-resolution logits as a dense
-prompt. A run stops where the object vanishes (mask smaller than `min_area` pixels or predicted IoU
-below `min_score`, or an embedding inside the mask unlike the anchor's, `min_similarity`), so it
-does not leak onto empty slices. Between two anchors the runs meet in the
-middle. A run is identified by (anchor, step); adding or changing a prompt on slice s marks dirty only
+Every prompted slice of an object is an *anchor*. From each anchor the object is followed outwards,
+one *run* per direction; between two anchors the runs meet in the middle. How a run follows the
+object is the model family's business (`medsam2.engine.tracking`): 2D models such as LiteMedSAM
+prompt each slice with the box of the previous one and stop where the object ends; SAM 2.1 and
+MedSAM2 carry a memory bank along the run. A run is identified by (anchor, step); it depends on its
+anchor and the next anchor ahead, so adding, changing or removing a prompt on slice s marks dirty only
 the runs that cover slices between s's neighbouring anchors, and `propagate` recomputes only those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medsam2.engine.cache import EmbeddingCache
+from medsam2.engine.box_chain import BoxChainTracker
 from medsam2.engine.postprocess import fill_holes_per_slice, largest_component
 from medsam2.engine.predictor import SlicePredictor
-from medsam2.engine.prompts import Prompt, box_from_mask
+from medsam2.engine.prompts import Prompt
+from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
+
+__all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts"]
 
 Direction = Literal["both", "forward", "backward"]
 STEPS: dict[str, tuple[int, ...]] = {"both": (1, -1), "forward": (1,), "backward": (-1,)}
-
-
-@dataclass(frozen=True)
-class PropagationConfig:
-    """How an object is followed from slice to slice."""
-
-    box_margin: float = 0.1  # box from the previous mask grows by this fraction of its size per side
-    min_box_margin: float = 2.0  # ... and by at least this many pixels
-    use_mask_prompt: bool = False  # feed the previous slice's low-res logits as a dense prompt
-    min_area: int = 5  # pixels; a smaller mask means the object has ended
-    min_score: float = 0.5  # predicted IoU; a lower one means the object has ended
-    # Cosine similarity between the mask-averaged embedding on a slice and on its anchor; below it
-    # the mask has moved onto something else (LiteMedSAM fills any box, even past the object's end).
-    min_similarity: float = 0.6
-    prefetch: int = 4  # slices encoded together ahead of the propagation front
-    cache_slices: int = 64  # embeddings kept per session (LRU)
 
 
 @dataclass
@@ -53,8 +37,7 @@ class TrackedObject:
 
     name: str | None = None
     prompts: dict[int, Prompt] = field(default_factory=dict)  # anchor slice -> merged prompt
-    seeds: dict[int, Any] = field(default_factory=dict)  # anchor slice -> low-res logits
-    features: dict[int, np.ndarray] = field(default_factory=dict)  # anchor slice -> object feature
+    anchor_states: dict[int, Any] = field(default_factory=dict)  # anchor slice -> what the tracker keeps
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # slice -> (H, W) bool, non-empty only
     dirty_runs: set[tuple[int, int]] = field(default_factory=set)  # (anchor, step)
 
@@ -63,15 +46,29 @@ class TrackedObject:
 
 
 class Session:
-    """Prompt, propagate and correct objects on a (Z, H, W[, 3]) uint8 stack of slices."""
+    """Prompt, propagate and correct objects on a (Z, H, W[, 3]) uint8 stack of slices.
 
-    def __init__(self, slices: np.ndarray, predictor: SlicePredictor, config: PropagationConfig | None = None):
+    `predictor` is a `SlicePredictor` (followed by the box chain) or a `TrackingPredictor` that
+    brings its own tracker (SAM 2.1 / MedSAM2); `config` defaults to the tracker's own."""
+
+    def __init__(
+        self,
+        slices: np.ndarray,
+        predictor: SlicePredictor | TrackingPredictor,
+        config: PropagationConfig | None = None,
+    ):
         if slices.dtype != np.uint8 or slices.ndim not in (3, 4):
             raise ValueError("a session takes a (Z, H, W) or (Z, H, W, 3) uint8 stack of slices")
         self.slices = slices
         self.predictor = predictor
-        self.config = config or PropagationConfig()
-        self.embeddings = EmbeddingCache(slices, predictor.encode, self.config.cache_slices)
+        if isinstance(predictor, TrackingPredictor):
+            self.tracker = predictor.tracker(slices, config)
+        elif config is not None and config.memory != "recent":
+            raise InputError(f"memory bank {config.memory!r}: only memory models (SAM 2.1 / MedSAM2) have one")
+        else:
+            self.tracker = BoxChainTracker(slices, predictor, config or PropagationConfig())
+        self.config = self.tracker.config
+        self.embeddings = self.tracker.embeddings
         self.objects: dict[int, TrackedObject] = {}
 
     @property
@@ -114,18 +111,18 @@ class Session:
     def apply(self, prompt: Prompt) -> np.ndarray:
         """`add_prompt` for a ready-made `Prompt`."""
         prompt.validate(self.num_slices, *self.slice_hw)
-        tracked = self.objects.setdefault(prompt.obj_id, TrackedObject())
-        tracked.name = prompt.name or tracked.name
-        merged = merge_prompts(tracked.prompts.get(prompt.slice_index), prompt)
-        slice_mask, seed = self._segment_anchor(merged)
+        index = prompt.slice_index
+        known = self.objects.get(prompt.obj_id) or TrackedObject()
+        merged = merge_prompts(known.prompts.get(index), prompt)
+        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
         if not slice_mask.any():
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): the model found nothing there"
             )
-        index = prompt.slice_index
+        tracked = self.objects.setdefault(prompt.obj_id, known)
+        tracked.name = prompt.name or tracked.name
         tracked.prompts[index] = merged
-        tracked.seeds[index] = seed
-        tracked.features[index] = self.predictor.object_feature(self.embeddings.get(index), slice_mask)
+        tracked.anchor_states[index] = state
         tracked.masks[index] = slice_mask
         tracked.dirty_runs |= self._runs_touching(tracked, index)
         return slice_mask
@@ -141,7 +138,7 @@ class Session:
         for run_slices in (self._run_slices(tracked, slice_index, step) for step in (1, -1)):
             for index in run_slices:
                 tracked.masks.pop(index, None)
-        for store in (tracked.prompts, tracked.seeds, tracked.features, tracked.masks):
+        for store in (tracked.prompts, tracked.anchor_states, tracked.masks):
             store.pop(slice_index, None)
         if not tracked.prompts:
             del self.objects[obj_id]
@@ -158,19 +155,6 @@ class Session:
             raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
         return self.objects[obj_id]
 
-    def _segment_anchor(self, prompt: Prompt) -> tuple[np.ndarray, Any]:
-        if prompt.mask is not None and prompt.box is None and not prompt.points:
-            return prompt.mask, self.predictor.mask_to_low_res_logits(prompt.mask)
-        prediction = self.predictor.predict(
-            self.embeddings.get(prompt.slice_index),
-            self.slice_hw,
-            box=prompt.box,
-            points=np.asarray(prompt.points, dtype=float).reshape(-1, 2) if prompt.points else None,
-            labels=np.asarray(prompt.labels, dtype=int) if prompt.points else None,
-            mask_logits=None if prompt.mask is None else self.predictor.mask_to_low_res_logits(prompt.mask),
-        )
-        return prediction.logits > 0, prediction.low_res_logits
-
     # -- propagation -----------------------------------------------------------------------------
 
     def _runs_touching(self, tracked: TrackedObject, index: int) -> set[tuple[int, int]]:
@@ -185,16 +169,24 @@ class Session:
             runs.add((later[0], -1))
         return runs
 
+    def _next_anchor(self, tracked: TrackedObject, anchor: int, step: int) -> int | None:
+        ahead = [a for a in tracked.anchors() if (a - anchor) * step > 0]
+        return (min(ahead) if step > 0 else max(ahead)) if ahead else None
+
     def _run_slices(self, tracked: TrackedObject, anchor: int, step: int) -> range:
         """Slices a run covers: up to half-way to the next anchor in its direction, or the end."""
-        anchors = tracked.anchors()
+        ahead = self._next_anchor(tracked, anchor, step)
         if step > 0:
-            later = [a for a in anchors if a > anchor]
-            stop = (anchor + later[0]) // 2 if later else self.num_slices - 1
+            stop = (anchor + ahead) // 2 if ahead is not None else self.num_slices - 1
             return range(anchor + 1, stop + 1)
-        earlier = [a for a in anchors if a < anchor]
-        stop = (earlier[-1] + anchor) // 2 + 1 if earlier else 0
+        stop = (ahead + anchor) // 2 + 1 if ahead is not None else 0
         return range(anchor - 1, stop - 1, -1)
+
+    def _run(self, obj_id: int, tracked: TrackedObject, anchor: int, step: int) -> Run:
+        ahead = self._next_anchor(tracked, anchor, step)
+        depends_on = [anchor] + ([ahead] if ahead is not None else [])
+        conditioning = {index: tracked.anchor_states[index] for index in depends_on}
+        return Run(obj_id, anchor, step, self._run_slices(tracked, anchor, step), conditioning)
 
     def propagate(
         self,
@@ -202,76 +194,50 @@ class Session:
         obj_ids: list[int] | None = None,
         progress: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
+        on_slice: Callable[[int, int, np.ndarray], None] | None = None,
     ) -> None:
         """Follow every prompted object (or those in `obj_ids`) from its anchors through the stack,
         recomputing only the runs that prompts since the last call have changed.
 
         `progress` shows a bar on the terminal; `on_progress(done, total)` is called after each
-        slice (for front ends that report progress their own way)."""
+        slice (for front ends that report progress their own way); `on_slice(obj_id, index, logits)`
+        receives each slice's (H, W) float32 logits as soon as they are computed (object where > 0)."""
         if direction not in STEPS:
             raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
         for obj_id in obj_ids or []:
             self._tracked(obj_id)
-        work = [
-            (tracked, anchor, step)
+        runs = [
+            self._run(obj_id, tracked, anchor, step)
             for obj_id, tracked in sorted(self.objects.items())
             if obj_ids is None or obj_id in obj_ids
             for anchor, step in sorted(tracked.dirty_runs)
             if step in STEPS[direction] and anchor in tracked.prompts
         ]
-        total = sum(len(self._run_slices(tracked, anchor, step)) for tracked, anchor, step in work)
-        finished = 0
-
-        def advance(count: int) -> None:
-            nonlocal finished
-            finished += count
-            bar.update(count)
-            if on_progress is not None:
-                on_progress(finished, total)
-
+        for run in runs:
+            tracked = self.objects[run.obj_id]
+            for index in run.slices:
+                tracked.masks.pop(index, None)
+            if not run.slices:
+                tracked.dirty_runs.discard((run.anchor, run.step))
+        runs = [run for run in runs if run.slices]
+        left = {(run.obj_id, run.anchor, run.step): len(run.slices) for run in runs}
+        total = sum(left.values())
         with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=False) as bar:
-            for tracked, anchor, step in work:
-                covered = self._run_slices(tracked, anchor, step)
-                for index in covered:
-                    tracked.masks.pop(index, None)
-                done = 0
-                for done, (index, mask) in enumerate(self._follow(tracked, anchor, covered), start=1):
-                    tracked.masks[index] = mask
-                    advance(1)
-                if len(covered) > done:
-                    advance(len(covered) - done)
-                tracked.dirty_runs.discard((anchor, step))
-
-    def _follow(self, tracked: TrackedObject, anchor: int, covered: range) -> Iterator[tuple[int, np.ndarray]]:
-        """Masks slice by slice along `covered`, until the object vanishes."""
-        config = self.config
-        previous_mask, previous_logits = tracked.masks[anchor], tracked.seeds[anchor]
-        anchor_feature = tracked.features[anchor]
-        slices = list(covered)
-        for position, index in enumerate(slices):
-            embedding = self.embeddings.get(index, prefetch=slices[position + 1 : position + config.prefetch])
-            prediction = self.predictor.predict(
-                embedding,
-                self.slice_hw,
-                box=self._box_around(previous_mask),
-                mask_logits=previous_logits if config.use_mask_prompt else None,
-            )
-            mask = prediction.logits > 0
-            if mask.sum() < config.min_area or prediction.score < config.min_score:
-                return
-            if cosine_similarity(self.predictor.object_feature(embedding, mask), anchor_feature) < config.min_similarity:
-                return
-            yield index, mask
-            previous_mask, previous_logits = mask, prediction.low_res_logits
-
-    def _box_around(self, mask: np.ndarray) -> tuple[float, float, float, float]:
-        """The mask's box grown by the configured margin, clipped to the slice."""
-        config = self.config
-        x1, y1, x2, y2 = box_from_mask(mask)
-        margin_x = max(config.box_margin * (x2 - x1), config.min_box_margin)
-        margin_y = max(config.box_margin * (y2 - y1), config.min_box_margin)
-        height, width = self.slice_hw
-        return (max(x1 - margin_x, 0.0), max(y1 - margin_y, 0.0), min(x2 + margin_x, width - 1.0), min(y2 + margin_y, height - 1.0))
+            for done, (run, index, logits) in enumerate(self.tracker.follow(runs), start=1):
+                tracked = self.objects[run.obj_id]
+                if logits is not None:
+                    mask = logits > 0
+                    if mask.any():
+                        tracked.masks[index] = mask
+                    if on_slice is not None:
+                        on_slice(run.obj_id, index, logits)
+                bar.update(1)
+                if on_progress is not None:
+                    on_progress(done, total)
+                key = (run.obj_id, run.anchor, run.step)
+                left[key] -= 1
+                if left[key] == 0:
+                    tracked.dirty_runs.discard((run.anchor, run.step))
 
     # -- results ---------------------------------------------------------------------------------
 
@@ -293,10 +259,6 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
 def merge_prompts(existing: Prompt | None, new: Prompt) -> Prompt:

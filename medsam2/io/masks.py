@@ -26,17 +26,17 @@ def stored_array(volume: Volume, key: str) -> np.ndarray | None:
 
 def load_mask(path: Path | str) -> Volume:
     """A label map from any image format; from an npz, its ``segs`` (else ``gts``) array."""
-    volume = load_image(path)
-    if volume.source is not None and volume.source.suffix.lower() == ".npz":
-        key = next((k for k in NPZ_MASK_KEYS if k in volume.meta.get("npz", {})), None)
-        if key is None:
-            raise InputError(f"{path}: no mask in this npz (expected a 'segs' or 'gts' array)")
-        volume = volume.with_array(stored_array(volume, key))
-    array = volume.array
+    volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS)
     if volume.is_color:
         raise InputError(f"{path}: a colour image is not a label map")
+    labels = as_label_map(volume.array, path)
+    return volume if labels is volume.array else volume.with_array(labels)
+
+
+def as_label_map(array: np.ndarray, source: Path | str) -> np.ndarray:
+    """`array` if it holds labels (whole numbers >= 0; floats become int32), else a one-line error."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
-        raise InputError(f"{path}: not a label map (non-integer values)")
+        raise InputError(f"{source}: not a label map (non-integer values)")
     if array.size and array.min() < 0:
-        raise InputError(f"{path}: not a label map (negative values)")
-    return volume if array.dtype == bool or np.issubdtype(array.dtype, np.integer) else volume.with_array(array.astype(np.int32))
+        raise InputError(f"{source}: not a label map (negative values)")
+    return array if array.dtype == bool or np.issubdtype(array.dtype, np.integer) else array.astype(np.int32)

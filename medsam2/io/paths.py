@@ -9,6 +9,9 @@ IMAGE_SUFFIXES = (
     ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz",
     ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
 )
+# Containers read as videos (through FFmpeg); folders of frames, cine DICOM and 2D+t NIfTI are
+# recognised by their content (`medsam2.io.video.is_video`).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
 def image_suffix(path: Path) -> str | None:

@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import get_args
 
@@ -25,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
-from medsam2.io.paths import IMAGE_SUFFIXES, image_suffix
+from medsam2.io.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
 
 SUPPORTED_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # plus DICOM series folders and DICOM files of any name
@@ -66,17 +67,20 @@ def library_reason(error: BaseException) -> str:
     return useful[-1] if isinstance(error, RuntimeError) else useful[0]
 
 
-def load_image(path: str | Path, *, modality: str | None = None) -> Volume:
+def load_image(
+    path: str | Path, *, modality: str | None = None, npz_array_keys: tuple[str, ...] = ("imgs",)
+) -> Volume:
     """Read an image file or a DICOM series folder into a `Volume` (see the module doc for formats).
 
     `modality` (CT, MR, PT, US, XA, OT or unknown; any case) overrides the DICOM Modality tag; files
     without one get "unknown", left to the preprocess layer to guess from the intensities.
+    `npz_array_keys`: the npz arrays the volume is read from, the first one present.
     """
     path = Path(path)
     override = _parse_modality(modality, path) if modality is not None else None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    read = _read_dicom_folder if path.is_dir() else _reader_for(path)
+    read = _read_dicom_folder if path.is_dir() else _reader_for(path, npz_array_keys)
     try:
         volume = read(path)
     except InputError:  # a ValueError too: let ours through unchanged
@@ -97,16 +101,18 @@ def _parse_modality(value: str, path: Path) -> Modality:
     return normalised  # type: ignore[return-value]
 
 
-def _reader_for(path: Path) -> Callable[[Path], Volume]:
+def _reader_for(path: Path, npz_array_keys: tuple[str, ...]) -> Callable[[Path], Volume]:
     suffix = file_suffix(path)
     if suffix in SITK_SUFFIXES:
         return _read_sitk_file
     if suffix == ".npz":
-        return _read_npz
+        return partial(_read_npz, array_keys=npz_array_keys)
     if suffix in PICTURE_SUFFIXES:
         return _read_picture
     if suffix == ".dcm" or dicom.is_dicom_file(path):
         return _read_dicom_file
+    if suffix in VIDEO_SUFFIXES:
+        raise InputError(f"{path}: a video, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
     raise InputError(
         f"{path}: unsupported file type '{suffix or 'no extension'}' "
         f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder)"
@@ -183,16 +189,20 @@ def _read_dicom_folder(path: Path) -> Volume:
     return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})
 
 
-def _read_npz(path: Path) -> Volume:
+def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:
+    """A MedSAM-style npz as a volume of its first array among ``array_keys``; the other arrays stay
+    in ``meta["npz"]``."""
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
-    if "imgs" not in arrays:
-        raise InputError(f"{path}: no 'imgs' array in this npz (keys: {', '.join(sorted(arrays)) or 'none'})")
-    imgs = arrays.pop("imgs")
+    key = next((k for k in array_keys if k in arrays), None)
+    if key is None:
+        wanted = " or ".join(f"'{k}'" for k in array_keys)
+        raise InputError(f"{path}: no {wanted} array in this npz (keys: {', '.join(sorted(arrays)) or 'none'})")
+    imgs = arrays.pop(key)
     # MedSAM layouts: 3D (D, H, W); 2D grey (H, W) or colour (H, W, 3).
     is_2d = imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[-1] == 3)
     if not is_2d and imgs.ndim != 3:
-        raise InputError(f"{path}: 'imgs' has shape {imgs.shape}; expected (D, H, W), (H, W) or (H, W, 3)")
+        raise InputError(f"{path}: '{key}' has shape {imgs.shape}; expected (D, H, W), (H, W) or (H, W, 3)")
     geometry = {
         key: values
         for key, length in (("spacing", 3), ("origin", 3), ("direction", 9))
@@ -212,6 +222,11 @@ def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path
 
 
 def _read_picture(path: Path) -> Volume:
+    return Volume(array=read_picture(path)[None], source=path, meta={"is_2d": True})
+
+
+def read_picture(path: Path) -> np.ndarray:
+    """One 2D picture as (H, W) grey or (H, W, 3) RGB; palette, alpha and CMYK pictures become RGB."""
     with Image.open(path) as picture:
         if getattr(picture, "n_frames", 1) > 1:
             raise InputError(f"{path}: {picture.n_frames} pages; only single 2D images are supported")
@@ -219,5 +234,4 @@ def _read_picture(path: Path) -> Volume:
             picture = picture.convert("L")
         elif picture.mode not in ("L", "I", "I;16", "F", "RGB"):  # palette, alpha, CMYK...
             picture = picture.convert("RGB")
-        array = np.asarray(picture)
-    return Volume(array=array[None], source=path, meta={"is_2d": True})
+        return np.asarray(picture)

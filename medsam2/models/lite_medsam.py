@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from medsam2.models.mask_decoder import MaskDecoder
+from medsam2.models.onnx_runtime import OnnxModule, onnx_module
 from medsam2.models.prompt_encoder import PromptEncoder
 from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
 from medsam2.models.transformer import TwoWayTransformer
@@ -88,6 +89,35 @@ class LiteMedSAM(nn.Module):
         fold_batch_norms(self.image_encoder)
         self.image_encoder.to(memory_format=torch.channels_last)
         return self.eval()
+
+
+class BoxDecoder(nn.Module):
+    """The decoder for one box on one image embedding, single-mask output: the call propagation
+    makes on every slice, as a module of its own so that it can run on ONNX Runtime."""
+
+    def __init__(self, model: LiteMedSAM) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def forward(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 256, 64, 64), (1, 4) -> logits (1, 1, 256, 256), predicted IoU (1, 1): `LiteMedSAM.decode`
+        of the box."""
+        sparse, dense = self.prompt_encoder(1, boxes=boxes)
+        return self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, False)
+
+
+def onnx_runtime_parts(model: LiteMedSAM) -> tuple[OnnxModule | None, OnnxModule | None]:
+    """`model`'s image encoder (one image per call) and `BoxDecoder` on ONNX Runtime, each None
+    where that is unavailable; `model` in eval mode on the CPU (see `medsam2.models.onnx_runtime`)."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    embedding = torch.randn(1, EMBED_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE, generator=generator)
+    box = torch.tensor([[64.0, 80.0, 150.0, 170.0]])
+    return (
+        onnx_module(model.image_encoder, (image,), "lite_medsam_image_encoder"),
+        onnx_module(BoxDecoder(model), (embedding, box), "lite_medsam_box_decoder"),
+    )
 
 
 def load_lite_medsam(

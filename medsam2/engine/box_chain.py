@@ -1,0 +1,106 @@
+"""Propagation for 2D promptable models (LiteMedSAM): each slice is prompted from the previous one.
+
+From an anchor the object is followed slice by slice; each new slice is prompted with the box of the
+previous slice's mask (grown by a margin so the object may widen) and, optionally, the previous
+low-resolution logits as a dense prompt. A run stops where the object vanishes (mask smaller than
+`min_area` pixels or predicted IoU below `min_score`, or an embedding inside the mask unlike the
+anchor's, `min_similarity`), so it does not leak onto empty slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medsam2.engine.cache import EmbeddingCache
+from medsam2.engine.predictor import SlicePredictor
+from medsam2.engine.prompts import Prompt, box_from_mask
+from medsam2.engine.tracking import PropagationConfig, Run
+
+
+@dataclass
+class BoxChainAnchor:
+    """What a run needs from its anchor."""
+
+    seed: Any  # the anchor's low-res logits
+    feature: np.ndarray  # the embedding averaged inside the anchor's mask
+    mask: np.ndarray  # (H, W) bool
+
+
+class BoxChainTracker:
+    """`Tracker` over a `SlicePredictor`; runs are followed one after the other."""
+
+    def __init__(self, slices: np.ndarray, predictor: SlicePredictor, config: PropagationConfig) -> None:
+        self.slices = slices
+        self.predictor = predictor
+        self.config = config
+        self.embeddings = EmbeddingCache(slices, predictor.encode, config.cache_slices)
+
+    @property
+    def slice_hw(self) -> tuple[int, int]:
+        return self.slices.shape[1], self.slices.shape[2]
+
+    def segment_anchor(
+        self, prompt: Prompt, previous: Any | None, current_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, BoxChainAnchor]:
+        """The merged prompt alone decides the anchor's mask (LiteMedSAM has no memory)."""
+        embedding = self.embeddings.get(prompt.slice_index)
+        if prompt.mask is not None and prompt.box is None and not prompt.points:
+            mask, seed = prompt.mask, self.predictor.mask_to_low_res_logits(prompt.mask)
+        else:
+            prediction = self.predictor.predict(
+                embedding,
+                self.slice_hw,
+                box=prompt.box,
+                points=np.asarray(prompt.points, dtype=float).reshape(-1, 2) if prompt.points else None,
+                labels=np.asarray(prompt.labels, dtype=int) if prompt.points else None,
+                mask_logits=None if prompt.mask is None else self.predictor.mask_to_low_res_logits(prompt.mask),
+            )
+            mask, seed = prediction.logits > 0, prediction.low_res_logits
+        feature = self.predictor.object_feature(embedding, mask) if mask.any() else np.zeros(0)
+        return mask, BoxChainAnchor(seed, feature, mask)
+
+    def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:
+        for run in runs:
+            done = 0
+            for done, (index, logits) in enumerate(self._follow(run.conditioning[run.anchor], run.slices), start=1):
+                yield run, index, logits
+            for index in run.slices[done:]:
+                yield run, index, None
+
+    def _follow(self, anchor: BoxChainAnchor, covered: range) -> Iterator[tuple[int, np.ndarray]]:
+        """Logits slice by slice along `covered`, until the object vanishes."""
+        config = self.config
+        previous_mask, previous_logits = anchor.mask, anchor.seed
+        slices = list(covered)
+        for position, index in enumerate(slices):
+            embedding = self.embeddings.get(index, prefetch=slices[position + 1 : position + config.prefetch])
+            prediction = self.predictor.predict(
+                embedding,
+                self.slice_hw,
+                box=self._box_around(previous_mask),
+                mask_logits=previous_logits if config.use_mask_prompt else None,
+            )
+            mask = prediction.logits > 0
+            if mask.sum() < config.min_area or prediction.score < config.min_score:
+                return
+            if cosine_similarity(self.predictor.object_feature(embedding, mask), anchor.feature) < config.min_similarity:
+                return
+            yield index, prediction.logits
+            previous_mask, previous_logits = mask, prediction.low_res_logits
+
+    def _box_around(self, mask: np.ndarray) -> tuple[float, float, float, float]:
+        """The mask's box grown by the configured margin, clipped to the slice."""
+        config = self.config
+        x1, y1, x2, y2 = box_from_mask(mask)
+        margin_x = max(config.box_margin * (x2 - x1), config.min_box_margin)
+        margin_y = max(config.box_margin * (y2 - y1), config.min_box_margin)
+        height, width = self.slice_hw
+        return (max(x1 - margin_x, 0.0), max(y1 - margin_y, 0.0), min(x2 + margin_x, width - 1.0), min(y2 + margin_y, height - 1.0))
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))

@@ -1,0 +1,100 @@
+"""Prompts from what a user writes: box/point/RECIST text, a prompts JSON file, a mask file, or the
+RECIST marker stored in a MedSAM npz.
+
+One parser for every front end, so `medsam2 segment --box 6,246,273,276,322` and a batch
+manifest's ``box`` column with the same text give the same prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsam2.engine.prompt_files import load_prompt_file
+from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box
+from medsam2.errors import InputError
+from medsam2.io.masks import load_mask, stored_array
+from medsam2.io.volume import Volume, to_slices
+
+
+@dataclass(frozen=True)
+class PromptSources:
+    """Everything a user may give to prompt one image; text in the `--box`/`--point`/`--recist` syntax."""
+
+    boxes: tuple[str, ...] = ()  # "Z,X1,Y1,X2,Y2[,ID]"
+    points: tuple[str, ...] = ()  # "Z,X,Y[,LABEL[,ID]]"
+    recists: tuple[str, ...] = ()  # "Z,X1,Y1,X2,Y2[,ID]"
+    prompts_file: Path | None = None  # JSON, see `medsam2.engine.prompt_files`
+    mask_prompt: Path | None = None  # a label file in the image's geometry
+
+
+def parse_numbers(text: str, flag: str, counts: tuple[int, ...]) -> list[float]:
+    """Comma-separated numbers of one of the allowed counts, or a one-line error."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in counts:
+        raise InputError(f"{flag} {text!r}: expected {' or '.join(map(str, counts))} numbers, got {len(values)}")
+    return values
+
+
+def as_index(value: float, flag: str, what: str) -> int:
+    if value != int(value):
+        raise InputError(f"{flag}: {what} must be a whole number, got {value}")
+    return int(value)
+
+
+def prompts_from_flags(
+    boxes: list[str], points: list[str], recists: list[str], height: int, width: int
+) -> list[Prompt]:
+    prompts = []
+    for text in boxes:
+        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--box", (5, 6))
+        obj_id = as_index(rest[0], "--box", "object id") if rest else 1
+        prompts.append(Prompt(as_index(z, "--box", "slice"), obj_id, box=(x1, y1, x2, y2)))
+    for text in points:
+        z, x, y, *rest = parse_numbers(text, "--point", (3, 4, 5))
+        label = as_index(rest[0], "--point", "label") if rest else 1
+        obj_id = as_index(rest[1], "--point", "object id") if len(rest) > 1 else 1
+        prompts.append(Prompt(as_index(z, "--point", "slice"), obj_id, points=((x, y),), labels=(label,)))
+    for text in recists:
+        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--recist", (5, 6))
+        obj_id = as_index(rest[0], "--recist", "object id") if rest else 1
+        prompts.append(Prompt(as_index(z, "--recist", "slice"), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
+    return prompts
+
+
+def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prompt]:
+    """Each label of a mask file becomes a mask prompt on the slice where that label is largest."""
+    if mask.shape != image.shape:
+        raise InputError(f"{mask.source}: mask shape {mask.shape} differs from image shape {image.shape}")
+    slices = to_slices(mask.array, axis_index)
+    prompts = []
+    for label in (int(v) for v in np.unique(slices) if v != 0):
+        areas = (slices == label).reshape(slices.shape[0], -1).sum(axis=1)
+        index = int(np.argmax(areas))
+        prompts.append(Prompt(index, label, mask=slices[index] == label))
+    if not prompts:
+        raise InputError(f"{mask.source}: the mask prompt is empty")
+    return prompts
+
+
+def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> list[Prompt]:
+    """The prompts of every source, in slice coordinates along `axis_index`; an npz with a `recist`
+    marker and no other prompt is prompted from that marker. No prompt at all is an `InputError`."""
+    _, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
+    prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width)
+    if sources.prompts_file is not None:
+        prompts += load_prompt_file(sources.prompts_file, height, width)
+    if sources.mask_prompt is not None:
+        prompts += prompts_from_mask(load_mask(sources.mask_prompt), volume, axis_index)
+    marker = stored_array(volume, "recist")
+    if not prompts and marker is not None:
+        slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))
+        prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
+    if not prompts:
+        raise InputError(f"{volume.source}: no prompt given (use --box, --point, --recist, --prompts or --mask-prompt)")
+    return prompts

@@ -1,0 +1,244 @@
+"""SAM 2.1 / MedSAM2 behind the session: prompted slices are conditioning frames, runs carry a
+memory bank.
+
+Per object and direction, a run starts from its anchor with a fresh `MemoryBank` holding the anchor
+(and the next anchor ahead, if any) as conditioning frames; each following slice attends to the
+bank, is decoded, and leaves its own memory. With `PropagationConfig(memory="confidence")` the
+bank is a `ConfidenceMemoryBank` instead: the most confident earlier slices of the run, weighted by
+their similarity to the current one (which costs one host synchronisation per frame). With one prompted slice, `direction="both"` is thus
+MedSAM2's CT procedure: propagate forward from the key slice, start again from the same prompt,
+propagate backward, and take the union.
+
+Work is arranged for throughput and flat memory: frames are encoded in batches ahead of the
+sequential memory step (a bounded cache, shared by every object), runs of several objects going the
+same way advance together frame by frame, the per-frame step has no host synchronisation, and
+finished masks go to the host in chunks. Only the banks and the cache live on the device. On CUDA
+the network runs under bfloat16 autocast unless `precision="fp32"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from medsam2.engine.cache import EmbeddingCache
+from medsam2.engine.memory import MemoryBank, MemoryEntry
+from medsam2.engine.memory_policy import ConfidenceMemoryBank
+from medsam2.engine.prompts import Prompt
+from medsam2.engine.tracking import PropagationConfig, Run
+from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model
+from medsam2.models.sam2.model import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE
+from medsam2.preprocess.resize import SquareResize
+
+Precision = Literal["fp32", "bf16"]
+BOX_CORNER_LABELS = (2, 3)
+# SAM 2 clamps earlier logits before feeding them back with new clicks ("rare numerical issues").
+PREVIOUS_LOGITS_LIMIT = 32.0
+# Memory models look at each frame once per run: a small cache of prefetched frames is enough.
+SAM2_PROPAGATION = PropagationConfig(prefetch=8, cache_slices=16)
+
+
+def memory_propagation(memory: str) -> PropagationConfig | None:
+    """The propagation settings for memory policy `memory` ("recent" or "confidence"); None (each
+    model family's defaults) for SAM 2's own "recent"."""
+    if memory == "recent":
+        return None
+    return PropagationConfig(prefetch=SAM2_PROPAGATION.prefetch, cache_slices=SAM2_PROPAGATION.cache_slices, memory=memory)  # type: ignore[arg-type]
+
+
+@dataclass
+class SAM2Anchor:
+    """What the session keeps for a prompted slice."""
+
+    low_res_logits: torch.Tensor  # (1, 1, S/4, S/4) logits of the chosen mask
+    memory: MemoryEntry  # its conditioning memory (binarised mask) and object pointer
+
+
+class SAM2Predictor:
+    """A SAM 2.1 model on a device, with MedSAM2's or Meta's preprocessing.
+
+    `resample` is how slices are stretched to the model's square input: MedSAM2 resizes CT slices
+    bilinearly, Meta's video predictor with Pillow's default (bicubic)."""
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        device: torch.device | str = "cpu",
+        resample: Literal["bicubic", "bilinear"] = "bicubic",
+        precision: Precision | None = None,
+        encode_batch: int | None = None,
+        output_chunk: int = 8,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.transform = SquareResize(model.image_size, resample=resample)
+        on_gpu = self.device.type == "cuda"
+        self.precision: Precision = precision or ("bf16" if on_gpu else "fp32")
+        # Batches keep a GPU busy; on a CPU they only raise the peak memory of the encoder.
+        self.encode_batch = encode_batch or (8 if on_gpu else 2)
+        self.output_chunk = output_chunk
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @torch.inference_mode()
+    def encode(self, slices: np.ndarray) -> list[FrameFeatures]:
+        """Features of a batch of uint8 slices, (N, H, W) or (N, H, W, 3), one entry per slice."""
+        features: list[FrameFeatures] = []
+        for start in range(0, len(slices), self.encode_batch):
+            images = self.transform.prepare_batch(slices[start : start + self.encode_batch]).to(self.device)
+            with self.autocast():
+                features.extend(self.model.encode_image(images).split())
+        return features
+
+    def tracker(self, slices: np.ndarray, config: PropagationConfig | None = None) -> SAM2Tracker:
+        return SAM2Tracker(self, slices, config or SAM2_PROPAGATION)
+
+
+class SAM2Tracker:
+    """`Tracker` for one stack of slices."""
+
+    def __init__(self, predictor: SAM2Predictor, slices: np.ndarray, config: PropagationConfig) -> None:
+        self.predictor = predictor
+        self.model = predictor.model
+        self.config = config
+        self.embeddings = EmbeddingCache(slices, predictor.encode, config.cache_slices)
+        self.num_frames = len(slices)
+        self.slice_hw: tuple[int, int] = (slices.shape[1], slices.shape[2])
+        self.banks: list[MemoryBank | ConfidenceMemoryBank] = []  # those of the runs being followed, for inspection
+
+    # -- prompted slices -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def segment_anchor(
+        self, prompt: Prompt, previous: SAM2Anchor | None, current_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, SAM2Anchor]:
+        """A prompted slice, decoded without memory as SAM 2 decodes a frame's first prompt. A mask
+        alone is taken as the answer (and kept exactly on its slice). Otherwise the slice's earlier logits (when it was prompted
+        before), a mask given with clicks, or the propagated mask (for clicks on a slice that
+        propagation reached) enter as the mask prompt, so clicks refine what is there."""
+        model, features = self.model, self.embeddings.get(prompt.slice_index)
+        with self.predictor.autocast():
+            if prompt.mask is not None and prompt.box is None and not prompt.points:
+                output = model.mask_as_output(features.top, features.high_res, self._mask_on_input(prompt.mask))
+            else:
+                points, labels = self._points(prompt)
+                output = model.decode(
+                    model.without_memory(features.top),
+                    features.high_res,
+                    points,
+                    labels,
+                    self._mask_prompt(prompt, previous, current_mask),
+                    model.use_multimask(True, points.shape[1]),
+                )
+            memory = model.encode_memory(features.top, output.high_res_masks, output.object_score_logits, binarize=True)
+        anchor = SAM2Anchor(output.low_res_masks, self._entry(prompt.slice_index, output, memory))
+        if prompt.mask is not None and prompt.box is None and not prompt.points:
+            return prompt.mask, anchor  # the user's mask is the answer on its slice
+        logits = self.predictor.transform.logits_to_image(output.low_res_masks[0, 0].float(), self.slice_hw)
+        return (logits > 0).cpu().numpy(), anchor
+
+    def _points(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, N, 2) points in input pixels and (1, N) labels: the box as two corner points first,
+        then the clicks, as SAM 2 was trained."""
+        transform = self.predictor.transform
+        coords: list[np.ndarray] = []
+        labels: list[int] = []
+        if prompt.box is not None:
+            coords.append(transform.box_to_model(np.asarray(prompt.box), self.slice_hw).reshape(2, 2))
+            labels.extend(BOX_CORNER_LABELS)
+        if prompt.points:
+            coords.append(transform.points_to_model(np.asarray(prompt.points), self.slice_hw))
+            labels.extend(prompt.labels)
+        device = self.predictor.device
+        points = torch.as_tensor(np.concatenate(coords), dtype=torch.float32, device=device)[None]
+        return points, torch.tensor([labels], dtype=torch.int32, device=device)
+
+    def _mask_on_input(self, mask: np.ndarray) -> torch.Tensor:
+        """(1, 1, S, S) {0, 1} mask at the model's input size."""
+        return self.predictor.transform.mask_to_model(mask)[None, None].to(self.predictor.device)
+
+    def _mask_prompt(
+        self, prompt: Prompt, previous: SAM2Anchor | None, current_mask: np.ndarray | None
+    ) -> torch.Tensor | None:
+        """Logits for the decoder's mask input, or None."""
+        if prompt.mask is not None:
+            return self._mask_on_input(prompt.mask) * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
+        if previous is not None:
+            return previous.low_res_logits.clamp(-PREVIOUS_LOGITS_LIMIT, PREVIOUS_LOGITS_LIMIT)
+        if current_mask is not None and prompt.box is None:
+            return self._mask_on_input(current_mask) * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
+        return None
+
+    @staticmethod
+    def _entry(frame: int, output: FrameOutput, memory: torch.Tensor) -> MemoryEntry:
+        # SAM 2 keeps spatial memories in bfloat16, whatever the compute precision.
+        return MemoryEntry(frame, memory.to(torch.bfloat16), output.obj_ptr)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:
+        for step in (1, -1):
+            chosen = [run for run in runs if run.step == step]
+            if chosen:
+                yield from self._sweep(chosen, step)
+
+    def _sweep(self, runs: list[Run], step: int) -> Iterator[tuple[Run, int, np.ndarray]]:
+        """Advance all runs of one direction together, frame by frame in that direction."""
+        self.banks = banks = [self._bank([anchor.memory for anchor in run.conditioning.values()], step) for run in runs]
+        frames = sorted({index for run in runs for index in run.slices}, key=lambda index: index * step)
+        pending: list[tuple[Run, int, torch.Tensor]] = []
+        for position, frame in enumerate(frames):
+            ahead = frames[position + 1 : position + self.config.prefetch]
+            features = self.embeddings.get(frame, prefetch=ahead)
+            for run, bank in zip(runs, banks):
+                if frame in run.slices:
+                    pending.append((run, frame, self._step(features, bank, frame)))
+            if len(pending) >= self.predictor.output_chunk:
+                yield from self._to_host(pending)
+                pending = []
+        yield from self._to_host(pending)
+
+    def _bank(self, conditioning: list[MemoryEntry], step: int) -> MemoryBank | ConfidenceMemoryBank:
+        """A fresh bank for a run in direction `step`, of the configured policy."""
+        settings = self.model.config
+        if self.config.memory == "confidence":
+            # Pointer distances scaled as the recent bank scales them, by the longest a run can see.
+            max_pointers = min(self.num_frames, settings.max_obj_ptrs)
+            return ConfidenceMemoryBank(conditioning, self.config.bank, settings.num_maskmem, max_pointers)
+        return MemoryBank(conditioning, step, self.num_frames, settings.num_maskmem, settings.max_obj_ptrs)
+
+    @torch.inference_mode()
+    def _step(self, features: FrameFeatures, bank: MemoryBank | ConfidenceMemoryBank, frame: int) -> torch.Tensor:
+        """Track one frame of one run; (1, 1, S/4, S/4) logits, left on the device."""
+        if isinstance(bank, ConfidenceMemoryBank):
+            selection = bank.select(frame, features)
+        else:
+            selection = bank.select(frame)
+        with self.predictor.autocast():
+            tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
+            output, memory = self.model.track(features, tokens)
+        entry = self._entry(frame, output, memory)
+        if isinstance(bank, ConfidenceMemoryBank):
+            bank.add(entry, output, features)
+        else:
+            bank.add(entry)
+        return output.low_res_masks
+
+    @torch.inference_mode()
+    def _to_host(self, pending: list[tuple[Run, int, torch.Tensor]]) -> Iterator[tuple[Run, int, np.ndarray]]:
+        """Slice-resolution logits of finished frames, brought to the host in one transfer."""
+        if not pending:
+            return
+        low_res = torch.cat([logits for _, _, logits in pending])[:, 0].float()
+        logits = self.predictor.transform.logits_to_image(low_res, self.slice_hw).cpu().numpy()
+        for (run, frame, _), frame_logits in zip(pending, logits):
+            yield run, frame, frame_logits
+

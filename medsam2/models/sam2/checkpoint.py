@@ -1,0 +1,40 @@
+"""Building SAM 2.1 models from official checkpoints (`{"model": state_dict}`), variant detected."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from medsam2.errors import InputError
+from medsam2.models.sam2.config import VARIANTS, SAM2Config, detect_num_maskmem, detect_variant
+from medsam2.models.sam2.model import SAM2Model
+from medsam2.models.weights import load_state_strictly, read_state_dict
+
+
+def is_sam2_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict has SAM 2's layout (a Hiera trunk), whatever its size."""
+    return any(key.startswith("image_encoder.trunk.") for key in state)
+
+
+def sam2_from_state(
+    state: dict[str, torch.Tensor], path: Path, config: SAM2Config | None = None, device: str | torch.device = "cpu"
+) -> SAM2Model:
+    """A SAM 2.1 model in eval mode holding `state` (read from `path`, named in errors). The
+    variant and the number of memory slots come from the tensor shapes; `config` gives the rest
+    (image size, inference switches)."""
+    variant = detect_variant(state)
+    if variant is None:
+        known = ", ".join(f"{name} ({trunk.embed_dim} wide, {sum(trunk.stages)} blocks)" for name, trunk in VARIANTS.items())
+        raise InputError(f"{path}: not a SAM 2.1 checkpoint (no Hiera trunk of a known size: {known})")
+    config = replace(config or SAM2Config(), variant=variant, num_maskmem=detect_num_maskmem(state) or 7)
+    model = SAM2Model(config)
+    load_state_strictly(model, state, path)
+    return model.eval().to(device)
+
+
+def load_sam2(path: Path | str, config: SAM2Config | None = None, device: str | torch.device = "cpu") -> SAM2Model:
+    """`sam2_from_state` of the checkpoint at `path`."""
+    path = Path(path)
+    return sam2_from_state(read_state_dict(path), path, config, device)

@@ -1,0 +1,294 @@
+"""SAM 2.1 / MedSAM2 in the engine: checkpoints of every variant, bad files, the model registry,
+bounded memory on long sequences, corrections, and the command line.
+
+Networks here have random weights (no published checkpoint is downloaded); agreement with Meta's
+implementation is tested in test_sam2_reference.py. Small input sizes keep the runs short, and so
+does one thread: at these sizes a second thread only waits at every op's barrier (ten times slower
+than one thread when other processes share the two cores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+import sam2.build_sam  # noqa: F401  (registers Meta's configs with hydra)
+from medsam2.cli.main import app
+from medsam2.engine.memory import MemoryBank, MemoryEntry
+from medsam2.engine.models import load_predictor
+from medsam2.engine.prompts import box_from_mask
+from medsam2.engine.registry import PRESETS, config_file, resolve_model
+from medsam2.engine.sam2_predictor import SAM2Predictor
+from medsam2.engine.session import Session
+from medsam2.errors import InputError
+from medsam2.io import load_image
+from medsam2.models.sam2 import VARIANTS, SAM2Config, SAM2Model, sam2_from_state
+
+META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_sam2(image_size: int, seed: int = 0) -> SAM2Model:
+    """Hiera-tiny with random weights whose object-score head says "present"."""
+    torch.manual_seed(seed)
+    model = SAM2Model(SAM2Config(image_size=image_size))
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(5.0)
+    return model.eval()
+
+
+def moving_disk(num_frames: int, size: int = 64) -> np.ndarray:
+    """(N, size, size) uint8 frames of a bright disk drifting right over a dark gradient."""
+    yy, xx = np.mgrid[:size, :size]
+    frames = np.empty((num_frames, size, size), dtype=np.uint8)
+    for t in range(num_frames):
+        disk = (xx - size / 3 - t % 8) ** 2 + (yy - size / 2) ** 2 < (size / 6) ** 2
+        frames[t] = np.where(disk, 220, 30 + xx // 2)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def small_predictor() -> SAM2Predictor:
+    return SAM2Predictor(random_sam2(64), "cpu")
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_loads_from_a_random_state_dict_with_metas_shapes(variant: str) -> None:
+    config = compose(config_name=f"configs/sam2.1/sam2.1_hiera_{META_CONFIGS[variant]}.yaml")
+    OmegaConf.resolve(config)
+    reference = instantiate(config.model, _recursive_=True)  # Meta's model, for its shapes
+    generator = torch.Generator().manual_seed(1)
+    state = {key: torch.randn(tensor.shape, generator=generator) for key, tensor in reference.state_dict().items()}
+    model = sam2_from_state(state, Path(f"random_{variant}.pt"), SAM2Config(image_size=512))
+    assert model.config.variant == variant
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[key], tensor) for key, tensor in state.items())
+
+
+def test_unknown_truncated_and_foreign_checkpoints_give_one_line_errors(tmp_path: Path) -> None:
+    state = random_sam2(64).state_dict()
+    cases: dict[str, tuple[object, str]] = {
+        "missing_tensor.pt": ({"model": {k: v for k, v in state.items() if k != "no_obj_ptr"}}, "1 missing keys, e.g. no_obj_ptr"),
+        "wide_trunk.pt": (
+            {"model": {**state, "image_encoder.trunk.patch_embed.proj.weight": torch.zeros(80, 3, 7, 7)}},
+            "no Hiera trunk of a known size",
+        ),
+        "foreign.pt": ({"model": {"backbone.conv1.weight": torch.zeros(8, 3, 3, 3)}}, "neither a LiteMedSAM nor a SAM 2.1"),
+        "not_a_dict.pt": ([1, 2, 3], "not a state dict"),
+    }
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+    good = tmp_path / "good.pt"
+    torch.save({"model": state}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["truncated.pt"] = (None, "not a readable PyTorch checkpoint")
+    for name, (_, message) in cases.items():
+        with pytest.raises(InputError, match=message) as raised:
+            load_predictor(str(tmp_path / name))
+        assert "\n" not in str(raised.value) and name in str(raised.value)
+    lite_like = tmp_path / "lite_like.pt"
+    torch.save({"image_encoder.neck.0.weight": torch.zeros(1)}, lite_like)
+    with pytest.raises(InputError, match="not a SAM 2.1 / MedSAM2 checkpoint, which --model medsam2 needs"):
+        load_predictor(f"medsam2={lite_like}")
+
+
+# -- registry ----------------------------------------------------------------------------------------
+
+
+def test_presets_resolve_through_the_environment_or_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    for variable in [preset.variable for preset in PRESETS.values()] + ["MEDSAM2_CONFIG"]:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert config_file() == tmp_path / "xdg" / "medsam2" / "config.toml"
+    with pytest.raises(InputError, match="MEDSAM2_MODEL_MEDSAM2=/path/to/MedSAM2_latest.pt") as raised:
+        resolve_model("medsam2")
+    assert "\n" not in str(raised.value) and str(config_file()) in str(raised.value)
+
+    weights = tmp_path / "MedSAM2_latest.pt"
+    weights.write_bytes(b"")
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(weights))
+    choice = resolve_model("medsam2")
+    assert choice.path == weights and choice.preset is not None and choice.preset.image_size == 512
+
+    config = tmp_path / "custom.toml"
+    config.write_text(f'[models]\n"sam2.1-large" = "{tmp_path / "missing.pt"}"\n')
+    monkeypatch.setenv("MEDSAM2_CONFIG", str(config))
+    assert PRESETS["sam2.1-large"].variable == "MEDSAM2_MODEL_SAM2_1_LARGE"
+    with pytest.raises(InputError, match=r"missing\.pt \(from .*custom\.toml \[models\] sam2\.1-large\) does not exist"):
+        resolve_model("sam2.1-large")
+    config.write_text("[models\n")
+    with pytest.raises(InputError, match="not a valid TOML config file"):
+        resolve_model("sam2.1-large")
+
+    assert resolve_model(f"sam2.1-small={weights}").preset == PRESETS["sam2.1-small"]
+    assert resolve_model(str(weights)).preset is None
+    with pytest.raises(InputError, match="neither a known model"):
+        resolve_model("sam3")
+
+
+def test_a_bare_sam2_file_runs_with_metas_settings_and_a_preset_with_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "finetuned.pt"
+    torch.save({"model": random_sam2(64).state_dict()}, path)
+    bare = load_predictor(str(path))
+    assert isinstance(bare, SAM2Predictor)
+    assert (bare.model.config.variant, bare.model.image_size, bare.transform.resample) == ("tiny", 1024, "bicubic")
+    medsam2 = load_predictor(f"medsam2={path}")
+    assert (medsam2.model.image_size, medsam2.transform.resample) == (512, "bilinear")
+    assert medsam2.precision == "fp32"
+
+
+# -- propagation -------------------------------------------------------------------------------------
+
+
+def test_memory_stays_bounded_on_a_long_sequence(small_predictor: SAM2Predictor) -> None:
+    frames = moving_disk(26)
+    session = Session(frames, small_predictor)
+    session.add_prompt(0, 1, box=(8, 18, 36, 46))
+    held: list[int] = []
+
+    def inspect(obj_id: int, index: int, logits: np.ndarray) -> None:
+        held.append(len(session.tracker.banks[0].tensors()))
+        assert len(session.embeddings) <= session.config.cache_slices
+
+    session.propagate("forward", progress=False, on_slice=inspect)
+    assert len(held) == 25
+    config = small_predictor.model.config
+    # the conditioning frame (memory + pointer), 6 recent spatial memories, 15 recent pointers
+    bound = 2 + (config.num_maskmem - 1) + (config.max_obj_ptrs - 1)
+    assert max(held) == held[-1] == bound
+    bank = session.tracker.banks[0]
+    assert len(bank.recent) == config.max_obj_ptrs - 1
+    assert sum(entry.features is not None for entry in bank.recent.values()) == config.num_maskmem - 1
+    assert all(entry.features.dtype == torch.bfloat16 for entry in bank.recent.values() if entry.features is not None)
+    assert session.embeddings.encoded_count == len(frames)  # each frame encoded once
+
+
+def test_bank_selection_follows_sam2_in_both_directions() -> None:
+    def entry(frame: int) -> MemoryEntry:  # features and pointer hold the frame number
+        return MemoryEntry(frame, torch.full((1, 1, 1, 1), float(frame)), torch.full((1, 1), float(frame)))
+
+    for step in (1, -1):
+        # a run from anchor 20 towards the next anchor 40 (forward) or 0 (backward), 9 frames in
+        anchors = sorted([20, 20 + 20 * step])
+        bank = MemoryBank([entry(20), entry(20 + 20 * step)], step, num_frames=60)
+        for k in range(1, 10):
+            bank.add(entry(20 + k * step))
+        chosen = bank.select(20 + 10 * step)
+        slots = [(int(features.item()), slot) for features, slot in chosen.spatial]
+        # both anchors at slot 0, then the 6 most recent frames, the furthest first
+        assert slots == [(anchors[0], 0), (anchors[1], 0)] + [(20 + k * step, k - 3) for k in range(4, 10)]
+        pointers = [(int(pointer.item()), distance) for pointer, distance in chosen.pointers]
+        # the anchor behind gives a pointer, the one ahead does not; then the recent frames
+        assert pointers == [(20, 10)] + [(20 + k * step, 10 - k) for k in range(9, 0, -1)]
+        assert chosen.max_pointer_distance == 15
+
+
+def test_correction_repropagates_only_the_affected_range(small_predictor: SAM2Predictor) -> None:
+    frames = moving_disk(12)
+    session = Session(frames, small_predictor)
+    session.add_prompt(2, 1, box=(8, 18, 36, 46))
+    session.propagate(progress=False)
+    before = session.result()
+    assert before[:2].any() and before[3:].any()
+
+    stepped: list[int] = []
+    session.add_prompt(9, 1, box=(12, 18, 42, 46))
+    session.propagate(progress=False, on_slice=lambda obj_id, index, logits: stepped.append(index))
+    # the forward run of 2 now ends half-way (5); the new anchor covers 8..6 backwards and 10..11
+    assert sorted(stepped) == [3, 4, 5, 6, 7, 8, 10, 11]
+    after = session.result()
+    np.testing.assert_array_equal(after[:2], before[:2])  # the backward run of 2 was not touched
+    assert not session.objects[1].dirty_runs
+
+    fresh = Session(frames, small_predictor)
+    fresh.add_prompt(2, 1, box=(8, 18, 36, 46))
+    fresh.add_prompt(9, 1, box=(12, 18, 42, 46))
+    fresh.propagate(progress=False)
+    np.testing.assert_array_equal(fresh.result(), after)  # incremental == from scratch
+
+    session.remove_prompt(9, 1)
+    session.propagate(progress=False)
+    np.testing.assert_array_equal(session.result(), before)
+
+
+def test_clicks_refine_a_prompted_slice_and_a_mask_prompt_is_kept_as_given(small_predictor: SAM2Predictor) -> None:
+    frames = moving_disk(6)
+    session = Session(frames, small_predictor)
+    first = session.add_prompt(2, 1, box=(8, 18, 36, 46))
+    refined = session.add_prompt(2, 1, points=[(22.0, 32.0)], labels=[1])
+    assert session.objects[1].prompts[2].box == (8.0, 18.0, 36.0, 46.0)
+    assert len(session.objects[1].prompts[2].points) == 1
+    assert refined.shape == first.shape == frames.shape[1:]
+    mask = np.zeros(frames.shape[1:], dtype=bool)
+    mask[20:40, 10:30] = True
+    np.testing.assert_array_equal(session.add_prompt(4, 2, mask=mask), mask)
+    session.propagate(progress=False)
+    assert set(np.unique(session.result())) <= {0, 1, 2}
+
+
+def test_bfloat16_autocast_runs_and_stays_close_to_float32() -> None:
+    """The precision used on GPUs, run here through the CPU's autocast: every op must accept the
+    mixed dtypes, and the masks must stay close to the float32 ones."""
+    model = random_sam2(64)
+    frames = moving_disk(6)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        session = Session(frames, SAM2Predictor(model, precision=precision))
+        session.add_prompt(1, 1, box=(8, 18, 36, 46))
+        session.add_prompt(4, 2, points=[(20.0, 30.0)], labels=[1])
+        session.propagate(progress=False)
+        results[precision] = session.result()
+    assert set(np.unique(results["fp32"])) == {0, 1, 2}
+    assert (results["fp32"] == results["bf16"]).mean() > 0.95
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion_cases: list[Path]) -> None:
+    """`segment --model medsam2` on four slices of a shared DeepLesion case, the preset's file given by
+    its environment variable: a random-weight checkpoint, MedSAM2's settings (512 px)."""
+    path = tmp_path / "random_medsam2.pt"
+    torch.save({"model": random_sam2(64).state_dict()}, path)
+    arrays = dict(np.load(ct_lesion_cases[1]))
+    truth = arrays["gts"] > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    for name in ("imgs", "gts"):
+        arrays[name] = arrays[name][key - 1 : key + 3]
+    case = tmp_path / "four_slices.npz"
+    np.savez_compressed(case, **arrays)
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    output = tmp_path / "mask.nii.gz"
+    command = ["segment", str(case), "--model", "medsam2", "--box", f"1,{x1:g},{y1:g},{x2:g},{y2:g}", "-o", str(output)]
+    result = CliRunner().invoke(app, command, env={"MEDSAM2_MODEL_MEDSAM2": str(path)})
+    assert result.exit_code == 0, result.output
+    scan, written = load_image(case), load_image(output)
+    assert written.spacing == pytest.approx(scan.spacing) and written.origin == pytest.approx(scan.origin)
+    labels = written.array
+    assert labels.shape == scan.shape == (4, 512, 512) and set(np.unique(labels)) <= {0, 1} and labels[1].any()
+
+    missing = CliRunner().invoke(
+        app, ["segment", str(case), "--model", "sam2.1-base-plus", "--box", "1,4,9,18,23", "-o", str(output)],
+        env={"MEDSAM2_MODEL_SAM2_1_BASE_PLUS": "", "MEDSAM2_CONFIG": str(tmp_path / "none.toml")},
+    )
+    assert missing.exit_code == 2
+    assert missing.stderr.count("\n") == 1 and "MEDSAM2_MODEL_SAM2_1_BASE_PLUS=" in missing.stderr
