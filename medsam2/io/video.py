@@ -1,0 +1,494 @@
+"""Videos: echocardiography and other ultrasound cine loops, endoscopy clips, as frames on demand.
+
+A `Video` carries what `Volume` carries for scans (frame rate and pixel spacing instead of 3D
+geometry) but not its pixels: frames are read in ranges (`Video.read`), so a ten-minute clip is
+never in memory at once. Inputs:
+
+- containers read through FFmpeg (PyAV): MP4, AVI, MOV, MKV, WebM... (`VIDEO_SUFFIXES`); frame rate
+  from the stream; grey pixel formats stay grey, everything else is decoded to RGB;
+- a folder of PNG/JPEG/BMP/TIFF frames, in natural name order (frame_2 before frame_10); no frame rate;
+- a multi-frame DICOM file (ultrasound, endoscopy or angiography cine): frame rate from Frame Time,
+  Frame Time Vector, Cine Rate or Recommended Display Frame Rate; pixel spacing from Pixel Spacing
+  or the calibrated ultrasound region (Sequence of Ultrasound Regions, cm converted to mm);
+- a NIfTI 2D+t sequence: 4D ``(x, y, 1, t)`` with the frame interval in ``pixdim[4]`` (its time unit
+  must be set), or 3D ``(x, y, t)`` as CAMUS' ``*_half_sequence.nii.gz``, whose frame rate is read
+  from the ``FrameRate`` line of the ``Info_<view>.cfg`` beside it.
+
+Frames are ``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB in the file's own dtype, rows and columns as
+`medsam2.io.volume` counts them (a NIfTI frame is oriented as SimpleITK reads the file).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol, Self
+
+import av
+import nibabel as nib
+import numpy as np
+import pydicom
+import pydicom.pixels
+from PIL import UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+
+from medsam2.errors import InputError
+from medsam2.io import dicom
+from medsam2.io.masks import as_label_map, load_mask
+from medsam2.io.paths import VIDEO_SUFFIXES
+from medsam2.io.readers import (
+    PICTURE_SUFFIXES,
+    file_suffix,
+    library_reason,
+    read_picture,
+)
+from medsam2.io.volume import Modality
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+CAMUS_SEQUENCE = re.compile(r"^(?P<patient>.+)_(?P<view>[^_]+)_half_sequence\.nii(\.gz)?$", re.IGNORECASE)
+GREY_PIXEL_FORMATS = ("gray", "ya8", "monob", "monow")  # prefixes of FFmpeg's grey formats
+# Units of the ultrasound region's Physical Delta X/Y (DICOM PS3.3 C.8.5.5.1.15): 3 = cm.
+US_UNITS_CM = 3
+# NIfTI xyzt_units time codes, in seconds.
+NIFTI_TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+NIFTI_SPACE_UNITS = {"unknown": 1.0, "meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+# What the libraries raise on damaged files.
+_READ_ERRORS = (
+    av.FFmpegError, OSError, EOFError, ValueError, InvalidDicomError, UnidentifiedImageError, nib.filebasedimages.ImageFileError,
+)
+
+
+class FrameSource(Protocol):
+    """Where a video's frames come from: a file read in ranges, or an array."""
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start`` (inclusive) to ``stop`` (exclusive), (n, H, W) or (n, H, W, 3)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Video:
+    """A clip: its frames on demand, frame rate and pixel spacing. Close it (or use `with`) when done."""
+
+    frames: FrameSource = field(repr=False, compare=False)
+    num_frames: int
+    frame_shape: tuple[int, int]  # (H, W): rows, columns
+    is_color: bool
+    frame_rate: float | None = None  # frames per second; None when the input does not say
+    pixel_spacing: tuple[float, float] | None = None  # (sx, sy) mm between columns, between rows
+    modality: Modality = "unknown"
+    source: Path | None = None
+    # Format-specific extras the writers need to mirror the input (the NIfTI header...).
+    meta: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(T, H, W): frames, rows, columns."""
+        return (self.num_frames, *self.frame_shape)
+
+    @property
+    def name(self) -> str:
+        return str(self.source) if self.source is not None else "video"
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``start`` to ``stop`` (exclusive; default: to the end)."""
+        stop = self.num_frames if stop is None else stop
+        if not 0 <= start < stop <= self.num_frames:
+            raise ValueError(f"frame range {start}..{stop} outside 0..{self.num_frames}")
+        try:
+            return self.frames.read(start, stop)
+        except InputError:
+            raise
+        except _READ_ERRORS as error:
+            raise InputError(f"{self.name}: cannot read frames {start}..{stop - 1} ({library_reason(error)})") from error
+
+    def close(self) -> None:
+        self.frames.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def video_from_array(
+    frames: np.ndarray,
+    frame_rate: float | None = None,
+    pixel_spacing: tuple[float, float] | None = None,
+    source: Path | None = None,
+) -> Video:
+    """A `Video` around frames already in memory, (T, H, W) or (T, H, W, 3)."""
+    frames = np.asarray(frames)
+    if frames.ndim not in (3, 4) or (frames.ndim == 4 and frames.shape[-1] != 3) or frames.shape[0] == 0:
+        raise InputError(f"{source or 'video'}: frames of shape {frames.shape}; expected (T, H, W) or (T, H, W, 3), T >= 1")
+    return Video(
+        frames=_ArrayFrames(frames),
+        num_frames=frames.shape[0],
+        frame_shape=(frames.shape[1], frames.shape[2]),
+        is_color=frames.ndim == 4,
+        frame_rate=frame_rate,
+        pixel_spacing=pixel_spacing,
+        source=source,
+    )
+
+
+# -- recognising and opening videos ------------------------------------------------------------------
+
+
+def is_video(path: str | Path) -> bool:
+    """Whether `path` is read as a video rather than a scan: a video container, a folder of pictures
+    (without DICOM files), a cine DICOM file, a 2D+t NIfTI (4D with one slice, or CAMUS' 3D
+    ``*_half_sequence``). Unreadable files are not videos (the scan reader then says what is wrong)."""
+    path = Path(path)
+    if path.is_dir():
+        entries = [entry for entry in path.iterdir() if entry.is_file()]
+        return any(_is_picture(entry) for entry in entries) and not any(dicom.is_dicom_file(e) for e in entries)
+    suffix = file_suffix(path)
+    if suffix in VIDEO_SUFFIXES:
+        return True
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            return CAMUS_SEQUENCE.match(path.name) is not None or _is_nifti_2d_t(nib.load(path).shape)
+        if dicom.is_dicom_file(path):
+            return _is_cine(pydicom.dcmread(path, stop_before_pixels=True))
+    except _READ_ERRORS:
+        return False
+    return False
+
+
+def load_video(path: str | Path) -> Video:
+    """Open a video (any form of this module's doc) for reading; frames are decoded when asked for."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            video = _open_frame_folder(path)
+        elif file_suffix(path) in VIDEO_SUFFIXES:
+            video = _open_container(path)
+        elif file_suffix(path) in NIFTI_SUFFIXES:
+            video = _open_nifti(path)
+        elif file_suffix(path) == ".dcm" or dicom.is_dicom_file(path):
+            video = _open_dicom(path)
+        else:
+            raise InputError(
+                f"{path}: not a video (read: {' '.join(VIDEO_SUFFIXES)}, .nii/.nii.gz 2D+t, cine DICOM, a folder of frames)"
+            )
+    except InputError:
+        raise
+    except _READ_ERRORS as error:
+        raise InputError(f"{path}: cannot read ({library_reason(error)})") from error
+    try:
+        video.read(0, 1)  # a file whose first frame does not decode is damaged: say so now
+    except InputError:
+        video.close()
+        raise
+    return video
+
+
+def load_video_mask(path: str | Path) -> np.ndarray:
+    """Per-frame label maps (T, H, W) from a mask sequence: an npz (``segs``, else ``gts``), a NIfTI
+    2D+t or 3D (x, y, t), or a folder of label PNGs; a single 2D label picture gives (1, H, W)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such mask file or folder")
+    if file_suffix(path) in (".npz", *PICTURE_SUFFIXES):  # what the scan reader reads as a label map
+        return load_mask(path).array
+    with load_video(path) as video:
+        if video.is_color:
+            raise InputError(f"{path}: a colour video is not a label map")
+        return as_label_map(video.read(), path)
+
+
+# -- arrays ------------------------------------------------------------------------------------------
+
+
+class _ArrayFrames:
+    def __init__(self, frames: np.ndarray):
+        self.frames = frames
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.frames[start:stop]
+
+    def close(self) -> None:
+        pass
+
+
+# -- folders of pictures -----------------------------------------------------------------------------
+
+
+def _is_picture(path: Path) -> bool:
+    return not path.name.startswith(".") and file_suffix(path) in PICTURE_SUFFIXES
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+class _FolderFrames:
+    def __init__(self, files: list[Path], first: np.ndarray):
+        self.files = files
+        self.first = first
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        frames = np.empty((stop - start, *self.first.shape), dtype=self.first.dtype)
+        for position, file in enumerate(self.files[start:stop]):
+            frame = read_picture(file)
+            if frame.shape != self.first.shape:
+                raise InputError(f"{file}: frame of shape {frame.shape}, but the first frame's is {self.first.shape}")
+            frames[position] = frame
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
+def _open_frame_folder(folder: Path) -> Video:
+    files = sorted((entry for entry in folder.iterdir() if entry.is_file() and _is_picture(entry)), key=_natural_key)
+    if not files:
+        raise InputError(f"{folder}: no frames in this folder (expected {', '.join(PICTURE_SUFFIXES)} pictures)")
+    first = read_picture(files[0])
+    if first.ndim == 3 and first.shape[-1] != 3:
+        raise InputError(f"{files[0]}: {first.shape[-1]} channels per pixel; expected grey or RGB")
+    return Video(
+        frames=_FolderFrames(files, first),
+        num_frames=len(files),
+        frame_shape=first.shape[:2],
+        is_color=first.ndim == 3,
+        source=folder,
+        meta={"frame_files": [file.name for file in files]},
+    )
+
+
+# -- containers (FFmpeg through PyAV) ----------------------------------------------------------------
+
+
+class _ContainerFrames:
+    """Frames of a container's first video stream, by index.
+
+    Indices come from the presentation timestamps of the stream's packets (one frame each), sorted;
+    a read continues decoding where the last one stopped, and otherwise seeks to the key frame
+    before the first wanted frame and decodes forward from there. Reading forward is thus one
+    decoding pass; reading backward costs at most a key-frame interval per range."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.container = av.open(str(path))
+        try:
+            if not self.container.streams.video:
+                raise InputError(f"{path}: no video stream in this file")
+            self.stream = self.container.streams.video[0]
+            self.timestamps = sorted(self._packet_timestamps())
+        except BaseException:
+            self.container.close()
+            raise
+        self.index_of = {timestamp: index for index, timestamp in enumerate(self.timestamps)}
+        pixel_format = self.stream.codec_context.pix_fmt or ""
+        self.format = "gray" if pixel_format.startswith(GREY_PIXEL_FORMATS) else "rgb24"
+        self.decoded: Iterator[av.VideoFrame] | None = None
+        self.next_index = 0
+        self.last: tuple[int, np.ndarray] | None = None
+
+    def _packet_timestamps(self) -> list[int]:
+        timestamps = []
+        for packet in self.container.demux(self.stream):
+            if packet.size == 0:  # the flushing packet at the end
+                continue
+            timestamp = packet.pts if packet.pts is not None else packet.dts
+            if timestamp is None:
+                raise InputError(f"{self.path}: video packets without timestamps; re-encode it (e.g. ffmpeg -i IN OUT.mp4)")
+            timestamps.append(timestamp)
+        self.container.seek(0)
+        return timestamps
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        frames = []
+        if self.last is not None and self.last[0] == start:  # successive windows share a frame
+            frames.append(self.last[1])
+        first = start + len(frames)
+        if first < stop and (self.decoded is None or first != self.next_index):
+            self._seek(first)
+        while len(frames) < stop - start:
+            frame = next(self.decoded, None)
+            if frame is None:
+                raise InputError(f"{self.path}: the video ends at frame {self.next_index} of {len(self.timestamps)} (damaged file?)")
+            index = self.index_of.get(frame.pts if frame.pts is not None else frame.dts)
+            if index is not None and index < first:  # decoded from the key frame before the wanted one
+                continue
+            if index != start + len(frames):
+                raise InputError(f"{self.path}: frame {start + len(frames)} does not decode (damaged file?)")
+            frames.append(frame.to_ndarray(format=self.format))
+            self.next_index = index + 1
+        self.last = (stop - 1, frames[-1])
+        return np.stack(frames)
+
+    def _seek(self, index: int) -> None:
+        self.container.seek(self.timestamps[index], stream=self.stream, backward=True, any_frame=False)
+        self.decoded = iter(self.container.decode(self.stream))
+        self.next_index = index
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _open_container(path: Path) -> Video:
+    frames = _ContainerFrames(path)
+    if not frames.timestamps:
+        frames.close()
+        raise InputError(f"{path}: the video has no frames")
+    context = frames.stream.codec_context
+    rate = frames.stream.average_rate or frames.stream.guessed_rate
+    return Video(
+        frames=frames,
+        num_frames=len(frames.timestamps),
+        frame_shape=(context.height, context.width),
+        is_color=frames.format == "rgb24",
+        frame_rate=float(rate) if rate else None,
+        source=path,
+    )
+
+
+# -- DICOM cine --------------------------------------------------------------------------------------
+
+
+def _is_cine(dataset: pydicom.Dataset) -> bool:
+    """A multi-frame DICOM that is a sequence in time (not the slices of an enhanced CT/MR)."""
+    timed = any(tag in dataset for tag in ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate"))
+    return int(dataset.get("NumberOfFrames", 1) or 1) > 1 and (timed or dataset.get("Modality") in ("US", "ES", "XA"))
+
+
+class _DicomFrames:
+    def __init__(self, path: Path, photometric: str, bits_stored: int):
+        self.path = path
+        self.photometric = photometric
+        self.bits_stored = bits_stored
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        frames = np.stack(list(pydicom.pixels.iter_pixels(self.path, indices=range(start, stop))))
+        if self.photometric == "MONOCHROME1":  # low values are white
+            frames = (2**self.bits_stored - 1) - frames
+        elif self.photometric == "PALETTE COLOR":
+            frames = pydicom.pixels.apply_color_lut(frames, pydicom.dcmread(self.path, stop_before_pixels=True))
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
+def _open_dicom(path: Path) -> Video:
+    dataset = pydicom.dcmread(path, defer_size="1 KB")
+    if "PixelData" not in dataset:
+        raise InputError(f"{path}: no pixel data in this DICOM file")
+    count = int(dataset.get("NumberOfFrames", 1) or 1)
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    color = int(dataset.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR"
+    modality = str(dataset.get("Modality", "")).upper()
+    return Video(
+        frames=_DicomFrames(path, photometric, int(dataset.get("BitsStored", 8))),
+        num_frames=count,
+        frame_shape=(int(dataset.Rows), int(dataset.Columns)),
+        is_color=color,
+        frame_rate=_dicom_frame_rate(dataset),
+        pixel_spacing=_dicom_pixel_spacing(dataset),
+        modality=modality if modality in ("US", "XA", "OT") else "unknown",  # type: ignore[arg-type]
+        source=path,
+    )
+
+
+def _dicom_frame_rate(dataset: pydicom.Dataset) -> float | None:
+    if float(dataset.get("FrameTime", 0) or 0) > 0:  # ms between frames
+        return 1000.0 / float(dataset.FrameTime)
+    vector = [float(v) for v in dataset.get("FrameTimeVector", []) or []]
+    if len(vector) > 1 and np.mean(vector[1:]) > 0:  # ms since the previous frame; the first is 0
+        return 1000.0 / float(np.mean(vector[1:]))
+    for tag in ("CineRate", "RecommendedDisplayFrameRate"):
+        if float(dataset.get(tag, 0) or 0) > 0:
+            return float(dataset.get(tag))
+    return None
+
+
+def _dicom_pixel_spacing(dataset: pydicom.Dataset) -> tuple[float, float] | None:
+    if "PixelSpacing" in dataset:  # (between rows, between columns) = (sy, sx)
+        sy, sx = (float(v) for v in dataset.PixelSpacing)
+        return (sx, sy)
+    for region in dataset.get("SequenceOfUltrasoundRegions", []):
+        units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
+        if units == (US_UNITS_CM, US_UNITS_CM) and "PhysicalDeltaX" in region and "PhysicalDeltaY" in region:
+            return (abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0)
+    return None
+
+
+# -- NIfTI 2D+t --------------------------------------------------------------------------------------
+
+
+def _is_nifti_2d_t(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2] == 1
+
+
+class _NiftiFrames:
+    def __init__(self, image: nib.Nifti1Image):
+        self.image = image
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        proxy = self.image.dataobj
+        block = proxy[:, :, 0, start:stop] if len(self.image.shape) == 4 else proxy[:, :, start:stop]
+        return np.ascontiguousarray(np.asarray(block).transpose(2, 1, 0))  # (x, y, t) -> (t, y, x)
+
+    def close(self) -> None:
+        pass
+
+
+def _open_nifti(path: Path) -> Video:
+    image = nib.load(path)
+    shape = image.shape
+    if not (len(shape) == 3 or _is_nifti_2d_t(shape)):
+        raise InputError(f"{path}: shape {shape} is not a 2D+t sequence (expected (x, y, t) or (x, y, 1, t))")
+    if image.get_data_dtype().names is not None:
+        raise InputError(f"{path}: colour NIfTI sequences are not supported; store grey frames")
+    header = image.header
+    space_unit, time_unit = header.get_xyzt_units()
+    zooms = header.get_zooms()
+    scale = NIFTI_SPACE_UNITS.get(space_unit, 1.0)
+    if len(shape) == 4:
+        step = zooms[3] * NIFTI_TIME_UNITS[time_unit] if time_unit in NIFTI_TIME_UNITS and zooms[3] > 0 else None
+        frame_rate = 1.0 / step if step else None
+    else:
+        frame_rate = _camus_frame_rate(path)
+    return Video(
+        frames=_NiftiFrames(image),
+        num_frames=shape[-1],
+        frame_shape=(shape[1], shape[0]),
+        is_color=False,
+        frame_rate=frame_rate,
+        pixel_spacing=(float(zooms[0]) * scale, float(zooms[1]) * scale),
+        source=path,
+        meta={"nifti_header": header.copy(), "nifti_affine": image.affine},
+    )
+
+
+def _camus_frame_rate(path: Path) -> float | None:
+    """The FrameRate line of CAMUS' ``Info_<view>.cfg`` beside a ``*_<view>_half_sequence`` file."""
+    match = CAMUS_SEQUENCE.match(path.name)
+    info = path.with_name(f"Info_{match['view']}.cfg") if match else None
+    if info is None or not info.is_file():
+        return None
+    for line in info.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "FrameRate":
+            try:
+                rate = float(value)
+            except ValueError:
+                raise InputError(f"{info}: FrameRate {value.strip()!r} is not a number") from None
+            return rate if rate > 0 else None
+    return None
+
+
+def frame_rate_fraction(frame_rate: float) -> Fraction:
+    """A frame rate as the fraction containers store (29.97 -> 30000/1001)."""
+    return Fraction(frame_rate).limit_denominator(1001)
