@@ -1,0 +1,165 @@
+"""`medsam2 one-prompt`: annotate one image, segment the same kind of structure in many others."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from medsam2.cli.errors import reports_input_errors
+from medsam2.distributed.worker import AUTO_FORMAT, mask_suffix
+from medsam2.engine.api import prepare_slices
+from medsam2.engine.memory_policy import ConfidenceBankConfig
+from medsam2.engine.models import DEFAULT_MODEL, load_predictor
+from medsam2.engine.one_prompt import (
+    OnePromptConfig,
+    OnePromptSegmenter,
+    reference_mask_from_box,
+)
+from medsam2.engine.prompt_sources import as_index, parse_numbers, prompts_from_mask
+from medsam2.engine.prompts import Prompt
+from medsam2.errors import InputError
+from medsam2.io import load_image, save_mask
+from medsam2.io.atomic import atomic_write_text
+from medsam2.io.masks import load_mask
+from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
+from medsam2.io.volume import SliceAxis, from_slices
+from medsam2.preprocess import parse_window
+
+CSV_NAME = "one_prompt.csv"
+CSV_COLUMNS = ("target", "slice", "confidence", "predicted_iou", "pixels", "mask")
+
+
+@dataclass(frozen=True)
+class TargetFile:
+    path: Path
+    output: Path
+
+
+def target_files(paths: list[Path], out_dir: Path) -> list[TargetFile]:
+    """Every target image with the mask file it gets. A folder holding images other than DICOM is
+    a folder of targets (each image file in it); any other folder is read as one DICOM series."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        inside = list_image_files(path) if path.is_dir() else []
+        if any(image_suffix(file) != ".dcm" for file in inside):
+            found += [file for file in inside if image_suffix(file) != ".dcm"]
+        else:
+            found.append(path)
+    files, taken = [], {}
+    for path in found:
+        output = out_dir / (mask_file_stem(path) + mask_suffix(AUTO_FORMAT, path))
+        if output in taken:
+            raise InputError(f"{path}: its mask would overwrite that of {taken[output]} ({output}); rename one of them")
+        taken[output] = path
+        files.append(TargetFile(path, output))
+    return files
+
+
+def parse_slices(text: str, count: int, where: Path) -> list[int]:
+    """"3-9,12" -> [3, ..., 9, 12], checked against a stack of `count` slices."""
+    chosen: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise InputError(f"--slices {text!r}: expected ranges A-B and indices separated by commas") from None
+        if not 0 <= first <= last < count:
+            raise InputError(f"--slices {text!r}: {part.strip()} is outside 0..{count - 1} of {where}")
+        chosen.update(range(first, last + 1))
+    return sorted(chosen)
+
+
+def reference_prompt(
+    image_path: Path, mask_path: Path | None, box: str | None, label: int | None, axis: SliceAxis, window: str | None
+) -> tuple[np.ndarray, Prompt]:
+    """The reference's uint8 slices along `axis` and its prompt: the mask on the slice where the
+    chosen label is largest, or the box on its slice."""
+    if (mask_path is None) == (box is None):
+        raise InputError("give exactly one of --reference-mask and --reference-box")
+    volume = load_image(image_path)
+    slices, axis_index = prepare_slices(volume, axis, window)
+    if box is not None:
+        z, x1, y1, x2, y2 = parse_numbers(box, "--reference-box", (5,))
+        prompt = Prompt(as_index(z, "--reference-box", "slice"), 1, box=(x1, y1, x2, y2))
+        prompt.validate(*slices.shape[:3])
+        return slices, prompt
+    prompts = {p.obj_id: p for p in prompts_from_mask(load_mask(mask_path), volume, axis_index)}
+    if label is None and len(prompts) > 1:
+        raise InputError(f"{mask_path}: holds labels {', '.join(map(str, sorted(prompts)))}; choose one with --label")
+    if label is not None and label not in prompts:
+        raise InputError(f"{mask_path}: no label {label} (labels: {', '.join(map(str, sorted(prompts)))})")
+    return slices, prompts[label if label is not None else next(iter(prompts))]
+
+
+@reports_input_errors
+def one_prompt(
+    targets: list[Path] = typer.Argument(..., help="Images to segment: files, folders of image files, or DICOM series folders. Every slice of a 3D image is a target of its own."),
+    reference: Path = typer.Option(..., "--reference", help="The annotated example image (any format `medsam2 info` reads)."),
+    reference_mask: Path | None = typer.Option(None, "--reference-mask", help="Mask of the structure on the reference, in its geometry; the slice where it is largest is used. An npz's gts array works."),
+    reference_box: str | None = typer.Option(None, "--reference-box", help="Box Z,X1,Y1,X2,Y2 around the structure on reference slice Z, instead of a mask (the model segments inside it first)."),
+    label: int | None = typer.Option(None, "--label", help="Which label of a multi-label reference mask is the structure."),
+    output: Path = typer.Option(..., "-o", "--output", help=f"Output folder: one mask per target file, in its geometry and format (NIfTI where it cannot be written back), and {CSV_NAME}."),
+    slices: str | None = typer.Option(None, "--slices", help="Segment only these slices of 3D targets, e.g. 3-9,12 (the rest stays empty)."),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0, help="Leave a target's mask empty when its confidence is lower (0-1; see README)."),
+    refine: bool = typer.Option(OnePromptConfig.refine, "--refine/--no-refine", help="LiteMedSAM: decode each mask once more from its own box grown by 10%."),
+    bank_size: int = typer.Option(ConfidenceBankConfig.capacity, "--bank-size", min=1, help="SAM 2 / MedSAM2: confident predictions kept as memories (K)."),
+    bank_threshold: float = typer.Option(ConfidenceBankConfig.min_confidence, "--bank-threshold", min=0.0, max=1.0, help="SAM 2 / MedSAM2: confidence (predicted IoU x object probability) a prediction needs to become a memory."),
+    window: str | None = typer.Option(None, "--window", help="CT window for reference and targets: a preset (soft_tissue, lung, bone, brain, liver, mediastinum) or W,L. Default: by modality."),
+    axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="lite-medsam (embedded, prototype matching) or a SAM 2.1 / MedSAM2 preset or checkpoint (memory attention), as for `medsam2 segment`."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Segment in every TARGET the structure marked once on a reference image.
+
+    The targets need no relation to the reference or to each other: other patients, other studies, slices in any order.
+
+    With LiteMedSAM each target is matched against the reference on its own; with SAM 2.1 / MedSAM2 the reference is a memory that every target attends to, together with the most confident earlier results.
+
+    Writes one mask per target file and one_prompt.csv with a confidence for every segmented slice.
+
+    Example: medsam2 one-prompt --reference ct_a.nii.gz --reference-mask lesion_a.nii.gz ct_b.nii.gz scans/ -o out/
+    """
+    if axis not in ("axial", "coronal", "sagittal"):
+        raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
+    if window is not None:
+        parse_window(window)
+    config = OnePromptConfig(
+        refine=refine,
+        min_confidence=min_confidence,
+        bank=ConfidenceBankConfig(capacity=bank_size, min_confidence=bank_threshold),
+    )
+    ref_slices, prompt = reference_prompt(reference, reference_mask, reference_box, label, axis, window)  # type: ignore[arg-type]
+    files = target_files(targets, output)
+    predictor = load_predictor(model, device=device)
+    ref_image = ref_slices[prompt.slice_index]
+    ref_mask = prompt.mask if prompt.mask is not None else reference_mask_from_box(ref_image, prompt.box, predictor)
+    segmenter = OnePromptSegmenter(ref_image, ref_mask, predictor, config)
+    rows = []
+    for target in files:
+        volume = load_image(target.path)
+        stack, axis_index = prepare_slices(volume, axis, window)  # type: ignore[arg-type]
+        chosen = parse_slices(slices, len(stack), target.path) if slices else list(range(len(stack)))
+        results = segmenter.segment([stack[i] for i in chosen], desc=target.path.name)
+        labels = np.zeros(stack.shape[:3], dtype=np.uint8)
+        for index, result in zip(chosen, results):
+            labels[index] = result.mask
+        save_mask(np.ascontiguousarray(from_slices(labels, axis_index)), like=volume, path=target.output)
+        rows += [
+            (str(target.path), index, f"{r.confidence:.4f}", f"{r.score:.4f}", int(r.mask.sum()), str(target.output))
+            for index, r in zip(chosen, results)
+        ]
+        found = sum(1 for r in results if r.mask.any())
+        typer.echo(f"wrote {target.output} (structure on {found} of {len(results)} slices)")
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
+    typer.echo(f"wrote {atomic_write_text(output / CSV_NAME, table.getvalue())}")
