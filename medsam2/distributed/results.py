@@ -1,0 +1,152 @@
+"""The record of a batch: what is done, so a rerun does only what is not.
+
+The output folder holds ``results.jsonl``, a journal the driver appends one line to (and syncs to
+disk) as each case finishes, and ``results.csv``, the table rebuilt from it at the end of every run.
+The journal is the truth: a case is done when its latest record has the fingerprint of the case as
+the manifest and settings give it now and, for a success, its mask is still there. A driver killed
+at any moment loses at most the cases it had not recorded (their masks, written atomically before
+the record, are simply written again; a worker killed mid-write leaves a hidden staging folder,
+removed by the next run); a torn last line is ignored. A lock file keeps two drivers off one folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medsam2.distributed.manifest import Case
+from medsam2.distributed.worker import MASKS_FOLDER, BatchSettings, CaseResult
+from medsam2.errors import InputError
+from medsam2.io.atomic import atomic_write_text
+
+JOURNAL = "results.jsonl"
+TABLE = "results.csv"
+LOCK = ".batch.lock"
+TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image", "model", "worker", "error")
+
+
+def fingerprint(case: Case, settings: BatchSettings) -> str:
+    """A digest of everything the case's result depends on: its row (line number aside) and its
+    prompts file's content, its effective model and format, and the batch settings that shape masks
+    and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
+    prompts_file = case.prompts.prompts_file
+    described = {
+        "case": {key: value for key, value in asdict(case).items() if key != "line"},
+        "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
+        "model": case.model or settings.model,
+        "format": case.output_format or settings.output_format,
+        "settings": settings.result_defining(),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # missing or unreadable: the case will fail and say why
+        return None
+
+
+class ResultsStore:
+    """The journal and table of one output folder; use as a context manager (it holds the lock)."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.journal_path = self.out_dir / JOURNAL
+        self.table_path = self.out_dir / TABLE
+        self.latest: dict[str, dict] = {}
+        self._lock_handle: io.TextIOWrapper | None = None
+        self._journal: io.TextIOWrapper | None = None
+
+    def __enter__(self) -> ResultsStore:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_handle = (self.out_dir / LOCK).open("w")
+        except OSError as error:
+            raise InputError(f"{self.out_dir}: cannot use as the output folder ({error.strerror})") from None
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_handle.close()
+            raise InputError(f"{self.out_dir}: another `medsam2 batch` is writing to this folder") from None
+        self.latest = self._read_journal()
+        self._remove_staging_leftovers()
+        self._journal = self.journal_path.open("a", encoding="utf-8")
+        return self
+
+    def _remove_staging_leftovers(self) -> None:
+        """Delete the hidden staging folders (``masks/.<name>.<random>/``) of mask writes cut short by
+        a killed worker; their cases were never recorded, so they run again."""
+        for staging in (self.out_dir / MASKS_FOLDER).glob(".*.*"):
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # releases the lock
+
+    def _read_journal(self) -> dict[str, dict]:
+        latest: dict[str, dict] = {}
+        if not self.journal_path.exists():
+            return latest
+        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write; its case was never recorded
+            latest[record["case_id"]] = record
+        return latest
+
+    def is_done(self, case: Case, case_fingerprint: str, retry_failed: bool = False) -> bool:
+        record = self.latest.get(case.case_id)
+        if record is None or record["fingerprint"] != case_fingerprint:
+            return False
+        if record["status"] == "ok":
+            return (self.out_dir / record["output"]).exists()
+        return not retry_failed
+
+    def record(self, result: CaseResult, case: Case, case_fingerprint: str, model: str) -> dict:
+        """Append the result to the journal and sync it to disk before returning."""
+        assert self._journal is not None, "use ResultsStore as a context manager"
+        record = {
+            **asdict(result),
+            "image": str(case.image),
+            "model": model,
+            "fingerprint": case_fingerprint,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self._journal.write(json.dumps(record) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self.latest[result.case_id] = record
+        return record
+
+    def write_table(self, cases: list[Case], fingerprints: dict[str, str]) -> Path:
+        """``results.csv``: one row per manifest case in manifest order; "pending" where not done."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for case in cases:
+            record = self.latest.get(case.case_id)
+            if record is None or record["fingerprint"] != fingerprints[case.case_id]:
+                record = {"case_id": case.case_id, "status": "pending", "image": str(case.image)}
+            writer.writerow({key: _cell(record.get(key)) for key in TABLE_COLUMNS})
+        return atomic_write_text(self.table_path, buffer.getvalue())
+
+
+def _cell(value: object) -> object:
+    """A table cell: floats to 4 decimals, NaN (a score without a defined value) and None empty."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else value

@@ -1,0 +1,187 @@
+"""The batch driver: skip what is done, stream the rest to an engine, record each case as it ends.
+
+Stopping: the first SIGINT (Ctrl-C) or SIGTERM stops handing out cases; the cases already running
+finish and are recorded, then the run returns with `BatchReport.stopped_by` set. A second signal
+stops at once (`StoppedAtOnce`, a `KeyboardInterrupt`), dropping the running cases; they are done
+again by the next run, as are those of a driver killed outright. Either way nothing recorded is
+lost or redone.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tqdm import tqdm
+
+from medsam2.distributed.manifest import Case
+from medsam2.distributed.results import ResultsStore, fingerprint
+from medsam2.distributed.worker import BatchSettings, CaseResult
+
+# How often the driver wakes, at most, to notice a stop request while cases run.
+POLL_SECONDS = 0.5
+PROGRESS_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+
+class Engine(Protocol):
+    """Where cases run: `LocalEngine` or `RayEngine`."""
+
+    name: str
+    workers: int
+    threads: int
+
+    @property
+    def busy(self) -> bool: ...  # some case is in flight
+
+    def has_room(self) -> bool: ...  # a case submitted now would start without waiting
+
+    def submit(self, case: Case) -> None: ...
+
+    def wait(self, timeout: float) -> list[CaseResult]: ...
+
+    def close(self, now: bool = False) -> None: ...
+
+
+@dataclass
+class BatchReport:
+    """What a run did, and where the whole manifest stands after it."""
+
+    cases: int  # in the manifest
+    done_before: int  # skipped: done by earlier runs
+    records: list[dict] = field(default_factory=list)  # this run's results, in finishing order
+    latest: dict[str, dict] = field(default_factory=dict)  # case id -> its current record (done cases only)
+    seconds: float = 0.0
+    stopped_by: int | None = None  # the signal that stopped the run early
+    engine: str = ""
+    workers: int = 0
+    threads: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(record["status"] == status for record in self.latest.values())
+
+    @property
+    def pending(self) -> int:
+        return self.cases - len(self.latest)
+
+
+def run_batch(
+    cases: list[Case],
+    settings: BatchSettings,
+    make_engine: Callable[[int], Engine],
+    *,
+    retry_failed: bool = False,
+    progress: bool = True,
+    announce: Callable[[str], None] = print,
+) -> BatchReport:
+    """Run every case of `cases` not done yet in `settings.out_dir` on the engine
+    ``make_engine(number of cases to run)`` makes, recording each as it finishes."""
+    fingerprints = {case.case_id: fingerprint(case, settings) for case in cases}
+    started = time.perf_counter()
+    with ResultsStore(settings.out_dir) as store:
+        todo = [case for case in cases if not store.is_done(case, fingerprints[case.case_id], retry_failed)]
+        report = BatchReport(cases=len(cases), done_before=len(cases) - len(todo))
+        try:
+            if not todo:
+                announce(f"all {len(cases)} cases were done by earlier runs")
+            else:
+                engine = make_engine(len(todo))
+                report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
+                announce(
+                    f"{len(todo)} of {len(cases)} cases to run ({report.done_before} done earlier) on "
+                    f"{engine.workers} {engine.name} worker(s), {engine.threads} thread(s) each"
+                )
+                _stream(todo, engine, store, fingerprints, settings, report, progress)
+        finally:
+            store.write_table(cases, fingerprints)
+            report.latest = {
+                case.case_id: store.latest[case.case_id]
+                for case in cases
+                if store.is_done(case, fingerprints[case.case_id])
+            }
+            report.seconds = time.perf_counter() - started
+    return report
+
+
+def _stream(
+    todo: list[Case],
+    engine: Engine,
+    store: ResultsStore,
+    fingerprints: dict[str, str],
+    settings: BatchSettings,
+    report: BatchReport,
+    progress: bool,
+) -> None:
+    queue, by_id = deque(todo), {case.case_id: case for case in todo}
+    failed = 0
+    bar = tqdm(total=len(todo), unit="case", bar_format=PROGRESS_FORMAT, disable=not progress, dynamic_ncols=True)
+    try:
+        with _stop_requests() as stop:
+            while queue or engine.busy:
+                while queue and engine.has_room() and stop.signum is None:
+                    engine.submit(queue.popleft())
+                if stop.signum is not None and not engine.busy:
+                    break
+                if stop.signum is not None and not stop.announced:
+                    bar.write("stopping: finishing the cases running now (signal again to stop at once)")
+                    stop.announced = True
+                for result in engine.wait(POLL_SECONDS):
+                    case = by_id[result.case_id]
+                    model = case.model or settings.model
+                    report.records.append(store.record(result, case, fingerprints[case.case_id], model))
+                    if result.status != "ok":
+                        failed += 1
+                        bar.write(f"{case.case_id}: failed: {result.error}")
+                    bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=False)
+                    bar.update()
+            report.stopped_by = stop.signum if queue else None
+    except BaseException:
+        engine.close(now=True)
+        raise
+    finally:
+        bar.close()
+    engine.close()
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second stop signal arrived: the run ended without waiting for its running cases."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _StopRequest:
+    signum: int | None = None
+    announced: bool = False
+
+
+@contextmanager
+def _stop_requests() -> Iterator[_StopRequest]:
+    """Note the first SIGINT/SIGTERM in the yielded request; raise `StoppedAtOnce` on a second.
+
+    Signal handlers can only be set from the main thread; elsewhere (a driver run from a server's
+    worker thread) signals keep their usual effect.
+    """
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.signum is not None:
+            raise StoppedAtOnce(signum)
+        stop.signum = signum
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,159 @@
+"""Batch manifests and the `medsam2 batch` command's refusals: no model runs here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medsam2.cli.main import app
+from medsam2.distributed import BatchSettings, read_manifest
+from medsam2.distributed.results import ResultsStore, fingerprint
+from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
+from medsam2.distributed.worker import mask_suffix
+from medsam2.engine.prompt_sources import PromptSources
+from medsam2.errors import InputError
+
+runner = CliRunner()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_csv_and_jsonl_manifests_describe_the_same_cases(tmp_path: Path) -> None:
+    csv_manifest = write(
+        tmp_path / "lists" / "cases.csv",
+        "id,image,box,point,recist,prompts,gt,model,format\n"
+        'a,../scans/a.nii.gz,"3,10,10,40,40;5,12,12,38,38,2","4,20,20,0",,a.json,../labels/a.nii.gz,,npz\n'
+        "b.2,/data/b.nrrd,,,\"7,1,2,30,40\",,,lite-medsam,\n",
+    )
+    jsonl_manifest = write(
+        tmp_path / "lists" / "cases.jsonl",
+        json.dumps({"id": "a", "image": "../scans/a.nii.gz", "box": [[3, 10, 10, 40, 40], "5,12,12,38,38,2"],
+                    "point": [4, 20, 20, 0], "prompts": "a.json", "gt": "../labels/a.nii.gz", "format": "npz"})
+        + "\n\n"
+        + json.dumps({"id": "b.2", "image": "/data/b.nrrd", "recist": "7,1,2,30,40", "model": "lite-medsam"})
+        + "\n",
+    )
+    from_csv, from_jsonl = read_manifest(csv_manifest), read_manifest(jsonl_manifest)
+    first = from_csv[0]
+    assert first.image == (tmp_path / "scans" / "a.nii.gz").resolve()
+    assert first.gt == (tmp_path / "labels" / "a.nii.gz").resolve()
+    assert first.prompts == PromptSources(
+        boxes=("3,10,10,40,40", "5,12,12,38,38,2"),
+        points=("4,20,20,0",),
+        prompts_file=(tmp_path / "lists" / "a.json").resolve(),
+    )
+    assert (first.output_format, first.model) == ("npz", None)
+    assert from_csv[1].prompts == PromptSources(recists=("7,1,2,30,40",))
+    assert from_csv[1].model == "lite-medsam" and from_csv[1].gt is None
+    settings = BatchSettings(out_dir=tmp_path / "out")
+    # Same content, different files and lines: the same fingerprints, so either resumes the other.
+    assert [fingerprint(c, settings) for c in from_csv] == [fingerprint(c, settings) for c in from_jsonl]
+    assert fingerprint(first, settings) != fingerprint(first, BatchSettings(out_dir=tmp_path, keep_largest=True))
+    # Editing the prompts file the row names counts as editing the row.
+    before = fingerprint(first, settings)
+    write(tmp_path / "lists" / "a.json", '{"objects": []}')
+    assert fingerprint(first, settings) != before
+
+
+def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
+    manifest = write(tmp_path / "m.csv", "image\nscans/case_01.nii.gz\nscans/case_02.npz\n")
+    assert [case.case_id for case in read_manifest(manifest)] == ["case_01", "case_02"]
+    assert mask_suffix("auto", Path("x/case.nii.gz")) == ".nii.gz"
+    assert mask_suffix("auto", Path("x/case.npz")) == ".npz"
+    assert mask_suffix("auto", Path("x/photo.jpg")) == ".png"
+    assert mask_suffix("auto", tmp_path) == ".dcm"  # a DICOM series folder gets a DICOM-SEG
+    assert mask_suffix("nrrd", Path("x/case.npz")) == ".nrrd"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragments"),
+    [
+        ("m.csv", "image,boxes\na.nii.gz,\"1,2,3,4,5\"\n", ("unknown column(s) 'boxes'", "known: id, image")),
+        ("m.csv", "id,image\nx,a.nii.gz\nx,b.nii.gz\n", ("line 3", "case id 'x' repeats line 2")),
+        ("m.csv", "id,image\nbad/id,a.nii.gz\n", ("line 2", "case id 'bad/id'")),
+        ("m.csv", "id,box\nx,\"1,2,3,4,5\"\n", ("line 2: no image",)),
+        ("m.csv", "image,box\na.nii.gz,1,2,3,4,5\n", ("line 2: more cells than columns",)),
+        ("m.csv", "image\n", ("lists no cases",)),
+        ("m.jsonl", '{"image": "a.nii.gz"}\n{"image": \n', ("line 2: not valid JSON",)),
+        ("m.jsonl", '["a.nii.gz"]\n', ("line 1: expected a JSON object",)),
+        ("m.jsonl", '{"image": "a.nii.gz", "box": {"z": 1}}\n', ("line 1: box must be text",)),
+        ("m.txt", "image\na.nii.gz\n", ("a manifest is a .csv or .jsonl file",)),
+    ],
+)
+def test_malformed_manifests_are_one_line_errors(tmp_path: Path, name: str, text: str, fragments: tuple[str, ...]) -> None:
+    manifest = write(tmp_path / name, text)
+    with pytest.raises(InputError):
+        read_manifest(manifest)
+    result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out")])
+    assert_one_line_error(result, str(manifest), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--engine", "spark"], ("--engine 'spark'",)),
+        (["--ray-address", "127.0.0.1:6379"], ("--ray-address is for --engine ray",)),
+        (["--format", "jpeg"], ("--format 'jpeg'", "unknown mask format")),
+        (["--window", "wide"], ("window 'wide'",)),
+        (["--axis", "oblique"], ("--axis 'oblique'",)),
+        (["--device", "tpu"], ("--device 'tpu'",)),
+        (["--engine", "ray", "--ray-address", "127.0.0.1:{closed_port}"], ("no Ray cluster answers there",)),
+        (["--engine", "ray", "--ray-address", "head-node"], ("expected HOST:PORT",)),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path: Path, options: list[str], fragments: tuple[str, ...]) -> None:
+    if "{closed_port}" in " ".join(options):
+        with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = [option.replace("{closed_port}", str(port)) for option in options]
+    manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
+    result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), *options])
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_manifest_and_busy_output_folder(tmp_path: Path) -> None:
+    assert_one_line_error(runner.invoke(app, ["batch", str(tmp_path / "none.csv"), "-o", str(tmp_path)]), "no such manifest")
+    manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
+    with ResultsStore(tmp_path / "out"):  # another driver holding the folder
+        result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out")])
+    assert_one_line_error(result, "another `medsam2 batch` is writing to this folder")
+
+
+def test_help_teaches_with_an_example() -> None:
+    shown = runner.invoke(app, ["batch", "--help"], env={"COLUMNS": "120"})
+    assert shown.exit_code == 0
+    for fragment in ("Example", "--engine", "--ray-address", "--workers", "results.csv", "--retry-failed"):
+        assert fragment in shown.output, fragment
+
+
+def test_first_stop_signal_is_noted_and_a_second_stops_at_once() -> None:
+    """The driver's handling of SIGTERM/SIGINT (real signals to this process): the first only asks
+    the run to stop, the second raises; the previous handlers are back afterwards."""
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(StoppedAtOnce) as stopped, _stop_requests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+    assert stopped.value.signum == signal.SIGINT
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == previous
