@@ -1,0 +1,88 @@
+"""Multi-GPU training with PyTorch DDP under `torchrun`.
+
+`torchrun --nproc-per-node N -m medsam2.cli train CONFIG` starts N processes and sets RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; each process joins the group through those
+(``init_method="env://"``), takes its GPU by LOCAL_RANK (NCCL) or runs on CPU (gloo). Without those
+variables training runs in this one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from medsam2.engine.models import resolve_device
+from medsam2.errors import InputError
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that writes files, logs and shows progress."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def gather(self, value: Any) -> list[Any]:
+        """`value` of every rank, in rank order (on every rank)."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks."""
+        if not self.active:
+            return values
+        gathered = self.gather(values)
+        return {key: sum(v[key] for v in gathered) / self.world_size for key in values}
+
+
+def training_device(setting: str, distribution: Distribution) -> torch.device:
+    """The device of this process: under torchrun with CUDA, its own GPU by LOCAL_RANK."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(setting)
+    if device.type == "cuda" and distribution.active:
+        if distribution.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"LOCAL_RANK {distribution.local_rank}: only {torch.cuda.device_count()} GPU(s) here; "
+                "start at most that many processes per node"
+            )
+        device = torch.device("cuda", distribution.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device_setting: str) -> Iterator[tuple[Distribution, torch.device]]:
+    """Join the torchrun process group if there is one (left on exit); yields this process's
+    place and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        yield Distribution(), training_device(device_setting, Distribution())
+        return
+    distribution = Distribution(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    device = training_device(device_setting, distribution)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    try:
+        yield distribution, device
+    finally:
+        dist.destroy_process_group()

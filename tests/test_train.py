@@ -1,0 +1,330 @@
+"""`medsam2 train` for LiteMedSAM: learning, exact resumption, DDP, the checkpoint in `segment`,
+and bad configs failing before any training.
+
+The data are small synthetic CT-like volumes with known truth (a textured ellipse on a noisy
+background), the model the real embedded LiteMedSAM with its image encoder frozen, so a step costs
+only the decoder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from medsam2.cli.main import app
+from medsam2.engine.prompts import box_from_mask
+from medsam2.io import load_image
+from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
+from medsam2.metrics import dice
+from medsam2.models.sam2 import SAM2Config, SAM2Model
+from medsam2.models.weights import bundled_lite_medsam_checkpoint
+from medsam2.train import config_from_dict, example_config, load_config, train
+from medsam2.train.data import prepare_data
+from medsam2.train.lite_medsam import LiteMedSAMTask
+from medsam2.train.sam2 import SAM2Task
+
+runner = CliRunner()
+STEPS = 4
+
+
+def write_case(folder: Path, name: str, labelled: list[int], seed: int, slices: int = 2, size: int = 64) -> None:
+    """An image of `slices` slices with one textured ellipsoidal object across the `labelled`
+    ones (a little smaller on each), and its mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    image = rng.normal(60, 12, (slices, size, size))
+    mask = np.zeros((slices, size, size), np.uint8)
+    centre_y, centre_x = rng.uniform(26, 38, 2)
+    radius_y, radius_x = rng.uniform(9, 14, 2)
+    for shrink, index in enumerate(labelled):
+        scale = 1.0 - 0.1 * shrink
+        inside = ((rows - centre_y) / (radius_y * scale)) ** 2 + ((cols - centre_x) / (radius_x * scale)) ** 2 < 1
+        mask[index][inside] = 1
+        image[index][inside] += 70 + rng.normal(0, 20, inside.sum())
+    for array, kind in ((np.clip(image, 0, 255).astype(np.uint8), "images"), (mask, "masks")):
+        picture = sitk.GetImageFromArray(array)
+        picture.SetSpacing((0.8, 0.8, 5.0))
+        sitk.WriteImage(picture, str(folder / kind / f"{name}.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    write_case(root, "case0", [1], seed=0)
+    write_case(root, "case1", [0], seed=1)
+    write_case(root, "val0", [0, 1], seed=2)
+    return root
+
+
+def settings(dataset: Path, out: Path, **changes) -> dict:
+    """The tests' config: 4 steps of 2 micro-batches of 1 sample, frozen encoder, validation only at
+    the end."""
+    document = {
+        "model": {"freeze_image_encoder": True},
+        "data": {"sources": [{"images": str(dataset / "images"), "masks": str(dataset / "masks")}], "val_cases": ["val0"]},
+        "optimizer": {"lr": 2e-4, "warmup_steps": 1},
+        "training": {"steps": STEPS, "batch_size": 1, "accumulate": 2, "device": "cpu"},
+        "output": {"dir": str(out), "checkpoint_every": 2, "validate_every": 100, "validate_at_start": False, "log_every": 1},
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        document.setdefault(section, {})[key] = value
+    return document
+
+
+def write_config(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def log_rows(out: Path) -> list[dict]:
+    with (out / "train_log.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "uninterrupted"
+    return train(config_from_dict(settings(dataset, out)), progress=False)
+
+
+def first_batch_losses(dataset: Path, trained: Path) -> tuple[float, float]:
+    """The training loss on the run's first 2 samples with the starting weights and with `trained`."""
+    config = config_from_dict(settings(dataset, dataset / "unused"))
+    data = prepare_data(config.data, seed=0, context=0, progress=False)
+    task = LiteMedSAMTask(config, data.train, torch.device("cpu"))
+    batch = task.batch([0, 1])
+    with torch.no_grad():
+        before = float(task.step_module.train()(batch)["loss"])
+        task.network.load_state_dict(torch.load(trained, weights_only=True)["model"])
+        return before, float(task.step_module(batch)["loss"])
+
+
+def test_a_short_run_lowers_the_loss_and_records_itself(dataset: Path, uninterrupted) -> None:
+    out = uninterrupted.out_dir
+    assert uninterrupted.finished and uninterrupted.step == STEPS
+    before, after = first_batch_losses(dataset, out / "model.pt")
+    assert after < 0.9 * before, (before, after)
+
+    rows = log_rows(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["train_loss"]) > 0 and float(r["lr"]) > 0 for r in rows)
+    assert rows[-1]["val_dsc"] and 0.0 <= float(rows[-1]["val_dsc"]) <= 1.0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["model_name"] == "lite-medsam" and checkpoint["step"] == STEPS
+    assert checkpoint["config"]["optimizer"]["lr"] == 2e-4
+    manifest = (out / "data_manifest.json").read_text()
+    assert checkpoint["data_sha256"] in manifest and '"split": "val"' in manifest
+    assert checkpoint["metrics"]["val_dsc"] == pytest.approx(float(rows[-1]["val_dsc"]))
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+
+def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, uninterrupted, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    config = write_config(tmp_path / "train.yaml", settings(dataset, out))
+    stopped = runner.invoke(app, ["train", str(config), "--stop-at", "2", "--no-progress"])
+    assert stopped.exit_code == 0, stopped.output
+    assert "stopped at step 2" in stopped.stdout
+    assert (out / "last.pt").is_file() and not (out / "model.pt").exists()
+
+    resumed = runner.invoke(app, ["train", str(config), "--resume", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.stderr and f"wrote {out / 'model.pt'}" in resumed.stdout
+    ours = torch.load(out / "model.pt", weights_only=True)["model"]
+    reference = torch.load(uninterrupted.out_dir / "model.pt", weights_only=True)["model"]
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[key], reference[key]) for key in ours)
+    assert [r["train_loss"] for r in log_rows(out)] == [r["train_loss"] for r in log_rows(uninterrupted.out_dir)]
+
+    image = dataset / "images" / "val0.nii.gz"
+    truth = load_image(dataset / "masks" / "val0.nii.gz").array > 0
+    x1, y1, x2, y2 = box_from_mask(truth[0])
+    segmented = runner.invoke(
+        app, ["segment", str(image), "--box", f"0,{x1:g},{y1:g},{x2:g},{y2:g}", "--model", str(out / "model.pt"), "-o", str(tmp_path / "val0_seg.nii.gz")]
+    )
+    assert segmented.exit_code == 0, segmented.output
+    assert dice(load_image(tmp_path / "val0_seg.nii.gz").array > 0, truth) > 0.7
+
+
+def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:
+    """Two gloo processes of one sample each take the same optimizer steps as one process that
+    accumulates two micro-batches of one: DDP and gradient accumulation both check out."""
+    out = tmp_path / "ddp"
+    config = write_config(tmp_path / "ddp.yaml", settings(dataset, out, training__accumulate=1))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "medsam2.cli", "train", str(config), "--no-progress"]
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.count("wrote ") == 1  # only rank 0 reports and writes
+    assert [int(r["step"]) for r in log_rows(out)] == [1, 2, 3, 4]
+    losses = [float(r["train_loss"]) for r in log_rows(out)]
+    assert losses == pytest.approx([float(r["train_loss"]) for r in log_rows(uninterrupted.out_dir)], rel=1e-4)
+    # Weights agree up to float noise, which Adam turns into full-size steps on parameters whose
+    # gradient is zero but for rounding (key biases of softmax attention): compare the whole update.
+    ours = torch.load(out / "model.pt", weights_only=True)
+    reference = torch.load(uninterrupted.out_dir / "model.pt", weights_only=True)
+    start = torch.load(bundled_lite_medsam_checkpoint(), weights_only=True)
+    difference = sum(float((ours["model"][k] - v).square().sum()) for k, v in reference["model"].items())
+    update = sum(float((start[k] - v).square().sum()) for k, v in reference["model"].items())
+    assert difference < (0.01**2) * update, (difference, update)
+    assert ours["metrics"]["val_dsc"] == pytest.approx(reference["metrics"]["val_dsc"], abs=0.02)
+
+
+def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for kind in ("images", "masks"):
+        for file in (dataset / kind).glob("case*.nii.gz"):
+            (tmp_path / kind / file.name).write_bytes(file.read_bytes())
+    if how == "shape":
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 64, 60), np.uint8)), str(masks / "case1.nii.gz"))
+    elif how == "empty":
+        for file in masks.glob("*.nii.gz"):
+            sitk.WriteImage(sitk.ReadImage(str(file)) * 0, str(file))
+    elif how == "unpaired":
+        (masks / "case1.nii.gz").unlink()
+    return {"data": {"sources": [{"images": str(images), "masks": str(masks)}], "val_fraction": 0.0}}
+
+
+@pytest.mark.parametrize(
+    "how, fragments",
+    [
+        ("missing", ["nowhere", "no such folder"]),
+        ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs"]),
+        ("empty", ["no training case has a labelled voxel"]),
+        ("unpaired", ["case1.nii.gz: no mask named case1"]),
+        ("unknown key", ["train.yaml", "unknown key 'optimizer.learning_rate'"]),
+        ("bad value", ["train.yaml", "training.steps must be >= 1"]),
+        ("existing run", ["already holds a training run", "--resume"]),
+        ("changed settings", ["optimizer.lr was 0.0002, now 0.001", "resuming needs the same settings"]),
+    ],
+)
+def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
+    out = tmp_path / "out"
+    document = settings(dataset, out)
+    extra: list[str] = []
+    if how == "missing":
+        document["data"] = {"sources": [{"images": str(tmp_path / "nowhere"), "masks": str(tmp_path)}]}
+    elif how in ("shape", "empty", "unpaired"):
+        document["data"] = break_dataset(tmp_path, dataset, how)["data"]
+    elif how == "unknown key":
+        document["optimizer"]["learning_rate"] = 1e-3
+    elif how == "bad value":
+        document["training"]["steps"] = 0
+    elif how in ("existing run", "changed settings"):
+        out = uninterrupted.out_dir
+        document["output"]["dir"] = str(out)
+        if how == "changed settings":
+            document["optimizer"]["lr"] = 1e-3
+            extra = ["--resume"]
+    before = sorted(out.rglob("*")) if out.exists() else []
+    result = runner.invoke(app, ["train", str(write_config(tmp_path / "train.yaml", document)), "--no-progress", *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert (sorted(out.rglob("*")) if out.exists() else []) == before  # nothing written
+
+
+def test_config_files_flags_and_the_example(tmp_path: Path) -> None:
+    example = tmp_path / "example.yaml"
+    example.write_text(example_config())
+    assert load_config(example).optimizer == config_from_dict({}).optimizer
+    relative = write_config(tmp_path / "rel.yaml", {"data": {"sources": [{"npz": "cases/"}]}, "output": {"dir": "runs/a"}})
+    loaded = load_config(relative)
+    assert loaded.data.sources[0].npz == str(tmp_path / "cases") and loaded.output.dir == str(tmp_path / "runs" / "a")
+    for document, fragment in [
+        ({"data": {"sources": [{"images": "a"}]}}, "images and masks go together"),
+        ({"data": {"sources": [{"npz": "a", "manifest": "b"}]}}, "give exactly one of"),
+        ({"model": {"name": "sam3"}}, "model.name is 'sam3'; choose one of lite-medsam, sam2"),
+        ({"model": {"name": "sam2"}}, "model.checkpoint is required for sam2"),
+        ({"optimizer": {"betas": [0.9]}}, "optimizer.betas must be a list of 2 values"),
+        ({"training": {"batch_size": 2.5}}, "training.batch_size must be a whole number"),
+    ]:
+        result = runner.invoke(app, ["train", str(write_config(tmp_path / "c.yaml", document))])
+        assert result.exit_code == 2 and fragment in result.stderr, (fragment, result.stderr)
+    flags = runner.invoke(app, ["train", "--images", str(tmp_path)])
+    assert flags.exit_code == 2 and "--images and --masks go together" in flags.stderr
+    no_data = runner.invoke(app, ["train", "--data", str(tmp_path)])
+    assert no_data.exit_code == 2 and "neither a training-set manifest" in no_data.stderr
+
+
+def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path) -> None:
+    """A random-weight SAM 2.1 (hiera-tiny at 128 px) fine-tuned on 2-slice clips: the prompted
+    slice and one tracked through the memory; the loss on the clips it trained on goes down and
+    the checkpoint loads into a SAM 2.1 model (strictly)."""
+    torch.manual_seed(0)
+    start = tmp_path / "random_sam2.pt"
+    torch.save({"model": SAM2Model(SAM2Config(image_size=128)).state_dict()}, start)
+    document = settings(dataset, tmp_path / "sam2", training__steps=2, training__accumulate=1)
+    document["model"] = {"name": "sam2", "checkpoint": str(start), "sam2_image_size": 128, "clip_length": 2, "freeze_image_encoder": True}
+    document["optimizer"]["lr"] = 1e-3
+    config = config_from_dict(document)
+    summary = train(config, progress=False)
+    assert summary.finished and 0.0 <= summary.val_dsc <= 1.0
+    assert {"train_object_score", "train_dice"} <= set(log_rows(summary.out_dir)[0])
+
+    data = prepare_data(config.data, seed=0, context=1, progress=False)
+    task = SAM2Task(config, data.train, torch.device("cpu"))
+    clips = task.batch([0, 1])
+    assert all(len(clip.features) == 2 and clip.targets[0].any() for clip in clips)  # prompted frame holds the object
+    losses = []
+    for weights in (start, summary.model_path):
+        checkpoint = torch.load(weights, weights_only=True)
+        task.network.load_state_dict(checkpoint["model"])  # strict: every SAM 2.1 key, nothing else
+        torch.manual_seed(0)  # the same dropout in the memory attention for both
+        with torch.no_grad():
+            losses.append(float(task.step_module.train()(clips)["loss"]))
+    assert losses[1] < losses[0], losses
+    assert checkpoint["model_name"] == "sam2" and checkpoint["config"]["model"]["clip_length"] == 2
+
+
+def test_every_kind_of_source_is_read_and_split_by_case(dataset: Path, ct_lesion_cases, tmp_path: Path) -> None:
+    """A training-set manifest (annotate export's format), a MedSAM npz and image/mask folders
+    together; the data checksum follows the contents, not where they are."""
+    exported = tmp_path / "exported"
+    (exported / "images").mkdir(parents=True)
+    (exported / "masks").mkdir()
+    for kind in ("images", "masks"):
+        shutil.copy(dataset / kind / "case0.nii.gz", exported / kind / "exported0.nii.gz")
+    mask_sha = file_sha256(exported / "masks" / "exported0.nii.gz")
+    write_manifest(exported, [TrainingCase("exported0", "images/exported0.nii.gz", "masks/exported0.nii.gz", {"1": "lesion"}, mask_sha)])
+    document = {
+        "data": {
+            "sources": [
+                {"manifest": str(exported)},
+                {"npz": str(ct_lesion_cases[1])},
+                {"images": str(dataset / "images"), "masks": str(dataset / "masks")},
+            ],
+            "val_fraction": 0.25,
+        }
+    }
+    data = prepare_data(config_from_dict(document).data, seed=0, context=0, progress=False)
+    ids = sorted(case.id for case in data.train + data.val)
+    assert ids == sorted(["exported0", ct_lesion_cases[1].stem, "case0", "case1", "val0"])
+    assert len(data.val) == 1 and not {c.id for c in data.val} & {c.id for c in data.train}
+    lesion = next(case for case in data.train + data.val if case.id == ct_lesion_cases[1].stem)
+    assert list(lesion.objects) == [1] and lesion.slices.dtype == np.uint8 and lesion.slices.shape[1:] == (512, 512)
+    if lesion in data.train:  # training cases keep only the labelled slices (the LiteMedSAM sampler's context)
+        assert len(lesion.slices) == len(lesion.objects[1])
+
+    moved = tmp_path / "moved"
+    shutil.move(exported, moved)
+    document["data"]["sources"][0] = {"manifest": str(moved / "manifest.json")}
+    assert prepare_data(config_from_dict(document).data, seed=0, context=0, progress=False).sha256 == data.sha256
