@@ -1,0 +1,287 @@
+"""The cases a server offers: scans under `--data`, uploads, and the samples installed packages ship.
+
+A case id is ``SOURCE/NAME``: ``data/<path relative to --data>`` (a scan file or a DICOM series
+folder), ``upload/<file name>`` or ``sample/<name>``. Ids come from clients, so a path never leaves
+its root: ``..``, absolute paths, hidden names and symbolic links that resolve outside the root are
+all "no such case". Masks saved next to a case (``<name>_mask.<format>``) are not cases themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from medsam2.errors import InputError
+from medsam2.io import load_image
+from medsam2.io.dicom import is_dicom_file
+from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem
+from medsam2.io.readers import file_suffix
+from medsam2.io.samples import MNI_FILES
+from medsam2.io.video import is_video, load_video
+from medsam2.resources import packaged_file
+from medsam2.server.errors import NotFound, UnsupportedMedia
+
+CaseSource = Literal["data", "upload", "sample"]
+SAVED_MASK_MARK = "_mask"
+
+# Uploads are single files: formats whose header names a second data file (.mhd, .nhdr), DICOM
+# series folders and folders of frames cannot come in one request.
+UPLOAD_SUFFIXES = (
+    ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
+    ".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv",
+)
+SNIFF_BYTES = 4096
+# Where each format's signature sits: (offset, bytes); offset None = anywhere in the first SNIFF_BYTES.
+SIGNATURES: dict[str, tuple[tuple[int | None, bytes], ...]] = {
+    ".nii.gz": ((0, b"\x1f\x8b"),),
+    ".nii": ((344, b"n+1\x00"), (4, b"n+2\x00")),
+    ".nrrd": ((0, b"NRRD"),),
+    ".mha": ((None, b"ElementDataFile"),),
+    ".dcm": ((128, b"DICM"),),
+    ".npz": ((0, b"PK\x03\x04"),),
+    ".png": ((0, b"\x89PNG\r\n\x1a\n"),),
+    ".jpg": ((0, b"\xff\xd8\xff"),),
+    ".jpeg": ((0, b"\xff\xd8\xff"),),
+    ".tif": ((0, b"II*\x00"), (0, b"MM\x00*")),
+    ".tiff": ((0, b"II*\x00"), (0, b"MM\x00*")),
+    ".bmp": ((0, b"BM"),),
+    ".mp4": ((4, b"ftyp"),),
+    ".m4v": ((4, b"ftyp"),),
+    ".mov": ((4, b"ftyp"), (4, b"moov"), (4, b"wide"), (4, b"mdat")),
+    ".avi": ((0, b"RIFF"),),
+    ".webm": ((0, b"\x1a\x45\xdf\xa3"),),
+    ".mkv": ((0, b"\x1a\x45\xdf\xa3"),),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    distribution: str
+    file: str
+    title: str
+    install_hint: str
+
+
+SAMPLES = {
+    "mni152_t1": Sample("nilearn", MNI_FILES["t1"], "MNI152 T1 brain MRI template", "pip install --no-deps nilearn==0.14.1"),
+    "ct_small": Sample("pydicom", "pydicom/data/test_files/CT_small.dcm", "CT slice (pydicom test file)", "pip install pydicom"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    name: str
+    source: CaseSource
+    path: Path
+    can_save: bool  # whether masks may be written next to it (`saved_mask_path`)
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "source": self.source, "can_save": self.can_save}
+
+
+def saved_mask_path(case_path: Path, suffix: str) -> Path:
+    """``scans/a.nii.gz`` -> ``scans/a_mask<suffix>``; a DICOM folder ``ct/`` -> ``ct_mask<suffix>`` beside it."""
+    stem = case_path.name if case_path.is_dir() else mask_file_stem(case_path)
+    return case_path.parent / f"{stem}{SAVED_MASK_MARK}{suffix}"
+
+
+def _is_saved_mask(path: Path) -> bool:
+    return mask_file_stem(path).endswith(SAVED_MASK_MARK)
+
+
+def _is_case_file(path: Path) -> bool:
+    """A scan or video file by its suffix (or, for DICOM files of any name, by its preamble)."""
+    known = image_suffix(path) is not None or file_suffix(path) in VIDEO_SUFFIXES or is_dicom_file(path)
+    return known and not path.name.startswith(".") and not _is_saved_mask(path)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def resolve_inside(root: Path, relative: str, case_id: str) -> Path:
+    """`relative` (a client's POSIX path) under `root`, or `NotFound` if it would leave the root."""
+    parts = PurePosixPath(relative).parts if relative else ()
+    if (
+        "\x00" in relative
+        or "\\" in relative
+        or relative.startswith("/")
+        or any(part in ("..", ".") or part.startswith(".") for part in parts)
+    ):
+        raise NotFound(f"no case {case_id!r}")
+    path = root.joinpath(*parts)
+    if not _inside(path, root):
+        raise NotFound(f"no case {case_id!r}")
+    return path
+
+
+def check_upload_name(name: str) -> str:
+    """The suffix of an upload's file name, or an error for names that are not plain image file names."""
+    if not name or len(name) > 200 or any(c in name for c in "/\\\x00") or name.startswith("."):
+        raise InputError(f"upload name {name!r}: give a plain file name such as scan.nii.gz")
+    suffix = file_suffix(Path(name))
+    if suffix not in UPLOAD_SUFFIXES:
+        raise UnsupportedMedia(f"{name}: uploads must be one of {' '.join(UPLOAD_SUFFIXES)} (a DICOM series: one .dcm per upload is not a series; use --data)")
+    return suffix
+
+
+def check_signature(name: str, suffix: str, head: bytes) -> None:
+    """`UnsupportedMedia` unless the first bytes of an upload carry its format's signature."""
+    for offset, signature in SIGNATURES[suffix]:
+        found = signature in head if offset is None else head[offset : offset + len(signature)] == signature
+        if found:
+            return
+    raise UnsupportedMedia(f"{name}: the content is not a {suffix} file")
+
+
+class CaseCatalog:
+    """Lists and finds cases, and admits uploads."""
+
+    def __init__(self, data_dir: Path | None, upload_dir: Path | None):
+        self.data_dir = data_dir
+        self._upload_dir = upload_dir
+        self._temporary_upload_dir: Path | None = None
+        self._admit_lock = threading.Lock()
+
+    # -- listing and lookup ------------------------------------------------------------------------
+
+    def list(self) -> list[Case]:
+        cases = self._data_cases() if self.data_dir is not None else self._sample_cases()
+        return cases + self._upload_cases()
+
+    def get(self, case_id: str) -> Case:
+        source, _, rest = case_id.partition("/")
+        case = None
+        if source == "data" and self.data_dir is not None:
+            case = self._data_case(resolve_inside(self.data_dir, rest, case_id))
+        elif source == "upload" and "/" not in rest:
+            case = self._upload_case(resolve_inside(self.upload_dir, rest, case_id))
+        elif source == "sample" and self.data_dir is None and rest in SAMPLES:
+            case = self._sample_case(rest)
+        if case is None:
+            raise NotFound(f"no case {case_id!r}")
+        return case
+
+    def _data_cases(self) -> list[Case]:
+        root = self.data_dir
+        cases = []
+        for folder, subfolders, files in os.walk(root):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            here = Path(folder)
+            series = self._dicom_series_files(here, files)
+            candidates = ([here] if series else []) + [here / name for name in sorted(files) if name not in series]
+            cases += [case for path in candidates if (case := self._data_case(path)) is not None]
+        return cases
+
+    @staticmethod
+    def _dicom_series_files(folder: Path, files: list[str]) -> set[str]:
+        """The DICOM files of `folder` if they make a series (two or more); a lone one is a file case."""
+        dicom_files = {
+            name
+            for name in files
+            if not name.startswith(".")
+            and (name.lower().endswith(".dcm") or (image_suffix(Path(name)) is None and is_dicom_file(folder / name)))
+        }
+        return dicom_files if len(dicom_files) > 1 else set()
+
+    def _data_case(self, path: Path) -> Case | None:
+        root = self.data_dir
+        hidden = path.name.startswith(".") and path != root
+        if hidden or not path.exists() or not _inside(path, root):
+            return None
+        if path.is_dir():
+            if not self._dicom_series_files(path, [entry.name for entry in path.iterdir() if entry.is_file()]):
+                return None
+        elif not _is_case_file(path):
+            return None
+        relative = path.relative_to(root).as_posix() if path != root else ""
+        return Case(
+            id=f"data/{relative}",
+            name=relative or root.name,
+            source="data",
+            path=path,
+            can_save=_inside(saved_mask_path(path, ".nii.gz").parent, root),
+        )
+
+    def _upload_cases(self) -> list[Case]:
+        folder = self._upload_dir or self._temporary_upload_dir
+        if folder is None or not folder.is_dir():
+            return []
+        return [case for path in sorted(folder.iterdir()) if (case := self._upload_case(path)) is not None]
+
+    def _upload_case(self, path: Path) -> Case | None:
+        if not path.is_file() or not _is_case_file(path):
+            return None
+        return Case(f"upload/{path.name}", path.name, "upload", path, can_save=True)
+
+    def _sample_cases(self) -> list[Case]:
+        cases = []
+        for name in SAMPLES:
+            try:
+                cases.append(self._sample_case(name))
+            except InputError:  # the package is not installed: offer the others
+                continue
+        return cases
+
+    @staticmethod
+    def _sample_case(name: str) -> Case:
+        sample = SAMPLES[name]
+        path = packaged_file(sample.distribution, sample.file, sample.install_hint)
+        return Case(f"sample/{name}", sample.title, "sample", path, can_save=False)
+
+    # -- uploads -----------------------------------------------------------------------------------
+
+    @property
+    def upload_dir(self) -> Path:
+        """The uploads folder, made on first use (a private temporary one unless --upload-dir was given)."""
+        if self._upload_dir is not None:
+            self._upload_dir.mkdir(parents=True, exist_ok=True)
+            return self._upload_dir
+        if self._temporary_upload_dir is None:
+            self._temporary_upload_dir = Path(tempfile.mkdtemp(prefix="medsam2-uploads-"))
+        return self._temporary_upload_dir
+
+    def staging_file(self, suffix: str) -> Path:
+        """A new hidden file in the uploads folder to receive an upload (hidden files are not cases)."""
+        handle, name = tempfile.mkstemp(prefix=".upload-", suffix=suffix, dir=self.upload_dir)
+        os.close(handle)
+        return Path(name)
+
+    def admit(self, staged: Path, name: str) -> Case:
+        """Read a staged upload as a scan (or open it as a video); if that works, move it in under
+        `name` (made unique) and return its case. The staged file is gone afterwards either way."""
+        try:
+            try:
+                if is_video(staged):
+                    load_video(staged).close()
+                else:
+                    load_image(staged)
+            except InputError as error:
+                raise InputError(str(error).replace(str(staged), name)) from None
+            with self._admit_lock:
+                target = self._unused_name(self.upload_dir / name)
+                os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
+        return self._upload_case(target)  # type: ignore[return-value]
+
+    @staticmethod
+    def _unused_name(path: Path) -> Path:
+        suffix = file_suffix(path)
+        stem = path.name[: len(path.name) - len(suffix)]
+        candidate, number = path, 2
+        while candidate.exists():
+            candidate = path.with_name(f"{stem}-{number}{suffix}")
+            number += 1
+        return candidate
+
+    def close(self) -> None:
+        if self._temporary_upload_dir is not None:
+            shutil.rmtree(self._temporary_upload_dir, ignore_errors=True)
+            self._temporary_upload_dir = None

@@ -1,0 +1,65 @@
+"""Errors as clients see them: JSON ``{"error": "one line"}`` with a fitting status, never a traceback.
+
+The server's own input errors subclass `InputError` with the HTTP status they stand for; any other
+`InputError` (from reading a scan, a prompt the model cannot use...) is a 400. Anything else is a
+bug: the client gets a 500 with a generic line and the traceback goes to the server's log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from medsam2.errors import InputError
+
+log = logging.getLogger("medsam2.server")
+
+
+class NotFound(InputError):
+    status_code = 404
+
+
+class PayloadTooLarge(InputError):
+    status_code = 413
+
+
+class UnsupportedMedia(InputError):
+    status_code = 415
+
+
+class Busy(InputError):
+    status_code = 503
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code, headers=headers)
+
+
+def validation_message(error: RequestValidationError) -> str:
+    """The first problem pydantic found, as "where: what"."""
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
+    return f"{where}: {first.get('msg', 'invalid value')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, error: InputError) -> JSONResponse:
+        return error_response(getattr(error, "status_code", 400), str(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, validation_message(error))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (the server's log has the details)")

@@ -1,0 +1,153 @@
+"""Request and response bodies of the REST API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from medsam2.engine.prompts import Prompt
+from medsam2.server import rle
+
+Coordinate = tuple[float, float]
+
+
+class MaskRLE(BaseModel):
+    """A slice mask as COCO's uncompressed RLE: column-major runs, background first."""
+
+    size: tuple[int, int] = Field(description="[rows, columns] of the slice")
+    counts: list[int] = Field(description="alternating background / object run lengths, column-major")
+
+
+class CaseInfo(BaseModel):
+    id: str = Field(description="what POST /api/sessions takes: data/<path>, upload/<name> or sample/<name>")
+    name: str
+    source: Literal["data", "upload", "sample"]
+    can_save: bool = Field(description="whether POST .../save may write the mask next to the case")
+
+
+class ServerInfo(BaseModel):
+    version: str
+    model: str
+    devices: list[str]
+    max_upload_bytes: int
+    window_presets: dict[str, tuple[float, float]] = Field(description="CT presets: name -> (width, level) in HU")
+    label_colours: list[tuple[int, int, int]] = Field(description="RGB colours of object ids 1, 2, ... (cycled)")
+
+
+class OpenSession(BaseModel):
+    case: str = Field(description="a case id from GET /api/cases", examples=["data/ct_lesion/CT_Lesion_000002_03_01_035-047.npz"])
+    axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    window: str | None = Field(
+        None, description="CT window for the model's input: a preset (soft_tissue, lung...) or 'W,L'; default by modality"
+    )
+
+
+class PromptIn(BaseModel):
+    """A prompt on one slice for one object, in pixels of the slice (x = column, y = row, from 0)."""
+
+    slice: int = Field(ge=0, description="slice (or frame) index")
+    obj_id: int = Field(1, ge=1, description="object id; a new id starts a new object")
+    box: tuple[float, float, float, float] | None = Field(None, description="[x1, y1, x2, y2]; replaces an earlier box on the slice")
+    points: list[Coordinate] = Field(default_factory=list, description="clicks [[x, y], ...]; add to earlier clicks on the slice")
+    labels: list[int] = Field(default_factory=list, description="one per point: 1 object, 0 background")
+    mask: MaskRLE | None = Field(None, description="a mask prompt; replaces everything on the slice")
+    name: str | None = Field(None, max_length=100, description="the object's name")
+
+    def to_prompt(self, slice_shape: tuple[int, int]) -> Prompt:
+        return Prompt(
+            slice_index=self.slice,
+            obj_id=self.obj_id,
+            box=self.box,
+            points=tuple(self.points),
+            labels=tuple(self.labels),
+            mask=None if self.mask is None else rle.decode(self.mask.model_dump(), slice_shape),
+            name=self.name,
+        )
+
+
+class PropagateIn(BaseModel):
+    direction: Literal["both", "forward", "backward"] = "both"
+    obj_ids: list[int] | None = Field(None, description="objects to propagate; default all")
+
+
+class RenameIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class SaveIn(BaseModel):
+    format: str = Field("nii.gz", description="mask file format: nii.gz, nii, nrrd, mha, npz, dcm (DICOM cases), png (2D)")
+
+
+class SavedMask(BaseModel):
+    file: str = Field(description="file name of the mask written next to the case")
+
+
+class Progress(BaseModel):
+    state: Literal["idle", "queued", "running", "done", "failed"]
+    done: int
+    total: int
+    message: str
+
+
+class PromptInfo(BaseModel):
+    slice: int
+    box: list[float] | None
+    points: list[list[float]]
+    labels: list[int]
+    mask: bool
+
+
+class ObjectInfo(BaseModel):
+    id: int
+    name: str | None
+    prompts: list[PromptInfo]
+    slices: list[int] = Field(description="slices where the object has a mask")
+    needs_propagation: bool = Field(description="prompts changed since the last propagation")
+
+
+class Intensity(BaseModel):
+    kind: Literal["passthrough", "window", "percentile"] = Field(description="how the scan was mapped to the model's 0-255 input")
+    low: float
+    high: float
+    modality: str
+    value_range: tuple[float, float]
+
+
+class WindowPreset(BaseModel):
+    width: float
+    level: float
+
+
+class SessionInfo(BaseModel):
+    id: str
+    case: CaseInfo
+    kind: Literal["volume", "video", "image"]
+    fps: float | None
+    shape: tuple[int, int, int] = Field(description="[slices, rows, columns] along the session's axis")
+    axis: str
+    color: bool
+    pixel_spacing: tuple[float, float] = Field(description="mm between columns, between rows")
+    slice_spacing: float
+    intensity: Intensity
+    window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
+    device: str
+    mask_formats: list[str] = Field(description="formats GET .../mask-file and POST .../save write for this case")
+    objects: list[ObjectInfo]
+    undo_steps: int
+    progress: Progress
+
+
+class PromptResult(BaseModel):
+    mask: MaskRLE = Field(description="the object's mask on the prompted slice")
+    session: SessionInfo
+
+
+class SliceMasks(BaseModel):
+    slice: int
+    objects: dict[int, MaskRLE] = Field(description="object id -> its mask on this slice")
+
+
+class VolumeMasks(BaseModel):
+    shape: tuple[int, int, int]
+    slices: list[SliceMasks] = Field(description="every slice holding an object")

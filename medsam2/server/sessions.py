@@ -1,0 +1,344 @@
+"""Viewer sessions: one client's work on one case, and the store that keeps clients apart.
+
+A `ViewerSession` wraps the engine's `Session` with what a viewer needs around it: the case and its
+geometry, display windowing, an undo history and the progress of a propagation. Every change to the
+engine session runs on its device's worker thread (`medsam2.server.inference`), so changes apply in
+the order they were asked for; `lock` keeps readers (mask downloads) from seeing a half-done change.
+The summary a client polls is rebuilt after each change and read without the lock, so polling the
+progress of a long propagation never waits for it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medsam2.engine.api import prepare_slices
+from medsam2.engine.prompts import Prompt
+from medsam2.engine.session import Direction, Session
+from medsam2.errors import InputError
+from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
+from medsam2.io.paths import mask_file_stem
+from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
+from medsam2.io.video_writers import mask_sequence_writer
+from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
+from medsam2.server.cases import Case, saved_mask_path
+from medsam2.server.errors import Busy, NotFound
+from medsam2.server.inference import DeviceWorker
+
+CaseKind = Literal["volume", "video", "image"]
+ProgressState = Literal["idle", "queued", "running", "done", "failed"]
+MASK_FORMATS = tuple(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES)
+# A video's masks are a sequence: npz (key segs) or NIfTI 2D+t, as `medsam2 segment` writes them.
+VIDEO_MASK_FORMATS = ("npz", *(suffix.lstrip(".") for suffix in NIFTI_SUFFIXES))
+# A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
+MAX_VIDEO_FRAMES = 2000
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the latest propagation of a session stands."""
+
+    state: ProgressState = "idle"
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+def case_kind(volume: Volume, video: Video | None) -> CaseKind:
+    """A video when read as one, or a stack of colour frames; one slice is an image; else a volume."""
+    if video is not None or (volume.is_color and volume.shape[0] > 1):
+        return "video"
+    if volume.meta.get("is_2d") or volume.shape[0] == 1:
+        return "image"
+    return "volume"
+
+
+def mask_suffix(format_name: str, formats: tuple[str, ...]) -> str:
+    """A mask format name (``nii.gz``, ``nrrd``...) as a file suffix, or an error listing `formats`."""
+    name = format_name.strip().lower().lstrip(".")
+    if name not in formats:
+        raise InputError(f"mask format {format_name!r}: choose one of {', '.join(formats)}")
+    return "." + name
+
+
+def load_frames(path: Path) -> tuple[Volume, Video]:
+    """A video's frames as a stack of slices (frame rate and pixel spacing kept), and the video."""
+    with load_video(path) as video:
+        if video.num_frames > MAX_VIDEO_FRAMES:
+            raise InputError(
+                f"{path.name}: {video.num_frames} frames; the web app opens clips of up to {MAX_VIDEO_FRAMES} "
+                "(segment longer ones with `medsam2 segment`)"
+            )
+        frames = video.read()
+    spacing = (*(video.pixel_spacing or (1.0, 1.0)), 1.0)
+    return Volume(array=frames, spacing=spacing, modality=video.modality, source=path), video
+
+
+class ViewerSession:
+    """One case opened by one client, with its engine session (made on the worker, on first use)."""
+
+    def __init__(self, client: str, case: Case, axis: SliceAxis, window: str | None, worker: DeviceWorker):
+        self.id = secrets.token_urlsafe(12)
+        self.client = client
+        self.case = case
+        self.worker = worker
+        self.axis = axis
+        self.video: Video | None = None  # closed once its frames are read; kept for writing masks
+        if is_video(case.path):
+            if axis != "axial":
+                raise InputError(f"{case.name}: a video is stepped through frame by frame; leave the axis at axial")
+            self.volume, self.video = load_frames(case.path)
+        else:
+            self.volume = load_image(case.path)
+        self.mask_formats = VIDEO_MASK_FORMATS if self.video is not None else MASK_FORMATS
+        # Mapped once here, so the session knows the mapping; prepare_slices then passes the uint8 through.
+        mapped = to_uint8(self.volume, window=window)
+        self.slices, self.axis_index = prepare_slices(self.volume.with_array(mapped.array), axis)
+        self.mapping = mapped.mapping
+        self.kind = case_kind(self.volume, self.video)
+        self.engine: Session | None = None
+        self.lock = threading.Lock()
+        self.history: list[Prompt] = []  # prompts in force, oldest first, for undo
+        self.progress = Progress()
+        self.last_used = time.monotonic()
+        self._static = self._describe()
+        self._summary = self._summarise()
+
+    # -- what a client sees ----------------------------------------------------------------------
+
+    def _describe(self) -> dict:
+        spacing_zyx = self.volume.spacing[::-1]
+        rows_axis, columns_axis = (axis for axis in range(3) if axis != self.axis_index)
+        is_hounsfield = self.mapping.modality == "CT" and self.mapping.kind == "window"
+        array = self.volume.array
+        return {
+            "id": self.id,
+            "case": self.case.public(),
+            "kind": self.kind,
+            "fps": self.video.frame_rate if self.video is not None else None,
+            "shape": list(self.slices.shape[:3]),
+            "axis": self.axis,
+            "color": self.volume.is_color,
+            "pixel_spacing": [float(spacing_zyx[columns_axis]), float(spacing_zyx[rows_axis])],
+            "slice_spacing": float(spacing_zyx[self.axis_index]),
+            "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
+            "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
+            "device": self.worker.device,
+            "mask_formats": list(self.mask_formats),
+        }
+
+    def _summarise(self) -> dict:
+        objects = []
+        for obj_id, tracked in sorted(self.engine.objects.items() if self.engine else ()):
+            prompts = [
+                {
+                    "slice": index,
+                    "box": list(prompt.box) if prompt.box is not None else None,
+                    "points": [list(point) for point in prompt.points],
+                    "labels": list(prompt.labels),
+                    "mask": prompt.mask is not None,
+                }
+                for index, prompt in sorted(tracked.prompts.items())
+            ]
+            objects.append(
+                {
+                    "id": obj_id,
+                    "name": tracked.name,
+                    "prompts": prompts,
+                    "slices": sorted(tracked.masks),
+                    "needs_propagation": bool(tracked.dirty_runs),
+                }
+            )
+        return {"objects": objects, "undo_steps": len(self.history)}
+
+    def info(self) -> dict:
+        return {**self._static, **self._summary, "progress": asdict(self.progress)}
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return self.progress.state in ("queued", "running")
+
+    # -- changes: called on the worker thread with its predictor -----------------------------------
+
+    def _engine(self, predictor) -> Session:
+        if self.engine is None:
+            self.engine = Session(self.slices, predictor)
+        return self.engine
+
+    def add_prompt(self, predictor, prompt: Prompt) -> np.ndarray:
+        """Apply a prompt; return the object's mask on that slice."""
+        with self.lock:
+            mask = self._engine(predictor).apply(prompt)
+            self.history.append(prompt)
+            self._summary = self._summarise()
+        return mask
+
+    def remove_prompts(self, predictor, slice_index: int, obj_id: int) -> None:
+        """Take back every prompt of an object on one slice."""
+        with self.lock:
+            self._engine(predictor).remove_prompt(slice_index, obj_id)
+            self.history = [p for p in self.history if (p.slice_index, p.obj_id) != (slice_index, obj_id)]
+            self._summary = self._summarise()
+
+    def undo(self, predictor) -> Prompt:
+        """Take back the latest prompt: its slice is re-prompted with the earlier prompts there."""
+        with self.lock:
+            if not self.history:
+                raise InputError("nothing to undo")
+            engine = self._engine(predictor)
+            last = self.history.pop()
+            name = engine.objects[last.obj_id].name
+            engine.remove_prompt(last.slice_index, last.obj_id)
+            for earlier in self.history:
+                if (earlier.slice_index, earlier.obj_id) == (last.slice_index, last.obj_id):
+                    engine.apply(earlier)
+            if last.obj_id in engine.objects:
+                engine.objects[last.obj_id].name = name
+            self._summary = self._summarise()
+        return last
+
+    def delete_object(self, predictor, obj_id: int) -> None:
+        with self.lock:
+            self._engine(predictor).reset_object(obj_id)
+            self.history = [p for p in self.history if p.obj_id != obj_id]
+            self._summary = self._summarise()
+
+    def rename_object(self, predictor, obj_id: int, name: str) -> None:
+        with self.lock:
+            engine = self._engine(predictor)
+            if obj_id not in engine.objects:
+                raise NotFound(f"no object {obj_id} in this session (prompt it first)")
+            engine.objects[obj_id].name = name
+            self._summary = self._summarise()
+
+    def propagate(self, predictor, direction: Direction, obj_ids: list[int] | None) -> None:
+        with self.lock:
+            self.progress = Progress("running")
+            try:
+                self._engine(predictor).propagate(
+                    direction,
+                    obj_ids,
+                    progress=False,
+                    on_progress=lambda done, total: setattr(self, "progress", Progress("running", done, total)),
+                )
+            except Exception as error:
+                self.progress = Progress("failed", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
+                raise
+            finally:
+                self._summary = self._summarise()
+            self.progress = Progress("done", self.progress.total, self.progress.total)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def check_slice(self, index: int) -> None:
+        if not 0 <= index < self.slices.shape[0]:
+            raise NotFound(f"slice {index} is out of range 0..{self.slices.shape[0] - 1}")
+
+    def display_slice(self, index: int, window: str | None) -> np.ndarray:
+        """Slice `index` as uint8 for display: as the model sees it, or through a window (a preset
+        or ``W,L`` in the scan's own units; colour frames are shown as they are)."""
+        self.check_slice(index)
+        if window is None or self.volume.is_color:
+            return self.slices[index]
+        chosen = parse_window(window)
+        return apply_window(to_slices(self.volume.array, self.axis_index)[index], chosen.width, chosen.level)
+
+    def slice_masks(self, index: int) -> dict[int, np.ndarray]:
+        """Object id -> (H, W) mask of every object present on slice `index`."""
+        self.check_slice(index)
+        with self.lock:
+            objects = self.engine.objects.items() if self.engine else ()
+            return {obj_id: tracked.masks[index] for obj_id, tracked in sorted(objects) if index in tracked.masks}
+
+    def all_masks(self) -> dict[int, dict[int, np.ndarray]]:
+        """Slice -> object id -> mask, for every slice holding an object."""
+        with self.lock:
+            by_slice: dict[int, dict[int, np.ndarray]] = {}
+            for obj_id, tracked in sorted(self.engine.objects.items() if self.engine else ()):
+                for index, mask in tracked.masks.items():
+                    by_slice.setdefault(index, {})[obj_id] = mask
+            return dict(sorted(by_slice.items()))
+
+    def label_volume(self) -> np.ndarray:
+        """The label map in the scan's own (Z, Y, X) layout; where objects overlap the higher id wins."""
+        with self.lock:
+            labels = self.engine.result() if self.engine else np.zeros(self.slices.shape[:3], dtype=np.uint16)
+        return np.ascontiguousarray(from_slices(labels, self.axis_index))
+
+    def _write_mask(self, path: Path) -> Path:
+        """The label map written to `path`: in the scan's geometry, or as a video's mask sequence."""
+        labels = self.label_volume()
+        if self.video is None:
+            return save_mask(labels, like=self.volume, path=path)
+        with mask_sequence_writer(path, self.video, np.uint8 if labels.max(initial=0) < 256 else np.uint16) as write:
+            write(labels)
+        return path
+
+    def mask_file(self, format_name: str) -> tuple[str, bytes]:
+        """The whole label map as a file: (file name, content)."""
+        name = f"{mask_file_stem(self.case.path)}_mask{mask_suffix(format_name, self.mask_formats)}"
+        with tempfile.TemporaryDirectory(prefix="medsam2-mask-") as folder:
+            target = Path(folder) / name
+            try:
+                self._write_mask(target)
+            except InputError as error:  # name the file as the client knows it, not our temporary path
+                raise InputError(str(error).replace(str(target), name)) from None
+            return name, target.read_bytes()
+
+    def save_mask(self, format_name: str) -> Path:
+        """Write the label map next to the case (``<case>_mask.<format>``) and return the path."""
+        if not self.case.can_save:
+            raise InputError(f"{self.case.name}: masks of {self.case.source} cases are not saved on the server; download the mask instead")
+        return self._write_mask(saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats)))
+
+
+class SessionStore:
+    """Open sessions by id, each visible only to the client that opened it."""
+
+    def __init__(self, max_sessions: int, idle_seconds: float):
+        self.max_sessions = max_sessions
+        self.idle_seconds = idle_seconds
+        self._sessions: dict[str, ViewerSession] = {}
+        self._lock = threading.Lock()
+
+    def pick_worker(self, workers: list[DeviceWorker]) -> DeviceWorker:
+        """The worker with the fewest sessions, then the shortest queue."""
+        with self._lock:
+            return min(workers, key=lambda w: (sum(s.worker is w for s in self._sessions.values()), w.pending))
+
+    def add(self, session: ViewerSession) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for stale in [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_seconds]:
+                del self._sessions[stale.id]
+            if len(self._sessions) >= self.max_sessions:
+                raise Busy(f"the server already has {len(self._sessions)} sessions open, its limit; close one or try later")
+            self._sessions[session.id] = session
+
+    def get(self, client: str, session_id: str) -> ViewerSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.client != client:
+            raise NotFound(f"no session {session_id!r}")
+        session.touch()
+        return session
+
+    def of_client(self, client: str) -> list[ViewerSession]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.client == client]
+
+    def remove(self, client: str, session_id: str) -> None:
+        self.get(client, session_id)
+        with self._lock:
+            self._sessions.pop(session_id, None)

@@ -1,0 +1,800 @@
+// The medsam2 web viewer: a canvas slice viewer over the server's REST API (/api).
+// Plain JavaScript, no framework and no build step; the server is the source of truth for prompts
+// and masks, the page keeps only what it draws (slice images, decoded masks, the view).
+
+import { api, setPending } from "/static/api.js";
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("view");
+const context = canvas.getContext("2d");
+
+const WHEEL_STEP = 50; // wheel delta per slice: one notch of a mouse wheel, several trackpad events
+const PAGE_STEP = 10;
+const CLICK_SLOP = 4; // CSS pixels a click may move and still be a click
+const IMAGE_CACHE = 400;
+// Slices and frames are numbered from 0 everywhere, as `medsam2 segment --box Z,...` and the API count them.
+
+const state = {
+  server: null, // GET /api/info
+  session: null, // the open session as the server last described it
+  slice: 0,
+  objects: [], // {id, name}: the server's objects plus ones added here and not prompted yet
+  activeObject: 1,
+  tool: "box",
+  window: null, // null: the slice as the model sees it; else {width, level} in the scan's units
+  view: { zoom: 1, panX: 0, panY: 0 },
+  opacity: 0.45,
+  showOverlay: true,
+  masks: new Map(), // slice -> Map(object id -> Uint8Array of H*W, row-major)
+  overlays: new Map(), // slice -> canvas with the masks drawn, rebuilt when they change
+  images: new Map(), // `${slice}|${window}` -> decoded HTMLImageElement
+  shownImage: null, // the image on screen, kept until the next one has loaded
+  gesture: null,
+  wheel: 0,
+  player: null,
+};
+
+// -- talking to the server ---------------------------------------------------------------------------
+
+function sessionPath(suffix = "") {
+  return `/api/sessions/${state.session.id}${suffix}`;
+}
+
+function status(message, isError = false) {
+  const line = $("status");
+  line.textContent = message;
+  line.classList.toggle("error", isError);
+}
+
+// Run an action started by the user; a failure becomes the status line, never an uncaught error.
+function act(action) {
+  return async (...args) => {
+    try {
+      await action(...args);
+    } catch (error) {
+      status(error.message, true);
+    }
+  };
+}
+
+// -- geometry ----------------------------------------------------------------------------------------
+
+function sliceSize() {
+  const [, rows, columns] = state.session.shape;
+  return { rows, columns };
+}
+
+function rowAspect() {
+  const [columnStep, rowStep] = state.session.pixel_spacing;
+  return columnStep > 0 && rowStep > 0 ? rowStep / columnStep : 1;
+}
+
+function imageToCanvas(x, y) {
+  const { zoom, panX, panY } = state.view;
+  return [panX + x * zoom, panY + y * zoom * rowAspect()];
+}
+
+function canvasToImage(cx, cy) {
+  const { zoom, panX, panY } = state.view;
+  return [(cx - panX) / zoom, (cy - panY) / (zoom * rowAspect())];
+}
+
+function eventToImage(event) {
+  const rect = canvas.getBoundingClientRect();
+  return canvasToImage(event.clientX - rect.left, event.clientY - rect.top);
+}
+
+function pixelOf(x, y) {
+  const { rows, columns } = sliceSize();
+  return [Math.min(Math.max(Math.floor(x), 0), columns - 1), Math.min(Math.max(Math.floor(y), 0), rows - 1)];
+}
+
+function fitView() {
+  if (!state.session) return;
+  const { rows, columns } = sliceSize();
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  const zoom = Math.min(width / columns, height / (rows * rowAspect())) * 0.96;
+  state.view = { zoom, panX: (width - columns * zoom) / 2, panY: (height - rows * zoom * rowAspect()) / 2 };
+}
+
+function zoomAt(factor, cx, cy) {
+  const { zoom, panX, panY } = state.view;
+  const next = Math.min(Math.max(zoom * factor, 0.05), 64);
+  state.view = { zoom: next, panX: cx - ((cx - panX) * next) / zoom, panY: cy - ((cy - panY) * next) / zoom };
+  draw();
+}
+
+function resizeCanvas() {
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(canvas.clientWidth * ratio);
+  canvas.height = Math.round(canvas.clientHeight * ratio);
+  fitView();
+  draw();
+}
+
+// -- masks -------------------------------------------------------------------------------------------
+
+// COCO RLE (column-major runs, background first) to a row-major 0/1 array.
+function decodeRle(rle) {
+  const [rows, columns] = rle.size;
+  const mask = new Uint8Array(rows * columns);
+  let position = 0;
+  rle.counts.forEach((count, index) => {
+    if (index % 2 === 1) {
+      for (let p = position; p < position + count; p += 1) {
+        mask[(p % rows) * columns + Math.floor(p / rows)] = 1;
+      }
+    }
+    position += count;
+  });
+  return mask;
+}
+
+function colourOf(objectId) {
+  const colours = state.server.label_colours;
+  return colours[(objectId - 1) % colours.length];
+}
+
+function setSliceMasks(slice, objects) {
+  const masks = new Map();
+  for (const [objectId, rle] of Object.entries(objects)) masks.set(Number(objectId), decodeRle(rle));
+  if (masks.size) state.masks.set(slice, masks);
+  else state.masks.delete(slice);
+  state.overlays.delete(slice);
+}
+
+async function refreshMasks() {
+  const volume = await api(sessionPath("/masks"));
+  state.masks.clear();
+  state.overlays.clear();
+  for (const entry of volume.slices) setSliceMasks(entry.slice, entry.objects);
+}
+
+// The masks of one slice as an image: filled with the overlay opacity, outlined opaque.
+function overlayFor(slice) {
+  if (state.overlays.has(slice)) return state.overlays.get(slice);
+  const masks = state.masks.get(slice);
+  if (!masks) return null;
+  const { rows, columns } = sliceSize();
+  const layer = document.createElement("canvas");
+  layer.width = columns;
+  layer.height = rows;
+  const layerContext = layer.getContext("2d");
+  const pixels = layerContext.createImageData(columns, rows);
+  const fill = Math.round(state.opacity * 255);
+  for (const objectId of [...masks.keys()].sort((a, b) => a - b)) {
+    const mask = masks.get(objectId);
+    const [r, g, b] = colourOf(objectId);
+    for (let row = 0; row < rows; row += 1) {
+      for (let column = 0; column < columns; column += 1) {
+        const index = row * columns + column;
+        if (!mask[index]) continue;
+        const edge =
+          row === 0 || column === 0 || row === rows - 1 || column === columns - 1 ||
+          !mask[index - 1] || !mask[index + 1] || !mask[index - columns] || !mask[index + columns];
+        pixels.data.set([r, g, b, edge ? 255 : fill], index * 4);
+      }
+    }
+  }
+  layerContext.putImageData(pixels, 0, 0);
+  state.overlays.set(slice, layer);
+  return layer;
+}
+
+// -- slice images ------------------------------------------------------------------------------------
+
+function windowParameter() {
+  return state.window ? `${Math.round(state.window.width)},${Math.round(state.window.level)}` : "";
+}
+
+function loadImage(slice) {
+  const key = `${slice}|${windowParameter()}`;
+  if (state.images.has(key)) return state.images.get(key);
+  const image = new Image();
+  const query = windowParameter() ? `?window=${encodeURIComponent(windowParameter())}` : "";
+  image.src = sessionPath(`/slices/${slice}${query}`);
+  setPending(+1);
+  const loaded = image.decode().then(
+    () => image,
+    () => null,
+  );
+  loaded.finally(() => setPending(-1));
+  state.images.set(key, loaded);
+  if (state.images.size > IMAGE_CACHE) state.images.delete(state.images.keys().next().value);
+  return loaded;
+}
+
+async function showSlice(slice) {
+  const sessionId = state.session.id;
+  const image = await loadImage(slice);
+  if (image && state.session && state.session.id === sessionId && slice === state.slice) {
+    state.shownImage = image;
+    draw();
+  }
+}
+
+function goTo(slice) {
+  if (!state.session) return;
+  const count = state.session.shape[0];
+  state.slice = Math.min(Math.max(Math.round(slice), 0), count - 1);
+  $("slice").value = String(state.slice);
+  $("slice-number").textContent = `${state.slice} of 0–${count - 1}`;
+  canvas.dataset.slice = String(state.slice);
+  showSlice(state.slice);
+  for (const near of [state.slice + 1, state.slice - 1, state.slice + 2]) {
+    if (near >= 0 && near < count) loadImage(near);
+  }
+  draw();
+}
+
+// -- drawing -----------------------------------------------------------------------------------------
+
+function draw() {
+  const ratio = window.devicePixelRatio || 1;
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+  if (!state.session) return;
+  const { rows, columns } = sliceSize();
+  const [left, top] = imageToCanvas(0, 0);
+  const [right, bottom] = imageToCanvas(columns, rows);
+  context.imageSmoothingEnabled = state.view.zoom < 2;
+  if (state.shownImage) context.drawImage(state.shownImage, left, top, right - left, bottom - top);
+  const overlay = state.showOverlay ? overlayFor(state.slice) : null;
+  if (overlay) {
+    context.imageSmoothingEnabled = false;
+    context.drawImage(overlay, left, top, right - left, bottom - top);
+  }
+  drawPrompts();
+  drawGesture();
+  drawCornerInfo();
+}
+
+function drawBox(x1, y1, x2, y2, colour, dashed = false) {
+  const [left, top] = imageToCanvas(x1, y1);
+  const [right, bottom] = imageToCanvas(x2 + 1, y2 + 1);
+  context.setLineDash(dashed ? [6, 4] : []);
+  context.lineWidth = 2;
+  context.strokeStyle = colour;
+  context.strokeRect(left, top, right - left, bottom - top);
+  context.setLineDash([]);
+}
+
+function drawPoint(x, y, positive, colour) {
+  const [cx, cy] = imageToCanvas(x + 0.5, y + 0.5);
+  context.beginPath();
+  context.arc(cx, cy, 6, 0, 2 * Math.PI);
+  context.fillStyle = positive ? colour : "#000";
+  context.fill();
+  context.lineWidth = 2;
+  context.strokeStyle = positive ? "#fff" : colour;
+  context.stroke();
+  context.fillStyle = positive ? "#000" : "#fff";
+  context.font = "bold 11px sans-serif";
+  context.textAlign = "center";
+  context.textBaseline = "middle";
+  context.fillText(positive ? "+" : "−", cx, cy + 0.5);
+}
+
+function drawPrompts() {
+  for (const object of state.session.objects) {
+    const colour = `rgb(${colourOf(object.id).join(",")})`;
+    for (const prompt of object.prompts) {
+      if (prompt.slice !== state.slice) continue;
+      if (prompt.box) drawBox(...prompt.box, colour);
+      prompt.points.forEach(([x, y], index) => drawPoint(x, y, prompt.labels[index] === 1, colour));
+    }
+  }
+}
+
+function drawGesture() {
+  const gesture = state.gesture;
+  if (!gesture || gesture.mode !== "box") return;
+  const [x1, y1] = pixelOf(Math.min(gesture.startImage[0], gesture.image[0]), Math.min(gesture.startImage[1], gesture.image[1]));
+  const [x2, y2] = pixelOf(Math.max(gesture.startImage[0], gesture.image[0]), Math.max(gesture.startImage[1], gesture.image[1]));
+  drawBox(x1, y1, x2, y2, `rgb(${colourOf(state.activeObject).join(",")})`, true);
+}
+
+function drawCornerInfo() {
+  const count = state.session.shape[0];
+  const what = state.session.kind === "video" ? "Frame" : "Slice";
+  const shownWindow = state.window || modelWindow();
+  $("corner-info").textContent =
+    `${what} ${state.slice} of 0–${count - 1}   W ${Math.round(shownWindow.width)} L ${Math.round(shownWindow.level)}` +
+    `   zoom ${state.view.zoom.toFixed(2)}`;
+}
+
+// -- window / level ----------------------------------------------------------------------------------
+
+function modelWindow() {
+  const { low, high } = state.session.intensity;
+  return { width: Math.max(high - low, 1), level: (high + low) / 2 };
+}
+
+function setWindow(chosen, presetName = chosen ? "custom" : "") {
+  state.window = chosen;
+  const shown = chosen || modelWindow();
+  $("window-width").value = String(Math.round(shown.width));
+  $("window-level").value = String(Math.round(shown.level));
+  $("window-preset").value = presetName;
+  showSlice(state.slice);
+  draw();
+}
+
+function fillWindowPresets() {
+  const select = $("window-preset");
+  select.replaceChildren(new Option("As the model sees it", ""));
+  Object.entries(state.session.window_presets).forEach(([name, preset], index) => {
+    select.append(new Option(`${index + 1}: ${name.replace("_", " ")} (W${preset.width} L${preset.level})`, name));
+  });
+  select.append(new Option("Custom", "custom"));
+}
+
+function choosePreset(name) {
+  const preset = state.session.window_presets[name];
+  if (name === "") setWindow(null, "");
+  else if (preset) setWindow({ width: preset.width, level: preset.level }, name);
+}
+
+// -- objects and prompts -----------------------------------------------------------------------------
+
+function activeObject() {
+  return state.objects.find((object) => object.id === state.activeObject);
+}
+
+function applySession(info) {
+  state.session = info;
+  for (const object of info.objects) {
+    const known = state.objects.find((entry) => entry.id === object.id);
+    if (!known) state.objects.push({ id: object.id, name: object.name || `Object ${object.id}` });
+    else if (object.name) known.name = object.name;
+  }
+  state.objects.sort((a, b) => a.id - b.id);
+  renderObjects();
+  renderPrompted();
+  $("undo").disabled = info.undo_steps === 0;
+  $("propagate").classList.toggle("attention", info.objects.some((object) => object.needs_propagation));
+  $("save").disabled = !info.case.can_save;
+}
+
+function renderObjects() {
+  const list = $("objects");
+  list.replaceChildren();
+  for (const object of state.objects) {
+    const item = document.createElement("li");
+    item.classList.toggle("active", object.id === state.activeObject);
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${colourOf(object.id).join(",")})`;
+    const name = document.createElement("input");
+    name.value = object.name;
+    name.setAttribute("aria-label", `Name of object ${object.id}`);
+    name.addEventListener("change", act(() => renameObject(object, name.value.trim())));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.title = "Delete this object and its masks";
+    remove.addEventListener("click", act(() => deleteObject(object)));
+    item.append(swatch, name, remove);
+    item.addEventListener("click", (event) => {
+      if (event.target === remove) return;
+      state.activeObject = object.id;
+      renderObjects();
+    });
+    list.append(item);
+  }
+}
+
+function renderPrompted() {
+  const list = $("prompted");
+  list.replaceChildren();
+  const entries = state.session.objects.flatMap((object) =>
+    object.prompts.map((prompt) => ({ object, prompt })),
+  );
+  entries.sort((a, b) => a.prompt.slice - b.prompt.slice || a.object.id - b.object.id);
+  for (const { object, prompt } of entries) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    const kinds = [prompt.box && "box", prompt.points.length && `${prompt.points.length} point(s)`, prompt.mask && "mask"];
+    const name = state.objects.find((entry) => entry.id === object.id)?.name || `Object ${object.id}`;
+    button.textContent = `${prompt.slice}: ${name} (${kinds.filter(Boolean).join(", ")})`;
+    button.style.borderLeftColor = `rgb(${colourOf(object.id).join(",")})`;
+    button.addEventListener("click", () => {
+      state.activeObject = object.id;
+      renderObjects();
+      goTo(prompt.slice);
+    });
+    item.append(button);
+    list.append(item);
+  }
+}
+
+function promptedSlices() {
+  return [...new Set(state.session.objects.flatMap((object) => object.prompts.map((prompt) => prompt.slice)))].sort((a, b) => a - b);
+}
+
+function jumpPrompted(step) {
+  const slices = promptedSlices();
+  const target = step > 0 ? slices.find((s) => s > state.slice) : slices.reverse().find((s) => s < state.slice);
+  if (target !== undefined) goTo(target);
+}
+
+function addObject() {
+  const id = Math.max(0, ...state.objects.map((object) => object.id)) + 1;
+  state.objects.push({ id, name: `Object ${id}` });
+  state.activeObject = id;
+  renderObjects();
+}
+
+function onServer(object) {
+  return state.session.objects.some((entry) => entry.id === object.id);
+}
+
+async function renameObject(object, name) {
+  if (!name) return;
+  object.name = name;
+  if (onServer(object)) applySession(await api(sessionPath(`/objects/${object.id}`), { method: "PATCH", json: { name } }));
+  renderPrompted();
+}
+
+async function deleteObject(object) {
+  if (onServer(object)) {
+    applySession(await api(sessionPath(`/objects/${object.id}`), { method: "DELETE" }));
+    await refreshMasks();
+  }
+  state.objects = state.objects.filter((entry) => entry.id !== object.id);
+  if (!state.objects.length) addObject();
+  if (state.activeObject === object.id) state.activeObject = state.objects[0].id;
+  renderObjects();
+  draw();
+}
+
+async function sendPrompt(fields) {
+  const object = activeObject();
+  const slice = state.slice;
+  status(`Segmenting ${object.name} on slice ${slice}…`);
+  const result = await api(sessionPath("/prompts"), {
+    method: "POST",
+    json: { slice, obj_id: object.id, name: object.name, ...fields },
+  });
+  const current = state.masks.get(slice) || new Map();
+  current.set(object.id, decodeRle(result.mask));
+  state.masks.set(slice, current);
+  state.overlays.delete(slice);
+  applySession(result.session);
+  status(`${object.name} segmented on slice ${slice}. Press Propagate (G) to follow it through the scan.`);
+  draw();
+}
+
+async function propagate() {
+  if (!state.session) return;
+  status("Propagating…");
+  const poll = setInterval(async () => {
+    try {
+      showProgress((await api(sessionPath())).progress);
+    } catch {
+      // a missed poll only delays the progress bar
+    }
+  }, 300);
+  try {
+    const info = await api(sessionPath("/propagate"), { method: "POST" });
+    await refreshMasks();
+    applySession(info);
+    showProgress(info.progress);
+    const slices = info.objects.map((object) => `${object.name || `Object ${object.id}`}: ${object.slices.length} slices`);
+    status(`Propagated. ${slices.join("; ")}`);
+  } finally {
+    clearInterval(poll);
+  }
+  draw();
+}
+
+function showProgress(progress) {
+  const bar = $("progress");
+  bar.max = Math.max(progress.total, 1);
+  bar.value = progress.state === "done" ? bar.max : progress.done;
+  const words = { idle: "", queued: "waiting for the model…", running: `${progress.done} / ${progress.total} slices`, done: "done", failed: progress.message };
+  $("progress-text").textContent = words[progress.state] ?? "";
+}
+
+async function undo() {
+  if (!state.session || state.session.undo_steps === 0) return;
+  applySession(await api(sessionPath("/undo"), { method: "POST" }));
+  await refreshMasks();
+  status("Took back the latest prompt.");
+  draw();
+}
+
+// -- cases, sessions, export -------------------------------------------------------------------------
+
+async function loadCases(selected) {
+  const cases = await api("/api/cases");
+  const select = $("case-select");
+  select.replaceChildren();
+  const groups = { data: "Data", upload: "Uploads", sample: "Samples" };
+  for (const [source, label] of Object.entries(groups)) {
+    const members = cases.filter((entry) => entry.source === source);
+    if (!members.length) continue;
+    const group = document.createElement("optgroup");
+    group.label = label;
+    for (const entry of members) group.append(new Option(entry.name, entry.id));
+    select.append(group);
+  }
+  if (selected) select.value = selected;
+  if (!cases.length) status("No cases: upload a scan, or start the server with --data FOLDER.", true);
+}
+
+async function openCase() {
+  const caseId = $("case-select").value;
+  if (!caseId) return;
+  status("Opening…");
+  stopPlaying();
+  const previous = state.session;
+  const info = await api("/api/sessions", { method: "POST", json: { case: caseId } });
+  if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
+  const count = info.shape[0];
+  Object.assign(state, {
+    session: info,
+    slice: info.kind === "video" ? 0 : Math.floor(count / 2),
+    objects: [{ id: 1, name: "Object 1" }],
+    activeObject: 1,
+    window: null,
+    shownImage: null,
+  });
+  state.masks.clear();
+  state.overlays.clear();
+  state.images.clear();
+  applySession(info);
+  fillWindowPresets();
+  setWindow(null, "");
+  fillMaskFormats();
+  $("slice").max = String(count - 1);
+  $("slice-label").textContent = info.kind === "video" ? "Frame" : "Slice";
+  fitView();
+  goTo(state.slice);
+  canvas.focus();
+  status(`${info.case.name}: ${count} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}. Draw a box around the object.`);
+}
+
+async function uploadFile(file) {
+  status(`Uploading ${file.name}…`);
+  const entry = await api(`/api/cases?name=${encodeURIComponent(file.name)}`, {
+    method: "POST",
+    body: file,
+    headers: { "Content-Type": "application/octet-stream" },
+  });
+  await loadCases(entry.id);
+  status(`Uploaded ${entry.name}. Press Open.`);
+}
+
+function fillMaskFormats() {
+  const select = $("mask-format");
+  const formats = state.session.mask_formats.filter((format) => format !== "png" || state.session.kind === "image");
+  select.replaceChildren(...formats.map((format) => new Option(format, format)));
+  select.value = formats.includes("nii.gz") ? "nii.gz" : formats[0];
+}
+
+async function download() {
+  const format = $("mask-format").value;
+  const response = await api(sessionPath(`/mask-file?format=${encodeURIComponent(format)}`));
+  const disposition = response.headers.get("content-disposition") || "";
+  const name = decodeURIComponent(disposition.split("''")[1] || `mask.${format}`);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  status(`Downloaded ${name}.`);
+}
+
+async function saveOnServer() {
+  const saved = await api(sessionPath("/save"), { method: "POST", json: { format: $("mask-format").value } });
+  status(`Saved ${saved.file} next to the case.`);
+}
+
+// -- playing -----------------------------------------------------------------------------------------
+
+function stopPlaying() {
+  clearInterval(state.player);
+  state.player = null;
+  $("play").textContent = "▶";
+}
+
+function togglePlay() {
+  if (!state.session) return;
+  if (state.player) return stopPlaying();
+  const fps = state.session.fps || 10;
+  state.player = setInterval(() => goTo((state.slice + 1) % state.session.shape[0]), 1000 / fps);
+  $("play").textContent = "⏸";
+}
+
+// -- mouse -------------------------------------------------------------------------------------------
+
+function setTool(tool) {
+  state.tool = tool;
+  document.querySelectorAll("[data-tool]").forEach((button) => button.classList.toggle("active", button.dataset.tool === tool));
+  canvas.dataset.tool = tool;
+}
+
+canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+
+canvas.addEventListener("pointerdown", (event) => {
+  if (!state.session) return;
+  canvas.focus();
+  canvas.setPointerCapture(event.pointerId);
+  const mode = event.button === 1 ? "pan" : event.button === 2 ? "window" : state.tool;
+  const image = eventToImage(event);
+  state.gesture = {
+    mode,
+    startX: event.clientX,
+    startY: event.clientY,
+    startImage: image,
+    image,
+    view: { ...state.view },
+    window: { ...(state.window || modelWindow()) },
+    negative: event.shiftKey,
+  };
+});
+
+canvas.addEventListener("pointermove", (event) => {
+  const gesture = state.gesture;
+  if (!gesture) return;
+  const dx = event.clientX - gesture.startX;
+  const dy = event.clientY - gesture.startY;
+  gesture.image = eventToImage(event);
+  if (gesture.mode === "pan") {
+    state.view = { ...gesture.view, panX: gesture.view.panX + dx, panY: gesture.view.panY + dy };
+  } else if (gesture.mode === "window") {
+    const [low, high] = state.session.intensity.value_range;
+    const step = Math.max(high - low, 1) / 500;
+    state.window = { width: Math.max(1, gesture.window.width + dx * step), level: gesture.window.level - dy * step };
+    $("window-width").value = String(Math.round(state.window.width));
+    $("window-level").value = String(Math.round(state.window.level));
+    $("window-preset").value = "custom";
+  }
+  draw();
+});
+
+canvas.addEventListener("pointerup", act(async (event) => {
+  const gesture = state.gesture;
+  state.gesture = null;
+  if (!gesture) return;
+  const moved = Math.hypot(event.clientX - gesture.startX, event.clientY - gesture.startY);
+  if (gesture.mode === "window") {
+    showSlice(state.slice);
+  } else if (gesture.mode === "box" && moved > CLICK_SLOP) {
+    const [x1, y1] = pixelOf(Math.min(gesture.startImage[0], gesture.image[0]), Math.min(gesture.startImage[1], gesture.image[1]));
+    const [x2, y2] = pixelOf(Math.max(gesture.startImage[0], gesture.image[0]), Math.max(gesture.startImage[1], gesture.image[1]));
+    draw();
+    if (x2 > x1 && y2 > y1) await sendPrompt({ box: [x1, y1, x2, y2] });
+  } else if ((gesture.mode === "positive" || gesture.mode === "negative") && moved <= CLICK_SLOP) {
+    const positive = gesture.mode === "positive" && !gesture.negative;
+    await sendPrompt({ points: [pixelOf(...gesture.image)], labels: [positive ? 1 : 0] });
+  }
+  draw();
+}));
+
+canvas.addEventListener("wheel", (event) => {
+  if (!state.session) return;
+  event.preventDefault();
+  if (event.ctrlKey) {
+    const rect = canvas.getBoundingClientRect();
+    zoomAt(event.deltaY < 0 ? 1.15 : 1 / 1.15, event.clientX - rect.left, event.clientY - rect.top);
+    return;
+  }
+  state.wheel += event.deltaY;
+  if (Math.abs(state.wheel) >= WHEEL_STEP) {
+    goTo(state.slice + Math.sign(state.wheel));
+    state.wheel = 0;
+  }
+}, { passive: false });
+
+// -- keyboard ----------------------------------------------------------------------------------------
+
+document.addEventListener("keydown", act(async (event) => {
+  if (event.target.closest("input, select, textarea, dialog")) return;
+  if (!state.session) return;
+  const key = event.key;
+  const presets = Object.keys(state.session.window_presets);
+  const center = () => [canvas.clientWidth / 2, canvas.clientHeight / 2];
+  const actions = {
+    ArrowUp: () => goTo(state.slice - 1),
+    ArrowLeft: () => goTo(state.slice - 1),
+    ArrowDown: () => goTo(state.slice + 1),
+    ArrowRight: () => goTo(state.slice + 1),
+    PageUp: () => goTo(state.slice - PAGE_STEP),
+    PageDown: () => goTo(state.slice + PAGE_STEP),
+    Home: () => goTo(0),
+    End: () => goTo(state.session.shape[0] - 1),
+    "[": () => jumpPrompted(-1),
+    "]": () => jumpPrompted(+1),
+    "+": () => zoomAt(1.25, ...center()),
+    "=": () => zoomAt(1.25, ...center()),
+    "-": () => zoomAt(1 / 1.25, ...center()),
+    0: () => { fitView(); draw(); },
+    b: () => setTool("box"),
+    p: () => setTool("positive"),
+    n: () => setTool("negative"),
+    h: () => setTool("pan"),
+    w: () => setTool("window"),
+    g: propagate,
+    o: () => { $("show-overlay").checked = !$("show-overlay").checked; state.showOverlay = $("show-overlay").checked; draw(); },
+    " ": togglePlay,
+    "?": () => $("help").showModal(),
+  };
+  if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "z") {
+    event.preventDefault();
+    await undo();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (/^[1-9]$/.test(key) && presets[Number(key) - 1]) {
+    choosePreset(presets[Number(key) - 1]);
+    return;
+  }
+  const action = actions[key] || actions[key.toLowerCase()];
+  if (!action) return;
+  event.preventDefault();
+  await action();
+}));
+
+// -- controls ----------------------------------------------------------------------------------------
+
+document.querySelectorAll("[data-tool]").forEach((button) => button.addEventListener("click", () => setTool(button.dataset.tool)));
+$("open-case").addEventListener("click", act(openCase));
+$("upload").addEventListener("change", act(async (event) => {
+  const [file] = event.target.files;
+  event.target.value = "";
+  if (file) await uploadFile(file);
+}));
+$("help-button").addEventListener("click", () => $("help").showModal());
+$("slice").addEventListener("input", (event) => goTo(Number(event.target.value)));
+$("play").addEventListener("click", togglePlay);
+$("propagate").addEventListener("click", act(propagate));
+$("undo").addEventListener("click", act(undo));
+$("add-object").addEventListener("click", addObject);
+$("download").addEventListener("click", act(download));
+$("save").addEventListener("click", act(saveOnServer));
+$("window-preset").addEventListener("change", (event) => {
+  if (event.target.value !== "custom") choosePreset(event.target.value);
+});
+for (const id of ["window-width", "window-level"]) {
+  $(id).addEventListener("change", () => {
+    const width = Number($("window-width").value);
+    const level = Number($("window-level").value);
+    if (width > 0 && Number.isFinite(level)) setWindow({ width, level });
+  });
+}
+$("opacity").addEventListener("input", (event) => {
+  state.opacity = Number(event.target.value);
+  state.overlays.clear();
+  draw();
+});
+$("show-overlay").addEventListener("change", (event) => {
+  state.showOverlay = event.target.checked;
+  draw();
+});
+new ResizeObserver(resizeCanvas).observe($("viewport"));
+
+// For tests and scripts: where a slice pixel's centre is on the page, in CSS pixels.
+window.medsam2Viewer = {
+  imageToClient(x, y) {
+    const rect = canvas.getBoundingClientRect();
+    const [cx, cy] = imageToCanvas(x + 0.5, y + 0.5);
+    return [rect.left + cx, rect.top + cy];
+  },
+};
+
+async function start() {
+  // A token in the URL has become a cookie (see the server's security notes); keep it out of sight.
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
+  setTool("box");
+  state.server = await api("/api/info");
+  await loadCases();
+}
+
+act(start)();

@@ -1,0 +1,527 @@
+"""The REST API of `medsam2 serve` through FastAPI's test client: every route, security, uploads,
+and real segmentations of the shared CT lesion cases with the real LiteMedSAM weights."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from medsam2.cli.demo import key_slice_box
+from medsam2.cli.main import app as cli_app
+from medsam2.engine.api import prepare_slices
+from medsam2.engine.prompts import Prompt
+from medsam2.engine.session import Session
+from medsam2.io import Volume, from_slices, load_image
+from medsam2.io.masks import stored_array
+from medsam2.io.video import load_video
+from medsam2.metrics import dice
+from medsam2.server import ServerSettings, create_app, rle
+
+LOCAL = "http://127.0.0.1"
+CASE_2 = "CT_Lesion_000002_03_01_035-047.npz"
+CASE_1 = "CT_Lesion_000001_02_01_008-023.npz"
+CASE_15 = "CT_Lesion_000015_01_01_081-093.npz"
+
+
+CLIP_TRUTH = np.zeros((6, 96, 96), dtype=bool)  # a square moving right by 3 pixels a frame
+for _t in range(6):
+    CLIP_TRUTH[_t, 30:60, 20 + 3 * _t : 50 + 3 * _t] = True
+
+
+def write_clip(path: Path, fps: int) -> None:
+    """An MP4 of `CLIP_TRUTH`: a bright square on a dark background."""
+    frames = np.full((*CLIP_TRUTH.shape, 3), 40, dtype=np.uint8)
+    frames[CLIP_TRUTH] = (230, 200, 60)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "10"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, ct_lesion_cases: list[Path]) -> Path:
+    """A data folder the tests may write into: the three shared cases (copied, as masks get saved
+    next to them), a video clip, and things that are not cases."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "ct").mkdir()
+    for case in ct_lesion_cases:
+        shutil.copy(case, folder / "ct" / case.name)
+    (folder / "video").mkdir()
+    write_clip(folder / "video" / "clip.mp4", fps=10)
+    (folder / "notes.txt").write_text("not a scan")
+    (folder / ".hidden.nii.gz").write_bytes(b"")
+    (folder / "ct" / "old_mask.nii.gz").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path, tmp_path_factory):
+    app = create_app(ServerSettings(data_dir=data_dir, upload_dir=tmp_path_factory.mktemp("uploads")))
+    with TestClient(app, base_url=LOCAL) as client:
+        yield app, client
+
+
+def on_worker(app, job):
+    """Run `job(predictor)` on the app's inference worker, as the server runs its model calls (the
+    tests' reference results thus use the server's own loaded model, without a second copy)."""
+    return app.state.server.inference.workers[0].submit(job).result()
+
+
+def key_box(case: Path) -> tuple[Prompt, np.ndarray]:
+    """The usual one-box prompt (ground-truth box on the slice where the lesion is largest) and the truth."""
+    truth = stored_array(load_image(case), "gts") > 0
+    return key_slice_box(truth), truth
+
+
+def open_case(client: TestClient, case_id: str) -> dict:
+    response = client.post("/api/sessions", json={"case": case_id})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def segment_through_api(client: TestClient, case_id: str, prompt: Prompt, direction: str) -> np.ndarray:
+    session = open_case(client, case_id)
+    sid = session["id"]
+    response = client.post(f"/api/sessions/{sid}/prompts", json={"slice": prompt.slice_index, "box": list(prompt.box)})
+    assert response.status_code == 200, response.text
+    response = client.post(f"/api/sessions/{sid}/propagate", json={"direction": direction})
+    assert response.status_code == 200, response.text
+    assert response.json()["progress"]["state"] == "done"
+    download = client.get(f"/api/sessions/{sid}/mask-file", params={"format": "nii.gz"})
+    assert download.status_code == 200, download.text
+    return sitk.GetArrayFromImage(read_nifti(download.content))
+
+
+def read_nifti(content: bytes) -> sitk.Image:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mask.nii.gz"
+        path.write_bytes(content)
+        return sitk.ReadImage(str(path))
+
+
+def nifti_bytes(array: np.ndarray) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scan.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+        return path.read_bytes()
+
+
+# -- pure pieces -----------------------------------------------------------------------------------
+
+
+def test_rle_is_column_major_coco_and_round_trips() -> None:
+    mask = np.array([[0, 1, 1], [0, 1, 0]], dtype=bool)
+    # Column-major pixels: (0,0)=0 (1,0)=0 (0,1)=1 (1,1)=1 (0,2)=1 (1,2)=0.
+    assert rle.encode(mask) == {"size": [2, 3], "counts": [2, 3, 1]}
+    assert rle.encode(np.ones((2, 2), bool)) == {"size": [2, 2], "counts": [0, 4]}
+    random = np.random.default_rng(0).random((37, 53)) > 0.6
+    np.testing.assert_array_equal(rle.decode(rle.encode(random), (37, 53)), random)
+    with pytest.raises(ValueError, match="add up to 5"):
+        rle.decode({"size": [2, 3], "counts": [2, 3]}, (2, 3))
+
+
+def test_settings_refuse_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="refusing to listen beyond this machine without a token"):
+        ServerSettings(host="0.0.0.0").check()
+    ServerSettings(host="0.0.0.0", token="s3cret-token").check()
+    ServerSettings(host="0.0.0.0", allow_unauthenticated=True).check()
+    ServerSettings(host="::1").check()
+    result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: --host 0.0.0.0: refusing") and len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli_app, ["serve", "--data", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such folder" in result.stderr
+
+
+def test_serve_reports_a_bad_model_or_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--model", str(tmp_path / "missing.pth")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "missing.pth" in result.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2 and f"--port {port}: cannot listen there" in result.stderr
+
+
+def test_a_device_runs_its_jobs_one_at_a_time_on_one_thread(server) -> None:
+    """Jobs sent by several users at once run one after another on the device's worker thread."""
+    app, _ = server
+    worker = app.state.server.inference.workers[0]
+    spans: list[tuple[float, float, str]] = []
+
+    def job(predictor) -> str:
+        start = time.perf_counter()
+        time.sleep(0.02)
+        spans.append((start, time.perf_counter(), threading.current_thread().name))
+        return type(predictor).__name__
+
+    with ThreadPoolExecutor(4) as users:
+        futures = list(users.map(lambda _: worker.submit(job), range(12)))
+    assert {future.result() for future in futures} == {"LiteMedSAMPredictor"}
+    spans.sort()
+    assert len(spans) == 12 and len({name for _, _, name in spans}) == 1
+    assert all(previous[1] <= following[0] for previous, following in zip(spans, spans[1:]))
+    assert worker.pending == 0
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+def test_every_route_is_in_the_openapi_schema(server) -> None:
+    _, client = server
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    expected = {
+        "/api/info": {"get"},
+        "/api/cases": {"get", "post"},
+        "/api/sessions": {"get", "post"},
+        "/api/sessions/{session_id}": {"get", "delete"},
+        "/api/sessions/{session_id}/slices/{index}": {"get"},
+        "/api/sessions/{session_id}/prompts": {"post"},
+        "/api/sessions/{session_id}/prompts/{index}": {"delete"},
+        "/api/sessions/{session_id}/undo": {"post"},
+        "/api/sessions/{session_id}/objects/{obj_id}": {"patch", "delete"},
+        "/api/sessions/{session_id}/propagate": {"post"},
+        "/api/sessions/{session_id}/masks": {"get"},
+        "/api/sessions/{session_id}/masks/{index}": {"get"},
+        "/api/sessions/{session_id}/mask-file": {"get"},
+        "/api/sessions/{session_id}/save": {"post"},
+    }
+    assert {path: set(methods) for path, methods in paths.items()} == expected
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            assert operation.get("summary"), f"{method} {path} has no summary"
+    assert "application/octet-stream" in paths["/api/cases"]["post"]["requestBody"]["content"]
+
+
+def test_page_and_static_files(server) -> None:
+    _, client = server
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<canvas id="view"' in page.text
+    for asset in ("/static/viewer.js", "/static/api.js", "/static/viewer.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_api_docs_load_nothing_from_outside(server) -> None:
+    """Swagger UI at /docs comes with its scripts and styles from this server, so it works offline
+    (tests/test_web_e2e.py checks it renders in a browser)."""
+    _, client = server
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert not re.findall(r"https?://", docs.text)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert len(assets) == 3 and all(url.startswith("/docs-assets/") for url in assets), assets
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+
+
+def test_info_and_cases(server, tmp_path: Path) -> None:
+    _, client = server
+    info = client.get("/api/info").json()
+    assert info["model"] == "lite-medsam" and info["devices"] == ["cpu"]
+    assert info["window_presets"]["lung"] == [1500.0, -600.0] and len(info["label_colours"]) == 8
+    cases = client.get("/api/cases").json()
+    expected = [f"data/ct/{name}" for name in (CASE_1, CASE_2, CASE_15)] + ["data/video/clip.mp4"]
+    assert [case["id"] for case in cases] == expected
+    assert all(case["source"] == "data" and case["can_save"] for case in cases)
+
+
+def test_without_data_the_samples_of_installed_packages_are_offered() -> None:
+    with TestClient(create_app(ServerSettings()), base_url=LOCAL) as client:
+        cases = client.get("/api/cases").json()
+        assert {case["id"] for case in cases} == {"sample/mni152_t1", "sample/ct_small"}
+        assert not any(case["can_save"] for case in cases)
+        session = open_case(client, "sample/ct_small")
+        assert session["kind"] == "image" and session["shape"] == [1, 128, 128]
+        assert session["intensity"]["kind"] == "window" and "lung" in session["window_presets"]
+        lung = client.get(f"/api/sessions/{session['id']}/slices/0", params={"window": "lung"})
+        soft = client.get(f"/api/sessions/{session['id']}/slices/0")
+        assert np.asarray(Image.open(io.BytesIO(lung.content))).mean() != np.asarray(Image.open(io.BytesIO(soft.content))).mean()
+        saved = client.post(f"/api/sessions/{session['id']}/save", json={"format": "nii.gz"})
+        assert saved.status_code == 400 and "download the mask instead" in saved.json()["error"]
+
+
+def test_dicom_series_folder_is_one_case(tmp_path: Path, write_dicom_series) -> None:
+    array = np.full((4, 16, 16), -1000, dtype=np.int16)
+    write_dicom_series(Volume(array=array, spacing=(1.0, 1.0, 2.0)), tmp_path / "series")
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path)), base_url=LOCAL) as client:
+        assert [case["id"] for case in client.get("/api/cases").json()] == ["data/series"]
+        assert open_case(client, "data/series")["shape"] == [4, 16, 16]
+
+
+@pytest.mark.parametrize(
+    "case_id",
+    [
+        "data/../data/ct/" + CASE_2,
+        "data/ct/../../secret.nii.gz",
+        "data//etc/passwd",
+        "data/ct\\..\\..\\secret.nii.gz",
+        "data/ct/%2e%2e/%2e%2e/secret.nii.gz",
+        "data/outside_link.nii.gz",
+        "data/.hidden.nii.gz",
+        "data/ct/old_mask.nii.gz",
+        "data/notes.txt",
+        "upload/../ct/" + CASE_2,
+        "sample/mni152_t1",
+        "/etc/passwd",
+        "data/ct/x\x00.nii.gz",
+    ],
+)
+def test_case_ids_never_leave_the_data_folder(server, data_dir: Path, case_id: str) -> None:
+    secret = data_dir.parent / "secret.nii.gz"
+    secret.write_bytes(nifti_bytes(np.zeros((2, 4, 4), np.uint8)))
+    link = data_dir / "outside_link.nii.gz"
+    if not link.is_symlink():
+        link.symlink_to(secret)
+    _, client = server
+    response = client.post("/api/sessions", json={"case": case_id})
+    assert response.status_code == 404, response.text
+    assert response.json() == {"error": f"no case {case_id!r}"}
+    assert "outside_link" not in client.get("/api/cases").text
+
+
+def test_token_is_required_on_every_route(data_dir: Path) -> None:
+    token = "a-long-test-token"
+    app = create_app(ServerSettings(data_dir=data_dir, token=token, host="0.0.0.0"))
+    with TestClient(app, base_url="http://scanner.example") as client:
+        for path in ("/", "/static/viewer.js", "/openapi.json", "/docs", "/api/cases", "/api/sessions/x", "/nowhere"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert "missing or wrong token" in response.json()["error"]
+        assert client.get("/api/cases", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert client.get("/api/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/api/cases", headers={"X-Medsam2-Token": token}).status_code == 200
+        # The printed URL carries the token once; the cookie it sets carries it afterwards.
+        assert client.get(f"/?token={token}").status_code == 200
+        assert client.cookies.get("medsam2_token") == token
+        assert client.get("/api/cases").status_code == 200
+
+
+def test_without_a_token_only_loopback_names_are_answered(server) -> None:
+    app, _ = server
+    # Extra clients of a shared app are used without `with`, which would run (and end) its lifespan.
+    response = TestClient(app, base_url="http://rebound.example.com").get("/api/cases")
+    assert response.status_code == 403 and "localhost" in response.json()["error"]
+    for base in ("http://localhost:8000", "http://[::1]:8000"):
+        assert TestClient(app, base_url=base).get("/api/cases").status_code == 200
+
+
+def test_errors_are_one_line_json(server, data_dir: Path) -> None:
+    _, client = server
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert client.put("/api/cases").status_code == 405
+    invalid = client.post("/api/sessions", json={"case": 5, "axis": "diagonal"})
+    assert invalid.status_code == 422 and invalid.json()["error"].startswith("case:")
+    assert client.post("/api/sessions", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    # A bug (here in an extra router, the app factory's extension point) is a 500 without a traceback.
+    broken = APIRouter()
+
+    @broken.get("/api/broken")
+    def fail() -> None:
+        raise RuntimeError("internal detail that must not leak")
+
+    app = create_app(ServerSettings(data_dir=data_dir), routers=[broken])
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
+        response = client.get("/api/broken")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error (the server's log has the details)"}
+
+
+def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Path) -> None:
+    uploads = tmp_path / "uploads"
+    app = create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads, max_upload_bytes=60_000))
+    scan = nifti_bytes((np.arange(8 * 32 * 32).reshape(8, 32, 32) % 251).astype(np.uint8))
+    raw = {"Content-Type": "application/octet-stream"}
+    with TestClient(app, base_url=LOCAL) as client:
+
+        def upload(name: str, content, headers=raw):
+            return client.post("/api/cases", params={"name": name}, content=content, headers=headers)
+
+        refused = {
+            "../escape.nii.gz": (upload("../escape.nii.gz", scan), 400, "plain file name"),
+            "scan.exe": (upload("scan.exe", scan), 415, "uploads must be one of"),
+            "pretend.nii.gz": (upload("pretend.nii.gz", b"<html>" * 1000), 415, "not a .nii.gz file"),
+            "cut.nii.gz": (upload("cut.nii.gz", scan[: len(scan) // 2]), 400, "cut.nii.gz: "),
+            "empty.png": (upload("empty.png", b""), 400, "the upload is empty"),
+            "form.nii.gz": (upload("form.nii.gz", scan, {"Content-Type": "multipart/form-data"}), 415, "Content-Type: application/octet-stream"),
+            "big.nii.gz": (upload("big.nii.gz", b"\x1f\x8b" + bytes(70_000)), 413, "over the upload limit"),
+            # No Content-Length: the limit is enforced while the body streams in.
+            "stream.nii.gz": (upload("stream.nii.gz", (b"\x1f\x8b" + bytes(9_998) for _ in range(10))), 413, "over the upload limit"),
+        }
+        for name, (response, status, fragment) in refused.items():
+            assert response.status_code == status, (name, response.text)
+            assert fragment in response.json()["error"], (name, response.json())
+            assert str(uploads) not in response.json()["error"] and ".upload-" not in response.json()["error"]
+        assert list(uploads.iterdir()) == [], "a refused upload left a file behind"
+
+        first, second = upload("scan.nii.gz", scan), upload("scan.nii.gz", scan)
+        assert first.status_code == second.status_code == 201
+        assert (first.json()["id"], second.json()["id"]) == ("upload/scan.nii.gz", "upload/scan-2.nii.gz")
+        assert sorted(p.name for p in uploads.iterdir()) == ["scan-2.nii.gz", "scan.nii.gz"]
+        assert "upload/scan.nii.gz" in [case["id"] for case in client.get("/api/cases").json()]
+        session = open_case(client, "upload/scan.nii.gz")
+        assert session["shape"] == [8, 32, 32] and session["case"]["can_save"]
+
+
+def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
+    app, client = server
+    case = data_dir / "ct" / CASE_2
+    volume = load_image(case)
+    prompt, truth = key_box(case)
+    session = open_case(client, f"data/ct/{CASE_2}")
+    sid, base = session["id"], f"/api/sessions/{session['id']}"
+    assert session["shape"] == [13, 512, 512] and session["kind"] == "volume"
+    assert session["pixel_spacing"] == pytest.approx([volume.spacing[0], volume.spacing[1]])
+    assert session["intensity"]["kind"] == "passthrough" and session["window_presets"] == {}
+
+    # Slices are the scan's own pixels; a window is applied in the scan's units.
+    png = client.get(f"{base}/slices/{prompt.slice_index}")
+    assert png.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.content))), volume.array[prompt.slice_index])
+    windowed = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/slices/0", params={"window": "100,50"}).content)))
+    np.testing.assert_array_equal(windowed == 255, volume.array[0] >= 100)
+    assert client.get(f"{base}/slices/13").status_code == 404
+    assert client.get(f"{base}/slices/0", params={"window": "wide"}).status_code == 400
+
+    # A box on the key slice: the mask there, nothing elsewhere until propagation.
+    response = client.post(f"{base}/prompts", json={"slice": prompt.slice_index, "box": list(prompt.box), "name": "lesion"})
+    assert response.status_code == 200, response.text
+    key_mask = rle.decode(response.json()["mask"], (512, 512))
+    assert dice(key_mask, truth[prompt.slice_index]) > 0.85
+    (obj,) = response.json()["session"]["objects"]
+    assert obj["name"] == "lesion" and obj["slices"] == [prompt.slice_index] and obj["needs_propagation"]
+    outside = client.post(f"{base}/prompts", json={"slice": 2, "box": [500, 500, 600, 600]})
+    assert outside.status_code == 400 and "lies outside the 512x512 slice" in outside.json()["error"]
+
+    done = client.post(f"{base}/propagate", json={"direction": "both"}).json()
+    assert done["progress"] == {"state": "done", "done": 12, "total": 12, "message": ""}
+    assert not done["objects"][0]["needs_propagation"] and len(done["objects"][0]["slices"]) >= 4
+
+    # Every way of reading the masks agrees: volume RLE, slice RLE, slice PNG, the NIfTI file.
+    volume_rle = client.get(f"{base}/masks").json()
+    stacked = np.zeros(truth.shape, dtype=bool)
+    for entry in volume_rle["slices"]:
+        stacked[entry["slice"]] = rle.decode(entry["objects"]["1"], (512, 512))
+    assert [entry["slice"] for entry in volume_rle["slices"]] == done["objects"][0]["slices"]
+    assert dice(stacked, truth) > 0.75
+    other = done["objects"][0]["slices"][0]
+    slice_rle = client.get(f"{base}/masks/{other}").json()
+    np.testing.assert_array_equal(rle.decode(slice_rle["objects"]["1"], (512, 512)), stacked[other])
+    label_png = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/masks/{other}", params={"format": "png"}).content)))
+    np.testing.assert_array_equal(label_png, stacked[other].astype(np.uint8))
+    nifti = read_nifti(client.get(f"{base}/mask-file").content)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(nifti) > 0, stacked)
+    assert nifti.GetSpacing() == pytest.approx(volume.spacing)
+    assert client.get(f"{base}/mask-file", params={"format": "dcm"}).status_code == 400
+    assert client.get(f"{base}/mask-file", params={"format": "xyz"}).json()["error"].startswith("mask format 'xyz'")
+
+    # A second object from a mask prompt (COCO RLE); a malformed one is refused.
+    below = prompt.slice_index - 1
+    by_mask = client.post(f"{base}/prompts", json={"slice": below, "obj_id": 2, "mask": rle.encode(truth[below])})
+    assert by_mask.status_code == 200, by_mask.text
+    assert dice(rle.decode(by_mask.json()["mask"], (512, 512)), truth[below]) > 0.8
+    assert by_mask.json()["session"]["objects"][1]["prompts"][0]["mask"] is True
+    broken = client.post(f"{base}/prompts", json={"slice": below, "obj_id": 2, "mask": {"size": [512, 512], "counts": [7]}})
+    assert broken.status_code == 400 and "add up to 7 pixels" in broken.json()["error"]
+    assert client.delete(f"{base}/objects/2").json()["objects"][0]["id"] == 1
+
+    # Save next to the case; the saved mask is not offered as a case.
+    saved = client.post(f"{base}/save", json={"format": "npz"}).json()
+    assert saved == {"file": "CT_Lesion_000002_03_01_035-047_mask.npz"}
+    np.testing.assert_array_equal(np.load(data_dir / "ct" / saved["file"])["segs"] > 0, stacked)
+    assert len(client.get("/api/cases").json()) == 4
+
+    # Corrections: a click adds to the slice; undo takes back the click only; rename; delete.
+    click = client.post(f"{base}/prompts", json={"slice": prompt.slice_index, "points": [[5, 5]], "labels": [0]})
+    assert click.json()["session"]["undo_steps"] == 2
+    undone = client.post(f"{base}/undo").json()
+    assert undone["undo_steps"] == 1 and undone["objects"][0]["prompts"][0]["points"] == []
+    assert undone["objects"][0]["prompts"][0]["box"] == list(prompt.box)
+    renamed = client.patch(f"{base}/objects/1", json={"name": "liver lesion"}).json()
+    assert renamed["objects"][0]["name"] == "liver lesion"
+    assert client.patch(f"{base}/objects/7", json={"name": "x"}).status_code == 404
+    assert client.delete(f"{base}/prompts/{prompt.slice_index}", params={"obj_id": 1}).json()["objects"] == []
+    assert client.post(f"{base}/undo").json()["error"] == "nothing to undo"
+    assert client.delete(f"{base}/objects/1").status_code == 400
+
+    # Sessions belong to their client.
+    stranger = TestClient(app, base_url=LOCAL)
+    assert stranger.get(base).status_code == 404
+    assert stranger.get(f"{base}/mask-file").status_code == 404
+    assert stranger.get("/api/sessions").json() == []
+    assert sid in [s["id"] for s in client.get("/api/sessions").json()]
+    assert client.delete(base).status_code == 204
+    assert client.get(base).json() == {"error": f"no session {sid!r}"}
+
+
+def test_two_clients_at_once_get_their_own_right_masks(server, data_dir: Path) -> None:
+    app, _ = server
+    cases = [data_dir / "ct" / CASE_1, data_dir / "ct" / CASE_15]
+    prompts = [key_box(case)[0] for case in cases]
+
+    # Forward from the key slice only: half the model work of "both", the same test of isolation.
+    def one_client(index: int) -> np.ndarray:
+        client = TestClient(app, base_url=LOCAL)
+        return segment_through_api(client, f"data/ct/{cases[index].name}", prompts[index], "forward")
+
+    with ThreadPoolExecutor(2) as pool:
+        masks = list(pool.map(one_client, range(2)))
+    for case, prompt, mask in zip(cases, prompts, masks):
+        volume = load_image(case)
+        slices, axis_index = prepare_slices(volume)
+
+        def alone(predictor, slices=slices, prompt=prompt) -> np.ndarray:
+            session = Session(slices, predictor)
+            session.apply(prompt)
+            session.propagate("forward", progress=False)
+            return session.result()
+
+        np.testing.assert_array_equal(mask, from_slices(on_worker(app, alone), axis_index))
+        truth = stored_array(volume, "gts") > 0
+        assert dice(mask[prompt.slice_index :] > 0, truth[prompt.slice_index :]) > 0.7
+
+
+def test_a_video_clip_opens_as_frames(server) -> None:
+    """An MP4 opens as a video: frames as decoded, its frame rate, a box giving exactly the engine's
+    mask on the frame, masks written as a sequence."""
+    app, client = server
+    with load_video(app.state.server.catalog.get("data/video/clip.mp4").path) as video:
+        decoded = video.read()
+    session = open_case(client, "data/video/clip.mp4")
+    assert session["kind"] == "video" and session["fps"] == 10 and session["color"]
+    assert session["shape"] == [6, 96, 96] and session["mask_formats"] == ["npz", "nii", "nii.gz"]
+    base = f"/api/sessions/{session['id']}"
+    frame = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/slices/2", params={"window": "lung"}).content)))
+    np.testing.assert_array_equal(frame, decoded[2])
+    response = client.post(f"{base}/prompts", json={"slice": 0, "box": [18, 28, 51, 61]})
+    mask = rle.decode(response.json()["mask"], (96, 96))
+    sequence = np.load(io.BytesIO(client.get(f"{base}/mask-file", params={"format": "npz"}).content))
+    assert sequence["segs"].shape == (6, 96, 96) and float(sequence["frame_rate"]) == 10
+    np.testing.assert_array_equal(sequence["segs"][0] > 0, mask)
+    refused = client.get(f"{base}/mask-file", params={"format": "nrrd"})
+    assert refused.status_code == 400 and "choose one of npz, nii, nii.gz" in refused.json()["error"]
+    coronal = client.post("/api/sessions", json={"case": "data/video/clip.mp4", "axis": "coronal"})
+    assert coronal.status_code == 400 and "frame by frame" in coronal.json()["error"]
+    engine_mask = on_worker(app, lambda predictor: Session(decoded, predictor).add_prompt(0, 1, box=(18, 28, 51, 61)))
+    np.testing.assert_array_equal(mask, engine_mask)
+    assert dice(mask, CLIP_TRUTH[0]) > 0.7

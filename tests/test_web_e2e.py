@@ -1,0 +1,354 @@
+"""The web app end to end in a real headless Chromium: `medsam2 serve` started as a user starts it,
+a shared CT lesion case opened, its key-slice box drawn with the mouse, propagated, looked at on
+other slices, and the downloaded mask scored against the ground truth and against `medsam2 segment`
+with the same box. The final view is saved as test-artifacts/web_e2e_final.png."""
+
+from __future__ import annotations
+
+import io
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from playwright.sync_api import Browser, Page, Response, sync_playwright
+from test_annotate_work import write_disc_case
+from typer.testing import CliRunner
+
+from medsam2.annotate import import_cases, init_project, open_project
+from medsam2.annotate.routes import annotation_router
+from medsam2.cli.demo import key_slice_box
+from medsam2.cli.main import app as cli_app
+from medsam2.cli.serve import listen
+from medsam2.engine.prompts import box_from_mask
+from medsam2.io import load_image
+from medsam2.io.masks import stored_array
+from medsam2.metrics import dice
+from medsam2.resources import packaged_file
+from medsam2.server import ServerSettings, create_app
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+# As root in a container, without the network Chromium would otherwise keep trying to reach.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CASE = "CT_Lesion_000002_03_01_035-047.npz"
+IDLE = "document.body.dataset.pending === '0'"
+SERVER_START_SECONDS = 180
+PROPAGATION_SECONDS = 600
+
+
+@pytest.fixture(scope="module")
+def server_url(shared_data: Path) -> Iterator[str]:
+    """`medsam2 serve --data <the CT lesion folder> --port 0`, as a user runs it; its printed URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medsam2.cli", "serve", "--data", str(shared_data / "ct_lesion"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    output = []
+    try:
+        while True:
+            try:
+                output.append(lines.get(timeout=SERVER_START_SECONDS))
+            except queue.Empty:
+                pytest.fail(f"medsam2 serve printed no URL within {SERVER_START_SECONDS} s: {''.join(output)}")
+            found = re.search(r"Open (http://\S+) in a browser", output[-1])
+            if found:
+                break
+            if process.poll() is not None:
+                pytest.fail(f"medsam2 serve exited: {''.join(output)}")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def unexpected(response: Response) -> bool:
+    """A failed request (the annotation panel's probe for a project included: it answers 200)."""
+    return response.status >= 400
+
+
+def view_pixels(page: Page, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The screen around a box of slice pixels (with a 10-pixel margin), as (rows, columns, RGB)."""
+    left, top = page.evaluate(f"medsam2Viewer.imageToClient({box[0] - 10}, {box[1] - 10})")
+    right, bottom = page.evaluate(f"medsam2Viewer.imageToClient({box[2] + 10}, {box[3] + 10})")
+    clip = {"x": left, "y": top, "width": right - left, "height": bottom - top}
+    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")).astype(int)
+
+
+def overlay_pixels(page: Page, box: tuple[float, float, float, float]) -> int:
+    """Screen pixels tinted by a mask around a box of slice pixels (the slices are grey: R = G = B)."""
+    shot = view_pixels(page, box)
+    return int(np.count_nonzero(np.abs(shot[..., 0] - shot[..., 2]) > 60))
+
+
+def drag(page: Page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Press the left button at slice pixel `start`, move to `end` and release it there."""
+    begin = page.evaluate(f"medsam2Viewer.imageToClient({start[0]}, {start[1]})")
+    finish = page.evaluate(f"medsam2Viewer.imageToClient({end[0]}, {end[1]})")
+    page.mouse.move(*begin)
+    page.mouse.down()
+    page.mouse.move((begin[0] + finish[0]) / 2, (begin[1] + finish[1]) / 2, steps=4)
+    page.mouse.move(*finish, steps=4)
+    page.mouse.up()
+
+
+def click(page: Page, x: float, y: float, modifiers: list[str] | None = None) -> None:
+    page.click("#view", position=relative(page, x, y), modifiers=modifiers or [])
+
+
+def relative(page: Page, x: float, y: float) -> dict[str, float]:
+    """Where slice pixel (x, y) is in the canvas, for clicks positioned on it."""
+    client_x, client_y = page.evaluate(f"medsam2Viewer.imageToClient({x}, {y})")
+    box = page.locator("#view").bounding_box()
+    return {"x": client_x - box["x"], "y": client_y - box["y"]}
+
+
+def start_page(browser: Browser, url: str, ready: str = "document.querySelector('#case-select').options.length >= 3") -> tuple[Page, list[str]]:
+    """A page on `url`, once `ready` holds (by default: its case list is loaded), and the list its
+    script errors, console errors and failed requests go to."""
+    # bypass_csp: the page forbids eval, which Playwright's wait_for_function needs.
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True, bypass_csp=True)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("response", lambda response: problems.append(f"{response.status} {response.url}") if unexpected(response) else None)
+    page.goto(url)
+    page.wait_for_function(ready)
+    return page, problems
+
+
+def wait_prompts(page: Page, count: int) -> None:
+    page.wait_for_function(f"document.querySelectorAll('#prompted li').length === {count} && {IDLE}", timeout=PROPAGATION_SECONDS * 1000)
+
+
+def shown_slice(page: Page) -> int:
+    page.wait_for_function(IDLE)
+    return int(page.get_attribute("#view", "data-slice"))
+
+
+def session_info(page: Page) -> dict:
+    (session,) = page.evaluate("fetch('/api/sessions').then((response) => response.json())")
+    return session
+
+
+def test_segment_a_lesion_in_the_browser(server_url: str, browser: Browser, shared_data: Path, tmp_path: Path) -> None:
+    case = shared_data / "ct_lesion" / CASE
+    truth = stored_array(load_image(case), "gts") > 0
+    prompt = key_slice_box(truth)
+    x1, y1, x2, y2 = (int(v) for v in prompt.box)
+
+    page, problems = start_page(browser, server_url)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function("document.querySelector('#view').dataset.slice !== undefined")
+
+    # Radiology keys: Home to the first slice, arrows down to the key slice.
+    page.keyboard.press("Home")
+    assert shown_slice(page) == 0
+    for _ in range(prompt.slice_index):
+        page.keyboard.press("ArrowDown")
+    assert shown_slice(page) == prompt.slice_index
+
+    # Draw the key-slice box with the mouse.
+    drag(page, (x1, y1), (x2, y2))
+    wait_prompts(page, 1)
+    (lesion,) = session_info(page)["objects"]
+    assert lesion["prompts"] == [
+        {"slice": prompt.slice_index, "box": [x1, y1, x2, y2], "points": [], "labels": [], "mask": False}
+    ]
+    assert overlay_pixels(page, (x1, y1, x2, y2)) > 100
+
+    page.click("#propagate")
+    page.wait_for_function(
+        f"document.querySelector('#status').textContent.startsWith('Propagated') && {IDLE}",
+        timeout=PROPAGATION_SECONDS * 1000,
+    )
+    assert page.inner_text("#progress-text") == "done"
+    lesion_slices = session_info(page)["objects"][0]["slices"]
+    assert prompt.slice_index + 1 in lesion_slices and prompt.slice_index - 1 in lesion_slices
+
+    # The masks show on the other slices: one wheel notch down, then two arrow keys up.
+    page.mouse.move(*page.evaluate(f"medsam2Viewer.imageToClient({x1}, {y1})"))
+    page.mouse.wheel(0, 100)
+    assert shown_slice(page) == prompt.slice_index + 1
+    assert overlay_pixels(page, box_from_mask(truth[prompt.slice_index + 1])) > 100
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    below = box_from_mask(truth[prompt.slice_index - 1])
+    assert shown_slice(page) == prompt.slice_index - 1
+    assert overlay_pixels(page, below) > 100
+    page.keyboard.press("o")
+    assert overlay_pixels(page, below) == 0
+    page.keyboard.press("o")
+
+    with page.expect_download() as download:
+        page.click("#download")
+    web_mask_path = tmp_path / download.value.suggested_filename
+    download.value.save_as(web_mask_path)
+    assert web_mask_path.name == "CT_Lesion_000002_03_01_035-047_mask.nii.gz"
+    web_mask = load_image(web_mask_path).array > 0
+
+    cli_mask_path = tmp_path / "cli.nii.gz"
+    result = CliRunner().invoke(
+        cli_app, ["segment", str(case), "--box", f"{prompt.slice_index},{x1},{y1},{x2},{y2}", "-o", str(cli_mask_path)]
+    )
+    assert result.exit_code == 0, result.output
+    cli_mask = load_image(cli_mask_path).array > 0
+    assert dice(web_mask, truth) == dice(cli_mask, truth) > 0.75
+    np.testing.assert_array_equal(web_mask, cli_mask)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_e2e_final.png"))
+    assert problems == []
+
+
+def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, browser: Browser) -> None:
+    """pydicom's CT slice (a vertebra, HU) uploaded through the page: CT window presets, positive and
+    negative clicks, undo, a second named object, saving next to the upload."""
+    ct_slice = packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom")
+    page, problems = start_page(browser, server_url)
+    page.set_input_files("#upload", str(ct_slice))
+    page.wait_for_function(f"document.querySelector('#case-select').value === 'upload/CT_small.dcm' && {IDLE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '0' && {IDLE}")
+    canal = (48, 40, 72, 64)  # the spinal canal, dark in the soft-tissue window
+
+    soft_tissue = view_pixels(page, canal)
+    page.keyboard.press("3")  # the third CT preset: lung, W1500 L-600
+    page.wait_for_function(IDLE)
+    assert page.input_value("#window-width") == "1500" and page.input_value("#window-preset") == "lung"
+    assert np.abs(view_pixels(page, canal) - soft_tissue).mean() > 10
+
+    # A box, taken back with Ctrl+Z.
+    drag(page, canal[:2], canal[2:])
+    wait_prompts(page, 1)
+    assert overlay_pixels(page, canal) > 50
+    page.keyboard.press("Control+z")
+    wait_prompts(page, 0)
+    assert overlay_pixels(page, canal) == 0
+
+    # A click inside, a Shift+click outside; undo takes back only the latter.
+    page.keyboard.press("p")
+    click(page, 60, 52)
+    wait_prompts(page, 1)
+    click(page, 60, 110, modifiers=["Shift"])
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('2 point(s)')")
+    (canal_object,) = session_info(page)["objects"]
+    assert canal_object["prompts"][0]["points"] == [[60, 52], [60, 110]] and canal_object["prompts"][0]["labels"] == [1, 0]
+    assert overlay_pixels(page, canal) > 50
+    page.click("#undo")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('1 point(s)')")
+
+    # A second object, named, boxed with the mouse.
+    page.click("#add-object")
+    page.fill("#objects li:nth-child(2) input", "aorta")
+    page.keyboard.press("Tab")
+    page.keyboard.press("b")
+    drag(page, (82, 0), (114, 24))
+    wait_prompts(page, 2)
+    names = {obj["id"]: obj["name"] for obj in session_info(page)["objects"]}
+    assert names == {1: "Object 1", 2: "aorta"}
+
+    page.click("#save")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Saved')")
+    assert page.inner_text("#status") == "Saved CT_small_mask.nii.gz next to the case."
+    assert problems == []
+
+
+def test_the_api_docs_render_offline(server_url: str, browser: Browser) -> None:
+    """Swagger UI draws the OpenAPI schema (3.1) from this server's files alone: any request
+    elsewhere fails the test."""
+    page, problems = start_page(browser, server_url)
+    page.on("request", lambda request: None if request.url.startswith((server_url, f"blob:{server_url.rstrip('/')}")) else problems.append(f"outside: {request.url}"))
+    page.goto(server_url + "docs")
+    page.wait_for_selector("[data-path='/api/sessions/{session_id}/propagate']", timeout=30_000)
+    assert problems == []
+
+
+@pytest.fixture
+def annotation_server_url(tmp_path: Path, draw_recist) -> Iterator[str]:
+    """The app with an annotation project of one synthetic case (a disc with a RECIST marker), served
+    by uvicorn in this process (what `medsam2 serve --annotate PROJECT` runs)."""
+    write_disc_case(tmp_path / "disc.npz", draw_recist)
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "disc.npz"], progress=False)
+    project.close()
+    app = create_app(ServerSettings(), routers=[annotation_router(tmp_path / "project")])
+    listener = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                pytest.fail("uvicorn did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
+def test_the_annotation_panel_takes_corrects_and_accepts_a_case(annotation_server_url: str, browser: Browser, tmp_path: Path) -> None:
+    page, problems = start_page(browser, annotation_server_url, f"document.querySelector('#annotate-counts') && {IDLE}")
+    assert page.inner_text("#annotate-counts").startswith("new 1 · presegmented 0 · in review 0")
+    page.fill("#annotate-annotator", "alice")
+    page.keyboard.press("Tab")  # the name is kept for the next visit
+    page.click("#annotate-next")
+    page.wait_for_function(f"document.querySelector('#annotate-case').textContent.startsWith('disc: in review') && {IDLE}")
+    assert "in review 1" in page.inner_text("#annotate-counts")
+
+    # A box around the disc on the slice shown, dragged on the panel's canvas (slice pixels are 96 x 96).
+    canvas = page.locator("#annotate-view").bounding_box()
+    scale = canvas["width"] / 96
+    page.mouse.move(canvas["x"] + 26 * scale, canvas["y"] + 26 * scale)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + 66 * scale, canvas["y"] + 70 * scale, steps=5)
+    page.mouse.up()
+    page.wait_for_function(f"document.querySelector('#annotate-message').textContent.startsWith('prompt recorded') && {IDLE}")
+    page.click("#annotate-panel [data-action=accept]")
+    page.wait_for_function(f"document.querySelector('#annotate-message').textContent.startsWith('accepted') && {IDLE}")
+    assert "in review 0 · accepted 1" in page.inner_text("#annotate-counts")
+
+    history = page.evaluate("fetch('/api/annotate/cases/disc').then((response) => response.json())")["history"]
+    assert [(event["kind"], event["annotator"]) for event in history] == [
+        ("lease", "alice"), ("presegment", "alice"), ("prompt", "alice"), ("accept", "alice")
+    ]
+    project = open_project(tmp_path / "project")
+    try:
+        assert project.status().counts["accepted"] == 1
+    finally:
+        project.close()
+    assert problems == []
