@@ -1,0 +1,118 @@
+"""Connecting to the annotation database and bringing its schema up to date.
+
+SQLite (one file, the default) or PostgreSQL (a URL such as
+``postgresql://annotator@dbhost/medsam2``, driven by psycopg 3; give the password through
+``PGPASSWORD`` or ``~/.pgpass`` rather than in the URL). The schema is Alembic's: opening a
+database applies any migration it lacks, under a lock so that two processes opening it at once do
+not both migrate.
+
+SQLite transactions all start with ``BEGIN IMMEDIATE``: the write lock is taken at the start, so a
+transaction that reads a case and then updates it cannot interleave with another writer (with
+Python's default deferred BEGIN, two processes could both read the same free case). Transactions
+here are short (no model runs inside), so serialising them costs nothing noticeable. The database
+runs in WAL mode; a killed process loses nothing it committed.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from medsam2.errors import InputError
+
+SQLITE_BUSY_SECONDS = 60
+# pg_advisory_xact_lock key held while migrating ("medsam2" in ASCII).
+MIGRATION_LOCK_KEY = 0x6D656473616D32
+
+
+def database_url(spec: str, folder: Path) -> URL:
+    """The SQLAlchemy URL of ``--db SPEC``: a ``sqlite:///`` or ``postgresql://`` URL, or the path
+    of an SQLite file (relative to the project folder)."""
+    if "://" not in spec:
+        return URL.create("sqlite", database=str((folder / spec).resolve()))
+    try:
+        url = make_url(spec)
+    except ArgumentError:
+        raise InputError(f"--db {spec!r}: not a database URL (sqlite:///FILE or postgresql://USER@HOST/DB)") from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if not url.database:
+            raise InputError(f"--db {spec!r}: an SQLite database needs a file (sqlite:///project.db)")
+        return url.set(database=str((folder / url.database).resolve()))
+    raise InputError(f"--db {spec!r}: unsupported database {backend!r} (use SQLite or PostgreSQL)")
+
+
+def shown(url: URL) -> str:
+    """The URL for messages, password hidden."""
+    return url.render_as_string(hide_password=True)
+
+
+def connect(url: URL) -> Engine:
+    """An engine for `url`, configured for safe concurrent use (see the module doc)."""
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def configure(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not the sqlite3 module, emits BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("medsam2.annotate") / "migrations"))
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Apply the migrations the database lacks (all of them to a new one)."""
+    config = alembic_config()
+    head = ScriptDirectory.from_config(config).get_current_head()
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == head:
+                return
+            known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+            if current is not None and current not in known:
+                raise InputError(
+                    f"{shown(engine.url)}: the database is at schema revision {current}, newer than this "
+                    "medsam2 knows; upgrade medsam2"
+                )
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except DBAPIError as error:
+        raise InputError(f"{shown(engine.url)}: {reason(error)}") from None
+
+
+def reason(error: DBAPIError) -> str:
+    """The driver's first message line, for a one-line error."""
+    lines = str(error.orig or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

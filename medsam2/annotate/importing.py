@@ -1,0 +1,154 @@
+"""Importing cases: image files, DICOM series folders or folders of either, with optional masks to
+review and prompt hints to pre-segment from.
+
+Every case is committed in its own transaction after its image has been read and its mask stored,
+so an import killed half-way leaves the cases it committed, complete, and nothing of the one it was
+on; running the same import again adds the rest (cases already imported from the same image are
+skipped).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from tqdm.auto import tqdm
+
+from medsam2.annotate.project import Project
+from medsam2.annotate.prompts import prompt_to_json
+from medsam2.annotate.schema import CaseRow, CaseState, PresegSource
+from medsam2.annotate.store import store_mask
+from medsam2.engine.prompt_sources import PromptSources, gather_prompts
+from medsam2.errors import InputError
+from medsam2.io import check_same_geometry, load_image, slicing_axis_index
+from medsam2.io.dicom import is_dicom_file
+from medsam2.io.masks import load_mask, stored_array
+from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
+
+IMPORTED_MASK_MODEL = "imported"
+
+
+@dataclass
+class ImportSummary:
+    imported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already in the project from the same image
+
+
+def source_stem(path: Path) -> str:
+    """The file name without its image suffix, or the DICOM folder's name."""
+    return path.name if path.is_dir() else mask_file_stem(path)
+
+
+def case_name(path: Path) -> str:
+    """A case's name: its `source_stem` with characters other than letters, digits and ``. _ - +``
+    replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", source_stem(path)).lstrip(".-_+") or "case"
+
+
+def is_dicom_series(folder: Path) -> bool:
+    return folder.is_dir() and any(is_dicom_file(entry) for entry in folder.iterdir())
+
+
+def find_images(path: Path) -> list[Path]:
+    """The images `path` names: itself (a file or a DICOM series folder), or the image files and
+    DICOM series folders directly inside it."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_file() or is_dicom_series(path):
+        return [path.resolve()]
+    images = [p.resolve() for p in list_image_files(path) if image_suffix(p) != ".dcm"]
+    images += [p.resolve() for p in sorted(path.iterdir()) if not p.name.startswith(".") and is_dicom_series(p)]
+    if not images:
+        raise InputError(f"{path}: no images in this folder")
+    return images
+
+
+def match_masks(images: list[Path], masks: Path | None) -> dict[Path, Path]:
+    """Image -> its mask: `masks` itself for one image, else the file of the same name stem in the
+    folder `masks` (images without one are imported without a mask)."""
+    if masks is None:
+        return {}
+    if not masks.exists():
+        raise InputError(f"--masks {masks}: no such file or folder")
+    if masks.is_file():
+        if len(images) != 1:
+            raise InputError(f"--masks {masks}: a single mask file goes with a single image; give a folder of masks")
+        return {images[0]: masks}
+    by_stem = {mask_file_stem(p): p for p in list_image_files(masks)}
+    return {image: by_stem[source_stem(image)] for image in images if source_stem(image) in by_stem}
+
+
+def import_cases(
+    project: Project,
+    paths: list[Path],
+    masks: Path | None = None,
+    prompts: PromptSources | None = None,
+    progress: bool = True,
+) -> ImportSummary:
+    """Add the images of `paths` to the project as cases.
+
+    A case with a mask starts pre-segmented (the mask is what the annotator reviews); a case with
+    prompt hints (`prompts`, for a single image, or the RECIST marker of a MedSAM npz) can be
+    pre-segmented by the model; any other starts from the annotator's first prompt."""
+    images = [image for path in paths for image in find_images(Path(path))]
+    if prompts is not None and prompts != PromptSources() and len(images) != 1:
+        raise InputError("prompt hints (--box, --point, --recist, --prompts) go with a single image")
+    names: dict[str, Path] = {}
+    for image in images:
+        other = names.setdefault(case_name(image), image)
+        if other != image:
+            raise InputError(f"{image}: case name {case_name(image)!r} is also that of {other}; rename one of them")
+    mask_of = match_masks(images, masks)
+    summary = ImportSummary()
+    with project.transaction() as session:
+        known = dict(session.execute(select(CaseRow.name, CaseRow.image).where(CaseRow.project_id == project.id)).all())
+    for name, image in names.items():
+        if name in known and known[name] != str(image):
+            raise InputError(f"{image}: the project already has a case {name!r}, from {known[name]}")
+    for name, image in tqdm(names.items(), desc="importing", unit="case", disable=not progress):
+        if name in known:
+            summary.skipped.append(name)
+            continue
+        row = _read_case(project, name, image, mask_of.get(image), prompts)
+        try:
+            with project.transaction() as session:
+                row.round_id = project.current_round(session).id if row.preseg_mask else None
+                session.add(row)
+        except IntegrityError:  # another process imported it meanwhile
+            summary.skipped.append(name)
+            continue
+        summary.imported.append(name)
+    return summary
+
+
+def _read_case(project: Project, name: str, image: Path, mask: Path | None, prompts: PromptSources | None) -> CaseRow:
+    volume = load_image(image)
+    axis_index = slicing_axis_index(volume, project.settings.axis)
+    sources = prompts or PromptSources()
+    has_hints = sources != PromptSources() or stored_array(volume, "recist") is not None
+    hints = [prompt_to_json(p) for p in gather_prompts(volume, axis_index, sources)] if has_hints else None
+    if hints is not None and any("box" not in h and "points" not in h for h in hints):
+        raise InputError(f"{image}: only box, click and RECIST hints can be imported (mask prompts: use --masks)")
+    now = project.clock()
+    row = CaseRow(
+        project_id=project.id,
+        name=name,
+        image=str(image),
+        shape=list(volume.shape),
+        hints=hints,
+        state=CaseState.NEW.value,
+        imported_at=now,
+    )
+    if mask is not None:
+        labels = load_mask(mask)
+        check_same_geometry(volume, labels, f"{mask} vs {image}")
+        if not labels.array.any():
+            raise InputError(f"{mask}: the mask is empty")
+        row.preseg_mask, row.preseg_sha256 = store_mask(project.folder, labels.array, volume)
+        row.preseg_source = PresegSource.MASK.value
+        row.model_version = IMPORTED_MASK_MODEL
+        row.state = CaseState.PRESEGMENTED.value
+    return row

@@ -1,0 +1,179 @@
+"""Leases: a case is worked on by one annotator (or one pre-segmenting process) at a time.
+
+A lease names its holder and an expiry; every action of the holder renews it, and a lease left to
+expire (a closed laptop, a killed process) frees the case for the next annotator, who goes on from
+everything recorded so far. Taking a lease is one transaction that picks a free case and claims it
+with a conditional UPDATE (``... WHERE id = :id AND <still free>``, checked by its row count): on
+PostgreSQL the pick is ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent annotators each lock a
+different row instead of queueing on one; on SQLite the transaction holds the database's write lock
+from its ``BEGIN IMMEDIATE``. Two workers can therefore never hold the same case.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.orm import Session
+
+from medsam2.annotate.project import LeaseConflict, Project, check_name
+from medsam2.annotate.schema import CaseRow, CaseState, InteractionKind, InteractionRow
+
+# Cases an annotator may be given, and what a released one goes back to.
+QUEUE_STATES = (CaseState.NEW, CaseState.PRESEGMENTED, CaseState.IN_REVIEW)
+FINISHED_STATES = (CaseState.ACCEPTED.value, CaseState.REJECTED.value)
+
+
+def is_free(now: datetime):
+    return or_(CaseRow.lease_owner.is_(None), CaseRow.lease_expires <= now)
+
+
+def lease_next(project: Project, annotator: str) -> CaseRow | None:
+    """Lease the next case to `annotator`, or None when none is free.
+
+    An annotator holding a running lease gets that case back (one case at a time). Otherwise, in
+    order: their own case whose lease ran out, others' abandoned reviews, pre-segmented cases, new
+    cases; oldest first within each."""
+    check_name(annotator, "annotator")
+    now = project.clock()
+    with project.transaction() as session:
+        held = session.scalars(
+            select(CaseRow).where(
+                CaseRow.project_id == project.id,
+                CaseRow.state == CaseState.IN_REVIEW.value,
+                CaseRow.lease_owner == annotator,
+                CaseRow.lease_expires > now,
+            )
+        ).first()
+        if held is not None:
+            return renew(session, project, held.name, annotator)
+        order = case(
+            (and_(CaseRow.state == CaseState.IN_REVIEW.value, CaseRow.lease_owner == annotator), 0),
+            (CaseRow.state == CaseState.IN_REVIEW.value, 1),
+            (CaseRow.state == CaseState.PRESEGMENTED.value, 2),
+            else_=3,
+        )
+        candidate = session.scalars(
+            select(CaseRow)
+            .where(
+                CaseRow.project_id == project.id,
+                CaseRow.state.in_([state.value for state in QUEUE_STATES]),
+                is_free(now),
+            )
+            .order_by(order, CaseRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if candidate is None:
+            return None
+        claimed = session.execute(
+            update(CaseRow)
+            .where(CaseRow.id == candidate.id, CaseRow.state.in_([s.value for s in QUEUE_STATES]), is_free(now))
+            .values(
+                state=CaseState.IN_REVIEW.value,
+                lease_owner=annotator,
+                lease_expires=now + project.lease_duration,
+                round_id=candidate.round_id or project.current_round(session).id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # cannot happen under the locks above; never hand out a case twice
+            raise RuntimeError(f"case {candidate.name} changed while being leased")
+        session.refresh(candidate)
+        session.add(InteractionRow.on(candidate, annotator, InteractionKind.LEASE, now))
+        return candidate
+
+
+def renew(session: Session, project: Project, name: str, annotator: str) -> CaseRow:
+    """Check that `annotator` holds the lease on case `name` and extend it; the case row, locked
+    until the transaction ends. Every write of an annotator goes through here first."""
+    row = project.case(session, name)
+    now = project.clock()
+    renewed = session.execute(
+        update(CaseRow)
+        .where(
+            CaseRow.id == row.id,
+            CaseRow.state == CaseState.IN_REVIEW.value,
+            CaseRow.lease_owner == annotator,
+            CaseRow.lease_expires > now,
+        )
+        .values(lease_expires=now + project.lease_duration)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(row)
+    if renewed.rowcount != 1:
+        raise LeaseConflict(not_held_reason(row, annotator, now))
+    return row
+
+
+def not_held_reason(row: CaseRow, annotator: str, now: datetime) -> str:
+    if row.state in FINISHED_STATES:
+        return f"case {row.name} is already {row.state} (by {row.finished_by})"
+    if row.lease_owner and row.lease_owner != annotator and row.lease_expires > now:
+        return f"case {row.name} is leased to {row.lease_owner} until {row.lease_expires:%Y-%m-%d %H:%M} UTC"
+    if row.lease_owner == annotator:
+        return f"your lease on case {row.name} ran out at {row.lease_expires:%H:%M} UTC; take it again with `medsam2 annotate queue`"
+    return f"case {row.name} is not leased to {annotator}; take a case with `medsam2 annotate queue`"
+
+
+def release(project: Project, name: str, annotator: str) -> CaseRow:
+    """Give a case back undecided; whatever was recorded on it stays for the next annotator."""
+    with project.transaction() as session:
+        row = renew(session, project, name, annotator)
+        row.state = (CaseState.PRESEGMENTED if row.preseg_mask else CaseState.NEW).value
+        row.lease_owner = row.lease_expires = None
+        session.add(InteractionRow.on(row, annotator, InteractionKind.RELEASE, project.clock()))
+        return row
+
+
+def reject(project: Project, name: str, annotator: str, reason: str = "") -> CaseRow:
+    """Reject a leased case (unusable image, no such object...): it leaves the queue and the export."""
+    with project.transaction() as session:
+        row = renew(session, project, name, annotator)
+        close(session, row, CaseState.REJECTED, annotator, project.clock(), {"reason": reason})
+        return row
+
+
+def close(session: Session, row: CaseRow, state: CaseState, annotator: str, now: datetime, data: dict) -> None:
+    """Record the decision on a case whose lease `annotator` holds, and end the lease."""
+    row.state = state.value
+    row.finished_at, row.finished_by = now, annotator
+    row.lease_owner = row.lease_expires = None
+    kind = InteractionKind.ACCEPT if state == CaseState.ACCEPTED else InteractionKind.REJECT
+    session.add(InteractionRow.on(row, annotator, kind, now, data=data))
+
+
+def claim_for_presegmentation(
+    project: Project, worker: str, names: list[str] | None = None, skip: list[str] = ()
+) -> CaseRow | None:
+    """Lease the next new case that has prompt hints (among `names`, if given; not in `skip`) to a
+    pre-segmenting process, or None. The case stays new until its pre-segmentation is committed."""
+    now = project.clock()
+    with project.transaction() as session:
+        query = select(CaseRow).where(
+            CaseRow.project_id == project.id,
+            CaseRow.state == CaseState.NEW.value,
+            CaseRow.hints.is_not(None),
+            is_free(now),
+        )
+        if names is not None:
+            query = query.where(CaseRow.name.in_(names))
+        if skip:
+            query = query.where(CaseRow.name.not_in(skip))
+        candidate = session.scalars(query.order_by(CaseRow.id).limit(1).with_for_update(skip_locked=True)).first()
+        if candidate is None:
+            return None
+        claimed = session.execute(
+            update(CaseRow)
+            .where(CaseRow.id == candidate.id, CaseRow.state == CaseState.NEW.value, is_free(now))
+            .values(
+                lease_owner=worker,
+                lease_expires=now + project.lease_duration,
+                round_id=candidate.round_id or project.current_round(session).id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:
+            raise RuntimeError(f"case {candidate.name} changed while being claimed")
+        session.refresh(candidate)
+        return candidate

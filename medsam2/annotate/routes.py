@@ -1,0 +1,266 @@
+"""The annotation project over HTTP: the routes under ``/api/annotate`` and the page's panel script.
+
+`annotation_router(folder)` gives an `APIRouter` for `medsam2.server.create_app(settings,
+routers=[...])`; without a folder every route answers 404 (no project) and the panel stays hidden,
+so the page can always load the panel script. Routes are plain functions (FastAPI runs them in its
+thread pool); an annotator's `WorkSession` stays open between requests, so a prompt costs only the
+slices it changes. Errors follow the server's convention, ``{"error": "one line"}``: 404 for an
+unknown case, 409 for a case that is not the annotator's (lease), 400 for other bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import defer
+
+from medsam2.annotate.effort import effort_report, render_rounds_png
+from medsam2.annotate.leases import lease_next, reject, release
+from medsam2.annotate.project import Project, open_project
+from medsam2.annotate.schema import CaseRow, InteractionRow
+from medsam2.annotate.work import Predictors, WorkSession, covered_slices
+from medsam2.errors import InputError
+from medsam2.io.overlay import overlay_slice
+
+PANEL_SCRIPT = Path(__file__).parent / "static" / "panel.js"
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+
+
+class NoProject(InputError):
+    status_code = 404
+
+
+class NothingYet(InputError):
+    status_code = 404
+
+
+class AnnotatorIn(BaseModel):
+    annotator: str = Field(description="Who is working (letters, digits, . _ @ + -).")
+
+
+class PromptIn(AnnotatorIn):
+    slice: int = Field(description="Slice index along the project's axis.")
+    obj_id: int = 1
+    box: list[float] | None = Field(None, min_length=4, max_length=4, description="x1, y1, x2, y2 in slice pixels.")
+    points: list[list[float]] = Field(default_factory=list, description="Clicks [[x, y], ...].")
+    labels: list[int] = Field(default_factory=list, description="1 object, 0 background, one per click.")
+
+
+class CorrectionIn(AnnotatorIn):
+    slice: int
+    obj_id: int = 1
+    mask: dict = Field(description='The slice\'s mask drawn by hand, COCO RLE {"size": [H, W], "counts": [...]}; empty erases.')
+
+
+class RejectIn(AnnotatorIn):
+    reason: str = ""
+
+
+class CaseOut(BaseModel):
+    name: str
+    state: str
+    shape: list[int]
+    slices: int | None = Field(None, description="Slices along the project's axis (open work only).")
+    axis: str
+    lease_owner: str | None
+    lease_expires: str | None
+    preseg_source: str | None
+    model_version: str | None
+    masked_slices: list[int] = Field(default_factory=list, description="Slices the current mask covers (open work only).")
+    interactions: int = 0
+
+
+class AnnotationService:
+    """The project and the annotators' open work sessions (at most `max_open`, least recently used
+    closed first; one request at a time per case)."""
+
+    def __init__(self, folder: Path, device: str = "cpu", max_open: int = 8):
+        self.project: Project = open_project(folder)
+        self.predictors = Predictors(device)
+        self.max_open = max_open
+        self._open: OrderedDict[tuple[str, str], WorkSession] = OrderedDict()
+        self._guard = threading.Lock()
+        self._case_locks: dict[str, threading.Lock] = {}
+
+    def case_lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._case_locks.setdefault(name, threading.Lock())
+
+    def work(self, name: str, annotator: str) -> WorkSession:
+        """The annotator's open session on a case (opened, and the lease checked, on first use)."""
+        key = (name, annotator)
+        with self._guard:
+            work = self._open.get(key)
+            if work is not None and work.lost is None:
+                self._open.move_to_end(key)
+                return work
+        work = WorkSession(self.project, name, annotator, self.predictors)
+        with self._guard:
+            self._open[key] = work
+            while len(self._open) > self.max_open:
+                self._open.popitem(last=False)
+        return work
+
+    def forget(self, name: str) -> None:
+        with self._guard:
+            for key in [k for k in self._open if k[0] == name]:
+                del self._open[key]
+
+    def describe(self, row: CaseRow, work: WorkSession | None = None) -> CaseOut:
+        out = CaseOut(
+            name=row.name,
+            state=row.state,
+            shape=list(row.shape),
+            axis=self.project.settings.axis,
+            lease_owner=row.lease_owner,
+            lease_expires=None if row.lease_expires is None else row.lease_expires.isoformat(),
+            preseg_source=row.preseg_source,
+            model_version=row.model_version,
+        )
+        if work is not None:
+            labels = work.model.slice_labels()
+            out.slices = labels.shape[0]
+            out.masked_slices = [int(i) for i in covered_slices(labels)]
+            out.interactions = len(work.model.active)
+        return out
+
+
+def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
+    """Routes over the project in `folder`, opened now so that a wrong folder stops the server from
+    starting (None: no project; the routes answer 404)."""
+    opened = AnnotationService(folder, device) if folder is not None else None
+
+    @asynccontextmanager
+    async def lifespan(app) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if opened is not None:
+                opened.project.close()
+
+    router = APIRouter(tags=["annotation"], lifespan=lifespan)
+
+    def service() -> AnnotationService:
+        if opened is None:
+            raise NoProject("this server has no annotation project (start it with `medsam2 serve --annotate PROJECT`)")
+        return opened
+
+    @router.get("/annotate/panel.js", include_in_schema=False)
+    def panel_script() -> FileResponse:
+        return FileResponse(PANEL_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    @router.get(
+        "/api/annotate/status",
+        summary="Cases per state, running leases, rounds",
+        description='`{"project": {...}}`, or `{"project": null}` when this server has no annotation project.',
+    )
+    def status() -> dict:
+        return {"project": None if opened is None else asdict(opened.project.status())}
+
+    @router.post("/api/annotate/queue", response_model=CaseOut, summary="Lease the next case to an annotator",
+                 responses={204: {"description": "no case is free"}})
+    def queue(body: AnnotatorIn, svc: AnnotationService = Depends(service)):
+        row = lease_next(svc.project, body.annotator)
+        if row is None:
+            return Response(status_code=204)
+        with svc.case_lock(row.name):
+            work = svc.work(row.name, body.annotator)
+            return svc.describe(work.case, work)
+
+    @router.get("/api/annotate/cases/{name}", summary="A case's record and history")
+    def case(name: str, svc: AnnotationService = Depends(service)) -> dict:
+        with svc.project.transaction() as session:
+            row = svc.project.case(session, name)
+            history = session.scalars(
+                select(InteractionRow)
+                .where(InteractionRow.case_id == row.id)
+                .order_by(InteractionRow.id)
+                .options(defer(InteractionRow.mask))
+            )
+            events = [
+                {"id": i.id, "kind": i.kind, "annotator": i.annotator, "at": i.created_at.isoformat(),
+                 "slice": i.slice_index, "obj_id": i.obj_id, "undoes": i.undoes_id}
+                for i in history
+            ]
+        return {"case": svc.describe(row).model_dump(), "history": events}
+
+    @router.get("/api/annotate/cases/{name}/slices/{index}.png", responses=PNG, summary="A slice with the current mask's contours")
+    def slice_png(name: str, index: int, annotator: str = Query(...), svc: AnnotationService = Depends(service)) -> Response:
+        with svc.case_lock(name):
+            work = svc.work(name, annotator)
+            if not 0 <= index < work.model.slices.shape[0]:
+                raise InputError(f"slice {index} out of range 0..{work.model.slices.shape[0] - 1}")
+            tile = overlay_slice(work.model.slices[index], work.model.slice_labels()[index])
+        buffer = io.BytesIO()
+        tile.save(buffer, format="PNG", compress_level=1)
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @router.post("/api/annotate/cases/{name}/prompts", response_model=CaseOut, summary="A box and/or clicks; re-propagates")
+    def prompt(name: str, body: PromptIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        with svc.case_lock(name):
+            work = svc.work(name, body.annotator)
+            points = [tuple(p) for p in body.points]
+            if any(len(p) != 2 for p in points):
+                raise InputError("points: each click needs two numbers [x, y]")
+            work.add_prompt(body.slice, body.obj_id, box=tuple(body.box) if body.box else None, points=points, labels=body.labels)
+            return svc.describe(work.case, work)
+
+    @router.post("/api/annotate/cases/{name}/corrections", response_model=CaseOut, summary="A slice drawn by hand")
+    def correction(name: str, body: CorrectionIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        from medsam2.server.rle import decode
+
+        with svc.case_lock(name):
+            work = svc.work(name, body.annotator)
+            work.add_correction(body.slice, body.obj_id, decode(body.mask, work.model.slice_hw))
+            return svc.describe(work.case, work)
+
+    @router.post("/api/annotate/cases/{name}/undo", response_model=CaseOut, summary="Take back the latest prompt or correction")
+    def undo(name: str, body: AnnotatorIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        with svc.case_lock(name):
+            work = svc.work(name, body.annotator)
+            work.undo()
+            return svc.describe(work.case, work)
+
+    @router.post("/api/annotate/cases/{name}/accept", response_model=CaseOut, summary="Accept the current mask")
+    def accept(name: str, body: AnnotatorIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        with svc.case_lock(name):
+            row = svc.work(name, body.annotator).accept()
+            svc.forget(name)
+            return svc.describe(row)
+
+    @router.post("/api/annotate/cases/{name}/reject", response_model=CaseOut, summary="Reject the case")
+    def reject_case(name: str, body: RejectIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        with svc.case_lock(name):
+            row = reject(svc.project, name, body.annotator, body.reason)
+            svc.forget(name)
+            return svc.describe(row)
+
+    @router.post("/api/annotate/cases/{name}/release", response_model=CaseOut, summary="Give the case back undecided")
+    def release_case(name: str, body: AnnotatorIn, svc: AnnotationService = Depends(service)) -> CaseOut:
+        with svc.case_lock(name):
+            row = release(svc.project, name, body.annotator)
+            svc.forget(name)
+            return svc.describe(row)
+
+    @router.get("/api/annotate/report", summary="Effort per case and per round")
+    def report(svc: AnnotationService = Depends(service)) -> dict:
+        return asdict(effort_report(svc.project))
+
+    @router.get("/api/annotate/report.png", responses=PNG, summary="The effort plot across rounds")
+    def report_png(svc: AnnotationService = Depends(service)) -> Response:
+        rounds = effort_report(svc.project).rounds
+        if not rounds:
+            raise NothingYet("no case is finished yet: there is no effort to plot")
+        return Response(render_rounds_png(rounds), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    return router

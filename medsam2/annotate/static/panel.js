@@ -1,0 +1,183 @@
+// The annotation panel of the medsam2 page: take the next case of the server's annotation project,
+// correct it with boxes on its slices, undo, and accept, reject or release it. Every action goes to
+// /api/annotate (through the page's request helper, /static/api.js) and is recorded there; the panel
+// stays hidden when the server has no project (GET /api/annotate/status answers {"project": null}).
+
+import { api } from "/static/api.js";
+
+const API = "/api/annotate";
+
+function call(path, options) {
+  return api(API + path, options);
+}
+
+function element(tag, attributes = {}, text = "") {
+  const node = document.createElement(tag);
+  Object.entries(attributes).forEach(([key, value]) => node.setAttribute(key, value));
+  node.textContent = text;
+  return node;
+}
+
+function buildPanel(project) {
+  const section = element("section", { id: "annotate-panel" });
+  section.append(element("h2", {}, `Annotation: ${project.name}`));
+  const counts = element("p", { id: "annotate-counts" });
+  const who = element("input", { id: "annotate-annotator", placeholder: "your name", "aria-label": "Annotator" });
+  who.value = localStorage.getItem("medsam2.annotator") || "";
+  who.addEventListener("change", () => localStorage.setItem("medsam2.annotator", who.value.trim()));
+  const next = element("button", { type: "button", id: "annotate-next" }, "Next case");
+  const caseLine = element("p", { id: "annotate-case" }, "No case taken.");
+  const canvas = element("canvas", { id: "annotate-view", width: "256", height: "256", title: "Drag a box to correct this slice" });
+  const slider = element("input", { id: "annotate-slice", type: "range", min: "0", max: "0", value: "0", "aria-label": "Slice" });
+  const buttons = element("div", { class: "row" });
+  const actions = ["Undo", "Accept", "Reject", "Release"].map((name) => {
+    const button = element("button", { type: "button", "data-action": name.toLowerCase() }, name);
+    buttons.append(button);
+    return button;
+  });
+  const report = element("a", { href: `${API}/report.png`, target: "_blank", rel: "noopener" }, "Effort report");
+  const message = element("p", { id: "annotate-message", role: "status" });
+  // Sized through the CSSOM: the page's Content-Security-Policy refuses style attributes.
+  canvas.style.width = "100%";
+  canvas.style.height = "auto";
+  slider.style.width = "100%";
+  buttons.style.flexWrap = "wrap";
+  section.append(counts, who, next, caseLine, canvas, slider, buttons, report, message);
+  return { section, counts, who, next, caseLine, canvas, slider, actions, message };
+}
+
+function showCounts(ui, status) {
+  ui.counts.textContent = Object.entries(status.counts)
+    .map(([state, count]) => `${state.replace("_", " ")} ${count}`)
+    .join(" · ");
+}
+
+async function projectStatus() {
+  return (await call("/status")).project;
+}
+
+async function start() {
+  const status = await projectStatus();
+  if (status === null) return; // no annotation project on this server
+  const ui = buildPanel(status);
+  (document.getElementById("panel") || document.body).prepend(ui.section);
+  showCounts(ui, status);
+  const current = { case: null, image: new Image(), drag: null };
+
+  const annotator = () => {
+    const name = ui.who.value.trim();
+    if (!name) throw new Error("enter your name first");
+    return name;
+  };
+  const say = (text, isError = false) => {
+    ui.message.textContent = text;
+    ui.message.classList.toggle("error", isError);
+  };
+  const act = (action) => async () => {
+    try {
+      await action();
+    } catch (error) {
+      say(error.message, true);
+    }
+  };
+
+  function draw() {
+    const context = ui.canvas.getContext("2d");
+    context.clearRect(0, 0, ui.canvas.width, ui.canvas.height);
+    if (current.image.complete && current.image.naturalWidth) {
+      context.drawImage(current.image, 0, 0, ui.canvas.width, ui.canvas.height);
+    }
+    if (current.drag) {
+      const { x0, y0, x1, y1 } = current.drag;
+      context.strokeStyle = "#ff2828";
+      context.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
+    }
+  }
+
+  function show(caseInfo) {
+    current.case = caseInfo.state === "in_review" ? caseInfo : null;
+    const lease = caseInfo.lease_expires ? `, yours until ${new Date(caseInfo.lease_expires).toLocaleTimeString()}` : "";
+    ui.caseLine.textContent = `${caseInfo.name}: ${caseInfo.state.replace("_", " ")}${lease}`;
+    if (!current.case) return;
+    ui.slider.max = String(caseInfo.slices - 1);
+    if (caseInfo.masked_slices.length && !caseInfo.masked_slices.includes(Number(ui.slider.value))) {
+      ui.slider.value = String(caseInfo.masked_slices[Math.floor(caseInfo.masked_slices.length / 2)]);
+    }
+    loadSlice();
+  }
+
+  function loadSlice() {
+    if (!current.case) return;
+    const path = `${API}/cases/${encodeURIComponent(current.case.name)}/slices/${ui.slider.value}.png`;
+    current.image.onload = draw;
+    current.image.src = `${path}?annotator=${encodeURIComponent(annotator())}&t=${Date.now()}`;
+  }
+
+  async function post(suffix, json) {
+    const caseInfo = await call(`/cases/${encodeURIComponent(current.case.name)}/${suffix}`, { method: "POST", json });
+    show(caseInfo);
+    showCounts(ui, await projectStatus());
+    return caseInfo;
+  }
+
+  ui.next.addEventListener("click", act(async () => {
+    say("taking the next case…");
+    const caseInfo = await call("/queue", { method: "POST", json: { annotator: annotator() } });
+    if (!caseInfo) return say("no case is free");
+    show(caseInfo);
+    showCounts(ui, await projectStatus());
+    say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice`);
+  }));
+  ui.slider.addEventListener("input", act(async () => loadSlice()));
+
+  const toCanvas = (event) => {
+    const rect = ui.canvas.getBoundingClientRect();
+    return [(event.clientX - rect.left) * (ui.canvas.width / rect.width), (event.clientY - rect.top) * (ui.canvas.height / rect.height)];
+  };
+  ui.canvas.addEventListener("pointerdown", (event) => {
+    if (!current.case) return;
+    const [x, y] = toCanvas(event);
+    current.drag = { x0: x, y0: y, x1: x, y1: y };
+  });
+  ui.canvas.addEventListener("pointermove", (event) => {
+    if (!current.drag) return;
+    [current.drag.x1, current.drag.y1] = toCanvas(event);
+    draw();
+  });
+  ui.canvas.addEventListener("pointerup", act(async () => {
+    const drag = current.drag;
+    current.drag = null;
+    if (!drag || Math.abs(drag.x1 - drag.x0) < 3 || Math.abs(drag.y1 - drag.y0) < 3) return draw();
+    const sx = current.image.naturalWidth / ui.canvas.width;
+    const sy = current.image.naturalHeight / ui.canvas.height;
+    const box = [Math.min(drag.x0, drag.x1) * sx, Math.min(drag.y0, drag.y1) * sy, Math.max(drag.x0, drag.x1) * sx, Math.max(drag.y0, drag.y1) * sy];
+    say("segmenting…");
+    const caseInfo = await post("prompts", { annotator: annotator(), slice: Number(ui.slider.value), box });
+    say(`prompt recorded (${caseInfo.interactions} in force)`);
+  }));
+
+  const [undo, accept, reject, release] = ui.actions;
+  undo.addEventListener("click", act(async () => {
+    if (!current.case) return;
+    await post("undo", { annotator: annotator() });
+    say("undone");
+  }));
+  accept.addEventListener("click", act(async () => {
+    if (!current.case) return;
+    await post("accept", { annotator: annotator() });
+    say("accepted: the mask is stored with its checksum");
+  }));
+  reject.addEventListener("click", act(async () => {
+    if (!current.case) return;
+    const reason = prompt("Why reject this case?") ?? "";
+    await post("reject", { annotator: annotator(), reason });
+    say("rejected");
+  }));
+  release.addEventListener("click", act(async () => {
+    if (!current.case) return;
+    await post("release", { annotator: annotator() });
+    say("released for the next annotator");
+  }));
+}
+
+start();

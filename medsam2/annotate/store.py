@@ -1,0 +1,52 @@
+"""The project's files: masks stored by content, named by their SHA-256.
+
+A mask is written (atomically) under its digest before the database row that names it is
+committed, so a process killed in between leaves at most an unreferenced file, never a row naming a
+missing or half-written one; storing the same mask twice is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from medsam2.errors import InputError
+from medsam2.io import Volume, save_mask
+from medsam2.io.masks import load_mask
+from medsam2.io.training_set import file_sha256
+
+FILES_FOLDER = "files"
+MASK_SUFFIX = ".nii.gz"
+
+
+def store_mask(project_folder: Path, labels: np.ndarray, like: Volume) -> tuple[str, str]:
+    """Write a label map in `like`'s geometry; return (path relative to the project folder, SHA-256)."""
+    incoming = project_folder / FILES_FOLDER / ".incoming" / f"{uuid.uuid4().hex}{MASK_SUFFIX}"
+    try:
+        save_mask(labels, like=like, path=incoming)
+        digest = file_sha256(incoming)
+        relative = PurePosixPath(FILES_FOLDER, digest[:2], digest + MASK_SUFFIX)
+        final = project_folder / relative
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(incoming, final)
+    finally:
+        incoming.unlink(missing_ok=True)
+    return relative.as_posix(), digest
+
+
+def stored_path(project_folder: Path, relative: str, sha256: str) -> Path:
+    """The file of a stored mask, checked against its recorded SHA-256."""
+    path = project_folder / PurePosixPath(relative)
+    if not path.is_file():
+        raise InputError(f"{path}: a stored mask is missing from the project folder")
+    if file_sha256(path) != sha256:
+        raise InputError(f"{path}: a stored mask no longer matches its recorded SHA-256")
+    return path
+
+
+def load_stored_mask(project_folder: Path, relative: str, sha256: str) -> np.ndarray:
+    """The (Z, Y, X) label map of a stored mask."""
+    return load_mask(stored_path(project_folder, relative, sha256)).array

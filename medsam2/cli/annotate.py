@@ -1,0 +1,460 @@
+"""`medsam2 annotate`: human-in-the-loop annotation projects from the command line."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from sqlalchemy import select
+from sqlalchemy.orm import defer
+from rich.table import Table
+
+from medsam2.annotate import (
+    EXPORT_FORMATS,
+    CaseModel,
+    Predictors,
+    ProjectSettings,
+    WorkSession,
+    effort_report,
+    export_training_set,
+    import_cases,
+    init_project,
+    lease_next,
+    open_project,
+    presegment,
+    read_snapshot,
+    reject,
+    release,
+    write_report,
+)
+from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL
+from medsam2.annotate.schema import InteractionRow
+from medsam2.cli.errors import reports_input_errors
+from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
+from medsam2.errors import InputError
+from medsam2.io import check_same_geometry, save_mask
+from medsam2.io.masks import load_mask
+from medsam2.io.overlay import save_overlay_montage
+
+app = typer.Typer(
+    name="annotate",
+    help=(
+        "Human-in-the-loop annotation projects: the model pre-segments, annotators correct, accepted "
+        "masks become a training set for fine-tuning, and the effort is measured round by round.\n\n"
+        "A round, from the command line (`medsam2 serve --annotate PROJECT` gives the same in the "
+        "browser):\n\n"
+        "  medsam2 annotate init lesions/ --label 1=lesion\n\n"
+        "  medsam2 annotate import lesions/ scans/\n\n"
+        "  medsam2 annotate presegment lesions/\n\n"
+        "  medsam2 annotate queue lesions/ -a alice -o current.nii.gz\n\n"
+        "  medsam2 annotate prompt lesions/ CASE -a alice --box 40,120,88,160,131\n\n"
+        "  medsam2 annotate accept lesions/ CASE -a alice\n\n"
+        "  medsam2 annotate report lesions/ --out effort/\n\n"
+        "  medsam2 annotate export lesions/ trainset/\n\n"
+        "  medsam2 annotate round lesions/ --model finetuned.pth"
+    ),
+    no_args_is_help=True,
+)
+
+PROJECT_ARGUMENT = typer.Argument(..., help="The project folder (made by `medsam2 annotate init`).")
+CASE_ARGUMENT = typer.Argument(..., help="The case's name (see `medsam2 annotate status`).")
+ANNOTATOR_OPTION = typer.Option(
+    None, "--annotator", "-a", envvar="MEDSAM2_ANNOTATOR", help="Who is working. Default: $MEDSAM2_ANNOTATOR, else your user name."
+)
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda, for the model.")
+OUTPUT_OPTION = typer.Option(None, "-o", "--output", help="Also write the case's current mask here (.nii.gz, .nrrd, .mha, .npz...).")
+OVERLAY_OPTION = typer.Option(None, "--overlay", help="Also write a PNG montage of the segmented slices.")
+
+
+def annotator_name(value: str | None) -> str:
+    return value or os.environ.get("MEDSAM2_ANNOTATOR") or getpass.getuser()
+
+
+def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> None:
+    """Write what the annotator looks at: the current mask and/or an overlay montage."""
+    if output is not None:
+        save_mask(model.labels(), like=model.volume, path=output)
+        typer.echo(f"wrote {output}")
+    if overlay is not None:
+        save_overlay_montage(model.slices, model.slice_labels(), overlay)
+        typer.echo(f"wrote {overlay}")
+
+
+def describe(model: CaseModel) -> str:
+    labels = model.slice_labels()
+    parts = []
+    for obj_id in (int(v) for v in np.unique(labels) if v):
+        slices = np.flatnonzero((labels == obj_id).reshape(labels.shape[0], -1).any(axis=1))
+        parts.append(f"object {obj_id}: slices {slices[0]}-{slices[-1]}, {int(np.count_nonzero(labels == obj_id))} voxels")
+    return "; ".join(parts) or "empty mask"
+
+
+def work_session(project: Path, case: str, annotator: str | None, device: str) -> WorkSession:
+    return WorkSession(open_project(project), case, annotator_name(annotator), Predictors(device), progress=True)
+
+
+@app.command("init")
+@reports_input_errors
+def init_command(
+    project: Path = typer.Argument(..., help="Folder for the project (created; must not hold one yet)."),
+    db: str = typer.Option(DEFAULT_DB, "--db", help="SQLite file (relative to PROJECT) or URL: sqlite:///FILE, postgresql://USER@HOST[:PORT]/DB (password via PGPASSWORD or ~/.pgpass)."),
+    name: str | None = typer.Option(None, "--name", help="Project name in the database. Default: the folder's name."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model of round 1: lite-medsam (embedded), a preset or a checkpoint path."),
+    axis: str = typer.Option("axial", "--axis", help="Slicing axis of every prompt: axial, coronal or sagittal."),
+    window: str | None = typer.Option(None, "--window", help="CT window for the model (preset or W,L). Default: by modality."),
+    label: list[str] = typer.Option([], "--label", help="A label's name, VALUE=NAME (e.g. 1=lesion); repeat for several."),
+    lease_minutes: float = typer.Option(30.0, "--lease-minutes", help="A case stays an annotator's this long after their last action."),
+) -> None:
+    """Create an annotation project: a folder for its masks and a database (SQLite or PostgreSQL).
+
+    Several annotators on several machines share one project through a PostgreSQL database and the
+    project folder on a shared drive. The schema is created and later upgraded automatically.
+
+    Example: medsam2 annotate init lesions/ --db postgresql://annotator@dbhost/medsam2 --label 1=lesion
+    """
+    labels = {}
+    for text in label:
+        value, separator, label_name = text.partition("=")
+        if not separator or not value.strip().isdigit() or int(value) < 1 or not label_name.strip():
+            raise InputError(f"--label {text!r}: expected VALUE=NAME with VALUE a whole number >= 1, e.g. 1=lesion")
+        labels[str(int(value))] = label_name.strip()
+    settings = ProjectSettings(axis=axis, window=window, labels=labels, lease_minutes=lease_minutes)  # type: ignore[arg-type]
+    created = init_project(project, db, name, settings, model)
+    status = created.status()
+    typer.echo(f"created project {created.name} in {created.folder} (database {status.database}; round 1: {status.rounds[0].model_version})")
+
+
+@app.command("import")
+@reports_input_errors
+def import_command(
+    project: Path = PROJECT_ARGUMENT,
+    paths: list[Path] = typer.Argument(..., help="Image files, DICOM series folders, or folders holding them."),
+    masks: Path | None = typer.Option(None, "--masks", help="Masks to review: a file (one image) or a folder of files named like the images."),
+    box: list[str] = typer.Option([], "--box", help="Hint Z,X1,Y1,X2,Y2[,ID] to pre-segment from (one image only)."),
+    point: list[str] = typer.Option([], "--point", help="Hint click Z,X,Y[,LABEL[,ID]] (one image only)."),
+    recist: list[str] = typer.Option([], "--recist", help="Hint RECIST line Z,X1,Y1,X2,Y2[,ID] (one image only)."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Hints as a prompts JSON file (one image only)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Add cases to a project; importing the same images again adds only the new ones.
+
+    A case with a mask (--masks) starts pre-segmented: the annotator reviews that mask. A MedSAM npz
+    holding a `recist` marker, or an image given with --box/--point/--recist/--prompts, carries hints
+    the model pre-segments it from (`medsam2 annotate presegment`). Other cases start from the
+    annotator's first prompt.
+
+    Example: medsam2 annotate import lesions/ scans/ --masks old_masks/
+    """
+    sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts)
+    summary = import_cases(open_project(project), paths, masks=masks, prompts=sources, progress=progress)
+    typer.echo(f"imported {len(summary.imported)} case(s)" + (f", {len(summary.skipped)} already in the project" if summary.skipped else ""))
+
+
+@app.command("presegment")
+@reports_input_errors
+def presegment_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: list[str] = typer.Option([], "--case", help="Only these cases (repeat). Default: every new case with hints."),
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Pre-segment new cases from their hints with the model of the current round.
+
+    Several processes (or machines, on PostgreSQL) may run this at once: each case is claimed first.
+    A case the model finds nothing in stays new, for an annotator to start by hand.
+
+    Example: medsam2 annotate presegment lesions/ --device cuda
+    """
+    report = presegment(open_project(project), Predictors(device), names=case or None)
+    typer.echo(f"pre-segmented {len(report.done)} case(s)")
+    for name, why in report.failed.items():
+        typer.echo(f"not pre-segmented: {name}: {why}", err=True)
+
+
+@app.command("queue")
+@reports_input_errors
+def queue_command(
+    project: Path = PROJECT_ARGUMENT,
+    annotator: str | None = ANNOTATOR_OPTION,
+    output: Path | None = OUTPUT_OPTION,
+    overlay: Path | None = OVERLAY_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Lease the next case to an annotator (the one they hold, if any).
+
+    Pre-segmented cases come first, then new ones. The lease runs out after the project's lease
+    time without an action; the case then goes to the next annotator with everything recorded on it.
+    Exit status 1 when no case is free.
+
+    Example: medsam2 annotate queue lesions/ -a alice -o current.nii.gz --overlay current.png
+    """
+    opened = open_project(project)
+    who = annotator_name(annotator)
+    case = lease_next(opened, who)
+    if case is None:
+        typer.echo("no case is free")
+        raise typer.Exit(1)
+    typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
+    if output is not None or overlay is not None:
+        work = WorkSession(opened, case.name, who, Predictors(device), progress=True)
+        typer.echo(describe(work.model))
+        show_views(work.model, output, overlay)
+
+
+@app.command("show")
+@reports_input_errors
+def show_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    output: Path | None = OUTPUT_OPTION,
+    overlay: Path | None = OVERLAY_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Print a case's record (state, lease, every interaction); with -o/--overlay also rebuild and
+    write its current mask (no lease needed: nothing is recorded).
+
+    Example: medsam2 annotate show lesions/ CT_Lesion_000002 --overlay case.png
+    """
+    opened = open_project(project)
+    with opened.transaction() as session:
+        row = opened.case(session, case)
+        snapshot = read_snapshot(opened, session, row)
+        history = list(
+            session.scalars(
+                select(InteractionRow)
+                .where(InteractionRow.case_id == row.id)
+                .order_by(InteractionRow.id)
+                .options(defer(InteractionRow.mask))
+            )
+        )
+    lease = f", leased to {row.lease_owner} until {row.lease_expires:%H:%M} UTC" if row.lease_owner else ""
+    typer.echo(f"{row.name}: {row.state}{lease}; image {row.image}; pre-segmentation: {row.preseg_source or 'none'} ({row.model_version or '-'})")
+    for item in history:
+        where = f" slice {item.slice_index} object {item.obj_id}" if item.slice_index is not None else ""
+        undone = f" (undoes #{item.undoes_id})" if item.undoes_id else ""
+        typer.echo(f"  #{item.id} {item.created_at:%Y-%m-%d %H:%M:%S} {item.annotator}: {item.kind}{where}{undone}")
+    if output is not None or overlay is not None:
+        model = CaseModel(opened, snapshot, Predictors(device), progress=True)
+        typer.echo(describe(model))
+        show_views(model, output, overlay)
+
+
+@app.command("prompt")
+@reports_input_errors
+def prompt_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    box: list[str] = typer.Option([], "--box", help="Box Z,X1,Y1,X2,Y2[,ID] on slice Z (X column, Y row)."),
+    point: list[str] = typer.Option([], "--point", help="Click Z,X,Y[,LABEL[,ID]]; LABEL 1 = object (default), 0 = background."),
+    recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]; becomes a square box."),
+    annotator: str | None = ANNOTATOR_OPTION,
+    output: Path | None = OUTPUT_OPTION,
+    overlay: Path | None = OVERLAY_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Prompt the model on a leased case; it re-segments the slice and re-propagates. Each prompt
+    is recorded as one interaction. Coordinates as in `medsam2 segment`, along the project's axis.
+
+    Example: medsam2 annotate prompt lesions/ CT_Lesion_000002 --box 6,246,273,276,322 -o current.nii.gz
+    """
+    work = work_session(project, case, annotator, device)
+    height, width = work.model.slice_hw
+    prompts = prompts_from_flags(box, point, recist, height, width)
+    if not prompts:
+        raise InputError("give at least one --box, --point or --recist")
+    for prompt in prompts:
+        work.add_prompt(prompt.slice_index, prompt.obj_id, box=prompt.box, points=list(prompt.points), labels=list(prompt.labels))
+    typer.echo(f"{case}: recorded {len(prompts)} prompt(s); {describe(work.model)}")
+    show_views(work.model, output, overlay)
+
+
+@app.command("correct")
+@reports_input_errors
+def correct_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    mask: Path = typer.Option(..., "--mask", help="The case's mask as edited in another tool, in the image's geometry."),
+    slice_: list[int] = typer.Option([], "--slice", help="Take only these slices of it (repeat). Default: every slice that differs."),
+    annotator: str | None = ANNOTATOR_OPTION,
+    output: Path | None = OUTPUT_OPTION,
+    overlay: Path | None = OVERLAY_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Record hand-drawn slices: where the edited mask differs from the current one, its slice
+    replaces the model's (one interaction per slice and object). A later prompt on a slice hands it
+    back to the model.
+
+    Example: medsam2 annotate correct lesions/ CT_Lesion_000002 --mask edited.nii.gz --slice 7
+    """
+    work = work_session(project, case, annotator, device)
+    edited = load_mask(mask)
+    check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
+    recorded = work.apply_edit(edited.array, slice_ or None)
+    typer.echo(f"{case}: recorded {recorded} correction(s); {describe(work.model)}")
+    show_views(work.model, output, overlay)
+
+
+@app.command("undo")
+@reports_input_errors
+def undo_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    annotator: str | None = ANNOTATOR_OPTION,
+    output: Path | None = OUTPUT_OPTION,
+    overlay: Path | None = OVERLAY_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Take back the latest prompt or correction still in force on a leased case (recorded too).
+
+    Example: medsam2 annotate undo lesions/ CT_Lesion_000002 -o current.nii.gz
+    """
+    work = work_session(project, case, annotator, device)
+    undone = work.undo()
+    typer.echo(f"{case}: undid a {undone.data['undoes']} on slice {undone.slice_index}; {describe(work.model)}")
+    show_views(work.model, output, overlay)
+
+
+@app.command("accept")
+@reports_input_errors
+def accept_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    mask: Path | None = typer.Option(None, "--mask", help="Accept this edited mask instead (its changed slices are recorded as corrections)."),
+    annotator: str | None = ANNOTATOR_OPTION,
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Accept a leased case's current mask: it is stored with its SHA-256 and goes into the export.
+
+    Example: medsam2 annotate accept lesions/ CT_Lesion_000002
+    """
+    work = work_session(project, case, annotator, device)
+    labels = None
+    if mask is not None:
+        edited = load_mask(mask)
+        check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
+        labels = edited.array
+    row = work.accept(labels)
+    dice_text = f", Dice vs pre-segmentation {row.initial_dice:.3f}" if row.initial_dice is not None else ""
+    typer.echo(f"{case}: accepted ({row.mask_slices} slices{dice_text}); mask {row.mask}")
+
+
+@app.command("reject")
+@reports_input_errors
+def reject_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    reason: str = typer.Option("", "--reason", help="Why (kept in the record)."),
+    annotator: str | None = ANNOTATOR_OPTION,
+) -> None:
+    """Reject a leased case (unusable image, no such object): it leaves the queue and the export.
+
+    Example: medsam2 annotate reject lesions/ CT_Lesion_000002 --reason "motion artefact"
+    """
+    reject(open_project(project), case, annotator_name(annotator), reason)
+    typer.echo(f"{case}: rejected")
+
+
+@app.command("release")
+@reports_input_errors
+def release_command(
+    project: Path = PROJECT_ARGUMENT,
+    case: str = CASE_ARGUMENT,
+    annotator: str | None = ANNOTATOR_OPTION,
+) -> None:
+    """Give a leased case back undecided; the next annotator goes on from what was recorded.
+
+    Example: medsam2 annotate release lesions/ CT_Lesion_000002
+    """
+    row = release(open_project(project), case, annotator_name(annotator))
+    typer.echo(f"{case}: released ({row.state})")
+
+
+@app.command("status")
+@reports_input_errors
+def status_command(project: Path = PROJECT_ARGUMENT) -> None:
+    """Cases per state, running leases and the rounds with their models.
+
+    Example: medsam2 annotate status lesions/
+    """
+    status = open_project(project).status()
+    console = Console()
+    console.print(f"project {status.name} ({status.database})")
+    counts = Table("state", "cases")
+    for state, count in status.counts.items():
+        counts.add_row(state, str(count))
+    console.print(counts)
+    rounds = Table("round", "model", "started (UTC)", "cases")
+    for info in status.rounds:
+        rounds.add_row(str(info.number), info.model_version, f"{info.started_at:%Y-%m-%d %H:%M}", str(info.cases))
+    console.print(rounds)
+    if status.leases:
+        leases = Table("case", "annotator", "lease ends (UTC)")
+        for lease in status.leases:
+            leases.add_row(lease.case, lease.annotator, f"{lease.expires:%Y-%m-%d %H:%M}")
+        console.print(leases)
+
+
+@app.command("round")
+@reports_input_errors
+def round_command(
+    project: Path = PROJECT_ARGUMENT,
+    model: str = typer.Option(..., "--model", help="The model of the new round: a fine-tuned checkpoint, a preset or lite-medsam."),
+) -> None:
+    """Start the next round with a new model (the retraining hook): cases pre-segmented from now on
+    record it, and the effort report compares the rounds.
+
+    Example: medsam2 annotate round lesions/ --model finetuned_round1.pth
+    """
+    row = open_project(project).start_round(model)
+    typer.echo(f"round {row.number} started with {row.model_version}")
+
+
+@app.command("report")
+@reports_input_errors
+def report_command(
+    project: Path = PROJECT_ARGUMENT,
+    out: Path = typer.Option(..., "--out", help="Folder for cases.csv, rounds.csv and effort.png."),
+) -> None:
+    """Annotation effort per case and per round: interactions, slices touched, time, and the Dice
+    between pre-segmentation and accepted mask, against slice-by-slice manual contouring.
+
+    Example: medsam2 annotate report lesions/ --out effort/
+    """
+    report = effort_report(open_project(project))
+    table = Table("round", "model", "accepted", "rejected", "interactions/case", "manual slices/case", "reduction", "initial Dice", "minutes/case")
+    for r in report.rounds:
+        table.add_row(
+            str(r.round), r.model_version, str(r.accepted), str(r.rejected),
+            fmt(r.mean_interactions, "{:.1f}"), fmt(r.manual_slices / r.accepted if r.accepted else None, "{:.1f}"),
+            fmt(None if r.reduction is None else 100 * r.reduction, "{:.0f}%"), fmt(r.mean_initial_dice, "{:.3f}"),
+            fmt(None if r.mean_seconds is None else r.mean_seconds / 60, "{:.1f}"),
+        )
+    Console().print(table)
+    for path in write_report(report, out):
+        typer.echo(f"wrote {path}")
+
+
+def fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+@app.command("export")
+@reports_input_errors
+def export_command(
+    project: Path = PROJECT_ARGUMENT,
+    out: Path = typer.Argument(..., help="Folder for the training set (must not exist, be empty, or --overwrite)."),
+    layout: str = typer.Option("nifti", "--format", help=f"{' or '.join(EXPORT_FORMATS)}: images/ + masks/ NIfTI, or MedSAM npz (imgs + gts) per case."),
+    round_: list[int] = typer.Option([], "--round", help="Only cases of these rounds (repeat). Default: all."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Write the accepted cases as a training set with manifest.json, for `medsam2 train`.
+
+    Example: medsam2 annotate export lesions/ trainset/ --format npz
+    """
+    cases = export_training_set(open_project(project), out, layout, round_ or None, overwrite, progress)
+    typer.echo(f"exported {len(cases)} case(s) to {out}")
+

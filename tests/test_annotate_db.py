@@ -1,0 +1,375 @@
+"""The annotation database on SQLite and on a real PostgreSQL server started here: migrations,
+concurrent leases, lease expiry, an import killed mid-way, and the training-set export."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, func, select, text
+
+from medsam2.annotate import (
+    CaseState,
+    Predictors,
+    WorkSession,
+    effort_report,
+    export_training_set,
+    import_cases,
+    init_project,
+    lease_next,
+    open_project,
+    reject,
+    release,
+    write_report,
+)
+from medsam2.annotate.db import alembic_config
+from medsam2.annotate.project import utc_now
+from medsam2.annotate.schema import Base, InteractionRow
+from medsam2.annotate.store import stored_path
+from medsam2.errors import InputError
+from medsam2.io import check_same_geometry, load_image, save_mask
+from medsam2.io.masks import load_mask
+from medsam2.io.training_set import file_sha256, read_manifest
+from medsam2.models.weights import LITE_MEDSAM_SHA256, bundled_lite_medsam_checkpoint
+from medsam2.preprocess import to_uint8
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a PostgreSQL server of our own ----------------------------------------------------------------
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
+    pg_ctl = found[-1] if found else shutil.which("pg_ctl")
+    if pg_ctl is None:
+        pytest.fail("PostgreSQL server binaries not found; `make test` installs Debian's postgresql package", pytrace=False)
+    return Path(pg_ctl).parent
+
+
+def as_server_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL cluster on a free port; yields its base URL (trust authentication)."""
+    binaries = postgres_bin()
+    folder = Path(tempfile.mkdtemp(prefix="medsam2-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    data = folder / "data"
+    port = free_port()
+    subprocess.run(
+        as_server_user([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "medsam2", "-E", "UTF8", "--no-sync"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-o", options, "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://medsam2@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request) -> str:
+    """The --db value of a fresh database: an SQLite file in the project, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return "project.db"
+    server = request.getfixturevalue("postgres_server")
+    name = f"test_{request.node.name.split('[')[0][-40:]}_{os.getpid()}_{time.monotonic_ns()}".lower()
+    admin = create_engine(f"{server.replace('postgresql://', 'postgresql+psycopg://')}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+# -- synthetic cases with known masks ---------------------------------------------------------------
+
+
+def write_case(folder: Path, name: str, rng: np.random.Generator, shape=(6, 24, 20)) -> tuple[Path, Path]:
+    """A CT-like NIfTI with an oblique geometry and a cuboid label map beside it."""
+    image = sitk.GetImageFromArray(rng.integers(-1000, 1000, size=shape).astype(np.int16))
+    image.SetSpacing((0.8, 0.9, 2.5))
+    image.SetOrigin((-12.0, 30.5, 7.0))
+    angle = np.deg2rad(10)
+    image.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1))
+    image_path = folder / "images" / f"{name}.nii.gz"
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(image_path))
+    volume = load_image(image_path)
+    labels = np.zeros(shape, dtype=np.uint8)
+    z0 = int(rng.integers(0, 3))
+    labels[z0 : z0 + 3, 5:15, 4:12] = 1
+    mask_path = save_mask(labels, like=volume, path=folder / "masks" / f"{name}.nii.gz")
+    return image_path, mask_path
+
+
+@pytest.fixture
+def synthetic_cases(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    for number in range(12):
+        write_case(tmp_path / "data", f"case_{number:02d}", rng)
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def predictors() -> Predictors:
+    return Predictors()
+
+
+# -- tests -----------------------------------------------------------------------------------------
+
+
+def test_migrations_create_the_schema_the_models_describe(tmp_path: Path, database: str) -> None:
+    project = init_project(tmp_path / "project", database)
+    with project.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == "0001"
+        assert compare_metadata(context, Base.metadata) == []
+    project.close()
+    reopened = open_project(tmp_path / "project")  # an up-to-date database is left alone
+    assert reopened.status().rounds[0].model_version.startswith("lite-medsam@79d8c9dca6db")
+    assert alembic_config().get_main_option("script_location").endswith("migrations")
+    reopened.close()
+    with pytest.raises(InputError, match="already an annotation project"):
+        init_project(tmp_path / "project", database)
+
+
+def test_two_workers_never_get_the_same_case(tmp_path: Path, database: str, synthetic_cases: Path) -> None:
+    project = init_project(tmp_path / "project", database)
+    import_cases(project, [synthetic_cases / "images"], progress=False)
+    taken: dict[str, list[str]] = {"alice": [], "bob": []}
+    start = threading.Barrier(2)
+    errors = []
+
+    def work(annotator: str) -> None:
+        own = open_project(tmp_path / "project")  # its own engine: separate connections
+        try:
+            start.wait()
+            while (case := lease_next(own, annotator)) is not None:
+                taken[annotator].append(case.name)
+                time.sleep(0.05)  # working on it: the other worker must take another case meanwhile
+                reject(own, case.name, annotator, "concurrency test")
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            own.close()
+
+    workers = [threading.Thread(target=work, args=(name,)) for name in taken]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors, errors
+    everything = taken["alice"] + taken["bob"]
+    assert sorted(everything) == sorted(c.name for c in project.cases()) and len(set(everything)) == 12
+    assert taken["alice"] and taken["bob"], taken  # both really competed
+    with project.transaction() as session:
+        per_case = session.execute(
+            select(InteractionRow.case_id, func.count()).where(InteractionRow.kind == "lease").group_by(InteractionRow.case_id)
+        ).all()
+    assert len(per_case) == 12 and all(count == 1 for _, count in per_case)
+    assert project.status().counts["rejected"] == 12
+    project.close()
+
+
+def test_a_lease_runs_out_and_passes_on_with_the_work_done(tmp_path: Path, database: str, synthetic_cases: Path, predictors) -> None:
+    init_project(tmp_path / "project", database).close()
+    now = [utc_now()]
+    project = open_project(tmp_path / "project", clock=lambda: now[0])
+    import_cases(project, [synthetic_cases / "images" / "case_03.nii.gz"], masks=synthetic_cases / "masks" / "case_03.nii.gz", progress=False)
+    case = lease_next(project, "alice")
+    assert case.state == CaseState.IN_REVIEW.value and lease_next(project, "bob") is None
+    assert lease_next(project, "alice").name == case.name  # one case at a time: the held one again
+    alice = WorkSession(project, case.name, "alice", predictors)
+    alice_elsewhere = WorkSession(project, case.name, "alice", predictors)  # a second window, say
+    erased = np.zeros(alice.model.slice_hw, dtype=bool)
+    first_slice = int(np.flatnonzero(alice.model.slice_labels().reshape(6, -1).any(axis=1))[0])
+    alice.add_correction(first_slice, 1, erased)  # recorded: survives alice's lease
+    with pytest.raises(InputError, match="changed elsewhere since this work session opened"):
+        alice_elsewhere.add_correction(first_slice, 1, erased)  # built from a record that has moved on
+    now[0] += project.lease_duration + timedelta(seconds=1)
+    assert project.status().leases == []
+    assert lease_next(project, "bob").name == case.name
+    with pytest.raises(InputError, match=f"case {case.name} is leased to bob"):
+        alice.add_correction(first_slice + 1, 1, erased)
+    with pytest.raises(InputError, match="work session is closed"):
+        alice.accept()
+    bob = WorkSession(project, case.name, "bob", predictors)
+    assert np.array_equal(bob.labels(), alice.labels())  # alice's recorded correction, rebuilt
+    release(project, case.name, "bob")
+    assert project.cases()[0].state == CaseState.PRESEGMENTED.value
+    with pytest.raises(InputError, match="not leased to bob"):
+        bob.accept()
+    project.close()
+
+
+def test_an_import_killed_half_way_leaves_complete_cases_only(tmp_path: Path, database: str) -> None:
+    rng = np.random.default_rng(3)
+    total = 150
+    for number in range(total):
+        write_case(tmp_path / "data", f"case_{number:03d}", rng, shape=(4, 16, 16))
+    init_project(tmp_path / "project", database).close()
+    importer = subprocess.Popen(
+        [sys.executable, "-m", "medsam2.cli", "annotate", "import", str(tmp_path / "project"), str(tmp_path / "data" / "images"),
+         "--masks", str(tmp_path / "data" / "masks"), "--no-progress"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    project = open_project(tmp_path / "project")
+    deadline = time.monotonic() + 120
+    while len(project.cases()) < 10 and importer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    importer.send_signal(signal.SIGKILL)
+    importer.wait()
+    assert importer.returncode == -signal.SIGKILL, importer.stderr.read().decode()
+    committed = project.cases()
+    assert 10 <= len(committed) < total, "the import was not killed mid-way"
+    for case in committed:  # every committed case is whole: its stored mask exists with its checksum
+        assert case.state == CaseState.PRESEGMENTED.value and case.shape == [4, 16, 16]
+        labels = load_mask(stored_path(project.folder, case.preseg_mask, case.preseg_sha256)).array
+        assert np.array_equal(labels, load_mask(tmp_path / "data" / "masks" / f"{case.name}.nii.gz").array)
+    if project.engine.dialect.name == "sqlite":
+        with project.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    summary = import_cases(project, [tmp_path / "data" / "images"], masks=tmp_path / "data" / "masks", progress=False)
+    assert len(summary.skipped) == len(committed) and len(summary.imported) == total - len(committed)
+    assert sorted(c.name for c in project.cases()) == [f"case_{n:03d}" for n in range(total)]
+    project.close()
+
+
+@pytest.mark.parametrize("layout", ["nifti", "npz"])
+def test_export_round_trips_into_the_training_set_reader(tmp_path: Path, synthetic_cases: Path, ct_lesion_cases, predictors, layout) -> None:
+    project = init_project(tmp_path / "project")
+    import_cases(project, [synthetic_cases / "images"], masks=synthetic_cases / "masks", progress=False)
+    import_cases(project, [ct_lesion_cases[1]], masks=ct_lesion_cases[1], progress=False)  # the npz's own gts
+    accepted = {}
+    for _ in range(3):
+        case = lease_next(project, "alice")
+        work = WorkSession(project, case.name, "alice", predictors)
+        edited = work.labels().copy()
+        edited[np.nonzero(edited)[0].max()] = 0  # the annotator erases the last slice of the object
+        accepted[case.name] = edited
+        row = work.accept(edited)
+        assert row.mask_sha256 == file_sha256(project.folder / row.mask) and 0 < row.initial_dice < 1
+    out = tmp_path / "trainset"
+    export_training_set(project, out, layout, progress=False)
+    root, cases = read_manifest(out)
+    assert root == out.resolve() and sorted(c.id for c in cases) == sorted(accepted)
+    for case in cases:
+        source = load_image(case.source)
+        image = load_image(case.image_path(root))
+        mask = load_mask(case.mask_path(root))
+        check_same_geometry(source, image, "exported image vs source")
+        check_same_geometry(image, mask, "exported mask vs image")
+        assert np.array_equal(mask.array, accepted[case.id])
+        expected = to_uint8(source).array if layout == "npz" else source.array
+        assert np.array_equal(image.array, expected)
+        assert case.model == "imported" and case.round == 1 and case.labels == {"1": "object 1"}
+    with pytest.raises(InputError, match="exists and is not an empty folder"):
+        export_training_set(project, out, layout, progress=False)
+    export_training_set(project, out, layout, rounds=[1], overwrite=True, progress=False)
+    assert read_manifest(out)[1] == cases
+    project.close()
+
+
+def test_effort_report_compares_rounds(tmp_path: Path, synthetic_cases: Path, predictors) -> None:
+    init_project(tmp_path / "project").close()
+    now = [utc_now()]
+    project = open_project(tmp_path / "project", clock=lambda: now[0])
+    images, masks = synthetic_cases / "images", synthetic_cases / "masks"
+
+    def review(erase: int, minutes: float) -> None:
+        case = lease_next(project, "alice")
+        work = WorkSession(project, case.name, "alice", predictors)
+        covered = np.flatnonzero(work.model.slice_labels().reshape(6, -1).any(axis=1))
+        for index in covered[:erase]:
+            work.add_correction(int(index), 1, np.zeros(work.model.slice_hw, dtype=bool))
+        now[0] += timedelta(minutes=minutes)
+        work.accept()
+
+    for name in ("case_00", "case_01"):
+        import_cases(project, [images / f"{name}.nii.gz"], masks=masks / f"{name}.nii.gz", progress=False)
+    review(erase=2, minutes=4)
+    review(erase=2, minutes=2)
+    project.start_round("lite-medsam")
+    import_cases(project, [images / "case_02.nii.gz"], masks=masks / "case_02.nii.gz", progress=False)
+    review(erase=1, minutes=1)
+    report = effort_report(project)
+    assert [(c.round, c.interactions, c.corrections, c.slices_touched, c.manual_slices, c.seconds) for c in report.cases] == [
+        (1, 2, 2, 2, 1, 240.0), (1, 2, 2, 2, 1, 120.0), (2, 1, 1, 1, 2, 60.0)
+    ]
+    first, second = report.rounds
+    assert (first.round, first.accepted, first.interactions, first.manual_slices, first.mean_seconds) == (1, 2, 4, 2, 180.0)
+    assert first.reduction == pytest.approx(1 - 4 / 2) and second.reduction == pytest.approx(1 - 1 / 2)
+    assert first.mean_initial_dice == pytest.approx(2 * 1 / (3 + 1)) and second.mean_initial_dice == pytest.approx(2 * 2 / (3 + 2))
+    written = write_report(report, tmp_path / "effort")
+    assert [p.name for p in written] == ["cases.csv", "rounds.csv", "effort.png"]
+    rows = (tmp_path / "effort" / "rounds.csv").read_text().splitlines()
+    assert rows[0].startswith("round,model_version,accepted") and len(rows) == 3
+    assert written[2].read_bytes()[:4] == b"\x89PNG"
+    project.close()
+
+
+def test_a_round_records_its_checkpoint_and_refuses_it_changed(tmp_path: Path, synthetic_cases: Path) -> None:
+    checkpoint = Path(shutil.copy(bundled_lite_medsam_checkpoint(), tmp_path / "finetuned.pth"))
+    project = init_project(tmp_path / "project")
+    round_two = project.start_round(str(checkpoint))
+    assert (round_two.number, round_two.model) == (2, str(checkpoint.resolve()))
+    assert round_two.model_version == f"finetuned.pth@{LITE_MEDSAM_SHA256[:12]}" and round_two.model_sha256 == LITE_MEDSAM_SHA256
+    import_cases(project, [synthetic_cases / "images" / "case_05.nii.gz"], masks=synthetic_cases / "masks" / "case_05.nii.gz", progress=False)
+    case = lease_next(project, "alice")
+    work = WorkSession(project, case.name, "alice", Predictors())  # the round's checkpoint, loaded from its path
+    assert work.model.round.number == 2 and np.array_equal(work.labels(), load_mask(synthetic_cases / "masks" / "case_05.nii.gz").array)
+    with open(checkpoint, "ab") as handle:
+        handle.write(b"\0")  # the file changes after the round began
+    with pytest.raises(InputError, match="round 2: model .*finetuned.pth has changed since the round began"):
+        WorkSession(project, case.name, "alice", Predictors())
+    project.close()
+
+
+def test_bad_projects_and_databases(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not an annotation project"):
+        open_project(tmp_path)
+    with pytest.raises(InputError, match="unsupported database 'mysql'"):
+        init_project(tmp_path / "a", "mysql://localhost/x")
+    with pytest.raises(InputError, match="connection"):
+        init_project(tmp_path / "b", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    project = init_project(tmp_path / "c")
+    with pytest.raises(InputError, match="no such file or folder"):
+        import_cases(project, [tmp_path / "missing.nii.gz"], progress=False)
+    with pytest.raises(InputError, match="annotator 'two words'"):
+        lease_next(project, "two words")
+    project.close()

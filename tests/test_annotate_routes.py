@@ -1,0 +1,75 @@
+"""The annotation routes inside the medsam2 web app: an annotator's whole round trip over HTTP with
+the real LiteMedSAM, lease conflicts, errors, and the page's panel script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from test_annotate_work import write_disc_case
+
+from medsam2.annotate import import_cases, init_project
+from medsam2.annotate.routes import annotation_router
+from medsam2.server import ServerSettings, create_app
+from medsam2.server.rle import encode
+
+
+def client_for(folder: Path | None) -> TestClient:
+    return TestClient(create_app(ServerSettings(), routers=[annotation_router(folder)]), base_url="http://127.0.0.1")
+
+
+def test_an_annotator_works_a_case_over_http(tmp_path: Path, draw_recist) -> None:
+    truth = write_disc_case(tmp_path / "disc.npz", draw_recist)
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "disc.npz"], progress=False)
+    project.close()
+    with client_for(tmp_path / "project") as client:
+        assert client.get("/api/annotate/status").json()["project"]["counts"]["new"] == 1
+        taken = client.post("/api/annotate/queue", json={"annotator": "alice"})
+        assert taken.status_code == 200, taken.text
+        case = taken.json()
+        assert (case["name"], case["state"], case["slices"], case["masked_slices"]) == ("disc", "in_review", 3, [0, 1, 2])
+        assert case["preseg_source"] == "hints" and case["model_version"].startswith("lite-medsam@")
+        assert client.post("/api/annotate/queue", json={"annotator": "bob"}).status_code == 204
+
+        png = client.get("/api/annotate/cases/disc/slices/1.png", params={"annotator": "alice"})
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        conflict = client.post("/api/annotate/cases/disc/prompts", json={"annotator": "bob", "slice": 0, "box": [30, 34, 58, 62]})
+        assert conflict.status_code == 409 and "leased to alice" in conflict.json()["error"]
+
+        prompted = client.post("/api/annotate/cases/disc/prompts", json={"annotator": "alice", "slice": 0, "box": [30, 34, 58, 62]})
+        assert prompted.status_code == 200 and prompted.json()["interactions"] == 1, prompted.text
+        erased = encode(np.zeros(truth.shape[1:], dtype=bool))
+        corrected = client.post("/api/annotate/cases/disc/corrections", json={"annotator": "alice", "slice": 2, "mask": erased})
+        assert corrected.json()["masked_slices"] == [0, 1] and corrected.json()["interactions"] == 2
+        undone = client.post("/api/annotate/cases/disc/undo", json={"annotator": "alice"})
+        assert undone.json()["masked_slices"] == [0, 1, 2] and undone.json()["interactions"] == 1
+
+        inverted = client.post("/api/annotate/cases/disc/prompts", json={"annotator": "alice", "slice": 0, "box": [58, 62, 30, 34]})
+        assert inverted.status_code == 400 and "inverted" in inverted.json()["error"]
+        wrong_size = client.post("/api/annotate/cases/disc/corrections", json={"annotator": "alice", "slice": 2, "mask": encode(np.zeros((4, 4), bool))})
+        assert wrong_size.status_code == 400 and "differs from the slice's" in wrong_size.json()["error"]
+        assert client.get("/api/annotate/cases/ghost").status_code == 404
+
+        accepted = client.post("/api/annotate/cases/disc/accept", json={"annotator": "alice"})
+        assert accepted.status_code == 200 and accepted.json()["state"] == "accepted"
+        history = [event["kind"] for event in client.get("/api/annotate/cases/disc").json()["history"]]
+        assert history == ["lease", "presegment", "prompt", "correction", "undo", "accept"]
+        (effort,) = client.get("/api/annotate/report").json()["cases"]
+        assert (effort["interactions"], effort["prompts"], effort["corrections"], effort["undos"]) == (3, 1, 1, 1)
+        plot = client.get("/api/annotate/report.png")
+        assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
+        again = client.post("/api/annotate/cases/disc/undo", json={"annotator": "alice"})
+        assert again.status_code == 409 and "already accepted" in again.json()["error"]
+
+
+def test_without_a_project_the_status_says_so_and_the_other_routes_answer_404(tmp_path: Path) -> None:
+    with client_for(None) as client:
+        status = client.get("/api/annotate/status")
+        assert status.status_code == 200 and status.json() == {"project": None}
+        missing = client.post("/api/annotate/queue", json={"annotator": "alice"})
+        assert missing.status_code == 404 and "no annotation project" in missing.json()["error"]
+        script = client.get("/annotate/panel.js")
+        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+        assert 'from "/static/api.js"' in script.text

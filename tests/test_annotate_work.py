@@ -1,0 +1,152 @@
+"""An annotator's work with the real LiteMedSAM: the simulated annotator end to end on a real CT
+lesion, and the `medsam2 annotate` commands on a small synthetic scan with a known object."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medsam2.annotate import (
+    CaseModel,
+    Predictors,
+    WorkSession,
+    effort_report,
+    import_cases,
+    init_project,
+    lease_next,
+    open_project,
+    read_snapshot,
+)
+from medsam2.annotate.simulate import annotate_with_truth
+from medsam2.annotate.store import load_stored_mask
+from medsam2.cli.main import app
+from medsam2.io import check_same_geometry, load_image
+from medsam2.io.masks import load_mask, stored_array
+from medsam2.io.training_set import read_manifest
+from medsam2.metrics import dice
+
+runner = CliRunner()
+
+
+def write_disc_case(path: Path, draw_recist) -> np.ndarray:
+    """A 3-slice MedSAM npz: a bright disc of known extent in noise, a RECIST marker on slice 1;
+    returns the disc's (Z, Y, X) truth."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:96, :96]
+    truth = np.stack([(rows - 48) ** 2 + (cols - 44) ** 2 < radius**2 for radius in (14, 20, 17)])
+    imgs = (40 + rng.normal(0, 8, truth.shape) + 140 * truth).clip(0, 255).astype(np.uint8)
+    recist = np.zeros(truth.shape, dtype=np.uint8)
+    recist[1] = draw_recist(truth[1])
+    np.savez_compressed(path, imgs=imgs, recist=recist, spacing=np.array([0.7, 0.7, 3.0]))
+    return truth
+
+
+def run(*args) -> object:
+    return runner.invoke(app, ["annotate", *[str(a) for a in args]])
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion_cases) -> None:
+    project = init_project(tmp_path / "project")
+    import_cases(project, [ct_lesion_cases[1]], progress=False)
+    case = lease_next(project, "simulated")
+    predictors = Predictors()
+    work = WorkSession(project, case.name, "simulated", predictors)
+    truth = stored_array(work.model.volume, "gts")
+    result = annotate_with_truth(work, truth)
+
+    assert result.reached_target and result.final_dice >= 0.90, result.dice_after
+    assert result.dice_after[0] < 0.90 and result.manual_slices == 7  # one box was not enough here
+    (effort,) = effort_report(project).cases
+    assert effort.state == "accepted" and effort.annotators == "simulated"
+    assert effort.interactions == len(result.dice_after) == effort.prompts + effort.corrections
+    assert 1 <= effort.slices_touched <= effort.interactions and effort.seconds >= 0
+    (row,) = project.cases()
+    accepted = load_mask(project.folder / row.mask)
+    check_same_geometry(work.model.volume, accepted, "accepted mask vs image")
+    assert dice(accepted.array, truth) == pytest.approx(result.final_dice)
+    preseg = load_stored_mask(project.folder, row.preseg_mask, row.preseg_sha256)
+    assert row.preseg_source == "first-prompt" and row.initial_dice == pytest.approx(dice(preseg, accepted.array))
+    assert effort.manual_slices == row.mask_slices == int(accepted.array.reshape(accepted.array.shape[0], -1).any(axis=1).sum())
+    assert row.model_version.startswith("lite-medsam@")
+    # The record alone rebuilds the accepted mask: any process can go on from it.
+    with project.transaction() as session:
+        snapshot = read_snapshot(project, session, project.case(session, row.name))
+    assert np.array_equal(CaseModel(project, snapshot, predictors).labels(), accepted.array)
+    project.close()
+
+
+def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_recist) -> None:
+    scan = tmp_path / "disc.npz"
+    truth = write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion", "--lease-minutes", "20").exit_code == 0
+    imported = run("import", project, scan)
+    assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
+    assert "1 already in the project" in run("import", project, scan).output
+    presegmented = run("presegment", project)
+    assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
+
+    queued = run("queue", project, "-a", "alice")
+    assert queued.exit_code == 0 and queued.output.startswith("disc: leased to alice"), queued.output
+    assert run("queue", project, "-a", "bob").exit_code == 1  # nothing else is free
+    (row,) = open_project(project).cases()
+    before = load_stored_mask(open_project(project).folder, row.preseg_mask, row.preseg_sha256)
+    assert row.state == "in_review" and row.preseg_source == "hints" and dice(before, truth) > 0.9
+
+    box = "0,30,34,58,62"  # the disc's box on slice 0
+    prompted = run("prompt", project, "disc", "--box", box, "-a", "alice", "-o", tmp_path / "after.nii.gz")
+    assert prompted.exit_code == 0 and "recorded 1 prompt(s)" in prompted.output, prompted.output
+    after = load_mask(tmp_path / "after.nii.gz").array
+    assert not np.array_equal(after[0], before[0]) and np.array_equal(after[1:], before[1:])
+    assert dice(after[0], truth[0]) > dice(before[0], truth[0])
+    assert_one_line_error(run("prompt", project, "disc", "--box", box, "-a", "bob"), "leased to alice")
+    undone = run("undo", project, "disc", "-a", "alice", "-o", tmp_path / "undone.nii.gz", "--overlay", tmp_path / "undone.png")
+    assert undone.exit_code == 0 and "undid a prompt on slice 0" in undone.output, undone.output
+    assert np.array_equal(load_mask(tmp_path / "undone.nii.gz").array, before)
+    assert (tmp_path / "undone.png").read_bytes()[:4] == b"\x89PNG"
+
+    accepted = run("accept", project, "disc", "-a", "alice")
+    assert accepted.exit_code == 0 and "accepted (3 slices, Dice vs pre-segmentation 1.000)" in accepted.output, accepted.output
+    history = run("show", project, "disc").output.splitlines()
+    assert [line.split(": ")[-1].split()[0] for line in history[1:]] == ["presegment", "lease", "prompt", "undo", "accept"]
+    assert "undoes #" in history[4] and "alice" in history[3]
+
+    status = run("status", project)
+    assert status.exit_code == 0 and "accepted" in status.output and "lite-medsam@79d8c9dca6db" in status.output
+    report = run("report", project, "--out", tmp_path / "effort")
+    assert report.exit_code == 0 and (tmp_path / "effort" / "effort.png").read_bytes()[:4] == b"\x89PNG"
+    (case_effort,) = csv.DictReader((tmp_path / "effort" / "cases.csv").open())
+    assert (case_effort["interactions"], case_effort["prompts"], case_effort["undos"], case_effort["manual_slices"]) == ("2", "1", "1", "3")
+    assert run("round", project, "--model", "lite-medsam").output.startswith("round 2 started")
+
+    exported = run("export", project, tmp_path / "trainset", "--format", "npz", "--no-progress")
+    assert exported.exit_code == 0, exported.output
+    root, (case,) = read_manifest(tmp_path / "trainset")
+    assert case.labels == {"1": "lesion"} and case.round == 1 and case.model.startswith("lite-medsam@")
+    assert np.array_equal(load_mask(case.mask_path(root)).array, before)
+    assert np.array_equal(load_image(case.image_path(root)).array, load_image(scan).array)
+
+
+def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    assert_one_line_error(run("status", project), "not an annotation project")
+    assert_one_line_error(run("init", project, "--label", "lesion"), "--label 'lesion': expected VALUE=NAME")
+    assert_one_line_error(run("init", project, "--axis", "oblique"), "--axis 'oblique'")
+    assert_one_line_error(run("init", project, "--db", "oracle://x/y"), "unsupported database 'oracle'")
+    assert run("init", project).exit_code == 0
+    assert_one_line_error(run("init", project), "already an annotation project")
+    assert_one_line_error(run("import", project, tmp_path / "nothing.nii.gz"), "no such file or folder")
+    assert_one_line_error(run("accept", project, "ghost", "-a", "alice"), "no case named 'ghost'")
+    assert_one_line_error(run("export", project, tmp_path / "out"), "no accepted cases")
+    assert_one_line_error(run("queue", project, "-a", "two words"), "annotator 'two words'")
+    assert not (tmp_path / "out").exists()
