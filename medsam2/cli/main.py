@@ -5,10 +5,15 @@ from __future__ import annotations
 import typer
 
 from medsam2 import __version__
+from medsam2.cli.annotate import app as annotate_app
+from medsam2.cli.batch import batch
 from medsam2.cli.evaluate import eval_command
 from medsam2.cli.demo import demo
 from medsam2.cli.info import info
+from medsam2.cli.one_prompt import one_prompt
 from medsam2.cli.segment import segment
+from medsam2.cli.serve import serve
+from medsam2.cli.train import train_command
 
 app = typer.Typer(
     name="medsam2",
@@ -41,4 +46,9 @@ def main(
 app.command("info")(info)
 app.command("eval")(eval_command)
 app.command("segment")(segment)
+app.command("one-prompt")(one_prompt)
 app.command("demo")(demo)
+app.command("serve")(serve)
+app.command("batch")(batch)
+app.command("train")(train_command)
+app.add_typer(annotate_app, name="annotate")
