@@ -9,7 +9,6 @@ than one thread when other processes share the two cores).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,7 @@ from medsam2.models.sam2 import VARIANTS, SAM2Config, SAM2Model, sam2_from_state
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def random_sam2(image_size: int, seed: int = 0) -> SAM2Model:

@@ -13,7 +13,6 @@ two cores (both implementations run the same kernels either way).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,7 @@ PROMPTS = {
 CORRECTION = (9, {"box": [180.0, 152.0, 276.0, 248.0]})  # object 1 again, around the disk on frame 9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def build_meta(checkpoint: Path | None = None) -> torch.nn.Module:
