@@ -308,17 +308,25 @@ def test_onnx_graph_is_rebuilt_when_damaged_then_cached_and_refilled_with_new_we
 
     path = private_cache / "onnx" / f"block-{architecture_key(block, (images,), onnxruntime.__version__)}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Graphs of earlier versions, oldest first, and another module's graph: on writing a new graph
+    # only the newest earlier one of the same module is kept.
+    earlier = [path.parent / f"block-{digit * 32}.onnx" for digit in "123"]
+    other_module = path.parent / f"blocks-{'4' * 32}.onnx"
+    for age, stale in enumerate([*earlier, other_module]):
+        stale.write_bytes(b"old")
+        os.utime(stale, ns=(1_000_000_000 * (age + 1),) * 2)
     path.write_bytes(b"half a file")  # as left by a full disk
     with caplog.at_level(logging.WARNING, logger="medsam2.models.onnx_runtime"):
         assert agrees(onnx_module(block, (images,), "block"))
     assert "exporting block again" in caplog.text
     exported = path.stat().st_mtime_ns
     assert path.stat().st_size > 1000  # a good graph in its place
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, earlier[-1].name, other_module.name])
 
     with torch.no_grad():
         block.conv1.c.weight.mul_(-2.0)  # fine-tuned weights: the cached graph is reused, refilled
     assert agrees(onnx_module(block, (images,), "block"))
-    assert path.stat().st_mtime_ns == exported and len(list(path.parent.iterdir())) == 1
+    assert path.stat().st_mtime_ns == exported and len(list(path.parent.iterdir())) == 3
 
 
 class NotExportable(nn.Module):

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 # A graph whose outputs differ from torch's by more than this (absolute) is not used: float32
 # rounding alone stays near 1e-5 on LiteMedSAM's encoder and decoder.
 TOLERANCE = 1e-4
+# Cached graphs kept per module: the current one and the one before (another installed version of
+# medsam2 sharing the cache); older ones are deleted when a new graph is written.
+GRAPHS_KEPT_PER_NAME = 2
 
 
 class OnnxModule:
@@ -88,7 +92,18 @@ def onnx_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], nam
         return None
     with contextlib.suppress(OSError):  # a read-only cache only costs the next start an export
         atomic_write_bytes(path, graph.SerializeToString())
+        remove_stale_graphs(path.parent, name)
     return runner
+
+
+def remove_stale_graphs(folder: Path, name: str, keep: int = GRAPHS_KEPT_PER_NAME) -> None:
+    """Delete all but the `keep` newest cached graphs of `name`: every new version of the package (or
+    of torch or ONNX Runtime) exports anew under a new key, and the old graphs would pile up."""
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{32}}\.onnx")
+    graphs = [path for path in folder.iterdir() if pattern.fullmatch(path.name)]
+    graphs.sort(key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for stale in graphs[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 def architecture_key(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], runtime_version: str) -> str:
