@@ -159,7 +159,7 @@ def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSA
     """The predictor for `model`: "lite-medsam", a SAM 2.1 / MedSAM2 preset (`medsam2`,
     `sam2.1-tiny`, ...), `PRESET=PATH`, or the path of a LiteMedSAM or SAM 2.1 checkpoint, told
     apart by its tensors (see `medsam2.engine.registry`)."""
-    from medsam2.models.lite_medsam import load_lite_medsam
+    from medsam2.models.lite_medsam import lite_medsam_from_state, load_lite_medsam
 
     target = resolve_device(device)
     if target.type == "cpu":
@@ -169,5 +169,5 @@ def load_predictor(model: str = DEFAULT_MODEL, device: str = "cpu") -> LiteMedSA
     choice = resolve_model(model)
     state = read_state_dict(choice.path)
     if choice.preset is None and is_lite_medsam_state(state):
-        return LiteMedSAMPredictor(load_lite_medsam(choice.path, device=target), target)
+        return LiteMedSAMPredictor(lite_medsam_from_state(state, choice.path, target), target)
     return sam2_predictor(choice, state, target)

@@ -17,7 +17,7 @@ from medsam2.models.onnx_runtime import OnnxModule, onnx_module
 from medsam2.models.prompt_encoder import PromptEncoder
 from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
 from medsam2.models.transformer import TwoWayTransformer
-from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_weights
+from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_state_strictly, read_state_dict
 
 IMAGE_SIZE = 256
 EMBED_DIM = 256
@@ -126,8 +126,15 @@ def load_lite_medsam(
     """LiteMedSAM in eval mode with the bundled weights, or a fine-tuned checkpoint at `path`
     (a state dict or {"model": state_dict}); `optimize=False` keeps it trainable."""
     checkpoint = bundled_lite_medsam_checkpoint() if path is None else Path(path)
+    return lite_medsam_from_state(read_state_dict(checkpoint), checkpoint, device, optimize)
+
+
+def lite_medsam_from_state(
+    state: dict[str, torch.Tensor], path: Path, device: str | torch.device = "cpu", optimize: bool = True
+) -> LiteMedSAM:
+    """`load_lite_medsam` for a state dict already read from `path` (named in errors)."""
     model = LiteMedSAM()
-    load_weights(model, checkpoint)
+    load_state_strictly(model, state, path)
     model.eval()
     if optimize:
         model.optimize_for_inference()

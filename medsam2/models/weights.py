@@ -95,13 +95,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load `path` into `model`, requiring exactly its parameter names and shapes."""
-    load_state_strictly(model, read_state_dict(path), path)
-
-
 def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a state dict read from `path` into `model`; a one-line error names what does not fit."""
+    """Load a state dict read from `path` into `model`, requiring exactly its parameter names and
+    shapes; a one-line error names what does not fit."""
     expected = model.state_dict()
     name = type(model).__name__
     missing = [k for k in expected if k not in state]
