@@ -26,7 +26,6 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Self
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -157,7 +156,7 @@ class VideoSegmentation:
     def close(self) -> None:
         self.masks.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> VideoSegmentation:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol
 
 import av
 import nibabel as nib
@@ -110,7 +110,7 @@ class Video:
     def close(self) -> None:
         self.frames.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Video:
         return self
 
     def __exit__(self, *exc_info) -> None:
