@@ -16,8 +16,7 @@ import typer
 from tqdm.auto import tqdm
 
 from medsam2.engine.models import load_predictor
-from medsam2.engine.prompt_files import load_prompt_file
-from medsam2.engine.prompt_sources import prompts_from_flags, prompts_from_mask
+from medsam2.engine.prompt_sources import PromptSources, prompts_from_mask, written_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.video import (
     VideoConfig,
@@ -71,10 +70,8 @@ def check_outputs(request: VideoRequest) -> None:
 
 def video_prompts(video: Video, request: VideoRequest) -> list[Prompt]:
     """Prompts from the flags, a prompts file and a mask prompt, frame index as slice index."""
-    height, width = video.frame_shape
-    prompts = prompts_from_flags(list(request.boxes), list(request.points), list(request.recists), height, width)
-    if request.prompts_file is not None:
-        prompts += load_prompt_file(request.prompts_file, height, width)
+    sources = PromptSources(request.boxes, request.points, request.recists, request.prompts_file)
+    prompts = written_prompts(sources, *video.frame_shape)
     if request.mask_prompt is not None:
         prompts += mask_prompts(request.mask_prompt, video)
     if not prompts:

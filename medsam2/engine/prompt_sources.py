@@ -82,13 +82,19 @@ def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prom
     return prompts
 
 
+def written_prompts(sources: PromptSources, height: int, width: int) -> list[Prompt]:
+    """The prompts given as text: the box, point and RECIST flags, then the prompts file."""
+    prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width)
+    if sources.prompts_file is not None:
+        prompts += load_prompt_file(sources.prompts_file, height, width)
+    return prompts
+
+
 def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> list[Prompt]:
     """The prompts of every source, in slice coordinates along `axis_index`; an npz with a `recist`
     marker and no other prompt is prompted from that marker. No prompt at all is an `InputError`."""
     _, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
-    prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width)
-    if sources.prompts_file is not None:
-        prompts += load_prompt_file(sources.prompts_file, height, width)
+    prompts = written_prompts(sources, height, width)
     if sources.mask_prompt is not None:
         prompts += prompts_from_mask(load_mask(sources.mask_prompt), volume, axis_index)
     marker = stored_array(volume, "recist")
