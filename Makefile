@@ -47,9 +47,11 @@ $(CHROMIUM):
 	SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
-# The web app on the sample scans of installed packages; `make serve DATA=folder` offers your scans.
+# The web app on the samples (the built lesion first), plus the shared CT lesion cases where this
+# machine has them ($MEDSAM2_DATA or ../shared/data); `make serve DATA=folder` offers your scans instead.
+SHARED_DATA := $(or $(MEDSAM2_DATA),../shared/data)
 serve: install
-	$(VENV)/bin/medsam2 serve $(if $(DATA),--data "$(DATA)")
+	$(VENV)/bin/medsam2 serve $(if $(DATA),--data "$(DATA)",$(if $(wildcard $(SHARED_DATA)/ct_lesion),--data "$(SHARED_DATA)/ct_lesion" --samples))
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -5,7 +5,7 @@ lesion is propagated through the volume with the embedded LiteMedSAM. Prints per
 and NSD (2 mm) beside the reference figures of the shared data's README (the packaged LiteMedSAM
 reference code, measured by its authors).
 
-    python benchmarks/accuracy_ct_lesion.py
+    python benchmarks/accuracy_ct_lesion.py [--precision bf16]
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ REFERENCE = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite-medsam")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: the model's (fp32 for lite-medsam)")
     args = parser.parse_args()
-    predictor = load_predictor(args.model)
+    predictor = load_predictor(args.model, precision=args.precision)
+    print(f"model {args.model}, precision {getattr(predictor, 'precision', args.precision)}")
     print(f"{'case':<38} {'DSC':>6} {'NSD2mm':>7}   {'ref: GT box every slice':>24} {'ref: naive loop':>16}")
     scores = []
     for path in ct_lesion_cases():

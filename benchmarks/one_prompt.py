@@ -9,6 +9,7 @@ propagation from the same prompt (`segment_volume` with the key slice's ground-t
 
     python benchmarks/one_prompt.py                 # embedded LiteMedSAM
     python benchmarks/one_prompt.py --no-refine     # without the refinement pass
+    python benchmarks/one_prompt.py --points --refine-mask  # with PerSAM's clicks and the dense-prompt refinement
     python benchmarks/one_prompt.py --references 1  # the first case as reference only (a third of the work)
     python benchmarks/one_prompt.py --sam2-random   # random-weight SAM 2.1: checks the memory path runs
 
@@ -50,12 +51,14 @@ def random_sam2(image_size: int = 512) -> SAM2Predictor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-refine", dest="refine", action="store_false", help="LiteMedSAM: skip the refinement pass")
+    parser.add_argument("--points", action="store_true", help="LiteMedSAM: PerSAM's clicks with every box")
+    parser.add_argument("--refine-mask", action="store_true", help="LiteMedSAM: refine with the mask's logits as dense prompt too")
     parser.add_argument("--sam2-random", action="store_true", help="random-weight SAM 2.1 instead of LiteMedSAM")
     parser.add_argument("--seed", type=int, default=0, help="shuffling of the targets")
     parser.add_argument("--references", type=int, default=0, help="only the first N cases serve as reference (0: all)")
     args = parser.parse_args()
     predictor = random_sam2() if args.sam2_random else load_predictor("lite-medsam")
-    config = OnePromptConfig(refine=args.refine)
+    config = OnePromptConfig(points=args.points, refine=args.refine, refine_mask=args.refine_mask)
     rng = np.random.default_rng(args.seed)
     cases = []
     for path in ct_lesion_cases():
@@ -64,7 +67,10 @@ def main() -> None:
         areas = truth.reshape(len(truth), -1).sum(axis=1)
         cases.append((path.name.split("_")[2], volume, truth, int(np.argmax(areas)), np.flatnonzero(areas)))
 
-    print(f"model: {'random-weight SAM 2.1 hiera-tiny' if args.sam2_random else 'LiteMedSAM'}, refine: {args.refine}")
+    print(
+        f"model: {'random-weight SAM 2.1 hiera-tiny' if args.sam2_random else 'LiteMedSAM'}, "
+        f"clicks: {args.points}, refine: {args.refine}, refine with the mask: {args.refine_mask}"
+    )
     header = f"{'reference':>9} {'targets':<22} {'n':>3} {'one-prompt DSC':>14} {'confidence':>10}   {'3D propagation DSC (same slices / 3D)':>37}"
     print(header)
     totals: dict[str, list[float]] = {"same": [], "other": [], "ordered": [], "volume": []}

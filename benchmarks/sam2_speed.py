@@ -110,6 +110,11 @@ def worker(args: argparse.Namespace) -> None:
     import sam2.build_sam  # noqa: F401
     import medsam2.engine.session  # noqa: F401
 
+    if args.precision == "fp32":
+        # The fp32 reference in full fp32: cuDNN's default TF32 convolutions round differently with
+        # the batch size, and we encode frames in batches where Meta encodes one at a time.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     num_frames = len(list(args.frames_dir.glob("*.jpg")))
     masks = (run_meta if args.implementation == "meta" else run_ours)(args, num_frames)
     synchronize(args.device)

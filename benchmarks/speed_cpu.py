@@ -8,11 +8,14 @@ lesion is, a fixed central box elsewhere), so both do the same work:
 - medsam2: `LiteMedSAMPredictor` as the engine uses it: slices preprocessed in batches, encoded,
   then decoded one by one, as propagation needs (each prompt comes from the previous slice's mask);
   encoder and box decoder on ONNX Runtime where it is installed, else on torch with BatchNorm
-  folded into the convolutions. `--torch` adds a row for medsam2 without ONNX Runtime.
+  folded into the convolutions. `--torch` adds a row for medsam2 without ONNX Runtime;
+- medsam2 (bf16): the same predictor with `precision="bf16"`: the image encoder in bfloat16 on
+  torch (skipped, with a note, on a CPU without native bfloat16).
 
 The pipelines run in one process with the same allocator and thread settings, their repeats
-alternating so that a change of load on the machine affects both. The masks of the two are
-compared too: the optimisations are exact up to float rounding, so they must agree.
+alternating so that a change of load on the machine affects all. The masks are compared with the
+reference's too: the float32 optimisations are exact up to float rounding, so they must agree
+(Dice 1.0 up to a few pixels); bf16 is not exact, its lowest Dice shows by how much it differs.
 
     python benchmarks/speed_cpu.py [--repeats 2] [--torch]
 """
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from common import ct_lesion_cases
-from medsam2.engine.models import LiteMedSAMPredictor, keep_large_allocations, load_predictor
+from medsam2.engine.models import LiteMedSAMPredictor, keep_large_allocations, load_predictor, native_bf16_cpu
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array
@@ -81,6 +84,10 @@ def main() -> None:
     pipelines[f"medsam2 ({'ONNX Runtime' if onnx else 'torch'})"] = medsam2_pipeline(predictor)
     if args.torch and onnx:
         pipelines["medsam2 (torch)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, onnx=False))
+    if native_bf16_cpu():
+        pipelines["medsam2 (bf16)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, precision="bf16"))
+    else:
+        print("no bf16 row: this CPU has no native bfloat16")
     cases = []
     for path in ct_lesion_cases():
         volume = load_image(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from medsam2.annotate import (
@@ -21,7 +22,13 @@ from medsam2.annotate import (
     open_project,
     read_snapshot,
 )
-from medsam2.annotate.simulate import annotate_with_truth
+from medsam2.annotate.schema import InteractionKind, InteractionRow
+from medsam2.annotate.simulate import (
+    Click,
+    SimulationConfig,
+    annotate_with_truth,
+    next_click,
+)
 from medsam2.annotate.store import load_stored_mask
 from medsam2.cli.main import app
 from medsam2.io import check_same_geometry, load_image
@@ -55,11 +62,16 @@ def assert_one_line_error(result, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
-def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion_cases) -> None:
+@pytest.fixture(scope="module")
+def predictors() -> Predictors:
+    """LiteMedSAM loaded once for this module's simulated annotators."""
+    return Predictors()
+
+
+def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:
     project = init_project(tmp_path / "project")
     import_cases(project, [ct_lesion_cases[1]], progress=False)
     case = lease_next(project, "simulated")
-    predictors = Predictors()
     work = WorkSession(project, case.name, "simulated", predictors)
     truth = stored_array(work.model.volume, "gts")
     result = annotate_with_truth(work, truth)
@@ -68,7 +80,8 @@ def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion
     assert result.dice_after[0] < 0.90 and result.manual_slices == 7  # one box was not enough here
     (effort,) = effort_report(project).cases
     assert effort.state == "accepted" and effort.annotators == "simulated"
-    assert effort.interactions == len(result.dice_after) == effort.prompts + effort.corrections
+    assert effort.interactions == len(result.dice_after) == len(result.steps) == effort.prompts + effort.corrections
+    assert effort.prompts == sum(result.count(kind) for kind in ("box", "click+", "click-"))
     assert 1 <= effort.slices_touched <= effort.interactions and effort.seconds >= 0
     (row,) = project.cases()
     accepted = load_mask(project.folder / row.mask)
@@ -82,6 +95,60 @@ def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion
     with project.transaction() as session:
         snapshot = read_snapshot(project, session, project.case(session, row.name))
     assert np.array_equal(CaseModel(project, snapshot, predictors).labels(), accepted.array)
+    project.close()
+
+
+def test_clicks_land_at_the_centre_of_the_largest_error_region() -> None:
+    wanted = np.zeros((40, 60), dtype=bool)
+    wanted[10:30, 10:50] = True
+    current = wanted.copy()
+    current[12:27, 31:46] = False  # a 15x15 miss
+    current[0:5, 0:6] = True  # a smaller spill in the corner
+    assert next_click(current, wanted) == Click(38.0, 19.0, 1)  # deepest point of the miss, a positive click
+
+    current = wanted.copy()
+    current[:, 52:60] = True  # a spill along the image border: the border counts as the region's edge
+    current[20, 20] = False  # a one-pixel miss
+    click = next_click(current, wanted)
+    assert click.label == 0 and click.x in (55.0, 56.0) and not wanted[int(click.y), int(click.x)]
+
+    current = wanted.copy()
+    current[10:14, 10:14] = False  # two misses: the click goes into the larger one
+    current[20:28, 40:48] = False
+    click = next_click(current, wanted)
+    assert click.label == 1 and 40 <= click.x < 48 and 20 <= click.y < 28
+    assert next_click(wanted, wanted) is None
+
+
+def test_click_corrections_are_recorded_as_prompts_and_land_on_the_truth(tmp_path: Path, draw_recist, predictors: Predictors) -> None:
+    scan = tmp_path / "disc.npz"
+    truth = write_disc_case(scan, draw_recist)
+    project = init_project(tmp_path / "project")
+    import_cases(project, [scan], progress=False)
+    case = lease_next(project, "simulated")
+    work = WorkSession(project, case.name, "simulated", predictors)
+    config = SimulationConfig(target_dice=0.999, max_corrections=2, clicks_per_slice=3)  # a box, then a click
+    result = annotate_with_truth(work, truth, config)
+
+    with project.transaction() as session:
+        rows = list(session.scalars(select(InteractionRow).order_by(InteractionRow.id)))
+    prompts = [r for r in rows if r.kind == InteractionKind.PROMPT.value]
+    clicks = [r for r in prompts if "points" in r.data]
+    assert result.count("click+") + result.count("click-") == len(clicks) >= 1
+    assert result.count("box") == len(prompts) - len(clicks)
+    for row in clicks:  # one click per interaction, inside the truth when positive, outside when negative
+        ((x, y),), (label,) = row.data["points"], row.data["labels"]
+        assert truth[row.slice_index, int(y), int(x)] == bool(label)
+    (effort,) = effort_report(project).cases
+    assert effort.interactions == len(result.steps)
+    assert [(kind, index) for kind, index in result.steps if kind.startswith("click")] == [
+        ("click+" if r.data["labels"] == [1] else "click-", r.slice_index) for r in clicks
+    ]
+    # The record alone, clicks included, replays to the accepted mask.
+    (row,) = project.cases()
+    with project.transaction() as session:
+        snapshot = read_snapshot(project, session, project.case(session, row.name))
+    assert np.array_equal(CaseModel(project, snapshot, predictors).labels(), load_stored_mask(project.folder, row.mask, row.mask_sha256))
     project.close()
 
 

@@ -196,3 +196,13 @@ def test_segment_volume_keeps_geometry_and_recist_prompt(predictor, lesion, draw
     assert result.labels.direction == volume.direction
     assert result.labels.shape == volume.shape
     assert dice(result.labels.array > 0, gts) > 0.5
+
+
+def test_box_from_mask_grows_by_a_margin_per_axis_clipped_to_the_slice(lesion):
+    _, gts, key = lesion
+    x1, y1, x2, y2 = box_from_mask(gts[key])
+    assert box_from_mask(gts[key], 3.0) == box_from_mask(gts[key], (3.0, 3.0)) == (x1 - 3, y1 - 3, x2 + 3, y2 + 3)
+    assert box_from_mask(gts[key], (2.0, 5.0)) == (x1 - 2, y1 - 5, x2 + 2, y2 + 5)
+    height, width = gts.shape[1:]
+    assert box_from_mask(gts[key], (1e4, 1e4)) == (0.0, 0.0, width - 1.0, height - 1.0)
+    assert box_from_mask(np.zeros_like(gts[key])) is None

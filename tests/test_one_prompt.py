@@ -75,6 +75,15 @@ def test_the_shape_is_found_among_distractors_at_any_position_and_contrast(synth
     assert min(scores) >= 0.9, scores
 
 
+def test_clicks_and_the_dense_prompt_reach_the_decoder(predictor, synthetic, results):
+    # Off by default (they measured worse, README); on, they change what the decoder returns.
+    reference, reference_mask, targets, _ = synthetic
+    config = OnePromptConfig(points=True, refine_mask=True)
+    prompted = segment_one_prompt(reference, reference_mask, targets[:1], predictor, config, progress=False)[0]
+    assert prompted.mask.shape == results[0].mask.shape and prompted.mask.any()
+    assert prompted.score != results[0].score
+
+
 def test_shuffling_the_targets_changes_no_result(predictor, synthetic, results):
     reference, reference_mask, targets, _ = synthetic
     order = [3, 0, 2]

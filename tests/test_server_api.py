@@ -249,7 +249,7 @@ def test_info_and_cases(server, tmp_path: Path) -> None:
 def test_without_data_the_samples_of_installed_packages_are_offered() -> None:
     with TestClient(create_app(ServerSettings()), base_url=LOCAL) as client:
         cases = client.get("/api/cases").json()
-        assert {case["id"] for case in cases} == {"sample/mni152_t1", "sample/ct_small"}
+        assert [case["id"] for case in cases] == ["sample/synthetic_lesion", "sample/mni152_t1", "sample/ct_small"]
         assert not any(case["can_save"] for case in cases)
         session = open_case(client, "sample/ct_small")
         assert session["kind"] == "image" and session["shape"] == [1, 128, 128]

@@ -20,6 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from medsam2.cli.main import app
@@ -101,12 +102,13 @@ def uninterrupted(dataset: Path, tmp_path_factory):
     return train(config_from_dict(settings(dataset, out)), progress=False)
 
 
-def first_batch_losses(dataset: Path, trained: Path) -> tuple[float, float]:
-    """The training loss on the run's first 2 samples with the starting weights and with `trained`."""
-    config = config_from_dict(settings(dataset, dataset / "unused"))
+def first_batch_losses(dataset: Path, trained: Path, samples: int = 2, **changes) -> tuple[float, float]:
+    """The training loss on the run's first `samples` samples with the starting weights and with
+    `trained` (`changes` as in `settings`: those of the run)."""
+    config = config_from_dict(settings(dataset, dataset / "unused", **changes))
     data = prepare_data(config.data, seed=0, context=0, progress=False)
     task = LiteMedSAMTask(config, data.train, torch.device("cpu"))
-    batch = task.batch([0, 1])
+    batch = task.batch(list(range(samples)))
     with torch.no_grad():
         before = float(task.step_module.train()(batch)["loss"])
         task.network.load_state_dict(torch.load(trained, weights_only=True)["model"])
@@ -159,6 +161,65 @@ def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, unint
     )
     assert segmented.exit_code == 0, segmented.output
     assert dice(load_image(tmp_path / "val0_seg.nii.gz").array > 0, truth) > 0.7
+
+
+def tensorboard_scalars(events: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar tag, as TensorBoard shows them (a folder: its event files
+    in order, events a restart purged left out; or one file)."""
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_a_resumed_run_logs_each_step_once(dataset: Path, uninterrupted, tmp_path: Path) -> None:
+    """A run killed after logging steps 3 and 4 but before checkpointing them (its last.pt is
+    from step 2) is resumed: the CSV and the TensorBoard events hold each step once, with the
+    values of the uninterrupted run."""
+    out = tmp_path / "killed"
+    shutil.copytree(uninterrupted.out_dir, out)
+    stopped = train(config_from_dict(settings(dataset, tmp_path / "stopped")), stop_at=2, progress=False)
+    shutil.copy(stopped.out_dir / "last.pt", out / "last.pt")  # the same run's step-2 state (deterministic)
+    old_events = tensorboard_scalars(next((out / "tensorboard").glob("events.out.tfevents.*")))
+    assert [step for step, _ in old_events["train/loss"]] == [1, 2, 3, 4]  # what the resumption must drop
+
+    train(config_from_dict(settings(dataset, out)), resume=True, progress=False)
+    rows = log_rows(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in log_rows(uninterrupted.out_dir)]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # the old file is still there
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert {"train/loss", "train/dice", "lr", "grad_norm", "samples_per_s", "val/dsc"} <= set(scalars)
+    for tag, column in (("train/loss", "train_loss"), ("lr", "lr"), ("val/dsc", "val_dsc")):
+        logged = [(int(r["step"]), float(r[column])) for r in rows if r[column]]
+        assert [step for step, _ in scalars[tag]] == [step for step, _ in logged], tag
+        assert [value for _, value in scalars[tag]] == pytest.approx([value for _, value in logged], rel=1e-6), tag
+
+
+def test_training_the_image_encoder_moves_it_and_lowers_the_loss(dataset: Path, tmp_path: Path) -> None:
+    """`freeze_image_encoder: false`: one step of one sample through the whole model, the TinyViT
+    encoder at 256x256 with autograd (the costly part on a CPU; no validation). Without weight
+    decay a weight moves only if its gradient is non-zero: every encoder parameter moves, its
+    BatchNorm statistics stay as pretrained, and the loss on that sample goes down. The learning
+    rate is small: Adam's first step moves every weight by about lr, and at the decoder's 2e-4 so
+    large a move of the whole encoder raised the loss."""
+    run = {"model__freeze_image_encoder": False, "data__val_cases": [], "data__val_fraction": 0.0}
+    config = config_from_dict(
+        settings(dataset, tmp_path / "encoder", training__steps=1, training__accumulate=1, optimizer__lr=1e-5, optimizer__weight_decay=0.0, **run)
+    )
+    summary = train(config, progress=False)
+    assert summary.finished and summary.val_dsc is None
+
+    start = torch.load(bundled_lite_medsam_checkpoint(), weights_only=True)
+    trained = torch.load(summary.model_path, weights_only=True)["model"]
+    task = LiteMedSAMTask(config, [], torch.device("cpu"))
+    encoder = task.network.image_encoder
+    parameters = [f"image_encoder.{name}" for name, _ in encoder.named_parameters()]
+    statistics = [f"image_encoder.{name}" for name, _ in encoder.named_buffers() if "running_" in name]
+    assert parameters and statistics
+    assert [name for name in parameters if torch.equal(start[name], trained[name])] == []
+    assert all(torch.equal(start[name], trained[name]) for name in statistics)
+    before, after = first_batch_losses(dataset, summary.model_path, samples=1, **run)
+    assert after < before, (before, after)
 
 
 def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import hashlib
+import json
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -197,6 +199,31 @@ def test_colour_clip_in_windows_with_two_objects_prompted_on_different_frames(tm
         assert min(scores) >= 0.9, (label, np.round(scores, 3))
 
 
+def test_two_objects_through_the_cli_one_by_flag_one_named_in_a_prompts_file(tmp_path: Path) -> None:
+    clip, truth = polyp_clip(frames=8)
+    path = write_container(tmp_path / "endoscopy.mp4", clip, "libx264", "yuv420p", Fraction(30), crf="18")
+    x1, y1, x2, y2 = box_from_mask(truth[5] == 1)
+    prompts = {"objects": [{"id": 2, "name": "small polyp", "prompts": [{"slice": 1, "box": list(box_from_mask(truth[1] == 2))}]}]}
+    (tmp_path / "polyps.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    result = run(
+        "segment", path, "--frame-box", f"5,{x1},{y1},{x2},{y2}", "--prompts", tmp_path / "polyps.json",
+        "-o", out / "polyps.npz", "--areas", out / "polyps.csv",
+    )
+    assert result.exit_code == 0, result.output
+    assert "object 1: on 8 of 8 frames" in result.stdout and "object 2 (small polyp): on 8 of 8 frames" in result.stdout
+    masks = load_video_mask(out / "polyps.npz")
+    assert set(np.unique(masks)) == {0, 1, 2}
+    for label in (1, 2):
+        scores = [dice(masks[k] == label, truth[k] == label) for k in range(len(clip))]
+        assert min(scores) >= 0.9, (label, np.round(scores, 3))
+    with open(out / "polyps.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    for label in (1, 2):
+        assert [int(row[f"area_px_{label}"]) for row in rows] == (masks == label).sum(axis=(1, 2)).tolist()
+    assert sorted(p.name for p in out.iterdir()) == ["polyps.csv", "polyps.npz", "polyps.png"]
+
+
 def test_ct_lesions_read_as_frames_give_the_volume_masks(tmp_path: Path, ct_lesion_cases, predictor) -> None:
     predictor = RememberingPredictor(predictor)
     one_ahead = PropagationConfig(prefetch=1)  # no slices encoded past a lesion's end: only saves time
@@ -239,6 +266,83 @@ def test_a_sam2_checkpoint_segments_a_video_from_the_cli(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     masks = load_video_mask(tmp_path / "masks.npz")
     assert masks.shape == (2, 64, 64) and set(np.unique(masks)) == {0, 1} and masks[0].any() and masks[1].any()
+
+
+def live_tensor_bytes(excluded: set[int]) -> int:
+    """Bytes of the torch storages alive now (each counted once, views included), but for those whose
+    data pointer is in `excluded`."""
+    storages = {}
+    for candidate in gc.get_objects():
+        if issubclass(type(candidate), torch.Tensor):  # type(): isinstance would ask deprecated objects for __class__
+            storage = candidate.untyped_storage()
+            try:
+                pointer = storage.data_ptr()
+            except RuntimeError:  # a fake tensor left by an earlier ONNX export: it holds no memory
+                continue
+            storages[pointer] = storage.nbytes()
+    return sum(size for pointer, size in storages.items() if pointer not in excluded)
+
+
+def live_numpy_bytes() -> int:
+    """Bytes of numpy arrays' data alive now (frames, masks, logits...), as tracemalloc traces them."""
+    domain = tracemalloc.DomainFilter(inclusive=True, domain=np.lib.tracemalloc_domain)
+    return sum(trace.size for trace in tracemalloc.take_snapshot().filter_traces([domain]).traces)
+
+
+class ObservedSAM2(SAM2Predictor):
+    """A SAM 2.1 predictor that notes what the process holds besides the model's weights each time it
+    is asked for embeddings (a window's first frame, then each prefetched batch): torch storages
+    (embeddings, memory banks, logits...) and numpy arrays (frames, masks...)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weights = {tensor.untyped_storage().data_ptr() for tensor in [*self.model.parameters(), *self.model.buffers()]}
+        self.samples: list[tuple[int, int]] = []  # (tensor bytes, numpy bytes)
+        self.encoded = 0
+
+    def encode(self, slices: np.ndarray) -> list:
+        self.samples.append((live_tensor_bytes(self.weights), live_numpy_bytes()))
+        self.encoded += len(slices)
+        return super().encode(slices)
+
+
+@pytest.fixture
+def one_torch_thread():
+    # The tiny model is as fast on one thread, and a loaded machine's cores are not fought over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_what_the_engine_holds_stays_bounded_over_a_long_clip(one_torch_thread) -> None:
+    # 72 frames in windows of 8 (a tiny random SAM 2.1: each frame's features and memory are
+    # tensors): embeddings, memory banks, frames and masks of one window at a time, so what the
+    # process holds late in the clip is what it held early, far below what the whole clip's take.
+    frames, window, size = 72, 8, 192
+    clip = moving_disk(frames, size)
+    predictor = ObservedSAM2(random_sam2(64), "cpu")
+    features = SAM2Predictor(predictor.model, "cpu").encode(clip[:1])[0]  # one frame's, unobserved
+    feature_bytes = sum(tensor.untyped_storage().nbytes() for tensor in (*features.high_res, features.top))
+    del features
+    video = dataclasses.replace(video_from_array(clip), frames=RecordedFrames(video_from_array(clip).frames))
+    prompt = Prompt(0, 1, box=box_from_mask(clip[0] == 220))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with segment_video(video, [prompt], predictor, VideoConfig(chunk_frames=window), progress=False) as result:
+            present = [result.masks.get(1, k) is not None for k in range(frames)]
+    finally:
+        tracemalloc.stop()
+    assert all(present)
+    assert max(stop - start for start, stop in video.frames.ranges) == window
+    assert predictor.encoded >= frames
+    tensors, arrays = np.array(predictor.samples).T
+    third = len(tensors) // 3
+    assert tensors[-third:].max() <= 1.1 * tensors[:third].max(), tensors
+    assert tensors.max() < frames * feature_bytes / 4  # a quarter of the clip's features alone
+    assert arrays[-third:].max() <= 1.1 * arrays[:third].max(), arrays
+    assert arrays.max() < clip.nbytes / 4
 
 
 def disc_mask(index: int, size: int = 192) -> np.ndarray:

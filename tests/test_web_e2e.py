@@ -5,6 +5,7 @@ with the same box. The final view is saved as test-artifacts/web_e2e_final.png."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import re
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,13 @@ import pytest
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, Response, sync_playwright
+from sqlalchemy import select
 from test_annotate_work import write_disc_case
 from typer.testing import CliRunner
 
 from medsam2.annotate import import_cases, init_project, open_project
 from medsam2.annotate.routes import annotation_router
+from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.demo import key_slice_box
 from medsam2.cli.main import app as cli_app
 from medsam2.cli.serve import listen
@@ -296,15 +300,11 @@ def test_the_api_docs_render_offline(server_url: str, browser: Browser) -> None:
     assert problems == []
 
 
-@pytest.fixture
-def annotation_server_url(tmp_path: Path, draw_recist) -> Iterator[str]:
-    """The app with an annotation project of one synthetic case (a disc with a RECIST marker), served
-    by uvicorn in this process (what `medsam2 serve --annotate PROJECT` runs)."""
-    write_disc_case(tmp_path / "disc.npz", draw_recist)
-    project = init_project(tmp_path / "project")
-    import_cases(project, [tmp_path / "disc.npz"], progress=False)
-    project.close()
-    app = create_app(ServerSettings(), routers=[annotation_router(tmp_path / "project")])
+@contextlib.contextmanager
+def serving(settings: ServerSettings, project: Path | None = None) -> Iterator[str]:
+    """The app `medsam2 serve` builds from `settings`, served by uvicorn on a free loopback port in
+    this process (with the annotation project `project`, if given); its URL."""
+    app = create_app(settings, routers=[annotation_router(project)])
     listener = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -321,25 +321,68 @@ def annotation_server_url(tmp_path: Path, draw_recist) -> Iterator[str]:
         listener.close()
 
 
-def test_the_annotation_panel_takes_corrects_and_accepts_a_case(annotation_server_url: str, browser: Browser, tmp_path: Path) -> None:
-    page, problems = start_page(browser, annotation_server_url, f"document.querySelector('#annotate-counts') && {IDLE}")
-    assert page.inner_text("#annotate-counts").startswith("new 1 · presegmented 0 · in review 0")
-    page.fill("#annotate-annotator", "alice")
+@pytest.fixture
+def annotation_server_url(tmp_path: Path, draw_recist) -> Iterator[str]:
+    """The app with an annotation project of one synthetic case (a disc with a RECIST marker), served
+    by uvicorn in this process (what `medsam2 serve --annotate PROJECT` runs)."""
+    write_disc_case(tmp_path / "disc.npz", draw_recist)
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "disc.npz"], progress=False)
+    project.close()
+    with serving(ServerSettings(), tmp_path / "project") as url:
+        yield url
+
+
+def wait_message(page: Page, start: str) -> None:
+    """Until the annotation panel's message starts with `start` and no request is pending."""
+    page.wait_for_function(f"document.querySelector('#annotate-message').textContent.startsWith({start!r}) && {IDLE}")
+
+
+def take_next_case(page: Page, annotator: str) -> None:
+    """Type the annotator's name and take the next case (the synthetic disc) in the panel."""
+    page.fill("#annotate-annotator", annotator)
     page.keyboard.press("Tab")  # the name is kept for the next visit
     page.click("#annotate-next")
     page.wait_for_function(f"document.querySelector('#annotate-case').textContent.startsWith('disc: in review') && {IDLE}")
-    assert "in review 1" in page.inner_text("#annotate-counts")
 
-    # A box around the disc on the slice shown, dragged on the panel's canvas (slice pixels are 96 x 96).
+
+def box_the_disc(page: Page) -> None:
+    """Drag a box around the disc on the slice shown, on the panel's canvas (slice pixels are 96 x 96)."""
     canvas = page.locator("#annotate-view").bounding_box()
     scale = canvas["width"] / 96
     page.mouse.move(canvas["x"] + 26 * scale, canvas["y"] + 26 * scale)
     page.mouse.down()
     page.mouse.move(canvas["x"] + 66 * scale, canvas["y"] + 70 * scale, steps=5)
     page.mouse.up()
-    page.wait_for_function(f"document.querySelector('#annotate-message').textContent.startsWith('prompt recorded') && {IDLE}")
+    wait_message(page, "prompt recorded")
+
+
+def stored_record(folder: Path) -> tuple[dict, list[dict]]:
+    """The disc case's row and its interactions, read from the project's database (not the API)."""
+    project = open_project(folder)
+    try:
+        with project.transaction() as session:
+            row = project.case(session, "disc")
+            case = {c: getattr(row, c) for c in ("state", "lease_owner", "lease_expires", "finished_by", "finished_at")}
+            history = session.scalars(select(InteractionRow).where(InteractionRow.case_id == row.id).order_by(InteractionRow.id))
+            events = [
+                {"id": i.id, "kind": i.kind, "annotator": i.annotator, "at": i.created_at, "undoes": i.undoes_id, "data": i.data}
+                for i in history
+            ]
+    finally:
+        project.close()
+    return case, events
+
+
+def test_the_annotation_panel_takes_corrects_and_accepts_a_case(annotation_server_url: str, browser: Browser, tmp_path: Path) -> None:
+    page, problems = start_page(browser, annotation_server_url, f"document.querySelector('#annotate-counts') && {IDLE}")
+    assert page.inner_text("#annotate-counts").startswith("new 1 · presegmented 0 · in review 0")
+    take_next_case(page, "alice")
+    assert "in review 1" in page.inner_text("#annotate-counts")
+
+    box_the_disc(page)
     page.click("#annotate-panel [data-action=accept]")
-    page.wait_for_function(f"document.querySelector('#annotate-message').textContent.startsWith('accepted') && {IDLE}")
+    wait_message(page, "accepted")
     assert "in review 0 · accepted 1" in page.inner_text("#annotate-counts")
 
     history = page.evaluate("fetch('/api/annotate/cases/disc').then((response) => response.json())")["history"]
@@ -351,4 +394,51 @@ def test_the_annotation_panel_takes_corrects_and_accepts_a_case(annotation_serve
         assert project.status().counts["accepted"] == 1
     finally:
         project.close()
+    assert problems == []
+
+
+def test_the_annotation_panel_undoes_releases_and_rejects(annotation_server_url: str, browser: Browser, tmp_path: Path) -> None:
+    """alice boxes the disc and undoes it, then releases the case; bob takes it over and rejects it
+    (the page asks why). After each step the project's database holds the case's state and every
+    interaction with its annotator and time."""
+    folder = tmp_path / "project"
+    started = datetime.now(timezone.utc)
+    page, problems = start_page(browser, annotation_server_url, f"document.querySelector('#annotate-counts') && {IDLE}")
+    take_next_case(page, "alice")
+    box_the_disc(page)
+    assert page.inner_text("#annotate-message") == "prompt recorded (1 in force)"
+
+    page.click("#annotate-panel [data-action=undo]")
+    wait_message(page, "undone")
+    case, events = stored_record(folder)
+    assert case["state"] == "in_review" and case["lease_owner"] == "alice" and case["lease_expires"] > started
+    assert [(e["kind"], e["annotator"]) for e in events] == [
+        ("lease", "alice"), ("presegment", "alice"), ("prompt", "alice"), ("undo", "alice")
+    ]
+    assert events[3]["undoes"] == events[2]["id"]  # the undo names the prompt it took back
+    assert page.evaluate("fetch('/api/annotate/cases/disc').then((r) => r.json())")["case"]["state"] == "in_review"
+
+    page.click("#annotate-panel [data-action=release]")
+    wait_message(page, "released for the next annotator")
+    assert page.inner_text("#annotate-case") == "disc: presegmented"
+    assert page.inner_text("#annotate-counts").startswith("new 0 · presegmented 1 · in review 0")
+    case, events = stored_record(folder)
+    assert case["state"] == "presegmented" and case["lease_owner"] is None and case["lease_expires"] is None
+    assert (events[-1]["kind"], events[-1]["annotator"]) == ("release", "alice") and len(events) == 5
+
+    take_next_case(page, "bob")  # the same page, another annotator: the released case with its record
+    page.once("dialog", lambda dialog: dialog.accept("motion artefact"))
+    page.click("#annotate-panel [data-action=reject]")
+    wait_message(page, "rejected")
+    assert page.inner_text("#annotate-case") == "disc: rejected"
+    assert "in review 0 · accepted 0 · rejected 1" in page.inner_text("#annotate-counts")
+    finished = datetime.now(timezone.utc)
+    case, events = stored_record(folder)
+    assert case["state"] == "rejected" and case["finished_by"] == "bob" and case["lease_owner"] is None
+    assert [(e["kind"], e["annotator"]) for e in events[5:]] == [("lease", "bob"), ("reject", "bob")]
+    assert events[-1]["data"] == {"reason": "motion artefact"}
+    times = [e["at"] for e in events]
+    assert started <= times[0] and times == sorted(times) and times[-1] == case["finished_at"] <= finished
+    assert page.evaluate("fetch('/api/annotate/queue', {method: 'POST', headers: {'Content-Type': 'application/json'}, "
+                         "body: JSON.stringify({annotator: 'carol'})}).then((r) => r.status)") == 204  # nothing left
     assert problems == []

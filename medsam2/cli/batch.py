@@ -15,6 +15,7 @@ from medsam2.distributed.ray_engine import check_ray_address, import_ray
 from medsam2.distributed.runner import StoppedAtOnce
 from medsam2.distributed.worker import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
+from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.errors import InputError
 from medsam2.preprocess import parse_window
 
@@ -33,6 +34,7 @@ def batch(
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch threads per worker. Default: CPUs / workers (local), 1 (ray)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: HOST:PORT, auto, or ray://HOST:PORT. Default: $RAY_ADDRESS, else a local Ray."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model for rows without one: lite-medsam (embedded) or a checkpoint path."),
+    memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank for rows without a memory column: recent or confidence (as `medsam2 segment --memory`)."),
     output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, else nii.gz."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (with --engine ray, each actor gets one GPU)."),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
@@ -47,7 +49,7 @@ def batch(
 
     Manifest columns (CSV header or JSONL keys; only image is required): id, image, box, point,
     recist (the text of segment's --box/--point/--recist; several separated by ';'), prompts (a
-    prompts JSON file), gt (ground truth, for DSC and NSD), model, format. Relative paths are taken
+    prompts JSON file), gt (ground truth, for DSC and NSD), model, memory, format. Relative paths are taken
     from the manifest's folder. An npz with a recist marker needs no prompt column.
 
     Each case's mask is written atomically in the image's geometry and recorded in results.jsonl as
@@ -74,6 +76,7 @@ def batch(
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     if window is not None:
         parse_window(window)
+    memory_propagation(memory)  # a bad name is a one-line error before any case runs
     if engine == "local":
         resolve_device(device)  # a Ray cluster's GPUs may be on other machines: its actors check
     else:
@@ -90,6 +93,7 @@ def batch(
         keep_largest=keep_largest,
         fill_holes=fill_holes,
         nsd_tolerance_mm=nsd_tolerance,
+        memory=memory,  # type: ignore[arg-type]
     )
     cases = read_manifest(manifest)
 

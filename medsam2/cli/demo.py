@@ -8,9 +8,9 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
-from medsam2.cli.segment import prompt_boxes
+from medsam2.cli.segment import PRECISION_OPTION, prompt_boxes
 from medsam2.engine.api import segment_volume
-from medsam2.engine.models import load_predictor
+from medsam2.engine.models import check_precision, load_predictor
 from medsam2.engine.prompt_sources import as_index, parse_numbers
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
@@ -45,6 +45,7 @@ def demo(
     reference: Path | None = typer.Option(None, "--reference", help="Reference mask for the Dice score (npz cases use their `gts`)."),
     out: Path = typer.Option(Path("demo_output"), "--out", help="Folder for the mask and the overlay."),
     model: str = typer.Option("lite-medsam", "--model", help="lite-medsam (embedded) or a checkpoint path."),
+    precision: str | None = PRECISION_OPTION,
 ) -> None:
     """Segment a real scan from one box, write the mask and an overlay, and print the Dice score.
 
@@ -54,6 +55,7 @@ def demo(
 
     Example: medsam2 demo --case ../shared/data/ct_lesion/CT_Lesion_000002_03_01_035-047.npz
     """
+    checked_precision = check_precision(precision)
     if case is None:
         volume, truth = mni152_brain()
         name = "mni152_brain"
@@ -69,7 +71,7 @@ def demo(
     else:
         raise InputError(f"{case}: give --box or --reference (the case has no stored mask)")
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
-    result = segment_volume(volume, [prompt], load_predictor(model))
+    result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
     mask_path = save_mask(result.labels.array, like=volume, path=out / f"{name}_mask.nii.gz")
     overlay_path = save_overlay_montage(result.slices, to_slices(result.labels.array, result.axis_index), out / f"{name}_overlay.png", boxes=prompt_boxes(result))
     typer.echo(f"wrote {mask_path} and {overlay_path}")

@@ -35,8 +35,10 @@ def serve(
         None,
         "--data",
         help="Folder of scans to offer, searched recursively (any format `medsam2 info` reads; a folder of DICOM "
-        "files is one case). Masks are saved next to the scans. Default: sample scans from installed packages.",
+        "files is one case). Masks are saved next to the scans. Default: the samples (a synthetic lesion in the MNI152 "
+        "T1 brain, the MNI152 T1 and a CT slice).",
     ),
+    samples: bool = typer.Option(False, "--samples", help="Offer the samples beside the --data scans too."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback a token is required."),
     port: int = typer.Option(8000, "--port", help="Port to listen on; 0 picks a free one."),
     token: str | None = typer.Option(
@@ -77,6 +79,7 @@ def serve(
 
     settings = ServerSettings(
         data_dir=data,
+        with_samples=samples,
         upload_dir=upload_dir,
         token=token or None,
         host=host,
@@ -92,7 +95,8 @@ def serve(
     try:
         typer.echo(f"loading {model} on {', '.join(device)}...")
         app.state.server.inference.load()
-        offered = f"the scans in {data}" if data is not None else "sample scans (pass --data FOLDER for your own)"
+        app.state.server.catalog.list()  # builds the sample lesion (once per machine) before the page asks for it
+        offered = "sample scans (pass --data FOLDER for your own)" if data is None else f"the scans in {data}" + (" and the samples" if samples else "")
         url = page_url(host, listener.getsockname()[1], settings.token)
         typer.echo(f"medsam2 is serving {offered}. Open {url} in a browser; Ctrl+C stops it.")
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompt_sources import PromptSources, prompts_from_mask, written_prompts
 from medsam2.engine.prompts import Prompt
+from medsam2.engine.sam2_predictor import Precision
 from medsam2.engine.video import (
     VideoConfig,
     VideoSegmentation,
@@ -56,6 +57,7 @@ class VideoRequest:
     echo: bool = False
     model: str = "lite-medsam"
     device: str = "cpu"
+    precision: Precision | None = None
     config: VideoConfig = field(default_factory=VideoConfig)
 
 
@@ -101,7 +103,7 @@ def segment_video_command(request: VideoRequest) -> None:
         check_prompt_frames(video, prompts)
         if request.echo and LV_OBJECT not in {prompt.obj_id for prompt in prompts}:
             raise InputError(f"--echo measures object {LV_OBJECT} (the left-ventricle cavity), which has no prompt")
-        predictor = load_predictor(request.model, device=request.device)
+        predictor = load_predictor(request.model, device=request.device, precision=request.precision)
         describe(video)
         with segment_video(video, prompts, predictor, request.config) as segmentation:
             write_outputs(segmentation, request)

@@ -11,6 +11,7 @@ Columns (CSV header, or JSONL keys; only ``image`` is required)::
     prompts  a prompts JSON file          as `medsam2 segment --prompts`
     gt       a ground-truth mask in the image's geometry (an npz's own `gts` when it is the image)
     model    the model for this case (default: the command's --model)
+    memory   a memory model's bank for this case: recent or confidence (default: the command's --memory)
     format   the mask's format: nii.gz, nii, nrrd, mha, npz, dcm, png or auto (default: --format)
 
 A CSV cell holds several prompts separated by ';'. In JSONL, box/point/recist may also be a list
@@ -28,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam2.engine.prompt_sources import PromptSources
+from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.io.paths import mask_file_stem
 
-COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "gt", "model", "format")
+COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "gt", "model", "memory", "format")
 PROMPT_COLUMNS = ("box", "point", "recist")
 # Ids become file names on every node of a cluster: keep them portable.
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,6 +48,7 @@ class Case:
     prompts: PromptSources
     gt: Path | None = None
     model: str | None = None  # None: the batch's default model
+    memory: MemoryPolicy | None = None  # None: the batch's default memory bank
     output_format: str | None = None  # None: the batch's default format
     line: int = 0  # where it is in the manifest, for messages
 
@@ -136,6 +139,9 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
     model = text.get("model")
     if model is not None and (manifest.parent / model).is_file():
         model = str(_resolve(manifest, model))
+    memory = text.get("memory")
+    if memory is not None and memory not in MEMORY_POLICIES:
+        raise InputError(f"{where}: memory {memory!r}: choose {' or '.join(MEMORY_POLICIES)}")
     prompts_file = text.get("prompts")
     return Case(
         case_id=case_id,
@@ -148,6 +154,7 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
         ),
         gt=_resolve(manifest, text["gt"]) if "gt" in text else None,
         model=model,
+        memory=memory,  # type: ignore[arg-type]
         output_format=text.get("format"),
         line=line,
     )

@@ -36,13 +36,14 @@ TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image"
 
 def fingerprint(case: Case, settings: BatchSettings) -> str:
     """A digest of everything the case's result depends on: its row (line number aside) and its
-    prompts file's content, its effective model and format, and the batch settings that shape masks
+    prompts file's content, its effective model, memory bank and format, and the batch settings that shape masks
     and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
     prompts_file = case.prompts.prompts_file
     described = {
         "case": {key: value for key, value in asdict(case).items() if key != "line"},
         "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
         "model": case.model or settings.model,
+        "memory": case.memory or settings.memory,
         "format": case.output_format or settings.output_format,
         "settings": settings.result_defining(),
     }

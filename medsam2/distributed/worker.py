@@ -17,6 +17,8 @@ from medsam2.engine.api import segment_volume
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor
 from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompt_sources import gather_prompts
+from medsam2.engine.sam2_predictor import memory_propagation
+from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask, slicing_axis_index
 from medsam2.io.masks import load_mask
@@ -43,6 +45,7 @@ class BatchSettings:
     keep_largest: bool = False
     fill_holes: bool = False
     nsd_tolerance_mm: float = 2.0
+    memory: MemoryPolicy = "recent"  # a memory model's bank, for rows without one
 
     def __post_init__(self) -> None:
         # Workers may run in other folders (Ray's do): paths must not depend on the driver's.
@@ -141,6 +144,7 @@ class CaseRunner:
             predictor,
             axis=settings.axis,
             window=settings.window,
+            config=memory_propagation(case.memory or settings.memory),
             keep_largest=settings.keep_largest,
             fill_holes=settings.fill_holes,
             progress=False,

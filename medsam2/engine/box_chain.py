@@ -93,13 +93,12 @@ class BoxChainTracker:
             previous_mask, previous_logits = mask, prediction.low_res_logits
 
     def _box_around(self, mask: np.ndarray) -> tuple[float, float, float, float]:
-        """The mask's box grown by the configured margin, clipped to the slice."""
+        """The mask's box grown by the configured margin (a fraction of its size, at least
+        `min_box_margin`), clipped to the slice."""
         config = self.config
         x1, y1, x2, y2 = box_from_mask(mask)
-        margin_x = max(config.box_margin * (x2 - x1), config.min_box_margin)
-        margin_y = max(config.box_margin * (y2 - y1), config.min_box_margin)
-        height, width = self.slice_hw
-        return (max(x1 - margin_x, 0.0), max(y1 - margin_y, 0.0), min(x2 + margin_x, width - 1.0), min(y2 + margin_y, height - 1.0))
+        margin = (max(config.box_margin * (x2 - x1), config.min_box_margin), max(config.box_margin * (y2 - y1), config.min_box_margin))
+        return box_from_mask(mask, margin)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:

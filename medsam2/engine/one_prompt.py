@@ -9,10 +9,13 @@ Two ways, by model family:
   *object prototype*; averaged over a ring around the mask, the *context prototype*. On a target,
   the cosine similarity of every embedding cell to the object prototype is a map whose strongest
   local maxima are candidate locations; around each, square boxes of several sizes (multiples of
-  the reference object's side) are decoded. Each candidate mask is scored by how much its own
-  object and context features resemble the prototypes, and the best is kept; the refinement pass
-  decodes it once more from its own tight box. Each target is segmented on its own: results do not
-  depend on the order of the targets.
+  the reference object's side) are decoded (with `points`, also PerSAM's clicks: a positive one on
+  the box's location, a negative one on the similarity map's minimum). Each candidate mask is
+  scored by how much its own object and context features resemble the prototypes, and the best is
+  kept; the refinement pass decodes it once more from its own tight box (with the same clicks, and
+  with `refine_mask` the kept mask's low-resolution logits as the dense prompt). Clicks and dense
+  prompt are off by default: they measured worse. Each target is segmented on its own: results do
+  not depend on the order of the targets.
 - **SAM 2.1 / MedSAM2** (memory attention). The reference image and mask are a conditioning memory;
   each target attends to it and to the most confident earlier predictions, chosen and ranked by the
   confidence-weighted bank (`medsam2.engine.memory_policy`, whose docstring gives the exact rule).
@@ -55,8 +58,15 @@ class OnePromptConfig:
     box_scales: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)  # box side / reference object side
     context_weight: float = 0.25  # weight of the context (ring) similarity in a candidate's score
     context_width: int = 3  # embedding cells of the ring around a mask
+    # PerSAM's location prior: a positive click on each candidate location and a negative one on
+    # the similarity map's minimum go with every box. Off: LiteMedSAM learnt from boxes only, and
+    # the clicks lower its DSC on benchmarks/one_prompt.py (README, One-prompt segmentation).
+    points: bool = False
     refine: bool = True  # decode the chosen mask once more from its own box, grown by refine_margin
     refine_margin: float = 0.1  # fraction of the box's larger side added on each side
+    # The refinement pass also gets the chosen mask's logits as the dense prompt (off: it measured
+    # slightly worse than the box alone, as above).
+    refine_mask: bool = False
     min_confidence: float = 0.0  # targets below get an empty mask
     bank: ConfidenceBankConfig = field(default_factory=ConfidenceBankConfig)
 
@@ -178,6 +188,10 @@ class _Prototype:
     side: float  # side of a square of the mask's area, in model pixels
 
 
+# Labels of the clicks that go with each candidate box: its location, then the similarity minimum.
+_CLICK_LABELS = torch.tensor([[1, 0]])
+
+
 class _PrototypeSegmenter:
     def __init__(
         self, reference: np.ndarray, mask: np.ndarray, predictor: LiteMedSAMPredictor, config: OnePromptConfig
@@ -214,8 +228,10 @@ class _PrototypeSegmenter:
         image_hw = target.shape[:2]
         grid = self._content(embedding, image_hw)
         similarity = torch.einsum("chw,c->hw", F.normalize(grid, dim=0), F.normalize(prototype.object, dim=0))
-        boxes = self._candidate_boxes(similarity)
-        low_res, iou = predictor.model.decode(embedding, boxes=torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device))
+        boxes, clicks = self._candidates(similarity)
+        device = predictor.device
+        points, labels = (None, None) if clicks is None else (clicks.to(device), _CLICK_LABELS.expand(len(clicks), -1).to(device))
+        low_res, iou = predictor.model.decode(embedding, boxes=boxes.to(device), points=points, point_labels=labels)
         low_res, iou = low_res[:, 0].cpu(), iou[:, 0].cpu()
         score, object_similarity = self._scores(grid, low_res, low_res.shape[-1] // embedding.shape[-1])
         best = int(torch.argmax(score))
@@ -226,15 +242,20 @@ class _PrototypeSegmenter:
             tight = box_from_mask(found, margin)
             if tight is not None:
                 refined, refined_iou = predictor.model.decode(
-                    embedding, boxes=torch.as_tensor([tight], dtype=torch.float32, device=predictor.device)
+                    embedding,
+                    boxes=torch.tensor([tight], dtype=torch.float32, device=device),
+                    points=None if points is None else points[best : best + 1],
+                    point_labels=None if labels is None else labels[best : best + 1],
+                    mask_logits=logits[None, None].to(device) if config.refine_mask else None,
                 )
                 logits, predicted_iou = refined[0, 0].cpu(), float(refined_iou[0, 0])
         mask = predictor.transform.logits_to_image(logits, image_hw).numpy() > 0
         confidence = min(max(predicted_iou, 0.0), 1.0) * max(float(object_similarity[best]), 0.0)
         return TargetResult(mask, confidence, predicted_iou)
 
-    def _candidate_boxes(self, similarity: torch.Tensor) -> np.ndarray:
-        """(N, 4) boxes in model pixels: squares of each scale around each candidate location."""
+    def _candidates(self, similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 4) boxes in model pixels, squares of each scale around each candidate location, and
+        with `points` their (N, 2, 2) clicks: the box's location, then the similarity minimum."""
         config = self.config
         size = 2 * config.peak_separation + 1
         local_max = F.max_pool2d(similarity[None, None], size, 1, config.peak_separation)[0, 0]
@@ -242,12 +263,18 @@ class _PrototypeSegmenter:
         order = torch.argsort(similarity[rows, cols], descending=True, stable=True)[: config.candidate_peaks]
         cell = self.cell
         height, width = similarity.shape
-        centres = np.stack([(cols[order].numpy() + 0.5) * cell, (rows[order].numpy() + 0.5) * cell], axis=1)
-        half = np.asarray(config.box_scales) * self.prototype.side / 2
-        low = centres[:, None, :] - half[None, :, None]
-        high = centres[:, None, :] + half[None, :, None]
-        limit = np.array([width * cell - 1, height * cell - 1])
-        return np.concatenate([np.clip(low, 0, limit), np.clip(high, 0, limit)], axis=-1).reshape(-1, 4)
+        centres = torch.stack([cols[order], rows[order]], dim=1).float().add(0.5).mul(cell)  # (P, 2) x, y
+        half = torch.tensor(config.box_scales) * self.prototype.side / 2  # (S,)
+        limit = torch.tensor([width * cell - 1, height * cell - 1])
+        low = (centres[:, None, :] - half[None, :, None]).clamp(min=torch.zeros(2), max=limit)
+        high = (centres[:, None, :] + half[None, :, None]).clamp(min=torch.zeros(2), max=limit)
+        boxes = torch.cat([low, high], dim=-1).reshape(-1, 4)
+        if not config.points:
+            return boxes, None
+        lowest = int(torch.argmin(similarity))
+        negative = torch.tensor([lowest % width + 0.5, lowest // width + 0.5]) * cell
+        clicks = torch.stack([centres, negative.expand_as(centres)], dim=1)  # (P, 2, 2)
+        return boxes, clicks.repeat_interleave(len(half), dim=0)
 
     def _scores(self, grid: torch.Tensor, low_res: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's score and the object similarity it includes; `cell`: low-res pixels per

@@ -58,19 +58,22 @@ class Prompt:
                 raise InputError(f"{where}: mask prompt is empty")
 
 
-def box_from_mask(mask: np.ndarray, margin: float = 0.0) -> tuple[float, float, float, float] | None:
+def box_from_mask(
+    mask: np.ndarray, margin: float | tuple[float, float] = 0.0
+) -> tuple[float, float, float, float] | None:
     """Bounding box (x_min, y_min, x_max, y_max) of a 2D mask, grown by `margin` pixels on each side
-    and clipped to the slice; None for an empty mask."""
+    (one number, or (along x, along y)) and clipped to the slice; None for an empty mask."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
+    margin_x, margin_y = margin if isinstance(margin, tuple) else (margin, margin)
     height, width = mask.shape
     return (
-        max(cols[0] - margin, 0.0),
-        max(rows[0] - margin, 0.0),
-        min(cols[-1] + margin, width - 1.0),
-        min(rows[-1] + margin, height - 1.0),
+        max(cols[0] - margin_x, 0.0),
+        max(rows[0] - margin_y, 0.0),
+        min(cols[-1] + margin_x, width - 1.0),
+        min(rows[-1] + margin_y, height - 1.0),
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from medsam2.engine.sam2_predictor import SAM2Predictor
+from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError
 from medsam2.models.sam2 import SAM2Config, is_sam2_state, sam2_from_state
 
@@ -148,9 +148,11 @@ def is_lite_medsam_state(state: dict[str, torch.Tensor]) -> bool:
     return bool(state) and {key.split(".")[0] for key in state} == LITE_MEDSAM_PREFIXES and not is_sam2_state(state)
 
 
-def sam2_predictor(choice: ModelChoice, state: dict[str, torch.Tensor], device: torch.device) -> SAM2Predictor:
+def sam2_predictor(
+    choice: ModelChoice, state: dict[str, torch.Tensor], device: torch.device, precision: Precision | None = None
+) -> SAM2Predictor:
     """The SAM 2.1 predictor for a checkpoint already read (LiteMedSAM files are told apart
-    before); a one-line error if it is not SAM 2.1."""
+    before); a one-line error if it is not SAM 2.1. `precision` None: bf16 on CUDA, else fp32."""
     if not is_sam2_state(state):
         if choice.preset is not None:
             raise InputError(f"{choice.path}: not a SAM 2.1 / MedSAM2 checkpoint, which --model {choice.preset.name} needs")
@@ -160,4 +162,4 @@ def sam2_predictor(choice: ModelChoice, state: dict[str, torch.Tensor], device: 
         )
     settings = choice.preset or META_SETTINGS
     model = sam2_from_state(state, choice.path, settings.config(), device)
-    return SAM2Predictor(model, device, resample=settings.resample)
+    return SAM2Predictor(model, device, resample=settings.resample, precision=precision)

@@ -6,16 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pydicom.misc
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medsam2.errors import InputError
+from medsam2.io.lazy_import import lazy_module
 from medsam2.io.volume import Modality
+
+# Loaded when first used: only reading or writing DICOM needs them.
+hd = lazy_module("highdicom")
+sitk = lazy_module("SimpleITK")
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -20,14 +20,16 @@ from typing import get_args
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
+from medsam2.io.lazy_import import lazy_module
 from medsam2.io.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
+
+sitk = lazy_module("SimpleITK")
 
 SUPPORTED_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # plus DICOM series folders and DICOM files of any name
 SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

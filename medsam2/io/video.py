@@ -20,6 +20,7 @@ Frames are ``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB in the file's own dtype, r
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
-import av
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
+from medsam2.io.lazy_import import lazy_module
 from medsam2.io.masks import as_label_map, load_mask
 from medsam2.io.paths import VIDEO_SUFFIXES
 from medsam2.io.readers import (
@@ -55,10 +56,12 @@ US_UNITS_CM = 3
 # NIfTI xyzt_units time codes, in seconds.
 NIFTI_TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 NIFTI_SPACE_UNITS = {"unknown": 1.0, "meter": 1000.0, "mm": 1.0, "micron": 1e-3}
+# PyAV only for video files: folders of frames, cine DICOM and NIfTI read where it is not installed.
+av = lazy_module("av")
 # What the libraries raise on damaged files.
 _READ_ERRORS = (
-    av.FFmpegError, OSError, EOFError, ValueError, InvalidDicomError, UnidentifiedImageError, nib.filebasedimages.ImageFileError,
-)
+    OSError, EOFError, ValueError, InvalidDicomError, UnidentifiedImageError, nib.filebasedimages.ImageFileError,
+) + ((av.FFmpegError,) if importlib.util.find_spec("av") else ())
 
 
 class FrameSource(Protocol):

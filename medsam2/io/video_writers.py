@@ -16,16 +16,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import av
 import nibabel as nib
 import numpy as np
 from PIL import Image, ImageDraw
 
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_folder, atomic_path, atomic_write_text
+from medsam2.io.lazy_import import lazy_module
 from medsam2.io.overlay import LABEL_COLOURS, overlay_slice
 from medsam2.io.readers import file_suffix
 from medsam2.io.video import NIFTI_SUFFIXES, Video, frame_rate_fraction
+
+av = lazy_module("av")  # only for the overlay MP4: masks, tables and plots are written without PyAV
 
 MASK_SEQUENCE_FORMATS = ".npz (key segs), .nii.gz/.nii (2D+t), or a folder (one label PNG per frame)"
 # Frame rate of the overlay when the input has none (a folder of frames, CAMUS without its .cfg).

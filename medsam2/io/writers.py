@@ -10,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
+from medsam2.io.lazy_import import lazy_module
 from medsam2.io.readers import SITK_SUFFIXES, file_suffix, library_reason
 from medsam2.io.volume import Volume
+
+sitk = lazy_module("SimpleITK")
 
 SUPPORTED_MASK_SUFFIXES = SITK_SUFFIXES + (".npz", ".png", ".dcm")
 

@@ -7,6 +7,7 @@ its longest side is 256, min-max normalised to [0, 1] (no mean/std), padded bott
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -107,15 +108,24 @@ class BoxDecoder(nn.Module):
         return self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, False)
 
 
-def onnx_runtime_parts(model: LiteMedSAM) -> tuple[OnnxModule | None, OnnxModule | None]:
-    """`model`'s image encoder (one image per call) and `BoxDecoder` on ONNX Runtime, each None
-    where that is unavailable; `model` in eval mode on the CPU (see `medsam2.models.onnx_runtime`)."""
+def bfloat16_image_encoder(model: LiteMedSAM) -> nn.Module:
+    """A bfloat16 copy of `model`'s image encoder, conv weights channels-last, for CPUs with native
+    bfloat16 (oneDNN then runs its convolutions and matrix products in bf16, about 2.5x faster than
+    float32 on the project's CPU). Feed it bfloat16 channels-last images. Embeddings differ from
+    float32 by about 1e-2: not bit-exact. A copy, so the float32 model stays as it is."""
+    return copy.deepcopy(model.image_encoder).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+
+def onnx_runtime_parts(model: LiteMedSAM, encoder: bool = True) -> tuple[OnnxModule | None, OnnxModule | None]:
+    """`model`'s image encoder (one image per call; None with `encoder=False`) and `BoxDecoder` on
+    ONNX Runtime, each None where that is unavailable; `model` in eval mode on the CPU (see
+    `medsam2.models.onnx_runtime`)."""
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     embedding = torch.randn(1, EMBED_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE, generator=generator)
     box = torch.tensor([[64.0, 80.0, 150.0, 170.0]])
     return (
-        onnx_module(model.image_encoder, (image,), "lite_medsam_image_encoder"),
+        onnx_module(model.image_encoder, (image,), "lite_medsam_image_encoder") if encoder else None,
         onnx_module(BoxDecoder(model), (embedding, box), "lite_medsam_box_decoder"),
     )
 

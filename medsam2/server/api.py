@@ -161,7 +161,9 @@ def list_sessions(request: Request, state: ServerState = Depends(server_state)) 
 def open_session(body: OpenSession, request: Request, state: ServerState = Depends(server_state)) -> dict:
     case = state.catalog.get(body.case)
     worker = state.sessions.pick_worker(state.inference.workers)
-    session = ViewerSession(client_id(request), case, body.axis, body.window, worker)
+    session = ViewerSession(client_id(request), case, body.axis, body.window, worker, body.memory)
+    if body.memory != "recent":  # a model without memory (LiteMedSAM) refuses now, not at the first prompt
+        worker.submit(session.open_engine).result()
     state.sessions.add(session)
     return session.info()
 

@@ -1,8 +1,9 @@
 """The cases a server offers: scans under `--data`, uploads, and the samples installed packages ship.
 
 A case id is ``SOURCE/NAME``: ``data/<path relative to --data>`` (a scan file or a DICOM series
-folder), ``upload/<file name>`` or ``sample/<name>``. Ids come from clients, so a path never leaves
-its root: ``..``, absolute paths, hidden names and symbolic links that resolve outside the root are
+folder), ``upload/<file name>`` or ``sample/<name>``. The samples are files of installed packages and
+a synthetic lesion in the MNI152 T1 template, built from them into the cache folder on first use,
+listed first (the page opens it on its key slice). Ids come from clients, so a path never leaves its root: ``..``, absolute paths, hidden names and symbolic links that resolve outside the root are
 all "no such case". Masks saved next to a case (``<name>_mask.<format>``) are not cases themselves.
 """
 
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from medsam2.engine.prompt_sources import prompts_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.io.dicom import is_dicom_file
 from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem
 from medsam2.io.readers import file_suffix
-from medsam2.io.samples import MNI_FILES
+from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
 from medsam2.io.video import is_video, load_video
+from medsam2.models.weights import cache_dir
 from medsam2.resources import packaged_file
 from medsam2.server.errors import NotFound, UnsupportedMedia
 
@@ -67,6 +70,8 @@ class Sample:
     install_hint: str
 
 
+LESION_SAMPLE = "synthetic_lesion"
+LESION_TITLE = "Synthetic lesion in the MNI152 T1 brain (built sample)"
 SAMPLES = {
     "mni152_t1": Sample("nilearn", MNI_FILES["t1"], "MNI152 T1 brain MRI template", "pip install --no-deps nilearn==0.14.1"),
     "ct_small": Sample("pydicom", "pydicom/data/test_files/CT_small.dcm", "CT slice (pydicom test file)", "pip install pydicom"),
@@ -80,9 +85,10 @@ class Case:
     source: CaseSource
     path: Path
     can_save: bool  # whether masks may be written next to it (`saved_mask_path`)
+    start_slice: int | None = None  # where the page opens it (the sample lesion's key slice)
 
     def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "source": self.source, "can_save": self.can_save}
+        return {"id": self.id, "name": self.name, "source": self.source, "can_save": self.can_save, "start_slice": self.start_slice}
 
 
 def saved_mask_path(case_path: Path, suffix: str) -> Path:
@@ -143,17 +149,20 @@ def check_signature(name: str, suffix: str, head: bytes) -> None:
 class CaseCatalog:
     """Lists and finds cases, and admits uploads."""
 
-    def __init__(self, data_dir: Path | None, upload_dir: Path | None):
+    def __init__(self, data_dir: Path | None, upload_dir: Path | None, offer_samples: bool):
         self.data_dir = data_dir
+        self.offer_samples = offer_samples
         self._upload_dir = upload_dir
+        self._lesion_sample: Case | None = None
         self._temporary_upload_dir: Path | None = None
         self._admit_lock = threading.Lock()
 
     # -- listing and lookup ------------------------------------------------------------------------
 
     def list(self) -> list[Case]:
-        cases = self._data_cases() if self.data_dir is not None else self._sample_cases()
-        return cases + self._upload_cases()
+        data = self._data_cases() if self.data_dir is not None else []
+        samples = self._sample_cases() if self.offer_samples else []
+        return samples + data + self._upload_cases()
 
     def get(self, case_id: str) -> Case:
         source, _, rest = case_id.partition("/")
@@ -162,7 +171,7 @@ class CaseCatalog:
             case = self._data_case(resolve_inside(self.data_dir, rest, case_id))
         elif source == "upload" and "/" not in rest:
             case = self._upload_case(resolve_inside(self.upload_dir, rest, case_id))
-        elif source == "sample" and self.data_dir is None and rest in SAMPLES:
+        elif source == "sample" and self.offer_samples and (rest in SAMPLES or rest == LESION_SAMPLE):
             case = self._sample_case(rest)
         if case is None:
             raise NotFound(f"no case {case_id!r}")
@@ -222,18 +231,29 @@ class CaseCatalog:
 
     def _sample_cases(self) -> list[Case]:
         cases = []
-        for name in SAMPLES:
+        for name in (LESION_SAMPLE, *SAMPLES):
             try:
                 cases.append(self._sample_case(name))
             except InputError:  # the package is not installed: offer the others
                 continue
         return cases
 
-    @staticmethod
-    def _sample_case(name: str) -> Case:
+    def _sample_case(self, name: str) -> Case:
+        if name == LESION_SAMPLE:
+            return self._built_lesion_sample()
         sample = SAMPLES[name]
         path = packaged_file(sample.distribution, sample.file, sample.install_hint)
         return Case(f"sample/{name}", sample.title, "sample", path, can_save=False)
+
+    def _built_lesion_sample(self) -> Case:
+        """The synthetic lesion (built into the cache folder once per machine), opening on its key slice."""
+        if self._lesion_sample is None:
+            image, truth = write_synthetic_lesion(cache_dir() / "samples")
+            (key_slice_prompt,) = prompts_from_mask(load_image(truth), load_image(image), axis_index=0)
+            self._lesion_sample = Case(
+                f"sample/{LESION_SAMPLE}", LESION_TITLE, "sample", image, can_save=False, start_slice=key_slice_prompt.slice_index
+            )
+        return self._lesion_sample
 
     # -- uploads -----------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class CaseInfo(BaseModel):
     name: str
     source: Literal["data", "upload", "sample"]
     can_save: bool = Field(description="whether POST .../save may write the mask next to the case")
+    start_slice: int | None = Field(None, description="the axial slice to prompt first (the sample lesion's largest); the page opens such a case at once")
 
 
 class ServerInfo(BaseModel):
@@ -40,6 +41,9 @@ class OpenSession(BaseModel):
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     window: str | None = Field(
         None, description="CT window for the model's input: a preset (soft_tissue, lung...) or 'W,L'; default by modality"
+    )
+    memory: Literal["recent", "confidence"] = Field(
+        "recent", description="SAM 2.1 / MedSAM2: the memory bank propagation attends to, as `medsam2 segment --memory`"
     )
 
 
@@ -132,6 +136,7 @@ class SessionInfo(BaseModel):
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
     device: str
+    memory: str = Field(description="the memory bank of the session's propagation: recent or confidence")
     mask_formats: list[str] = Field(description="formats GET .../mask-file and POST .../save write for this case")
     objects: list[ObjectInfo]
     undo_steps: int

@@ -22,6 +22,7 @@ import numpy as np
 
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
+from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
 from medsam2.errors import InputError
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
@@ -85,8 +86,12 @@ def load_frames(path: Path) -> tuple[Volume, Video]:
 class ViewerSession:
     """One case opened by one client, with its engine session (made on the worker, on first use)."""
 
-    def __init__(self, client: str, case: Case, axis: SliceAxis, window: str | None, worker: DeviceWorker):
+    def __init__(
+        self, client: str, case: Case, axis: SliceAxis, window: str | None, worker: DeviceWorker, memory: str = "recent"
+    ):
         self.id = secrets.token_urlsafe(12)
+        self.memory = memory
+        self.propagation = memory_propagation(memory)
         self.client = client
         self.case = case
         self.worker = worker
@@ -132,6 +137,7 @@ class ViewerSession:
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,
+            "memory": self.memory,
             "mask_formats": list(self.mask_formats),
         }
 
@@ -173,8 +179,14 @@ class ViewerSession:
 
     def _engine(self, predictor) -> Session:
         if self.engine is None:
-            self.engine = Session(self.slices, predictor)
+            self.engine = Session(self.slices, predictor, self.propagation)
         return self.engine
+
+    def open_engine(self, predictor) -> None:
+        """Make the engine session now, so that a model which cannot run the session's memory bank
+        (LiteMedSAM has none) refuses when the case is opened."""
+        with self.lock:
+            self._engine(predictor)
 
     def add_prompt(self, predictor, prompt: Prompt) -> np.ndarray:
         """Apply a prompt; return the object's mask on that slice."""

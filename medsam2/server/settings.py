@@ -28,6 +28,7 @@ class ServerSettings:
     """Everything a server needs; `create_app(settings)` builds the app from it."""
 
     data_dir: Path | None = None  # cases come from this folder; None: the samples that installed packages ship
+    with_samples: bool = False  # offer the samples beside the data_dir cases too (`make serve` on a machine with data)
     upload_dir: Path | None = None  # uploads are kept here; None: a private folder removed at shutdown
     token: str | None = None  # every request must present it; None: no authentication
     host: str = "127.0.0.1"

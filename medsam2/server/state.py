@@ -21,7 +21,7 @@ class ServerState:
     def from_settings(cls, settings: ServerSettings) -> ServerState:
         return cls(
             settings=settings,
-            catalog=CaseCatalog(settings.data_dir, settings.upload_dir),
+            catalog=CaseCatalog(settings.data_dir, settings.upload_dir, offer_samples=settings.data_dir is None or settings.with_samples),
             sessions=SessionStore(settings.max_sessions, settings.session_idle_seconds),
             inference=InferencePool(settings.model, settings.devices),
         )

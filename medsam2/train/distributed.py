@@ -3,7 +3,8 @@
 `torchrun --nproc-per-node N -m medsam2.cli train CONFIG` starts N processes and sets RANK,
 LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; each process joins the group through those
 (``init_method="env://"``), takes its GPU by LOCAL_RANK (NCCL) or runs on CPU (gloo). Without those
-variables training runs in this one process.
+variables training runs in this one process. A one-process torchrun joins a group too and runs
+the same DDP code as N processes (so one GPU is enough to check the NCCL path).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Distribution:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    joined: bool = False  # in a torchrun process group, even one of a single process
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +38,8 @@ class Distribution:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        """DDP wraps the step and values are exchanged between the processes."""
+        return self.joined
 
     def gather(self, value: Any) -> list[Any]:
         """`value` of every rank, in rank order (on every rank)."""
@@ -67,6 +70,8 @@ def training_device(setting: str, distribution: Distribution) -> torch.device:
             )
         device = torch.device("cuda", distribution.local_rank)
     if device.type == "cuda":
+        # set_device needs an index: a bare "cuda" means the current GPU
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
     return device
 
@@ -75,11 +80,11 @@ def training_device(setting: str, distribution: Distribution) -> torch.device:
 def process_group(device_setting: str) -> Iterator[tuple[Distribution, torch.device]]:
     """Join the torchrun process group if there is one (left on exit); yields this process's
     place and device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if not all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         yield Distribution(), training_device(device_setting, Distribution())
         return
-    distribution = Distribution(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    distribution = Distribution(rank, world_size, int(os.environ.get("LOCAL_RANK", "0")), joined=True)
     device = training_device(device_setting, distribution)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
     try:

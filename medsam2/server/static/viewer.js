@@ -32,6 +32,7 @@ const state = {
   gesture: null,
   wheel: 0,
   player: null,
+  cases: [], // GET /api/cases
 };
 
 // -- talking to the server ---------------------------------------------------------------------------
@@ -511,6 +512,7 @@ async function undo() {
 
 async function loadCases(selected) {
   const cases = await api("/api/cases");
+  state.cases = cases;
   const select = $("case-select");
   select.replaceChildren();
   const groups = { data: "Data", upload: "Uploads", sample: "Samples" };
@@ -537,7 +539,7 @@ async function openCase() {
   const count = info.shape[0];
   Object.assign(state, {
     session: info,
-    slice: info.kind === "video" ? 0 : Math.floor(count / 2),
+    slice: info.case.start_slice ?? (info.kind === "video" ? 0 : Math.floor(count / 2)),
     objects: [{ id: 1, name: "Object 1" }],
     activeObject: 1,
     window: null,
@@ -555,7 +557,11 @@ async function openCase() {
   fitView();
   goTo(state.slice);
   canvas.focus();
-  status(`${info.case.name}: ${count} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}. Draw a box around the object.`);
+  const what = `${info.case.name}: ${count} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}.`;
+  const next = info.case.start_slice === null
+    ? "Draw a box around the object."
+    : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
+  status(`${what} ${next}`);
 }
 
 async function uploadFile(file) {
@@ -795,6 +801,13 @@ async function start() {
   setTool("box");
   state.server = await api("/api/info");
   await loadCases();
+  // A case with a start slice (the built sample lesion) is opened at once, on the slice to box:
+  // a first-time user sees something to segment without choosing anything.
+  const first = state.cases.find((entry) => entry.start_slice !== null);
+  if (first) {
+    $("case-select").value = first.id;
+    await openCase();
+  }
 }
 
 act(start)();
