@@ -268,9 +268,8 @@ def test_a_sam2_checkpoint_segments_a_video_from_the_cli(tmp_path: Path) -> None
     assert masks.shape == (2, 64, 64) and set(np.unique(masks)) == {0, 1} and masks[0].any() and masks[1].any()
 
 
-def live_tensor_bytes(excluded: set[int]) -> int:
-    """Bytes of the torch storages alive now (each counted once, views included), but for those whose
-    data pointer is in `excluded`."""
+def live_storages() -> dict[int, int]:
+    """Bytes of each torch storage alive now (views counted once), by data pointer."""
     storages = {}
     for candidate in gc.get_objects():
         if issubclass(type(candidate), torch.Tensor):  # type(): isinstance would ask deprecated objects for __class__
@@ -280,7 +279,12 @@ def live_tensor_bytes(excluded: set[int]) -> int:
             except RuntimeError:  # a fake tensor left by an earlier ONNX export: it holds no memory
                 continue
             storages[pointer] = storage.nbytes()
-    return sum(size for pointer, size in storages.items() if pointer not in excluded)
+    return storages
+
+
+def live_tensor_bytes(excluded: set[int]) -> int:
+    """Bytes of the torch storages alive now but for those whose data pointer is in `excluded`."""
+    return sum(size for pointer, size in live_storages().items() if pointer not in excluded)
 
 
 def live_numpy_bytes() -> int:
@@ -292,30 +296,22 @@ def live_numpy_bytes() -> int:
 class ObservedSAM2(SAM2Predictor):
     """A SAM 2.1 predictor that notes what the process holds besides the model's weights each time it
     is asked for embeddings (a window's first frame, then each prefetched batch): torch storages
-    (embeddings, memory banks, logits...) and numpy arrays (frames, masks...)."""
+    (embeddings, memory banks, logits...) and numpy arrays (frames, masks...). Storages alive before
+    the run (the weights, and whatever earlier tests in the process keep) are left out."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.weights = {tensor.untyped_storage().data_ptr() for tensor in [*self.model.parameters(), *self.model.buffers()]}
+        self.excluded: set[int] = set()
         self.samples: list[tuple[int, int]] = []  # (tensor bytes, numpy bytes)
         self.encoded = 0
 
     def encode(self, slices: np.ndarray) -> list:
-        self.samples.append((live_tensor_bytes(self.weights), live_numpy_bytes()))
+        self.samples.append((live_tensor_bytes(self.excluded), live_numpy_bytes()))
         self.encoded += len(slices)
         return super().encode(slices)
 
 
-@pytest.fixture
-def one_torch_thread():
-    # The tiny model is as fast on one thread, and a loaded machine's cores are not fought over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_what_the_engine_holds_stays_bounded_over_a_long_clip(one_torch_thread) -> None:
+def test_what_the_engine_holds_stays_bounded_over_a_long_clip(torch_one_thread) -> None:
     # 72 frames in windows of 8 (a tiny random SAM 2.1: each frame's features and memory are
     # tensors): embeddings, memory banks, frames and masks of one window at a time, so what the
     # process holds late in the clip is what it held early, far below what the whole clip's take.
@@ -328,6 +324,7 @@ def test_what_the_engine_holds_stays_bounded_over_a_long_clip(one_torch_thread) 
     video = dataclasses.replace(video_from_array(clip), frames=RecordedFrames(video_from_array(clip).frames))
     prompt = Prompt(0, 1, box=box_from_mask(clip[0] == 220))
     gc.collect()
+    predictor.excluded = set(live_storages())
     tracemalloc.start()
     try:
         with segment_video(video, [prompt], predictor, VideoConfig(chunk_frames=window), progress=False) as result:
