@@ -1,11 +1,6 @@
-"""Files in, masks out, with geometry: `load_image`, `save_mask` and the `Volume` they share.
+"""Files in, masks out, with geometry: `load_image`, `save_mask` and the `Volume` they share."""
 
-Readers and writers load on first use: code that only needs `Volume` (the engine, training on
-arrays) then runs without the imaging libraries they bring (SimpleITK, highdicom), e.g. on a GPU
-machine that has only torch."""
-
-from importlib import import_module
-
+from medsam2.io.readers import SUPPORTED_IMAGE_SUFFIXES, load_image
 from medsam2.io.volume import (
     Modality,
     SliceAxis,
@@ -15,20 +10,7 @@ from medsam2.io.volume import (
     slicing_axis_index,
     to_slices,
 )
-
-_LAZY = {
-    "SUPPORTED_IMAGE_SUFFIXES": "medsam2.io.readers",
-    "load_image": "medsam2.io.readers",
-    "SUPPORTED_MASK_SUFFIXES": "medsam2.io.writers",
-    "save_mask": "medsam2.io.writers",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES, save_mask
 
 __all__ = [
     "SUPPORTED_IMAGE_SUFFIXES",
