@@ -9,8 +9,8 @@ lesion is, a fixed central box elsewhere), so both do the same work:
   then decoded one by one, as propagation needs (each prompt comes from the previous slice's mask);
   encoder and box decoder on ONNX Runtime where it is installed, else on torch with BatchNorm
   folded into the convolutions. `--torch` adds a row for medsam2 without ONNX Runtime;
-- medsam2 (bf16): the same predictor with `precision="bf16"`: the image encoder in bfloat16 on
-  torch (skipped, with a note, on a CPU without native bfloat16).
+- medsam2 (bf16): the same predictor with `precision="bf16"`: the image encoder and box decoder in
+  bfloat16, fused by oneDNN Graph (skipped, with a note, on a CPU without native bfloat16).
 
 The pipelines run in one process with the same allocator and thread settings, their repeats
 alternating so that a change of load on the machine affects all. The masks are compared with the

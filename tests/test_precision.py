@@ -18,7 +18,8 @@ from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
-from medsam2.models.lite_medsam import load_lite_medsam
+from medsam2.models.lite_medsam import BoxDecoder, bfloat16_parts, example_inputs, load_lite_medsam
+from medsam2.models.onednn_fusion import fused_module
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -67,12 +68,40 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(caplog) -> None:
     assert native_bf16_cpu({"amx_bf16": True}) and not native_bf16_cpu({})
 
 
-def test_load_predictor_bf16_keeps_the_onnx_box_decoder() -> None:
+def test_load_predictor_bf16_runs_fused_bfloat16_parts() -> None:
     predictor = load_predictor(precision="bf16")
     assert isinstance(predictor, LiteMedSAMPredictor)
-    assert predictor.onnx_encoder is None  # ONNX Runtime is the float32 encoder
+    assert predictor.onnx_encoder is None and predictor.onnx_box_decoder is None  # ONNX Runtime is float32
     if native_bf16_cpu():
-        assert predictor.bf16_encoder is not None
+        # Fused by oneDNN Graph (a TorchScript module), not the unfused fallback.
+        assert isinstance(predictor.bf16_encoder, torch.jit.ScriptModule)
+        assert isinstance(predictor.bf16_box_decoder, torch.jit.ScriptModule)
+
+
+def test_fused_bf16_box_decoder_agrees_with_float32_on_real_lesions(lesion_slices) -> None:
+    model = load_lite_medsam()
+    fp32 = LiteMedSAMPredictor(model, CPU, onnx=False)
+    _, box_decoder = bfloat16_parts(model)
+    for plane, truth in lesion_slices:
+        embedding = fp32.encode(plane[None])[0]
+        box = torch.as_tensor(fp32.transform.box_to_model(np.asarray(box_from_mask(truth)), plane.shape), dtype=torch.float32)[None]
+        with torch.inference_mode():
+            exact_logits, exact_iou = model.decode(embedding, boxes=box)
+            logits, iou = box_decoder(embedding, box)
+        assert logits.dtype == torch.float32 and logits.shape == exact_logits.shape
+        assert (logits > 0).eq(exact_logits > 0).float().mean() > 0.995
+        assert abs(float(iou) - float(exact_iou)) < 0.02
+
+
+def test_a_part_that_fails_its_check_runs_unfused(caplog) -> None:
+    model = load_lite_medsam()
+    _, embedding, box = example_inputs()
+    decoder = BoxDecoder(model).eval()
+    with caplog.at_level(logging.WARNING, logger="medsam2.models.onednn_fusion"):
+        part = fused_module(decoder, (embedding, box), tolerance=-1.0)  # no result can pass
+    assert part is decoder
+    assert "oneDNN fusion unavailable" in caplog.text and "differ" in caplog.text
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is restored
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from medsam2.engine.predictor import SlicePrediction
 from medsam2.engine.registry import is_lite_medsam_state, resolve_model, sam2_predictor
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError
-from medsam2.models.lite_medsam import bfloat16_image_encoder, onnx_runtime_parts
+from medsam2.models.lite_medsam import bfloat16_parts, onnx_runtime_parts
 from medsam2.models.weights import read_state_dict
 from medsam2.preprocess.resize import LongestSideResize
 
@@ -53,12 +53,11 @@ class LiteMedSAMPredictor:
     where it is installed and reproduces torch (`medsam2.models.onnx_runtime`), else on torch. The
     ONNX Runtime sessions copy the model's weights: make a new predictor after changing them.
 
-    `precision="bf16"` trades exactness for speed in the image encoder, which dominates the time:
-    on the CPU a bfloat16 copy of it runs (made here, so it too is a snapshot of the weights;
-    `effective_precision` falls back to float32 on a CPU without native bfloat16), on CUDA it runs
-    under bfloat16 autocast. Embeddings go to the decoder as float32: the decoder is about a tenth of
-    the time, and in bf16 it was no faster on the CPU. ONNX Runtime runs float32 only: with bf16 it
-    runs the box decoder alone.
+    `precision="bf16"` trades exactness for speed: on the CPU, bfloat16 copies of the image encoder
+    and of the single-box decoder run as oneDNN Graph fusions (`bfloat16_parts`; made here, so they
+    too are snapshots of the weights; `effective_precision` falls back to float32 on a CPU without
+    native bfloat16); on CUDA the encoder runs under bfloat16 autocast. Embeddings and logits reach
+    the engine as float32. ONNX Runtime runs float32 only and is not used with bf16.
     """
 
     def __init__(
@@ -69,12 +68,11 @@ class LiteMedSAMPredictor:
         self.encode_batch = encode_batch
         self.precision = effective_precision(precision, device)
         self.transform = LongestSideResize(model.image_size)
-        self.onnx_encoder, self.onnx_box_decoder = (None, None)
-        bf16_on_cpu = self.precision == "bf16" and device.type == "cpu"
-        self.bf16_encoder = bfloat16_image_encoder(model) if bf16_on_cpu else None
-        if onnx and device.type == "cpu" and not model.training:
-            # The float32 box decoder serves bf16 too: exact, and faster than torch's.
-            self.onnx_encoder, self.onnx_box_decoder = onnx_runtime_parts(model, encoder=not bf16_on_cpu)
+        self.onnx_encoder = self.onnx_box_decoder = self.bf16_encoder = self.bf16_box_decoder = None
+        if self.precision == "bf16" and device.type == "cpu":
+            self.bf16_encoder, self.bf16_box_decoder = bfloat16_parts(model)
+        elif onnx and device.type == "cpu" and not model.training:
+            self.onnx_encoder, self.onnx_box_decoder = onnx_runtime_parts(model)
 
     @torch.inference_mode()
     def encode(self, slices: np.ndarray) -> list[torch.Tensor]:
@@ -84,8 +82,10 @@ class LiteMedSAMPredictor:
             if self.onnx_encoder is not None:
                 embeddings.extend(self.onnx_encoder(image[None])[0] for image in images)
             elif self.bf16_encoder is not None:
+                # One image per call, laid out as the fused parts were planned for (else they run a
+                # slow unplanned graph): a channels-last image, a contiguous embedding.
                 images = images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-                embeddings.extend(self.bf16_encoder(images).float().split(1))
+                embeddings.extend(self.bf16_encoder(image).float().contiguous() for image in images.split(1))
             else:
                 with self._autocast():
                     embeddings.extend(self.model.encode_image(images).float().split(1))
@@ -113,8 +113,9 @@ class LiteMedSAMPredictor:
             return torch.as_tensor(values, dtype=dtype, device=self.device)[None].expand(count, *np.shape(values))
 
         box_tensor = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
-        if self.onnx_box_decoder is not None and count == 1 and points is None and mask_logits is None:
-            low_res, iou = self.onnx_box_decoder(embedding, box_tensor)
+        box_decoder = self.bf16_box_decoder or self.onnx_box_decoder
+        if box_decoder is not None and count == 1 and points is None and mask_logits is None:
+            low_res, iou = box_decoder(embedding, box_tensor)
         else:
             low_res, iou = self.model.decode(
                 embedding,

@@ -8,12 +8,14 @@ its longest side is 256, min-max normalised to [0, 1] (no mean/std), padded bott
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medsam2.models.mask_decoder import MaskDecoder
+from medsam2.models.onednn_fusion import fused_module
 from medsam2.models.onnx_runtime import OnnxModule, onnx_module
 from medsam2.models.prompt_encoder import PromptEncoder
 from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
@@ -23,6 +25,11 @@ from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_state_st
 IMAGE_SIZE = 256
 EMBED_DIM = 256
 EMBEDDING_SIZE = IMAGE_SIZE // 4
+# How far the fused bfloat16 parts may stray from the unfused bfloat16 modules on the example inputs:
+# bfloat16 keeps 8 bits of mantissa, so a logit of 20 moves by up to 0.125 from rounding alone, and
+# fusion changes where intermediate results are rounded.
+BFLOAT16_EMBEDDING_TOLERANCE = 0.1
+BFLOAT16_LOGIT_TOLERANCE = 1.0
 
 
 class LiteMedSAM(nn.Module):
@@ -94,36 +101,60 @@ class LiteMedSAM(nn.Module):
 
 class BoxDecoder(nn.Module):
     """The decoder for one box on one image embedding, single-mask output: the call propagation
-    makes on every slice, as a module of its own so that it can run on ONNX Runtime."""
+    makes on every slice, as a module of its own so that it can run on ONNX Runtime or fused.
 
-    def __init__(self, model: LiteMedSAM) -> None:
+    With `dtype` bfloat16 the mask decoder is a bfloat16 copy (the prompt encoder stays float32:
+    box coordinates need its precision); inputs and outputs are float32 either way."""
+
+    def __init__(self, model: LiteMedSAM, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.dtype = dtype
         self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
+        self.mask_decoder = model.mask_decoder if dtype == torch.float32 else copy.deepcopy(model.mask_decoder).to(dtype)
 
     def forward(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, 256, 64, 64), (1, 4) -> logits (1, 1, 256, 256), predicted IoU (1, 1): `LiteMedSAM.decode`
         of the box."""
         sparse, dense = self.prompt_encoder(1, boxes=boxes)
-        return self.mask_decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, False)
+        low_res, iou = self.mask_decoder(
+            image_embeddings.to(self.dtype),
+            self.prompt_encoder.get_dense_pe().to(self.dtype),
+            sparse.to(self.dtype),
+            dense.to(self.dtype),
+            False,
+        )
+        return low_res.float(), iou.float()
 
 
-def bfloat16_image_encoder(model: LiteMedSAM) -> nn.Module:
-    """A bfloat16 copy of `model`'s image encoder, conv weights channels-last, for CPUs with native
-    bfloat16 (oneDNN then runs its convolutions and matrix products in bf16, about 2.5x faster than
-    float32 on the project's CPU). Feed it bfloat16 channels-last images. Embeddings differ from
-    float32 by about 1e-2: not bit-exact. A copy, so the float32 model stays as it is."""
-    return copy.deepcopy(model.image_encoder).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+def bfloat16_parts(model: LiteMedSAM) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable]:
+    """`model`'s image encoder and `BoxDecoder` in bfloat16 for CPUs with native bfloat16, fused by
+    oneDNN Graph (`medsam2.models.onednn_fusion`). The encoder takes one bfloat16 channels-last
+    image (1, 3, 256, 256) and returns a bfloat16 embedding; the decoder takes and returns float32.
+    Embeddings differ from float32 by about 1e-2, logits by a few tenths where they are large: not
+    bit-exact. Copies, so the float32 model stays as it is."""
+    encoder = copy.deepcopy(model.image_encoder).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    image, embedding, box = example_inputs()
+    image = image.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    return (
+        fused_module(encoder, (image,), BFLOAT16_EMBEDDING_TOLERANCE),
+        fused_module(BoxDecoder(model, torch.bfloat16).eval(), (embedding, box), BFLOAT16_LOGIT_TOLERANCE),
+    )
+
+
+def example_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An image (1, 3, 256, 256), an embedding (1, 256, 64, 64) and a box (1, 4): fixed random
+    inputs on which a compiled part of the network is checked against torch."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    embedding = torch.randn(1, EMBED_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE, generator=generator)
+    return image, embedding, torch.tensor([[64.0, 80.0, 150.0, 170.0]])
 
 
 def onnx_runtime_parts(model: LiteMedSAM, encoder: bool = True) -> tuple[OnnxModule | None, OnnxModule | None]:
     """`model`'s image encoder (one image per call; None with `encoder=False`) and `BoxDecoder` on
     ONNX Runtime, each None where that is unavailable; `model` in eval mode on the CPU (see
     `medsam2.models.onnx_runtime`)."""
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    embedding = torch.randn(1, EMBED_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE, generator=generator)
-    box = torch.tensor([[64.0, 80.0, 150.0, 170.0]])
+    image, embedding, box = example_inputs()
     return (
         onnx_module(model.image_encoder, (image,), "lite_medsam_image_encoder") if encoder else None,
         onnx_module(BoxDecoder(model), (embedding, box), "lite_medsam_box_decoder"),

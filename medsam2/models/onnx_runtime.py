@@ -20,7 +20,7 @@ import inspect
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,14 +81,14 @@ def onnx_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], nam
         try:
             return OnnxModule(with_weights(onnx.load(path), module), input_names)
         except Exception as error:  # onnxruntime's and onnx's errors derive from Exception only
-            log.warning("%s: %s; exporting %s again", path, _first_line(error), name)
+            log.warning("%s: %s; exporting %s again", path, first_line(error), name)
     log.info("exporting %s to ONNX (once per model architecture)", name)
     try:
         graph = export(module, example_inputs, input_names)
         runner = OnnxModule(with_weights(graph, module), input_names)
         check(runner, module, example_inputs)
     except Exception as error:  # any failure of this optional path leaves the torch path
-        log.warning("%s: ONNX Runtime unavailable, using torch: %s", name, _first_line(error))
+        log.warning("%s: ONNX Runtime unavailable, using torch: %s", name, first_line(error))
         return None
     with contextlib.suppress(OSError):  # a read-only cache only costs the next start an export
         atomic_write_bytes(path, graph.SerializeToString())
@@ -148,8 +148,13 @@ def with_weights(graph: onnx.ModelProto, module: nn.Module) -> bytes:
     return graph.SerializeToString()
 
 
-def check(runner: OnnxModule, module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
-    """RuntimeError unless `runner` reproduces `module` within `TOLERANCE` on the example inputs
+def check(
+    runner: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    tolerance: float = TOLERANCE,
+) -> None:
+    """RuntimeError unless `runner` reproduces `module` within `tolerance` on the example inputs
     and on the same flipped, which a graph that baked in its example (data-dependent code the
     exporter traced through) would miss."""
     for inputs in (example_inputs, tuple(x.flip(-1) for x in example_inputs)):
@@ -157,10 +162,11 @@ def check(runner: OnnxModule, module: nn.Module, example_inputs: tuple[torch.Ten
             expected = module(*inputs)
         expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
         actual = runner(*inputs)
+        actual = [actual] if isinstance(actual, torch.Tensor) else list(actual)
         if [tuple(x.shape) for x in actual] != [tuple(x.shape) for x in expected]:
             raise RuntimeError("its outputs are not shaped like torch's")
-        difference = max(float((a - e).abs().max()) for a, e in zip(actual, expected))
-        if not difference <= TOLERANCE:
+        difference = max(float((a.float() - e.float()).abs().max()) for a, e in zip(actual, expected))
+        if not difference <= tolerance:
             raise RuntimeError(f"its outputs differ from torch's by {difference:.2e}")
 
 
@@ -180,5 +186,5 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from medsam2.models.common import LayerNorm2d
+from medsam2.models.common import LayerNorm2d, float32_softmax
 
 
 class Conv2dBN(nn.Sequential):
@@ -141,11 +141,11 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         # the checkpoint's qkv layout is head-major: (head, [q, k, v], head_dim)
         qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, 3, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 2, 1, 4)  # each (B', heads, N, head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B', heads, N, head_dim)
         # explicit softmax attention in the reference's order of operations: bit-identical results,
         # and no slower on CPU than scaled_dot_product_attention with a float mask
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
-        x = attn.softmax(dim=-1) @ v  # (B', heads, N, head_dim)
+        x = float32_softmax(attn) @ v  # (B', heads, N, head_dim)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, -1))
 
 

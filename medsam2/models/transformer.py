@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsam2.models.common import MLP, MLPBlock
+from medsam2.models.common import MLP, MLPBlock, float32_softmax
 
 Layout = Literal["sam", "sam2"]
 
@@ -64,7 +64,7 @@ class Attention(nn.Module):
         else:
             # explicit softmax attention in the reference's order of operations (bit-identical results)
             attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, Nq, Nk)
-            out = attn.softmax(dim=-1) @ v  # (B, heads, Nq, C/heads)
+            out = float32_softmax(attn) @ v  # (B, heads, Nq, C/heads)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
