@@ -43,7 +43,8 @@ def fused_module(
         with torch.no_grad(), _onednn_fusion(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, known (module docstring)
-            fused = torch.jit.freeze(torch.jit.trace(module, example_inputs))
+            # check_trace would trace twice more (seconds); `check` below compares outputs instead
+            fused = torch.jit.freeze(torch.jit.trace(module, example_inputs, check_trace=False))
             for _ in range(RUNS_TO_PLAN):
                 fused(*example_inputs)
         check(torch.no_grad()(fused), module, example_inputs, tolerance)
