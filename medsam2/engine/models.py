@@ -113,7 +113,7 @@ class LiteMedSAMPredictor:
             return torch.as_tensor(values, dtype=dtype, device=self.device)[None].expand(count, *np.shape(values))
 
         box_tensor = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
-        box_decoder = self.bf16_box_decoder or self.onnx_box_decoder
+        box_decoder = self.bf16_box_decoder if self.bf16_box_decoder is not None else self.onnx_box_decoder
         if box_decoder is not None and count == 1 and points is None and mask_logits is None:
             low_res, iou = box_decoder(embedding, box_tensor)
         else:
