@@ -7,8 +7,8 @@ lesion is, a fixed central box elsewhere), so both do the same work:
   encode, decode, logits to the slice's size), with the network as published (unfolded BatchNorm);
 - medsam2: `LiteMedSAMPredictor` as the engine uses it: slices preprocessed in batches, encoded,
   then decoded one by one, as propagation needs (each prompt comes from the previous slice's mask);
-  encoder and box decoder on ONNX Runtime where it is installed, else on torch with BatchNorm
-  folded into the convolutions. `--torch` adds a row for medsam2 without ONNX Runtime;
+  encoder (BatchNorm folded into the convolutions) and box decoder fused by oneDNN Graph.
+  `--unfused` adds a row for medsam2 on plain torch;
 - medsam2 (bf16): the same predictor with `precision="bf16"`: the image encoder and box decoder in
   bfloat16, fused by oneDNN Graph (skipped, with a note, on a CPU without native bfloat16).
 
@@ -17,7 +17,7 @@ alternating so that a change of load on the machine affects all. The masks are c
 reference's too: the float32 optimisations are exact up to float rounding, so they must agree
 (Dice 1.0 up to a few pixels); bf16 is not exact, its lowest Dice shows by how much it differs.
 
-    python benchmarks/speed_cpu.py [--repeats 2] [--torch]
+    python benchmarks/speed_cpu.py [--repeats 2] [--unfused]
 """
 
 from __future__ import annotations
@@ -75,17 +75,16 @@ def medsam2_pipeline(predictor: LiteMedSAMPredictor) -> Callable[[np.ndarray, Bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each (the best is kept)")
-    parser.add_argument("--torch", action="store_true", help="also time medsam2 without ONNX Runtime")
+    parser.add_argument("--unfused", action="store_true", help="also time medsam2 on plain torch (float32, BatchNorm folded)")
     args = parser.parse_args()
     keep_large_allocations()  # for every pipeline alike: the process's allocator is shared
     predictor = load_predictor("lite-medsam")
-    onnx = predictor.onnx_encoder is not None and predictor.onnx_box_decoder is not None
     pipelines = {"reference per-slice loop": reference_loop(load_lite_medsam(optimize=False))}
-    pipelines[f"medsam2 ({'ONNX Runtime' if onnx else 'torch'})"] = medsam2_pipeline(predictor)
-    if args.torch and onnx:
-        pipelines["medsam2 (torch)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, onnx=False))
+    pipelines["medsam2 (fp32, fused)"] = medsam2_pipeline(predictor)
+    if args.unfused:
+        pipelines["medsam2 (fp32, torch)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, fuse=False))
     if native_bf16_cpu():
-        pipelines["medsam2 (bf16)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, precision="bf16"))
+        pipelines["medsam2 (bf16, fused)"] = medsam2_pipeline(LiteMedSAMPredictor(predictor.model, predictor.device, precision="bf16"))
     else:
         print("no bf16 row: this CPU has no native bfloat16")
     cases = []

@@ -1,5 +1,5 @@
 """LiteMedSAM: bundled weights, agreement with the published reference code, batching, bad checkpoints,
-and the ONNX Runtime fast path.
+and the oneDNN-fused fast path.
 
 The reference logits in fixtures/litemedsam_reference.npz come from the wheel's own (timm-based)
 LiteMedSAM code, run by fixtures/make_litemedsam_reference.py in a separate environment.
@@ -11,8 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -33,16 +32,12 @@ from medsam2.models import (
     verify_file,
     weights,
 )
-from medsam2.models.lite_medsam import onnx_runtime_parts
-from medsam2.models.onnx_runtime import OnnxModule, architecture_key, onnx_module
-from medsam2.models.tiny_vit import MBConv
+from medsam2.models.lite_medsam import fused_parts
+from medsam2.models.onednn_fusion import fused_module
 
 FIXTURE = Path(__file__).parent / "fixtures" / "litemedsam_reference.npz"
 TOLERANCE = 1e-4
-ONNX_TOLERANCE = 1e-3  # the bar for logits of the optimised paths against the unoptimised network
-# Where the rest of the suite's predictors keep their ONNX graphs, read before `private_cache`
-# redirects the cache: the full model is exported once per machine, not once per run of this file.
-USER_CACHE = weights.cache_dir()
+FAST_TOLERANCE = 1e-3  # the bar for logits of the optimised paths against the unoptimised network
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -240,110 +235,62 @@ def test_bad_checkpoint_is_a_one_line_input_error(
 
 
 @pytest.fixture(scope="module")
-def onnx_parts(optimized: LiteMedSAM) -> tuple[OnnxModule, OnnxModule]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDSAM2_CACHE", str(USER_CACHE))
-        encoder, box_decoder = onnx_runtime_parts(optimized)
-    assert encoder is not None and box_decoder is not None
+def fused(optimized: LiteMedSAM) -> tuple[Callable, Callable]:
+    encoder, box_decoder = fused_parts(optimized)
+    assert isinstance(encoder, torch.jit.ScriptModule) and isinstance(box_decoder, torch.jit.ScriptModule)
     return encoder, box_decoder
 
 
-def test_onnx_runtime_matches_the_reference_on_a_real_ct_slice(
-    onnx_parts: tuple[OnnxModule, OnnxModule], unfolded: LiteMedSAM, reference: dict[str, np.ndarray]
+def test_fused_parts_match_the_reference_on_a_real_ct_slice(
+    fused: tuple[Callable, Callable], unfolded: LiteMedSAM, reference: dict[str, np.ndarray]
 ) -> None:
-    encoder, box_decoder = onnx_parts
+    encoder, box_decoder = fused
     image = as_input(reference["image"])
-    (embedding,) = encoder(image)
     with torch.inference_mode():
+        embedding = encoder(image.contiguous(memory_format=torch.channels_last)).contiguous()
         assert (embedding - unfolded.encode_image(image)).abs().max() <= TOLERANCE
         box = torch.from_numpy(reference["box"])[None]
         logits, iou = box_decoder(embedding, box)
-        assert max_diff(logits, reference["box_logits"]) <= ONNX_TOLERANCE
-        assert max_diff(iou, reference["box_iou"]) <= ONNX_TOLERANCE
+        assert max_diff(logits, reference["box_logits"]) <= FAST_TOLERANCE
+        assert max_diff(iou, reference["box_iou"]) <= FAST_TOLERANCE
         assert torch.equal(logits > 0, torch.from_numpy(reference["box_logits"] > 0))
-        # prompts other than one box decode in torch, from the ONNX Runtime embedding
+        # prompts other than one box decode in torch, from the fused encoder's embedding
         points = torch.from_numpy(reference["points"])[None]
         point_labels = torch.from_numpy(reference["point_labels"])[None]
         point_logits, _ = unfolded.decode(embedding, points=points, point_labels=point_labels, multimask_output=True)
-        assert max_diff(point_logits, reference["point_logits"]) <= ONNX_TOLERANCE
+        assert max_diff(point_logits, reference["point_logits"]) <= FAST_TOLERANCE
 
 
-def test_predictor_on_onnx_runtime_segments_like_torch(
-    onnx_parts: tuple[OnnxModule, OnnxModule], optimized: LiteMedSAM, ct_lesion_cases: list[Path]
-) -> None:
+def test_fused_predictor_segments_like_torch(optimized: LiteMedSAM, ct_lesion_cases: list[Path]) -> None:
     with np.load(ct_lesion_cases[2]) as case:
         key = int(np.argmax(case["gts"].sum(axis=(1, 2))))
         slices, truth = case["imgs"][key : key + 1], case["gts"][key] > 0
     device = torch.device("cpu")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEDSAM2_CACHE", str(USER_CACHE))
-        fast = LiteMedSAMPredictor(optimized, device)
-    assert fast.onnx_encoder is not None and fast.onnx_box_decoder is not None
-    plain = LiteMedSAMPredictor(optimized, device, onnx=False)
+    fast = LiteMedSAMPredictor(optimized, device)
+    assert isinstance(fast.fused_encoder, torch.jit.ScriptModule)
+    plain = LiteMedSAMPredictor(optimized, device, fuse=False)
+    assert plain.fused_encoder is None and plain.fused_box_decoder is None
     (fast_embedding,), (plain_embedding,) = fast.encode(slices), plain.encode(slices)
     assert (fast_embedding - plain_embedding).abs().max() <= TOLERANCE
     box = box_from_mask(truth)
     fast_prediction = fast.predict(fast_embedding, truth.shape, box=box)
     plain_prediction = plain.predict(plain_embedding, truth.shape, box=box)
-    assert np.abs(fast_prediction.logits - plain_prediction.logits).max() <= ONNX_TOLERANCE
+    assert np.abs(fast_prediction.logits - plain_prediction.logits).max() <= FAST_TOLERANCE
     assert np.array_equal(fast_prediction.logits > 0, plain_prediction.logits > 0)
-    assert abs(fast_prediction.score - plain_prediction.score) <= ONNX_TOLERANCE
+    assert abs(fast_prediction.score - plain_prediction.score) <= FAST_TOLERANCE
     overlap = np.logical_and(fast_prediction.logits > 0, truth).sum() / truth.sum()
     assert overlap > 0.6  # and it is the lesion
 
 
-def test_onnx_graph_is_rebuilt_when_damaged_then_cached_and_refilled_with_new_weights(
-    private_cache: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    import onnxruntime
-
-    torch.manual_seed(0)
-    block = MBConv(8, expand_ratio=2.0).eval()  # any module exports the same way; a small one quickly
-    images = torch.rand(1, 8, 16, 16)
-
-    def agrees(runner: OnnxModule | None) -> bool:
-        assert runner is not None
-        with torch.inference_mode():
-            return bool((runner(images)[0] - block(images)).abs().max() <= 1e-5)
-
-    path = private_cache / "onnx" / f"block-{architecture_key(block, (images,), onnxruntime.__version__)}.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Graphs of earlier versions, oldest first, and another module's graph: on writing a new graph
-    # only the newest earlier one of the same module is kept.
-    earlier = [path.parent / f"block-{digit * 32}.onnx" for digit in "123"]
-    other_module = path.parent / f"blocks-{'4' * 32}.onnx"
-    for age, stale in enumerate([*earlier, other_module]):
-        stale.write_bytes(b"old")
-        os.utime(stale, ns=(1_000_000_000 * (age + 1),) * 2)
-    path.write_bytes(b"half a file")  # as left by a full disk
-    with caplog.at_level(logging.WARNING, logger="medsam2.models.onnx_runtime"):
-        assert agrees(onnx_module(block, (images,), "block"))
-    assert "exporting block again" in caplog.text
-    exported = path.stat().st_mtime_ns
-    assert path.stat().st_size > 1000  # a good graph in its place
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, earlier[-1].name, other_module.name])
-
-    with torch.no_grad():
-        block.conv1.c.weight.mul_(-2.0)  # fine-tuned weights: the cached graph is reused, refilled
-    assert agrees(onnx_module(block, (images,), "block"))
-    assert path.stat().st_mtime_ns == exported and len(list(path.parent.iterdir())) == 3
-
-
-class NotExportable(nn.Module):
-    """Draws noise in its forward: no exported graph can reproduce it."""
+class NotTraceable(nn.Module):
+    """Draws noise in its forward: no traced graph can reproduce it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.rand_like(x)
 
 
-def test_without_onnx_runtime_or_a_faithful_export_torch_is_used(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, private_cache: Path, optimized: LiteMedSAM
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="medsam2.models.onnx_runtime"):
-        assert onnx_module(NotExportable(), (torch.rand(1, 4),), "noisy") is None
-    assert "noisy: ONNX Runtime unavailable, using torch: its outputs differ from torch's" in caplog.text
-    assert not list((private_cache / "onnx").glob("noisy-*"))  # nothing cached
-
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    predictor = LiteMedSAMPredictor(optimized, torch.device("cpu"))
-    assert predictor.onnx_encoder is None and predictor.onnx_box_decoder is None
+def test_a_module_that_fusion_cannot_reproduce_runs_unfused(caplog: pytest.LogCaptureFixture) -> None:
+    module = NotTraceable().eval()
+    with caplog.at_level(logging.WARNING, logger="medsam2.models.onednn_fusion"):
+        assert fused_module(module, (torch.rand(1, 4),), 1e-4) is module
+    assert "NotTraceable: oneDNN fusion unavailable, running it unfused: its outputs differ from torch's" in caplog.text

@@ -18,7 +18,7 @@ from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
-from medsam2.models.lite_medsam import BoxDecoder, bfloat16_parts, example_inputs, load_lite_medsam
+from medsam2.models.lite_medsam import BoxDecoder, example_inputs, fused_parts, load_lite_medsam
 from medsam2.models.onednn_fusion import fused_module
 
 CPU = torch.device("cpu")
@@ -39,8 +39,8 @@ def lesion_slices(ct_lesion_cases: list[Path]) -> list[tuple[np.ndarray, np.ndar
 
 def test_bf16_masks_agree_with_fp32_on_real_lesions(lesion_slices) -> None:
     model = load_lite_medsam()
-    fp32 = LiteMedSAMPredictor(model, CPU, onnx=False)
-    bf16 = LiteMedSAMPredictor(model, CPU, onnx=False, precision="bf16")
+    fp32 = LiteMedSAMPredictor(model, CPU, fuse=False)
+    bf16 = LiteMedSAMPredictor(model, CPU, precision="bf16")
     assert bf16.precision == ("bf16" if native_bf16_cpu() else "fp32")
     slices = np.stack([plane for plane, _ in lesion_slices])
     exact, fast = fp32.encode(slices), bf16.encode(slices)
@@ -68,20 +68,19 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(caplog) -> None:
     assert native_bf16_cpu({"amx_bf16": True}) and not native_bf16_cpu({})
 
 
-def test_load_predictor_bf16_runs_fused_bfloat16_parts() -> None:
+def test_load_predictor_bf16_runs_fused_parts() -> None:
     predictor = load_predictor(precision="bf16")
     assert isinstance(predictor, LiteMedSAMPredictor)
-    assert predictor.onnx_encoder is None and predictor.onnx_box_decoder is None  # ONNX Runtime is float32
-    if native_bf16_cpu():
-        # Fused by oneDNN Graph (a TorchScript module), not the unfused fallback.
-        assert isinstance(predictor.bf16_encoder, torch.jit.ScriptModule)
-        assert isinstance(predictor.bf16_box_decoder, torch.jit.ScriptModule)
+    # Fused by oneDNN Graph (a TorchScript module), not the unfused fallback.
+    assert isinstance(predictor.fused_encoder, torch.jit.ScriptModule)
+    assert isinstance(predictor.fused_box_decoder, torch.jit.ScriptModule)
+    assert predictor.fused_dtype == (torch.bfloat16 if native_bf16_cpu() else torch.float32)
 
 
 def test_fused_bf16_box_decoder_agrees_with_float32_on_real_lesions(lesion_slices) -> None:
     model = load_lite_medsam()
-    fp32 = LiteMedSAMPredictor(model, CPU, onnx=False)
-    _, box_decoder = bfloat16_parts(model)
+    fp32 = LiteMedSAMPredictor(model, CPU, fuse=False)
+    _, box_decoder = fused_parts(model, torch.bfloat16)
     for plane, truth in lesion_slices:
         embedding = fp32.encode(plane[None])[0]
         box = torch.as_tensor(fp32.transform.box_to_model(np.asarray(box_from_mask(truth)), plane.shape), dtype=torch.float32)[None]

@@ -276,7 +276,7 @@ def live_storages() -> dict[int, int]:
             storage = candidate.untyped_storage()
             try:
                 pointer = storage.data_ptr()
-            except RuntimeError:  # a fake tensor left by an earlier ONNX export: it holds no memory
+            except RuntimeError:  # a fake or meta tensor (torch.export leaves some alive): it holds no memory
                 continue
             storages[pointer] = storage.nbytes()
     return storages

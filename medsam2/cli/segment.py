@@ -25,7 +25,7 @@ from medsam2.io.volume import slicing_axis_index, to_slices
 PRECISION_OPTION = typer.Option(
     None,
     "--precision",
-    help="fp32 or bf16. bf16 runs LiteMedSAM's encoder and box decoder in bfloat16 (fused by oneDNN), about 2x "
+    help="fp32 or bf16. bf16 runs LiteMedSAM's encoder and box decoder in bfloat16, about 1.6x "
     "faster than fp32 on a CPU with native bf16 "
     "(AVX512-BF16/AMX; elsewhere fp32 is used, with a warning), masks not bit-exact (see README). "
     "Default: fp32 for lite-medsam, bf16 on CUDA (fp32 on CPU) for SAM 2.1 / MedSAM2.",

@@ -16,7 +16,6 @@ from torch import nn
 
 from medsam2.models.mask_decoder import MaskDecoder
 from medsam2.models.onednn_fusion import fused_module
-from medsam2.models.onnx_runtime import OnnxModule, onnx_module
 from medsam2.models.prompt_encoder import PromptEncoder
 from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
 from medsam2.models.transformer import TwoWayTransformer
@@ -25,11 +24,11 @@ from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_state_st
 IMAGE_SIZE = 256
 EMBED_DIM = 256
 EMBEDDING_SIZE = IMAGE_SIZE // 4
-# How far the fused bfloat16 parts may stray from the unfused bfloat16 modules on the example inputs:
-# bfloat16 keeps 8 bits of mantissa, so a logit of 20 moves by up to 0.125 from rounding alone, and
-# fusion changes where intermediate results are rounded.
-BFLOAT16_EMBEDDING_TOLERANCE = 0.1
-BFLOAT16_LOGIT_TOLERANCE = 1.0
+# How far the fused parts may stray from the unfused modules on the example inputs, (embedding,
+# logits) per dtype: float32 differs by rounding alone (about 1e-5); bfloat16 keeps 8 bits of
+# mantissa, so a logit of 20 moves by up to 0.125 from rounding alone, and fusion changes where
+# intermediate results are rounded.
+FUSION_TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (0.1, 1.0)}
 
 
 class LiteMedSAM(nn.Module):
@@ -101,7 +100,7 @@ class LiteMedSAM(nn.Module):
 
 class BoxDecoder(nn.Module):
     """The decoder for one box on one image embedding, single-mask output: the call propagation
-    makes on every slice, as a module of its own so that it can run on ONNX Runtime or fused.
+    makes on every slice, as a module of its own so that it can be fused.
 
     With `dtype` bfloat16 the mask decoder is a bfloat16 copy (the prompt encoder stays float32:
     box coordinates need its precision); inputs and outputs are float32 either way."""
@@ -126,18 +125,23 @@ class BoxDecoder(nn.Module):
         return low_res.float(), iou.float()
 
 
-def bfloat16_parts(model: LiteMedSAM) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable]:
-    """`model`'s image encoder and `BoxDecoder` in bfloat16 for CPUs with native bfloat16, fused by
-    oneDNN Graph (`medsam2.models.onednn_fusion`). The encoder takes one bfloat16 channels-last
-    image (1, 3, 256, 256) and returns a bfloat16 embedding; the decoder takes and returns float32.
-    Embeddings differ from float32 by about 1e-2, logits by a few tenths where they are large: not
-    bit-exact. Copies, so the float32 model stays as it is."""
-    encoder = copy.deepcopy(model.image_encoder).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+def fused_parts(model: LiteMedSAM, dtype: torch.dtype = torch.float32) -> tuple[Callable, Callable]:
+    """`model`'s image encoder and `BoxDecoder` fused by oneDNN Graph for the CPU
+    (`medsam2.models.onednn_fusion`), in float32 or, for CPUs with native bfloat16, bfloat16.
+
+    The encoder takes one channels-last image (1, 3, 256, 256) of `dtype` and returns its embedding
+    in `dtype`; the decoder takes and returns float32. `model` in eval mode. Both are snapshots of the
+    weights: make them again after changing them. float32 reproduces torch within 1e-4; bfloat16 is
+    not bit-exact (embeddings move by about 0.06, large logits by a few tenths)."""
     image, embedding, box = example_inputs()
-    image = image.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    image = image.to(dtype=dtype, memory_format=torch.channels_last)
+    encoder = model.image_encoder
+    if dtype != torch.float32:
+        encoder = copy.deepcopy(encoder).to(dtype=dtype, memory_format=torch.channels_last)
+    embedding_tolerance, logit_tolerance = FUSION_TOLERANCES[dtype]
     return (
-        fused_module(encoder, (image,), BFLOAT16_EMBEDDING_TOLERANCE),
-        fused_module(BoxDecoder(model, torch.bfloat16).eval(), (embedding, box), BFLOAT16_LOGIT_TOLERANCE),
+        fused_module(encoder, (image,), embedding_tolerance),
+        fused_module(BoxDecoder(model, dtype).eval(), (embedding, box), logit_tolerance),
     )
 
 
@@ -148,17 +152,6 @@ def example_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     embedding = torch.randn(1, EMBED_DIM, EMBEDDING_SIZE, EMBEDDING_SIZE, generator=generator)
     return image, embedding, torch.tensor([[64.0, 80.0, 150.0, 170.0]])
-
-
-def onnx_runtime_parts(model: LiteMedSAM, encoder: bool = True) -> tuple[OnnxModule | None, OnnxModule | None]:
-    """`model`'s image encoder (one image per call; None with `encoder=False`) and `BoxDecoder` on
-    ONNX Runtime, each None where that is unavailable; `model` in eval mode on the CPU (see
-    `medsam2.models.onnx_runtime`)."""
-    image, embedding, box = example_inputs()
-    return (
-        onnx_module(model.image_encoder, (image,), "lite_medsam_image_encoder") if encoder else None,
-        onnx_module(BoxDecoder(model), (embedding, box), "lite_medsam_box_decoder"),
-    )
 
 
 def load_lite_medsam(

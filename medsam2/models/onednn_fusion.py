@@ -1,10 +1,12 @@
-"""Modules run as oneDNN Graph partitions: LiteMedSAM's bfloat16 fast path on CPU.
+"""Modules run as oneDNN Graph partitions: LiteMedSAM's fast path on CPU, in float32 and bfloat16.
 
 In eager mode each operator reads and writes its whole activation: on LiteMedSAM's encoder, whose
 first stage works on 256x256 maps of 256 channels, the element-wise work between the matrix products
-(GELU, LayerNorm, residual adds, softmax) cost as much as the products themselves. oneDNN Graph
-fuses such chains into single kernels. torch reaches it through TorchScript: the module is traced and
-frozen for fixed input shapes, and TorchScript's profiling executor hands the graph to oneDNN on the
+(GELU, LayerNorm, residual adds, softmax) cost as much as the products themselves in bfloat16, and a
+good part of the time in float32. oneDNN Graph fuses such chains into single kernels: on the
+project's 2-core CPU the float32 encoder ran 0.48 s a slice fused, 0.59 s unfused and 0.59 s on ONNX
+Runtime (which medsam2 used before), within 5e-6 of torch; bfloat16 0.28 s fused, 0.41 s unfused.
+torch reaches it through TorchScript: the module is traced and frozen for fixed input shapes, and TorchScript's profiling executor hands the graph to oneDNN on the
 second run. That takes seconds and no C++ compiler, unlike `torch.compile`, which spent 15-35 s per
 process here for a similar speed.
 
@@ -20,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-
-from medsam2.models.onnx_runtime import check, first_line
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,32 @@ def fused_module(
         log.warning("%s: oneDNN fusion unavailable, running it unfused: %s", type(module).__name__, first_line(error))
         return module
     return fused
+
+
+def check(
+    runner: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    tolerance: float,
+) -> None:
+    """RuntimeError unless `runner` reproduces `module` within `tolerance` on the example inputs
+    and on the same flipped, which a graph that baked in its example (data-dependent code the
+    tracer went through) would miss."""
+    for inputs in (example_inputs, tuple(x.flip(-1) for x in example_inputs)):
+        with torch.inference_mode():
+            expected = module(*inputs)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        actual = runner(*inputs)
+        actual = [actual] if isinstance(actual, torch.Tensor) else list(actual)
+        if [tuple(x.shape) for x in actual] != [tuple(x.shape) for x in expected]:
+            raise RuntimeError("its outputs are not shaped like torch's")
+        difference = max(float((a.float() - e.float()).abs().max()) for a, e in zip(actual, expected))
+        if not difference <= tolerance:
+            raise RuntimeError(f"its outputs differ from torch's by {difference:.2e}")
+
+
+def first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -4,9 +4,9 @@ A sample is one object on one slice where it is present: case, object and slice 
 that order. Its prompt is the object's bounding box with SAM 2's box noise, plus (optionally) clicks
 inside the object. The slice goes through the model's own input transform (`LongestSideResize`);
 the mask is compared with the object at the decoder's 256x256 output. With the image encoder
-frozen, a slice's embedding never changes, so each is computed once, by the engine's encoder (ONNX
-Runtime on the CPU, several times faster than torch's autograd-ready modules; one slice at a time,
-so the value does not depend on which batch first needed it), and kept.
+frozen, a slice's embedding never changes, so each is computed once, by the engine's encoder (fused
+by oneDNN on the CPU, faster than torch's autograd-ready modules; one slice at a time, so the value
+does not depend on which batch first needed it), and kept.
 """
 
 from __future__ import annotations
