@@ -24,7 +24,7 @@ from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_state_st
 IMAGE_SIZE = 256
 EMBED_DIM = 256
 EMBEDDING_SIZE = IMAGE_SIZE // 4
-# How far the fused parts may stray from the unfused modules on the example inputs, (embedding,
+# How far the fused parts may stray from their unfused run on the example inputs, (embedding,
 # logits) per dtype: float32 differs by rounding alone (about 1e-5); bfloat16 keeps 8 bits of
 # mantissa, so a logit of 20 moves by up to 0.125 from rounding alone, and fusion changes where
 # intermediate results are rounded.
