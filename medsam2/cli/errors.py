@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import typer
 
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 
 F = TypeVar("F", bound=Callable)
 
@@ -29,6 +29,6 @@ def reports_input_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except InputError as error:
-            fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            fail(first_line(error))
 
     return wrapper  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.io.atomic import atomic_write_text
 from medsam2.resources import packaged_file
 
@@ -86,7 +86,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]

@@ -24,7 +24,7 @@ from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
@@ -245,7 +245,7 @@ class ViewerSession:
                     on_progress=lambda done, total: setattr(self, "progress", Progress("running", done, total)),
                 )
             except Exception as error:
-                self.progress = Progress("failed", message=str(error).splitlines()[0] if str(error) else type(error).__name__)
+                self.progress = Progress("failed", message=first_line(error))
                 raise
             finally:
                 self._summary = self._summarise()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medsam2 import __version__
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.io.atomic import atomic_path
 from medsam2.train.config import TrainConfig
 
@@ -70,7 +70,7 @@ def load_training_state(path: Path, device: torch.device) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(f"{path}: not a readable training state ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"{path}: not a medsam2 training state")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from medsam2.engine.registry import PRESETS
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.preprocess import parse_window
 
 ModelName = Literal["lite-medsam", "sam2"]
@@ -147,7 +147,7 @@ def load_config(path: Path | str) -> TrainConfig:
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise InputError(f"{path}: not valid YAML ({reason})") from None
     config = config_from_dict(document or {}, str(path))
     return resolve_paths(config, path.parent)
