@@ -294,3 +294,4 @@ def test_a_module_that_fusion_cannot_reproduce_runs_unfused(caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING, logger="medsam2.models.onednn_fusion"):
         assert fused_module(module, (torch.rand(1, 4),), 1e-4) is module
     assert "NotTraceable: oneDNN fusion unavailable, running it unfused: its fused outputs differ from the unfused ones" in caplog.text
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is restored

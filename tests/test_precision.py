@@ -18,8 +18,7 @@ from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
-from medsam2.models.lite_medsam import BoxDecoder, example_inputs, fused_parts, load_lite_medsam
-from medsam2.models.onednn_fusion import fused_module
+from medsam2.models.lite_medsam import fused_parts, load_lite_medsam
 
 CPU = torch.device("cpu")
 runner = CliRunner()
@@ -90,17 +89,6 @@ def test_fused_bf16_box_decoder_agrees_with_float32_on_real_lesions(lesion_slice
         assert logits.dtype == torch.float32 and logits.shape == exact_logits.shape
         assert (logits > 0).eq(exact_logits > 0).float().mean() > 0.995
         assert abs(float(iou) - float(exact_iou)) < 0.02
-
-
-def test_a_part_that_fails_its_check_runs_unfused(caplog) -> None:
-    model = load_lite_medsam()
-    _, embedding, box = example_inputs()
-    decoder = BoxDecoder(model).eval()
-    with caplog.at_level(logging.WARNING, logger="medsam2.models.onednn_fusion"):
-        part = fused_module(decoder, (embedding, box), tolerance=-1.0)  # no result can pass
-    assert part is decoder
-    assert "oneDNN fusion unavailable" in caplog.text and "differ" in caplog.text
-    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is restored
 
 
 @pytest.fixture(scope="module")

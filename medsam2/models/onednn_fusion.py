@@ -6,8 +6,8 @@ first stage works on 256x256 maps of 256 channels, the element-wise work between
 good part of the time in float32. oneDNN Graph fuses such chains into single kernels: on the
 project's 2-core CPU the float32 encoder ran 0.48 s a slice fused, 0.59 s unfused and 0.59 s on ONNX
 Runtime (which medsam2 used before), within 5e-6 of torch; bfloat16 0.28 s fused, 0.41 s unfused.
-torch reaches it through TorchScript: the module is traced and frozen for fixed input shapes, and TorchScript's profiling executor hands the graph to oneDNN on the
-second run. That takes seconds and no C++ compiler, unlike `torch.compile`, which spent 15-35 s per
+torch reaches it through TorchScript: the module is traced and frozen for fixed input shapes, and
+TorchScript's profiling executor hands the graph to oneDNN on the second run. That takes seconds and no C++ compiler, unlike `torch.compile`, which spent 15-35 s per
 process here for a similar speed.
 
 TorchScript is deprecated since torch 2.13 in favour of `torch.compile`, whose CPU path needs a C++
@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from medsam2.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ def fused_module(
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, known (module docstring)
             # check_trace would trace twice more (seconds); the outputs are compared below instead
             fused = torch.jit.freeze(torch.jit.trace(module, example_inputs, check_trace=False))
-            unfused_output, fused_output = (outputs(fused(*example_inputs)) for _ in range(2))
+            unfused_output = outputs(fused(*example_inputs))
+            fused_output = outputs(fused(*example_inputs))
         difference = max(float((a.float() - e.float()).abs().max()) for a, e in zip(fused_output, unfused_output))
         if not difference <= tolerance:
             raise RuntimeError(f"its fused outputs differ from the unfused ones by {difference:.2e}")
@@ -60,10 +63,6 @@ def fused_module(
 
 def outputs(result: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [result] if isinstance(result, torch.Tensor) else list(result)
-
-
-def first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @contextlib.contextmanager
