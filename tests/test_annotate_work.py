@@ -216,4 +216,7 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("accept", project, "ghost", "-a", "alice"), "no case named 'ghost'")
     assert_one_line_error(run("export", project, tmp_path / "out"), "no accepted cases")
     assert_one_line_error(run("queue", project, "-a", "two words"), "annotator 'two words'")
+    # output names are checked before the case is looked up (and before any replay or recording)
+    assert_one_line_error(run("show", project, "ghost", "-o", tmp_path / "out" / "mask.xyz"), "cannot write masks as '.xyz'")
+    assert_one_line_error(run("prompt", project, "ghost", "--box", "0,1,1,5,5", "--overlay", tmp_path / "out" / "view.jpg"), "name it .png")
     assert not (tmp_path / "out").exists()

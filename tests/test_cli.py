@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from medsam2.cli import segment as segment_command
 from medsam2.cli.main import app
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image, save_mask
@@ -222,3 +223,25 @@ def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[
     out = tmp_path / "seg.nii.gz"
     assert_one_line_error(run("segment", lesion_case, "-o", out, *flags), fragment)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "output, overlay, fragment",
+    [
+        ("seg.xyz", None, "cannot write masks as '.xyz'"),
+        ("seg.png", None, "PNG holds one 2D slice but the image has 13"),
+        ("seg.dcm", None, "DICOM-SEG output needs a DICOM input image"),
+        ("seg.nii.gz", "look.jpg", "the overlay montage is a PNG image"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_the_model_runs(
+    tmp_path: Path, lesion_case: Path, monkeypatch: pytest.MonkeyPatch, output: str, overlay: str | None, fragment: str
+) -> None:
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output names were checked")
+
+    monkeypatch.setattr(segment_command, "load_predictor", no_model)
+    flags = ["--overlay", tmp_path / overlay] if overlay else []
+    result = run("segment", lesion_case, "-o", tmp_path / output, "--box", "6,246,273,276,322", *flags)
+    assert_one_line_error(result, output if overlay is None else overlay, fragment)
+    assert not any(tmp_path.iterdir())

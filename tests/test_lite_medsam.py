@@ -202,6 +202,7 @@ def _save(tmp_path: Path, content: object) -> Path:
     [
         ("missing", "checkpoint not found"),
         ("truncated", "not a readable PyTorch checkpoint"),
+        ("text_file", r"not a PyTorch checkpoint of tensors only \(Unsupported operand"),
         (
             "renamed_key",
             r"not a LiteMedSAM checkpoint \(1 missing keys, e\.g\. mask_decoder\.iou_token\.weight; "
@@ -221,6 +222,9 @@ def test_bad_checkpoint_is_a_one_line_input_error(
     elif damage == "truncated":
         path = tmp_path / "truncated.pth"
         path.write_bytes(bundled_lite_medsam_checkpoint().read_bytes()[: weights.LITE_MEDSAM_SIZE // 2])
+    elif damage == "text_file":
+        path = tmp_path / "weights.json"
+        path.write_text('{"model": "lite_medsam.pth"}')
     elif damage == "renamed_key":
         state["decoder.iou_token.weight"] = state.pop(key)
         path = _save(tmp_path, state)

@@ -38,7 +38,8 @@ from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
 from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, save_mask
 from medsam2.io.masks import load_mask
-from medsam2.io.overlay import save_overlay_montage
+from medsam2.io.overlay import check_overlay_output, save_overlay_montage
+from medsam2.io.writers import check_mask_output
 
 app = typer.Typer(
     name="annotate",
@@ -72,6 +73,14 @@ OVERLAY_OPTION = typer.Option(None, "--overlay", help="Also write a PNG montage 
 
 def annotator_name(value: str | None) -> str:
     return value or os.environ.get("MEDSAM2_ANNOTATOR") or getpass.getuser()
+
+
+def check_views(output: Path | None, overlay: Path | None) -> None:
+    """Refuse output names `show_views` cannot write before the case is replayed or changed."""
+    if output is not None:
+        check_mask_output(output)
+    if overlay is not None:
+        check_overlay_output(overlay)
 
 
 def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> None:
@@ -191,6 +200,7 @@ def queue_command(
 
     Example: medsam2 annotate queue lesions/ -a alice -o current.nii.gz --overlay current.png
     """
+    check_views(output, overlay)
     opened = open_project(project)
     who = annotator_name(annotator)
     case = lease_next(opened, who)
@@ -218,6 +228,7 @@ def show_command(
 
     Example: medsam2 annotate show lesions/ CT_Lesion_000002 --overlay case.png
     """
+    check_views(output, overlay)
     opened = open_project(project)
     with opened.transaction() as session:
         row = opened.case(session, case)
@@ -260,6 +271,7 @@ def prompt_command(
 
     Example: medsam2 annotate prompt lesions/ CT_Lesion_000002 --box 6,246,273,276,322 -o current.nii.gz
     """
+    check_views(output, overlay)
     work = work_session(project, case, annotator, device)
     height, width = work.model.slice_hw
     prompts = prompts_from_flags(box, point, recist, height, width)
@@ -289,6 +301,7 @@ def correct_command(
 
     Example: medsam2 annotate correct lesions/ CT_Lesion_000002 --mask edited.nii.gz --slice 7
     """
+    check_views(output, overlay)
     work = work_session(project, case, annotator, device)
     edited = load_mask(mask)
     check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
@@ -311,6 +324,7 @@ def undo_command(
 
     Example: medsam2 annotate undo lesions/ CT_Lesion_000002 -o current.nii.gz
     """
+    check_views(output, overlay)
     work = work_session(project, case, annotator, device)
     undone = work.undo()
     typer.echo(f"{case}: undid a {undone.data['undoes']} on slice {undone.slice_index}; {describe(work.model)}")

@@ -16,7 +16,8 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.overlay import save_overlay_montage
+from medsam2.io.overlay import check_overlay_output, save_overlay_montage
+from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
 from medsam2.io.volume import slicing_axis_index, to_slices
 
@@ -90,7 +91,10 @@ def segment(
         raise InputError(f"{image}: --areas and --echo are for videos")
     if axis not in ("axial", "coronal", "sagittal"):
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
+    if overlay is not None:
+        check_overlay_output(overlay)
     volume = load_image(image)
+    check_mask_output(output, volume)
     axis_index = slicing_axis_index(volume, axis)  # type: ignore[arg-type]
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
     prompts = gather_prompts(volume, axis_index, sources)

@@ -8,11 +8,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_path
 
 # Distinct, colour-blind-friendly label colours (Okabe-Ito), cycled for labels beyond eight.
 LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255)]
 BOX_COLOUR = (255, 40, 40)
+
+
+def check_overlay_output(path: Path | str) -> None:
+    """Raise InputError unless `path` names a PNG, the montage's format (checked before long work)."""
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"{path}: the overlay montage is a PNG image; name it .png")
 
 
 def overlay_slice(
@@ -42,6 +49,7 @@ def save_overlay_montage(
 ) -> Path:
     """Write a grid of the slices that hold an object or a box (at most `max_tiles`, evenly picked),
     each captioned with its index, as a PNG."""
+    check_overlay_output(path)
     boxes = boxes or {}
     shown = sorted({int(k) for k in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))} | set(boxes))
     if not shown:

@@ -33,24 +33,32 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
     path = Path(path)
+    check_mask_output(path, like)
+    mask = np.asarray(mask)
+    if mask.shape != like.shape:
+        raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
+    labels = _label_map(mask, path)
+    write = _WRITERS.get(file_suffix(path), _write_sitk)
+    with _atomic_output(path) as staging_path:
+        write(labels, like, staging_path)
+    return path
+
+
+def check_mask_output(path: Path, like: Volume | None = None) -> None:
+    """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
+    Front ends call it before the segmentation, so that a wrong output name fails at once."""
     suffix = file_suffix(path)
     if suffix not in SUPPORTED_MASK_SUFFIXES:
         raise InputError(
             f"{path}: cannot write masks as '{suffix or 'no extension'}' "
             f"(supported: {' '.join(SUPPORTED_MASK_SUFFIXES)})"
         )
-    mask = np.asarray(mask)
-    if mask.shape != like.shape:
-        raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
+    if like is None:
+        return
     if suffix == ".png" and like.shape[0] != 1:
         raise InputError(f"{path}: PNG holds one 2D slice but the image has {like.shape[0]}; use .nii.gz")
     if suffix == ".dcm" and "dicom_files" not in like.meta:
         raise InputError(f"{path}: DICOM-SEG output needs a DICOM input image, not {like.source or 'an array'}")
-    labels = _label_map(mask, path)
-    write = _WRITERS.get(suffix, _write_sitk)
-    with _atomic_output(path) as staging_path:
-        write(labels, like, staging_path)
-    return path
 
 
 def _label_map(mask: np.ndarray, path: Path) -> np.ndarray:

