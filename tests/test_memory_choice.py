@@ -1,5 +1,6 @@
 """The memory-bank choice (`recent` or `confidence`) through every front end: `medsam2 segment` on a
-volume and on a video, `medsam2 batch` (option and manifest column) and the web server's sessions.
+volume and on a video, `medsam2 batch` (option and manifest column), the web server's sessions and
+the web page.
 
 A random-weight SAM 2.1 checkpoint runs with MedSAM2's settings (no published checkpoint is
 downloaded): the masks mean nothing, but which bank ran shows. A slice next to the prompted one
@@ -17,7 +18,9 @@ import torch
 from fastapi.testclient import TestClient
 from test_cli import assert_one_line_error, run
 from test_sam2_engine import moving_disk, random_sam2
+from playwright.sync_api import Browser
 from test_video_io import write_container
+from test_web_e2e import IDLE, browser, serving, session_info, start_page  # noqa: F401 (browser: a fixture)
 
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.results import fingerprint
@@ -143,6 +146,7 @@ def test_a_server_session_opens_with_the_chosen_bank(tmp_path: Path, model: str,
     for server_model in (model, "lite-medsam"):
         app = create_app(ServerSettings(data_dir=data, model=server_model))
         with TestClient(app, base_url="http://127.0.0.1", headers={CLIENT_HEADER: client_id}) as client:
+            assert client.get("/api/info").json()["memory_banks"] == ([] if server_model == "lite-medsam" else list(BANKS))
             if server_model == model:
                 opened = client.post("/api/sessions", json=opening)
                 assert opened.status_code == 201, opened.text
@@ -158,3 +162,28 @@ def test_a_server_session_opens_with_the_chosen_bank(tmp_path: Path, model: str,
             assert client.post("/api/sessions", json={**opening, "memory": "oldest"}).status_code == 422
             plain = client.post("/api/sessions", json={"case": opening["case"]})
             assert plain.status_code == 201 and plain.json()["memory"] == "recent"
+
+
+def test_the_page_offers_the_banks_of_a_memory_model_only(
+    tmp_path: Path, model: str, volume_case: tuple[Path, str], browser: Browser  # noqa: F811
+) -> None:
+    case, _ = volume_case
+    (tmp_path / case.name).write_bytes(case.read_bytes())
+    one_case = "document.querySelector('#case-select').options.length === 1"
+    with serving(ServerSettings(data_dir=tmp_path, model=model)) as url:
+        page, problems = start_page(browser, url, one_case)
+        assert page.is_visible("#memory-choice")
+        assert page.eval_on_selector_all("#memory option", "options => options.map((o) => o.value)") == list(BANKS)
+        page.select_option("#memory", "confidence")
+        page.click("#open-case")
+        page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+        assert session_info(page)["memory"] == "confidence"
+        assert problems == []
+        page.close()
+    with serving(ServerSettings(data_dir=tmp_path)) as url:  # LiteMedSAM: no memory, nothing to choose
+        page, problems = start_page(browser, url, one_case)
+        assert not page.is_visible("#memory-choice")
+        page.click("#open-case")
+        page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+        assert session_info(page)["memory"] == "recent" and problems == []
+        page.close()

@@ -81,6 +81,7 @@ def info(state: ServerState = Depends(server_state)) -> dict:
         "max_upload_bytes": state.settings.max_upload_bytes,
         "window_presets": WINDOW_PRESETS,
         "label_colours": LABEL_COLOURS,
+        "memory_banks": list(state.memory_banks),
     }
 
 

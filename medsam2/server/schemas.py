@@ -34,6 +34,9 @@ class ServerInfo(BaseModel):
     max_upload_bytes: int
     window_presets: dict[str, tuple[float, float]] = Field(description="CT presets: name -> (width, level) in HU")
     label_colours: list[tuple[int, int, int]] = Field(description="RGB colours of object ids 1, 2, ... (cycled)")
+    memory_banks: list[str] = Field(
+        description="the `memory` a session may open with: recent and confidence for SAM 2.1 / MedSAM2, none for LiteMedSAM"
+    )
 
 
 class OpenSession(BaseModel):

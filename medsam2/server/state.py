@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medsam2.engine.models import memory_banks
 from medsam2.server.cases import CaseCatalog
 from medsam2.server.inference import InferencePool
 from medsam2.server.sessions import SessionStore
@@ -16,6 +17,7 @@ class ServerState:
     catalog: CaseCatalog
     sessions: SessionStore
     inference: InferencePool
+    memory_banks: tuple[str, ...]  # what sessions may choose: none for LiteMedSAM, which has no memory
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> ServerState:
@@ -24,6 +26,7 @@ class ServerState:
             catalog=CaseCatalog(settings.data_dir, settings.upload_dir, offer_samples=settings.data_dir is None or settings.with_samples),
             sessions=SessionStore(settings.max_sessions, settings.session_idle_seconds),
             inference=InferencePool(settings.model, settings.devices),
+            memory_banks=memory_banks(settings.model),
         )
 
     def close(self) -> None:

@@ -534,7 +534,8 @@ async function openCase() {
   status("Opening…");
   stopPlaying();
   const previous = state.session;
-  const info = await api("/api/sessions", { method: "POST", json: { case: caseId } });
+  const opening = state.server.memory_banks.length ? { case: caseId, memory: $("memory").value } : { case: caseId };
+  const info = await api("/api/sessions", { method: "POST", json: opening });
   if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
   const count = info.shape[0];
   Object.assign(state, {
@@ -562,6 +563,13 @@ async function openCase() {
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
   status(`${what} ${next}`);
+}
+
+// Memory models (SAM 2.1 / MedSAM2) offer a choice of memory bank; LiteMedSAM has no memory.
+function fillMemoryBanks() {
+  const banks = state.server.memory_banks;
+  $("memory").replaceChildren(...banks.map((bank) => new Option(bank === "recent" ? "recent (SAM 2)" : bank, bank)));
+  $("memory-choice").hidden = banks.length === 0;
 }
 
 async function uploadFile(file) {
@@ -800,6 +808,7 @@ async function start() {
   if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
   setTool("box");
   state.server = await api("/api/info");
+  fillMemoryBanks();
   await loadCases();
   // A case with a start slice (the built sample lesion) is opened at once, on the slice to box:
   // a first-time user sees something to segment without choosing anything.
