@@ -26,10 +26,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
 from medsam2.errors import InputError
 
@@ -65,8 +65,8 @@ def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm
     if empty is not None:
         return empty
     pred_crop, gt_crop = _crop_to_union(pred_mask, gt_mask)
-    with _monai_quietly():
-        score = compute_surface_dice(
+    with _monai_metrics() as metrics:
+        score = metrics.compute_surface_dice(
             torch.from_numpy(pred_crop[None, None]),
             torch.from_numpy(gt_crop[None, None]),
             class_thresholds=[float(tolerance_mm)],
@@ -85,8 +85,8 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     if empty is not None:
         return 0.0 if empty == 1.0 else math.inf
     pred_crop, gt_crop = _crop_to_union(pred_mask, gt_mask)
-    with _monai_quietly():
-        distance = compute_hausdorff_distance(
+    with _monai_metrics() as metrics:
+        distance = metrics.compute_hausdorff_distance(
             torch.from_numpy(pred_crop[None, None]),
             torch.from_numpy(gt_crop[None, None]),
             include_background=True,
@@ -148,11 +148,15 @@ def _empty_case(pred: np.ndarray, gt: np.ndarray) -> float | None:
 
 
 @contextmanager
-def _monai_quietly() -> Iterator[None]:
-    # MONAI 1.5 and later pass a deprecated argument to their own get_mask_edges on every call.
+def _monai_metrics() -> Iterator[ModuleType]:
+    """`monai.metrics`, imported on first use (MONAI takes over a second to import, which every
+    command would pay at start) and quieted: MONAI 1.5 and later pass a deprecated argument to their
+    own get_mask_edges on every call."""
+    from monai import metrics
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        yield
+        yield metrics
 
 
 def _crop_to_union(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

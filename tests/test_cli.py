@@ -56,6 +56,14 @@ def lesion_nifti(tmp_path_factory, lesion_case: Path) -> tuple[Path, Path]:
     return folder / "case.nii.gz", gt
 
 
+def test_the_command_line_starts_without_the_heavy_optional_imports() -> None:
+    """Every command pays for what `medsam2` imports at start: no timm or torchvision ever (they
+    would pull a CUDA torch), and MONAI (metrics) and scipy.signal (echo measurements) only when used."""
+    probe = "import sys, medsam2.cli.main; print(' '.join(m for m in ('timm', 'torchvision', 'monai', 'scipy.signal') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
 def test_version_and_help_through_the_installed_command() -> None:
     version = subprocess.run([sys.executable, "-m", "medsam2.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("medsam2 ")

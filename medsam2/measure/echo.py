@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import find_peaks
 
 from medsam2.errors import InputError
 
@@ -63,6 +62,8 @@ def simpson_volume(mask: np.ndarray, pixel_spacing: tuple[float, float] | None =
 
 def cardiac_phases(area: np.ndarray, min_prominence: float = MIN_PROMINENCE) -> tuple[list[int], list[int]]:
     """(ED frames, ES frames) of an LV area curve (one value per frame), by the rule in the module doc."""
+    from scipy.signal import find_peaks  # scipy.signal takes half a second to import: only --echo needs it
+
     area = np.asarray(area, dtype=float)
     span = float(area.max() - area.min()) if area.size else 0.0
     if area.size < 2 or span <= 0:
