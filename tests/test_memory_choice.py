@@ -25,11 +25,13 @@ from test_web_e2e import IDLE, browser, serving, session_info, start_page  # noq
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.results import fingerprint
 from medsam2.distributed.worker import CaseRunner
+from medsam2.engine.models import memory_banks
 from medsam2.engine.prompts import box_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.io.masks import load_mask
 from medsam2.io.video import load_video_mask
+from medsam2.models.weights import bundled_lite_medsam_checkpoint
 from medsam2.server import ServerSettings, create_app
 from medsam2.server.security import CLIENT_HEADER
 
@@ -134,6 +136,12 @@ def test_batch_takes_the_bank_from_the_manifest_or_the_command(
     result = run("batch", manifest, "--out", tmp_path / "refused", "--memory", "oldest")
     assert_one_line_error(result, "memory bank 'oldest': choose recent or confidence")
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_banks_a_model_offers_follow_its_family(model: str) -> None:
+    bare_path = model.partition("=")[2]  # no preset named: the checkpoint's tensors decide
+    assert memory_banks(model) == memory_banks(bare_path) == BANKS
+    assert memory_banks("lite-medsam") == memory_banks(str(bundled_lite_medsam_checkpoint())) == ()
 
 
 def test_a_server_session_opens_with_the_chosen_bank(tmp_path: Path, model: str, volume_case: tuple[Path, str]) -> None:

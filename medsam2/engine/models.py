@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam2.engine.predictor import SlicePrediction
-from medsam2.engine.registry import ModelChoice, is_lite_medsam_state, resolve_model, sam2_predictor
+from medsam2.engine.registry import is_lite_medsam_state, resolve_model, sam2_predictor
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
@@ -224,21 +224,18 @@ def load_predictor(
         return LiteMedSAMPredictor(load_lite_medsam(device=target), target, precision=precision or "fp32")
     choice = resolve_model(model)
     state = read_state_dict(choice.path)
-    if is_lite_medsam_choice(choice, state):
+    if choice.preset is None and is_lite_medsam_state(state):
         return LiteMedSAMPredictor(lite_medsam_from_state(state, choice.path, target), target, precision=precision or "fp32")
     return sam2_predictor(choice, state, target, precision)
 
 
-def is_lite_medsam_choice(choice: ModelChoice, state: dict[str, torch.Tensor]) -> bool:
-    """Whether a checkpoint named by `--model` is a LiteMedSAM one (not a SAM 2.1 / MedSAM2 one)."""
-    return choice.preset is None and is_lite_medsam_state(state)
-
-
 def memory_banks(model: str = DEFAULT_MODEL) -> tuple[MemoryPolicy, ...]:
     """The memory banks propagation with `model` (as `load_predictor` takes it) can attend to: every
-    policy for SAM 2.1 / MedSAM2, none for LiteMedSAM, which has no memory. Reads the checkpoint
-    but builds no model."""
+    policy for SAM 2.1 / MedSAM2, none for LiteMedSAM, which has no memory. Builds no model; reads
+    the checkpoint only when a bare path leaves the family open."""
     if model == DEFAULT_MODEL:
         return ()
     choice = resolve_model(model)
-    return () if is_lite_medsam_choice(choice, read_state_dict(choice.path)) else MEMORY_POLICIES
+    if choice.preset is not None:
+        return MEMORY_POLICIES
+    return () if is_lite_medsam_state(read_state_dict(choice.path)) else MEMORY_POLICIES
