@@ -19,7 +19,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompt_sources import gather_prompts
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.tracking import MemoryPolicy
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask, slicing_axis_index
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
@@ -124,7 +124,7 @@ class CaseRunner:
         try:
             return self._segment(case, start)
         except InputError as error:
-            return self._failed(case, start, str(error).splitlines()[0])
+            return self._failed(case, start, first_line(error))
         except Exception as error:  # a bug or a library failure: this case fails, the batch goes on
             return self._failed(case, start, f"internal error: {type(error).__name__}: {error}", traceback.format_exc())
 

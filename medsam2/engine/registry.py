@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.models.sam2 import SAM2Config, is_sam2_state, sam2_from_state
 
 if sys.version_info >= (3, 11):
@@ -100,7 +100,7 @@ def _configured_models(path: Path) -> dict[str, Any]:
     try:
         table = tomllib.loads(path.read_text()).get("models", {})
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a valid TOML config file ({str(error).splitlines()[0]})") from None
+        raise InputError(f"{path}: not a valid TOML config file ({first_line(error)})") from None
     if not isinstance(table, dict):
         raise InputError(f"{path}: [models] must be a table of name = \"path\" entries")
     return table
