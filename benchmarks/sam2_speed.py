@@ -8,12 +8,15 @@ folder Meta's predictor needs), from the same box on frame 0, forward to the las
   off: its compiled extension is not built); frames loaded by its `init_state` (not timed);
 - medsam2: `Session` with `SAM2Predictor`: frames encoded in batches, a bounded memory bank.
 
-Timed: from the prompt to the last frame's mask on the host. Each (implementation, length, precision)
+Timed: from the prompt to the last frame's mask on the host. With `--warm-up` each first propagates
+untimed through `WARM_UP_FRAMES` frames (long enough for the memory bank to fill), so that CUDA's
+first-use costs (and our compilation, with `--compile`) stay out of the figures. Each (implementation, length, precision)
 runs in a process of its own, so each peak memory is its own: peak GPU memory allocated by torch on
 CUDA, peak resident memory of the process on CPU. With `fp32` the masks of the two must be identical.
 
     python benchmarks/sam2_speed.py                     # 200 and 800 frames; CUDA (bf16 and fp32) if present
     python benchmarks/sam2_speed.py --frames 20 40      # shorter, for a CPU
+    python benchmarks/sam2_speed.py --warm-up --compile # steady state; our per-frame step compiled
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from PIL import Image
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 VIDEO_SIZE = 512  # frames of 512 x 512 pixels, whatever the model's image size
 BOX = (40.0, 200.0, 170.0, 330.0)  # around the disk on frame 0, in video pixels
+WARM_UP_FRAMES = 17  # SAM 2's bank is full from the 17th frame: 16 object pointers
 
 
 def write_video(folder: Path, num_frames: int, size: int = VIDEO_SIZE) -> None:
@@ -73,6 +77,11 @@ def run_meta(args: argparse.Namespace, num_frames: int) -> np.ndarray:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     with torch.inference_mode(), autocast:
         state = meta.init_state(str(args.frames_dir))
+        if args.warm_up:
+            meta.add_new_points_or_box(state, 0, 1, box=list(BOX))
+            for _ in meta.propagate_in_video(state, max_frame_num_to_track=WARM_UP_FRAMES - 1):
+                pass
+            meta.reset_state(state)
         start(args)
         meta.add_new_points_or_box(state, 0, 1, box=list(BOX))
         for frame, _, logits in meta.propagate_in_video(state):
@@ -87,7 +96,11 @@ def run_ours(args: argparse.Namespace, num_frames: int) -> np.ndarray:
 
     frames = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(args.frames_dir.glob("*.jpg"))])
     model = load_sam2(args.checkpoint, SAM2Config(image_size=args.image_size), args.device)
-    predictor = SAM2Predictor(model, args.device, resample="bicubic", precision=args.precision, encode_batch=args.encode_batch)
+    predictor = SAM2Predictor(
+        model, args.device, resample="bicubic", precision=args.precision, encode_batch=args.encode_batch, compile_step=args.compile
+    )
+    if args.warm_up:
+        predictor.warm_up(WARM_UP_FRAMES)
     session = Session(frames, predictor)
     start(args)
     session.add_prompt(0, 1, box=BOX)
@@ -134,6 +147,7 @@ def measure(args: argparse.Namespace, implementation: str, folder: Path, precisi
         "--device", args.device, "--precision", precision, "--image-size", str(args.image_size),
         "--variant", args.variant, "--masks", str(masks),
     ] + ([] if args.encode_batch is None else ["--encode-batch", str(args.encode_batch)])  # fmt: skip
+    command += [flag for flag, wanted in (("--warm-up", args.warm_up), ("--compile", args.compile)) if wanted]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{implementation} failed:\n{done.stderr[-3000:]}")
@@ -156,6 +170,8 @@ def main() -> None:
         "--encode-batch", type=int, help="frames our encoder takes at once (default: the predictor's, 8 on CUDA, 2 on CPU); "
         "Meta's encodes one: 1 tells whether batching alone makes fp32 masks differ"
     )
+    parser.add_argument("--warm-up", action="store_true", help=f"both propagate {WARM_UP_FRAMES} frames untimed first")
+    parser.add_argument("--compile", action="store_true", help="our per-frame step compiled (CUDA graphs on a GPU); use with --warm-up")
     parser.add_argument("--worker", choices=["meta", "ours"], dest="implementation", help=argparse.SUPPRESS)
     parser.add_argument("--frames-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -176,7 +192,8 @@ def main() -> None:
         torch.save({"model": meta.state_dict()}, args.checkpoint)
         del meta
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-        print(f"SAM 2.1 hiera-{args.variant}, {args.image_size} px, one object, forward propagation; {device_name}")
+        settings = "".join(note for note, wanted in ((", warmed up", args.warm_up), (", our step compiled", args.compile)) if wanted)
+        print(f"SAM 2.1 hiera-{args.variant}, {args.image_size} px, one object, forward propagation{settings}; {device_name}")
         print(f"{'frames':>6} {'precision':>9} | {'Meta fps':>8} {'ours fps':>8} {'speed-up':>8} | "
               f"{'Meta peak MiB':>13} {'ours peak MiB':>13} | masks")  # fmt: skip
         for num_frames in args.frames:

@@ -17,6 +17,7 @@ import torch
 from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch._dynamo.utils import counters as dynamo_counters
 from typer.testing import CliRunner
 
 import sam2.build_sam  # noqa: F401  (registers Meta's configs with hydra)
@@ -253,6 +254,32 @@ def test_bfloat16_autocast_runs_and_stays_close_to_float32() -> None:
         results[precision] = session.result()
     assert set(np.unique(results["fp32"])) == {0, 1, 2}
     assert (results["fp32"] == results["bf16"]).mean() > 0.95
+
+
+@pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
+def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -> None:
+    """`compile_step` (CUDA graphs on a GPU; here inductor's CPU code, the same tracing): after
+    `warm_up` a propagation of two objects both ways compiles nothing more and gives the eager
+    step's masks (fused kernels may round differently: a boundary pixel in a thousand may flip)."""
+    model = random_sam2(64)
+    frames = moving_disk(20)
+
+    def propagate(predictor: SAM2Predictor) -> np.ndarray:
+        session = Session(frames, predictor)
+        session.add_prompt(10, 1, box=(8, 18, 36, 46))
+        session.add_prompt(3, 2, points=[(20.0, 30.0)], labels=[1])
+        session.propagate("both", progress=False)
+        return session.result()
+
+    eager = propagate(SAM2Predictor(model, "cpu"))
+    compiled = SAM2Predictor(model, "cpu", compile_step=True)
+    compiled.warm_up()
+    graphs = dynamo_counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    result = propagate(compiled)
+    assert dynamo_counters["stats"]["unique_graphs"] == graphs
+    assert set(np.unique(eager)) == {0, 1, 2}
+    assert (result != eager).mean() < 1e-3
 
 
 # -- command line ------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class LiteMedSAMPredictor:
     def encode(self, slices: np.ndarray) -> list[torch.Tensor]:
         embeddings = []
         for start in range(0, len(slices), self.encode_batch):
-            images = self.transform.prepare_batch(slices[start : start + self.encode_batch]).to(self.device)
+            images = self.transform.prepare_batch(slices[start : start + self.encode_batch], self.device)
             if self.fused_encoder is not None:
                 # One image per call, laid out as the fused parts were planned for (else they run a
                 # slow unplanned graph): a channels-last image, a contiguous embedding.

@@ -14,13 +14,18 @@ sequential memory step (a bounded cache, shared by every object), runs of severa
 same way advance together frame by frame, the per-frame step has no host synchronisation, and
 finished masks go to the host in chunks. Only the banks and the cache live on the device. On CUDA
 the network runs under bfloat16 autocast unless `precision="fp32"`.
+
+With `compile_step=True` the per-frame step (memory attention, decoder, memory encoder: hundreds of
+small kernels, launched one by one from Python) is compiled with `torch.compile`, on CUDA as CUDA
+graphs (mode "reduce-overhead"); `warm_up` then pays the compilation, and the first-use costs of
+CUDA, before a user's first propagation does.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -31,7 +36,7 @@ from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.memory_policy import ConfidenceMemoryBank
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.tracking import PropagationConfig, Run
-from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model
+from medsam2.models.sam2 import FrameFeatures, FrameOutput, MemoryTokens, SAM2Model
 from medsam2.models.sam2.model import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE
 from medsam2.preprocess.resize import SquareResize
 
@@ -73,6 +78,7 @@ class SAM2Predictor:
         precision: Precision | None = None,
         encode_batch: int | None = None,
         output_chunk: int = 8,
+        compile_step: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -82,6 +88,32 @@ class SAM2Predictor:
         # Batches keep a GPU busy; on a CPU they only raise the peak memory of the encoder.
         self.encode_batch = encode_batch or (8 if on_gpu else 2)
         self.output_chunk = output_chunk
+        self.compile_step = compile_step
+        self._track = model.track
+        if compile_step:
+            # dynamic: the bank grows over a run's first frames and differs between runs; one graph serves all
+            mode = "reduce-overhead" if on_gpu else None
+            self._track = torch.compile(model.track, dynamic=True, mode=mode)
+
+    def track(self, features: FrameFeatures, tokens: MemoryTokens) -> tuple[FrameOutput, torch.Tensor]:
+        """`SAM2Model.track`, compiled if asked for. A CUDA graph reuses its output memory on the next
+        replay, so what it returns is copied out when compiled."""
+        output, memory = self._track(features, tokens)
+        if not self.compile_step:
+            return output, memory
+        copies = {field.name: getattr(output, field.name).clone() for field in fields(output)}
+        return replace(output, **copies), memory.clone()
+
+    def warm_up(self, num_frames: int | None = None) -> None:
+        """Propagate a box through blank frames of the model's size, long enough for the memory bank
+        to fill (`max_obj_ptrs` + 1 frames by default): compiles the step and loads every kernel a
+        propagation needs, so that the first real one runs at full speed."""
+        frames = num_frames or self.model.config.max_obj_ptrs + 1
+        size = self.model.image_size
+        tracker = self.tracker(np.zeros((frames, size, size), dtype=np.uint8))
+        _, anchor = tracker.segment_anchor(Prompt(0, box=(size / 4, size / 4, 3 * size / 4, 3 * size / 4)), None, None)
+        for _ in tracker.follow([Run(obj_id=1, anchor=0, step=1, slices=range(1, frames), conditioning={0: anchor})]):
+            pass
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -93,7 +125,7 @@ class SAM2Predictor:
         """Features of a batch of uint8 slices, (N, H, W) or (N, H, W, 3), one entry per slice."""
         features: list[FrameFeatures] = []
         for start in range(0, len(slices), self.encode_batch):
-            images = self.transform.prepare_batch(slices[start : start + self.encode_batch]).to(self.device)
+            images = self.transform.prepare_batch(slices[start : start + self.encode_batch], self.device)
             with self.autocast():
                 features.extend(self.model.encode_image(images).split())
         return features
@@ -224,7 +256,7 @@ class SAM2Tracker:
             selection = bank.select(frame)
         with self.predictor.autocast():
             tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
-            output, memory = self.model.track(features, tokens)
+            output, memory = self.predictor.track(features, tokens)
         entry = self._entry(frame, output, memory)
         if isinstance(bank, ConfidenceMemoryBank):
             bank.add(entry, output, features)

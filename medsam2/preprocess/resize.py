@@ -14,7 +14,8 @@ model by multiplying with the resize factor (no half-pixel shift). LiteMedSAM's 
 box coordinates to integers after scaling; we keep them fractional (a sub-pixel difference) so that
 the mapping is exactly invertible.
 
-Images go in as numpy arrays and come out as float32 torch tensors, channels first.
+Images go in as numpy arrays and come out as float32 torch tensors, channels first, on the device
+asked for.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class SliceResize(ABC):
         """(sx, sy): model-input pixels per original pixel along x (columns) and y (rows)."""
 
     @abstractmethod
-    def _normalised(self, slices: np.ndarray) -> torch.Tensor:
-        """(N, H, W, C) uint8 with C in (1, 3) -> (N, 3, target, target) float32 model input."""
+    def _normalised(self, slices: np.ndarray, device: torch.device | str) -> torch.Tensor:
+        """(N, H, W, C) uint8 with C in (1, 3) -> (N, 3, target, target) float32 model input on `device`."""
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """One uint8 slice, (H, W) grey or (H, W, 3) RGB -> (3, target, target) float32."""
@@ -60,15 +61,16 @@ class SliceResize(ABC):
             return self.prepare_batch(image[None])[0]
         raise ValueError(f"expected a (H, W) or (H, W, 3) slice, got shape {image.shape}")
 
-    def prepare_batch(self, slices: np.ndarray) -> torch.Tensor:
-        """A uint8 stack, (N, H, W) grey or (N, H, W, 3) RGB -> (N, 3, target, target) float32."""
+    def prepare_batch(self, slices: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A uint8 stack, (N, H, W) grey or (N, H, W, 3) RGB -> (N, 3, target, target) float32 on
+        `device` (where a transform can, the last steps run there, on a quarter of the bytes)."""
         if slices.dtype != np.uint8:
             raise ValueError(f"expected uint8 slices (see preprocess.to_uint8), got {slices.dtype}")
         if slices.ndim == 3:
             slices = slices[..., None]
         if slices.ndim != 4 or slices.shape[-1] not in (1, 3):
             raise ValueError(f"expected (N, H, W) or (N, H, W, 3) slices, got shape {slices.shape}")
-        return self._normalised(slices)
+        return self._normalised(slices, device)
 
     def points_to_model(self, points_xy: np.ndarray, original_hw: HW) -> np.ndarray:
         """(..., 2) points (x, y) in the slice -> the same points in model-input pixels."""
@@ -137,7 +139,7 @@ class LongestSideResize(SliceResize):
     def scale_xy(self, original_hw: HW) -> np.ndarray:
         return np.full(2, self.target / max(original_hw))
 
-    def _normalised(self, slices: np.ndarray) -> torch.Tensor:
+    def _normalised(self, slices: np.ndarray, device: torch.device | str) -> torch.Tensor:
         content_h, content_w = self.content_hw(slices.shape[1:3])
         channels_first = slices.transpose(0, 3, 1, 2).astype(np.float32)
         row_weights = _area_weights(slices.shape[1], content_h)
@@ -150,7 +152,7 @@ class LongestSideResize(SliceResize):
         unit = (resized - low) / np.maximum(high - low, 1e-8)
         out = torch.zeros(len(slices), 3, self.target, self.target, dtype=torch.float32)
         out[:, :, :content_h, :content_w] = torch.from_numpy(unit).float()  # grey broadcasts to RGB
-        return out
+        return out.to(device)
 
 
 @dataclass(frozen=True)
@@ -172,16 +174,17 @@ class SquareResize(SliceResize):
     def scale_xy(self, original_hw: HW) -> np.ndarray:
         return np.array([self.target / original_hw[1], self.target / original_hw[0]])
 
-    def _normalised(self, slices: np.ndarray) -> torch.Tensor:
+    def _normalised(self, slices: np.ndarray, device: torch.device | str) -> torch.Tensor:
         resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[self.resample]
         size = (self.target, self.target)
         resized = np.stack(
             [np.asarray(Image.fromarray(s[..., 0] if s.shape[-1] == 1 else s).resize(size, resample)) for s in slices]
         )
-        unit = torch.from_numpy(resized).float().div_(255.0)
+        # uint8 crosses to the device; the float arithmetic (the same wherever it runs) happens there
+        unit = torch.from_numpy(resized).to(device, non_blocking=True).float().div_(255.0)
         unit = unit[..., None] if unit.ndim == 3 else unit
-        mean = torch.tensor(self.mean, dtype=torch.float32)
-        std = torch.tensor(self.std, dtype=torch.float32)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=device)
         return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 

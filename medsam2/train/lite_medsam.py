@@ -91,7 +91,7 @@ class LiteMedSAMTask:
             batch.embeddings = torch.cat([self._embedding(case, index) for case, index, *_ in samples])
         else:
             images = np.stack([case.slices[index] for case, index, *_ in samples])
-            batch.images = self.transform.prepare_batch(images).to(self.device)
+            batch.images = self.transform.prepare_batch(images, self.device)
         return batch
 
     def _sample(self, index: int) -> tuple[CaseData, int, np.ndarray, np.ndarray, np.ndarray | None]:

@@ -147,7 +147,7 @@ class SAM2Task:
         if self.frozen:
             clip.features = [self._encoded(case, frame) for frame in frames]
         else:
-            clip.images = self.transform.prepare_batch(case.slices[frames]).to(self.device)
+            clip.images = self.transform.prepare_batch(case.slices[frames], self.device)
         return clip
 
     def _frames(self, case: CaseData, prompted: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,7 +166,7 @@ class SAM2Task:
         key = (case.id, index)
         if key in self._features:
             return self._features[key]
-        features = self.network.encode_image(self.transform.prepare(case.slices[index])[None].to(self.device))
+        features = self.network.encode_image(self.transform.prepare_batch(case.slices[index][None], self.device))
         if len(self._features) < self.config.data.embedding_cache_slices:
             self._features[key] = features
         return features

@@ -40,9 +40,11 @@ class FrameFeatures:
     top: torch.Tensor  # (B, C, S/16, S/16)
 
     def split(self) -> list[FrameFeatures]:
-        """One `FrameFeatures` of batch 1 per frame."""
-        s0, s1 = (level.split(1) for level in self.high_res)
-        return [FrameFeatures((a, b), c) for a, b, c in zip(s0, s1, self.top.split(1))]
+        """One `FrameFeatures` of batch 1 per frame, each in memory of its own: a frame evicted from
+        a cache frees its memory, and every frame looks alike to a compiled step (no offsets into
+        a batch)."""
+        s0, s1, top = ([frame.clone() for frame in level.split(1)] for level in (*self.high_res, self.top))
+        return [FrameFeatures((a, b), c) for a, b, c in zip(s0, s1, top)]
 
 
 @dataclass
