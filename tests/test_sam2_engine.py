@@ -256,6 +256,25 @@ def test_bfloat16_autocast_runs_and_stays_close_to_float32() -> None:
     assert (results["fp32"] == results["bf16"]).mean() > 0.95
 
 
+def test_bfloat16_steps_cast_the_weights_once_per_chunk_of_frames() -> None:
+    """Under autocast each linear casts its float32 weights to bfloat16; the frames of a chunk share
+    one autocast context, whose cache keeps those casts (a kernel each on a GPU), so a chunk of 8
+    frames casts the weights once where a chunk of 1 casts them on every frame."""
+    model = random_sam2(64)
+    frames = moving_disk(17)
+    memory_attention_weights = sum(1 for name, _ in model.memory_attention.named_parameters() if "norm" not in name)
+
+    def casts(output_chunk: int) -> int:
+        session = Session(frames, SAM2Predictor(model, precision="bf16", output_chunk=output_chunk))
+        session.add_prompt(0, 1, box=(8, 18, 36, 46))
+        with torch.profiler.profile() as profile:
+            session.propagate("forward", progress=False)
+        return sum(event.count for event in profile.key_averages() if event.key == "aten::_to_copy")
+
+    saved_per_frame = (casts(1) - casts(8)) / (len(frames) - 1)
+    assert saved_per_frame > memory_attention_weights  # the decoder's and memory encoder's weights too
+
+
 @pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
 def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -> None:
     """`compile_step` (CUDA graphs on a GPU; here inductor's CPU code, the same tracing): after

@@ -13,7 +13,7 @@ Work is arranged for throughput and flat memory: frames are encoded in batches a
 sequential memory step (a bounded cache, shared by every object), runs of several objects going the
 same way advance together frame by frame, the per-frame step has no host synchronisation, and
 finished masks go to the host in chunks. Only the banks and the cache live on the device. On CUDA
-the network runs under bfloat16 autocast unless `precision="fp32"`.
+the network runs under bfloat16 autocast unless `precision="fp32"`, one autocast context a chunk.
 
 With `compile_step=True` the per-frame step (memory attention, decoder, memory encoder: hundreds of
 small kernels, launched one by one from Python) is compiled with `torch.compile`, on CUDA as CUDA
@@ -226,17 +226,19 @@ class SAM2Tracker:
         """Advance all runs of one direction together, frame by frame in that direction."""
         self.banks = banks = [self._bank([anchor.memory for anchor in run.conditioning.values()], step) for run in runs]
         frames = sorted({index for run in runs for index in run.slices}, key=lambda index: index * step)
-        pending: list[tuple[Run, int, torch.Tensor]] = []
-        for position, frame in enumerate(frames):
-            ahead = frames[position + 1 : position + self.config.prefetch]
-            features = self.embeddings.get(frame, prefetch=ahead)
-            for run, bank in zip(runs, banks):
-                if frame in run.slices:
-                    pending.append((run, frame, self._step(features, bank, frame)))
-            if len(pending) >= self.predictor.output_chunk:
-                yield from self._to_host(pending)
-                pending = []
-        yield from self._to_host(pending)
+        chunk = max(1, self.predictor.output_chunk // len(runs))
+        for start in range(0, len(frames), chunk):
+            pending: list[tuple[Run, int, torch.Tensor]] = []
+            # One autocast context for a chunk of frames: its cache casts each weight to bfloat16
+            # once, where a context per frame would cast them all again (hundreds of kernels) each time.
+            with self.predictor.autocast():
+                for position in range(start, min(start + chunk, len(frames))):
+                    frame = frames[position]
+                    features = self.embeddings.get(frame, prefetch=frames[position + 1 : position + self.config.prefetch])
+                    for run, bank in zip(runs, banks):
+                        if frame in run.slices:
+                            pending.append((run, frame, self._step(features, bank, frame)))
+            yield from self._to_host(pending)
 
     def _bank(self, conditioning: list[MemoryEntry], step: int) -> MemoryBank | ConfidenceMemoryBank:
         """A fresh bank for a run in direction `step`, of the configured policy."""
@@ -247,7 +249,9 @@ class SAM2Tracker:
             return ConfidenceMemoryBank(conditioning, self.config.bank, settings.num_maskmem, max_pointers)
         return MemoryBank(conditioning, step, self.num_frames, settings.num_maskmem, settings.max_obj_ptrs)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: autocast keeps its bfloat16 copies of the weights (for the chunk
+    # of frames `_sweep` runs in one autocast context) only outside inference mode.
+    @torch.no_grad()
     def _step(self, features: FrameFeatures, bank: MemoryBank | ConfidenceMemoryBank, frame: int) -> torch.Tensor:
         """Track one frame of one run; (1, 1, S/4, S/4) logits, left on the device."""
         if isinstance(bank, ConfidenceMemoryBank):
