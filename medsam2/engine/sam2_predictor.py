@@ -85,8 +85,9 @@ class SAM2Predictor:
         self.transform = SquareResize(model.image_size, resample=resample)
         on_gpu = self.device.type == "cuda"
         self.precision: Precision = precision or ("bf16" if on_gpu else "fp32")
-        # Batches keep a GPU busy; on a CPU they only raise the peak memory of the encoder.
-        self.encode_batch = encode_batch or (8 if on_gpu else 2)
+        # Batches keep a GPU busy; on a CPU they only raise the peak memory of the encoder (by
+        # about 100 MiB at 512 px for a second frame, measured with benchmarks/sam2_speed.py).
+        self.encode_batch = encode_batch or (8 if on_gpu else 1)
         self.output_chunk = output_chunk
         self.compile_step = compile_step
         self._track = model.track
