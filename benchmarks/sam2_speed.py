@@ -10,9 +10,10 @@ folder Meta's predictor needs), from the same box on frame 0, forward to the las
 
 Timed: from the prompt to the last frame's mask on the host. With `--warm-up` each first propagates
 untimed through `WARM_UP_FRAMES` frames (long enough for the memory bank to fill), so that CUDA's
-first-use costs (and our compilation, with `--compile`) stay out of the figures. Each (implementation, length, precision)
-runs in a process of its own, so each peak memory is its own: peak GPU memory allocated by torch on
-CUDA, peak resident memory of the process on CPU. With `fp32` the masks of the two must be identical.
+first-use costs (and our compilation, with `--compile`) stay out of the figures. Each
+(implementation, length, precision) runs in a process of its own, so each peak memory is its own:
+peak GPU memory allocated by torch on CUDA, peak resident memory of the process on CPU. With `fp32`
+the masks of the two must be identical.
 
     python benchmarks/sam2_speed.py                     # 200 and 800 frames; CUDA (bf16 and fp32) if present
     python benchmarks/sam2_speed.py --frames 20 40      # shorter, for a CPU
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--variant", choices=list(META_CONFIGS), default="tiny")
     parser.add_argument(
-        "--encode-batch", type=int, help="frames our encoder takes at once (default: the predictor's, 8 on CUDA, 2 on CPU); "
+        "--encode-batch", type=int, help="frames our encoder takes at once (default: the predictor's, 8 on CUDA, 1 on CPU); "
         "Meta's encodes one: 1 tells whether batching alone makes fp32 masks differ"
     )
     parser.add_argument("--warm-up", action="store_true", help=f"both propagate {WARM_UP_FRAMES} frames untimed first")

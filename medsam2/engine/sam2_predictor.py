@@ -254,14 +254,14 @@ class SAM2Tracker:
     # of frames `_sweep` runs in one autocast context) only outside inference mode.
     @torch.no_grad()
     def _step(self, features: FrameFeatures, bank: MemoryBank | ConfidenceMemoryBank, frame: int) -> torch.Tensor:
-        """Track one frame of one run; (1, 1, S/4, S/4) logits, left on the device."""
+        """Track one frame of one run, inside `_sweep`'s autocast context; (1, 1, S/4, S/4) logits,
+        left on the device."""
         if isinstance(bank, ConfidenceMemoryBank):
             selection = bank.select(frame, features)
         else:
             selection = bank.select(frame)
-        with self.predictor.autocast():
-            tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
-            output, memory = self.predictor.track(features, tokens)
+        tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
+        output, memory = self.predictor.track(features, tokens)
         entry = self._entry(frame, output, memory)
         if isinstance(bank, ConfidenceMemoryBank):
             bank.add(entry, output, features)
