@@ -78,8 +78,8 @@ def training_device(setting: str, distribution: Distribution) -> torch.device:
 
 @contextlib.contextmanager
 def process_group(device_setting: str) -> Iterator[tuple[Distribution, torch.device]]:
-    """Join the torchrun process group if there is one (left on exit); yields this process's
-    place and device."""
+    """Join the torchrun process group if there is one (left together on success); yields this
+    process's place and device."""
     if not all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         yield Distribution(), training_device(device_setting, Distribution())
         return
@@ -87,7 +87,9 @@ def process_group(device_setting: str) -> Iterator[tuple[Distribution, torch.dev
     distribution = Distribution(rank, world_size, int(os.environ.get("LOCAL_RANK", "0")), joined=True)
     device = training_device(device_setting, distribution)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    try:
-        yield distribution, device
-    finally:
-        dist.destroy_process_group()
+    yield distribution, device
+    # Every rank waits for the others (rank 0 still writes the model) before any tears the group
+    # down: a gloo process whose peer leaves mid-teardown can abort. After an error the group is
+    # left as it is (tearing it down while a peer sits in a collective can hang); torchrun stops the rest.
+    dist.barrier()
+    dist.destroy_process_group()
