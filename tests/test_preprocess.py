@@ -237,6 +237,20 @@ def test_square_resize_is_sam2_input(ct_lesion_cases: list[Path]) -> None:
     assert torch.allclose(constant, ((128 / 255 - mean) / std).expand(3, 512, 512), atol=1e-6)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_grey_level_is_scaled_as_sam2_loads_frames(device: str) -> None:
+    """SAM 2 divides uint8 frames by 255 in float64 on the host; ours scales them on the device. All
+    256 levels must come out identical (on CUDA, a multiplication by 1/255 differs for 126 levels)."""
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    ours = SquareResize(target=16).prepare_batch(levels, device)
+    reference = torch.from_numpy(levels / 255.0).float().to(device)[..., None]
+    mean, std = (torch.tensor(values, device=device) for values in (IMAGENET_MEAN, IMAGENET_STD))
+    assert torch.equal(ours, ((reference - mean) / std).permute(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: type(t).__name__)
 def test_batch_matches_single_slices_and_accepts_rgb(transform: SliceResize, ct_lesion_cases: list[Path]) -> None:
     stack = np.load(ct_lesion_cases[2])["imgs"][4:7]

@@ -301,6 +301,30 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -
     assert (result != eager).mean() < 1e-3
 
 
+
+@pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
+def test_load_predictor_compiles_and_warms_the_step_for_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_lesion_cases: list[Path]
+) -> None:
+    """`load_predictor(..., compile_step=True)` (what `medsam2 serve --compile` loads on each device)
+    compiles the step while loading a SAM 2.1 checkpoint (MedSAM2's preset, 512 px), so a user's
+    first propagation compiles nothing; LiteMedSAM, which has no memory step, is refused."""
+    path = tmp_path / "random_medsam2.pt"
+    torch.save({"model": random_sam2(64).state_dict()}, path)
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(path))
+    graphs = dynamo_counters["stats"]["unique_graphs"]
+    predictor = load_predictor("medsam2", compile_step=True)
+    assert predictor.compile_step and dynamo_counters["stats"]["unique_graphs"] > graphs
+    compiled = dynamo_counters["stats"]["unique_graphs"]
+    slices = np.load(ct_lesion_cases[1])["imgs"][:3]
+    session = Session(slices, predictor)
+    session.add_prompt(0, 1, box=(200.0, 200.0, 300.0, 300.0))
+    session.propagate("forward", progress=False)
+    assert dynamo_counters["stats"]["unique_graphs"] == compiled and session.result()[1:].any()
+    with pytest.raises(InputError, match="LiteMedSAM has no memory step"):
+        load_predictor("lite-medsam", compile_step=True)
+
+
 # -- command line ------------------------------------------------------------------------------------
 
 

@@ -20,10 +20,13 @@ import pytest
 import torch
 from PIL import Image
 from sam2.build_sam import build_sam2_video_predictor
+from sam2.modeling.position_encoding import PositionEmbeddingSine
+from sam2.modeling.sam2_utils import get_1d_sine_pe
 
 from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.engine.session import Session
 from medsam2.models.sam2 import SAM2Config, SAM2Model, load_sam2
+from medsam2.models.sam2.position_encoding import sine_code
 
 META_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 IMAGE_SIZE = 512
@@ -36,6 +39,7 @@ PROMPTS = {
     2: (8, {"points": [[330.0, 210.0], [200.0, 420.0]], "labels": [1, 0]}),
 }
 CORRECTION = (9, {"box": [180.0, 152.0, 276.0, 248.0]})  # object 1 again, around the disk on frame 9
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -208,3 +212,17 @@ def assert_same(got: dict, expected: dict) -> None:
     assert worst <= TOLERANCE
     for key, logits in expected.items():
         np.testing.assert_array_equal(got[key] > 0, logits > 0, err_msg=f"at {key}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_position_codes_are_computed_on_the_device_as_sam2_computes_them(device: str) -> None:
+    """SAM 2 computes its sine position maps and pointer codes on the device it runs on (on a GPU
+    machine, even at construction); a model built for a device holds the same values, bit for bit
+    (on CUDA, sin, cos and pow round differently from the CPU)."""
+    grid = IMAGE_SIZE // 16
+    model = SAM2Model(SAM2Config(image_size=IMAGE_SIZE), device=device)
+    for ours, channels in ((model.vision_pos, 256), (model.memory_pos, 64)):
+        meta = PositionEmbeddingSine(channels, warmup_cache=False)._pe(1, torch.device(device), grid, grid)
+        assert ours.device.type == device and torch.equal(ours, meta)
+    distances = torch.arange(1, 17, dtype=torch.float32, device=device) / 15
+    assert torch.equal(sine_code(distances, 256), get_1d_sine_pe(distances, dim=256))

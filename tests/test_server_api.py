@@ -155,6 +155,8 @@ def test_settings_refuse_to_listen_beyond_loopback_without_a_token(tmp_path: Pat
 def test_serve_reports_a_bad_model_or_a_taken_port_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--model", str(tmp_path / "missing.pth")])
     assert result.exit_code == 2 and result.stderr.startswith("error: ") and "missing.pth" in result.stderr
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--compile"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --compile: LiteMedSAM has no memory step")
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli_app, ["serve", "--port", str(port)])

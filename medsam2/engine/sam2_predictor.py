@@ -92,9 +92,11 @@ class SAM2Predictor:
         self.compile_step = compile_step
         self._track = model.track
         if compile_step:
-            # dynamic: the bank grows over a run's first frames and differs between runs; one graph serves all
+            # Not dynamic=True: that also turns the modules' float constants (norm epsilons, scales)
+            # into graph inputs, copied from the host before every CUDA-graph replay. Dynamo's
+            # default makes only what changes dynamic: the bank's size, on the second tracked frame.
             mode = "reduce-overhead" if on_gpu else None
-            self._track = torch.compile(model.track, dynamic=True, mode=mode)
+            self._track = torch.compile(model.track, mode=mode)
 
     def track(self, features: FrameFeatures, tokens: MemoryTokens) -> tuple[FrameOutput, torch.Tensor]:
         """`SAM2Model.track`, compiled if asked for. A CUDA graph reuses its output memory on the next

@@ -40,8 +40,10 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """(B, N, 2) pixel (x, y) in an image of `image_size` (H, W) -> (B, N, 2F)."""
         height, width = image_size
-        scale = coords.new_tensor([width, height])
-        return self._encode(coords.float() / scale)
+        # divided by Python numbers, as SAM does: CUDA multiplies by their reciprocal, which rounds
+        # differently from a division by a tensor
+        x, y = coords.float().unbind(-1)
+        return self._encode(torch.stack([x / width, y / height], dim=-1))
 
 
 class PromptEncoder(nn.Module):

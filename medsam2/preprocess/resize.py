@@ -152,7 +152,7 @@ class LongestSideResize(SliceResize):
         unit = (resized - low) / np.maximum(high - low, 1e-8)
         out = torch.zeros(len(slices), 3, self.target, self.target, dtype=torch.float32)
         out[:, :, :content_h, :content_w] = torch.from_numpy(unit).float()  # grey broadcasts to RGB
-        return out.to(device)
+        return out.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -180,11 +180,16 @@ class SquareResize(SliceResize):
         resized = np.stack(
             [np.asarray(Image.fromarray(s[..., 0] if s.shape[-1] == 1 else s).resize(size, resample)) for s in slices]
         )
-        # uint8 crosses to the device; the float arithmetic (the same wherever it runs) happens there
-        unit = torch.from_numpy(resized).to(device, non_blocking=True).float().div_(255.0)
+        # uint8 crosses to the device and is scaled there. The divisor is a tensor on the device, not
+        # a Python number: CUDA would multiply by 1/255 instead, and 126 of the 256 levels would
+        # then differ by one float32 step from the x / 255 the reference computes (in float64, on
+        # the host); an IEEE division gives its values exactly, on any device.
+        levels = torch.from_numpy(resized).to(device, non_blocking=True).float()
+        unit = levels / torch.full((), 255.0, device=device)
         unit = unit[..., None] if unit.ndim == 3 else unit
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=device)
+        # non-blocking: a blocking copy to a GPU waits for all the work queued before it
+        mean = torch.tensor(self.mean, dtype=torch.float32).to(device, non_blocking=True)
+        std = torch.tensor(self.std, dtype=torch.float32).to(device, non_blocking=True)
         return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 

@@ -21,10 +21,11 @@ T = TypeVar("T")
 class DeviceWorker:
     """One device: its predictor (loaded on first use, in the worker thread) and its job queue."""
 
-    def __init__(self, model: str, device: str, name: str):
+    def __init__(self, model: str, device: str, name: str, compile_step: bool = False):
         self.model = model
         self.device = device
         self.name = name
+        self.compile_step = compile_step
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"medsam2-{name}")
         self._predictor = None
         self._pending = 0
@@ -44,7 +45,7 @@ class DeviceWorker:
     def _run(self, job: Callable[[object], T]) -> T:
         try:
             if self._predictor is None:
-                self._predictor = load_predictor(self.model, self.device)
+                self._predictor = load_predictor(self.model, self.device, compile_step=self.compile_step)
             return job(self._predictor)
         finally:
             with self._pending_lock:
@@ -57,8 +58,10 @@ class DeviceWorker:
 class InferencePool:
     """The workers of a server, one per configured device."""
 
-    def __init__(self, model: str, devices: tuple[str, ...]):
-        self.workers = [DeviceWorker(model, device, f"{device}#{index}") for index, device in enumerate(devices)]
+    def __init__(self, model: str, devices: tuple[str, ...], compile_step: bool = False):
+        self.workers = [
+            DeviceWorker(model, device, f"{device}#{index}", compile_step) for index, device in enumerate(devices)
+        ]
 
     def load(self) -> None:
         """Load every device's model now (the CLI does, so a bad --model fails before the server starts)."""

@@ -29,7 +29,7 @@ def sam2_from_state(
         known = ", ".join(f"{name} ({trunk.embed_dim} wide, {sum(trunk.stages)} blocks)" for name, trunk in VARIANTS.items())
         raise InputError(f"{path}: not a SAM 2.1 checkpoint (no Hiera trunk of a known size: {known})")
     config = replace(config or SAM2Config(), variant=variant, num_maskmem=detect_num_maskmem(state) or 7)
-    model = SAM2Model(config)
+    model = SAM2Model(config, device)
     load_state_strictly(model, state, path)
     return model.eval().to(device)
 

@@ -68,12 +68,16 @@ class MemoryTokens:
 
 
 class SAM2Model(nn.Module):
-    """SAM 2.1 with the parameter names of Meta's and MedSAM2's checkpoints."""
+    """SAM 2.1 with the parameter names of Meta's and MedSAM2's checkpoints.
+
+    `device` is where the sine position maps are computed: SAM 2 computes them on the GPU when it
+    runs on one, and CUDA's sin and cos may round differently from the CPU's, so a model for a GPU
+    is best built with its device (as `sam2_from_state` does) rather than moved there."""
 
     vision_pos: torch.Tensor
     memory_pos: torch.Tensor
 
-    def __init__(self, config: SAM2Config) -> None:
+    def __init__(self, config: SAM2Config, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.config = config
         size, grid = config.image_size, config.feature_size
@@ -95,8 +99,8 @@ class SAM2Model(nn.Module):
         self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, MEMORY_DIM))
         for parameter in (self.maskmem_tpos_enc, self.no_mem_embed, self.no_mem_pos_enc, self.no_obj_ptr, self.no_obj_embed_spatial):
             nn.init.trunc_normal_(parameter, std=0.02)
-        self.register_buffer("vision_pos", sine_position_map(HIDDEN_DIM, grid, grid)[None], persistent=False)
-        self.register_buffer("memory_pos", sine_position_map(MEMORY_DIM, grid, grid)[None], persistent=False)
+        self.register_buffer("vision_pos", sine_position_map(HIDDEN_DIM, grid, grid, device=device)[None], persistent=False)
+        self.register_buffer("memory_pos", sine_position_map(MEMORY_DIM, grid, grid, device=device)[None], persistent=False)
 
     @property
     def image_size(self) -> int:

@@ -12,22 +12,24 @@ import math
 import torch
 
 
-def _inverse_frequencies(num_feats: int, temperature: float) -> torch.Tensor:
+def _inverse_frequencies(num_feats: int, temperature: float, device: torch.device | None = None) -> torch.Tensor:
     """(num_feats,) denominators temperature ** (2 * (i // 2) / num_feats) of the sine codes."""
-    steps = torch.arange(num_feats, dtype=torch.float32)
+    steps = torch.arange(num_feats, dtype=torch.float32, device=device)
     return temperature ** (2 * (steps // 2) / num_feats)
 
 
-def sine_position_map(channels: int, height: int, width: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_position_map(
+    channels: int, height: int, width: int, temperature: float = 10000.0, device: torch.device | None = None
+) -> torch.Tensor:
     """(channels, height, width) DETR-style sine encoding of a grid: rows in the first half of the
     channels, columns in the second, each interleaving sin and cos, positions normalised to (0, 2pi]."""
     num_feats = channels // 2
     eps, scale = 1e-6, 2 * math.pi
-    rows = torch.arange(1, height + 1, dtype=torch.float32).view(-1, 1).repeat(1, width)  # (H, W)
-    cols = torch.arange(1, width + 1, dtype=torch.float32).view(1, -1).repeat(height, 1)
+    rows = torch.arange(1, height + 1, dtype=torch.float32, device=device).view(-1, 1).repeat(1, width)  # (H, W)
+    cols = torch.arange(1, width + 1, dtype=torch.float32, device=device).view(1, -1).repeat(height, 1)
     rows = rows / (rows[-1:, :] + eps) * scale
     cols = cols / (cols[:, -1:] + eps) * scale
-    frequencies = _inverse_frequencies(num_feats, temperature)
+    frequencies = _inverse_frequencies(num_feats, temperature, device)
 
     def interleave(angles: torch.Tensor) -> torch.Tensor:  # (H, W, F) -> (H, W, F)
         return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=3).flatten(2)
@@ -39,7 +41,9 @@ def sine_position_map(channels: int, height: int, width: int, temperature: float
 
 def sine_code(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """(..., dim) sine-then-cosine code of scalar positions (the Transformer's 1D encoding)."""
-    frequencies = _inverse_frequencies(dim // 2, temperature).to(positions.device)
+    # computed where the positions are, as SAM 2 does: a copy from the host would wait for the
+    # device to finish its queued work on every tracked frame
+    frequencies = _inverse_frequencies(dim // 2, temperature, positions.device)
     angles = positions.unsqueeze(-1) / frequencies
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
