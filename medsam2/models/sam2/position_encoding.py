@@ -12,14 +12,14 @@ import math
 import torch
 
 
-def _inverse_frequencies(num_feats: int, temperature: float, device: torch.device | None = None) -> torch.Tensor:
+def _inverse_frequencies(num_feats: int, temperature: float, device: torch.device | str | None = None) -> torch.Tensor:
     """(num_feats,) denominators temperature ** (2 * (i // 2) / num_feats) of the sine codes."""
     steps = torch.arange(num_feats, dtype=torch.float32, device=device)
     return temperature ** (2 * (steps // 2) / num_feats)
 
 
 def sine_position_map(
-    channels: int, height: int, width: int, temperature: float = 10000.0, device: torch.device | None = None
+    channels: int, height: int, width: int, temperature: float = 10000.0, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """(channels, height, width) DETR-style sine encoding of a grid: rows in the first half of the
     channels, columns in the second, each interleaving sin and cos, positions normalised to (0, 2pi]."""
