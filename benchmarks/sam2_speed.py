@@ -17,7 +17,7 @@ the masks of the two must be identical.
 
     python benchmarks/sam2_speed.py                     # 200 and 800 frames; CUDA (bf16 and fp32) if present
     python benchmarks/sam2_speed.py --frames 20 40      # shorter, for a CPU
-    python benchmarks/sam2_speed.py --warm-up --compile # steady state; our per-frame step compiled
+    python benchmarks/sam2_speed.py --warm-up --compile # steady state; ours compiled
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def run_ours(args: argparse.Namespace, num_frames: int) -> np.ndarray:
     frames = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(args.frames_dir.glob("*.jpg"))])
     model = load_sam2(args.checkpoint, SAM2Config(image_size=args.image_size), args.device)
     predictor = SAM2Predictor(
-        model, args.device, resample="bicubic", precision=args.precision, encode_batch=args.encode_batch, compile_step=args.compile
+        model, args.device, resample="bicubic", precision=args.precision, encode_batch=args.encode_batch, compiled=args.compile
     )
     if args.warm_up:
         predictor.warm_up(WARM_UP_FRAMES)
@@ -172,7 +172,7 @@ def main() -> None:
         "Meta's encodes one: 1 tells whether batching alone makes fp32 masks differ"
     )
     parser.add_argument("--warm-up", action="store_true", help=f"both propagate {WARM_UP_FRAMES} frames untimed first")
-    parser.add_argument("--compile", action="store_true", help="our per-frame step compiled (CUDA graphs on a GPU); use with --warm-up")
+    parser.add_argument("--compile", action="store_true", help="ours compiled: the per-frame step, and on a GPU the encoder, as CUDA graphs; use with --warm-up")
     parser.add_argument("--worker", choices=["meta", "ours"], dest="implementation", help=argparse.SUPPRESS)
     parser.add_argument("--frames-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -193,7 +193,7 @@ def main() -> None:
         torch.save({"model": meta.state_dict()}, args.checkpoint)
         del meta
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-        settings = "".join(note for note, wanted in ((", warmed up", args.warm_up), (", our step compiled", args.compile)) if wanted)
+        settings = "".join(note for note, wanted in ((", warmed up", args.warm_up), (", ours compiled", args.compile)) if wanted)
         print(f"SAM 2.1 hiera-{args.variant}, {args.image_size} px, one object, forward propagation{settings}; {device_name}")
         print(f"{'frames':>6} {'precision':>9} | {'Meta fps':>8} {'ours fps':>8} {'speed-up':>8} | "
               f"{'Meta peak MiB':>13} {'ours peak MiB':>13} | masks")  # fmt: skip

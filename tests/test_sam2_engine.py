@@ -277,7 +277,7 @@ def test_bfloat16_steps_cast_the_weights_once_per_chunk_of_frames() -> None:
 
 @pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
 def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -> None:
-    """`compile_step` (CUDA graphs on a GPU; here inductor's CPU code, the same tracing): after
+    """`compiled` (CUDA graphs on a GPU; here inductor's CPU code, the same tracing): after
     `warm_up` a propagation of two objects both ways compiles nothing more and gives the eager
     step's masks (fused kernels may round differently: a boundary pixel in a thousand may flip)."""
     model = random_sam2(64)
@@ -291,7 +291,7 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -
         return session.result()
 
     eager = propagate(SAM2Predictor(model, "cpu"))
-    compiled = SAM2Predictor(model, "cpu", compile_step=True)
+    compiled = SAM2Predictor(model, "cpu", compiled=True)
     compiled.warm_up()
     graphs = dynamo_counters["stats"]["unique_graphs"]
     assert graphs > 0
@@ -306,15 +306,15 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -
 def test_load_predictor_compiles_and_warms_the_step_for_a_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_lesion_cases: list[Path]
 ) -> None:
-    """`load_predictor(..., compile_step=True)` (what `medsam2 serve --compile` loads on each device)
+    """`load_predictor(..., compiled=True)` (what `medsam2 serve --compile` loads on each device)
     compiles the step while loading a SAM 2.1 checkpoint (MedSAM2's preset, 512 px), so a user's
     first propagation compiles nothing; LiteMedSAM, which has no memory step, is refused."""
     path = tmp_path / "random_medsam2.pt"
     torch.save({"model": random_sam2(64).state_dict()}, path)
     monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(path))
     graphs = dynamo_counters["stats"]["unique_graphs"]
-    predictor = load_predictor("medsam2", compile_step=True)
-    assert predictor.compile_step and dynamo_counters["stats"]["unique_graphs"] > graphs
+    predictor = load_predictor("medsam2", compiled=True)
+    assert predictor.compiled and dynamo_counters["stats"]["unique_graphs"] > graphs
     compiled = dynamo_counters["stats"]["unique_graphs"]
     slices = np.load(ct_lesion_cases[1])["imgs"][:3]
     session = Session(slices, predictor)
@@ -322,7 +322,7 @@ def test_load_predictor_compiles_and_warms_the_step_for_a_server(
     session.propagate("forward", progress=False)
     assert dynamo_counters["stats"]["unique_graphs"] == compiled and session.result()[1:].any()
     with pytest.raises(InputError, match="LiteMedSAM has no memory step"):
-        load_predictor("lite-medsam", compile_step=True)
+        load_predictor("lite-medsam", compiled=True)
 
 
 # -- command line ------------------------------------------------------------------------------------

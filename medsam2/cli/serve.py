@@ -58,12 +58,13 @@ def serve(
     device: list[str] = typer.Option(
         ["cpu"], "--device", help="cpu, cuda or cuda:N. Repeat to spread sessions over several GPUs, one inference queue each."
     ),
-    compile_step: bool = typer.Option(
+    compiled: bool = typer.Option(
         False,
         "--compile",
-        help="SAM 2.1 / MedSAM2 models: compile the per-frame memory step with torch.compile (CUDA graphs on a GPU) and "
-        "warm it up before serving, which takes a minute or two at start. Propagation then runs about 2.6x faster on a "
-        "GPU (82 -> 212 frames/s measured on an H100, see README); not worth it on a CPU.",
+        help="SAM 2.1 / MedSAM2 models: compile the per-frame memory step (and on a GPU the image encoder) with "
+        "torch.compile, as CUDA graphs on a GPU, and warm it up before serving, which takes a minute or two at start. "
+        "Propagation then runs about 4.5x faster on a GPU (about 65 -> 310 frames/s measured on an H100, see README); "
+        "not worth it on a CPU."
     ),
     max_sessions: int = typer.Option(16, "--max-sessions", help="Open sessions kept at once (idle ones close after an hour)."),
     annotate: Path | None = typer.Option(
@@ -94,14 +95,14 @@ def serve(
         allow_unauthenticated=allow_unauthenticated,
         model=model,
         devices=tuple(device),
-        compile_step=compile_step,
+        compiled=compiled,
         max_upload_bytes=int(max_upload_mb * MEGABYTE),
         max_sessions=max_sessions,
     )
     app = create_app(settings, routers=[annotation_router(annotate, device[0])])
     listener = listen(host, port)
     try:
-        typer.echo(f"loading {model} on {', '.join(device)}" + (" and compiling its memory step" if compile_step else "") + "...")
+        typer.echo(f"loading {model} on {', '.join(device)}" + (" and compiling it" if compiled else "") + "...")
         app.state.server.inference.load()
         app.state.server.catalog.list()  # builds the sample lesion (once per machine) before the page asks for it
         offered = "sample scans (pass --data FOLDER for your own)" if data is None else f"the scans in {data}" + (" and the samples" if samples else "")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from medsam2.models.sam2 import SelectedMemory
+
 
 @dataclass
 class MemoryEntry:
@@ -32,6 +34,21 @@ class MemorySelection:
     spatial: list[tuple[torch.Tensor, int]]  # (memory, slot): 0 for conditioning frames, num_maskmem - k for k frames back
     pointers: list[tuple[torch.Tensor, int]]  # (pointer, distance in frames)
     max_pointer_distance: int  # the distance the temporal code is scaled by
+
+    def for_model(self) -> SelectedMemory:
+        """The selection stacked as the model takes it. Slots and distances cross to the device
+        without a wait (the per-frame step never makes the host wait for the GPU); the distances
+        are scaled here, outside a compiled step, which would otherwise compile anew for each
+        sequence length."""
+        device = self.pointers[0][0].device
+        slots = torch.tensor([slot for _, slot in self.spatial]).to(device, non_blocking=True)
+        distances = torch.tensor([distance for _, distance in self.pointers]).to(device, non_blocking=True)
+        return SelectedMemory(
+            torch.stack([features for features, _ in self.spatial]),
+            slots,
+            torch.stack([pointer for pointer, _ in self.pointers], dim=1),
+            distances / self.max_pointer_distance,
+        )
 
 
 class MemoryBank:

@@ -208,13 +208,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_predictor(
-    model: str = DEFAULT_MODEL, device: str = "cpu", precision: Precision | None = None, compile_step: bool = False
+    model: str = DEFAULT_MODEL, device: str = "cpu", precision: Precision | None = None, compiled: bool = False
 ) -> LiteMedSAMPredictor | SAM2Predictor:
     """The predictor for `model`: "lite-medsam", a SAM 2.1 / MedSAM2 preset (`medsam2`,
     `sam2.1-tiny`, ...), `PRESET=PATH`, or the path of a LiteMedSAM or SAM 2.1 checkpoint, told
     apart by its tensors (see `medsam2.engine.registry`). `precision` None is each family's
-    default: fp32 for LiteMedSAM, bf16 on CUDA and fp32 on the CPU for SAM 2.1. `compile_step`
-    compiles SAM 2.1's per-frame memory step and pays the compilation now (see `SAM2Predictor`)."""
+    default: fp32 for LiteMedSAM, bf16 on CUDA and fp32 on the CPU for SAM 2.1. `compiled`
+    compiles SAM 2.1's per-frame memory step (and on a GPU its image encoder) and pays the compilation
+    now (see `SAM2Predictor`)."""
     from medsam2.models.lite_medsam import lite_medsam_from_state, load_lite_medsam
 
     check_precision(precision)
@@ -227,9 +228,9 @@ def load_predictor(
         choice = resolve_model(model)
         state = read_state_dict(choice.path)
         if choice.preset is not None or not is_lite_medsam_state(state):
-            return sam2_predictor(choice, state, target, precision, compile_step)
+            return sam2_predictor(choice, state, target, precision, compiled)
         lite_medsam = lite_medsam_from_state(state, choice.path, target)
-    if compile_step:
+    if compiled:
         raise InputError("--compile: LiteMedSAM has no memory step to compile; it is for SAM 2.1 / MedSAM2 models")
     return LiteMedSAMPredictor(lite_medsam, target, precision=precision or "fp32")
 

@@ -306,8 +306,7 @@ class _MemorySegmenter:
     def segment(self, target: np.ndarray, features: FrameFeatures) -> TargetResult:
         selection = self.bank.select(self.count, features)
         with self.predictor.autocast():
-            tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
-            output, memory = self.model.track(features, tokens)
+            output, memory = self.model.track(features, selection.for_model())
         # SAM 2 keeps spatial memories in bfloat16, whatever the compute precision.
         self.bank.add(MemoryEntry(self.count, memory.to(torch.bfloat16), output.obj_ptr), output, features)
         self.count += 1

@@ -153,11 +153,11 @@ def sam2_predictor(
     state: dict[str, torch.Tensor],
     device: torch.device,
     precision: Precision | None = None,
-    compile_step: bool = False,
+    compiled: bool = False,
 ) -> SAM2Predictor:
     """The SAM 2.1 predictor for a checkpoint already read (LiteMedSAM files are told apart
     before); a one-line error if it is not SAM 2.1. `precision` None: bf16 on CUDA, else fp32.
-    `compile_step`: its per-frame step compiled, and warmed up here."""
+    `compiled`: compiled (see `SAM2Predictor`), and warmed up here."""
     if not is_sam2_state(state):
         if choice.preset is not None:
             raise InputError(f"{choice.path}: not a SAM 2.1 / MedSAM2 checkpoint, which --model {choice.preset.name} needs")
@@ -167,7 +167,7 @@ def sam2_predictor(
         )
     settings = choice.preset or META_SETTINGS
     model = sam2_from_state(state, choice.path, settings.config(), device)
-    predictor = SAM2Predictor(model, device, resample=settings.resample, precision=precision, compile_step=compile_step)
-    if compile_step:
+    predictor = SAM2Predictor(model, device, resample=settings.resample, precision=precision, compiled=compiled)
+    if compiled:
         predictor.warm_up()
     return predictor

@@ -15,10 +15,11 @@ same way advance together frame by frame, the per-frame step has no host synchro
 finished masks go to the host in chunks. Only the banks and the cache live on the device. On CUDA
 the network runs under bfloat16 autocast unless `precision="fp32"`, one autocast context a chunk.
 
-With `compile_step=True` the per-frame step (memory attention, decoder, memory encoder: hundreds of
-small kernels, launched one by one from Python) is compiled with `torch.compile`, on CUDA as CUDA
-graphs (mode "reduce-overhead"); `warm_up` then pays the compilation, and the first-use costs of
-CUDA, before a user's first propagation does.
+With `compiled=True` the per-frame step (memory tokens, memory attention, decoder, memory encoder:
+hundreds of small kernels, launched one by one from Python) is compiled with `torch.compile`, on
+CUDA as CUDA graphs (mode "reduce-overhead"), and on CUDA the image encoder too: on a GPU the
+host's launching of kernels, not the GPU, bounds both. `warm_up` then pays the compilation, and the
+first-use costs of CUDA, before a user's first propagation does.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.memory_policy import ConfidenceMemoryBank
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.tracking import PropagationConfig, Run
-from medsam2.models.sam2 import FrameFeatures, FrameOutput, MemoryTokens, SAM2Model
+from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model, SelectedMemory
 from medsam2.models.sam2.model import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE
 from medsam2.preprocess.resize import SquareResize
 
@@ -78,7 +79,7 @@ class SAM2Predictor:
         precision: Precision | None = None,
         encode_batch: int | None = None,
         output_chunk: int = 8,
-        compile_step: bool = False,
+        compiled: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -86,23 +87,29 @@ class SAM2Predictor:
         on_gpu = self.device.type == "cuda"
         self.precision: Precision = precision or ("bf16" if on_gpu else "fp32")
         # Batches keep a GPU busy; on a CPU they only raise the peak memory of the encoder (by
-        # about 100 MiB at 512 px for a second frame, measured with benchmarks/sam2_speed.py).
-        self.encode_batch = encode_batch or (8 if on_gpu else 1)
+        # about 100 MiB at 512 px for a second frame, measured with benchmarks/sam2_speed.py). In
+        # float32, the reference mode, frames are encoded one at a time as SAM 2 does: in batches
+        # the GPU's libraries pick other kernels, and 2 pixels of 200 frames differed from Meta's.
+        self.encode_batch = encode_batch or (8 if on_gpu and self.precision == "bf16" else 1)
         self.output_chunk = output_chunk
-        self.compile_step = compile_step
+        self.compiled = compiled
         self._track = model.track
-        if compile_step:
+        self._encode_image = model.encode_image
+        if compiled:
             # Not dynamic=True: that also turns the modules' float constants (norm epsilons, scales)
             # into graph inputs, copied from the host before every CUDA-graph replay. Dynamo's
             # default makes only what changes dynamic: the bank's size, on the second tracked frame.
             mode = "reduce-overhead" if on_gpu else None
             self._track = torch.compile(model.track, mode=mode)
+        if compiled and on_gpu:
+            # A CPU runs the encoder no faster compiled (and compiles it for a minute).
+            self._encode_image = torch.compile(model.encode_image, mode="reduce-overhead")
 
-    def track(self, features: FrameFeatures, tokens: MemoryTokens) -> tuple[FrameOutput, torch.Tensor]:
+    def track(self, features: FrameFeatures, memory: SelectedMemory) -> tuple[FrameOutput, torch.Tensor]:
         """`SAM2Model.track`, compiled if asked for. A CUDA graph reuses its output memory on the next
         replay, so what it returns is copied out when compiled."""
-        output, memory = self._track(features, tokens)
-        if not self.compile_step:
+        output, memory = self._track(features, memory)
+        if not self.compiled:
             return output, memory
         copies = {field.name: getattr(output, field.name).clone() for field in fields(output)}
         return replace(output, **copies), memory.clone()
@@ -110,13 +117,15 @@ class SAM2Predictor:
     def warm_up(self, num_frames: int | None = None) -> None:
         """Propagate a box through blank frames of the model's size, long enough for the memory bank
         to fill (`max_obj_ptrs` + 1 frames by default): compiles the step and loads every kernel a
-        propagation needs, so that the first real one runs at full speed."""
+        propagation needs, so that the first real one runs at full speed. Twice when compiled: a
+        CUDA graph is recorded on the second call of each shape, the first runs it plainly."""
         frames = num_frames or self.model.config.max_obj_ptrs + 1
         size = self.model.image_size
-        tracker = self.tracker(np.zeros((frames, size, size), dtype=np.uint8))
-        _, anchor = tracker.segment_anchor(Prompt(0, box=(size / 4, size / 4, 3 * size / 4, 3 * size / 4)), None, None)
-        for _ in tracker.follow([Run(obj_id=1, anchor=0, step=1, slices=range(1, frames), conditioning={0: anchor})]):
-            pass
+        for _ in range(2 if self.compiled else 1):
+            tracker = self.tracker(np.zeros((frames, size, size), dtype=np.uint8))
+            _, anchor = tracker.segment_anchor(Prompt(0, box=(size / 4, size / 4, 3 * size / 4, 3 * size / 4)), None, None)
+            for _ in tracker.follow([Run(obj_id=1, anchor=0, step=1, slices=range(1, frames), conditioning={0: anchor})]):
+                pass
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -130,7 +139,8 @@ class SAM2Predictor:
         for start in range(0, len(slices), self.encode_batch):
             images = self.transform.prepare_batch(slices[start : start + self.encode_batch], self.device)
             with self.autocast():
-                features.extend(self.model.encode_image(images).split())
+                # split() copies each frame out: a CUDA graph's outputs are overwritten by its next replay
+                features.extend(self._encode_image(images).split())
         return features
 
     def tracker(self, slices: np.ndarray, config: PropagationConfig | None = None) -> SAM2Tracker:
@@ -262,8 +272,7 @@ class SAM2Tracker:
             selection = bank.select(frame, features)
         else:
             selection = bank.select(frame)
-        tokens = self.model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
-        output, memory = self.predictor.track(features, tokens)
+        output, memory = self.predictor.track(features, selection.for_model())
         entry = self._entry(frame, output, memory)
         if isinstance(bank, ConfidenceMemoryBank):
             bank.add(entry, output, features)

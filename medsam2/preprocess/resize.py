@@ -177,9 +177,12 @@ class SquareResize(SliceResize):
     def _normalised(self, slices: np.ndarray, device: torch.device | str) -> torch.Tensor:
         resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[self.resample]
         size = (self.target, self.target)
-        resized = np.stack(
-            [np.asarray(Image.fromarray(s[..., 0] if s.shape[-1] == 1 else s).resize(size, resample)) for s in slices]
-        )
+        if slices.shape[1:3] == size and slices.flags.writeable:
+            resized = slices  # what Pillow would return: a copy
+        else:
+            resized = np.stack(
+                [np.asarray(Image.fromarray(s[..., 0] if s.shape[-1] == 1 else s).resize(size, resample)) for s in slices]
+            )
         # uint8 crosses to the device and is scaled there. The divisor is a tensor on the device, not
         # a Python number: CUDA would multiply by 1/255 instead, and 126 of the 256 levels would
         # then differ by one float32 step from the x / 255 the reference computes (in float64, on

@@ -21,11 +21,11 @@ T = TypeVar("T")
 class DeviceWorker:
     """One device: its predictor (loaded on first use, in the worker thread) and its job queue."""
 
-    def __init__(self, model: str, device: str, name: str, compile_step: bool = False):
+    def __init__(self, model: str, device: str, name: str, compiled: bool = False):
         self.model = model
         self.device = device
         self.name = name
-        self.compile_step = compile_step
+        self.compiled = compiled
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"medsam2-{name}")
         self._predictor = None
         self._pending = 0
@@ -45,7 +45,7 @@ class DeviceWorker:
     def _run(self, job: Callable[[object], T]) -> T:
         try:
             if self._predictor is None:
-                self._predictor = load_predictor(self.model, self.device, compile_step=self.compile_step)
+                self._predictor = load_predictor(self.model, self.device, compiled=self.compiled)
             return job(self._predictor)
         finally:
             with self._pending_lock:
@@ -58,9 +58,9 @@ class DeviceWorker:
 class InferencePool:
     """The workers of a server, one per configured device."""
 
-    def __init__(self, model: str, devices: tuple[str, ...], compile_step: bool = False):
+    def __init__(self, model: str, devices: tuple[str, ...], compiled: bool = False):
         self.workers = [
-            DeviceWorker(model, device, f"{device}#{index}", compile_step) for index, device in enumerate(devices)
+            DeviceWorker(model, device, f"{device}#{index}", compiled) for index, device in enumerate(devices)
         ]
 
     def load(self) -> None:

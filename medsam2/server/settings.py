@@ -37,7 +37,7 @@ class ServerSettings:
     allow_unauthenticated: bool = False
     model: str = DEFAULT_MODEL
     devices: tuple[str, ...] = ("cpu",)  # one inference worker per entry; sessions go to the least busy
-    compile_step: bool = False  # SAM 2.1: compile the per-frame memory step, warmed up as each device loads
+    compiled: bool = False  # SAM 2.1: compile the memory step (and on a GPU the encoder), warmed up as each device loads
     max_upload_bytes: int = 1 << 30
     max_sessions: int = 16  # open sessions over all clients; idle ones are closed first
     session_idle_seconds: float = 3600.0

@@ -25,7 +25,7 @@ class ServerState:
             settings=settings,
             catalog=CaseCatalog(settings.data_dir, settings.upload_dir, offer_samples=settings.data_dir is None or settings.with_samples),
             sessions=SessionStore(settings.max_sessions, settings.session_idle_seconds),
-            inference=InferencePool(settings.model, settings.devices, settings.compile_step),
+            inference=InferencePool(settings.model, settings.devices, settings.compiled),
             memory_banks=memory_banks(settings.model),
         )
 

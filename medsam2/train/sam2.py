@@ -80,9 +80,7 @@ class SAM2Step(StepModule):
         bank = MemoryBank([MemoryEntry(0, memory, output.obj_ptr)], 1, len(frames), config.num_maskmem, config.max_obj_ptrs)
         outputs = [output]
         for index in range(1, len(frames)):
-            selection = bank.select(index)
-            tokens = model.memory_tokens(selection.spatial, selection.pointers, selection.max_pointer_distance)
-            output, memory = model.track(frames[index], tokens)
+            output, memory = model.track(frames[index], bank.select(index).for_model())
             bank.add(MemoryEntry(index, memory, output.obj_ptr))
             outputs.append(output)
         return self._losses(outputs, clip.targets, clip.present)

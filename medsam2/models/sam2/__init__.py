@@ -3,7 +3,7 @@ loading the official checkpoints unchanged."""
 
 from medsam2.models.sam2.checkpoint import is_sam2_state, load_sam2, sam2_from_state
 from medsam2.models.sam2.config import VARIANTS, SAM2Config, detect_variant
-from medsam2.models.sam2.model import FrameFeatures, FrameOutput, MemoryTokens, SAM2Model
+from medsam2.models.sam2.model import FrameFeatures, FrameOutput, MemoryTokens, SAM2Model, SelectedMemory
 
 __all__ = [
     "VARIANTS",
@@ -12,6 +12,7 @@ __all__ = [
     "MemoryTokens",
     "SAM2Config",
     "SAM2Model",
+    "SelectedMemory",
     "detect_variant",
     "is_sam2_state",
     "load_sam2",

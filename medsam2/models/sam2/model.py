@@ -59,6 +59,19 @@ class FrameOutput:
 
 
 @dataclass
+class SelectedMemory:
+    """The memories one frame attends to, stacked: the model's side of the engine's memory bank.
+    Tensors, so that a compiled step takes them as inputs whatever the frame."""
+
+    spatial: torch.Tensor  # (S, B, C_mem, h, w) spatial memories
+    slots: torch.Tensor  # (S,) int64: 0 for prompted frames, num_maskmem - k for the k-th most recent frame
+    pointers: torch.Tensor  # (B, P, C) object pointers, P >= 1
+    # (P,) each pointer's distance in frames from the current frame over the largest distance the
+    # bank holds (SAM 2's scaling, computed as SAM 2 computes it: an int64 tensor over an int)
+    pointer_positions: torch.Tensor
+
+
+@dataclass
 class MemoryTokens:
     """What a frame's features attend to: spatial memories, then object-pointer tokens."""
 
@@ -207,10 +220,10 @@ class SAM2Model(nn.Module):
         size = (self.image_size, self.image_size)
         return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
 
-    def track(self, features: FrameFeatures, memory: MemoryTokens) -> tuple[FrameOutput, torch.Tensor]:
+    def track(self, features: FrameFeatures, memory: SelectedMemory) -> tuple[FrameOutput, torch.Tensor]:
         """SAM 2's step on a frame without prompts: attend to the memory, decode, and encode the
         chosen mask into the frame's own spatial memory (B, C_mem, h, w)."""
-        conditioned = self.condition_on_memory(features.top, memory)
+        conditioned = self.condition_on_memory(features.top, self.memory_tokens(memory))
         output = self.decode(conditioned, features.high_res, multimask_output=self.use_multimask(False, 0))
         return output, self.encode_memory(features.top, output.high_res_masks, output.object_score_logits, binarize=False)
 
@@ -231,32 +244,23 @@ class SAM2Model(nn.Module):
         absent = 1 - (object_score_logits > 0).float()  # (B, 1)
         return memory + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None].expand(*memory.shape)
 
-    def memory_tokens(
-        self,
-        spatial: list[tuple[torch.Tensor, int]],
-        pointers: list[tuple[torch.Tensor, int]],
-        max_pointer_distance: int,
-    ) -> MemoryTokens:
-        """Attention inputs from spatial memories (B, C_mem, h, w) with their slot (0 for prompted
-        frames, num_maskmem - k for the k-th most recent frame) and object pointers (B, C) with
-        their distance in frames from the current frame (temporal code scaled by the maximum)."""
+    def memory_tokens(self, selected: SelectedMemory) -> MemoryTokens:
+        """Attention inputs from the selected memories: spatial tokens with the grid's position code
+        plus their slot's temporal code, then the object pointers with a code of their distance."""
         config = self.config
-        memory = [features.flatten(2).transpose(1, 2) for features, _ in spatial]  # (B, hw, C_mem) each
+        spatial, pointers = selected.spatial, selected.pointers
+        batch, channels = spatial.shape[1:3]
+        memory = spatial.flatten(3).permute(1, 0, 3, 2).reshape(batch, -1, channels)  # (B, S*hw, C_mem)
         grid_pos = self.memory_pos.flatten(2).transpose(1, 2)  # (1, hw, C_mem)
-        batch = spatial[0][0].shape[0]
-        position = [
-            (grid_pos + self.maskmem_tpos_enc[config.num_maskmem - slot - 1]).expand(batch, -1, -1)
-            for _, slot in spatial
-        ]
-        num_pointer_tokens = 0
-        if pointers:
-            stacked = torch.stack([pointer for pointer, _ in pointers], dim=1)  # (B, P, C)
-            # an asynchronous host-to-device copy: no wait for the device in the per-frame step
-            distances = torch.tensor([distance for _, distance in pointers]).to(stacked.device, non_blocking=True)
-            code = self.obj_ptr_tpos_proj(sine_code(distances / max_pointer_distance, HIDDEN_DIM))  # (P, C_mem)
-            # each C-wide pointer becomes C / C_mem tokens of the memory's width
-            split = HIDDEN_DIM // MEMORY_DIM
-            memory.append(stacked.reshape(batch, -1, split, MEMORY_DIM).flatten(1, 2))
-            position.append(code.repeat_interleave(split, dim=0).expand(batch, -1, -1))
-            num_pointer_tokens = stacked.shape[1] * split
-        return MemoryTokens(torch.cat(memory, dim=1), torch.cat(position, dim=1), num_pointer_tokens)
+        temporal = self.maskmem_tpos_enc[config.num_maskmem - selected.slots - 1]  # (S, 1, 1, C_mem)
+        position = (grid_pos + temporal).reshape(1, -1, channels).expand(batch, -1, -1)  # (B, S*hw, C_mem)
+        code = self.obj_ptr_tpos_proj(sine_code(selected.pointer_positions, HIDDEN_DIM))  # (P, C_mem)
+        # each C-wide pointer becomes C / C_mem tokens of the memory's width
+        split = HIDDEN_DIM // MEMORY_DIM
+        pointer_tokens = pointers.reshape(batch, -1, split, MEMORY_DIM).flatten(1, 2)  # (B, P*split, C_mem)
+        pointer_position = code.repeat_interleave(split, dim=0).expand(batch, -1, -1)
+        return MemoryTokens(
+            torch.cat((memory, pointer_tokens), dim=1),
+            torch.cat((position, pointer_position), dim=1),
+            pointer_tokens.shape[1],
+        )
