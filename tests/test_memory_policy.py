@@ -129,6 +129,12 @@ def test_sam2_selection_puts_the_heaviest_memory_in_the_previous_frame_slot():
     assert [slot for _, slot in selection.spatial] == [0, 6, 5, 4]
     assert [(int(pointer[0, 0]), distance) for pointer, distance in selection.pointers] == [(-1, 1), (3, 1), (2, 2), (1, 3)]
     assert selection.max_pointer_distance == 15
+    # what the model takes: the same memories stacked in the same order, distances scaled by 15
+    stacked = selection.for_model()
+    assert stacked.spatial[:, 0].flatten(1)[:, 0].tolist() == [-1, 3, 2, 1]
+    assert stacked.slots.tolist() == [0, 6, 5, 4]
+    assert stacked.pointers[0, :, 0].tolist() == [-1, 3, 2, 1]
+    assert torch.equal(stacked.pointer_positions, torch.tensor([1, 1, 2, 3]) / 15)
 
 
 def test_sam2_bank_stays_bounded():
