@@ -16,7 +16,7 @@ SAM2_REFERENCE := sam2==1.1.0
 # does not work on the project's machines).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install demo test clean postgresql serve
+.PHONY: install demo test clean postgresql serve device-wheels
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ $(CHROMIUM):
 SHARED_DATA := $(or $(MEDSAM2_DATA),../shared/data)
 serve: install
 	$(VENV)/bin/medsam2 serve $(if $(DATA),--data "$(DATA)",$(if $(wildcard $(SHARED_DATA)/ct_lesion),--data "$(SHARED_DATA)/ct_lesion" --samples))
+
+# Wheels for a lent GPU machine (Python 3.12, no registry reachable there): what the GPU checks
+# import beyond the packages that machine has; `benchmarks/gpu_checks.sh` installs them there.
+DEVICE_WHEELS := .whl/dev
+device-wheels: install
+	mkdir -p $(DEVICE_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w $(DEVICE_WHEELS) hydra-core==1.3.8 omegaconf==2.3.1 \
+		antlr4-python3-runtime==4.9.3 iopath==0.1.10 nibabel==5.4.2 pydicom==3.0.2
+	SAM2_BUILD_CUDA=0 $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(DEVICE_WHEELS) $(SAM2_REFERENCE)
 
 clean:
 	rm -rf $(VENV) demo_output

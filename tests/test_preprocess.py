@@ -26,6 +26,7 @@ from medsam2.preprocess import (
     parse_window,
     to_uint8,
 )
+from medsam2.transfer import HostCopy, to_device
 
 TRANSFORMS = [LongestSideResize(), SquareResize()]
 SHAPES = [(512, 512), (300, 512)]
@@ -249,6 +250,17 @@ def test_every_grey_level_is_scaled_as_sam2_loads_frames(device: str) -> None:
     reference = torch.from_numpy(levels / 255.0).float().to(device)[..., None]
     mean, std = (torch.tensor(values, device=device) for values in (IMAGENET_MEAN, IMAGENET_STD))
     assert torch.equal(ours, ((reference - mean) / std).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_copies_to_and_from_the_device_keep_every_value(device: str) -> None:
+    """Frames and memory selections go to the device, masks come back, through pinned memory on a
+    GPU and without waiting there: each value arrives as it left, once `result` has waited."""
+    values = torch.arange(-1000, 1000, dtype=torch.float32).reshape(40, 50) / 7
+    on_device = to_device(values, device)
+    assert on_device.device.type == device
+    back = HostCopy(on_device * 2)
+    assert torch.equal(back.result(), values * 2)
 
 
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: type(t).__name__)

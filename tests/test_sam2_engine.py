@@ -24,13 +24,15 @@ import sam2.build_sam  # noqa: F401  (registers Meta's configs with hydra)
 from medsam2.cli.main import app
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.models import load_predictor
-from medsam2.engine.prompts import box_from_mask
+from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.engine.registry import PRESETS, config_file, resolve_model
 from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.engine.session import Session
+from medsam2.engine.tracking import Run
 from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.models.sam2 import VARIANTS, SAM2Config, SAM2Model, sam2_from_state
+from medsam2.models.sam2.position_encoding import apply_rope, axial_rope_frequencies
 
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 
@@ -177,6 +179,18 @@ def test_memory_stays_bounded_on_a_long_sequence(small_predictor: SAM2Predictor)
     assert session.embeddings.encoded_count == len(frames)  # each frame encoded once
 
 
+def test_masks_reach_the_host_a_chunk_behind_the_tracking(small_predictor: SAM2Predictor) -> None:
+    """Masks go to the host a chunk of frames at a time, each chunk while the next one is tracked
+    (on a GPU the host then only ever waits for finished work): the first 8 frames' masks arrive
+    once frames 9 to 16 are tracked, the next 8 once the last 3 are."""
+    tracker = small_predictor.tracker(moving_disk(20))
+    _, anchor = tracker.segment_anchor(Prompt(0, box=(8, 18, 36, 46)), None, None)
+    run = Run(obj_id=1, anchor=0, step=1, slices=range(1, 20), conditioning={0: anchor})
+    latest_tracked = {frame: max(tracker.banks[0].recent) for _, frame, _ in tracker.follow([run])}
+    assert small_predictor.output_chunk == 8
+    assert latest_tracked == {frame: 16 if frame <= 8 else 19 for frame in range(1, 20)}
+
+
 def test_bank_selection_follows_sam2_in_both_directions() -> None:
     def entry(frame: int) -> MemoryEntry:  # features and pointer hold the frame number
         return MemoryEntry(frame, torch.full((1, 1, 1, 1), float(frame)), torch.full((1, 1), float(frame)))
@@ -300,6 +314,17 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -
     assert set(np.unique(eager)) == {0, 1, 2}
     assert (result != eager).mean() < 1e-3
 
+
+
+def test_the_rotary_encoding_compiled_rotates_as_the_eager_one() -> None:
+    """Compiled, the rotary encoding runs in real arithmetic (inductor generates no code for complex
+    numbers): the same rotations as the eager complex product, on one grid of queries and on the
+    keys of several memory frames."""
+    rotations = axial_rope_frequencies(256, 8, 8)
+    compiled = torch.compile(apply_rope, fullgraph=True)
+    for frames in (1, 3):
+        tokens = torch.randn(2, 1, frames * 64, 256)
+        torch.testing.assert_close(compiled(tokens, rotations), apply_rope(tokens, rotations), rtol=0, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling

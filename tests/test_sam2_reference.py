@@ -26,6 +26,7 @@ from sam2.modeling.sam2_utils import get_1d_sine_pe
 from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.engine.session import Session
 from medsam2.models.sam2 import SAM2Config, SAM2Model, load_sam2
+from medsam2.models.sam2.memory_attention import KEY_BLOCK, RoPEAttention, attend_in_key_blocks
 from medsam2.models.sam2.position_encoding import sine_code
 
 META_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -226,3 +227,37 @@ def test_position_codes_are_computed_on_the_device_as_sam2_computes_them(device:
         assert ours.device.type == device and torch.equal(ours, meta)
     distances = torch.arange(1, 17, dtype=torch.float32, device=device) / 15
     assert torch.equal(sine_code(distances, 256), get_1d_sine_pe(distances, dim=256))
+
+
+# Where the split attention runs: on a GPU in half precision; on the CPU its arithmetic is checked.
+SPLIT_ATTENTION_CASES = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + (
+    [("cuda", torch.bfloat16)] if torch.cuda.is_available() else []
+)
+
+
+@pytest.mark.parametrize(("device", "dtype"), SPLIT_ATTENTION_CASES)
+def test_cross_attention_in_key_blocks_is_attention_over_all_keys(device: str, dtype: torch.dtype) -> None:
+    """On a GPU in bfloat16 the memory cross-attention runs over blocks of keys side by side, merged
+    by their log-sum-exps: with a full bank at 512 px (7 frames of 1024 keys, 16 pointers of 4
+    tokens), the same as one attention over all keys, to float32 rounding in float32 and within
+    twice plain bfloat16 attention's error in bfloat16. On a GPU the layer itself takes that path."""
+    torch.manual_seed(0)
+    spatial = 7 * (IMAGE_SIZE // 16) ** 2
+    q = torch.randn(1, 1, 1024, 256, device=device)
+    k = 2 * torch.randn(1, 1, spatial + 64, 256, device=device)
+    v = torch.randn_like(k)
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    blocked = attend_in_key_blocks(q, k, v, spatial, KEY_BLOCK).float()
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2 * float((plain - exact).abs().max())
+    assert float((blocked - exact).abs().max()) <= tolerance
+    if device == "cuda":
+        layer = RoPEAttention(256, IMAGE_SIZE // 16, kv_in_dim=64).to(device).eval()
+        queries = torch.randn(1, 1024, 256, device=device)
+        memory = torch.randn(1, spatial + 64, 64, device=device)
+        with torch.no_grad():
+            whole = layer(queries, memory, memory, num_k_exclude_rope=64)  # float32: not split
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                split = layer(queries, memory, memory, num_k_exclude_rope=64).float()
+        assert float((split - whole).abs().max()) <= 0.05 * float(whole.abs().max())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from medsam2.models.sam2 import SelectedMemory
+from medsam2.transfer import to_device
 
 
 @dataclass
@@ -41,8 +42,8 @@ class MemorySelection:
         are scaled here, outside a compiled step, which would otherwise compile anew for each
         sequence length."""
         device = self.pointers[0][0].device
-        slots = torch.tensor([slot for _, slot in self.spatial]).to(device, non_blocking=True)
-        distances = torch.tensor([distance for _, distance in self.pointers]).to(device, non_blocking=True)
+        slots = to_device(torch.tensor([slot for _, slot in self.spatial]), device)
+        distances = to_device(torch.tensor([distance for _, distance in self.pointers]), device)
         return SelectedMemory(
             torch.stack([features for features, _ in self.spatial]),
             slots,

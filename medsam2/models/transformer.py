@@ -65,6 +65,10 @@ class Attention(nn.Module):
             # explicit softmax attention in the reference's order of operations (bit-identical results)
             attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, Nq, Nk)
             out = float32_softmax(attn) @ v  # (B, heads, Nq, C/heads)
+        return self._combine_heads(out)
+
+    def _combine_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs (B, heads, Nq, c) -> projected output (B, Nq, C)."""
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from medsam2.transfer import to_device
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -152,7 +154,7 @@ class LongestSideResize(SliceResize):
         unit = (resized - low) / np.maximum(high - low, 1e-8)
         out = torch.zeros(len(slices), 3, self.target, self.target, dtype=torch.float32)
         out[:, :, :content_h, :content_w] = torch.from_numpy(unit).float()  # grey broadcasts to RGB
-        return out.to(device, non_blocking=True)
+        return to_device(out, device)
 
 
 @dataclass(frozen=True)
@@ -187,12 +189,11 @@ class SquareResize(SliceResize):
         # a Python number: CUDA would multiply by 1/255 instead, and 126 of the 256 levels would
         # then differ by one float32 step from the x / 255 the reference computes (in float64, on
         # the host); an IEEE division gives its values exactly, on any device.
-        levels = torch.from_numpy(resized).to(device, non_blocking=True).float()
+        levels = to_device(torch.from_numpy(resized), device).float()
         unit = levels / torch.full((), 255.0, device=device)
         unit = unit[..., None] if unit.ndim == 3 else unit
-        # non-blocking: a blocking copy to a GPU waits for all the work queued before it
-        mean = torch.tensor(self.mean, dtype=torch.float32).to(device, non_blocking=True)
-        std = torch.tensor(self.std, dtype=torch.float32).to(device, non_blocking=True)
+        mean = to_device(torch.tensor(self.mean, dtype=torch.float32), device)
+        std = to_device(torch.tensor(self.std, dtype=torch.float32), device)
         return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 

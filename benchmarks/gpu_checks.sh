@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU checks of SAM 2.1, for one call of a lent GPU machine (see DEVELOPERS.md, "GPU checks"):
+#   tests  the tests that compare with the CPU or with Meta on each device present (about 1 min)
+#   step   benchmarks/sam2_step.py: the per-frame step eager, compiled and frozen (about 4 min)
+#   speed  benchmarks/sam2_speed.py --warm-up --compile at 200 and 800 frames vs Meta (about 5 min)
+# Usage there: bash benchmarks/gpu_checks.sh [tests] [step] [speed]   (no argument: all three)
+# It installs the wheels `make device-wheels` put in .whl/dev (the machine reaches no registry).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/dev/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests step speed)
+status=0
+for stage in "${stages[@]}"; do
+    echo "== $stage ($(date +%T))"
+    case "$stage" in
+        tests) python3 -m pytest -q -p no:cacheprovider tests/test_preprocess.py tests/test_sam2_reference.py \
+                   -k "grey_level or copies or key_blocks or position_codes" || status=1 ;;
+        step) python3 benchmarks/sam2_step.py || status=1 ;;
+        speed) python3 benchmarks/sam2_speed.py --frames 200 800 --warm-up --compile || status=1 ;;
+        *) echo "unknown stage $stage (tests, step, speed)"; status=1 ;;
+    esac
+done
+echo "== done ($(date +%T)), status $status"
+exit $status

@@ -1,0 +1,122 @@
+"""SAM 2.1's per-frame memory step alone: time, host time and (on a GPU) kernels per tracked frame.
+
+One step is what `SAM2Model.track` does for a frame without prompts: memory tokens, memory
+attention, mask decoder, memory encoder. It runs here with a full memory bank (the prompted frame,
+6 recent frames, 16 object pointers), on one frame's features, back to back, in each form the
+predictor can take:
+
+- eager: Meta's order of modules, launched one by one from Python (the reference: Meta's predictor
+  runs this step eagerly), with our cross-attention split over blocks of keys on a GPU in bf16;
+- eager, whole attention: the same with the cross-attention in one piece (GPU, bf16 only);
+- compiled: `torch.compile` (CUDA graphs on a GPU), the weights as graph inputs;
+- compiled, frozen: what `SAM2Predictor(compiled=True)` runs: the weights frozen into the code.
+
+Reported per step: wall time over many steps back to back (the host queues the next step while
+the GPU runs this one, so this is the larger of the two below), the host's time in the call, and on
+a GPU the kernels launched and their summed time (torch.profiler). Random hiera-tiny weights (speed
+does not depend on them) at 512 px.
+
+    python benchmarks/sam2_step.py                       # the device present; bf16 on CUDA
+    python benchmarks/sam2_step.py --device cpu --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from medsam2.engine.sam2_predictor import frozen_compile
+from medsam2.models.sam2 import FrameFeatures, SAM2Config, SAM2Model, SelectedMemory
+
+Step = Callable[[FrameFeatures, SelectedMemory], object]
+
+
+def full_bank(model: SAM2Model, device: str) -> SelectedMemory:
+    """A bank as it is from the 17th tracked frame on: 7 spatial memories, 16 pointers."""
+    config, grid = model.config, model.config.feature_size
+    return SelectedMemory(
+        torch.randn(config.num_maskmem, 1, 64, grid, grid, device=device).to(torch.bfloat16),
+        torch.arange(config.num_maskmem, device=device),
+        torch.randn(1, config.max_obj_ptrs, 256, device=device),
+        torch.arange(config.max_obj_ptrs, device=device) / (config.max_obj_ptrs - 1),
+    )
+
+
+def measure(step: Step, features: FrameFeatures, bank: SelectedMemory, steps: int, device: str) -> dict[str, float]:
+    """Per-step figures of `step` after three untimed calls (compilation, CUDA-graph recording)."""
+    on_gpu = device.startswith("cuda")
+
+    def run(count: int) -> float:
+        """Host seconds spent inside the calls."""
+        inside = 0.0
+        for _ in range(count):
+            start = time.perf_counter()
+            result = step(features, bank)
+            inside += time.perf_counter() - start
+            del result  # a CUDA graph's outputs must be gone before its next replay
+        return inside
+
+    run(3)
+    if on_gpu:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    host = run(steps)
+    if on_gpu:
+        torch.cuda.synchronize()
+    figures = {"ms/step": (time.perf_counter() - start) / steps * 1e3, "host ms/call": host / steps * 1e3}
+    if on_gpu:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            run(steps)
+            torch.cuda.synchronize()
+        kernels = [event for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+        figures["GPU ms/step"] = sum(event.device_time for event in kernels) / steps / 1e3
+        figures["kernels/step"] = len(kernels) / steps
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, else fp32")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per form (default 200)")
+    args = parser.parse_args()
+    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    torch.manual_seed(0)
+    model = SAM2Model(SAM2Config(image_size=args.image_size), device=args.device).to(args.device).eval()
+    bank = full_bank(model, args.device)
+    mode = "reduce-overhead" if args.device.startswith("cuda") else None
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    split_applies = args.device.startswith("cuda") and precision == "bf16"
+    forms: list[tuple[str, Callable[[], Step]]] = [("eager", lambda: model.track)]
+    if split_applies:
+        forms.append(("eager, whole attention", lambda: model.track))
+    forms += [
+        ("compiled", lambda: torch.compile(model.track, mode=mode)),
+        ("compiled, frozen", lambda: frozen_compile(model.track, mode)),
+    ]
+
+    print(f"{args.device}, {precision}, hiera-tiny at {args.image_size} px, full bank, {args.steps} steps per form")
+    print("| step | ms/step | host ms/call | GPU ms/step | kernels/step |")
+    print("|---|---|---|---|---|")
+    with torch.no_grad():
+        features = model.encode_image(torch.randn(1, 3, args.image_size, args.image_size, device=args.device))
+        for name, build in forms:
+            whole = name == "eager, whole attention"
+            for layer in model.memory_attention.layers:
+                layer.cross_attn_image.split_keys = not whole
+            torch._dynamo.reset()  # each compiled form compiles afresh, with its own settings
+            with autocast:
+                figures = measure(build(), features, bank, args.steps, args.device)
+            gpu = [f"{figures['GPU ms/step']:.3f}", f"{figures['kernels/step']:.0f}"] if "kernels/step" in figures else ["-", "-"]
+            print(f"| {name} | {figures['ms/step']:.3f} | {figures['host ms/call']:.3f} | {' | '.join(gpu)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
