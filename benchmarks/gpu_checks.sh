@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of SAM 2.1, for one call of a lent GPU machine (see DEVELOPERS.md, "GPU checks"):
-#   tests  the tests that compare with the CPU or with Meta on each device present (about 1 min)
+#   tests  the tests that hold on each device present: transfers, Meta's arithmetic, the split
+#          attention, the compiled step and encoder (about 3 min, most of it compiling)
 #   step   benchmarks/sam2_step.py: the per-frame step eager, compiled and frozen (about 4 min)
 #   speed  benchmarks/sam2_speed.py --warm-up --compile at 200 and 800 frames vs Meta (about 5 min)
 # Usage there: bash benchmarks/gpu_checks.sh [tests] [step] [speed]   (no argument: all three)
@@ -18,7 +19,8 @@ for stage in "${stages[@]}"; do
     echo "== $stage ($(date +%T))"
     case "$stage" in
         tests) python3 -m pytest -q -p no:cacheprovider tests/test_preprocess.py tests/test_sam2_reference.py \
-                   -k "grey_level or copies or key_blocks or position_codes" || status=1 ;;
+                   tests/test_sam2_engine.py -k "grey_level or copies or key_blocks or position_codes or compiles_in_the_warm_up" \
+                   || status=1 ;;
         step) python3 benchmarks/sam2_step.py || status=1 ;;
         speed) python3 benchmarks/sam2_speed.py --frames 200 800 --warm-up --compile || status=1 ;;
         *) echo "unknown stage $stage (tests, step, speed)"; status=1 ;;

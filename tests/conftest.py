@@ -27,6 +27,12 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def device(request: pytest.FixtureRequest) -> str:
+    """Each device present, for the tests that must hold on every one: the CPU, and CUDA on a GPU."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared sample data folder: $MEDSAM2_DATA, else ../shared/data next to the repository."""

@@ -18,10 +18,8 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch._dynamo.utils import counters as dynamo_counters
-from typer.testing import CliRunner
 
 import sam2.build_sam  # noqa: F401  (registers Meta's configs with hydra)
-from medsam2.cli.main import app
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import Prompt, box_from_mask
@@ -290,10 +288,12 @@ def test_bfloat16_steps_cast_the_weights_once_per_chunk_of_frames() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
-def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -> None:
-    """`compiled` (CUDA graphs on a GPU; here inductor's CPU code, the same tracing): after
+def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(device: str) -> None:
+    """`compiled` (inductor's CPU code here; on a GPU CUDA graphs, the encoder compiled too): after
     `warm_up` a propagation of two objects both ways compiles nothing more and gives the eager
-    step's masks (fused kernels may round differently: a boundary pixel in a thousand may flip)."""
+    step's masks (fused kernels may round differently: on the CPU a boundary pixel in a thousand
+    may flip; in bfloat16 on a GPU more). On a GPU it records no CUDA graph either: the encoder is
+    given full batches only, the prompted frames' and the runs' last ones included."""
     model = random_sam2(64)
     frames = moving_disk(20)
 
@@ -304,16 +304,17 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one() -
         session.propagate("both", progress=False)
         return session.result()
 
-    eager = propagate(SAM2Predictor(model, "cpu"))
-    compiled = SAM2Predictor(model, "cpu", compiled=True)
+    eager = propagate(SAM2Predictor(model, device))
+    compiled = SAM2Predictor(model, device, compiled=True)
     compiled.warm_up()
     graphs = dynamo_counters["stats"]["unique_graphs"]
+    recorded = dynamo_counters["inductor"]["cudagraph_recorded_non_static_inputs"]
     assert graphs > 0
     result = propagate(compiled)
     assert dynamo_counters["stats"]["unique_graphs"] == graphs
+    assert dynamo_counters["inductor"]["cudagraph_recorded_non_static_inputs"] == recorded
     assert set(np.unique(eager)) == {0, 1, 2}
-    assert (result != eager).mean() < 1e-3
-
+    assert (result != eager).mean() < (1e-3 if device == "cpu" else 2e-2)
 
 
 def test_the_rotary_encoding_compiled_rotates_as_the_eager_one() -> None:
@@ -356,6 +357,12 @@ def test_load_predictor_compiles_and_warms_the_step_for_a_server(
 def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion_cases: list[Path]) -> None:
     """`segment --model medsam2` on four slices of a shared DeepLesion case, the preset's file given by
     its environment variable: a random-weight checkpoint, MedSAM2's settings (512 px)."""
+    # imported here: the command line brings the server's and the annotation tool's libraries, which a
+    # lent GPU machine lacks (benchmarks/gpu_checks.sh runs this file's other tests there)
+    from typer.testing import CliRunner
+
+    from medsam2.cli.main import app
+
     path = tmp_path / "random_medsam2.pt"
     torch.save({"model": random_sam2(64).state_dict()}, path)
     arrays = dict(np.load(ct_lesion_cases[1]))

@@ -40,7 +40,6 @@ PROMPTS = {
     2: (8, {"points": [[330.0, 210.0], [200.0, 420.0]], "labels": [1, 0]}),
 }
 CORRECTION = (9, {"box": [180.0, 152.0, 276.0, 248.0]})  # object 1 again, around the disk on frame 9
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -215,7 +214,6 @@ def assert_same(got: dict, expected: dict) -> None:
         np.testing.assert_array_equal(got[key] > 0, logits > 0, err_msg=f"at {key}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_position_codes_are_computed_on_the_device_as_sam2_computes_them(device: str) -> None:
     """SAM 2 computes its sine position maps and pointer codes on the device it runs on (on a GPU
     machine, even at construction); a model built for a device holds the same values, bit for bit

@@ -34,6 +34,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medsam2.engine.cache import EmbeddingCache
 from medsam2.engine.memory import MemoryBank, MemoryEntry
@@ -122,6 +123,10 @@ class SAM2Predictor:
         self.compiled = compiled
         self._track = model.track
         self._encode_image = model.encode_image
+        # A compiled encoder records a CUDA graph for each batch size it meets; given only full
+        # batches it records one, in the warm-up, where a run's last batch (or a prompted frame
+        # alone) would record another, a fraction of a second, when a user first propagates.
+        self._full_batches = compiled and on_gpu
         if compiled:
             mode = "reduce-overhead" if on_gpu else None
             self._track = frozen_compile(model.track, mode)
@@ -161,10 +166,13 @@ class SAM2Predictor:
         """Features of a batch of uint8 slices, (N, H, W) or (N, H, W, 3), one entry per slice."""
         features: list[FrameFeatures] = []
         for start in range(0, len(slices), self.encode_batch):
-            images = self.transform.prepare_batch(slices[start : start + self.encode_batch], self.device)
+            batch = slices[start : start + self.encode_batch]
+            images = self.transform.prepare_batch(batch, self.device)
+            if self._full_batches and len(batch) < self.encode_batch:
+                images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, self.encode_batch - len(batch)))  # blank frames after
             with self.autocast():
                 # split() copies each frame out: a CUDA graph's outputs are overwritten by its next replay
-                features.extend(self._encode_image(images).split())
+                features.extend(self._encode_image(images).split()[: len(batch)])
         return features
 
     def tracker(self, slices: np.ndarray, config: PropagationConfig | None = None) -> SAM2Tracker:
