@@ -75,7 +75,7 @@ def synchronize(device: str) -> None:
 def run_meta(args: argparse.Namespace, num_frames: int) -> np.ndarray:
     meta = build_meta(args.variant, args.image_size, args.device, args.checkpoint)
     masks = np.zeros((num_frames, VIDEO_SIZE, VIDEO_SIZE), dtype=bool)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     with torch.inference_mode(), autocast:
         state = meta.init_state(str(args.frames_dir))
         if args.warm_up:
