@@ -3,10 +3,12 @@
 One step is what `SAM2Model.track` does for a frame without prompts: memory tokens, memory
 attention, mask decoder, memory encoder. It runs here with a full memory bank (the prompted frame,
 6 recent frames, 16 object pointers), on one frame's features, back to back, in each form the
-predictor can take:
+predictor can take, after the reference:
 
-- eager: Meta's order of modules, launched one by one from Python (the reference: Meta's predictor
-  runs this step eagerly), with our cross-attention split over blocks of keys on a GPU in bf16;
+- Meta: `sam2==1.1.0`'s `track_step` on frame 16 of a run prompted on frame 0 (the same bank), as
+  its video predictor runs it, eagerly;
+- eager: ours, launched one by one from Python, with the cross-attention split over blocks of keys
+  on a GPU in bf16;
 - eager, whole attention: the same with the cross-attention in one piece (GPU, bf16 only);
 - compiled: `torch.compile` (CUDA graphs on a GPU), the weights as graph inputs;
 - compiled, frozen: what `SAM2Predictor(compiled=True)` runs: the weights frozen into the code.
@@ -28,10 +30,12 @@ from collections.abc import Callable
 
 import torch
 
-from medsam2.engine.sam2_predictor import frozen_compile
-from medsam2.models.sam2 import FrameFeatures, SAM2Config, SAM2Model, SelectedMemory
+from sam2_speed import build_meta
 
-Step = Callable[[FrameFeatures, SelectedMemory], object]
+from medsam2.engine.sam2_predictor import frozen_compile
+from medsam2.models.sam2 import SAM2Config, SAM2Model, SelectedMemory
+
+Step = Callable[[], object]
 
 
 def full_bank(model: SAM2Model, device: str) -> SelectedMemory:
@@ -45,7 +49,26 @@ def full_bank(model: SAM2Model, device: str) -> SelectedMemory:
     )
 
 
-def measure(step: Step, features: FrameFeatures, bank: SelectedMemory, steps: int, device: str) -> dict[str, float]:
+def meta_step(image_size: int, device: str) -> Step:
+    """Meta's step on a frame with a full bank: frame 16 of a run prompted on frame 0, every earlier
+    frame's memory a copy of the prompted frame's."""
+    meta = build_meta("tiny", image_size, device).eval()
+    image = torch.randn(1, 3, image_size, image_size, device=device)
+    _, features, positions, sizes = meta._prepare_backbone_features(meta.forward_image(image))
+    masks = torch.randn(1, 1, image_size, image_size, device=device)
+    scores = torch.ones(1, 1, device=device)
+    memory, memory_position = meta._encode_new_memory(features, sizes, masks, scores, is_mask_from_pts=True)
+    frame = {
+        "maskmem_features": memory.to(torch.bfloat16),  # as Meta's video predictor stores them
+        "maskmem_pos_enc": memory_position,
+        "obj_ptr": torch.randn(1, 256, device=device),
+        "object_score_logits": scores,
+    }
+    bank = {"cond_frame_outputs": {0: frame}, "non_cond_frame_outputs": dict.fromkeys(range(1, 16), frame)}
+    return lambda: meta.track_step(16, False, features, positions, sizes, None, None, bank, num_frames=100)
+
+
+def measure(step: Step, steps: int, device: str) -> dict[str, float]:
     """Per-step figures of `step` after three untimed calls (compilation, CUDA-graph recording)."""
     on_gpu = device.startswith("cuda")
 
@@ -54,7 +77,7 @@ def measure(step: Step, features: FrameFeatures, bank: SelectedMemory, steps: in
         inside = 0.0
         for _ in range(count):
             start = time.perf_counter()
-            result = step(features, bank)
+            result = step()
             inside += time.perf_counter() - start
             del result  # a CUDA graph's outputs must be gone before its next replay
         return inside
@@ -94,12 +117,13 @@ def main() -> None:
     mode = "reduce-overhead" if args.device.startswith("cuda") else None
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     split_applies = args.device.startswith("cuda") and precision == "bf16"
-    forms: list[tuple[str, Callable[[], Step]]] = [("eager", lambda: model.track)]
+    track = model.track  # (features, bank) -> output
+    forms: list[tuple[str, Callable[[], Callable]]] = [("eager", lambda: track)]
     if split_applies:
-        forms.append(("eager, whole attention", lambda: model.track))
+        forms.append(("eager, whole attention", lambda: track))
     forms += [
-        ("compiled", lambda: torch.compile(model.track, mode=mode)),
-        ("compiled, frozen", lambda: frozen_compile(model.track, mode)),
+        ("compiled", lambda: torch.compile(track, mode=mode)),
+        ("compiled, frozen", lambda: frozen_compile(track, mode)),
     ]
 
     print(f"{args.device}, {precision}, hiera-tiny at {args.image_size} px, full bank, {args.steps} steps per form")
@@ -107,15 +131,21 @@ def main() -> None:
     print("|---|---|---|---|---|")
     with torch.no_grad():
         features = model.encode_image(torch.randn(1, 3, args.image_size, args.image_size, device=args.device))
+        with autocast:
+            report("Meta (sam2 1.1.0)", measure(meta_step(args.image_size, args.device), args.steps, args.device))
         for name, build in forms:
             whole = name == "eager, whole attention"
             for layer in model.memory_attention.layers:
                 layer.cross_attn_image.split_keys = not whole
             torch._dynamo.reset()  # each compiled form compiles afresh, with its own settings
+            step = build()
             with autocast:
-                figures = measure(build(), features, bank, args.steps, args.device)
-            gpu = [f"{figures['GPU ms/step']:.3f}", f"{figures['kernels/step']:.0f}"] if "kernels/step" in figures else ["-", "-"]
-            print(f"| {name} | {figures['ms/step']:.3f} | {figures['host ms/call']:.3f} | {' | '.join(gpu)} |", flush=True)
+                report(name, measure(lambda: step(features, bank), args.steps, args.device))
+
+
+def report(name: str, figures: dict[str, float]) -> None:
+    gpu = [f"{figures['GPU ms/step']:.3f}", f"{figures['kernels/step']:.0f}"] if "kernels/step" in figures else ["-", "-"]
+    print(f"| {name} | {figures['ms/step']:.3f} | {figures['host ms/call']:.3f} | {' | '.join(gpu)} |", flush=True)
 
 
 if __name__ == "__main__":
