@@ -7,11 +7,11 @@ predictor can take, after the reference:
 
 - Meta: `sam2==1.1.0`'s `track_step` on frame 16 of a run prompted on frame 0 (the same bank), as
   its video predictor runs it, eagerly;
-- eager: ours, launched one by one from Python, with the cross-attention split over blocks of keys
-  on a GPU in bf16;
-- eager, whole attention: the same with the cross-attention in one piece (GPU, bf16 only);
+- eager: ours, launched one by one from Python (what `SAM2Predictor` runs by default);
 - compiled: `torch.compile` (CUDA graphs on a GPU), the weights as graph inputs;
-- compiled, frozen: what `SAM2Predictor(compiled=True)` runs: the weights frozen into the code.
+- compiled, frozen: what `SAM2Predictor(compiled=True)` runs: the weights frozen into the code,
+  and on a GPU in bf16 the cross-attention split over blocks of keys;
+- compiled, frozen, whole attention: the same with the cross-attention in one piece (GPU, bf16 only).
 
 Reported per step: wall time over many steps back to back (the host queues the next step while
 the GPU runs this one, so this is the larger of the two below), the host's time in the call, and on
@@ -68,8 +68,9 @@ def meta_step(image_size: int, device: str) -> Step:
     return lambda: meta.track_step(16, False, features, positions, sizes, None, None, bank, num_frames=100)
 
 
-def measure(step: Step, steps: int, device: str) -> dict[str, float]:
-    """Per-step figures of `step` after three untimed calls (compilation, CUDA-graph recording)."""
+def measure(step: Step, steps: int, device: str, top_kernels: int = 0) -> tuple[dict[str, float], str]:
+    """Per-step figures of `step` after three untimed calls (compilation, CUDA-graph recording) and,
+    on a GPU, a table of the `top_kernels` kernels that take the most GPU time (else empty)."""
     on_gpu = device.startswith("cuda")
 
     def run(count: int) -> float:
@@ -90,6 +91,7 @@ def measure(step: Step, steps: int, device: str) -> dict[str, float]:
     if on_gpu:
         torch.cuda.synchronize()
     figures = {"ms/step": (time.perf_counter() - start) / steps * 1e3, "host ms/call": host / steps * 1e3}
+    table = ""
     if on_gpu:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
             run(steps)
@@ -97,7 +99,9 @@ def measure(step: Step, steps: int, device: str) -> dict[str, float]:
         kernels = [event for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
         figures["GPU ms/step"] = sum(event.device_time for event in kernels) / steps / 1e3
         figures["kernels/step"] = len(kernels) / steps
-    return figures
+        if top_kernels:
+            table = profile.key_averages().table(sort_by="device_time_total", row_limit=top_kernels, max_name_column_width=70)
+    return figures, table
 
 
 def main() -> None:
@@ -106,6 +110,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, else fp32")
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per form (default 200)")
+    parser.add_argument("--top-kernels", type=int, default=15, help="on a GPU, list the compiled frozen step's N costliest kernels (0: none)")
     args = parser.parse_args()
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.device.startswith("cuda"):
@@ -118,29 +123,34 @@ def main() -> None:
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     split_applies = args.device.startswith("cuda") and precision == "bf16"
     track = model.track  # (features, bank) -> output
-    forms: list[tuple[str, Callable[[], Callable]]] = [("eager", lambda: track)]
-    if split_applies:
-        forms.append(("eager, whole attention", lambda: track))
-    forms += [
+    forms: list[tuple[str, Callable[[], Callable]]] = [
+        ("eager", lambda: track),
         ("compiled", lambda: torch.compile(track, mode=mode)),
         ("compiled, frozen", lambda: frozen_compile(track, mode)),
     ]
+    if split_applies:
+        forms.append(("compiled, frozen, whole attention", lambda: frozen_compile(track, mode)))
 
     print(f"{args.device}, {precision}, hiera-tiny at {args.image_size} px, full bank, {args.steps} steps per form")
     print("| step | ms/step | host ms/call | GPU ms/step | kernels/step |")
     print("|---|---|---|---|---|")
+    kernel_table = ""
     with torch.no_grad():
         features = model.encode_image(torch.randn(1, 3, args.image_size, args.image_size, device=args.device))
         with autocast:
-            report("Meta (sam2 1.1.0)", measure(meta_step(args.image_size, args.device), args.steps, args.device))
+            report("Meta (sam2 1.1.0)", measure(meta_step(args.image_size, args.device), args.steps, args.device)[0])
         for name, build in forms:
-            whole = name == "eager, whole attention"
+            whole = name.endswith("whole attention")
             for layer in model.memory_attention.layers:
                 layer.cross_attn_image.split_keys = not whole
             torch._dynamo.reset()  # each compiled form compiles afresh, with its own settings
             step = build()
+            top = args.top_kernels if name == "compiled, frozen" else 0
             with autocast:
-                report(name, measure(lambda: step(features, bank), args.steps, args.device))
+                figures, table = measure(lambda: step(features, bank), args.steps, args.device, top)
+            report(name, figures)
+            kernel_table = f"\nThe compiled frozen step's costliest kernels, {args.steps} steps:\n{table}" if table else kernel_table
+    print(kernel_table, end="")
 
 
 def report(name: str, figures: dict[str, float]) -> None:

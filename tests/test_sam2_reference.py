@@ -227,7 +227,7 @@ def test_position_codes_are_computed_on_the_device_as_sam2_computes_them(device:
     assert torch.equal(sine_code(distances, 256), get_1d_sine_pe(distances, dim=256))
 
 
-# Where the split attention runs: on a GPU in half precision; on the CPU its arithmetic is checked.
+# Where the split attention runs: compiled on a GPU in half precision; on the CPU its arithmetic is checked.
 SPLIT_ATTENTION_CASES = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + (
     [("cuda", torch.bfloat16)] if torch.cuda.is_available() else []
 )
@@ -235,10 +235,11 @@ SPLIT_ATTENTION_CASES = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + (
 
 @pytest.mark.parametrize(("device", "dtype"), SPLIT_ATTENTION_CASES)
 def test_cross_attention_in_key_blocks_is_attention_over_all_keys(device: str, dtype: torch.dtype) -> None:
-    """On a GPU in bfloat16 the memory cross-attention runs over blocks of keys side by side, merged
-    by their log-sum-exps: with a full bank at 512 px (7 frames of 1024 keys, 16 pointers of 4
-    tokens), the same as one attention over all keys, to float32 rounding in float32 and within
-    twice plain bfloat16 attention's error in bfloat16. On a GPU the layer itself takes that path."""
+    """Compiled on a GPU in bfloat16, the memory cross-attention runs over blocks of keys side by
+    side, merged by their log-sum-exps: with a full bank at 512 px (7 frames of 1024 keys, 16
+    pointers of 4 tokens), the same as one attention over all keys, to float32 rounding in float32
+    and within twice plain bfloat16 attention's error in bfloat16. On a GPU the compiled layer
+    takes that path."""
     torch.manual_seed(0)
     spatial = 7 * (IMAGE_SIZE // 16) ** 2
     q = torch.randn(1, 1, 1024, 256, device=device)
@@ -257,5 +258,5 @@ def test_cross_attention_in_key_blocks_is_attention_over_all_keys(device: str, d
         with torch.no_grad():
             whole = layer(queries, memory, memory, num_k_exclude_rope=64)  # float32: not split
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                split = layer(queries, memory, memory, num_k_exclude_rope=64).float()
+                split = torch.compile(layer)(queries, memory, memory, num_k_exclude_rope=64).float()
         assert float((split - whole).abs().max()) <= 0.05 * float(whole.abs().max())
