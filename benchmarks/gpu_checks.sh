@@ -4,8 +4,10 @@
 #   tests  the GPU cases of the tests that hold on each device (CI runs the CPU ones): transfers,
 #          Meta's arithmetic, the split attention, the compiled step and encoder (1.5 min)
 #   step   benchmarks/sam2_step.py: the per-frame step eager, compiled and frozen, and its costliest kernels (3 min)
-# Usage there: bash benchmarks/gpu_checks.sh [speed] [tests] [step]   (no argument: all three, the
-# figures first, as a lent machine's time may run out before the end)
+#   overlap  benchmarks/sam2_overlap.py: would a second CUDA stream for the encoder pay? (about 2.5 min;
+#          not in the default three)
+# Usage there: bash benchmarks/gpu_checks.sh [speed] [tests] [step] [overlap]   (no argument: the
+# first three, the figures first, as a lent machine's time may run out before the end)
 # It installs the wheels `make device-wheels` put in .whl/dev (the machine reaches no registry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,9 @@ for stage in "${stages[@]}"; do
                    -k "(grey_level or copies or key_blocks or position_codes or compiles_in_the_warm_up) and not cpu" \
                    || status=1 ;;
         step) python3 benchmarks/sam2_step.py || status=1 ;;
+        overlap) python3 benchmarks/sam2_overlap.py || status=1 ;;
         speed) python3 benchmarks/sam2_speed.py --frames 200 800 --precision bf16 --warm-up --compile || status=1 ;;
-        *) echo "unknown stage $stage (tests, step, speed)"; status=1 ;;
+        *) echo "unknown stage $stage (speed, tests, step, overlap)"; status=1 ;;
     esac
 done
 echo "== done ($(date +%T)), status $status"
