@@ -74,7 +74,8 @@ def main() -> None:
     bank = full_bank(model, "cuda")
     frames = torch.randn(BATCH, 3, args.image_size, args.image_size, device="cuda")
     encode, track = frozen_compile(model.encode_image, None), frozen_compile(model.track, None)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    # no autocast cache: weights cast during a capture would be freed while the graph still reads them
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
         features = model.encode_image(frames[:1])
         encoder_graph = capture(lambda: encode(frames))
         step_graph = capture(lambda: track(features, bank))
