@@ -21,12 +21,11 @@ larger of the two alone rather than their sum, the overlap is worth building int
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 
-from sam2_step import full_bank
+from sam2_step import full_bank, measure
 
 from medsam2.engine.sam2_predictor import frozen_compile
 from medsam2.models.sam2 import SAM2Config, SAM2Model
@@ -47,18 +46,6 @@ def capture(function: Callable[[], object]) -> torch.cuda.CUDAGraph:
     with torch.cuda.graph(graph):
         function()
     return graph
-
-
-def milliseconds_per_frame(run_chunk: Callable[[], None], chunks: int, frames_per_chunk: int) -> float:
-    """Wall time of `chunks` calls of `run_chunk` after two untimed ones, per frame."""
-    for _ in range(2):
-        run_chunk()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(chunks):
-        run_chunk()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / (chunks * frames_per_chunk) * 1e3
 
 
 def main() -> None:
@@ -97,12 +84,9 @@ def main() -> None:
         steps()
         main_stream.wait_stream(side_stream)
 
-    figures = {
-        "encoder alone": milliseconds_per_frame(encoder_graph.replay, args.chunks, BATCH),
-        "step alone": milliseconds_per_frame(steps, args.chunks, BATCH),
-        "one stream (now)": milliseconds_per_frame(one_stream, args.chunks, BATCH),
-        "two streams": milliseconds_per_frame(two_streams, args.chunks, BATCH),
-    }
+    chunks = {"encoder alone": encoder_graph.replay, "step alone": steps, "one stream (now)": one_stream, "two streams": two_streams}
+    # wall time per chunk of 8 frames, back to back after untimed ones, as the step benchmark times a step
+    figures = {name: measure(chunk, args.chunks, "cuda")[0]["ms/step"] / BATCH for name, chunk in chunks.items()}
     print(f"{torch.cuda.get_device_name()}, bf16, hiera-tiny at {args.image_size} px, full bank, CUDA graphs, {args.chunks} chunks of {BATCH}")
     print("| work per frame | ms/frame | frames/s |")
     print("|---|---|---|")

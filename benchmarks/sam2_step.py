@@ -149,7 +149,8 @@ def main() -> None:
             with autocast:
                 figures, table = measure(lambda: step(features, bank), args.steps, args.device, top)
             report(name, figures)
-            kernel_table = f"\nThe compiled frozen step's costliest kernels, {args.steps} steps:\n{table}" if table else kernel_table
+            if table:
+                kernel_table = f"\nThe compiled frozen step's costliest kernels, {args.steps} steps:\n{table}"
     print(kernel_table, end="")
 
 
