@@ -367,6 +367,7 @@ def test_bad_projects_and_databases(tmp_path: Path) -> None:
         init_project(tmp_path / "a", "mysql://localhost/x")
     with pytest.raises(InputError, match="connection"):
         init_project(tmp_path / "b", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # a failed init leaves no folder
     project = init_project(tmp_path / "c")
     with pytest.raises(InputError, match="no such file or folder"):
         import_cases(project, [tmp_path / "missing.nii.gz"], progress=False)

@@ -45,11 +45,15 @@ def test_an_annotator_works_a_case_over_http(tmp_path: Path, draw_recist) -> Non
         assert corrected.json()["masked_slices"] == [0, 1] and corrected.json()["interactions"] == 2
         undone = client.post("/api/annotate/cases/disc/undo", json={"annotator": "alice"})
         assert undone.json()["masked_slices"] == [0, 1, 2] and undone.json()["interactions"] == 1
+        # Every action renews the lease, and its answer says until when.
+        assert undone.json()["lease_expires"] > corrected.json()["lease_expires"] > prompted.json()["lease_expires"]
 
         inverted = client.post("/api/annotate/cases/disc/prompts", json={"annotator": "alice", "slice": 0, "box": [58, 62, 30, 34]})
         assert inverted.status_code == 400 and "inverted" in inverted.json()["error"]
         wrong_size = client.post("/api/annotate/cases/disc/corrections", json={"annotator": "alice", "slice": 2, "mask": encode(np.zeros((4, 4), bool))})
         assert wrong_size.status_code == 400 and "differs from the slice's" in wrong_size.json()["error"]
+        beyond = client.post("/api/annotate/cases/disc/corrections", json={"annotator": "alice", "slice": 2, "obj_id": 70000, "mask": erased})
+        assert beyond.status_code == 422 and beyond.json()["error"].startswith("obj_id:"), beyond.text
         assert client.get("/api/annotate/cases/ghost").status_code == 404
 
         accepted = client.post("/api/annotate/cases/disc/accept", json={"annotator": "alice"})

@@ -11,9 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 from typer.testing import CliRunner
 
 from medsam2.cli import segment as segment_command
+from medsam2.cli import video as video_command
 from medsam2.cli.main import app
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image, save_mask
@@ -138,6 +140,11 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
     assert "object 1 (lesion)" in result.stdout and "object 3 (lesion top)" in result.stdout
     segs = np.load(out)["segs"]
     assert set(np.unique(segs)) == {0, 1, 3}
+    # Indices are whole numbers: 2.5 is a mistake to report, not slice 2.
+    prompts["objects"][0]["prompts"][0]["slice"] = key + 0.5
+    (tmp_path / "fractional.json").write_text(json.dumps(prompts))
+    fractional = run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "fractional.json")
+    assert_one_line_error(fractional, f"object 1: slice {key + 0.5} is not a whole number")
 
 
 def test_segment_from_the_npz_recist_marker(tmp_path: Path, lesion_case: Path, draw_recist) -> None:
@@ -253,3 +260,47 @@ def test_unwritable_outputs_are_refused_before_the_model_runs(
     result = run("segment", lesion_case, "-o", tmp_path / output, "--box", "6,246,273,276,322", *flags)
     assert_one_line_error(result, output if overlay is None else overlay, fragment)
     assert not any(tmp_path.iterdir())
+
+
+def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
+    tmp_path: Path, lesion_nifti, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs and prompts were checked")
+
+    monkeypatch.setattr(segment_command, "load_predictor", no_model)
+    monkeypatch.setattr(video_command, "load_predictor", no_model)
+    image, gt = lesion_nifti
+    box = ["--box", "6,246,273,276,322"]
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    refusals = [
+        (["-o", image, *box], "would replace the input"),
+        (["-o", gt, "--mask-prompt", gt], "would replace the input"),
+        (["-o", tmp_path / "a_file" / "seg.nii.gz", *box], "a_file is a file, not a folder"),
+        (["-o", tmp_path / "a_folder", *box], "is a folder; name the mask file"),
+    ]
+    for flags, fragment in refusals:
+        assert_one_line_error(run("segment", image, *flags), fragment)
+    # A mask prompt must overlay the scan, not only have its shape.
+    truth = load_image(gt)
+    shifted = sitk.GetImageFromArray(truth.array)
+    shifted.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(shifted, str(tmp_path / "other_spacing.nii.gz"))
+    mismatched = run("segment", image, "-o", tmp_path / "seg.nii.gz", "--mask-prompt", tmp_path / "other_spacing.nii.gz")
+    assert_one_line_error(mismatched, "other_spacing.nii.gz vs", "spacing differs")
+
+    # A video's PNG masks replace their folder: never one holding other files, nor the frames' own.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((32, 40), 60 * index, np.uint8)).save(frames / f"f{index}.png")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("keep me")
+    described = run("info", frames)
+    assert described.exit_code == 0 and "kind: video" in described.stdout and "frames: 3" in described.stdout, described.output
+    frame_box = ["--frame-box", "0,5,5,20,20"]
+    assert_one_line_error(run("segment", frames, "-o", tmp_path / "results", *frame_box), "holds other files (notes.txt)")
+    assert_one_line_error(run("segment", frames, "-o", frames, *frame_box), "would replace the input")
+    assert (tmp_path / "results" / "notes.txt").read_text() == "keep me" and len(list(frames.iterdir())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "frames", "other_spacing.nii.gz", "results"]

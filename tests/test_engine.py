@@ -159,8 +159,12 @@ def test_two_objects_get_their_own_labels(predictor, lesion):
         (Prompt(3, 1, box=(50, 10, 10, 50)), "inverted"),
         (Prompt(3, 1, box=(10, 10, 600, 50)), "outside"),
         (Prompt(3, 1, points=((700.0, 5.0),), labels=(1,)), "outside"),
-        (Prompt(3, 0, box=(10, 10, 50, 50)), "object ids start at 1"),
+        (Prompt(3, 0, box=(10, 10, 50, 50)), "object ids run from 1 to 65535"),
+        (Prompt(3, 65536, box=(10, 10, 50, 50)), "object ids run from 1 to 65535"),
+        (Prompt(3, 1, box=(float("nan"), 10, 50, 50)), "not finite"),
+        (Prompt(3, 1, points=((20.0, 20.0),) * 101, labels=(1,) * 101), "101 clicks, more than the 100"),
         (Prompt(3, 1), "give a box, points or a mask"),
+        (Prompt(3, 1, points=((20.0, 20.0),), labels=(0,)), "background clicks alone mark no object"),
     ],
 )
 def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):

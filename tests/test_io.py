@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
+from medsam2.io.atomic import atomic_folder, atomic_write_text
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
 ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -311,6 +314,11 @@ def _npz_with_inf(tmp: Path, _: Path) -> Path:
     return tmp / "inf.npz"
 
 
+def _npz_with_a_flat_direction(tmp: Path, _: Path) -> Path:
+    np.savez(tmp / "flat.npz", imgs=np.zeros((2, 4, 4), np.uint8), direction=np.zeros(9))
+    return tmp / "flat.npz"
+
+
 def _npz_without_imgs(tmp: Path, case: Path) -> Path:
     np.savez(tmp / "gts_only.npz", gts=np.load(case)["gts"])
     return tmp / "gts_only.npz"
@@ -331,7 +339,7 @@ def _empty_folder(tmp: Path, _: Path) -> Path:
     "make_bad_input",
     [
         _missing, _truncated_nifti, _truncated_npz, _truncated_png, _not_an_nrrd, _unsupported_suffix, _nifti_4d,
-        _nifti_with_nan, _npz_with_inf, _npz_without_imgs, _folder_without_dicom, _empty_folder,
+        _nifti_with_nan, _npz_with_inf, _npz_with_a_flat_direction, _npz_without_imgs, _folder_without_dicom, _empty_folder,
     ],
 )
 def test_bad_input_raises_a_one_line_input_error(
@@ -367,9 +375,9 @@ def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, wri
         assert name in str(error.value) and "\n" not in str(error.value), str(error.value)
     assert visible_files(out) == []
 
-    # Fails at the very end (a folder is in the way): the written file must not stay around either.
+    # A folder in the way is named as such, and left as it was.
     (out / "taken.nii.gz").mkdir()
-    with pytest.raises(InputError, match="taken.nii.gz: cannot write"):
+    with pytest.raises(InputError, match="taken.nii.gz: is a folder"):
         save_mask(gts, ct_case, out / "taken.nii.gz")
     assert visible_files(out) == ["taken.nii.gz"] and not any((out / "taken.nii.gz").iterdir())
 
@@ -380,3 +388,61 @@ def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, wri
     with pytest.raises(InputError, match="dicom: cannot re-read"):
         save_mask(gts, series, out / "seg.dcm")
     assert visible_files(out) == ["taken.nii.gz"]
+
+
+def test_atomic_outputs_get_the_umasks_permissions(tmp_path: Path) -> None:
+    # A shared project folder needs its reports and exports readable by the group, as any file
+    # written directly would be: the temporary file or folder must not stay private (0600/0700).
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "report.csv", "a,b\n")
+        for round_ in range(2):  # the second replaces the first folder
+            with atomic_folder(tmp_path / "export") as staging:
+                (staging / f"manifest{round_}.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "report.csv").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "report.csv"]
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["manifest1.json"]
+
+
+@pytest.mark.parametrize(
+    ("image_suffix", "mask_suffix"), [(".nii.gz", ".nii.gz"), (".nii", ".nii.gz"), (".nii.gz", ".nii")]
+)
+def test_nifti_mask_keeps_the_images_qform_and_sform(
+    tmp_path: Path, ct_case: Volume, image_suffix: str, mask_suffix: str
+) -> None:
+    # After FSL/ANTs registration the sform (here code 4, MNI) differs from the qform: SimpleITK reads one
+    # of them, and a mask written from it alone would sit elsewhere in sform-based tools (nibabel, FSLeyes).
+    qform = np.diag([*ct_case.spacing, 1.0])
+    qform[:3, :3] = Rotation.from_rotvec([0.1, 0.0, 0.2]).as_matrix() @ qform[:3, :3]
+    qform[:3, 3] = [10.0, -20.0, 30.0]
+    sform = qform.copy()  # another rotation, a little shear, another origin
+    sform[:3, :3] = Rotation.from_rotvec([0.0, -0.15, 0.05]).as_matrix() @ qform[:3, :3]
+    sform[0, 1] += 0.01
+    sform[:3, 3] = [12.5, -25.0, 40.0]
+    raw = nib.Nifti1Image(ct_case.array.T.astype(np.int16) * 8, None)  # an int16 CT with a rescale
+    raw.set_qform(qform, code="scanner")
+    raw.set_sform(sform, code="mni")
+    raw.header.set_slope_inter(1.0, -1024.0)
+    raw.header.set_xyzt_units("mm", "sec")
+    image_path = tmp_path / f"registered{image_suffix}"
+    nib.save(raw, image_path)
+    image = load_image(image_path)
+
+    gts = ct_case.meta["npz"]["gts"]
+    mask_path = save_mask(gts, image, tmp_path / f"mask{mask_suffix}")
+    written, source = nib.load(mask_path).header, nib.load(image_path).header
+    for field in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                  "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):
+        np.testing.assert_array_equal(written[field], source[field], err_msg=field)
+    np.testing.assert_array_equal(written["pixdim"][:4], source["pixdim"][:4])
+    voxels = np.asanyarray(nib.load(mask_path).dataobj)  # scaled by the header, were a slope or inter left
+    assert voxels.dtype == np.uint8
+    np.testing.assert_array_equal(voxels.T, gts)
+
+    mask = load_image(mask_path)
+    check_same_geometry(image, mask, f"{mask_path.name} vs {image_path.name}")
+    np.testing.assert_array_equal(mask.array, gts)
+    assert not [name for name in visible_files(tmp_path) if name.startswith(".")]

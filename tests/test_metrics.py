@@ -1,16 +1,21 @@
-"""DSC, NSD and HD95: hand-computable cases, the empty cases, axis order of spacing, and agreement
-with independent implementations on real CT lesion masks."""
+"""DSC, NSD and HD95: hand-computable cases, the empty cases, axis order of spacing, agreement with
+independent implementations on real CT lesion masks, and `medsam2 eval`'s cases, labels and outputs."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy import ndimage
+from typer.testing import CliRunner
 
+from medsam2.cli.main import app
 from medsam2.errors import InputError
 from medsam2.metrics import LabelScores, dice, evaluate, hd95, nsd
 
@@ -244,3 +249,116 @@ def test_real_lesion_slice_and_a_mask_touching_the_border_agree(ct_lesion_cases:
     pred = np.roll(gt, 2, axis=1)
     assert hd95(pred, gt, SPACING_XYZ) == pytest.approx(reference_hd95(pred, gt, axis_spacing(3)), rel=1e-5)
     assert nsd(pred, gt, SPACING_XYZ, 1.5) == pytest.approx(reference_nsd(pred, gt, axis_spacing(3), 1.5), abs=1e-5)
+
+
+# --- medsam2 eval: every case scored, empty masks, strict JSON ------------------------------------
+
+EVAL_SHAPE = (6, 12, 12)
+
+
+def write_mask(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def cube(label: int = 1, columns: slice = slice(3, 8)) -> np.ndarray:
+    """A 2 x 5 x 5 block of `label` (50 voxels)."""
+    mask = np.zeros(EVAL_SHAPE, dtype=np.uint8)
+    mask[2:4, 3:8, columns] = label
+    return mask
+
+
+def run_eval(*args: object):
+    return CliRunner().invoke(app, ["eval", *(str(a) for a in args)])
+
+
+def csv_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open(newline="") as file:
+        return {(row["case"], row["label"]): row for row in csv.DictReader(file)}
+
+
+def test_eval_folders_score_every_ground_truth_and_list_the_rest(tmp_path: Path) -> None:
+    preds, gts = tmp_path / "preds", tmp_path / "gts"
+    write_mask(gts / "a.nii.gz", cube())
+    write_mask(preds / "a.nii.gz", cube(columns=slice(4, 9)))  # one column over: 40 of 50 voxels shared
+    write_mask(gts / "b.nii.gz", cube())  # no prediction
+    write_mask(gts / "c.nii.gz", np.zeros(EVAL_SHAPE))  # nothing to find, nothing found
+    write_mask(preds / "c.nii.gz", np.zeros(EVAL_SHAPE))
+    write_mask(preds / "extra.nii.gz", cube())  # no ground truth
+    result = run_eval(preds, gts, "--csv", tmp_path / "s.csv", "--json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "1 case has no prediction, scored DSC 0, NSD 0, HD95 inf: b" in lines
+    assert "1 prediction has no ground truth, ignored: extra" in lines
+    assert "b (no prediction)" in result.stdout
+
+    rows = csv_rows(tmp_path / "s.csv")
+    assert sorted(rows) == [("a", "1"), ("b", "1"), ("c", "1")]
+    a, b, c = rows["a", "1"], rows["b", "1"], rows["c", "1"]
+    assert (float(a["dice"]), float(a["hd95"]), a["missing_prediction"]) == (pytest.approx(0.8), 1.0, "False")
+    assert (float(b["dice"]), float(b["nsd"]), float(b["hd95"])) == (0.0, 0.0, math.inf)
+    assert (b["pred_voxels"], b["gt_voxels"], b["missing_prediction"]) == ("0", "50", "True")
+    assert (float(c["dice"]), float(c["nsd"]), float(c["hd95"]), c["missing_prediction"]) == (1.0, 1.0, 0.0, "False")
+
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert (report["missing_predictions"], report["ignored_predictions"]) == (["b"], ["extra"])
+    [summary] = report["summary"]
+    assert summary["cases"] == 3 and summary["hd95_infinite"] == 1
+    assert summary["dice_mean"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
+
+    (tmp_path / "other").mkdir()
+    write_mask(tmp_path / "other" / "extra.nii.gz", cube())
+    nothing_in_common = run_eval(tmp_path / "other", gts)
+    assert nothing_in_common.exit_code == 2
+    assert nothing_in_common.stderr.startswith("error: no file names in common")
+
+
+def test_eval_scores_every_label_in_every_case(tmp_path: Path) -> None:
+    preds, gts = tmp_path / "preds", tmp_path / "gts"
+    two_labels = cube(1, slice(0, 4)) + cube(2, slice(6, 10))
+    for folder in (preds, gts):
+        write_mask(folder / "a.nii.gz", two_labels)
+        write_mask(folder / "b.nii.gz", cube(1))  # label 2 in neither mask: a perfect score
+    write_mask(gts / "c.nii.gz", cube(1))  # no prediction: every label fails, label 2 too
+    result = run_eval(preds, gts, "--csv", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+    rows = csv_rows(tmp_path / "s.csv")
+    assert sorted(rows) == [(case, label) for case in "abc" for label in "12"]
+    assert [float(rows["b", "2"][m]) for m in ("dice", "nsd", "hd95")] == [1.0, 1.0, 0.0]
+    assert [float(rows["c", "2"][m]) for m in ("dice", "nsd", "hd95")] == [0.0, 0.0, math.inf]
+    assert (rows["c", "1"]["gt_voxels"], rows["c", "2"]["gt_voxels"]) == ("50", "0")
+
+
+def test_eval_of_two_empty_masks_is_a_perfect_score(tmp_path: Path) -> None:
+    empty = write_mask(tmp_path / "empty.nii.gz", np.zeros(EVAL_SHAPE))
+    result = run_eval(empty, empty, "--json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads((tmp_path / "s.json").read_text())["cases"]
+    assert row == {
+        "case": "empty",
+        "label": 1,
+        "dice": 1.0,
+        "nsd": 1.0,
+        "hd95": 0.0,
+        "pred_voxels": 0,
+        "gt_voxels": 0,
+        "missing_prediction": False,
+    }
+
+
+def test_eval_json_is_strict_json_with_null_for_infinity(tmp_path: Path) -> None:
+    empty = write_mask(tmp_path / "empty.nii.gz", np.zeros(EVAL_SHAPE))
+    gt = write_mask(tmp_path / "gt.nii.gz", cube())
+    result = run_eval(empty, gt, "--json", tmp_path / "s.json", "--csv", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.output
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    report = json.loads((tmp_path / "s.json").read_text(), parse_constant=reject)
+    assert report["cases"][0]["hd95"] is None and report["cases"][0]["dice"] == 0.0
+    assert (report["summary"][0]["hd95_mean"], report["summary"][0]["hd95_infinite"]) == (None, 1)
+    assert csv_rows(tmp_path / "s.csv")["gt", "1"]["hd95"] == "inf"  # the CSV keeps inf, read back as infinity

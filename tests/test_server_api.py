@@ -334,7 +334,8 @@ def test_errors_are_one_line_json(server, data_dir: Path) -> None:
     assert client.put("/api/cases").status_code == 405
     invalid = client.post("/api/sessions", json={"case": 5, "axis": "diagonal"})
     assert invalid.status_code == 422 and invalid.json()["error"].startswith("case:")
-    assert client.post("/api/sessions", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    not_json = client.post("/api/sessions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["error"].startswith("request body: not valid JSON (Expecting"), not_json.text
     # A bug (here in an extra router, the app factory's extension point) is a 500 without a traceback.
     broken = APIRouter()
 
@@ -414,6 +415,18 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert obj["name"] == "lesion" and obj["slices"] == [prompt.slice_index] and obj["needs_propagation"]
     outside = client.post(f"{base}/prompts", json={"slice": 2, "box": [500, 500, 600, 600]})
     assert outside.status_code == 400 and "lies outside the 512x512 slice" in outside.json()["error"]
+    # Ids beyond a label map's uint16, flags for numbers and click floods are refused before the model runs.
+    for bad, where in [({"obj_id": 70000}, "obj_id:"), ({"slice": True}, "slice:"), ({"points": [[5, 5]] * 101, "labels": [1] * 101}, "points:")]:
+        refused = client.post(f"{base}/prompts", json={"slice": 2, "box": [5, 5, 50, 50], **bad})
+        assert refused.status_code == 422 and refused.json()["error"].startswith(where), refused.text
+    not_finite = client.post(f"{base}/prompts", content=b'{"slice": 2, "box": [NaN, 5, 50, 50]}', headers={"Content-Type": "application/json"})
+    assert not_finite.status_code == 400 and "not finite" in not_finite.json()["error"], not_finite.text
+    centre = [(prompt.box[0] + prompt.box[2]) / 2, (prompt.box[1] + prompt.box[3]) / 2]
+    clicks = {"slice": prompt.slice_index, "obj_id": 9, "points": [centre] * 60, "labels": [1] * 60}
+    assert client.post(f"{base}/prompts", json=clicks).status_code == 200
+    too_many = client.post(f"{base}/prompts", json=clicks)  # with the 60 already on the slice
+    assert too_many.status_code == 400 and "120 clicks, more than the 100" in too_many.json()["error"], too_many.text
+    assert client.delete(f"{base}/objects/9").status_code == 200
 
     done = client.post(f"{base}/propagate", json={"direction": "both"}).json()
     assert done["progress"] == {"state": "done", "done": 12, "total": 12, "message": ""}
@@ -464,7 +477,8 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert client.patch(f"{base}/objects/7", json={"name": "x"}).status_code == 404
     assert client.delete(f"{base}/prompts/{prompt.slice_index}", params={"obj_id": 1}).json()["objects"] == []
     assert client.post(f"{base}/undo").json()["error"] == "nothing to undo"
-    assert client.delete(f"{base}/objects/1").status_code == 400
+    assert client.delete(f"{base}/objects/1").status_code == 404  # unknown objects are 404 on every route
+    assert client.delete(f"{base}/prompts/{prompt.slice_index}", params={"obj_id": 1}).status_code == 404
 
     # Sessions belong to their client.
     stranger = TestClient(app, base_url=LOCAL)

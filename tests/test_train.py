@@ -274,6 +274,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("bad value", ["train.yaml", "training.steps must be >= 1"]),
         ("existing run", ["already holds a training run", "--resume"]),
         ("changed settings", ["optimizer.lr was 0.0002, now 0.001", "resuming needs the same settings"]),
+        ("output is a file", ["out: cannot use as the output folder (a file is there)"]),
     ],
 )
 def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
@@ -294,13 +295,15 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
         if how == "changed settings":
             document["optimizer"]["lr"] = 1e-3
             extra = ["--resume"]
-    before = sorted(out.rglob("*")) if out.exists() else []
+    elif how == "output is a file":
+        out.write_text("a file, not a folder")
+    before = sorted(out.rglob("*")) if out.is_dir() else []
     result = runner.invoke(app, ["train", str(write_config(tmp_path / "train.yaml", document)), "--no-progress", *extra])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
-    assert (sorted(out.rglob("*")) if out.exists() else []) == before  # nothing written
+    assert (sorted(out.rglob("*")) if out.is_dir() else []) == before  # nothing written
 
 
 def test_config_files_flags_and_the_example(tmp_path: Path) -> None:

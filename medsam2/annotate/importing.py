@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from tqdm.auto import tqdm
@@ -132,6 +133,8 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
     hints = [prompt_to_json(p) for p in gather_prompts(volume, axis_index, sources)] if has_hints else None
     if hints is not None and any("box" not in h and "points" not in h for h in hints):
         raise InputError(f"{image}: only box, click and RECIST hints can be imported (mask prompts: use --masks)")
+    for hint in hints or []:
+        project.settings.check_label(hint["obj_id"], f"{image}: the hint on slice {hint['slice']}")
     now = project.clock()
     row = CaseRow(
         project_id=project.id,
@@ -147,6 +150,9 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
         check_same_geometry(volume, labels, f"{mask} vs {image}")
         if not labels.array.any():
             raise InputError(f"{mask}: the mask is empty")
+        for value in np.unique(labels.array):
+            if value:
+                project.settings.check_label(int(value), str(mask))
         row.preseg_mask, row.preseg_sha256 = store_mask(project.folder, labels.array, volume)
         row.preseg_source = PresegSource.MASK.value
         row.model_version = IMPORTED_MASK_MODEL

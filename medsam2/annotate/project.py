@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from medsam2.annotate import db
 from medsam2.annotate.schema import CaseRow, CaseState, ProjectRow, RoundRow
+from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io import SliceAxis
 from medsam2.io.atomic import atomic_write_text
@@ -62,6 +64,15 @@ class ProjectSettings:
     window: str | None = None  # CT window for the model; None: by modality
     labels: dict[str, str] = field(default_factory=dict)  # label value (text) -> name
     lease_minutes: float = 30.0  # a case is an annotator's this long after their last action
+
+    def check_label(self, value: int, where: str) -> None:
+        """A mask's label (an object id) must be a label value the project declared, when it
+        declared any."""
+        if not 1 <= value <= MAX_OBJECT_ID:
+            raise InputError(f"{where}: label {value} is not a label value (1 to {MAX_OBJECT_ID})")
+        if self.labels and str(value) not in self.labels:
+            names = ", ".join(f"{label}={name}" for label, name in self.labels.items())
+            raise InputError(f"{where}: label {value} is not one of the project's labels ({names})")
 
 
 @dataclass(frozen=True)
@@ -245,7 +256,21 @@ def init_project(
         parse_window(settings.window)
     identity = model_identity(model)
     url = db.database_url(database, folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        project_id, engine = _create_project_row(url, name, settings, identity)
+    except BaseException:
+        if created:  # what it holds is ours: a failed init leaves no folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    # Kept as given: an SQLite path relative to the folder lets the folder move as a whole.
+    atomic_write_text(folder / PROJECT_FILE, json.dumps({"name": name, "database": database}, indent=1) + "\n")
+    return Project(folder, url, engine, project_id)
+
+
+def _create_project_row(url: URL, name: str, settings: ProjectSettings, identity: ModelIdentity) -> tuple[int, Engine]:
+    """The project's row and its round 1 in the database at `url` (created or migrated first)."""
     engine = _open_database(url)
     now = utc_now()
     try:
@@ -274,9 +299,7 @@ def init_project(
     except IntegrityError:
         engine.dispose()
         raise InputError(f"{db.shown(url)}: the database already holds a project named {name!r} (use --name)") from None
-    # Kept as given: an SQLite path relative to the folder lets the folder move as a whole.
-    atomic_write_text(folder / PROJECT_FILE, json.dumps({"name": name, "database": database}, indent=1) + "\n")
-    return Project(folder, url, engine, project_id)
+    return project_id, engine
 
 
 def open_project(folder: Path, clock: Clock = utc_now) -> Project:

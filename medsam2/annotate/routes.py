@@ -29,6 +29,7 @@ from medsam2.annotate.leases import lease_next, reject, release
 from medsam2.annotate.project import Project, open_project
 from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
+from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io.overlay import overlay_slice
 
@@ -49,16 +50,16 @@ class AnnotatorIn(BaseModel):
 
 
 class PromptIn(AnnotatorIn):
-    slice: int = Field(description="Slice index along the project's axis.")
-    obj_id: int = 1
+    slice: int = Field(strict=True, description="Slice index along the project's axis.")
+    obj_id: int = Field(1, ge=1, le=MAX_OBJECT_ID, strict=True, description="The object's label value.")
     box: list[float] | None = Field(None, min_length=4, max_length=4, description="x1, y1, x2, y2 in slice pixels.")
-    points: list[list[float]] = Field(default_factory=list, description="Clicks [[x, y], ...].")
-    labels: list[int] = Field(default_factory=list, description="1 object, 0 background, one per click.")
+    points: list[list[float]] = Field(default_factory=list, max_length=MAX_CLICKS, description="Clicks [[x, y], ...].")
+    labels: list[int] = Field(default_factory=list, max_length=MAX_CLICKS, description="1 object, 0 background, one per click.")
 
 
 class CorrectionIn(AnnotatorIn):
-    slice: int
-    obj_id: int = 1
+    slice: int = Field(strict=True, description="Slice index along the project's axis.")
+    obj_id: int = Field(1, ge=1, le=MAX_OBJECT_ID, strict=True, description="The object's label value.")
     mask: dict = Field(description='The slice\'s mask drawn by hand, COCO RLE {"size": [H, W], "counts": [...]}; empty erases.')
 
 
@@ -77,7 +78,7 @@ class CaseOut(BaseModel):
     preseg_source: str | None
     model_version: str | None
     masked_slices: list[int] = Field(default_factory=list, description="Slices the current mask covers (open work only).")
-    interactions: int = 0
+    interactions: int | None = Field(None, description="Prompts and corrections in force (open work only; the history lists all).")
 
 
 class AnnotationService:

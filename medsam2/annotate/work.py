@@ -232,6 +232,7 @@ class WorkSession:
     ) -> InteractionRow:
         """A box and/or clicks on one slice; the model re-segments the slice and re-propagates."""
         self._check_open()
+        self.project.settings.check_label(obj_id, f"prompt on slice {slice_index}")
         prompt = Prompt(
             slice_index,
             obj_id,
@@ -256,8 +257,7 @@ class WorkSession:
             raise InputError(f"correction on slice {slice_index}: mask shape {mask.shape} differs from the slice's {self.model.slice_hw}")
         if not 0 <= slice_index < self.model.slices.shape[0]:
             raise InputError(f"correction: slice {slice_index} out of range 0..{self.model.slices.shape[0] - 1}")
-        if obj_id < 1:
-            raise InputError(f"correction on slice {slice_index}: object ids start at 1")
+        self.project.settings.check_label(obj_id, f"correction on slice {slice_index}")
         data = {"pixels": int(mask.sum())}
         return self._record_effort(InteractionKind.CORRECTION, slice_index, obj_id, data, mask, False)
 
@@ -275,13 +275,17 @@ class WorkSession:
                 raise InputError(f"case {self.name}: slice {index} out of range 0..{edited.shape[0] - 1}")
         current = self.model.slice_labels()
         changed = np.flatnonzero((edited != current).reshape(edited.shape[0], -1).any(axis=1))
-        recorded = 0
-        for index in changed if slices is None else [i for i in changed if i in slices]:
-            for obj_id in np.union1d(np.unique(edited[index]), np.unique(current[index])):
-                if obj_id and not np.array_equal(edited[index] == obj_id, current[index] == obj_id):
-                    self.add_correction(int(index), int(obj_id), edited[index] == obj_id)
-                    recorded += 1
-        return recorded
+        corrections = [
+            (int(index), int(obj_id))
+            for index in (changed if slices is None else [i for i in changed if i in slices])
+            for obj_id in np.union1d(np.unique(edited[index]), np.unique(current[index]))
+            if obj_id and not np.array_equal(edited[index] == obj_id, current[index] == obj_id)
+        ]
+        for index, obj_id in corrections:  # all checked before any is recorded
+            self.project.settings.check_label(obj_id, f"case {self.name}: the edited mask on slice {index}")
+        for index, obj_id in corrections:
+            self.add_correction(index, obj_id, edited[index] == obj_id)
+        return len(corrections)
 
     def undo(self) -> InteractionRow:
         """Take back the latest prompt or correction still in force."""
@@ -402,6 +406,7 @@ class WorkSession:
             yield session, case
             session.flush()
             self.seen = last_event(session, case)
+            self.model.case = case  # with the lease just renewed
 
 
 @dataclass

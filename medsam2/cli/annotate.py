@@ -35,6 +35,7 @@ from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import reports_input_errors
 from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
+from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, save_mask
 from medsam2.io.masks import load_mask
@@ -128,8 +129,8 @@ def init_command(
     labels = {}
     for text in label:
         value, separator, label_name = text.partition("=")
-        if not separator or not value.strip().isdigit() or int(value) < 1 or not label_name.strip():
-            raise InputError(f"--label {text!r}: expected VALUE=NAME with VALUE a whole number >= 1, e.g. 1=lesion")
+        if not separator or not value.strip().isdigit() or not 1 <= int(value) <= MAX_OBJECT_ID or not label_name.strip():
+            raise InputError(f"--label {text!r}: expected VALUE=NAME with VALUE a whole number from 1 to {MAX_OBJECT_ID}, e.g. 1=lesion")
         labels[str(int(value))] = label_name.strip()
     settings = ProjectSettings(axis=axis, window=window, labels=labels, lease_minutes=lease_minutes)  # type: ignore[arg-type]
     created = init_project(project, db, name, settings, model)

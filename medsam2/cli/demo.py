@@ -15,7 +15,7 @@ from medsam2.engine.prompt_sources import as_index, parse_numbers
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.masks import load_mask, stored_array
+from medsam2.io.masks import check_mask_fits, load_mask, stored_array
 from medsam2.io.overlay import save_overlay_montage
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
@@ -26,7 +26,9 @@ from medsam2.metrics import evaluate
 def reference_of(case: Path, volume: Volume, reference: Path | None) -> Volume | None:
     """The reference mask for a demo case: a given file, else the `gts` stored in an npz."""
     if reference is not None:
-        return load_mask(reference)
+        given = load_mask(reference)
+        check_mask_fits(volume, given)
+        return given
     stored = stored_array(volume, "gts")
     return None if stored is None else volume.with_array(stored)
 

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +19,74 @@ from medsam2.errors import InputError
 from medsam2.io import check_same_geometry
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
-from medsam2.io.atomic import atomic_write_text
+from medsam2.io.atomic import atomic_write_text, check_output_paths
+from medsam2.metrics import LabelScores
 from medsam2.metrics import evaluate as evaluate_masks
 
 
-def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float) -> list[dict]:
-    """One row per label of the pair: case, label, dice, nsd, hd95, voxel counts."""
+@dataclass(frozen=True)
+class CaseScores:
+    """The scores of one case, for the labels that either of its masks holds."""
+
+    name: str
+    scores: list[LabelScores]
+    missing_prediction: bool = False
+
+
+def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float) -> CaseScores:
     pred, gt = load_mask(pred_path), load_mask(gt_path)
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
-    return [{"case": mask_file_stem(gt_path), **asdict(score)} for score in scores]
+    return CaseScores(mask_file_stem(gt_path), scores)
 
 
-def pair_folders(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
-    """Predictions and ground truths matched by file name (extension aside)."""
+def score_missing_prediction(gt_path: Path) -> CaseScores:
+    """A ground truth with no prediction fails every label. Not scored as an empty prediction: a
+    missing file is more often a run that crashed than a deliberate "nothing found", and an empty
+    prediction would score it perfect on an empty case."""
+    labels, voxels = np.unique(load_mask(gt_path).array, return_counts=True)
+    scores = [failed_label(int(label), int(count)) for label, count in zip(labels, voxels) if label != 0]
+    return CaseScores(mask_file_stem(gt_path), scores, missing_prediction=True)
+
+
+def failed_label(label: int, gt_voxels: int = 0) -> LabelScores:
+    """The worst scores, those of a missed object."""
+    return LabelScores(label=label, dice=0.0, nsd=0.0, hd95=math.inf, pred_voxels=0, gt_voxels=gt_voxels)
+
+
+def absent_label(label: int) -> LabelScores:
+    """A label in neither mask of a case: nothing to find and nothing found (medsam2.metrics' both-empty scores)."""
+    return LabelScores(label=label, dice=1.0, nsd=1.0, hd95=0.0, pred_voxels=0, gt_voxels=0)
+
+
+def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[Path | None, Path]], list[str]]:
+    """Every ground truth with the prediction of the same file name (extension aside), None where
+    there is none; and the names of the predictions that have no ground truth."""
     preds = {mask_file_stem(p): p for p in list_image_files(pred_dir)}
     gts = {mask_file_stem(g): g for g in list_image_files(gt_dir)}
-    common = sorted(preds.keys() & gts.keys())
-    if not common:
+    if not preds.keys() & gts.keys():
         raise InputError(f"no file names in common between {pred_dir} and {gt_dir}")
-    return [(preds[name], gts[name]) for name in common]
+    return [(preds.get(name), gts[name]) for name in sorted(gts)], sorted(preds.keys() - gts.keys())
+
+
+def scored_labels(cases: list[CaseScores]) -> list[int]:
+    """Every label that any mask holds, each scored in every case so that its mean is over all
+    cases; label 1 (a binary mask's foreground) where no mask holds any, so empty masks get a score."""
+    return sorted({score.label for case in cases for score in case.scores}) or [1]
+
+
+def case_rows(cases: list[CaseScores], labels: list[int]) -> list[dict]:
+    """One row per case and label: case, label, dice, nsd, hd95, voxel counts, missing_prediction."""
+    rows = []
+    for case in cases:
+        held = {score.label: score for score in case.scores}
+        for label in labels:
+            if label in held:
+                score = held[label]
+            else:
+                score = failed_label(label) if case.missing_prediction else absent_label(label)
+            rows.append({"case": case.name, **asdict(score), "missing_prediction": case.missing_prediction})
+    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -57,12 +105,24 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def pairing_notes(missing: list[str], ignored: list[str]) -> list[str]:
+    notes = []
+    if missing:
+        have = "case has" if len(missing) == 1 else "cases have"
+        notes.append(f"{len(missing)} {have} no prediction, scored DSC 0, NSD 0, HD95 inf: {', '.join(missing)}")
+    if ignored:
+        have = "prediction has" if len(ignored) == 1 else "predictions have"
+        notes.append(f"{len(ignored)} {have} no ground truth, ignored: {', '.join(ignored)}")
+    return notes
+
+
 def print_tables(rows: list[dict], summary: list[dict], console: Console) -> None:
     table = Table(title="Per case")
     for column in ("case", "label", "DSC", "NSD", "HD95 (mm)"):
         table.add_column(column, justify="right" if column != "case" else "left")
     for row in rows:
-        table.add_row(row["case"], str(row["label"]), f"{row['dice']:.4f}", f"{row['nsd']:.4f}", f"{row['hd95']:.2f}")
+        case = f"{row['case']} (no prediction)" if row["missing_prediction"] else row["case"]
+        table.add_row(case, str(row["label"]), f"{row['dice']:.4f}", f"{row['nsd']:.4f}", f"{row['hd95']:.2f}")
     console.print(table)
     if len({row["case"] for row in rows}) > 1:
         mean_table = Table(title="Summary (mean ± sd)")
@@ -87,18 +147,38 @@ def rows_as_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def json_safe(value):
+    """`value` with every non-finite float as None: JSON has no inf or nan (Python's `Infinity` and
+    `NaN` are rejected by JSON.parse, jq and most other readers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value
+
+
 @reports_input_errors
 def eval_command(
     pred: Path = typer.Argument(..., help="Predicted mask file, or a folder of them."),
     gt: Path = typer.Argument(..., help="Ground-truth mask file, or a folder matched to PRED by file name."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0, help="NSD tolerance in mm."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write per-case scores and the summary as JSON."),
-    csv_out: Path | None = typer.Option(None, "--csv", help="Also write per-case scores as CSV."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Also write per-case scores and the summary as JSON (null where a value is inf or nan)."
+    ),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also write per-case scores as CSV (inf written as inf)."),
 ) -> None:
     """Score PRED against GT: Dice (DSC), normalised surface distance (NSD) and HD95, per label.
 
-    Distances use the ground truth's voxel spacing (mm). Both empty: DSC 1, NSD 1, HD95 0;
-    one empty: DSC 0, NSD 0, HD95 inf. Files must share shape and geometry.
+    Distances use the ground truth's voxel spacing (mm). Both empty: DSC 1,
+    NSD 1, HD95 0; one empty: DSC 0, NSD 0, HD95 inf. Files must share shape
+    and geometry. Every case is scored on every label found in any mask.
+
+    Folders are matched by file name. A ground truth without a prediction
+    fails (DSC 0, NSD 0, HD95 inf) and is listed and flagged
+    (missing_prediction); predictions without a ground truth are listed and
+    ignored.
 
     Examples:
 
@@ -111,13 +191,21 @@ def eval_command(
             raise InputError(f"{path}: no such file or folder")
     if pred.is_dir() != gt.is_dir():
         raise InputError(f"{pred} and {gt}: give two files or two folders")
-    pairs = pair_folders(pred, gt) if pred.is_dir() else [(pred, gt)]
-    rows = [row for pred_path, gt_path in pairs for row in score_pair(pred_path, gt_path, nsd_tolerance)]
-    if not rows:
-        raise InputError(f"{gt}: no labels in either mask")
+    check_output_paths([pred, gt], [json_out, csv_out])
+    pairs, ignored = pair_folders(pred, gt) if pred.is_dir() else ([(pred, gt)], [])
+    cases = [
+        score_pair(pred_path, gt_path, nsd_tolerance) if pred_path is not None else score_missing_prediction(gt_path)
+        for pred_path, gt_path in pairs
+    ]
+    rows = case_rows(cases, scored_labels(cases))
     summary = summarise(rows)
-    print_tables(rows, summary, Console())
+    missing = [case.name for case in cases if case.missing_prediction]
+    console = Console()
+    print_tables(rows, summary, console)
+    for note in pairing_notes(missing, ignored):
+        console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
     if json_out:
-        atomic_write_text(json_out, json.dumps({"cases": rows, "summary": summary}, indent=2))
+        report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
+        atomic_write_text(json_out, json.dumps(json_safe(report), indent=2, allow_nan=False))
     if csv_out:
         atomic_write_text(csv_out, rows_as_csv(rows))

@@ -10,6 +10,7 @@ import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.io import Volume, load_image
+from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
 
@@ -50,18 +51,38 @@ def describe(volume: Volume) -> dict:
     return facts
 
 
+def describe_video(video: Video) -> dict:
+    """The facts of a video (what `medsam2 segment` segments frame by frame)."""
+    return {
+        "file": str(video.source) if video.source else None,
+        "kind": "video",
+        "frames": video.num_frames,
+        "frame_shape_yx": list(video.frame_shape),
+        "channels": 3 if video.is_color else 1,
+        "frame_rate_fps": round(video.frame_rate, 4) if video.frame_rate else None,
+        "pixel_spacing_xy_mm": [round(float(s), 6) for s in video.pixel_spacing] if video.pixel_spacing else None,
+        "modality": video.modality,
+    }
+
+
 @reports_input_errors
 def info(
     image: Path = typer.Argument(..., help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
-    """Show what IMAGE is: shape, spacing, orientation, intensities, modality guess, labels.
+    """Show what IMAGE is: shape, spacing, orientation, intensities, modality guess, labels; for a
+    video (as `medsam2 segment` reads it): frames, frame size, frame rate, pixel spacing.
 
     Example: medsam2 info scan.nii.gz
     """
-    facts = describe(load_image(image))
+    if is_video(image):
+        with load_video(image) as video:
+            facts = describe_video(video)
+    else:
+        facts = describe(load_image(image))
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
+    width = max(16, *map(len, facts))
     for key, value in facts.items():
-        typer.echo(f"{key:>16}: {value}")
+        typer.echo(f"{key:>{width}}: {value}")

@@ -16,6 +16,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
+from medsam2.io.atomic import check_output_paths
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
@@ -93,6 +94,7 @@ def segment(
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     if overlay is not None:
         check_overlay_output(overlay)
+    check_output_paths([image, prompts_file, mask_prompt], [output, overlay])
     volume = load_image(image)
     check_mask_output(output, volume)
     axis_index = slicing_axis_index(volume, axis)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from medsam2.engine.video import (
     segment_video,
 )
 from medsam2.errors import InputError
+from medsam2.io.atomic import check_output_paths
 from medsam2.io.video import Video, load_video, load_video_mask
 from medsam2.io.video_writers import (
     check_overlay_path,
@@ -60,9 +61,18 @@ class VideoRequest:
     precision: Precision | None = None
     config: VideoConfig = field(default_factory=VideoConfig)
 
+    def inputs(self) -> list[Path | None]:
+        mask_files = [] if self.mask_prompt is None else [Path(self.mask_prompt), Path(self.mask_prompt.partition(":")[2])]
+        return [self.video_path, self.prompts_file, *mask_files]
+
+    def outputs(self) -> list[Path | None]:
+        """Every file written, the area plot beside the table included."""
+        return [self.output, self.overlay, self.areas, self.areas.with_suffix(".png") if self.areas else None]
+
 
 def check_outputs(request: VideoRequest) -> None:
-    """Refuse unwritable output kinds before any work."""
+    """Refuse unwritable output kinds and places before any work."""
+    check_output_paths(request.inputs(), request.outputs())
     mask_sequence_kind(request.output)
     if request.overlay is not None:
         check_overlay_path(request.overlay)
@@ -194,8 +204,7 @@ def report(
     segmentation: VideoSegmentation, request: VideoRequest, areas: dict[int, np.ndarray], echo: EchoMeasurement | None
 ) -> None:
     video = segmentation.video
-    written = [request.output, request.overlay, request.areas, request.areas.with_suffix(".png") if request.areas else None]
-    for path in written:
+    for path in request.outputs():
         if path is not None:
             typer.echo(f"wrote {path}")
     pixel_area = float(np.prod(video.pixel_spacing)) if video.pixel_spacing else None

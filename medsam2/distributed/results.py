@@ -26,7 +26,7 @@ from pathlib import Path
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.worker import MASKS_FOLDER, BatchSettings, CaseResult
 from medsam2.errors import InputError
-from medsam2.io.atomic import atomic_write_text
+from medsam2.io.atomic import atomic_write_text, make_output_folder
 
 JOURNAL = "results.jsonl"
 TABLE = "results.csv"
@@ -69,8 +69,8 @@ class ResultsStore:
         self._journal: io.TextIOWrapper | None = None
 
     def __enter__(self) -> ResultsStore:
+        make_output_folder(self.out_dir)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             self._lock_handle = (self.out_dir / LOCK).open("w")
         except OSError as error:
             raise InputError(f"{self.out_dir}: cannot use as the output folder ({error.strerror})") from None

@@ -19,6 +19,7 @@ from medsam2.engine.cache import EmbeddingCache
 from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.engine.tracking import PropagationConfig, Run
+from medsam2.errors import InputError
 
 
 @dataclass
@@ -47,6 +48,11 @@ class BoxChainTracker:
         self, prompt: Prompt, previous: Any | None, current_mask: np.ndarray | None
     ) -> tuple[np.ndarray, BoxChainAnchor]:
         """The merged prompt alone decides the anchor's mask (LiteMedSAM has no memory)."""
+        if prompt.box is None and prompt.mask is None and 1 not in prompt.labels:
+            raise InputError(
+                f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): background clicks alone mark "
+                "no object; add a box or a click on the object"
+            )
         embedding = self.embeddings.get(prompt.slice_index)
         if prompt.mask is not None and prompt.box is None and not prompt.points:
             mask, seed = prompt.mask, self.predictor.mask_to_low_res_logits(prompt.mask)

@@ -37,10 +37,17 @@ def load_prompt_file(path: Path, height: int, width: int) -> list[Prompt]:
         raise InputError(f"{path}: malformed prompts ({type(error).__name__}: {error})") from None
 
 
+def whole_number(value: object, what: str) -> int:
+    """`value` as an index or id: a JSON whole number (2.5, "2" or true are mistakes, not 2 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InputError(f"{what} {json.dumps(value)} is not a whole number")
+    return int(value)
+
+
 def prompts_from_dict(data: dict, height: int, width: int) -> list[Prompt]:
     prompts = []
     for position, entry in enumerate(data["objects"]):
-        obj_id = int(entry.get("id", position + 1))
+        obj_id = whole_number(entry.get("id", position + 1), "object id")
         name = entry.get("name")
         for item in entry["prompts"]:
             unknown = set(item) - PROMPT_KEYS
@@ -50,10 +57,10 @@ def prompts_from_dict(data: dict, height: int, width: int) -> list[Prompt]:
             if "recist" in item:
                 box = recist_to_box(tuple(float(v) for v in item["recist"]), height, width)
             points = tuple(tuple(float(c) for c in point) for point in item.get("points", ()))
-            labels = tuple(int(v) for v in item.get("labels", [1] * len(points)))
+            labels = tuple(whole_number(v, "label") for v in item.get("labels", [1] * len(points)))
             prompts.append(
                 Prompt(
-                    slice_index=int(item["slice"]),
+                    slice_index=whole_number(item["slice"], f"object {obj_id}: slice"),
                     obj_id=obj_id,
                     box=tuple(float(v) for v in box) if box is not None else None,
                     points=points,  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import numpy as np
 from medsam2.engine.prompt_files import load_prompt_file
 from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box
 from medsam2.errors import InputError
-from medsam2.io.masks import load_mask, stored_array
+from medsam2.io.masks import check_mask_fits, load_mask, stored_array
 from medsam2.io.volume import Volume, to_slices
 
 
@@ -69,8 +69,7 @@ def prompts_from_flags(
 
 def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prompt]:
     """Each label of a mask file becomes a mask prompt on the slice where that label is largest."""
-    if mask.shape != image.shape:
-        raise InputError(f"{mask.source}: mask shape {mask.shape} differs from image shape {image.shape}")
+    check_mask_fits(image, mask)
     slices = to_slices(mask.array, axis_index)
     prompts = []
     for label in (int(v) for v in np.unique(slices) if v != 0):

@@ -12,6 +12,12 @@ import numpy as np
 
 from medsam2.errors import InputError
 
+# Label maps are uint16: object ids beyond this cannot be written.
+MAX_OBJECT_ID = 65535
+# Clicks one object may hold on one slice. The decoder's token attention grows with their square
+# (100,000 clicks asked a server for 320 GB); no one annotates with more than a few dozen.
+MAX_CLICKS = 100
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -30,13 +36,15 @@ class Prompt:
         where = f"prompt on slice {self.slice_index} (object {self.obj_id})"
         if not 0 <= self.slice_index < num_slices:
             raise InputError(f"{where}: slice out of range 0..{num_slices - 1}")
-        if self.obj_id < 1:
-            raise InputError(f"{where}: object ids start at 1")
+        if not 1 <= self.obj_id <= MAX_OBJECT_ID:
+            raise InputError(f"{where}: object ids run from 1 to {MAX_OBJECT_ID}")
         if self.box is None and not self.points and self.mask is None:
             raise InputError(f"{where}: give a box, points or a mask")
         if self.box is not None:
             if len(self.box) != 4:
                 raise InputError(f"{where}: a box needs 4 numbers x1,y1,x2,y2, got {len(self.box)}")
+            if not np.isfinite(self.box).all():
+                raise InputError(f"{where}: box {list(self.box)} holds a number that is not finite")
             x1, y1, x2, y2 = self.box
             if x2 <= x1 or y2 <= y1:
                 raise InputError(f"{where}: box {list(self.box)} is inverted or empty (need x1<x2, y1<y2)")
@@ -44,6 +52,8 @@ class Prompt:
                 raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} slice")
         if len(self.points) != len(self.labels):
             raise InputError(f"{where}: {len(self.points)} points but {len(self.labels)} labels")
+        if len(self.points) > MAX_CLICKS:
+            raise InputError(f"{where}: {len(self.points)} clicks, more than the {MAX_CLICKS} a slice may hold")
         if any(len(point) != 2 for point in self.points):
             raise InputError(f"{where}: each point needs 2 numbers x,y")
         for (x, y), label in zip(self.points, self.labels):

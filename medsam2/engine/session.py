@@ -110,10 +110,10 @@ class Session:
 
     def apply(self, prompt: Prompt) -> np.ndarray:
         """`add_prompt` for a ready-made `Prompt`."""
-        prompt.validate(self.num_slices, *self.slice_hw)
         index = prompt.slice_index
         known = self.objects.get(prompt.obj_id) or TrackedObject()
         merged = merge_prompts(known.prompts.get(index), prompt)
+        merged.validate(self.num_slices, *self.slice_hw)  # the new prompt with the slice's earlier clicks
         slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
         if not slice_mask.any():
             raise InputError(

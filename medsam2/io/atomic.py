@@ -4,10 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+from medsam2.errors import InputError
+
+
+def _create_beside(path: Path, create: Callable[[Path], None], infix: str = "", suffix: str = "") -> Path:
+    """A new hidden name beside `path`, made by `create` (which fails on an existing one). Not
+    tempfile's mkstemp/mkdtemp: they make everything private (0600/0700), where an output must get
+    the permissions the user's umask gives any new file, as it would if written directly."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            candidate = path.parent / f".{path.name}.{infix}{secrets.token_hex(4)}{suffix}"
+            try:
+                create(candidate)
+            except FileExistsError:
+                continue
+            return candidate
+    except OSError as error:
+        raise InputError(f"{path}: cannot write ({error.strerror})") from None
+    raise InputError(f"{path}: cannot write (no free temporary name beside it)")
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _new_folder(path: Path) -> None:
+    path.mkdir(0o777)
 
 
 @contextlib.contextmanager
@@ -15,11 +43,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffixes) to write to; rename it over `path` on
     success, delete it on any error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = _create_beside(path, _new_file, suffix="".join(path.suffixes) or ".tmp")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -44,16 +68,48 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
     """Yield an empty hidden folder beside `path` to fill; on success it replaces `path` (an existing
     folder there is moved aside, then removed), on any error it is deleted."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = _create_beside(path, _new_folder)
     try:
         yield staging
         if not path.exists():
             os.replace(staging, path)
             return
-        previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        previous = _create_beside(path, _new_folder, infix="old.")
         os.replace(path, previous / path.name)
         os.replace(staging, path)
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def make_output_folder(path: Path) -> Path:
+    """Create `path` (with its parents) for outputs; a one-line `InputError` where it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: cannot use as the output folder (a file is there)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{path}: cannot use as the output folder ({error.strerror})") from None
+    return path
+
+
+def check_output_paths(inputs: Sequence[Path | str | None], outputs: Sequence[Path | str | None]) -> None:
+    """Refuse, before any work, outputs that would replace an input (or, as a folder, hold one) or
+    each other, and outputs in a place that cannot be written: a one-line `InputError`."""
+    sources = [Path(path).resolve() for path in inputs if path is not None]
+    seen: dict[Path, Path] = {}
+    for path in (Path(output) for output in outputs if output is not None):
+        resolved = path.resolve()
+        for source in sources:
+            if source == resolved or source.is_relative_to(resolved):
+                raise InputError(f"{path}: writing there would replace the input {source}; choose another output")
+        if resolved in seen:
+            raise InputError(f"{path}: named for two outputs (also as {seen[resolved]})")
+        seen[resolved] = path
+        place = resolved.parent
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            raise InputError(f"{path}: cannot write ({place} is a file, not a folder)")
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise InputError(f"{path}: cannot write (no permission to write in {place})")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.errors import InputError
-from medsam2.io.readers import load_image
-from medsam2.io.volume import Volume
+from medsam2.io.readers import PICTURE_SUFFIXES, file_suffix, load_image
+from medsam2.io.volume import Volume, check_same_geometry
 
 # npz keys holding a label map, in order of preference: our output, then ground truth.
 NPZ_MASK_KEYS = ("segs", "gts")
@@ -22,6 +22,23 @@ def stored_array(volume: Volume, key: str) -> np.ndarray | None:
         return None
     array = np.asarray(array)
     return array[None] if volume.meta.get("is_2d") and array.ndim == 2 else array
+
+
+def states_geometry(volume: Volume) -> bool:
+    """Whether the file gave its geometry: an npz may leave out spacing, origin and direction, and
+    a picture has none; then only the shape tells whether a mask fits an image."""
+    if "npz" in volume.meta:
+        return any(key in volume.meta["npz"] for key in ("spacing", "origin", "direction"))
+    return volume.source is None or file_suffix(Path(volume.source)) not in PICTURE_SUFFIXES
+
+
+def check_mask_fits(image: Volume, mask: Volume) -> None:
+    """`check_same_geometry` for a mask given with an image, as far as the mask file states one."""
+    what = f"{mask.source} vs {image.source}"
+    if states_geometry(mask):
+        check_same_geometry(image, mask, what)
+    elif mask.shape != image.shape:
+        raise InputError(f"{what}: shape (Z, Y, X) differs: {image.shape} vs {mask.shape}")
 
 
 def load_mask(path: Path | str) -> Volume:

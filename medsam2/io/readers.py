@@ -4,7 +4,8 @@ What each reader leaves in ``Volume.meta`` (used by the writers to mirror the in
 
 - ``"is_2d"``: the file held a 2D image (a picture, a 2D npz, a 2D NIfTI...), stored as one slice;
 - ``"dicom_files"``: for DICOM input, the source file paths in slice (or frame) order;
-- ``"npz"``: for npz input, every array but ``imgs`` by key (``gts``, ``recist``, ``boxes``, ``spacing``...).
+- ``"npz"``: for npz input, every array but ``imgs`` by key (``gts``, ``recist``, ``boxes``, ``spacing``...);
+- ``"nifti_header"``: for NIfTI input, its nibabel header, both transforms (qform and sform) with their codes.
 """
 
 from __future__ import annotations
@@ -159,15 +160,18 @@ def _volume_from_sitk(
 
 
 def _read_sitk_file(path: Path) -> Volume:
+    meta = {}
     if file_suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_voxels(path)
-    return _volume_from_sitk(sitk.ReadImage(str(path)), path)
+        nifti = nib.load(path)
+        _check_nifti_voxels(nifti, path)
+        # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
+        meta["nifti_header"] = nifti.header
+    return _volume_from_sitk(sitk.ReadImage(str(path)), path, meta=meta)
 
 
-def _check_nifti_voxels(path: Path) -> None:
+def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
     """Check with nibabel what SimpleITK (niftilib) hides: it reads a truncated NIfTI without complaint,
     making up the missing voxels, and silently turns NaN/inf voxels into 0."""
-    image = nib.load(path)
     if np.issubdtype(image.get_data_dtype(), np.floating):
         _check_values(np.asanyarray(image.dataobj), path)  # raises EOFError/OSError when truncated
         return
@@ -220,6 +224,8 @@ def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path
     positive = key == "spacing"
     if values.size != length or not np.isfinite(values).all() or (positive and (values <= 0).any()):
         raise InputError(f"{path}: '{key}' should be {length} finite numbers{' > 0' if positive else ''}, got {values}")
+    if key == "direction" and not np.allclose(values.reshape(3, 3) @ values.reshape(3, 3).T, np.eye(3), atol=1e-3):
+        raise InputError(f"{path}: 'direction' should be a rotation (orthonormal 3x3 direction cosines), got {values}")
     return tuple(values.tolist())
 
 

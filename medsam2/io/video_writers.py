@@ -49,6 +49,7 @@ def mask_sequence_kind(path: Path) -> str:
     if suffix in NIFTI_SUFFIXES:
         return "nifti"
     if path.is_dir() or not path.suffix:
+        check_mask_folder(path)
         return "folder"
     raise InputError(f"{path}: cannot write a video's masks as '{suffix}' (write {MASK_SEQUENCE_FORMATS})")
 
@@ -126,10 +127,22 @@ def _nifti_writer(path: Path, video: Video, dtype: np.dtype) -> Iterator[LabelWr
         yield lambda labels: stream.write(labels.tobytes())
 
 
-@contextmanager
-def _png_folder_writer(path: Path, video: Video, dtype: np.dtype) -> Iterator[LabelWriter]:
+def check_mask_folder(path: Path) -> None:
+    """The PNG masks replace the whole folder they go to: it may be new, empty, or hold only PNGs
+    (an earlier run's masks), never anything else a user would lose."""
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: a file is in the way of the PNG mask folder")
+    others = sorted(entry.name for entry in path.iterdir() if entry.suffix.lower() != ".png") if path.is_dir() else []
+    if others:
+        raise InputError(
+            f"{path}: the folder holds other files ({others[0]}{', ...' if len(others) > 1 else ''}), which writing "
+            "the masks there would delete; choose a new folder"
+        )
+
+
+@contextmanager
+def _png_folder_writer(path: Path, video: Video, dtype: np.dtype) -> Iterator[LabelWriter]:
+    check_mask_folder(path)
     names = [Path(name).stem + ".png" for name in video.meta.get("frame_files", [])]
     if len(names) != video.num_frames:  # frames of a folder keep their names; others are numbered
         digits = max(5, len(str(video.num_frames - 1)))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image
@@ -27,7 +28,8 @@ SUPPORTED_MASK_SUFFIXES = SITK_SUFFIXES + (".npz", ".png", ".dcm")
 def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     """Write `mask` (integer labels, shape ``like.shape``) with the geometry of `like`; return the path.
 
-    The format follows the suffix: NIfTI/NRRD/MetaImage (spacing, origin, direction of `like`), .npz
+    The format follows the suffix: NIfTI/NRRD/MetaImage (spacing, origin, direction of `like`; a NIfTI
+    mask of a NIfTI image gets that image's qform and sform, with their codes, unchanged), .npz
     (key ``segs`` in the layout of a MedSAM npz, with ``spacing``, ``origin``, ``direction``), .png
     (2D images only) or .dcm (a DICOM-SEG referencing the DICOM image `like` was read from). Labels
     are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
@@ -48,6 +50,8 @@ def check_mask_output(path: Path, like: Volume | None = None) -> None:
     """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
     Front ends call it before the segmentation, so that a wrong output name fails at once."""
     suffix = file_suffix(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; name the mask file, e.g. {path / 'mask.nii.gz'}")
     if suffix not in SUPPORTED_MASK_SUFFIXES:
         raise InputError(
             f"{path}: cannot write masks as '{suffix or 'no extension'}' "
@@ -106,6 +110,32 @@ def _write_sitk(labels: np.ndarray, like: Volume, target: Path) -> None:
     sitk.WriteImage(image, str(target), useCompression=True)
 
 
+def _write_nifti(labels: np.ndarray, like: Volume, target: Path) -> None:
+    """A NIfTI mask of a NIfTI image keeps the image's header transforms as they are. SimpleITK keeps
+    only one of a NIfTI's qform and sform and writes it back as both, so the mask of a registered image
+    (FSL and ANTs set an sform that differs from the qform) would land elsewhere in sform-based tools."""
+    template = like.meta.get("nifti_header")
+    if template is None:
+        _write_sitk(labels, like, target)
+        return
+    data = labels.T  # (Z, Y, X) -> NIfTI's (x, y, z)
+    if like.meta.get("is_2d"):
+        data = data[:, :, 0]
+    nib.save(nib.Nifti1Image(data, None, _mask_header(template, labels.dtype)), target)
+
+
+def _mask_header(template: nib.Nifti1Header, dtype: np.dtype) -> nib.Nifti1Header:
+    """`template` (qform, sform, their codes, units) for label voxels: the image's value scaling (a CT's
+    rescale), intent, display range and extensions describe its intensities, not the labels."""
+    header = template.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")
+    header["cal_min"] = header["cal_max"] = 0
+    header.extensions.clear()
+    return header
+
+
 def _write_npz(labels: np.ndarray, like: Volume, target: Path) -> None:
     np.savez_compressed(
         target,
@@ -135,6 +165,8 @@ def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
 
 
 _WRITERS: dict[str, Callable[[np.ndarray, Volume, Path], None]] = {
+    ".nii": _write_nifti,
+    ".nii.gz": _write_nifti,
     ".npz": _write_npz,
     ".png": _write_png,
     ".dcm": _write_dicom_seg,

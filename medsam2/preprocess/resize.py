@@ -78,17 +78,9 @@ class SliceResize(ABC):
         """(..., 2) points (x, y) in the slice -> the same points in model-input pixels."""
         return np.asarray(points_xy, dtype=np.float64) * self.scale_xy(original_hw)
 
-    def points_to_image(self, points_xy: np.ndarray, original_hw: HW) -> np.ndarray:
-        """Inverse of `points_to_model`."""
-        return np.asarray(points_xy, dtype=np.float64) / self.scale_xy(original_hw)
-
     def box_to_model(self, box_xyxy: np.ndarray, original_hw: HW) -> np.ndarray:
         """(..., 4) boxes (x_min, y_min, x_max, y_max) in the slice -> model-input pixels."""
         return np.asarray(box_xyxy, dtype=np.float64) * np.tile(self.scale_xy(original_hw), 2)
-
-    def box_to_image(self, box_xyxy: np.ndarray, original_hw: HW) -> np.ndarray:
-        """Inverse of `box_to_model`."""
-        return np.asarray(box_xyxy, dtype=np.float64) / np.tile(self.scale_xy(original_hw), 2)
 
     def mask_to_model(self, mask: np.ndarray | torch.Tensor, size: int | None = None) -> torch.Tensor:
         """(..., H, W) binary masks -> (..., size, size) float32 {0, 1} masks on the model's grid.

@@ -42,6 +42,9 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 def validation_message(error: RequestValidationError) -> str:
     """The first problem pydantic found, as "where: what"."""
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":  # its location is a character position, not a field
+        reason = first.get("ctx", {}).get("error", "JSON decode error")
+        return f"request body: not valid JSON ({reason}, at character {first['loc'][-1]})"
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "request"
     return f"{where}: {first.get('msg', 'invalid value')}"
 

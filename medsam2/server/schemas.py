@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from medsam2.engine.prompts import Prompt
+from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID, Prompt
 from medsam2.server import rle
 
 Coordinate = tuple[float, float]
@@ -53,11 +53,13 @@ class OpenSession(BaseModel):
 class PromptIn(BaseModel):
     """A prompt on one slice for one object, in pixels of the slice (x = column, y = row, from 0)."""
 
-    slice: int = Field(ge=0, description="slice (or frame) index")
-    obj_id: int = Field(1, ge=1, description="object id; a new id starts a new object")
+    slice: int = Field(ge=0, strict=True, description="slice (or frame) index")
+    obj_id: int = Field(1, ge=1, le=MAX_OBJECT_ID, strict=True, description="object id; a new id starts a new object")
     box: tuple[float, float, float, float] | None = Field(None, description="[x1, y1, x2, y2]; replaces an earlier box on the slice")
-    points: list[Coordinate] = Field(default_factory=list, description="clicks [[x, y], ...]; add to earlier clicks on the slice")
-    labels: list[int] = Field(default_factory=list, description="one per point: 1 object, 0 background")
+    points: list[Coordinate] = Field(
+        default_factory=list, max_length=MAX_CLICKS, description="clicks [[x, y], ...]; add to earlier clicks on the slice"
+    )
+    labels: list[int] = Field(default_factory=list, max_length=MAX_CLICKS, description="one per point: 1 object, 0 background")
     mask: MaskRLE | None = Field(None, description="a mask prompt; replaces everything on the slice")
     name: str | None = Field(None, max_length=100, description="the object's name")
 

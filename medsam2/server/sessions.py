@@ -199,7 +199,9 @@ class ViewerSession:
     def remove_prompts(self, predictor, slice_index: int, obj_id: int) -> None:
         """Take back every prompt of an object on one slice."""
         with self.lock:
-            self._engine(predictor).remove_prompt(slice_index, obj_id)
+            engine = self._engine(predictor)
+            self._check_object(engine, obj_id, slice_index)
+            engine.remove_prompt(slice_index, obj_id)
             self.history = [p for p in self.history if (p.slice_index, p.obj_id) != (slice_index, obj_id)]
             self._summary = self._summarise()
 
@@ -222,17 +224,26 @@ class ViewerSession:
 
     def delete_object(self, predictor, obj_id: int) -> None:
         with self.lock:
-            self._engine(predictor).reset_object(obj_id)
+            engine = self._engine(predictor)
+            self._check_object(engine, obj_id)
+            engine.reset_object(obj_id)
             self.history = [p for p in self.history if p.obj_id != obj_id]
             self._summary = self._summarise()
 
     def rename_object(self, predictor, obj_id: int, name: str) -> None:
         with self.lock:
             engine = self._engine(predictor)
-            if obj_id not in engine.objects:
-                raise NotFound(f"no object {obj_id} in this session (prompt it first)")
+            self._check_object(engine, obj_id)
             engine.objects[obj_id].name = name
             self._summary = self._summarise()
+
+    @staticmethod
+    def _check_object(engine: Session, obj_id: int, slice_index: int | None = None) -> None:
+        """An unknown object (or one not prompted on `slice_index`) is a resource not found: 404."""
+        if obj_id not in engine.objects:
+            raise NotFound(f"no object {obj_id} in this session (prompt it first)")
+        if slice_index is not None and slice_index not in engine.objects[obj_id].prompts:
+            raise NotFound(f"object {obj_id} has no prompt on slice {slice_index}")
 
     def propagate(self, predictor, direction: Direction, obj_ids: list[int] | None) -> None:
         with self.lock:

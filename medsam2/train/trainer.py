@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from medsam2.errors import InputError
-from medsam2.io.atomic import atomic_write_text
+from medsam2.io.atomic import atomic_write_text, make_output_folder
 from medsam2.train.checkpoints import (
     STATE_FORMAT,
     STATE_VERSION,
@@ -123,6 +123,7 @@ def train(
         state = load_training_state(out_dir / STATE_NAME, device) if resume else None
         if state is not None:
             check_resumable(state, out_dir / STATE_NAME, config, data.sha256, distribution.world_size)
+        make_output_folder(out_dir)  # once the data are found good: a bad data set leaves no folder
         loop = _Loop(config, data, distribution, device, state, progress, report)  # loads the model: may fail too
         if distribution.is_main:
             for line in data.skipped:
