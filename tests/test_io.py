@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.atomic import atomic_folder, atomic_write_text
+from medsam2.io.masks import load_mask
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
 ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -187,6 +188,9 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
 
     seg = hd.seg.segread(save_mask(labels, series, tmp_path / "seg.dcm"))
     assert seg.SegmentationType == "BINARY"
+    # Read as an image its frames would be other slices than the series': refused as a mask input.
+    with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG, which medsam2 writes but cannot read back"):
+        load_mask(tmp_path / "seg.dcm")
     assert seg.segment_numbers == [1, 2]
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID for source in sources], combine_segments=True)

@@ -75,6 +75,14 @@ def read_modality(path: str | Path) -> Modality:
     return value if value in get_args(Modality) else "unknown"  # type: ignore[return-value]
 
 
+def is_segmentation(path: Path) -> bool:
+    """True for a DICOM-SEG file (Modality SEG)."""
+    if not is_dicom_file(path):
+        return False
+    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    return str(dataset.get("Modality", "")).strip().upper() == "SEG"
+
+
 def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: Path) -> None:
     """Write a BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`.
 

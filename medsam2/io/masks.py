@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.errors import InputError
+from medsam2.io.dicom import is_segmentation
 from medsam2.io.readers import PICTURE_SUFFIXES, file_suffix, load_image
 from medsam2.io.volume import Volume, check_same_geometry
 
@@ -43,6 +44,10 @@ def check_mask_fits(image: Volume, mask: Volume) -> None:
 
 def load_mask(path: Path | str) -> Volume:
     """A label map from any image format; from an npz, its ``segs`` (else ``gts``) array."""
+    if is_segmentation(Path(path)):
+        # Its frames are the non-empty slices of a series it only references: read as an image, the
+        # slices would be others than the user drew on.
+        raise InputError(f"{path}: a DICOM-SEG, which medsam2 writes but cannot read back as a mask yet; give a NIfTI, NRRD, MHA or npz mask")
     volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS)
     if volume.is_color:
         raise InputError(f"{path}: a colour image is not a label map")
