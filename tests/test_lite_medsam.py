@@ -299,3 +299,29 @@ def test_a_module_that_fusion_cannot_reproduce_runs_unfused(caplog: pytest.LogCa
         assert fused_module(module, (torch.rand(1, 4),), 1e-4) is module
     assert "NotTraceable: oneDNN fusion unavailable, running it unfused: its fused outputs differ from the unfused ones" in caplog.text
     assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is restored
+
+
+def resident_megabytes() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_the_same_weights_are_fused_once_per_process() -> None:
+    """TorchScript never frees a traced graph (pytorch/pytorch#35600): each fusion of LiteMedSAM held
+    about 350 MB for good, and a process loading the model again and again (the test suite, a
+    notebook) grew until it was killed. The same weights now share one fusion; other weights get their own."""
+    cpu = torch.device("cpu")
+    first, second = LiteMedSAMPredictor(load_lite_medsam(), cpu), LiteMedSAMPredictor(load_lite_medsam(), cpu)
+    assert isinstance(first.fused_encoder, torch.jit.ScriptModule)
+    assert second.fused_encoder is first.fused_encoder and second.fused_box_decoder is first.fused_box_decoder
+    changed = load_lite_medsam()
+    with torch.no_grad():
+        changed.mask_decoder.iou_token.weight.add_(0.01)
+    other = LiteMedSAMPredictor(changed, cpu)
+    assert other.fused_box_decoder is not first.fused_box_decoder and other.fused_encoder is first.fused_encoder
+    bf16 = fused_parts(load_lite_medsam(), torch.bfloat16)[1]
+    assert bf16 is not first.fused_box_decoder  # the bfloat16 copy differs in its dtype setting and weights
+    before = resident_megabytes()
+    for _ in range(3):
+        LiteMedSAMPredictor(load_lite_medsam(), cpu)
+    assert resident_megabytes() - before < 150

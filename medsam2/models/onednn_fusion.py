@@ -15,12 +15,20 @@ compiler at run time; should a later torch drop it, `fused_module` falls back to
 
 The fusion switch is process-wide in torch; it is on only while a module is prepared and restored
 after: a prepared module keeps its fused plan for the shapes it was prepared with.
+
+TorchScript keeps every traced graph, with the weights frozen into it, for the life of the process
+(pytorch/pytorch#35600 and #96726, open): each fusion of LiteMedSAM's parts would hold on to about
+350 MB for good, so a process that loads the model again and again (a notebook, the test suite, an
+annotation server taking a new round's model) would grow until it is killed. Fused modules are
+therefore made once per distinct weights, inputs and tolerance and shared (`fused_module`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -30,6 +38,11 @@ from torch import nn
 from medsam2.errors import first_line
 
 log = logging.getLogger(__name__)
+
+# Fingerprint of (module, inputs, tolerance) -> what `fused_module` made of it; never emptied, since
+# TorchScript would keep what an entry held anyway (module docstring).
+_made: dict[str, Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]] = {}
+_making = threading.Lock()
 
 
 def fused_module(
@@ -43,7 +56,38 @@ def fused_module(
     TorchScript's profiling executor runs the traced graph unfused on the first call, recording
     shapes, and fuses it for the second: the two outputs are the check, at no extra cost. (Tracing
     records one path through the module, which for LiteMedSAM's parts holds for every input of these
-    shapes; tests compare the fused parts with the published reference on real slices.)"""
+    shapes; tests compare the fused parts with the published reference on real slices.)
+
+    The same weights, inputs and tolerance give the same object, fused once per process: TorchScript
+    never frees a traced graph (module docstring)."""
+    key = fingerprint(module, example_inputs, tolerance)
+    with _making:
+        made = _made.get(key) or _fuse(module, example_inputs, tolerance)
+        if made is not module:  # a fallback is the caller's own module, not for sharing
+            _made[key] = made
+        return made
+
+
+def fingerprint(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], tolerance: float) -> str:
+    """A digest of everything a fused module is made from: the classes and plain settings (numbers,
+    strings, dtypes) of the module and its submodules, their parameters and buffers (names, dtypes,
+    layouts and values), the inputs' shapes, dtypes and layouts, and `tolerance`."""
+    digest = hashlib.blake2b(f"tolerance {tolerance!r}".encode())
+    for name, part in module.named_modules():
+        settings = sorted((k, repr(v)) for k, v in vars(part).items() if isinstance(v, (bool, int, float, str, tuple, torch.dtype)))
+        digest.update(f"{name} {type(part).__module__}.{type(part).__qualname__} {settings}".encode())
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        tensor = tensor.detach()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)} {tensor.stride()}".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for tensor in example_inputs:
+        digest.update(f"input {tensor.dtype} {tuple(tensor.shape)} {tensor.stride()}".encode())
+    return digest.hexdigest()
+
+
+def _fuse(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], tolerance: float
+) -> Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]:
     try:
         with torch.no_grad(), _onednn_fusion(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -136,4 +136,6 @@ class LiteMedSAMTask:
 
     def predictor(self) -> LiteMedSAMPredictor:
         self.network.eval()
-        return LiteMedSAMPredictor(self.network, self.device)
+        # Unfused: each validation sees new weights, and a fusion of them would stay in memory for
+        # the rest of the run (medsam2.models.onednn_fusion).
+        return LiteMedSAMPredictor(self.network, self.device, fuse=False)
