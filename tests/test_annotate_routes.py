@@ -3,10 +3,13 @@ the real LiteMedSAM, lease conflicts, errors, and the page's panel script."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from fastapi.testclient import TestClient
+from PIL import Image
 from test_annotate_work import write_disc_case
 
 from medsam2.annotate import import_cases, init_project
@@ -77,3 +80,28 @@ def test_without_a_project_the_status_says_so_and_the_other_routes_answer_404(tm
         script = client.get("/annotate/panel.js")
         assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
         assert 'from "/static/api.js"' in script.text
+
+
+def test_slices_are_shown_turned_and_prompted_in_their_own_pixels(tmp_path: Path) -> None:
+    """A RAS NIfTI's axial slices come to the panel turned by 180 degrees (the patient's right on the
+    left, anterior up), with the turn in the case's answer; prompts stay in the slice's own pixels."""
+    lps = np.random.default_rng(0).normal(40, 5, (3, 64, 64)).clip(0, 255).astype(np.int16)
+    lps[:, :16, :16] = 220  # anterior (first rows) and rightmost (first columns) in LPS
+    image = sitk.GetImageFromArray(lps)
+    sitk.WriteImage(sitk.DICOMOrient(image, "RAS"), str(tmp_path / "block.nii.gz"))
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "block.nii.gz"], progress=False)
+    project.close()
+    with client_for(tmp_path / "project") as client:
+        case = client.post("/api/annotate/queue", json={"annotator": "alice"}).json()
+        assert case["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True}
+        png = client.get("/api/annotate/cases/block/slices/1.png", params={"annotator": "alice"})
+        shown = np.asarray(Image.open(io.BytesIO(png.content)).convert("L")).astype(float)
+        assert shown[:16, :16].mean() > 200 > 100 > shown[16:, 16:].mean()
+        # the block is stored bottom right: a box there is a box on the block
+        prompted = client.post("/api/annotate/cases/block/prompts", json={"annotator": "alice", "slice": 1, "box": [46, 46, 63, 63]})
+        assert prompted.status_code == 200, prompted.text
+        assert 1 in prompted.json()["masked_slices"]
+        shown = np.asarray(Image.open(io.BytesIO(client.get("/api/annotate/cases/block/slices/1.png", params={"annotator": "alice"}).content)).convert("RGB")).astype(int)
+        outline = np.argwhere(np.abs(shown[..., 0] - shown[..., 2]) > 60)
+        assert len(outline) and outline.max() < 24  # the mask's outline, drawn around the block in the top left

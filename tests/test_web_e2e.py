@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, Response, sync_playwright
+from scipy import ndimage
 from sqlalchemy import select
 from test_annotate_work import write_disc_case
 from typer.testing import CliRunner
@@ -287,6 +289,50 @@ def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, 
     page.click("#save")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('Saved')")
     assert page.inner_text("#status") == "Saved CT_small_mask.nii.gz next to the case."
+    assert problems == []
+
+
+def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixels(server_url: str, browser: Browser, tmp_path: Path) -> None:
+    """A RAS NIfTI (rows running up the patient, columns to his right) with a bright block where he
+    is superior and rightmost, opened in the coronal view: the block shows in the top left (head
+    up, his right on the screen's left), and a box dragged around it on the screen is recorded in
+    the slice's own pixels, where the block is stored bottom right."""
+    lps = np.full((40, 30, 56), 60, np.int16)
+    lps[-10:, :, :12] = 250  # superior (last z), every y, rightmost (first x in LPS)
+    image = sitk.GetImageFromArray(lps)
+    image.SetSpacing((1.0, 1.0, 1.5))
+    path = tmp_path / "block_ras.nii.gz"
+    sitk.WriteImage(sitk.DICOMOrient(image, "RAS"), str(path))
+
+    page, problems = start_page(browser, server_url)
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function(f"document.querySelector('#case-select').value === 'upload/{path.name}' && {IDLE}")
+    page.select_option("#axis", "coronal")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '15' && {IDLE}")
+    info = session_info(page)
+    assert info["axis"] == "coronal" and info["shape"] == [30, 40, 56]
+    assert info["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True}
+
+    # Where the slice lies on the screen, and where the bright block is drawn within it.
+    corners = [page.evaluate(f"medsam2Viewer.imageToClient({x}, {y})") for x, y in ((-0.5, -0.5), (55.5, 39.5))]
+    left, top = np.min(corners, axis=0)
+    right, bottom = np.max(corners, axis=0)
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": left, "y": top, "width": right - left, "height": bottom - top}))).convert("L"))
+    bright, _ = ndimage.label(shot > 200)  # the block, apart from the corner text over the view
+    rows, columns = np.nonzero(bright == np.argmax(np.bincount(bright.ravel())[1:]) + 1)
+    assert rows.max() < 0.3 * shot.shape[0] and columns.max() < 0.3 * shot.shape[1]  # top left: 10 of 40 rows, 12 of 56 columns
+    assert rows.min() < 3 and columns.min() < 3
+
+    page.mouse.move(left + columns.min() + 1, top + rows.min() + 1)
+    page.mouse.down()
+    page.mouse.move(left + columns.max() - 1, top + rows.max() - 1, steps=6)
+    page.mouse.up()
+    wait_prompts(page, 1)
+    (block,) = session_info(page)["objects"]
+    x1, y1, x2, y2 = block["prompts"][0]["box"]
+    # stored: rows 30..39 (superior, as z runs up), columns 44..55 (rightmost, as x runs right)
+    assert 30 <= y1 <= 31 and y2 == 39 and 44 <= x1 <= 45 and x2 == 55
     assert problems == []
 
 

@@ -90,7 +90,7 @@ def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> N
         save_mask(model.labels(), like=model.volume, path=output)
         typer.echo(f"wrote {output}")
     if overlay is not None:
-        save_overlay_montage(model.slices, model.slice_labels(), overlay)
+        save_overlay_montage(model.slices, model.slice_labels(), overlay, display=model.display)
         typer.echo(f"wrote {overlay}")
 
 

@@ -19,7 +19,7 @@ from medsam2.io.masks import check_mask_fits, load_mask, stored_array
 from medsam2.io.overlay import save_overlay_montage
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
-from medsam2.io.volume import Volume, slicing_axis_index, to_slices
+from medsam2.io.volume import Volume, slice_display, slicing_axis_index, to_slices
 from medsam2.metrics import evaluate
 
 
@@ -75,7 +75,13 @@ def demo(
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
     result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
     mask_path = save_mask(result.labels.array, like=volume, path=out / f"{name}_mask.nii.gz")
-    overlay_path = save_overlay_montage(result.slices, to_slices(result.labels.array, result.axis_index), out / f"{name}_overlay.png", boxes=prompt_boxes(result))
+    overlay_path = save_overlay_montage(
+        result.slices,
+        to_slices(result.labels.array, result.axis_index),
+        out / f"{name}_overlay.png",
+        boxes=prompt_boxes(result),
+        display=slice_display(volume, "axial"),
+    )
     typer.echo(f"wrote {mask_path} and {overlay_path}")
     if truth is not None:
         (scores,) = evaluate(result.labels.array > 0, truth.array > 0, spacing=volume.spacing, tolerance_mm=2.0)

@@ -20,7 +20,7 @@ from medsam2.io.atomic import check_output_paths
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
-from medsam2.io.volume import slicing_axis_index, to_slices
+from medsam2.io.volume import slice_display, slicing_axis_index, to_slices
 
 
 # Shared by the commands that load a model (one definition, one help text).
@@ -111,5 +111,11 @@ def segment(
         volume_ml = voxels * float(np.prod(volume.spacing)) / 1000
         typer.echo(f"object {obj_id}{f' ({name})' if name else ''}: {voxels} voxels, {volume_ml:.2f} mL")
     if overlay is not None:
-        save_overlay_montage(result.slices, to_slices(result.labels.array, result.axis_index), overlay, boxes=prompt_boxes(result))
+        save_overlay_montage(
+            result.slices,
+            to_slices(result.labels.array, result.axis_index),
+            overlay,
+            boxes=prompt_boxes(result),
+            display=slice_display(volume, axis),  # type: ignore[arg-type]
+        )
         typer.echo(f"wrote {overlay}")

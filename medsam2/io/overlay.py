@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_path
+from medsam2.io.volume import SliceDisplay, orient_for_display
 
 # Distinct, colour-blind-friendly label colours (Okabe-Ito), cycled for labels beyond eight.
 LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255)]
@@ -44,11 +45,12 @@ def save_overlay_montage(
     labels: np.ndarray,
     path: Path | str,
     boxes: dict[int, tuple[float, float, float, float]] | None = None,
+    display: SliceDisplay = SliceDisplay(),
     max_tiles: int = 16,
     tile_size: int = 256,
 ) -> Path:
     """Write a grid of the slices that hold an object or a box (at most `max_tiles`, evenly picked),
-    each captioned with its index, as a PNG."""
+    each turned as `display` says (`slice_display`) and captioned with its index, as a PNG."""
     check_overlay_output(path)
     boxes = boxes or {}
     shown = sorted({int(k) for k in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))} | set(boxes))
@@ -60,7 +62,8 @@ def save_overlay_montage(
     rows = int(np.ceil(len(shown) / columns))
     montage = Image.new("RGB", (columns * tile_size, rows * tile_size))
     for position, index in enumerate(shown):
-        tile = overlay_slice(slices[index], labels[index], boxes.get(index))
+        drawn = np.asarray(overlay_slice(slices[index], labels[index], boxes.get(index)))
+        tile = Image.fromarray(np.ascontiguousarray(orient_for_display(drawn, display)))
         tile.thumbnail((tile_size, tile_size))
         ImageDraw.Draw(tile).text((4, 4), f"{index}", fill=(255, 255, 0))
         montage.paste(tile, ((position % columns) * tile_size, (position // columns) * tile_size))

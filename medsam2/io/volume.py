@@ -107,6 +107,58 @@ def from_slices(array: np.ndarray, axis_index: int) -> np.ndarray:
     return np.moveaxis(array, 0, axis_index)
 
 
+# Where each screen direction points in the patient (LPS world axis, sign), as radiologists look at
+# slices: axial from the feet (patient's right on the screen's left, anterior up), coronal from the
+# front (right on the left, head up), sagittal from the patient's left (anterior on the left, head up).
+_SCREEN_DOWN_AND_RIGHT = {
+    "axial": ((1, +1), (0, +1)),  # down: posterior, right: patient's left
+    "coronal": ((2, -1), (0, +1)),  # down: inferior, right: patient's left
+    "sagittal": ((2, -1), (1, +1)),  # down: inferior, right: posterior
+}
+
+
+@dataclass(frozen=True)
+class SliceDisplay:
+    """How a slice as `to_slices` gives it (rows, columns in array order) is turned for the screen:
+    transposed first, then flipped. Engines and prompts keep the slice's own pixel coordinates; only
+    what a person looks at (the web app, overlay montages) is turned."""
+
+    transpose: bool = False
+    flip_rows: bool = False  # upside down, after any transpose
+    flip_columns: bool = False  # left-right, after any transpose
+
+
+def slice_display(volume: Volume, axis: SliceAxis) -> SliceDisplay:
+    """The turn that shows `axis` slices of `volume` as radiologists look at them (see
+    `_SCREEN_DOWN_AND_RIGHT`), whatever order the file stores its axes in: a RAS NIfTI's axial slices
+    are turned by 180 degrees, coronal slices of any scan put the head up, a sagittally stored scan's
+    axial slices are transposed. Slices without patient geometry (videos, pictures) are shown as stored."""
+    axis_index = slicing_axis_index(volume, axis)
+    rows_axis, columns_axis = (a for a in range(3) if a != axis_index)
+    # direction[:, d] is the world direction of index axis d (x, y, z); array axis a is index axis 2 - a.
+    along_rows, along_columns = volume.direction_matrix[:, 2 - rows_axis], volume.direction_matrix[:, 2 - columns_axis]
+    (down, down_sign), (right, right_sign) = _SCREEN_DOWN_AND_RIGHT[axis]
+    transpose = bool(abs(along_columns[down]) > abs(along_rows[down]))
+    if transpose:
+        along_rows, along_columns = along_columns, along_rows
+    return SliceDisplay(
+        transpose=transpose,
+        flip_rows=bool(along_rows[down] * down_sign < 0),
+        flip_columns=bool(along_columns[right] * right_sign < 0),
+    )
+
+
+def orient_for_display(image: np.ndarray, display: SliceDisplay) -> np.ndarray:
+    """A slice (H, W[, C]) turned as `display` says (a view, no copy)."""
+    if display.transpose:
+        image = np.swapaxes(image, 0, 1)
+    if display.flip_rows:
+        image = image[::-1]
+    if display.flip_columns:
+        image = image[:, ::-1]
+    return image
+
+
 def orientation_code(volume: Volume) -> str:
     """Three letters naming where each index axis (x, y, z) points, e.g. "LPS" or "RAS".
 

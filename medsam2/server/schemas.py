@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID, Prompt
+from medsam2.io.volume import SliceDisplay
 from medsam2.server import rle
 
 Coordinate = tuple[float, float]
@@ -138,6 +139,10 @@ class SessionInfo(BaseModel):
     color: bool
     pixel_spacing: tuple[float, float] = Field(description="mm between columns, between rows")
     slice_spacing: float
+    display: SliceDisplay = Field(
+        description="how to turn a slice for the screen, as radiologists look at it: transpose first, then flip; "
+        "slices, masks and prompts stay in the slice's own pixels"
+    )
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
     device: str

@@ -26,6 +26,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
+from medsam2.io.volume import slice_display
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
 from medsam2.io.video_writers import mask_sequence_writer
@@ -103,6 +104,8 @@ class ViewerSession:
             self.volume, self.video = load_frames(case.path)
         else:
             self.volume = load_image(case.path)
+            if self.volume.shape[0] == 1 and axis != "axial":
+                raise InputError(f"{case.name}: a 2D image has one slice; leave the view at axial")
         self.mask_formats = VIDEO_MASK_FORMATS if self.video is not None else MASK_FORMATS
         # Mapped once here, so the session knows the mapping; prepare_slices then passes the uint8 through.
         mapped = to_uint8(self.volume, window=window)
@@ -134,6 +137,7 @@ class ViewerSession:
             "color": self.volume.is_color,
             "pixel_spacing": [float(spacing_zyx[columns_axis]), float(spacing_zyx[rows_axis])],
             "slice_spacing": float(spacing_zyx[self.axis_index]),
+            "display": asdict(slice_display(self.volume, self.axis)),
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,

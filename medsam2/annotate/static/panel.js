@@ -4,6 +4,7 @@
 // stays hidden when the server has no project (GET /api/annotate/status answers {"project": null}).
 
 import { api } from "/static/api.js";
+import { shownToSlice } from "/static/display.js";
 
 const API = "/api/annotate";
 
@@ -148,9 +149,14 @@ async function start() {
     const drag = current.drag;
     current.drag = null;
     if (!drag || Math.abs(drag.x1 - drag.x0) < 3 || Math.abs(drag.y1 - drag.y0) < 3) return draw();
-    const sx = current.image.naturalWidth / ui.canvas.width;
-    const sy = current.image.naturalHeight / ui.canvas.height;
-    const box = [Math.min(drag.x0, drag.x1) * sx, Math.min(drag.y0, drag.y1) * sy, Math.max(drag.x0, drag.x1) * sx, Math.max(drag.y0, drag.y1) * sy];
+    // The PNG is the slice turned for the screen (the case's `display`); prompts are in the slice's own pixels.
+    const { display } = current.case;
+    const [shownColumns, shownRows] = [current.image.naturalWidth, current.image.naturalHeight];
+    const [rows, columns] = display.transpose ? [shownColumns, shownRows] : [shownRows, shownColumns];
+    const toSlice = (x, y) => shownToSlice(display, rows, columns, (x * shownColumns) / ui.canvas.width, (y * shownRows) / ui.canvas.height);
+    const [ax, ay] = toSlice(drag.x0, drag.y0);
+    const [bx, by] = toSlice(drag.x1, drag.y1);
+    const box = [Math.min(ax, bx), Math.min(ay, by), Math.max(ax, bx), Math.max(ay, by)];
     say("segmenting…");
     const caseInfo = await post("prompts", { annotator: annotator(), slice: Number(ui.slider.value), box });
     say(`prompt recorded (${caseInfo.interactions} in force)`);

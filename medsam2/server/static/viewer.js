@@ -3,6 +3,7 @@
 // and masks, the page keeps only what it draws (slice images, decoded masks, the view).
 
 import { api, setPending } from "/static/api.js";
+import { shownSize as shownSizeOf, shownToSlice, sliceToShown } from "/static/display.js";
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("view");
@@ -65,19 +66,31 @@ function sliceSize() {
   return { rows, columns };
 }
 
+// The slice is shown turned as the session's `display` says (display.js); every drawing and every
+// pointer position goes through `imageToCanvas` and `canvasToImage`.
+function shownSize() {
+  const { rows, columns } = sliceSize();
+  return shownSizeOf(state.session.display, rows, columns);
+}
+
+// Screen height of a shown row over screen width of a shown column, from the pixel spacing.
 function rowAspect() {
   const [columnStep, rowStep] = state.session.pixel_spacing;
-  return columnStep > 0 && rowStep > 0 ? rowStep / columnStep : 1;
+  const [across, down] = state.session.display.transpose ? [rowStep, columnStep] : [columnStep, rowStep];
+  return across > 0 && down > 0 ? down / across : 1;
 }
 
 function imageToCanvas(x, y) {
   const { zoom, panX, panY } = state.view;
-  return [panX + x * zoom, panY + y * zoom * rowAspect()];
+  const { rows, columns } = sliceSize();
+  const [u, v] = sliceToShown(state.session.display, rows, columns, x, y);
+  return [panX + u * zoom, panY + v * zoom * rowAspect()];
 }
 
 function canvasToImage(cx, cy) {
   const { zoom, panX, panY } = state.view;
-  return [(cx - panX) / zoom, (cy - panY) / (zoom * rowAspect())];
+  const { rows, columns } = sliceSize();
+  return shownToSlice(state.session.display, rows, columns, (cx - panX) / zoom, (cy - panY) / (zoom * rowAspect()));
 }
 
 function eventToImage(event) {
@@ -92,7 +105,7 @@ function pixelOf(x, y) {
 
 function fitView() {
   if (!state.session) return;
-  const { rows, columns } = sliceSize();
+  const { rows, columns } = shownSize();
   const width = canvas.clientWidth;
   const height = canvas.clientHeight;
   const zoom = Math.min(width / columns, height / (rows * rowAspect())) * 0.96;
@@ -238,27 +251,33 @@ function draw() {
   context.fillRect(0, 0, canvas.clientWidth, canvas.clientHeight);
   if (!state.session) return;
   const { rows, columns } = sliceSize();
-  const [left, top] = imageToCanvas(0, 0);
-  const [right, bottom] = imageToCanvas(columns, rows);
+  // Slice pixels to canvas: the affine map whose columns are where one step along a slice row and
+  // one step down a slice column land, so images are drawn through the same turn as everything else.
+  const [originX, originY] = imageToCanvas(0, 0);
+  const [acrossX, acrossY] = imageToCanvas(1, 0);
+  const [downX, downY] = imageToCanvas(0, 1);
+  context.save();
+  context.transform(acrossX - originX, acrossY - originY, downX - originX, downY - originY, originX, originY);
   context.imageSmoothingEnabled = state.view.zoom < 2;
-  if (state.shownImage) context.drawImage(state.shownImage, left, top, right - left, bottom - top);
+  if (state.shownImage) context.drawImage(state.shownImage, 0, 0, columns, rows);
   const overlay = state.showOverlay ? overlayFor(state.slice) : null;
   if (overlay) {
     context.imageSmoothingEnabled = false;
-    context.drawImage(overlay, left, top, right - left, bottom - top);
+    context.drawImage(overlay, 0, 0, columns, rows);
   }
+  context.restore();
   drawPrompts();
   drawGesture();
   drawCornerInfo();
 }
 
 function drawBox(x1, y1, x2, y2, colour, dashed = false) {
-  const [left, top] = imageToCanvas(x1, y1);
-  const [right, bottom] = imageToCanvas(x2 + 1, y2 + 1);
+  const [ax, ay] = imageToCanvas(x1, y1);
+  const [bx, by] = imageToCanvas(x2 + 1, y2 + 1);
   context.setLineDash(dashed ? [6, 4] : []);
   context.lineWidth = 2;
   context.strokeStyle = colour;
-  context.strokeRect(left, top, right - left, bottom - top);
+  context.strokeRect(Math.min(ax, bx), Math.min(ay, by), Math.abs(bx - ax), Math.abs(by - ay));
   context.setLineDash([]);
 }
 
@@ -534,13 +553,14 @@ async function openCase() {
   status("Opening…");
   stopPlaying();
   const previous = state.session;
-  const opening = state.server.memory_banks.length ? { case: caseId, memory: $("memory").value } : { case: caseId };
+  const opening = { case: caseId, axis: $("axis").value };
+  if (state.server.memory_banks.length) opening.memory = $("memory").value;
   const info = await api("/api/sessions", { method: "POST", json: opening });
   if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
   const count = info.shape[0];
   Object.assign(state, {
     session: info,
-    slice: info.case.start_slice ?? (info.kind === "video" ? 0 : Math.floor(count / 2)),
+    slice: startSlice(info),
     objects: [{ id: 1, name: "Object 1" }],
     activeObject: 1,
     window: null,
@@ -559,10 +579,20 @@ async function openCase() {
   goTo(state.slice);
   canvas.focus();
   const what = `${info.case.name}: ${count} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}.`;
-  const next = info.case.start_slice === null
+  const next = !opensAtKeySlice(info)
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
   status(`${what} ${next}`);
+}
+
+// A case's key slice (where its lesion is largest) is an axial one; other views open in the middle.
+function opensAtKeySlice(info) {
+  return info.case.start_slice !== null && info.axis === "axial";
+}
+
+function startSlice(info) {
+  if (opensAtKeySlice(info)) return info.case.start_slice;
+  return info.kind === "video" ? 0 : Math.floor(info.shape[0] / 2);
 }
 
 // Memory models (SAM 2.1 / MedSAM2) offer a choice of memory bank; LiteMedSAM has no memory.

@@ -1,0 +1,110 @@
+"""Slices are shown as radiologists look at them, whatever order a file stores its axes in: axial
+from the feet (patient's right on the screen's left, anterior up), coronal from the front (right on
+the left, head up), sagittal from the patient's left (anterior on the left, head up). Engines and
+prompts keep each slice's own pixel coordinates; only what a person looks at is turned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from medsam2.io import load_image, slicing_axis_index, to_slices
+from medsam2.io.overlay import LABEL_COLOURS, save_overlay_montage
+from medsam2.io.samples import mni152_brain
+from medsam2.io.volume import SliceDisplay, Volume, orient_for_display, orientation_code, slice_display
+
+AXES = ("axial", "coronal", "sagittal")
+# Storage orders as ITK names them (where each index axis x, y, z increases towards): DICOM's,
+# NIfTI's usual RAS, slices stored head first, sagittal and coronal acquisitions.
+STORAGES = ("LPS", "RAS", "LPI", "PIR", "ASL", "LIP", "SRA")
+SHAPE = (4, 5, 6)  # (Z, Y, X) of the LPS original: every axis its own length, so transposes show
+
+
+def marked_scan() -> Volume:
+    """An LPS scan with a mark in two opposite corners: 200 where the patient is rightmost,
+    anterior and superior (the screen's top left in every view), 100 where leftmost, posterior and
+    inferior (the bottom right)."""
+    array = np.zeros(SHAPE, np.int16)
+    array[-1, 0, 0] = 200  # superior (last z), anterior (first y), right (first x)
+    array[0, -1, -1] = 100
+    return Volume(array=array, spacing=(0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0))
+
+
+def stored_as(volume: Volume, code: str, folder: Path) -> Volume:
+    """`volume` written as a NIfTI whose axes run as `code` says, read back as users' files are."""
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    path = folder / f"{code}.nii.gz"
+    sitk.WriteImage(sitk.DICOMOrient(image, code), str(path))
+    stored = load_image(path)
+    assert orientation_code(stored) == code
+    return stored
+
+
+def shown_slices(volume: Volume, axis: str) -> np.ndarray:
+    """Every `axis` slice as shown, in the order of the patient's right to left, front to back or
+    feet to head (slice indices themselves follow the file: only the picture is turned)."""
+    axis_index = slicing_axis_index(volume, axis)
+    display = slice_display(volume, axis)
+    shown = np.stack([orient_for_display(s, display) for s in to_slices(volume.array, axis_index)])
+    world_axis = {"sagittal": 0, "coronal": 1, "axial": 2}[axis]
+    runs_backwards = volume.direction_matrix[world_axis, 2 - axis_index] < 0
+    return shown[::-1] if runs_backwards else shown
+
+
+@pytest.mark.parametrize("code", STORAGES)
+def test_every_storage_order_shows_the_patient_the_same_way(code: str, tmp_path: Path) -> None:
+    original = marked_scan()
+    stored = stored_as(original, code, tmp_path)
+    for axis in AXES:
+        shown = shown_slices(stored, axis)
+        assert np.array_equal(shown, shown_slices(original, axis)), (code, axis)
+        top_left, bottom_right = np.argwhere(shown == 200)[0], np.argwhere(shown == 100)[0]
+        assert tuple(top_left[1:]) == (0, 0), (code, axis)
+        assert tuple(bottom_right[1:]) == tuple(np.array(shown.shape[1:]) - 1), (code, axis)
+        assert top_left[0] == {"axial": shown.shape[0] - 1, "coronal": 0, "sagittal": 0}[axis]  # superior, anterior, right
+
+
+def test_dicom_order_is_shown_as_stored_and_a_ras_nifti_turned() -> None:
+    lps = marked_scan()
+    assert {axis: slice_display(lps, axis) for axis in AXES} == {
+        "axial": SliceDisplay(),
+        "coronal": SliceDisplay(flip_rows=True),  # rows run up the patient as stored: head up needs a flip
+        "sagittal": SliceDisplay(flip_rows=True),
+    }
+    ras = lps.with_array(lps.array[:, ::-1, ::-1])
+    ras = Volume(array=ras.array, direction=(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    assert slice_display(ras, "axial") == SliceDisplay(flip_rows=True, flip_columns=True)
+
+
+def test_a_real_ras_scan_looks_the_same_stored_as_dicom_orders(tmp_path: Path) -> None:
+    """The MNI152 template (a RAS NIfTI, 189 x 233 x 197) resaved as DICOM's LPS and as a sagittal
+    acquisition shows the same pixels in every view."""
+    brain, _ = mni152_brain()
+    assert orientation_code(brain) == "RAS"
+    for code in ("LPS", "PIR"):
+        stored = stored_as(brain, code, tmp_path)
+        for axis in AXES:
+            assert np.array_equal(shown_slices(stored, axis), shown_slices(brain, axis)), (code, axis)
+
+
+def test_the_overlay_montage_turns_its_tiles(tmp_path: Path) -> None:
+    """Coronal tiles of a RAS scan with a labelled block where the patient is superior, anterior and
+    rightmost: in each tile the label's outline sits in the top left corner."""
+    array = np.zeros((40, 50, 60), np.int16)
+    array[30:, :10, :12] = 200
+    stored = stored_as(Volume(array=array), "RAS", tmp_path)
+    slices = to_slices(stored.array, slicing_axis_index(stored, "coronal"))
+    labels = (slices == 200).astype(np.uint8)
+    path = save_overlay_montage((labels * 120).astype(np.uint8), labels, tmp_path / "montage.png", display=slice_display(stored, "coronal"))
+    montage = np.asarray(Image.open(path).convert("RGB"))
+    first_tile = montage[:40, :60]  # (Z, X) of a coronal slice, not enlarged
+    outline = np.argwhere((first_tile == LABEL_COLOURS[0]).all(axis=-1))
+    assert len(outline) > 20
+    assert outline[:, 0].max() < 10 and outline[:, 1].max() < 12
