@@ -19,7 +19,7 @@ from medsam2.cli import video as video_command
 from medsam2.cli.main import app
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image, save_mask
-from medsam2.io.masks import stored_array
+from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice
 
 runner = CliRunner()
@@ -304,3 +304,21 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
     assert_one_line_error(run("segment", frames, "-o", frames, *frame_box), "would replace the input")
     assert (tmp_path / "results" / "notes.txt").read_text() == "keep me" and len(list(frames.iterdir())) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "frames", "other_spacing.nii.gz", "results"]
+
+
+def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, lesion_case: Path, write_dicom_series) -> None:
+    """The DICOM-SEG round trip users make: segment a series to a SEG, then give that SEG back as a
+    mask prompt (its frames are the series' non-empty slices, mapped by their source instances)."""
+    volume = load_image(lesion_case)
+    write_dicom_series(volume, tmp_path / "series")
+    truth = stored_array(volume, "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    first = run("segment", tmp_path / "series", "-o", tmp_path / "seg.dcm", "--box", f"{key},{x1},{y1},{x2},{y2}")
+    assert first.exit_code == 0, first.output
+    second = run("segment", tmp_path / "series", "-o", tmp_path / "again.nii.gz", "--mask-prompt", tmp_path / "seg.dcm")
+    assert second.exit_code == 0, second.output
+    series = load_image(tmp_path / "series")
+    seg = load_mask(tmp_path / "seg.dcm", like=series).array > 0
+    again = load_image(tmp_path / "again.nii.gz").array > 0
+    assert dice(seg, truth) > 0.75 and dice(again, seg) > 0.85

@@ -188,9 +188,15 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
 
     seg = hd.seg.segread(save_mask(labels, series, tmp_path / "seg.dcm"))
     assert seg.SegmentationType == "BINARY"
-    # Read as an image its frames would be other slices than the series': refused as a mask input.
-    with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG, which medsam2 writes but cannot read back"):
+    # Its frames are the series' non-empty slices: read back against the series, it is the label map.
+    read_back = load_mask(tmp_path / "seg.dcm", like=series)
+    np.testing.assert_array_equal(read_back.array, labels)
+    assert (read_back.spacing, read_back.origin, read_back.direction) == (series.spacing, series.origin, series.direction)
+    with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG is read against the DICOM series it segments, and none is given"):
         load_mask(tmp_path / "seg.dcm")
+    write_dicom_series(ct_case, tmp_path / "other", seed=1)  # the same pixels, other instances
+    with pytest.raises(InputError, match="seg.dcm: this DICOM-SEG segments another series"):
+        load_mask(tmp_path / "seg.dcm", like=load_image(tmp_path / "other"))
     assert seg.segment_numbers == [1, 2]
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
     pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID for source in sources], combine_segments=True)

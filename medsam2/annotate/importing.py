@@ -146,7 +146,7 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
         imported_at=now,
     )
     if mask is not None:
-        labels = load_mask(mask)
+        labels = load_mask(mask, like=volume)
         check_same_geometry(volume, labels, f"{mask} vs {image}")
         if not labels.array.any():
             raise InputError(f"{mask}: the mask is empty")

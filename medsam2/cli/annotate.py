@@ -304,7 +304,7 @@ def correct_command(
     """
     check_views(output, overlay)
     work = work_session(project, case, annotator, device)
-    edited = load_mask(mask)
+    edited = load_mask(mask, like=work.model.volume)
     check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
     recorded = work.apply_edit(edited.array, slice_ or None)
     typer.echo(f"{case}: recorded {recorded} correction(s); {describe(work.model)}")
@@ -348,7 +348,7 @@ def accept_command(
     work = work_session(project, case, annotator, device)
     labels = None
     if mask is not None:
-        edited = load_mask(mask)
+        edited = load_mask(mask, like=work.model.volume)
         check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
         labels = edited.array
     row = work.accept(labels)

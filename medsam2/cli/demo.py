@@ -26,7 +26,7 @@ from medsam2.metrics import evaluate
 def reference_of(case: Path, volume: Volume, reference: Path | None) -> Volume | None:
     """The reference mask for a demo case: a given file, else the `gts` stored in an npz."""
     if reference is not None:
-        given = load_mask(reference)
+        given = load_mask(reference, like=volume)
         check_mask_fits(volume, given)
         return given
     stored = stored_array(volume, "gts")

@@ -91,7 +91,7 @@ def reference_prompt(
         prompt = Prompt(as_index(z, "--reference-box", "slice"), 1, box=(x1, y1, x2, y2))
         prompt.validate(*slices.shape[:3])
         return slices, prompt
-    prompts = {p.obj_id: p for p in prompts_from_mask(load_mask(mask_path), volume, axis_index)}
+    prompts = {p.obj_id: p for p in prompts_from_mask(load_mask(mask_path, like=volume), volume, axis_index)}
     if label is None and len(prompts) > 1:
         raise InputError(f"{mask_path}: holds labels {', '.join(map(str, sorted(prompts)))}; choose one with --label")
     if label is not None and label not in prompts:

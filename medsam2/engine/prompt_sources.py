@@ -95,7 +95,7 @@ def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> l
     _, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
     prompts = written_prompts(sources, height, width)
     if sources.mask_prompt is not None:
-        prompts += prompts_from_mask(load_mask(sources.mask_prompt), volume, axis_index)
+        prompts += prompts_from_mask(load_mask(sources.mask_prompt, like=volume), volume, axis_index)
     marker = stored_array(volume, "recist")
     if not prompts and marker is not None:
         slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))

@@ -12,7 +12,7 @@ import pydicom.misc
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from medsam2.errors import InputError
+from medsam2.errors import InputError, first_line
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.volume import Modality
 
@@ -81,6 +81,28 @@ def is_segmentation(path: Path) -> bool:
         return False
     dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
     return str(dataset.get("Modality", "")).strip().upper() == "SEG"
+
+
+def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
+    """The label map (Z, Y, X) a DICOM-SEG draws on `sources`, frame k over the k-th frame of the
+    sources as `write_segmentation` takes them; each segment's number is its label (overlaps: the
+    higher number). A SEG of another series, or one that cannot be read, is a one-line InputError."""
+    try:
+        segmentation = hd.seg.segread(path)
+    except Exception as error:  # highdicom raises many kinds for a damaged or foreign file
+        raise InputError(f"{path}: cannot read the DICOM-SEG ({first_line(error)})") from error
+    referenced = {uid for _, _, uid in segmentation.get_source_image_uids()}
+    ours = [str(source.SOPInstanceUID) for source in sources]
+    if not referenced & set(ours):
+        raise InputError(f"{path}: this DICOM-SEG segments another series than the image given with it")
+    overlapping = {"combine_segments": True, "skip_overlap_checks": True, "dtype": np.uint16}
+    try:
+        if len(sources) == 1 and int(sources[0].get("NumberOfFrames") or 1) > 1:
+            frames = range(1, int(sources[0].NumberOfFrames) + 1)
+            return segmentation.get_pixels_by_source_frame(ours[0], list(frames), **overlapping)
+        return segmentation.get_pixels_by_source_instance(ours, **overlapping)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise InputError(f"{path}: its frames do not map onto the image's ({first_line(error)})") from error
 
 
 def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: Path) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from medsam2.errors import InputError
-from medsam2.io.dicom import is_segmentation
-from medsam2.io.readers import PICTURE_SUFFIXES, file_suffix, load_image
+from medsam2.io.dicom import is_segmentation, read_segmentation
+from medsam2.io.readers import PICTURE_SUFFIXES, dicom_headers, file_suffix, load_image
 from medsam2.io.volume import Volume, check_same_geometry
 
 # npz keys holding a label map, in order of preference: our output, then ground truth.
@@ -42,17 +43,28 @@ def check_mask_fits(image: Volume, mask: Volume) -> None:
         raise InputError(f"{what}: shape (Z, Y, X) differs: {image.shape} vs {mask.shape}")
 
 
-def load_mask(path: Path | str) -> Volume:
-    """A label map from any image format; from an npz, its ``segs`` (else ``gts``) array."""
+def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
+    """A label map from any image format; from an npz, its ``segs`` (else ``gts``) array; from a
+    DICOM-SEG, the labels it draws on `like`, the DICOM series (or file) it segments, in `like`'s
+    geometry. Other formats carry their own geometry: `check_mask_fits` compares it with an image."""
     if is_segmentation(Path(path)):
-        # Its frames are the non-empty slices of a series it only references: read as an image, the
-        # slices would be others than the user drew on.
-        raise InputError(f"{path}: a DICOM-SEG, which medsam2 writes but cannot read back as a mask yet; give a NIfTI, NRRD, MHA or npz mask")
+        return _segmentation_on(Path(path), like)
     volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS)
     if volume.is_color:
         raise InputError(f"{path}: a colour image is not a label map")
     labels = as_label_map(volume.array, path)
     return volume if labels is volume.array else volume.with_array(labels)
+
+
+def _segmentation_on(path: Path, like: Volume | None) -> Volume:
+    # A SEG holds only the non-empty frames of a series it references: its slices are known only
+    # through that series.
+    if like is None or "dicom_files" not in like.meta:
+        raise InputError(f"{path}: a DICOM-SEG is read against the DICOM series it segments, and none is given with it here")
+    labels = read_segmentation(path, dicom_headers(like, "to read the DICOM-SEG on"))
+    if labels.shape != like.shape:
+        raise InputError(f"{path}: shape (Z, Y, X) {labels.shape} differs from the image's {like.shape}")
+    return replace(like.with_array(labels), source=path, meta={})
 
 
 def as_label_map(array: np.ndarray, source: Path | str) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import get_args
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
@@ -193,6 +194,15 @@ def _read_dicom_file(path: Path) -> Volume:
 def _read_dicom_folder(path: Path) -> Volume:
     image, files = dicom.read_largest_series(path)
     return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})
+
+
+def dicom_headers(volume: Volume, purpose: str) -> list[pydicom.Dataset]:
+    """The headers of the DICOM files `volume` was read from, in slice order (for a DICOM-SEG
+    written on them or read against them: `purpose`); a one-line error if they cannot be re-read."""
+    try:
+        return [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.meta["dicom_files"]]
+    except (OSError, InvalidDicomError) as error:
+        raise InputError(f"{volume.source}: cannot re-read its DICOM files {purpose} ({library_reason(error)})") from error
 
 
 def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
-from medsam2.io.readers import SITK_SUFFIXES, file_suffix, library_reason
+from medsam2.io.readers import SITK_SUFFIXES, dicom_headers, file_suffix, library_reason
 from medsam2.io.volume import Volume
 
 sitk = lazy_module("SimpleITK")
@@ -151,11 +149,7 @@ def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
 
 
 def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
-    try:
-        sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in like.meta["dicom_files"]]
-    except (OSError, InvalidDicomError) as error:
-        reason = library_reason(error)
-        raise InputError(f"{like.source}: cannot re-read its DICOM files for the DICOM-SEG ({reason})") from error
+    sources = dicom_headers(like, "for the DICOM-SEG")
     try:
         dicom.write_segmentation(labels, sources, target)
     except (ValueError, AttributeError, KeyError) as error:

@@ -145,7 +145,7 @@ def load_case(files: CaseFiles, config: DataConfig, context: int | None) -> Case
         if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
             raise InputError(f"{files.image}: '{files.npz_key}' is not a label map (dtype {labels.dtype})")
     else:
-        mask = load_mask(files.mask)
+        mask = load_mask(files.mask, like=volume)
         check_same_geometry(volume, mask, f"mask {files.mask} vs image {files.image}")
         labels = mask.array
     slices, axis_index = prepare_slices(volume, config.axis, config.window)
