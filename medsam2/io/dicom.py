@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -35,19 +36,33 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     # Checked first because GDCM only prints a warning when it finds nothing.
     if not any(is_dicom_file(entry) for entry in folder.iterdir()):
         raise InputError(f"{folder}: no DICOM files in this folder")
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(f"{folder}: no DICOM image series in this folder")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids),
-        key=len,
-    )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    image = reader.Execute()
+    # ITK's own warnings (no series found, uneven sampling) would print, in its format, beside the
+    # one-line errors below that say the same.
+    with _itk_warnings_off():
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not series_ids:
+            raise InputError(f"{folder}: no DICOM image series in this folder")
+        files = max(
+            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids),
+            key=len,
+        )
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        image = reader.Execute()
     _check_even_slice_spacing(reader, image, folder)
     return image, list(files)
+
+
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """ITK's warning display (a process-wide switch) off for the block, then as it was."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
