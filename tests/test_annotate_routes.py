@@ -94,7 +94,7 @@ def test_slices_are_shown_turned_and_prompted_in_their_own_pixels(tmp_path: Path
     project.close()
     with client_for(tmp_path / "project") as client:
         case = client.post("/api/annotate/queue", json={"annotator": "alice"}).json()
-        assert case["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True}
+        assert case["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True} and case["slice_shape"] == [64, 64]
         png = client.get("/api/annotate/cases/block/slices/1.png", params={"annotator": "alice"})
         shown = np.asarray(Image.open(io.BytesIO(png.content)).convert("L")).astype(float)
         assert shown[:16, :16].mean() > 200 > 100 > shown[16:, 16:].mean()

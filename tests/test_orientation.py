@@ -15,7 +15,7 @@ from PIL import Image
 from medsam2.io import load_image, slicing_axis_index, to_slices
 from medsam2.io.overlay import LABEL_COLOURS, save_overlay_montage
 from medsam2.io.samples import mni152_brain
-from medsam2.io.volume import SliceDisplay, Volume, orient_for_display, orientation_code, slice_display
+from medsam2.io.volume import SliceDisplay, Volume, orient_for_display, orientation_code, slice_display, slice_pixel_spacing
 
 AXES = ("axial", "coronal", "sagittal")
 # Storage orders as ITK names them (where each index axis x, y, z increases towards): DICOM's,
@@ -108,3 +108,18 @@ def test_the_overlay_montage_turns_its_tiles(tmp_path: Path) -> None:
     outline = np.argwhere((first_tile == LABEL_COLOURS[0]).all(axis=-1))
     assert len(outline) > 20
     assert outline[:, 0].max() < 10 and outline[:, 1].max() < 12
+
+
+def test_montage_tiles_are_in_square_millimetres(tmp_path: Path) -> None:
+    """A coronal slice of 5 mm sections is shown five times taller than its 8 rows of pixels."""
+    scan = Volume(array=np.full((8, 20, 30), 100, np.uint8), spacing=(1.0, 1.0, 5.0))
+    axis_index = slicing_axis_index(scan, "coronal")
+    slices = to_slices(scan.array, axis_index)
+    labels = np.zeros(slices.shape, np.uint8)
+    labels[10, 2:6, 5:25] = 1
+    path = save_overlay_montage(
+        slices, labels, tmp_path / "montage.png", display=slice_display(scan, "coronal"), pixel_spacing=slice_pixel_spacing(scan, axis_index)
+    )
+    assert slice_pixel_spacing(scan, axis_index) == (1.0, 5.0)
+    grey = np.argwhere((np.asarray(Image.open(path).convert("RGB")) == 100).all(axis=-1))
+    assert grey[:, 0].max() + 1 == 40 and grey[:, 1].max() + 1 == 30  # 8 rows x 5 mm, 30 columns x 1 mm

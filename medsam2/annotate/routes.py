@@ -18,10 +18,8 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
-from PIL import Image
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import defer
@@ -33,8 +31,8 @@ from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
 from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID
 from medsam2.errors import InputError
-from medsam2.io.overlay import overlay_slice
-from medsam2.io.volume import SliceDisplay, orient_for_display
+from medsam2.io.overlay import as_shown, overlay_slice
+from medsam2.io.volume import SliceDisplay, slice_pixel_spacing
 
 PANEL_SCRIPT = Path(__file__).parent / "static" / "panel.js"
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
@@ -82,8 +80,10 @@ class CaseOut(BaseModel):
     model_version: str | None
     masked_slices: list[int] = Field(default_factory=list, description="Slices the current mask covers (open work only).")
     interactions: int | None = Field(None, description="Prompts and corrections in force (open work only; the history lists all).")
+    slice_shape: list[int] | None = Field(None, description="Rows and columns of a slice in its own pixels, those of prompts (open work only).")
     display: SliceDisplay | None = Field(
-        None, description="How the slice PNGs are turned from the slice's own pixels, in which prompts are given (open work only)."
+        None,
+        description="How the slice PNGs are turned from the slice's own pixels (they are also stretched to square millimetres; open work only).",
     )
 
 
@@ -139,6 +139,7 @@ class AnnotationService:
             out.slices = labels.shape[0]
             out.masked_slices = [int(i) for i in covered_slices(labels)]
             out.interactions = len(work.model.active)
+            out.slice_shape = list(labels.shape[1:])
             out.display = work.model.display
         return out
 
@@ -210,7 +211,8 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
                 raise InputError(f"slice {index} out of range 0..{work.model.slices.shape[0] - 1}")
             tile = overlay_slice(work.model.slices[index], work.model.slice_labels()[index])
         buffer = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(orient_for_display(np.asarray(tile), work.model.display))).save(buffer, format="PNG", compress_level=1)
+        shown = as_shown(tile, work.model.display, slice_pixel_spacing(work.model.volume, work.model.axis_index))
+        shown.save(buffer, format="PNG", compress_level=1)
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @router.post("/api/annotate/cases/{name}/prompts", response_model=CaseOut, summary="A box and/or clicks; re-propagates")

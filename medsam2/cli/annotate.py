@@ -40,6 +40,7 @@ from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, save_mask
 from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
+from medsam2.io.volume import slice_pixel_spacing
 from medsam2.io.writers import check_mask_output
 
 app = typer.Typer(
@@ -90,7 +91,13 @@ def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> N
         save_mask(model.labels(), like=model.volume, path=output)
         typer.echo(f"wrote {output}")
     if overlay is not None:
-        save_overlay_montage(model.slices, model.slice_labels(), overlay, display=model.display)
+        save_overlay_montage(
+            model.slices,
+            model.slice_labels(),
+            overlay,
+            display=model.display,
+            pixel_spacing=slice_pixel_spacing(model.volume, model.axis_index),
+        )
         typer.echo(f"wrote {overlay}")
 
 

@@ -19,7 +19,7 @@ from medsam2.io.masks import check_mask_fits, load_mask, stored_array
 from medsam2.io.overlay import save_overlay_montage
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
-from medsam2.io.volume import Volume, slice_display, slicing_axis_index, to_slices
+from medsam2.io.volume import Volume, slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
 from medsam2.metrics import evaluate
 
 
@@ -81,6 +81,7 @@ def demo(
         out / f"{name}_overlay.png",
         boxes=prompt_boxes(result),
         display=slice_display(volume, "axial"),
+        pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
     )
     typer.echo(f"wrote {mask_path} and {overlay_path}")
     if truth is not None:

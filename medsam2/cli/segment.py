@@ -20,7 +20,7 @@ from medsam2.io.atomic import check_output_paths
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
-from medsam2.io.volume import slice_display, slicing_axis_index, to_slices
+from medsam2.io.volume import slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
 
 
 # Shared by the commands that load a model (one definition, one help text).
@@ -117,5 +117,6 @@ def segment(
             overlay,
             boxes=prompt_boxes(result),
             display=slice_display(volume, axis),  # type: ignore[arg-type]
+            pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
         )
         typer.echo(f"wrote {overlay}")

@@ -97,6 +97,13 @@ def slicing_axis_index(volume: Volume, axis: SliceAxis) -> int:
     return 2 - index_axis_xyz
 
 
+def slice_pixel_spacing(volume: Volume, axis_index: int) -> tuple[float, float]:
+    """(mm between columns, mm between rows) of the slices along array axis `axis_index`."""
+    spacing_zyx = volume.spacing[::-1]
+    rows_axis, columns_axis = (a for a in range(3) if a != axis_index)
+    return float(spacing_zyx[columns_axis]), float(spacing_zyx[rows_axis])
+
+
 def to_slices(array: np.ndarray, axis_index: int) -> np.ndarray:
     """View of a (Z, Y, X[, C]) array with the slicing axis first (a view, no copy)."""
     return np.moveaxis(array, axis_index, 0)

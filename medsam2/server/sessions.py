@@ -26,7 +26,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
-from medsam2.io.volume import slice_display
+from medsam2.io.volume import slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
 from medsam2.io.video_writers import mask_sequence_writer
@@ -123,8 +123,6 @@ class ViewerSession:
     # -- what a client sees ----------------------------------------------------------------------
 
     def _describe(self) -> dict:
-        spacing_zyx = self.volume.spacing[::-1]
-        rows_axis, columns_axis = (axis for axis in range(3) if axis != self.axis_index)
         is_hounsfield = self.mapping.modality == "CT" and self.mapping.kind == "window"
         array = self.volume.array
         return {
@@ -135,8 +133,8 @@ class ViewerSession:
             "shape": list(self.slices.shape[:3]),
             "axis": self.axis,
             "color": self.volume.is_color,
-            "pixel_spacing": [float(spacing_zyx[columns_axis]), float(spacing_zyx[rows_axis])],
-            "slice_spacing": float(spacing_zyx[self.axis_index]),
+            "pixel_spacing": list(slice_pixel_spacing(self.volume, self.axis_index)),
+            "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
             "display": asdict(slice_display(self.volume, self.axis)),
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},

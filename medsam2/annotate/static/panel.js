@@ -4,7 +4,7 @@
 // stays hidden when the server has no project (GET /api/annotate/status answers {"project": null}).
 
 import { api } from "/static/api.js";
-import { shownToSlice } from "/static/display.js";
+import { shownSize, shownToSlice } from "/static/display.js";
 
 const API = "/api/annotate";
 
@@ -83,6 +83,11 @@ async function start() {
   };
 
   function draw() {
+    if (current.image.complete && current.image.naturalWidth) {
+      // The canvas takes the picture's proportions (square millimetres, as the server draws it).
+      const height = Math.round((ui.canvas.width * current.image.naturalHeight) / current.image.naturalWidth);
+      if (ui.canvas.height !== height) ui.canvas.height = height;
+    }
     const context = ui.canvas.getContext("2d");
     context.clearRect(0, 0, ui.canvas.width, ui.canvas.height);
     if (current.image.complete && current.image.naturalWidth) {
@@ -149,11 +154,11 @@ async function start() {
     const drag = current.drag;
     current.drag = null;
     if (!drag || Math.abs(drag.x1 - drag.x0) < 3 || Math.abs(drag.y1 - drag.y0) < 3) return draw();
-    // The PNG is the slice turned for the screen (the case's `display`); prompts are in the slice's own pixels.
-    const { display } = current.case;
-    const [shownColumns, shownRows] = [current.image.naturalWidth, current.image.naturalHeight];
-    const [rows, columns] = display.transpose ? [shownColumns, shownRows] : [shownRows, shownColumns];
-    const toSlice = (x, y) => shownToSlice(display, rows, columns, (x * shownColumns) / ui.canvas.width, (y * shownRows) / ui.canvas.height);
+    // The PNG is the slice turned for the screen (the case's `display`) and stretched to square
+    // millimetres; prompts are in the slice's own pixels.
+    const { display, slice_shape: [rows, columns] } = current.case;
+    const shown = shownSize(display, rows, columns);
+    const toSlice = (x, y) => shownToSlice(display, rows, columns, (x * shown.columns) / ui.canvas.width, (y * shown.rows) / ui.canvas.height);
     const [ax, ay] = toSlice(drag.x0, drag.y0);
     const [bx, by] = toSlice(drag.x1, drag.y1);
     const box = [Math.min(ax, bx), Math.min(ay, by), Math.max(ax, bx), Math.max(ay, by)];
