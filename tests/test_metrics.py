@@ -332,6 +332,17 @@ def test_eval_scores_every_label_in_every_case(tmp_path: Path) -> None:
     assert (rows["c", "1"]["gt_voxels"], rows["c", "2"]["gt_voxels"]) == ("50", "0")
 
 
+def test_eval_warns_when_prediction_and_truth_share_no_label(tmp_path: Path) -> None:
+    """A 0/255 picture-style prediction against a 0/1 label map: scored by value as two labels,
+    each a complete miss, and said so."""
+    truth = write_mask(tmp_path / "gt.nii.gz", cube(1))
+    white = write_mask(tmp_path / "pred.nii.gz", cube(255))
+    result = run_eval(white, truth)
+    assert result.exit_code == 0, result.output
+    assert "warning: the predictions hold label(s) 255 and the ground truths 1, never the same" in result.stdout
+    assert "warning" not in run_eval(truth, truth).stdout
+
+
 def test_eval_of_two_empty_masks_is_a_perfect_score(tmp_path: Path) -> None:
     empty = write_mask(tmp_path / "empty.nii.gz", np.zeros(EVAL_SHAPE))
     result = run_eval(empty, empty, "--json", tmp_path / "s.json")

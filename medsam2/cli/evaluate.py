@@ -116,6 +116,21 @@ def pairing_notes(missing: list[str], ignored: list[str]) -> list[str]:
     return notes
 
 
+def label_note(rows: list[dict]) -> list[str]:
+    """A warning where no label is held by both a prediction and a ground truth: masks written with
+    other values for the same object (0/255 pictures against 0/1 label maps, say) are scored as
+    different labels, each a complete miss."""
+    predicted = {row["label"] for row in rows if row["pred_voxels"]}
+    truth = {row["label"] for row in rows if row["gt_voxels"]}
+    if not predicted or not truth or predicted & truth:
+        return []
+    listed = ", ".join(map(str, sorted(predicted))), ", ".join(map(str, sorted(truth)))
+    return [
+        f"warning: the predictions hold label(s) {listed[0]} and the ground truths {listed[1]}, never the same: "
+        "labels are compared by value (is one side 0/255 and the other 0/1?)"
+    ]
+
+
 def print_tables(rows: list[dict], summary: list[dict], console: Console) -> None:
     table = Table(title="Per case")
     for column in ("case", "label", "DSC", "NSD", "HD95 (mm)"):
@@ -202,7 +217,7 @@ def eval_command(
     missing = [case.name for case in cases if case.missing_prediction]
     console = Console()
     print_tables(rows, summary, console)
-    for note in pairing_notes(missing, ignored):
+    for note in pairing_notes(missing, ignored) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
     if json_out:
         report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
