@@ -63,8 +63,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-PROJECT_ARGUMENT = typer.Argument(..., help="The project folder (made by `medsam2 annotate init`).")
-CASE_ARGUMENT = typer.Argument(..., help="The case's name (see `medsam2 annotate status`).")
+PROJECT_ARGUMENT = typer.Argument(..., metavar="PROJECT", help="The project folder (made by `medsam2 annotate init`).")
+CASE_ARGUMENT = typer.Argument(..., metavar="CASE", help="The case's name (see `medsam2 annotate status`).")
 ANNOTATOR_OPTION = typer.Option(
     None, "--annotator", "-a", envvar="MEDSAM2_ANNOTATOR", help="Who is working. Default: $MEDSAM2_ANNOTATOR, else your user name."
 )
@@ -117,7 +117,7 @@ def work_session(project: Path, case: str, annotator: str | None, device: str) -
 @app.command("init")
 @reports_input_errors
 def init_command(
-    project: Path = typer.Argument(..., help="Folder for the project (created; must not hold one yet)."),
+    project: Path = typer.Argument(..., metavar="PROJECT", help="Folder for the project (created; must not hold one yet)."),
     db: str = typer.Option(DEFAULT_DB, "--db", help="SQLite file (relative to PROJECT) or URL: sqlite:///FILE, postgresql://USER@HOST[:PORT]/DB (password via PGPASSWORD or ~/.pgpass)."),
     name: str | None = typer.Option(None, "--name", help="Project name in the database. Default: the folder's name."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model of round 1: lite-medsam (embedded), a preset or a checkpoint path."),
@@ -149,7 +149,7 @@ def init_command(
 @reports_input_errors
 def import_command(
     project: Path = PROJECT_ARGUMENT,
-    paths: list[Path] = typer.Argument(..., help="Image files, DICOM series folders, or folders holding them."),
+    paths: list[Path] = typer.Argument(..., metavar="PATHS", help="Image files, DICOM series folders, or folders holding them."),
     masks: Path | None = typer.Option(None, "--masks", help="Masks to review: a file (one image) or a folder of files named like the images."),
     box: list[str] = typer.Option([], "--box", help="Hint Z,X1,Y1,X2,Y2[,ID] to pre-segment from (one image only)."),
     point: list[str] = typer.Option([], "--point", help="Hint click Z,X,Y[,LABEL[,ID]] (one image only)."),
@@ -467,7 +467,7 @@ def fmt(value: float | None, pattern: str) -> str:
 @reports_input_errors
 def export_command(
     project: Path = PROJECT_ARGUMENT,
-    out: Path = typer.Argument(..., help="Folder for the training set (must not exist, be empty, or --overwrite)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the training set (must not exist, be empty, or --overwrite)."),
     layout: str = typer.Option("nifti", "--format", help=f"{' or '.join(EXPORT_FORMATS)}: images/ + masks/ NIfTI, or MedSAM npz (imgs + gts) per case."),
     round_: list[int] = typer.Option([], "--round", help="Only cases of these rounds (repeat). Default: all."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT."),

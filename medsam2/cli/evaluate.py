@@ -176,8 +176,8 @@ def json_safe(value):
 
 @reports_input_errors
 def eval_command(
-    pred: Path = typer.Argument(..., help="Predicted mask file, or a folder of them."),
-    gt: Path = typer.Argument(..., help="Ground-truth mask file, or a folder matched to PRED by file name."),
+    pred: Path = typer.Argument(..., metavar="PRED", help="Predicted mask file, or a folder of them."),
+    gt: Path = typer.Argument(..., metavar="GT", help="Ground-truth mask file, or a folder matched to PRED by file name."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0, help="NSD tolerance in mm."),
     json_out: Path | None = typer.Option(
         None, "--json", help="Also write per-case scores and the summary as JSON (null where a value is inf or nan)."

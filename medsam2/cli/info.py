@@ -67,7 +67,7 @@ def describe_video(video: Video) -> dict:
 
 @reports_input_errors
 def info(
-    image: Path = typer.Argument(..., help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what IMAGE is: shape, spacing, orientation, intensities, modality guess, labels; for a

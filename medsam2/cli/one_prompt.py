@@ -101,7 +101,7 @@ def reference_prompt(
 
 @reports_input_errors
 def one_prompt(
-    targets: list[Path] = typer.Argument(..., help="Images to segment: files, folders of image files, or DICOM series folders. Every slice of a 3D image is a target of its own."),
+    targets: list[Path] = typer.Argument(..., metavar="TARGETS", help="Images to segment: files, folders of image files, or DICOM series folders. Every slice of a 3D image is a target of its own."),
     reference: Path = typer.Option(..., "--reference", help="The annotated example image (any format `medsam2 info` reads)."),
     reference_mask: Path | None = typer.Option(None, "--reference-mask", help="Mask of the structure on the reference, in its geometry; the slice where it is largest is used. An npz's gts array works."),
     reference_box: str | None = typer.Option(None, "--reference-box", help="Box Z,X1,Y1,X2,Y2 around the structure on reference slice Z, instead of a mask (the model segments inside it first)."),

@@ -61,7 +61,7 @@ def with_overrides(config, **sections: dict):
 
 @reports_input_errors
 def train_command(
-    config_file: Path | None = typer.Argument(None, metavar="[CONFIG]", help="YAML config (see --example-config); flags override its values."),
+    config_file: Path | None = typer.Argument(None, metavar="CONFIG", help="YAML config (see --example-config); flags override its values."),
     data: list[Path] = typer.Option([], "--data", help="Training data: a training-set manifest (annotate export) or its folder, an npz file, or a folder of MedSAM npz. Repeatable; replaces the config's sources."),
     images: Path | None = typer.Option(None, "--images", help="Folder of images (any format medsam2 reads; DICOM series as sub-folders)..."),
     masks: Path | None = typer.Option(None, "--masks", help="...and the folder of their label maps, matched by file name (CASE_0000 images match CASE masks)."),
