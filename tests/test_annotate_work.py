@@ -31,7 +31,7 @@ from medsam2.annotate.simulate import (
 )
 from medsam2.annotate.store import load_stored_mask
 from medsam2.cli.main import app
-from medsam2.io import check_same_geometry, load_image, save_mask
+from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import read_manifest
 from medsam2.metrics import dice
@@ -178,10 +178,17 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert not np.array_equal(after[0], before[0]) and np.array_equal(after[1:], before[1:])
     assert dice(after[0], truth[0]) > dice(before[0], truth[0])
     assert_one_line_error(run("prompt", project, "disc", "--box", box, "-a", "bob"), "leased to alice")
-    # Objects are the project's declared labels: anything else is refused and nothing recorded.
-    assert_one_line_error(run("prompt", project, "disc", "--box", f"{box},2", "-a", "alice"), "label 2 is not one of the project's labels (1=lesion)")
+    # Objects are the project's declared labels: anything else is refused and nothing recorded,
+    # before the case is rebuilt (no replay's progress bar).
+    wrong_object = run("prompt", project, "disc", "--box", f"{box},2", "-a", "alice")
+    assert_one_line_error(wrong_object, "label 2 is not one of the project's labels (1=lesion)")
     save_mask(np.where(after > 0, 7, 0), load_image(scan), tmp_path / "label7.nii.gz")
-    assert_one_line_error(run("correct", project, "disc", "-a", "alice", "--mask", tmp_path / "label7.nii.gz"), "label 7 is not one of")
+    wrong_label = run("correct", project, "disc", "-a", "alice", "--mask", tmp_path / "label7.nii.gz")
+    assert_one_line_error(wrong_label, "label 7 is not one of")
+    save_mask(after[:2], Volume(array=after[:2]), tmp_path / "short.nii.gz")
+    wrong_shape = run("accept", project, "disc", "-a", "alice", "--mask", tmp_path / "short.nii.gz")
+    assert_one_line_error(wrong_shape, "shape (Z, Y, X) differs")
+    assert not any("propagating" in result.stderr for result in (wrong_object, wrong_label, wrong_shape))
     undone = run("undo", project, "disc", "-a", "alice", "-o", tmp_path / "undone.nii.gz", "--overlay", tmp_path / "undone.png")
     assert undone.exit_code == 0 and "undid a prompt on slice 0" in undone.output, undone.output
     assert np.array_equal(load_mask(tmp_path / "undone.nii.gz").array, before)

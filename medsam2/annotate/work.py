@@ -42,7 +42,7 @@ from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import Session
 from medsam2.errors import InputError
-from medsam2.io import from_slices, load_image, to_slices
+from medsam2.io import Volume, from_slices, load_image, to_slices
 from medsam2.io.volume import slice_display
 from medsam2.metrics import dice
 
@@ -91,12 +91,14 @@ class CaseModel:
     """A case's image, engine session and slice overrides, rebuilt from its record (no lease
     needed: it only computes). Coordinates are those of the project's slicing axis."""
 
-    def __init__(self, project: Project, snapshot: CaseSnapshot, predictors: Predictors, progress: bool = False):
+    def __init__(
+        self, project: Project, snapshot: CaseSnapshot, predictors: Predictors, progress: bool = False, volume: Volume | None = None
+    ):
         self.project = project
         self.case = snapshot.case
         self.round = snapshot.round
         self.progress = progress
-        self.volume = load_image(self.case.image)
+        self.volume = load_image(self.case.image) if volume is None else volume  # given: already read
         if list(self.volume.shape) != list(self.case.shape):
             raise InputError(f"{self.case.image}: the image has changed since it was imported (shape {self.volume.shape}, was {tuple(self.case.shape)})")
         self.slices, self.axis_index = prepare_slices(self.volume, project.settings.axis, project.settings.window)
@@ -196,13 +198,17 @@ class WorkSession:
     and renews the lease before it is recorded. A session whose lease was lost refuses further
     actions (open a new one after `lease_next`)."""
 
-    def __init__(self, project: Project, name: str, annotator: str, predictors: Predictors, progress: bool = False):
+    def __init__(
+        self, project: Project, name: str, annotator: str, predictors: Predictors, progress: bool = False, volume: Volume | None = None
+    ):
+        """`volume`: the case's image when the caller has read it already (to check its input
+        before the case is rebuilt, which takes seconds to minutes)."""
         self.project = project
         self.annotator = check_name(annotator, "annotator")
         with project.transaction() as session:
             case = renew(session, project, name, annotator)
             snapshot = read_snapshot(project, session, case)
-        self.model = CaseModel(project, snapshot, predictors, progress)
+        self.model = CaseModel(project, snapshot, predictors, progress, volume)
         self.seen = snapshot.last_event
         self.lost: str | None = None
         if self.case.preseg_mask is None and self.model.hints and not self.model.active:

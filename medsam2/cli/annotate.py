@@ -31,13 +31,13 @@ from medsam2.annotate import (
     release,
     write_report,
 )
-from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL
+from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import reports_input_errors
 from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
-from medsam2.io import check_same_geometry, save_mask
+from medsam2.io import Volume, check_same_geometry, load_image, save_mask, slicing_axis_index, to_slices
 from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.volume import slice_pixel_spacing
@@ -110,8 +110,28 @@ def describe(model: CaseModel) -> str:
     return "; ".join(parts) or "empty mask"
 
 
-def work_session(project: Path, case: str, annotator: str | None, device: str) -> WorkSession:
-    return WorkSession(open_project(project), case, annotator_name(annotator), Predictors(device), progress=True)
+def work_session(project: Path | Project, case: str, annotator: str | None, device: str, image: Volume | None = None) -> WorkSession:
+    opened = project if isinstance(project, Project) else open_project(project)
+    return WorkSession(opened, case, annotator_name(annotator), Predictors(device), progress=True, volume=image)
+
+
+def case_image(project: Project, case: str) -> Volume:
+    """The image of `case`, read to check an action's input before the case is rebuilt (seconds to
+    minutes: every recorded prompt is replayed)."""
+    with project.transaction() as session:
+        path = project.case(session, case).image
+    return load_image(path)
+
+
+def edited_mask(project: Project, image: Volume, mask: Path) -> np.ndarray:
+    """`mask` (a case's mask edited in another tool) as a label map, checked against the case's
+    `image` and the project's labels."""
+    edited = load_mask(mask, like=image)
+    check_same_geometry(image, edited, f"{mask} vs {image.source}")
+    for value in np.unique(edited.array):
+        if value:
+            project.settings.check_label(int(value), str(mask))
+    return edited.array
 
 
 @app.command("init")
@@ -280,11 +300,15 @@ def prompt_command(
     Example: medsam2 annotate prompt lesions/ CT_Lesion_000002 --box 6,246,273,276,322 -o current.nii.gz
     """
     check_views(output, overlay)
-    work = work_session(project, case, annotator, device)
-    height, width = work.model.slice_hw
+    opened = open_project(project)
+    image = case_image(opened, case)
+    _, height, width = to_slices(np.empty(image.shape, np.uint8), slicing_axis_index(image, opened.settings.axis)).shape
     prompts = prompts_from_flags(box, point, recist, height, width)
     if not prompts:
         raise InputError("give at least one --box, --point or --recist")
+    for prompt in prompts:
+        opened.settings.check_label(prompt.obj_id, f"prompt on slice {prompt.slice_index}")
+    work = work_session(opened, case, annotator, device, image)
     for prompt in prompts:
         work.add_prompt(prompt.slice_index, prompt.obj_id, box=prompt.box, points=list(prompt.points), labels=list(prompt.labels))
     typer.echo(f"{case}: recorded {len(prompts)} prompt(s); {describe(work.model)}")
@@ -310,10 +334,11 @@ def correct_command(
     Example: medsam2 annotate correct lesions/ CT_Lesion_000002 --mask edited.nii.gz --slice 7
     """
     check_views(output, overlay)
-    work = work_session(project, case, annotator, device)
-    edited = load_mask(mask, like=work.model.volume)
-    check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
-    recorded = work.apply_edit(edited.array, slice_ or None)
+    opened = open_project(project)
+    image = case_image(opened, case)
+    edited = edited_mask(opened, image, mask)
+    work = work_session(opened, case, annotator, device, image)
+    recorded = work.apply_edit(edited, slice_ or None)
     typer.echo(f"{case}: recorded {recorded} correction(s); {describe(work.model)}")
     show_views(work.model, output, overlay)
 
@@ -352,13 +377,12 @@ def accept_command(
 
     Example: medsam2 annotate accept lesions/ CT_Lesion_000002
     """
-    work = work_session(project, case, annotator, device)
-    labels = None
+    opened = open_project(project)
+    image = labels = None
     if mask is not None:
-        edited = load_mask(mask, like=work.model.volume)
-        check_same_geometry(work.model.volume, edited, f"{mask} vs {work.case.image}")
-        labels = edited.array
-    row = work.accept(labels)
+        image = case_image(opened, case)
+        labels = edited_mask(opened, image, mask)
+    row = work_session(opened, case, annotator, device, image).accept(labels)
     dice_text = f", Dice vs pre-segmentation {row.initial_dice:.3f}" if row.initial_dice is not None else ""
     typer.echo(f"{case}: accepted ({row.mask_slices} slices{dice_text}); mask {row.mask}")
 
