@@ -313,6 +313,8 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     info = session_info(page)
     assert info["axis"] == "coronal" and info["shape"] == [30, 40, 56]
     assert info["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True}
+    edges = [page.inner_text(f"#edge-{edge}") for edge in ("left", "right", "top", "bottom")]
+    assert edges == ["R", "L", "S", "I"]  # the patient's side at each edge of the view
 
     # Where the slice lies on the screen, and where the bright block is drawn within it.
     corners = [page.evaluate(f"medsam2Viewer.imageToClient({x}, {y})") for x, y in ((-0.5, -0.5), (55.5, 39.5))]

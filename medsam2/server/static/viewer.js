@@ -570,6 +570,7 @@ async function openCase() {
   state.overlays.clear();
   state.images.clear();
   applySession(info);
+  showEdgeLetters(info);
   fillWindowPresets();
   setWindow(null, "");
   fillMaskFormats();
@@ -583,6 +584,21 @@ async function openCase() {
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
   status(`${what} ${next}`);
+}
+
+// The patient's side at the left, right, top and bottom of the view, slices being shown as
+// radiologists look at them (the session's `display`). Videos and pictures have no patient frame.
+const EDGE_LETTERS = {
+  axial: ["R", "L", "A", "P"],
+  coronal: ["R", "L", "S", "I"],
+  sagittal: ["A", "P", "S", "I"],
+};
+
+function showEdgeLetters(info) {
+  const letters = info.kind === "volume" ? EDGE_LETTERS[info.axis] : ["", "", "", ""];
+  ["left", "right", "top", "bottom"].forEach((edge, index) => {
+    $(`edge-${edge}`).textContent = letters[index];
+  });
 }
 
 // A case's key slice (where its lesion is largest) is an axial one; other views open in the middle.
