@@ -490,3 +490,44 @@ def test_the_annotation_panel_undoes_releases_and_rejects(annotation_server_url:
     assert page.evaluate("fetch('/api/annotate/queue', {method: 'POST', headers: {'Content-Type': 'application/json'}, "
                          "body: JSON.stringify({annotator: 'carol'})}).then((r) => r.status)") == 204  # nothing left
     assert problems == []
+
+
+def test_the_annotation_panel_shows_a_ras_scan_turned_in_square_millimetres(tmp_path: Path, browser: Browser) -> None:
+    """A RAS NIfTI of 2 mm rows and 1 mm columns, with a bright block where the patient is anterior
+    and rightmost: the panel shows it top left (anterior up, his right on the left) in a picture
+    twice as tall as its pixel rows, and a box dragged around it on the screen is recorded in the
+    slice's own pixels, where the block is stored bottom right."""
+    lps = np.full((3, 30, 40), 40, np.int16)
+    lps[:, :10, :12] = 230  # anterior (first rows), rightmost (first columns) in LPS
+    image = sitk.GetImageFromArray(lps)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    sitk.WriteImage(sitk.DICOMOrient(image, "RAS"), str(tmp_path / "block.nii.gz"))
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "block.nii.gz"], progress=False)
+    project.close()
+    with serving(ServerSettings(), tmp_path / "project") as url:
+        page, problems = start_page(browser, url, f"document.querySelector('#annotate-counts') && {IDLE}")
+        page.fill("#annotate-annotator", "alice")
+        page.click("#annotate-next")
+        page.wait_for_function(f"document.querySelector('#annotate-case').textContent.startsWith('block: in review') && {IDLE}")
+        page.wait_for_function("document.querySelector('#annotate-view').height !== 256")
+        canvas = page.locator("#annotate-view").bounding_box()
+        assert canvas["height"] / canvas["width"] == pytest.approx(60 / 40, abs=0.02)  # 30 rows of 2 mm, 40 columns of 1 mm
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=canvas))).convert("L"))
+        rows, columns = np.nonzero(shot > 200)
+        assert rows.max() < 0.4 * shot.shape[0] and columns.max() < 0.4 * shot.shape[1]  # 10 of 30 rows, 12 of 40 columns
+        page.mouse.move(canvas["x"] + columns.min() + 2, canvas["y"] + rows.min() + 2)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + columns.max() - 2, canvas["y"] + rows.max() - 2, steps=5)
+        page.mouse.up()
+        wait_message(page, "prompt recorded")
+        opened = open_project(tmp_path / "project")
+        try:
+            with opened.transaction() as session:
+                (prompt,) = session.scalars(select(InteractionRow).where(InteractionRow.kind == "prompt"))
+                x1, y1, x2, y2 = prompt.data["box"]
+        finally:
+            opened.close()
+        # stored: rows 20..29 (anterior, as RAS rows run forwards), columns 28..39 (rightmost)
+        assert (x1, y1, x2, y2) == (28, 20, 39, 29)
+        assert problems == []

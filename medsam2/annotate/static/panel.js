@@ -158,7 +158,12 @@ async function start() {
     // millimetres; prompts are in the slice's own pixels.
     const { display, slice_shape: [rows, columns] } = current.case;
     const shown = shownSize(display, rows, columns);
-    const toSlice = (x, y) => shownToSlice(display, rows, columns, (x * shown.columns) / ui.canvas.width, (y * shown.rows) / ui.canvas.height);
+    // The slice pixel under a canvas point, as the viewer boxes: whole pixels, within the slice.
+    const clamp = (value, size) => Math.min(Math.max(Math.floor(value), 0), size - 1);
+    const toSlice = (x, y) => {
+      const [sx, sy] = shownToSlice(display, rows, columns, (x * shown.columns) / ui.canvas.width, (y * shown.rows) / ui.canvas.height);
+      return [clamp(sx, columns), clamp(sy, rows)];
+    };
     const [ax, ay] = toSlice(drag.x0, drag.y0);
     const [bx, by] = toSlice(drag.x1, drag.y1);
     const box = [Math.min(ax, bx), Math.min(ay, by), Math.max(ax, bx), Math.max(ay, by)];
