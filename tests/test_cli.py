@@ -322,3 +322,10 @@ def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, les
     seg = load_mask(tmp_path / "seg.dcm", like=series).array > 0
     again = load_image(tmp_path / "again.nii.gz").array > 0
     assert dice(seg, truth) > 0.75 and dice(again, seg) > 0.85
+    # eval reads a SEG against the series given with --image
+    save_mask(stored_array(volume, "gts"), like=series, path=tmp_path / "truth.dcm")
+    scored = run("eval", tmp_path / "seg.dcm", tmp_path / "truth.dcm", "--image", tmp_path / "series", "--json", tmp_path / "s.json")
+    assert scored.exit_code == 0, scored.output
+    [row] = json.loads((tmp_path / "s.json").read_text())["cases"]
+    assert row["dice"] == pytest.approx(dice(seg, truth)) and row["gt_voxels"] == int(truth.sum())
+    assert_one_line_error(run("eval", tmp_path / "seg.dcm", tmp_path / "truth.dcm"), "seg.dcm: a DICOM-SEG is read against the DICOM series")

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.errors import InputError
-from medsam2.io import check_same_geometry
-from medsam2.io.masks import load_mask
+from medsam2.io import Volume, check_same_geometry, load_image
+from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.atomic import atomic_write_text, check_output_paths
 from medsam2.metrics import LabelScores
@@ -33,8 +33,11 @@ class CaseScores:
     missing_prediction: bool = False
 
 
-def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float) -> CaseScores:
-    pred, gt = load_mask(pred_path), load_mask(gt_path)
+def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volume | None = None) -> CaseScores:
+    """`image`: the scan both masks belong to, which DICOM-SEG masks are read against."""
+    pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
+    if image is not None:
+        check_mask_fits(image, gt)
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
     return CaseScores(mask_file_stem(gt_path), scores)
@@ -183,6 +186,9 @@ def eval_command(
         None, "--json", help="Also write per-case scores and the summary as JSON (null where a value is inf or nan)."
     ),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write per-case scores as CSV (inf written as inf)."),
+    image: Path | None = typer.Option(
+        None, "--image", help="The scan of a PRED/GT file pair: the DICOM series that DICOM-SEG masks segment (their frames are its slices)."
+    ),
 ) -> None:
     """Score PRED against GT: Dice (DSC), normalised surface distance (NSD) and HD95, per label.
 
@@ -200,16 +206,21 @@ def eval_command(
       medsam2 eval pred.nii.gz gt.nii.gz --nsd-tolerance 2
 
       medsam2 eval preds/ labels/ --csv scores.csv
+
+      medsam2 eval pred_seg.dcm gt_seg.dcm --image ct_series/
     """
     for path in (pred, gt):
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
     if pred.is_dir() != gt.is_dir():
         raise InputError(f"{pred} and {gt}: give two files or two folders")
+    if image is not None and pred.is_dir():
+        raise InputError("--image is for a pair of mask files (of one scan), not folders")
     check_output_paths([pred, gt], [json_out, csv_out])
+    scan = load_image(image) if image is not None else None
     pairs, ignored = pair_folders(pred, gt) if pred.is_dir() else ([(pred, gt)], [])
     cases = [
-        score_pair(pred_path, gt_path, nsd_tolerance) if pred_path is not None else score_missing_prediction(gt_path)
+        score_pair(pred_path, gt_path, nsd_tolerance, scan) if pred_path is not None else score_missing_prediction(gt_path)
         for pred_path, gt_path in pairs
     ]
     rows = case_rows(cases, scored_labels(cases))
