@@ -541,3 +541,25 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     engine_mask = on_worker(app, lambda predictor: Session(decoded, predictor).add_prompt(0, 1, box=(18, 28, 51, 61)))
     np.testing.assert_array_equal(mask, engine_mask)
     assert dice(mask, CLIP_TRUTH[0]) > 0.7
+
+
+def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
+    """Coronal slices of a CT case stored PLI (columns run to the back, rows to the patient's left,
+    slices down): the sagittal-looking columns of its arrays are stepped through, its slices already
+    run head down and right to left, so they are shown as stored, with 5 mm between rows; a 2D
+    picture has no coronal view."""
+    _, client = server
+    opened = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}", "axis": "coronal"})
+    assert opened.status_code == 201, opened.text
+    info = opened.json()
+    assert info["shape"] == [512, 13, 512] and info["axis"] == "coronal"
+    assert info["display"] == {"transpose": False, "flip_rows": False, "flip_columns": False}
+    axial = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}"}).json()
+    assert axial["display"] == {"transpose": True, "flip_rows": False, "flip_columns": False}  # its rows run left, columns back
+    assert info["pixel_spacing"] == pytest.approx([0.977, 5.0], abs=1e-3) and info["slice_spacing"] == pytest.approx(0.977, abs=1e-3)
+    picture = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(picture, format="PNG")
+    uploaded = client.post("/api/cases", params={"name": "flat.png"}, content=picture.getvalue(), headers={"Content-Type": "application/octet-stream"})
+    assert uploaded.status_code == 201, uploaded.text
+    refused = client.post("/api/sessions", json={"case": uploaded.json()["id"], "axis": "coronal"})
+    assert refused.status_code == 400 and refused.json()["error"] == "flat.png: a 2D image has one slice; leave the view at axial"
