@@ -62,7 +62,9 @@ def fused_module(
     never frees a traced graph (module docstring)."""
     key = fingerprint(module, example_inputs, tolerance)
     with _making:
-        made = _made.get(key) or _fuse(module, example_inputs, tolerance)
+        if key in _made:
+            return _made[key]
+        made = _fuse(module, example_inputs, tolerance)
         if made is not module:  # a fallback is the caller's own module, not for sharing
             _made[key] = made
         return made
