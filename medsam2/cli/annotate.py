@@ -110,9 +110,8 @@ def describe(model: CaseModel) -> str:
     return "; ".join(parts) or "empty mask"
 
 
-def work_session(project: Path | Project, case: str, annotator: str | None, device: str, image: Volume | None = None) -> WorkSession:
-    opened = project if isinstance(project, Project) else open_project(project)
-    return WorkSession(opened, case, annotator_name(annotator), Predictors(device), progress=True, volume=image)
+def work_session(project: Project, case: str, annotator: str | None, device: str, image: Volume | None = None) -> WorkSession:
+    return WorkSession(project, case, annotator_name(annotator), Predictors(device), progress=True, volume=image)
 
 
 def case_image(project: Project, case: str) -> Volume:
@@ -358,7 +357,7 @@ def undo_command(
     Example: medsam2 annotate undo lesions/ CT_Lesion_000002 -o current.nii.gz
     """
     check_views(output, overlay)
-    work = work_session(project, case, annotator, device)
+    work = work_session(open_project(project), case, annotator, device)
     undone = work.undo()
     typer.echo(f"{case}: undid a {undone.data['undoes']} on slice {undone.slice_index}; {describe(work.model)}")
     show_views(work.model, output, overlay)
