@@ -216,7 +216,7 @@ def eval_command(
         raise InputError(f"{pred} and {gt}: give two files or two folders")
     if image is not None and pred.is_dir():
         raise InputError("--image is for a pair of mask files (of one scan), not folders")
-    check_output_paths([pred, gt], [json_out, csv_out])
+    check_output_paths([pred, gt, image], [json_out, csv_out])
     scan = load_image(image) if image is not None else None
     pairs, ignored = pair_folders(pred, gt) if pred.is_dir() else ([(pred, gt)], [])
     cases = [
