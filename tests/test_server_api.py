@@ -563,3 +563,4 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     assert uploaded.status_code == 201, uploaded.text
     refused = client.post("/api/sessions", json={"case": uploaded.json()["id"], "axis": "coronal"})
     assert refused.status_code == 400 and refused.json()["error"] == "flat.png: a 2D image has one slice; leave the view at axial"
+    assert info["patient_frame"] and not client.post("/api/sessions", json={"case": uploaded.json()["id"]}).json()["patient_frame"]

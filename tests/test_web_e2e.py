@@ -249,6 +249,7 @@ def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, 
     page.click("#open-case")
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '0' && {IDLE}")
     canal = (48, 40, 72, 64)  # the spinal canal, dark in the soft-tissue window
+    assert [page.inner_text(f"#edge-{edge}") for edge in ("left", "right", "top", "bottom")] == ["R", "L", "A", "P"]
 
     soft_tissue = view_pixels(page, canal)
     page.keyboard.press("3")  # the third CT preset: lung, W1500 L-600

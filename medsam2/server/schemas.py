@@ -143,6 +143,7 @@ class SessionInfo(BaseModel):
         description="how to turn a slice for the screen, as radiologists look at it: transpose first, then flip; "
         "slices, masks and prompts stay in the slice's own pixels"
     )
+    patient_frame: bool = Field(description="whether the case is placed in the patient (a scan), so the view's edges have patient directions; videos and pictures are not")
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
     device: str

@@ -28,6 +28,7 @@ from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
 from medsam2.io.volume import slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
+from medsam2.io.masks import states_geometry
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
@@ -136,6 +137,7 @@ class ViewerSession:
             "pixel_spacing": list(slice_pixel_spacing(self.volume, self.axis_index)),
             "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
             "display": asdict(slice_display(self.volume, self.axis)),
+            "patient_frame": self.video is None and states_geometry(self.volume),
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,

@@ -587,7 +587,7 @@ async function openCase() {
 }
 
 // The patient's side at the left, right, top and bottom of the view, slices being shown as
-// radiologists look at them (the session's `display`). Videos and pictures have no patient frame.
+// radiologists look at them (the session's `display`), for cases placed in the patient.
 const EDGE_LETTERS = {
   axial: ["R", "L", "A", "P"],
   coronal: ["R", "L", "S", "I"],
@@ -595,7 +595,7 @@ const EDGE_LETTERS = {
 };
 
 function showEdgeLetters(info) {
-  const letters = info.kind === "volume" ? EDGE_LETTERS[info.axis] : ["", "", "", ""];
+  const letters = info.patient_frame ? EDGE_LETTERS[info.axis] : ["", "", "", ""];
   ["left", "right", "top", "bottom"].forEach((edge, index) => {
     $(`edge-${edge}`).textContent = letters[index];
   });
