@@ -20,6 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
+from medsam2.io.dicom import write_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text
 from medsam2.io.masks import load_mask
 
@@ -195,6 +196,11 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     assert (read_back.spacing, read_back.origin, read_back.direction) == (series.spacing, series.origin, series.direction)
     with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG is read against the DICOM series it segments, and none is given"):
         load_mask(tmp_path / "seg.dcm")
+    # A SEG referencing only the slices it segments (as other tools write them) reads back the same.
+    segmented = np.flatnonzero(labels.any(axis=(1, 2)))
+    headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
+    write_segmentation(labels[segmented], [headers[k] for k in segmented], tmp_path / "partial.dcm")
+    np.testing.assert_array_equal(load_mask(tmp_path / "partial.dcm", like=series).array, labels)
     write_dicom_series(ct_case, tmp_path / "other", seed=1)  # the same pixels, other instances
     with pytest.raises(InputError, match="seg.dcm: this DICOM-SEG segments another series"):
         load_mask(tmp_path / "seg.dcm", like=load_image(tmp_path / "other"))

@@ -110,12 +110,14 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
     ours = [str(source.SOPInstanceUID) for source in sources]
     if not referenced & set(ours):
         raise InputError(f"{path}: this DICOM-SEG segments another series than the image given with it")
-    overlapping = {"combine_segments": True, "skip_overlap_checks": True, "dtype": np.uint16}
+    # Slices a SEG does not reference hold no segment (tools that write SEGs referencing only the
+    # slices they segment leave the others out).
+    options = {"combine_segments": True, "skip_overlap_checks": True, "assert_missing_frames_are_empty": True, "dtype": np.uint16}
     try:
         if len(sources) == 1 and int(sources[0].get("NumberOfFrames") or 1) > 1:
             frames = range(1, int(sources[0].NumberOfFrames) + 1)
-            return segmentation.get_pixels_by_source_frame(ours[0], list(frames), **overlapping)
-        return segmentation.get_pixels_by_source_instance(ours, **overlapping)
+            return segmentation.get_pixels_by_source_frame(ours[0], list(frames), **options)
+        return segmentation.get_pixels_by_source_instance(ours, **options)
     except (ValueError, KeyError, RuntimeError) as error:
         raise InputError(f"{path}: its frames do not map onto the image's ({first_line(error)})") from error
 
