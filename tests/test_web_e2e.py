@@ -328,6 +328,7 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     assert rows.min() < 3 and columns.min() < 3
 
     page.mouse.move(left + columns.min() + 1, top + rows.min() + 1)
+    assert page.inner_text("#corner-info").endswith("X 55 Y 39")  # the screen's top left is the stored bottom right
     page.mouse.down()
     page.mouse.move(left + columns.max() - 1, top + rows.max() - 1, steps=6)
     page.mouse.up()

@@ -24,6 +24,7 @@ const state = {
   tool: "box",
   window: null, // null: the slice as the model sees it; else {width, level} in the scan's units
   view: { zoom: 1, panX: 0, panY: 0 },
+  pointer: null, // [x, y] slice pixel under the pointer, for the corner readout
   opacity: 0.45,
   showOverlay: true,
   masks: new Map(), // slice -> Map(object id -> Uint8Array of H*W, row-major)
@@ -316,13 +317,24 @@ function drawGesture() {
   drawBox(x1, y1, x2, y2, `rgb(${colourOf(state.activeObject).join(",")})`, true);
 }
 
+// The slice pixel under the pointer, in the coordinates prompts take (`--box Z,X1,Y1,...`), or
+// null off the slice: slices are shown turned, so a picture's corner is not always pixel (0, 0).
+function pointedPixel(event) {
+  if (!state.session) return null;
+  const [x, y] = eventToImage(event).map(Math.floor);
+  const { rows, columns } = sliceSize();
+  return x >= 0 && y >= 0 && x < columns && y < rows ? [x, y] : null;
+}
+
 function drawCornerInfo() {
+  if (!state.session) return;
   const count = state.session.shape[0];
   const what = state.session.kind === "video" ? "Frame" : "Slice";
   const shownWindow = state.window || modelWindow();
+  const pointer = state.pointer ? `   X ${state.pointer[0]} Y ${state.pointer[1]}` : "";
   $("corner-info").textContent =
     `${what} ${state.slice} of 0–${count - 1}   W ${Math.round(shownWindow.width)} L ${Math.round(shownWindow.level)}` +
-    `   zoom ${state.view.zoom.toFixed(2)}`;
+    `   zoom ${state.view.zoom.toFixed(2)}${pointer}`;
 }
 
 // -- window / level ----------------------------------------------------------------------------------
@@ -701,8 +713,9 @@ canvas.addEventListener("pointerdown", (event) => {
 });
 
 canvas.addEventListener("pointermove", (event) => {
+  state.pointer = pointedPixel(event);
   const gesture = state.gesture;
-  if (!gesture) return;
+  if (!gesture) return drawCornerInfo();
   const dx = event.clientX - gesture.startX;
   const dy = event.clientY - gesture.startY;
   gesture.image = eventToImage(event);
@@ -717,6 +730,11 @@ canvas.addEventListener("pointermove", (event) => {
     $("window-preset").value = "custom";
   }
   draw();
+});
+
+canvas.addEventListener("pointerleave", () => {
+  state.pointer = null;
+  drawCornerInfo();
 });
 
 canvas.addEventListener("pointerup", act(async (event) => {
