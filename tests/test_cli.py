@@ -247,6 +247,8 @@ def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[
         ("seg.png", None, "PNG holds one 2D slice but the image has 13"),
         ("seg.dcm", None, "DICOM-SEG output needs a DICOM input image"),
         ("seg.nii.gz", "look.jpg", "the overlay montage is a PNG image"),
+        ("/proc/nowhere/seg.nii.gz", None, "cannot write"),  # a virtual file system: permission bits may say yes
+        ("seg.nii.gz", "/proc/nowhere/look.png", "cannot write"),  # and the mask is not written either
     ],
 )
 def test_unwritable_outputs_are_refused_before_the_model_runs(
@@ -288,7 +290,7 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
     shifted.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(shifted, str(tmp_path / "other_spacing.nii.gz"))
     mismatched = run("segment", image, "-o", tmp_path / "seg.nii.gz", "--mask-prompt", tmp_path / "other_spacing.nii.gz")
-    assert_one_line_error(mismatched, "other_spacing.nii.gz vs", "spacing differs")
+    assert_one_line_error(mismatched, "other_spacing.nii.gz vs", "spacing differs: [1.0, 1.0, 1.0] vs [0.9766, 0.9766, 5.0]")  # in the names' order
 
     # A video's PNG masks replace their folder: never one holding other files, nor the frames' own.
     frames = tmp_path / "frames"

@@ -21,7 +21,7 @@ from scipy.spatial.transform import Rotation
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import write_segmentation
-from medsam2.io.atomic import atomic_folder, atomic_write_text
+from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths
 from medsam2.io.masks import load_mask
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
@@ -422,6 +422,20 @@ def test_atomic_outputs_get_the_umasks_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o750
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "report.csv"]
     assert [p.name for p in (tmp_path / "export").iterdir()] == ["manifest1.json"]
+
+
+def test_outputs_through_links_and_devices(tmp_path: Path) -> None:
+    """A symbolic link keeps pointing at its file, which is replaced; a device (/dev/null, a pipe
+    such as /dev/stdout) is written to, not replaced by a file."""
+    (tmp_path / "target.csv").write_text("old\n")
+    (tmp_path / "link.csv").symlink_to("target.csv")
+    atomic_write_text(tmp_path / "link.csv", "new\n")
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "target.csv").read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "target.csv"]
+    null = Path("/dev/null")
+    check_output_paths([], [null])
+    atomic_write_text(null, "nothing\n")
+    assert null.is_char_device()
 
 
 @pytest.mark.parametrize(

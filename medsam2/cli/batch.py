@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
 from medsam2.distributed.ray_engine import check_ray_address, import_ray
 from medsam2.distributed.runner import StoppedAtOnce
@@ -38,7 +39,7 @@ def batch(
     output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, else nii.gz."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (with --engine ray, each actor gets one GPU)."),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
-    window: str | None = typer.Option(None, "--window", help="CT window: a preset (soft_tissue, lung, bone, brain, liver, mediastinum) or W,L. Default: by modality."),
+    window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest 3D connected component per object."),
     fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes in each slice's mask."),
     nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", min=0.0, help="NSD tolerance in mm, for cases with ground truth."),

@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed.worker import AUTO_FORMAT, mask_suffix
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.memory_policy import ConfidenceBankConfig
@@ -112,7 +113,7 @@ def one_prompt(
     refine: bool = typer.Option(OnePromptConfig.refine, "--refine/--no-refine", help="LiteMedSAM: decode each mask once more from its own box grown by 10%."),
     bank_size: int = typer.Option(ConfidenceBankConfig.capacity, "--bank-size", min=1, help="SAM 2 / MedSAM2: confident predictions kept as memories (K)."),
     bank_threshold: float = typer.Option(ConfidenceBankConfig.min_confidence, "--bank-threshold", min=0.0, max=1.0, help="SAM 2 / MedSAM2: confidence (predicted IoU x object probability) a prediction needs to become a memory."),
-    window: str | None = typer.Option(None, "--window", help="CT window for reference and targets: a preset (soft_tissue, lung, bone, brain, liver, mediastinum) or W,L. Default: by modality."),
+    window: str | None = typer.Option(None, "--window", help=f"CT window for reference and targets: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="lite-medsam (embedded, prototype matching) or a SAM 2.1 / MedSAM2 preset or checkpoint (memory attention), as for `medsam2 segment`."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),

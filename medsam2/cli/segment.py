@@ -9,6 +9,7 @@ import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.cli.video import VideoRequest, segment_video_command
+from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.engine.api import Result, segment_volume
 from medsam2.engine.models import check_precision, load_predictor
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
@@ -24,6 +25,7 @@ from medsam2.io.volume import slice_display, slice_pixel_spacing, slicing_axis_i
 
 
 # Shared by the commands that load a model (one definition, one help text).
+WINDOW_PRESETS_TEXT = f"a preset ({', '.join(WINDOW_PRESETS)}) or W,L. Default: by modality."
 PRECISION_OPTION = typer.Option(
     None,
     "--precision",
@@ -47,7 +49,7 @@ def segment(
     recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]: its end points; becomes a square box as in MedSAM2."),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="JSON prompts with several named objects (see README)."),
     mask_prompt: Path | None = typer.Option(None, "--mask-prompt", help="Mask file in the image's geometry: each label is prompted on its largest slice (frame). Video: also T:FILE, one frame's labels."),
-    window: str | None = typer.Option(None, "--window", help="CT window: a preset (soft_tissue, lung, bone, brain, liver, mediastinum) or W,L. Default: by modality."),
+    window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
     model: str = typer.Option(
         "lite-medsam",

@@ -38,11 +38,27 @@ def _new_folder(path: Path) -> None:
     path.mkdir(0o777)
 
 
+def written_through(path: Path) -> bool:
+    """Whether `path` names something other than a file or a folder (a device or a pipe, such as
+    /dev/stdout or /dev/null): that is written to where it is, not replaced by a new file."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def _link_target(path: Path) -> Path:
+    """The path a symbolic link names, so that outputs replace the file and keep the link."""
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffixes) to write to; rename it over `path` on
-    success, delete it on any error."""
+    success, delete it on any error. A symbolic link keeps pointing at the file it names, which is
+    replaced; a device or pipe is written to directly."""
     path = Path(path)
+    if written_through(path):
+        yield path
+        return
+    path = _link_target(path)
     temporary = _create_beside(path, _new_file, suffix="".join(path.suffixes) or ".tmp")
     try:
         yield temporary
@@ -66,8 +82,9 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
 @contextlib.contextmanager
 def atomic_folder(path: Path | str) -> Iterator[Path]:
     """Yield an empty hidden folder beside `path` to fill; on success it replaces `path` (an existing
-    folder there is moved aside, then removed), on any error it is deleted."""
-    path = Path(path)
+    folder there is moved aside, then removed), on any error it is deleted. A symbolic link keeps
+    pointing at the folder it names."""
+    path = _link_target(Path(path))
     staging = _create_beside(path, _new_folder)
     try:
         yield staging
@@ -106,6 +123,8 @@ def check_output_paths(inputs: Sequence[Path | str | None], outputs: Sequence[Pa
         if resolved in seen:
             raise InputError(f"{path}: named for two outputs (also as {seen[resolved]})")
         seen[resolved] = path
+        if written_through(path):
+            continue
         place = resolved.parent
         while not place.exists():
             place = place.parent
@@ -113,3 +132,15 @@ def check_output_paths(inputs: Sequence[Path | str | None], outputs: Sequence[Pa
             raise InputError(f"{path}: cannot write ({place} is a file, not a folder)")
         if not os.access(place, os.W_OK | os.X_OK):
             raise InputError(f"{path}: cannot write (no permission to write in {place})")
+        _probe(place, path)
+
+
+def _probe(place: Path, output: Path) -> None:
+    """Create and remove a file in `place`: what permission bits cannot tell (a read-only or
+    virtual file system such as /proc, a full disk's inode table) shows now, not after the work."""
+    probe = place / f".medsam2-probe-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"{output}: cannot write in {place} ({error.strerror})") from None

@@ -38,9 +38,9 @@ def check_mask_fits(image: Volume, mask: Volume) -> None:
     """`check_same_geometry` for a mask given with an image, as far as the mask file states one."""
     what = f"{mask.source} vs {image.source}"
     if states_geometry(mask):
-        check_same_geometry(image, mask, what)
+        check_same_geometry(mask, image, what)
     elif mask.shape != image.shape:
-        raise InputError(f"{what}: shape (Z, Y, X) differs: {image.shape} vs {mask.shape}")
+        raise InputError(f"{what}: shape (Z, Y, X) differs: {mask.shape} vs {image.shape}")
 
 
 def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
