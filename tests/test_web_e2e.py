@@ -179,6 +179,12 @@ def test_segment_a_lesion_in_the_browser(server_url: str, browser: Browser, shar
     page.click("#open-case")
     page.wait_for_function("document.querySelector('#view').dataset.slice !== undefined")
 
+    # The page fits its window whatever the status line says (a long one had widened the view past it).
+    page.wait_for_function(IDLE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    edge = page.locator("#edge-right").bounding_box()
+    assert page.inner_text("#edge-right") == "L" and edge["x"] + edge["width"] <= 1280
+
     # Radiology keys: Home to the first slice, arrows down to the key slice.
     page.keyboard.press("Home")
     assert shown_slice(page) == 0
