@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from medsam2.engine.api import prepare_slices
 from medsam2.io import load_image, slicing_axis_index, to_slices
 from medsam2.io.overlay import LABEL_COLOURS, save_overlay_montage
 from medsam2.io.samples import mni152_brain
@@ -123,3 +124,13 @@ def test_montage_tiles_are_in_square_millimetres(tmp_path: Path) -> None:
     assert slice_pixel_spacing(scan, axis_index) == (1.0, 5.0)
     grey = np.argwhere((np.asarray(Image.open(path).convert("RGB")) == 100).all(axis=-1))
     assert grey[:, 0].max() + 1 == 40 and grey[:, 1].max() + 1 == 30  # 8 rows x 5 mm, 30 columns x 1 mm
+
+
+def test_slices_too_narrow_for_the_model_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Coronal slices of 13 sections of 5 mm are 13 rows high: resized for the model, a few rows."""
+    scan = Volume(array=np.zeros((13, 64, 80), np.uint8), spacing=(0.8, 0.8, 5.0))
+    with caplog.at_level("WARNING", logger="medsam2.engine.api"):
+        assert prepare_slices(scan, "axial")[0].shape == (13, 64, 80)
+        assert not caplog.records
+        assert prepare_slices(scan, "coronal")[0].shape == (64, 13, 80)
+    assert "coronal slices are 13 x 80 pixels: too narrow for the model" in caplog.text

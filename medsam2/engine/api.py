@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,13 @@ from medsam2.engine.session import PropagationConfig, Session
 from medsam2.engine.tracking import TrackingPredictor
 from medsam2.io.volume import SliceAxis, Volume, from_slices, slicing_axis_index, to_slices
 from medsam2.preprocess import to_uint8
+
+log = logging.getLogger(__name__)
+
+# Fewer rows or columns than this and a slice resized for the model (256 or 512 pixels on its long
+# side) keeps only a few: coronal and sagittal slices of thick-section CT (13 rows of 5 mm) get masks
+# that spill outside their boxes.
+MIN_SLICE_SIDE = 32
 
 
 @dataclass
@@ -29,7 +37,15 @@ def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None
     """The volume as a uint8 stack of slices along `axis` (slicing axis first) and that axis' index."""
     axis_index = slicing_axis_index(volume, axis)
     image = to_uint8(volume, window=window).array
-    return np.ascontiguousarray(to_slices(image, axis_index)), axis_index
+    slices = np.ascontiguousarray(to_slices(image, axis_index))
+    rows, columns = slices.shape[1:3]
+    if min(rows, columns) < MIN_SLICE_SIDE and max(rows, columns) >= MIN_SLICE_SIDE:
+        log.warning(
+            "%s slices are %d x %d pixels: too narrow for the model to segment reliably; choose the axis "
+            "across the scan's thin dimension (--axis)",
+            axis, rows, columns,
+        )
+    return slices, axis_index
 
 
 def segment_volume(
