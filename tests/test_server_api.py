@@ -554,8 +554,10 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     info = opened.json()
     assert info["shape"] == [512, 13, 512] and info["axis"] == "coronal"
     assert info["display"] == {"transpose": False, "flip_rows": False, "flip_columns": False}
+    assert info["warnings"] == ["coronal slices are 13 x 512 pixels: too narrow for the model to segment reliably; choose the axis across the scan's thin dimension"]
     axial = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}"}).json()
     assert axial["display"] == {"transpose": True, "flip_rows": False, "flip_columns": False}  # its rows run left, columns back
+    assert axial["warnings"] == []
     assert info["pixel_spacing"] == pytest.approx([0.977, 5.0], abs=1e-3) and info["slice_spacing"] == pytest.approx(0.977, abs=1e-3)
     picture = io.BytesIO()
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(picture, format="PNG")

@@ -343,6 +343,12 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     x1, y1, x2, y2 = block["prompts"][0]["box"]
     # stored: rows 30..39 (superior, as z runs up), columns 44..55 (rightmost, as x runs right)
     assert 30 <= y1 <= 31 and y2 == 39 and 44 <= x1 <= 45 and x2 == 55
+
+    # Coronal slices of the 13-section CT case are 13 rows high: the page says so on opening.
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('too narrow') && {IDLE}")
+    assert "coronal slices are 13 x 512 pixels: too narrow for the model" in page.inner_text("#status")
     assert problems == []
 
 

@@ -38,14 +38,21 @@ def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None
     axis_index = slicing_axis_index(volume, axis)
     image = to_uint8(volume, window=window).array
     slices = np.ascontiguousarray(to_slices(image, axis_index))
-    rows, columns = slices.shape[1:3]
-    if min(rows, columns) < MIN_SLICE_SIDE and max(rows, columns) >= MIN_SLICE_SIDE:
-        log.warning(
-            "%s slices are %d x %d pixels: too narrow for the model to segment reliably; choose the axis "
-            "across the scan's thin dimension (--axis)",
-            axis, rows, columns,
-        )
+    warning = narrow_slices_warning(slices.shape[1:3], axis)
+    if warning:
+        log.warning("%s", warning)
     return slices, axis_index
+
+
+def narrow_slices_warning(slice_hw: tuple[int, int], axis: SliceAxis) -> str | None:
+    """What to tell a user whose `axis` slices (rows, columns) are too narrow for the model, or None."""
+    rows, columns = slice_hw
+    if min(rows, columns) < MIN_SLICE_SIDE <= max(rows, columns):
+        return (
+            f"{axis} slices are {rows} x {columns} pixels: too narrow for the model to segment reliably; "
+            "choose the axis across the scan's thin dimension"
+        )
+    return None
 
 
 def segment_volume(

@@ -144,6 +144,7 @@ class SessionInfo(BaseModel):
         "slices, masks and prompts stay in the slice's own pixels"
     )
     patient_frame: bool = Field(description="whether the case is placed in the patient (a scan), so the view's edges have patient directions; videos and pictures are not")
+    warnings: list[str] = Field(description="what the user should know before prompting (slices too narrow for the model)")
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
     device: str

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from medsam2.engine.api import prepare_slices
+from medsam2.engine.api import narrow_slices_warning, prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
@@ -138,6 +138,7 @@ class ViewerSession:
             "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
             "display": asdict(slice_display(self.volume, self.axis)),
             "patient_frame": self.video is None and states_geometry(self.volume),
+            "warnings": [warning] if (warning := narrow_slices_warning(self.slices.shape[1:3], self.axis)) else [],
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,

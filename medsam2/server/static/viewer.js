@@ -595,7 +595,8 @@ async function openCase() {
   const next = !opensAtKeySlice(info)
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
-  status(`${what} ${next}`);
+  if (info.warnings.length) status(`${what} ${info.warnings.join(" ")}.`, true);
+  else status(`${what} ${next}`);
 }
 
 // The patient's side at the left, right, top and bottom of the view, slices being shown as
