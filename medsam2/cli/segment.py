@@ -9,7 +9,6 @@ import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.cli.video import VideoRequest, segment_video_command
-from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.engine.api import Result, segment_volume
 from medsam2.engine.models import check_precision, load_predictor
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
@@ -22,6 +21,7 @@ from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
 from medsam2.io.volume import slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
+from medsam2.preprocess import WINDOW_PRESETS
 
 
 # Shared by the commands that load a model (one definition, one help text).

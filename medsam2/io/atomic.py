@@ -38,7 +38,7 @@ def _new_folder(path: Path) -> None:
     path.mkdir(0o777)
 
 
-def written_through(path: Path) -> bool:
+def _written_through(path: Path) -> bool:
     """Whether `path` names something other than a file or a folder (a device or a pipe, such as
     /dev/stdout or /dev/null): that is written to where it is, not replaced by a new file."""
     return path.exists() and not path.is_file() and not path.is_dir()
@@ -55,7 +55,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     success, delete it on any error. A symbolic link keeps pointing at the file it names, which is
     replaced; a device or pipe is written to directly."""
     path = Path(path)
-    if written_through(path):
+    if _written_through(path):
         yield path
         return
     path = _link_target(path)
@@ -123,7 +123,7 @@ def check_output_paths(inputs: Sequence[Path | str | None], outputs: Sequence[Pa
         if resolved in seen:
             raise InputError(f"{path}: named for two outputs (also as {seen[resolved]})")
         seen[resolved] = path
-        if written_through(path):
+        if _written_through(path):
             continue
         place = resolved.parent
         while not place.exists():
