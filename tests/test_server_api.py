@@ -536,8 +536,9 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     np.testing.assert_array_equal(sequence["segs"][0] > 0, mask)
     refused = client.get(f"{base}/mask-file", params={"format": "nrrd"})
     assert refused.status_code == 400 and "choose one of npz, nii, nii.gz" in refused.json()["error"]
-    coronal = client.post("/api/sessions", json={"case": "data/video/clip.mp4", "axis": "coronal"})
-    assert coronal.status_code == 400 and "frame by frame" in coronal.json()["error"]
+    coronal = client.post("/api/sessions", json={"case": "data/video/clip.mp4", "axis": "coronal"}).json()
+    assert coronal["axis"] == "axial" and coronal["shape"] == [6, 96, 96]
+    assert coronal["warnings"] == ["video/clip.mp4 is a video, shown frame by frame: it has no coronal view"]
     engine_mask = on_worker(app, lambda predictor: Session(decoded, predictor).add_prompt(0, 1, box=(18, 28, 51, 61)))
     np.testing.assert_array_equal(mask, engine_mask)
     assert dice(mask, CLIP_TRUTH[0]) > 0.7
@@ -547,7 +548,7 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     """Coronal slices of a CT case stored PLI (columns run to the back, rows to the patient's left,
     slices down): the sagittal-looking columns of its arrays are stepped through, its slices already
     run head down and right to left, so they are shown as stored, with 5 mm between rows; a 2D
-    picture has no coronal view."""
+    picture has no sagittal view, so it opens as it is, saying so."""
     _, client = server
     opened = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}", "axis": "coronal"})
     assert opened.status_code == 201, opened.text
@@ -563,6 +564,7 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(picture, format="PNG")
     uploaded = client.post("/api/cases", params={"name": "flat.png"}, content=picture.getvalue(), headers={"Content-Type": "application/octet-stream"})
     assert uploaded.status_code == 201, uploaded.text
-    refused = client.post("/api/sessions", json={"case": uploaded.json()["id"], "axis": "coronal"})
-    assert refused.status_code == 400 and refused.json()["error"] == "flat.png: a 2D image has one slice; leave the view at axial"
+    flat = client.post("/api/sessions", json={"case": uploaded.json()["id"], "axis": "sagittal"}).json()
+    assert flat["axis"] == "axial" and flat["shape"] == [1, 64, 64]
+    assert flat["warnings"] == ["flat.png is a 2D image, shown as it is: it has no sagittal view"]
     assert info["patient_frame"] and not client.post("/api/sessions", json={"case": uploaded.json()["id"]}).json()["patient_frame"]

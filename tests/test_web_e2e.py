@@ -349,6 +349,15 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     page.click("#open-case")
     page.wait_for_function(f"document.querySelector('#status').textContent.includes('too narrow') && {IDLE}")
     assert "coronal slices are 13 x 512 pixels: too narrow for the model" in page.inner_text("#status")
+
+    # The View choice stays coronal for the next case; a picture has one view and opens as it is.
+    picture = tmp_path / "flat.png"
+    Image.fromarray(np.full((48, 64), 90, np.uint8)).save(picture)
+    page.set_input_files("#upload", str(picture))
+    page.wait_for_function(f"document.querySelector('#case-select').value === 'upload/flat.png' && {IDLE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('no coronal view') && {IDLE}")
+    assert session_info(page)["shape"] == [1, 48, 64] and page.input_value("#axis") == "coronal"
     assert problems == []
 
 

@@ -97,16 +97,18 @@ class ViewerSession:
         self.client = client
         self.case = case
         self.worker = worker
-        self.axis = axis
         self.video: Video | None = None  # closed once its frames are read; kept for writing masks
         if is_video(case.path):
-            if axis != "axial":
-                raise InputError(f"{case.name}: a video is stepped through frame by frame; leave the axis at axial")
             self.volume, self.video = load_frames(case.path)
         else:
             self.volume = load_image(case.path)
-            if self.volume.shape[0] == 1 and axis != "axial":
-                raise InputError(f"{case.name}: a 2D image has one slice; leave the view at axial")
+        # The page's View choice stays set from case to case; a video or a picture has one view.
+        self.view_warnings: list[str] = []
+        if axis != "axial" and (self.video is not None or self.volume.shape[0] == 1):
+            shown = "a video, shown frame by frame" if self.video is not None else "a 2D image, shown as it is"
+            self.view_warnings.append(f"{case.name} is {shown}: it has no {axis} view")
+            axis = "axial"
+        self.axis = axis
         self.mask_formats = VIDEO_MASK_FORMATS if self.video is not None else MASK_FORMATS
         # Mapped once here, so the session knows the mapping; prepare_slices then passes the uint8 through.
         mapped = to_uint8(self.volume, window=window)
@@ -138,7 +140,7 @@ class ViewerSession:
             "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
             "display": asdict(slice_display(self.volume, self.axis)),
             "patient_frame": self.video is None and states_geometry(self.volume),
-            "warnings": [warning] if (warning := narrow_slices_warning(self.slices.shape[1:3], self.axis)) else [],
+            "warnings": [*self.view_warnings, *filter(None, [narrow_slices_warning(self.slices.shape[1:3], self.axis)])],
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,

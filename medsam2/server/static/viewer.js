@@ -595,7 +595,7 @@ async function openCase() {
   const next = !opensAtKeySlice(info)
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
-  if (info.warnings.length) status(`${what} ${info.warnings.join(" ")}.`, true);
+  if (info.warnings.length) status(`${what} ${info.warnings.join(". ")}.`, true);
   else status(`${what} ${next}`);
 }
 
