@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,25 @@ def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nift
     mask = load_image(out)
     assert dice(mask.array > 0, truth) > 0.75
     assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_outputs_that_cannot_all_be_written_leave_none_behind(tmp_path: Path, lesion_case: Path) -> None:
+    """The overlay montage (about 170 kB) does not fit under a 100 kB file-size limit, the mask (4 kB)
+    would: the write fails with one line, the mask is not written, and the earlier mask and overlay at
+    those paths stay as they were (they land together or not at all)."""
+    (tmp_path / "seg.nii.gz").write_bytes(b"earlier mask")
+    (tmp_path / "o.png").write_bytes(b"earlier overlay")
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+
+    command = [sys.executable, "-m", "medsam2.cli", "segment", lesion_case, "--box", "6,200,200,260,260"]
+    limited = subprocess.run(
+        [*command, "-o", "seg.nii.gz", "--overlay", "o.png"], cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_file_size
+    )
+    assert limited.returncode == 2 and limited.stderr.splitlines()[-1] == "error: o.png: cannot write (File too large)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "seg.nii.gz"]
+    assert (tmp_path / "seg.nii.gz").read_bytes() == b"earlier mask" and (tmp_path / "o.png").read_bytes() == b"earlier overlay"
 
 
 def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case: Path) -> None:

@@ -21,7 +21,7 @@ from scipy.spatial.transform import Rotation
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import write_segmentation
-from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths
+from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import load_mask
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
@@ -405,6 +405,31 @@ def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, wri
     with pytest.raises(InputError, match="dicom: cannot re-read"):
         save_mask(gts, series, out / "seg.dcm")
     assert visible_files(out) == ["taken.nii.gz"]
+
+
+def test_outputs_land_together_or_not_at_all(tmp_path: Path, ct_case: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MetaImage mask (header + data file) and a report written as one group: on an error in the
+    group nothing lands (the earlier report stays) and the message names the user's path; on success
+    the header names its data file and a folder output replaces the earlier folder."""
+    gts = ct_case.meta["npz"]["gts"]
+    (tmp_path / "report.csv").write_text("earlier\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"^mask.mhd: mask shape \(5, 512, 512\) does not match"):
+        with outputs_together([Path("mask.mhd"), tmp_path / "report.csv", None]) as (mask, report, nothing):
+            assert nothing is None and report.name == "report.csv" and report.parent.parent == tmp_path
+            report.write_text("new\n")
+            save_mask(gts[:5], ct_case, mask)
+    assert visible_files(tmp_path) == ["report.csv"] and (tmp_path / "report.csv").read_text() == "earlier\n"
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "earlier.json").write_text("{}")
+    with outputs_together([tmp_path / "mask.mhd", tmp_path / "export"]) as (mask, export):
+        save_mask(gts, ct_case, mask)
+        export.mkdir()
+        (export / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mask.mhd", "mask.zraw", "report.csv"]
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["manifest.json"]
+    np.testing.assert_array_equal(load_image(tmp_path / "mask.mhd").array, gts)
 
 
 def test_atomic_outputs_get_the_umasks_permissions(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask, slicing_axis_index, to_slices
+from medsam2.io.atomic import outputs_together
 from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.volume import slice_pixel_spacing
@@ -87,18 +88,20 @@ def check_views(output: Path | None, overlay: Path | None) -> None:
 
 def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> None:
     """Write what the annotator looks at: the current mask and/or an overlay montage."""
-    if output is not None:
-        save_mask(model.labels(), like=model.volume, path=output)
-        typer.echo(f"wrote {output}")
-    if overlay is not None:
-        save_overlay_montage(
-            model.slices,
-            model.slice_labels(),
-            overlay,
-            display=model.display,
-            pixel_spacing=slice_pixel_spacing(model.volume, model.axis_index),
-        )
-        typer.echo(f"wrote {overlay}")
+    with outputs_together([output, overlay]) as (mask_target, overlay_target):
+        if mask_target is not None:
+            save_mask(model.labels(), like=model.volume, path=mask_target)
+        if overlay_target is not None:
+            save_overlay_montage(
+                model.slices,
+                model.slice_labels(),
+                overlay_target,
+                display=model.display,
+                pixel_spacing=slice_pixel_spacing(model.volume, model.axis_index),
+            )
+    for path in (output, overlay):
+        if path is not None:
+            typer.echo(f"wrote {path}")
 
 
 def describe(model: CaseModel) -> str:

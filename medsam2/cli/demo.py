@@ -16,6 +16,7 @@ from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
+from medsam2.io.atomic import outputs_together
 from medsam2.io.overlay import save_overlay_montage
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
@@ -74,15 +75,17 @@ def demo(
         raise InputError(f"{case}: give --box or --reference (the case has no stored mask)")
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
     result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
-    mask_path = save_mask(result.labels.array, like=volume, path=out / f"{name}_mask.nii.gz")
-    overlay_path = save_overlay_montage(
-        result.slices,
-        to_slices(result.labels.array, result.axis_index),
-        out / f"{name}_overlay.png",
-        boxes=prompt_boxes(result),
-        display=slice_display(volume, "axial"),
-        pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
-    )
+    mask_path, overlay_path = out / f"{name}_mask.nii.gz", out / f"{name}_overlay.png"
+    with outputs_together([mask_path, overlay_path]) as (mask_target, overlay_target):
+        save_mask(result.labels.array, like=volume, path=mask_target)
+        save_overlay_montage(
+            result.slices,
+            to_slices(result.labels.array, result.axis_index),
+            overlay_target,
+            boxes=prompt_boxes(result),
+            display=slice_display(volume, "axial"),
+            pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
+        )
     typer.echo(f"wrote {mask_path} and {overlay_path}")
     if truth is not None:
         (scores,) = evaluate(result.labels.array > 0, truth.array > 0, spacing=volume.spacing, tolerance_mm=2.0)

@@ -19,7 +19,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
-from medsam2.io.atomic import atomic_write_text, check_output_paths
+from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.metrics import LabelScores
 from medsam2.metrics import evaluate as evaluate_masks
 
@@ -230,8 +230,9 @@ def eval_command(
     print_tables(rows, summary, console)
     for note in pairing_notes(missing, ignored) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
-    if json_out:
-        report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
-        atomic_write_text(json_out, json.dumps(json_safe(report), indent=2, allow_nan=False))
-    if csv_out:
-        atomic_write_text(csv_out, rows_as_csv(rows))
+    report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
+    with outputs_together([json_out, csv_out]) as (json_target, csv_target):
+        if json_target is not None:
+            json_target.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
+        if csv_target is not None:
+            csv_target.write_text(rows_as_csv(rows))

@@ -16,7 +16,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.atomic import check_output_paths
+from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
@@ -106,19 +106,19 @@ def segment(
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes  # type: ignore[arg-type]
     )
-    save_mask(result.labels.array, like=volume, path=output)
-    typer.echo(f"wrote {output}")
+    with outputs_together([output, overlay]) as (mask_target, overlay_target):
+        save_mask(result.labels.array, like=volume, path=mask_target)
+        if overlay_target is not None:
+            save_overlay_montage(
+                result.slices,
+                to_slices(result.labels.array, result.axis_index),
+                overlay_target,
+                boxes=prompt_boxes(result),
+                display=slice_display(volume, axis),  # type: ignore[arg-type]
+                pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
+            )
+    typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))
     for obj_id, name in sorted(result.names.items()):
         voxels = int(np.count_nonzero(result.labels.array == obj_id))
         volume_ml = voxels * float(np.prod(volume.spacing)) / 1000
         typer.echo(f"object {obj_id}{f' ({name})' if name else ''}: {voxels} voxels, {volume_ml:.2f} mL")
-    if overlay is not None:
-        save_overlay_montage(
-            result.slices,
-            to_slices(result.labels.array, result.axis_index),
-            overlay,
-            boxes=prompt_boxes(result),
-            display=slice_display(volume, axis),  # type: ignore[arg-type]
-            pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
-        )
-        typer.echo(f"wrote {overlay}")

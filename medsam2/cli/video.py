@@ -26,7 +26,7 @@ from medsam2.engine.video import (
     segment_video,
 )
 from medsam2.errors import InputError
-from medsam2.io.atomic import check_output_paths
+from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.video import Video, load_video, load_video_mask
 from medsam2.io.video_writers import (
     check_overlay_path,
@@ -132,10 +132,13 @@ def write_outputs(segmentation: VideoSegmentation, request: VideoRequest) -> Non
     ids = segmentation.object_ids
     areas = {obj_id: np.zeros(video.num_frames, dtype=np.int64) for obj_id in ids}
     with ExitStack() as outputs:
-        write_masks = outputs.enter_context(mask_sequence_writer(request.output, video, segmentation.label_dtype))
+        mask_target, overlay_target, areas_target = outputs.enter_context(
+            outputs_together([request.output, request.overlay, request.areas])
+        )
+        write_masks = outputs.enter_context(mask_sequence_writer(mask_target, video, segmentation.label_dtype))
         write_overlay = None
-        if request.overlay is not None:
-            write_overlay = outputs.enter_context(overlay_video_writer(request.overlay, video, segmentation.names))
+        if overlay_target is not None:
+            write_overlay = outputs.enter_context(overlay_video_writer(overlay_target, video, segmentation.names))
         bar = outputs.enter_context(tqdm(total=video.num_frames, desc="writing", unit="frame", leave=False))
         for start, frames, labels in segmentation.chunks():
             write_masks(labels)
@@ -145,8 +148,8 @@ def write_outputs(segmentation: VideoSegmentation, request: VideoRequest) -> Non
                 areas[obj_id][start : start + len(labels)] = np.count_nonzero(labels == obj_id, axis=(1, 2))
             bar.update(len(labels))
         echo = measure(segmentation, areas[LV_OBJECT]) if request.echo else None
-        if request.areas is not None:
-            write_area_outputs(request.areas, segmentation, areas, echo)
+        if areas_target is not None:
+            write_area_outputs(areas_target, segmentation, areas, echo)
     report(segmentation, request, areas, echo)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +64,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:  # a full disk, a file-size limit...
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -88,15 +91,61 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
     staging = _create_beside(path, _new_folder)
     try:
         yield staging
-        if not path.exists():
-            os.replace(staging, path)
-            return
-        previous = _create_beside(path, _new_folder, infix="old.")
-        os.replace(path, previous / path.name)
-        os.replace(staging, path)
-        shutil.rmtree(previous, ignore_errors=True)
+        _move_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _as_named(text: str, named: dict[str, str]) -> str:
+    """`text` with any path inside a staging folder as the path the user gave for that output."""
+    for staging, given in named.items():
+        text = re.sub(re.escape(staging) + r"[^\s:'\"]*", given, text)
+    return text
+
+
+def _move_into_place(written: Path, path: Path) -> None:
+    """Rename `written` (a file, or a folder) over `path`; a folder already there is moved aside first."""
+    if not (written.is_dir() and path.is_dir()):
+        os.replace(written, path)
+        return
+    previous = _create_beside(path, _new_folder, infix="old.")
+    os.replace(path, previous / path.name)
+    os.replace(written, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path | None]]:
+    """Yield where to write each of `paths` (None stays None) so that they land together: each in a
+    hidden folder beside its path, under its own name, so that a header naming its data file (.mhd,
+    .nhdr) stays right. Once the body has written them all they move into place (the file at each
+    path after the data files beside it); on any error none does and the folders are deleted, so a
+    failed overlay never leaves its mask behind. Devices and pipes are written to where they are."""
+    stagings: dict[Path, Path] = {}  # final path -> its staging folder
+    named: dict[str, str] = {}  # staging folder -> the path as given, for error messages
+    try:
+        staged: list[Path | None] = []
+        for target in (None if path is None else Path(path) for path in paths):
+            if target is None or _written_through(target):
+                staged.append(target)
+                continue
+            final = _link_target(target)
+            stagings[final] = _create_beside(final, _new_folder)
+            staged.append(stagings[final] / final.name)
+            named[str(stagings[final])] = str(target)
+        try:
+            yield staged
+        except InputError as error:  # a writer's message names the file the user named
+            raise InputError(_as_named(str(error), named)) from None
+        except OSError as error:  # a full disk, a file-size limit...
+            where = _as_named(str(error.filename), named) if error.filename else ", ".join(named.values())
+            raise InputError(f"{where}: cannot write ({error.strerror or error})") from None
+        for final, staging in stagings.items():
+            for written in sorted(staging.iterdir(), key=lambda entry: entry.name == final.name):
+                _move_into_place(written, final.parent / written.name)
+    finally:
+        for staging in stagings.values():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def make_output_folder(path: Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +12,7 @@ from PIL import Image
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
+from medsam2.io.atomic import outputs_together
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.readers import SITK_SUFFIXES, dicom_headers, file_suffix, library_reason
 from medsam2.io.volume import Volume
@@ -79,24 +78,13 @@ def _label_map(mask: np.ndarray, path: Path) -> np.ndarray:
 
 @contextmanager
 def _atomic_output(path: Path) -> Iterator[Path]:
-    """Yield where to write `path`'s file(s), in a hidden folder beside it; move them into place on success.
-
-    A folder rather than one temporary file (`medsam2.io.atomic.atomic_path`) because .mhd/.nhdr
-    headers name their data file, which must keep its final name; the file at `path` (the header)
-    moves last, after its data. Library and file-system failures become `InputError`.
-    """
-    moved: list[Path] = []
+    """Yield where to write `path`'s file(s) (`medsam2.io.atomic.outputs_together`: .mhd/.nhdr headers
+    name their data file, which must keep its final name); library and file-system failures become
+    `InputError`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
-            yield Path(staging) / path.name
-            for written in sorted(Path(staging).iterdir(), key=lambda file: file.name == path.name):
-                target = path.parent / written.name
-                os.replace(written, target)
-                moved.append(target)
+        with outputs_together([path]) as (target,):
+            yield target
     except (OSError, RuntimeError) as error:  # RuntimeError: SimpleITK's writers
-        for target in moved:
-            target.unlink(missing_ok=True)
         raise InputError(f"{path}: cannot write ({library_reason(error)})") from error
 
 
