@@ -22,6 +22,7 @@ from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice
+from medsam2.resources import packaged_file
 
 runner = CliRunner()
 
@@ -281,6 +282,19 @@ def test_unwritable_outputs_are_refused_before_the_model_runs(
     flags = ["--overlay", tmp_path / overlay] if overlay else []
     result = run("segment", lesion_case, "-o", tmp_path / output, "--box", "6,246,273,276,322", *flags)
     assert_one_line_error(result, output if overlay is None else overlay, fragment)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_dicom_seg_its_image_cannot_have_is_refused_before_the_model_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom's RT Dose file is a multi-frame DICOM image but not an enhanced one: a SEG needs the
+    functional groups such images carry, which shows before the segmentation, not after it."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the DICOM-SEG was tried")
+
+    monkeypatch.setattr(segment_command, "load_predictor", no_model)
+    dose = packaged_file("pydicom", "pydicom/data/test_files/rtdose.dcm", "pip install pydicom")
+    result = run("segment", dose, "-o", tmp_path / "seg.dcm", "--box", "7,2,2,8,8")
+    assert_one_line_error(result, "rtdose.dcm: cannot make a DICOM-SEG from this image", "SharedFunctionalGroupsSequence")
     assert not any(tmp_path.iterdir())
 
 

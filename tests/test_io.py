@@ -20,7 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
-from medsam2.io.dicom import write_segmentation
+from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import load_mask
 
@@ -199,7 +199,7 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     # A SEG referencing only the slices it segments (as other tools write them) reads back the same.
     segmented = np.flatnonzero(labels.any(axis=(1, 2)))
     headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
-    write_segmentation(labels[segmented], [headers[k] for k in segmented], tmp_path / "partial.dcm")
+    build_segmentation(labels[segmented], [headers[k] for k in segmented]).save_as(tmp_path / "partial.dcm")
     np.testing.assert_array_equal(load_mask(tmp_path / "partial.dcm", like=series).array, labels)
     write_dicom_series(ct_case, tmp_path / "other", seed=1)  # the same pixels, other instances
     with pytest.raises(InputError, match="seg.dcm: this DICOM-SEG segments another series"):

@@ -100,7 +100,7 @@ def is_segmentation(path: Path) -> bool:
 
 def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
     """The label map (Z, Y, X) a DICOM-SEG draws on `sources`, frame k over the k-th frame of the
-    sources as `write_segmentation` takes them; each segment's number is its label (overlaps: the
+    sources as `build_segmentation` takes them; each segment's number is its label (overlaps: the
     higher number). A SEG of another series, or one that cannot be read, is a one-line InputError."""
     try:
         segmentation = hd.seg.segread(path)
@@ -122,8 +122,8 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
         raise InputError(f"{path}: its frames do not map onto the image's ({first_line(error)})") from error
 
 
-def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: Path) -> None:
-    """Write a BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`.
+def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset]) -> hd.seg.Segmentation:
+    """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`.
 
     `labels[k]` must overlay the k-th frame of the sources: the k-th file of a series in the order of
     `read_largest_series`, or the k-th frame of a single (possibly multi-frame) file.
@@ -145,7 +145,7 @@ def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: P
         )
         for label in range(1, max(int(labels.max()), 1) + 1)
     ]
-    segmentation = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -159,4 +159,3 @@ def write_segmentation(labels: np.ndarray, sources: Sequence[Dataset], target: P
         software_versions=__version__,
         device_serial_number="none",
     )
-    segmentation.save_as(target)

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
@@ -32,7 +33,7 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
     path = Path(path)
-    check_mask_output(path, like)
+    _check_mask_path(path, like)
     mask = np.asarray(mask)
     if mask.shape != like.shape:
         raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
@@ -45,7 +46,17 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
 
 def check_mask_output(path: Path, like: Volume | None = None) -> None:
     """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
-    Front ends call it before the segmentation, so that a wrong output name fails at once."""
+    Front ends call it before the segmentation, so that a wrong output name fails at once: a
+    DICOM-SEG is tried on `like`'s DICOM files with one marked voxel (not written)."""
+    _check_mask_path(path, like)
+    if like is not None and file_suffix(path) == ".dcm":
+        probe = np.zeros(like.shape, np.uint8)
+        probe.flat[0] = 1
+        _dicom_seg(probe, like)
+
+
+def _check_mask_path(path: Path, like: Volume | None) -> None:
+    """`check_mask_output`'s checks of the name and the image's kind, which cost nothing."""
     suffix = file_suffix(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; name the mask file, e.g. {path / 'mask.nii.gz'}")
@@ -136,14 +147,19 @@ def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
     Image.fromarray(labels[0]).save(target)
 
 
-def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
+def _dicom_seg(labels: np.ndarray, like: Volume) -> Dataset:
     sources = dicom_headers(like, "for the DICOM-SEG")
     try:
-        dicom.write_segmentation(labels, sources, target)
+        return dicom.build_segmentation(labels, sources)
     except (ValueError, AttributeError, KeyError) as error:
-        # Attributes a SEG must copy from its sources (patient, study, frame of reference) missing or malformed.
+        # Attributes a SEG must copy from its sources (patient, study, frame of reference, an
+        # enhanced multi-frame image's functional groups) missing or malformed.
         reason = library_reason(error)
         raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({reason})") from error
+
+
+def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
+    _dicom_seg(labels, like).save_as(target)
 
 
 _WRITERS: dict[str, Callable[[np.ndarray, Volume, Path], None]] = {
