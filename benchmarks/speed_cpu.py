@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from common import ct_lesion_cases
-from medsam2.engine.models import LiteMedSAMPredictor, keep_large_allocations, load_predictor, native_bf16_cpu
+from medsam2.allocator import keep_large_allocations
+from medsam2.engine.models import LiteMedSAMPredictor, load_predictor, native_bf16_cpu
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from medsam2 import __version__
+from medsam2.allocator import keep_large_allocations
 from medsam2.cli.annotate import app as annotate_app
 from medsam2.cli.batch import batch
 from medsam2.cli.evaluate import eval_command
@@ -41,6 +42,7 @@ def main(
     ),
 ) -> None:
     """medsam2: promptable segmentation of 3D medical images and videos."""
+    keep_large_allocations()
 
 
 app.command("info")(info)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsam2.allocator import keep_large_allocations
 from medsam2.distributed.manifest import Case
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor
@@ -109,6 +110,7 @@ class CaseRunner:
 
     def __init__(self, settings: BatchSettings, threads: int | None = None):
         self.settings = settings
+        keep_large_allocations()  # a worker process of its own (Ray), or the batch command's
         if threads:
             torch.set_num_threads(threads)
         self._predictors: dict[str, SlicePredictor] = {}

@@ -8,7 +8,6 @@ MedSAM2 checkpoints and presets are resolved by `medsam2.engine.registry`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 from collections.abc import Mapping
 from typing import get_args
@@ -29,8 +28,6 @@ from medsam2.preprocess.resize import LongestSideResize
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "lite-medsam"
-# glibc mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # Logits a user-given mask stands for, as SAM 2 turns a mask prompt into output logits.
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0
 
@@ -160,21 +157,6 @@ class LiteMedSAMPredictor:
         return (grid * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS)[None, None].to(self.device)
 
 
-def keep_large_allocations() -> None:
-    """Ask glibc to keep freed blocks of up to 1 GiB instead of returning them to the system.
-
-    The encoder's activations are tens of MB; by default glibc maps and unmaps each of them on every
-    call, and the page faults cost more than the arithmetic (encoding ran 1.6-2x faster on the
-    project's CPU with this). A no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-
-
 def check_precision(precision: str | None) -> Precision | None:
     """`--precision` as given (None: the model's default); a one-line error for another value."""
     if precision is not None and precision not in get_args(Precision):
@@ -220,8 +202,6 @@ def load_predictor(
 
     check_precision(precision)
     target = resolve_device(device)
-    if target.type == "cpu":
-        keep_large_allocations()
     if model == DEFAULT_MODEL:
         lite_medsam = load_lite_medsam(device=target)
     else:
