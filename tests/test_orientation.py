@@ -16,7 +16,15 @@ from medsam2.engine.api import prepare_slices
 from medsam2.io import load_image, slicing_axis_index, to_slices
 from medsam2.io.overlay import LABEL_COLOURS, save_overlay_montage
 from medsam2.io.samples import mni152_brain
-from medsam2.io.volume import SliceDisplay, Volume, orient_for_display, orientation_code, slice_display, slice_pixel_spacing
+from medsam2.io.volume import (
+    SliceDisplay,
+    Volume,
+    orient_for_display,
+    orientation_code,
+    reading_step,
+    slice_display,
+    slice_pixel_spacing,
+)
 
 AXES = ("axial", "coronal", "sagittal")
 # Storage orders as ITK names them (where each index axis x, y, z increases towards): DICOM's,
@@ -49,14 +57,12 @@ def stored_as(volume: Volume, code: str, folder: Path) -> Volume:
 
 
 def shown_slices(volume: Volume, axis: str) -> np.ndarray:
-    """Every `axis` slice as shown, in the order of the patient's right to left, front to back or
-    feet to head (slice indices themselves follow the file: only the picture is turned)."""
+    """Every `axis` slice as shown, in the order a viewer steps through them (`reading_step`: head
+    to feet, front to back, the patient's right to left); slice numbers themselves follow the file."""
     axis_index = slicing_axis_index(volume, axis)
     display = slice_display(volume, axis)
     shown = np.stack([orient_for_display(s, display) for s in to_slices(volume.array, axis_index)])
-    world_axis = {"sagittal": 0, "coronal": 1, "axial": 2}[axis]
-    runs_backwards = volume.direction_matrix[world_axis, 2 - axis_index] < 0
-    return shown[::-1] if runs_backwards else shown
+    return shown[:: reading_step(volume, axis)]
 
 
 @pytest.mark.parametrize("code", STORAGES)
@@ -69,7 +75,7 @@ def test_every_storage_order_shows_the_patient_the_same_way(code: str, tmp_path:
         top_left, bottom_right = np.argwhere(shown == 200)[0], np.argwhere(shown == 100)[0]
         assert tuple(top_left[1:]) == (0, 0), (code, axis)
         assert tuple(bottom_right[1:]) == tuple(np.array(shown.shape[1:]) - 1), (code, axis)
-        assert top_left[0] == {"axial": shown.shape[0] - 1, "coronal": 0, "sagittal": 0}[axis]  # superior, anterior, right
+        assert top_left[0] == 0 and bottom_right[0] == shown.shape[0] - 1  # the superior, anterior, right slice first
 
 
 def test_dicom_order_is_shown_as_stored_and_a_ras_nifti_turned() -> None:
@@ -82,6 +88,9 @@ def test_dicom_order_is_shown_as_stored_and_a_ras_nifti_turned() -> None:
     ras = lps.with_array(lps.array[:, ::-1, ::-1])
     ras = Volume(array=ras.array, direction=(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
     assert slice_display(ras, "axial") == SliceDisplay(flip_rows=True, flip_columns=True)
+    # Both store axial slices from the feet up (z to S): a viewer steps down through the numbers.
+    assert [reading_step(lps, axis) for axis in AXES] == [-1, 1, 1]
+    assert [reading_step(ras, axis) for axis in AXES] == [-1, -1, -1]
 
 
 def test_a_real_ras_scan_looks_the_same_stored_as_dicom_orders(tmp_path: Path) -> None:

@@ -559,12 +559,13 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     axial = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}"}).json()
     assert axial["display"] == {"transpose": True, "flip_rows": False, "flip_columns": False}  # its rows run left, columns back
     assert axial["warnings"] == []
+    assert info["slice_step"] == axial["slice_step"] == 1  # stored front to back and head to feet: reading order
     assert info["pixel_spacing"] == pytest.approx([0.977, 5.0], abs=1e-3) and info["slice_spacing"] == pytest.approx(0.977, abs=1e-3)
     picture = io.BytesIO()
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(picture, format="PNG")
     uploaded = client.post("/api/cases", params={"name": "flat.png"}, content=picture.getvalue(), headers={"Content-Type": "application/octet-stream"})
     assert uploaded.status_code == 201, uploaded.text
     flat = client.post("/api/sessions", json={"case": uploaded.json()["id"], "axis": "sagittal"}).json()
-    assert flat["axis"] == "axial" and flat["shape"] == [1, 64, 64]
+    assert flat["axis"] == "axial" and flat["shape"] == [1, 64, 64] and flat["slice_step"] == 1
     assert flat["warnings"] == ["flat.png is a 2D image, shown as it is: it has no sagittal view"]
     assert info["patient_frame"] and not client.post("/api/sessions", json={"case": uploaded.json()["id"]}).json()["patient_frame"]

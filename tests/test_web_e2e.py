@@ -322,6 +322,19 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     assert info["display"] == {"transpose": False, "flip_rows": True, "flip_columns": True}
     edges = [page.inner_text(f"#edge-{edge}") for edge in ("left", "right", "top", "bottom")]
     assert edges == ["R", "L", "S", "I"]  # the patient's side at each edge of the view
+    # Its coronal slices are numbered from the back forwards: the next slice in reading order (to
+    # the back) is the lower number, and the slider runs right to left.
+    assert info["slice_step"] == -1 and page.get_attribute("#slice", "dir") == "rtl"
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '14' && {IDLE}")
+    page.keyboard.press("End")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '0' && {IDLE}")
+    page.keyboard.press("Home")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '29' && {IDLE}")
+    page.keyboard.press("PageDown")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '19' && {IDLE}")
+    page.fill("#slice", "15")  # the slider's own value is the slice number
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice === '15' && {IDLE}")
 
     # Where the slice lies on the screen, and where the bright block is drawn within it.
     corners = [page.evaluate(f"medsam2Viewer.imageToClient({x}, {y})") for x, y in ((-0.5, -0.5), (55.5, 39.5))]
@@ -536,6 +549,7 @@ def test_the_annotation_panel_shows_a_ras_scan_turned_in_square_millimetres(tmp_
         page.wait_for_function("document.querySelector('#annotate-view').height !== 256")
         canvas = page.locator("#annotate-view").bounding_box()
         assert canvas["height"] / canvas["width"] == pytest.approx(60 / 40, abs=0.02)  # 30 rows of 2 mm, 40 columns of 1 mm
+        assert page.get_attribute("#annotate-slice", "dir") == "rtl"  # axial slices stored feet first: head on the left
         shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=canvas))).convert("L"))
         rows, columns = np.nonzero(shot > 200)
         assert rows.max() < 0.4 * shot.shape[0] and columns.max() < 0.4 * shot.shape[1]  # 10 of 30 rows, 12 of 40 columns

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
@@ -85,6 +86,9 @@ class CaseOut(BaseModel):
         None,
         description="How the slice PNGs are turned from the slice's own pixels (they are also stretched to square millimetres; open work only).",
     )
+    slice_step: Literal[1, -1] | None = Field(
+        None, description="The slice-number change from one slice to the next in reading order, as the viewer's `slice_step` (open work only)."
+    )
 
 
 class AnnotationService:
@@ -141,6 +145,7 @@ class AnnotationService:
             out.interactions = len(work.model.active)
             out.slice_shape = list(labels.shape[1:])
             out.display = work.model.display
+            out.slice_step = work.model.slice_step
         return out
 
 

@@ -43,7 +43,8 @@ from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import Session
 from medsam2.errors import InputError
 from medsam2.io import Volume, from_slices, load_image, to_slices
-from medsam2.io.volume import slice_display
+from medsam2.io.masks import states_geometry
+from medsam2.io.volume import reading_step, slice_display
 from medsam2.metrics import dice
 
 Override = tuple[int, int]  # (slice index, object id)
@@ -103,6 +104,7 @@ class CaseModel:
             raise InputError(f"{self.case.image}: the image has changed since it was imported (shape {self.volume.shape}, was {tuple(self.case.shape)})")
         self.slices, self.axis_index = prepare_slices(self.volume, project.settings.axis, project.settings.window)
         self.display = slice_display(self.volume, project.settings.axis)  # how people see the slices
+        self.slice_step = reading_step(self.volume, project.settings.axis) if states_geometry(self.volume) else 1
         self.session = Session(self.slices, predictors.get(self.round))
         self.base: dict[Override, np.ndarray] = {}
         if self.case.preseg_source == PresegSource.MASK.value:

@@ -155,6 +155,21 @@ def slice_display(volume: Volume, axis: SliceAxis) -> SliceDisplay:
     )
 
 
+# The order radiologists step through slices in (LPS world axis, sign of the next slice): axial from
+# head to feet, coronal from front to back, sagittal from the patient's right to his left.
+_READING_ORDER = {"axial": (2, -1), "coronal": (1, +1), "sagittal": (0, +1)}
+
+
+def reading_step(volume: Volume, axis: SliceAxis) -> int:
+    """The change of slice number from one `axis` slice to the next in reading order: +1, or -1 where
+    the file stores them the other way (a RAS NIfTI's or a DICOM series' axial slices run from the
+    feet up). Viewers step by it, so that the same key goes the same way through the patient
+    whatever the file's order; the numbers stay the file's, as prompts use them."""
+    world_axis, sign = _READING_ORDER[axis]
+    along_slices = volume.direction_matrix[world_axis, 2 - slicing_axis_index(volume, axis)]
+    return 1 if along_slices * sign > 0 else -1
+
+
 def orient_for_display(image: np.ndarray, display: SliceDisplay) -> np.ndarray:
     """A slice (H, W[, C]) turned as `display` says (a view, no copy)."""
     if display.transpose:

@@ -144,6 +144,9 @@ class SessionInfo(BaseModel):
         "slices, masks and prompts stay in the slice's own pixels"
     )
     patient_frame: bool = Field(description="whether the case is placed in the patient (a scan), so the view's edges have patient directions; videos and pictures are not")
+    slice_step: Literal[1, -1] = Field(
+        description="the slice-number change from one slice to the next in reading order (axial: head to feet, coronal: front to back, sagittal: right to left): -1 where the file stores them the other way; the page's keys, wheel and slider follow it"
+    )
     warnings: list[str] = Field(description="what the user should know before prompting (slices too narrow for the model)")
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")

@@ -26,7 +26,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
-from medsam2.io.volume import slice_display, slice_pixel_spacing
+from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.masks import states_geometry
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
@@ -139,7 +139,8 @@ class ViewerSession:
             "pixel_spacing": list(slice_pixel_spacing(self.volume, self.axis_index)),
             "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
             "display": asdict(slice_display(self.volume, self.axis)),
-            "patient_frame": self.video is None and states_geometry(self.volume),
+            "patient_frame": (patient_frame := self.video is None and states_geometry(self.volume)),
+            "slice_step": reading_step(self.volume, self.axis) if patient_frame else 1,
             "warnings": [*self.view_warnings, *filter(None, [narrow_slices_warning(self.slices.shape[1:3], self.axis)])],
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},

@@ -106,6 +106,7 @@ async function start() {
     ui.caseLine.textContent = `${caseInfo.name}: ${caseInfo.state.replace("_", " ")}${lease}`;
     if (!current.case) return;
     ui.slider.max = String(caseInfo.slices - 1);
+    ui.slider.dir = caseInfo.slice_step < 0 ? "rtl" : "ltr"; // left to right in reading order, as the viewer's
     if (caseInfo.masked_slices.length && !caseInfo.masked_slices.includes(Number(ui.slider.value))) {
       ui.slider.value = String(caseInfo.masked_slices[Math.floor(caseInfo.masked_slices.length / 2)]);
     }

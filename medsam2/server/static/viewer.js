@@ -447,9 +447,19 @@ function promptedSlices() {
   return [...new Set(state.session.objects.flatMap((object) => object.prompts.map((prompt) => prompt.slice)))].sort((a, b) => a - b);
 }
 
-function jumpPrompted(step) {
+// Steps go through the patient in reading order (axial head to feet, coronal front to back, sagittal
+// right to left) whatever order the file stores the slices in: `slice_step` is -1 where it runs the
+// other way. Slice numbers stay the file's, as prompts use them.
+function stepSlices(count) {
+  const last = state.session.shape[0] - 1;
+  const target = state.slice + count * state.session.slice_step;
+  goTo(Number.isFinite(target) ? target : target > 0 ? last : 0);
+}
+
+function jumpPrompted(direction) {
+  const onward = direction * state.session.slice_step;
   const slices = promptedSlices();
-  const target = step > 0 ? slices.find((s) => s > state.slice) : slices.reverse().find((s) => s < state.slice);
+  const target = onward > 0 ? slices.find((s) => s > state.slice) : slices.reverse().find((s) => s < state.slice);
   if (target !== undefined) goTo(target);
 }
 
@@ -587,6 +597,7 @@ async function openCase() {
   setWindow(null, "");
   fillMaskFormats();
   $("slice").max = String(count - 1);
+  $("slice").dir = info.slice_step < 0 ? "rtl" : "ltr"; // the slider runs in reading order too
   $("slice-label").textContent = info.kind === "video" ? "Frame" : "Slice";
   fitView();
   goTo(state.slice);
@@ -767,7 +778,7 @@ canvas.addEventListener("wheel", (event) => {
   }
   state.wheel += event.deltaY;
   if (Math.abs(state.wheel) >= WHEEL_STEP) {
-    goTo(state.slice + Math.sign(state.wheel));
+    stepSlices(Math.sign(state.wheel));
     state.wheel = 0;
   }
 }, { passive: false });
@@ -781,14 +792,14 @@ document.addEventListener("keydown", act(async (event) => {
   const presets = Object.keys(state.session.window_presets);
   const center = () => [canvas.clientWidth / 2, canvas.clientHeight / 2];
   const actions = {
-    ArrowUp: () => goTo(state.slice - 1),
-    ArrowLeft: () => goTo(state.slice - 1),
-    ArrowDown: () => goTo(state.slice + 1),
-    ArrowRight: () => goTo(state.slice + 1),
-    PageUp: () => goTo(state.slice - PAGE_STEP),
-    PageDown: () => goTo(state.slice + PAGE_STEP),
-    Home: () => goTo(0),
-    End: () => goTo(state.session.shape[0] - 1),
+    ArrowUp: () => stepSlices(-1),
+    ArrowLeft: () => stepSlices(-1),
+    ArrowDown: () => stepSlices(+1),
+    ArrowRight: () => stepSlices(+1),
+    PageUp: () => stepSlices(-PAGE_STEP),
+    PageDown: () => stepSlices(+PAGE_STEP),
+    Home: () => stepSlices(-Infinity),
+    End: () => stepSlices(+Infinity),
     "[": () => jumpPrompted(-1),
     "]": () => jumpPrompted(+1),
     "+": () => zoomAt(1.25, ...center()),
