@@ -75,6 +75,11 @@ def test_version_and_help_through_the_installed_command() -> None:
         shown = run(command, "--help")
         assert shown.exit_code == 0
         assert "Example" in shown.output, command
+    # Paragraphs are rewrapped to the terminal (not broken where the docstring's lines end), and
+    # placeholders in angle brackets are not taken for markup.
+    wide = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "200"}).output
+    assert "X,Y pixel column and row in that slice (as medsam2 info and most viewers count from 0)." in wide
+    assert "$MEDSAM2_MODEL_<NAME>" in wide
 
 
 def test_info_describes_image_and_mask(lesion_nifti) -> None:

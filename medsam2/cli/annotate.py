@@ -62,6 +62,7 @@ app = typer.Typer(
         "  medsam2 annotate round lesions/ --model finetuned.pth"
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # paragraphs rewrapped to the terminal, `code` shown as such
 )
 
 PROJECT_ARGUMENT = typer.Argument(..., metavar="PROJECT", help="The project folder (made by `medsam2 annotate init`).")

@@ -29,7 +29,7 @@ FAILURES_SHOWN = 20
 @reports_input_errors
 def batch(
     manifest: Path = typer.Argument(..., metavar="MANIFEST", help="CSV or JSONL file, one case per row: image, prompts, optional gt/model/format (see above)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder: masks/<id>.<format>, results.csv, results.jsonl."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: `masks/ID.FORMAT`, `results.csv`, `results.jsonl`."),
     engine: str = typer.Option("local", "--engine", help="local: worker processes on this machine; ray: actors on a Ray cluster."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes or Ray actors. Default: one per CPU (local), one per GPU or CPU slot (ray)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch threads per worker. Default: CPUs / workers (local), 1 (ray)."),

@@ -70,8 +70,10 @@ def info(
     image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
-    """Show what IMAGE is: shape, spacing, orientation, intensities, modality guess, labels; for a
-    video (as `medsam2 segment` reads it): frames, frame size, frame rate, pixel spacing.
+    """Show what IMAGE is: its geometry, intensities and labels, or a video's frames.
+
+    A scan or mask: shape, spacing, orientation, intensities, modality guess, labels. A video (as
+    `medsam2 segment` reads it): frames, frame size, frame rate, pixel spacing.
 
     Example: medsam2 info scan.nii.gz
     """

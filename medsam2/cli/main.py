@@ -24,6 +24,7 @@ app = typer.Typer(
         "volume. Run `medsam2 COMMAND --help` for each command's options and an example."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # paragraphs rewrapped to the terminal, `code` shown as such
     pretty_exceptions_enable=False,
     add_completion=False,
 )

@@ -55,7 +55,7 @@ def segment(
         "lite-medsam",
         "--model",
         help="lite-medsam (embedded); medsam2, sam2.1-tiny, sam2.1-small, sam2.1-base-plus or sam2.1-large "
-        "(checkpoint from $MEDSAM2_MODEL_<NAME> or the config file, see README); PRESET=FILE.pt for a preset's "
+        "(checkpoint from `$MEDSAM2_MODEL_<NAME>` or the config file, see README); PRESET=FILE.pt for a preset's "
         "settings with your file; or a LiteMedSAM / SAM 2.1 checkpoint path (SAM 2.1 variant detected, 1024 px).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
