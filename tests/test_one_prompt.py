@@ -160,7 +160,9 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
     empty = tmp_path / "empty.npz"
     volume = np.load(case)
     np.savez(empty, imgs=volume["imgs"], gts=np.zeros_like(volume["gts"]))
-    out = tmp_path / "out"
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_text("not an image")
+    out = tmp_path / "out" / "masks"
     for args, message in [
         (("--reference", case, case), "give exactly one of --reference-mask and --reference-box"),
         (("--reference", case, "--reference-mask", case, "--reference-box", "6,1,1,9,9", case), "give exactly one"),
@@ -168,12 +170,23 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, "--reference-box", "6,400,10,600,60", case), "lies outside the 512x512 slice"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
+        (("--reference", case, "--reference-mask", case, case, "--slices", "9-3"), "9-3 runs backwards; write it 3-9"),
+        # A target that cannot be read after another was segmented: no mask of the first is left.
+        (("--reference", case, "--reference-mask", case, case, broken, "--slices", "6"), "broken.nii.gz: cannot read"),
     ]:
         result = run(*args, "-o", out)
         assert result.exit_code == 2, result.output
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
-        assert not out.exists()
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr.strip().splitlines()[-1], result.stderr
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    # The targets' own folder as the output would replace each target with its mask.
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "scan.npz").write_bytes(case.read_bytes())
+    result = run("--reference", case, "--reference-mask", case, targets, "-o", targets)
+    assert result.exit_code == 2 and "scan.npz: writing there would replace the input" in result.stderr
+    assert (targets / "scan.npz").read_bytes() == case.read_bytes()
+    result = run("--reference", case, "--reference-mask", case, case, "-o", tmp_path / "masks.nii.gz")
+    assert result.exit_code == 2 and "the output is a folder (one mask per target in it), not an image file" in result.stderr
 
 
 def test_segment_memory_option_bad_values_are_one_line_errors(shared_data: Path, tmp_path: Path):

@@ -25,7 +25,7 @@ from medsam2.engine.prompt_sources import as_index, parse_numbers, prompts_from_
 from medsam2.engine.prompts import Prompt
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.atomic import atomic_write_text
+from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.volume import SliceAxis, from_slices
@@ -72,6 +72,8 @@ def parse_slices(text: str, count: int, where: Path) -> list[int]:
             first, last = int(low), int(high or low)
         except ValueError:
             raise InputError(f"--slices {text!r}: expected ranges A-B and indices separated by commas") from None
+        if first > last:
+            raise InputError(f"--slices {text!r}: {part.strip()} runs backwards; write it {last}-{first}")
         if not 0 <= first <= last < count:
             raise InputError(f"--slices {text!r}: {part.strip()} is outside 0..{count - 1} of {where}")
         chosen.update(range(first, last + 1))
@@ -137,30 +139,39 @@ def one_prompt(
         min_confidence=min_confidence,
         bank=ConfidenceBankConfig(capacity=bank_size, min_confidence=bank_threshold),
     )
+    if image_suffix(output) is not None:
+        raise InputError(f"-o {output}: the output is a folder (one mask per target in it), not an image file")
     ref_slices, prompt = reference_prompt(reference, reference_mask, reference_box, label, axis, window)  # type: ignore[arg-type]
     files = target_files(targets, output)
+    check_output_paths(
+        [reference, reference_mask, *(target.path for target in files)], [*(target.output for target in files), output / CSV_NAME]
+    )
     predictor = load_predictor(model, device=device)
     ref_image = ref_slices[prompt.slice_index]
     ref_mask = prompt.mask if prompt.mask is not None else reference_mask_from_box(ref_image, prompt.box, predictor)
     segmenter = OnePromptSegmenter(ref_image, ref_mask, predictor, config)
-    rows = []
-    for target in files:
-        volume = load_image(target.path)
-        stack, axis_index = prepare_slices(volume, axis, window)  # type: ignore[arg-type]
-        chosen = parse_slices(slices, len(stack), target.path) if slices else list(range(len(stack)))
-        results = segmenter.segment([stack[i] for i in chosen], desc=target.path.name)
-        labels = np.zeros(stack.shape[:3], dtype=np.uint8)
-        for index, result in zip(chosen, results):
-            labels[index] = result.mask
-        save_mask(np.ascontiguousarray(from_slices(labels, axis_index)), like=volume, path=target.output)
-        rows += [
-            (str(target.path), index, f"{r.confidence:.4f}", f"{r.score:.4f}", int(r.mask.sum()), str(target.output))
-            for index, r in zip(chosen, results)
-        ]
-        found = sum(1 for r in results if r.mask.any())
-        typer.echo(f"wrote {target.output} (structure on {found} of {len(results)} slices)")
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(rows)
-    typer.echo(f"wrote {atomic_write_text(output / CSV_NAME, table.getvalue())}")
+    rows, written = [], []
+    # All masks and the table land together: a target that cannot be read leaves no partial result.
+    with outputs_together([*(target.output for target in files), output / CSV_NAME]) as staged:
+        for target, staged_output in zip(files, staged):
+            volume = load_image(target.path)
+            stack, axis_index = prepare_slices(volume, axis, window)  # type: ignore[arg-type]
+            chosen = parse_slices(slices, len(stack), target.path) if slices else list(range(len(stack)))
+            results = segmenter.segment([stack[i] for i in chosen], desc=target.path.name)
+            labels = np.zeros(stack.shape[:3], dtype=np.uint8)
+            for index, result in zip(chosen, results):
+                labels[index] = result.mask
+            save_mask(np.ascontiguousarray(from_slices(labels, axis_index)), like=volume, path=staged_output)
+            rows += [
+                (str(target.path), index, f"{r.confidence:.4f}", f"{r.score:.4f}", int(r.mask.sum()), str(target.output))
+                for index, r in zip(chosen, results)
+            ]
+            found = sum(1 for r in results if r.mask.any())
+            written.append(f"wrote {target.output} (structure on {found} of {len(results)} slices)")
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(rows)
+        staged[-1].write_text(table.getvalue())
+    for line in [*written, f"wrote {output / CSV_NAME}"]:
+        typer.echo(line)

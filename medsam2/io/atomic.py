@@ -123,6 +123,8 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
     failed overlay never leaves its mask behind. Devices and pipes are written to where they are."""
     stagings: dict[Path, Path] = {}  # final path -> its staging folder
     named: dict[str, str] = {}  # staging folder -> the path as given, for error messages
+    made: list[Path] = []  # folders made for the outputs, removed again if nothing lands
+    landed = False
     try:
         staged: list[Path | None] = []
         for target in (None if path is None else Path(path) for path in paths):
@@ -130,6 +132,7 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
                 staged.append(target)
                 continue
             final = _link_target(target)
+            made += [folder for folder in _missing_folders(final.parent) if folder not in made]
             stagings[final] = _create_beside(final, _new_folder)
             staged.append(stagings[final] / final.name)
             named[str(stagings[final])] = str(target)
@@ -143,9 +146,23 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
         for final, staging in stagings.items():
             for written in sorted(staging.iterdir(), key=lambda entry: entry.name == final.name):
                 _move_into_place(written, final.parent / written.name)
+        landed = True
     finally:
         for staging in stagings.values():
             shutil.rmtree(staging, ignore_errors=True)
+        if not landed:
+            for folder in reversed(made):  # deepest first; only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
 
 
 def make_output_folder(path: Path) -> Path:
