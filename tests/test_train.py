@@ -275,6 +275,9 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("existing run", ["already holds a training run", "--resume"]),
         ("changed settings", ["optimizer.lr was 0.0002, now 0.001", "resuming needs the same settings"]),
         ("output is a file", ["out: cannot use as the output folder (a file is there)"]),
+        ("model option", ["--model 'sam3': choose lite-medsam or sam2"]),
+        ("foreign checkpoint", ["foreign.pt: not a LiteMedSAM checkpoint"]),
+        ("config is a folder", ["is a folder; CONFIG is a YAML file"]),
     ],
 )
 def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
@@ -297,13 +300,20 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
             extra = ["--resume"]
     elif how == "output is a file":
         out.write_text("a file, not a folder")
+    elif how == "model option":
+        extra = ["--model", "sam3"]
+    elif how == "foreign checkpoint":  # found only when the model is built, after the data are read
+        torch.save({"a": torch.zeros(2)}, tmp_path / "foreign.pt")
+        extra = ["--checkpoint", str(tmp_path / "foreign.pt")]
     before = sorted(out.rglob("*")) if out.is_dir() else []
-    result = runner.invoke(app, ["train", str(write_config(tmp_path / "train.yaml", document)), "--no-progress", *extra])
+    config = tmp_path if how == "config is a folder" else write_config(tmp_path / "train.yaml", document)
+    result = runner.invoke(app, ["train", str(config), "--no-progress", *extra])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
     assert (sorted(out.rglob("*")) if out.is_dir() else []) == before  # nothing written
+    assert out.exists() == (how in ("existing run", "changed settings", "output is a file"))  # no folder made either
 
 
 def test_config_files_flags_and_the_example(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import typer
@@ -107,6 +108,8 @@ def train_command(
     config = settings.load_config(config_file) if config_file is not None else settings.TrainConfig()
     if (images is None) != (masks is None):
         raise InputError("--images and --masks go together")
+    if model is not None and model not in typing.get_args(settings.ModelName):
+        raise InputError(f"--model {model!r}: choose lite-medsam or sam2 (a checkpoint to start from goes to --checkpoint)")
     sources = [data_source(path) for path in data]
     if images is not None:
         sources.append(settings.DataSource(images=str(images.expanduser().resolve()), masks=str(masks.expanduser().resolve())))

@@ -146,6 +146,8 @@ def load_config(path: Path | str) -> TrainConfig:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; CONFIG is a YAML file (give data with --data, or --images and --masks)") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         reason = first_line(error)
         raise InputError(f"{path}: not valid YAML ({reason})") from None
@@ -186,6 +188,13 @@ def validate(config: TrainConfig, where: str = "config") -> None:
 
     for source in config.data.sources:
         source.kind()
+    # Literal settings: a YAML file's are checked as it is read, options' only here.
+    for key, value, hint in (
+        ("model.name", config.model.name, ModelName),
+        ("training.precision", config.training.precision, Precision),
+        ("data.axis", config.data.axis, SliceAxisName),
+    ):
+        need(value in typing.get_args(hint), key, f"{value!r}: choose one of {', '.join(typing.get_args(hint))}")
     need(0.0 <= config.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     need(config.data.embedding_cache_slices >= 0, "data.embedding_cache_slices", "must be >= 0")
     if config.data.window is not None:

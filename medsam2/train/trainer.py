@@ -123,8 +123,15 @@ def train(
         state = load_training_state(out_dir / STATE_NAME, device) if resume else None
         if state is not None:
             check_resumable(state, out_dir / STATE_NAME, config, data.sha256, distribution.world_size)
+        made = not out_dir.exists()
         make_output_folder(out_dir)  # once the data are found good: a bad data set leaves no folder
-        loop = _Loop(config, data, distribution, device, state, progress, report)  # loads the model: may fail too
+        try:
+            loop = _Loop(config, data, distribution, device, state, progress, report)  # loads the model: may fail too
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):  # only while empty
+                    out_dir.rmdir()
+            raise
         if distribution.is_main:
             for line in data.skipped:
                 report(line)
