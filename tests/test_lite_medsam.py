@@ -202,7 +202,8 @@ def _save(tmp_path: Path, content: object) -> Path:
     [
         ("missing", "checkpoint not found"),
         ("truncated", "not a readable PyTorch checkpoint"),
-        ("text_file", r"not a PyTorch checkpoint of tensors only \(Unsupported operand"),
+        ("text_file", r"not a PyTorch checkpoint \(neither the zip archive nor the pickle torch\.save writes\)"),
+        ("git_lfs_pointer", r"a Git LFS pointer, not the checkpoint itself \(fetch the file: git lfs pull\)"),
         (
             "renamed_key",
             r"not a LiteMedSAM checkpoint \(1 missing keys, e\.g\. mask_decoder\.iou_token\.weight; "
@@ -225,6 +226,9 @@ def test_bad_checkpoint_is_a_one_line_input_error(
     elif damage == "text_file":
         path = tmp_path / "weights.json"
         path.write_text('{"model": "lite_medsam.pth"}')
+    elif damage == "git_lfs_pointer":  # a clone made without git-lfs holds these in place of the weights
+        path = tmp_path / "MedSAM2_latest.pt"
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 156000000\n")
     elif damage == "renamed_key":
         state["decoder.iou_token.weight"] = state.pop(key)
         path = _save(tmp_path, state)

@@ -83,10 +83,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What torch.save files open with: a zip archive (since torch 1.6) or a pickle (protocol 2 and up).
+CHECKPOINT_SIGNATURES = (b"PK\x03\x04", b"\x80")
+GIT_LFS_POINTER = b"version https://git-lfs"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint saved as a plain state dict or as {"model": state_dict}."""
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
+    with path.open("rb") as file:
+        head = file.read(len(GIT_LFS_POINTER))
+    if head == GIT_LFS_POINTER:
+        raise InputError(f"{path}: a Git LFS pointer, not the checkpoint itself (fetch the file: git lfs pull)")
+    if not head.startswith(CHECKPOINT_SIGNATURES):
+        raise InputError(f"{path}: not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)")
     try:
         with warnings.catch_warnings():
             # a warning on old pickle protocols, about torch itself: the outcome is what counts
@@ -97,7 +108,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         cause = str(error).partition(WEIGHTS_UNPICKLER_CAUSE)[2].strip()
         reason = cause.splitlines()[0] if cause else first_line(error)
         raise InputError(f"{path}: not a PyTorch checkpoint of tensors only ({reason})") from None
-    except (RuntimeError, EOFError, ValueError) as error:
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as error:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
