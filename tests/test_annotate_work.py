@@ -223,6 +223,8 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("init", project, "--label", "70000=lesion"), "VALUE a whole number from 1 to 65535")
     assert_one_line_error(run("init", project, "--axis", "oblique"), "--axis 'oblique'")
     assert_one_line_error(run("init", project, "--db", "oracle://x/y"), "unsupported database 'oracle'")
+    (tmp_path / "notes.txt").write_text("a file")
+    assert_one_line_error(run("init", tmp_path / "notes.txt"), "notes.txt: a file is there; a project is a folder")
     assert run("init", project).exit_code == 0
     assert_one_line_error(run("init", project), "already an annotation project")
     assert_one_line_error(run("import", project, tmp_path / "nothing.nii.gz"), "no such file or folder")

@@ -258,6 +258,7 @@ def test_eval_with_mismatched_shape_or_geometry(tmp_path: Path, lesion_nifti) ->
         (["--window", "wide", "--box", "6,10,10,50,50"], "window"),
         (["--model", "missing.pt", "--box", "6,10,10,50,50"], "missing.pt"),
         ([], "no prompt"),
+        (["--prompts", "."], ".: is a folder; the prompts are a JSON file"),
     ],
 )
 def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[str], fragment: str) -> None:

@@ -244,6 +244,8 @@ def init_project(
     settings = settings or ProjectSettings()
     folder = Path(folder).resolve()
     name = check_name(name or folder.name, "project name")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: a file is there; a project is a folder (give a new folder's name)")
     if (folder / PROJECT_FILE).exists():
         raise InputError(f"{folder}: already an annotation project ({PROJECT_FILE} exists)")
     if settings.axis not in AXES:

@@ -16,7 +16,7 @@ from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
-from medsam2.io.atomic import outputs_together
+from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.overlay import save_overlay_montage
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
@@ -70,12 +70,17 @@ def demo(
         z, x1, y1, x2, y2 = parse_numbers(box, "--box", (5,))
         prompt = Prompt(as_index(z, "--box", "slice"), 1, box=(x1, y1, x2, y2))
     elif truth is not None:
+        if not truth.array.any():
+            raise InputError(f"{reference or case}: the reference mask is empty; give --box")
         prompt = key_slice_box(to_slices(truth.array, slicing_axis_index(volume, "axial")))
     else:
         raise InputError(f"{case}: give --box or --reference (the case has no stored mask)")
+    mask_path, overlay_path = out / f"{name}_mask.nii.gz", out / f"{name}_overlay.png"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: a file is there; the demo writes its mask and overlay into a folder")
+    check_output_paths([case, reference], [mask_path, overlay_path])
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
     result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
-    mask_path, overlay_path = out / f"{name}_mask.nii.gz", out / f"{name}_overlay.png"
     with outputs_together([mask_path, overlay_path]) as (mask_target, overlay_target):
         save_mask(result.labels.array, like=volume, path=mask_target)
         save_overlay_montage(

@@ -27,6 +27,10 @@ def load_prompt_file(path: Path, height: int, width: int) -> list[Prompt]:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such prompts file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; the prompts are a JSON file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid JSON ({error})") from None
     try:
