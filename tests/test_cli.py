@@ -171,6 +171,17 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
     (tmp_path / "fractional.json").write_text(json.dumps(prompts))
     fractional = run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "fractional.json")
     assert_one_line_error(fractional, f"object 1: slice {key + 0.5} is not a whole number")
+    # Two objects with one id would merge into one under the second's name; a box and a RECIST line
+    # in one prompt are two boxes.
+    prompts["objects"][0]["prompts"][0]["slice"] = key
+    for change, message in [
+        (lambda objects: objects[1].update(id=1), "object id 1 is given to two objects; give each its own"),
+        (lambda objects: objects[0]["prompts"][0].update(recist=[1, 1, 9, 9]), "object 1: a prompt with both a box and a RECIST line"),
+    ]:
+        broken = json.loads(json.dumps(prompts))
+        change(broken["objects"])
+        (tmp_path / "broken.json").write_text(json.dumps(broken))
+        assert_one_line_error(run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "broken.json"), message)
 
 
 def test_segment_from_the_npz_recist_marker(tmp_path: Path, lesion_case: Path, draw_recist) -> None:
@@ -259,6 +270,8 @@ def test_eval_with_mismatched_shape_or_geometry(tmp_path: Path, lesion_nifti) ->
         (["--model", "missing.pt", "--box", "6,10,10,50,50"], "missing.pt"),
         ([], "no prompt"),
         (["--prompts", "."], ".: is a folder; the prompts are a JSON file"),
+        (["--box", "6,10,10,50,50", "--box", "6,20,20,60,60"], "object 1 has two boxes or masks on slice 6"),
+        (["--box", "6,10,10,50,50", "--recist", "6,20,20,60,60"], "object 1 has two boxes or masks on slice 6 (a RECIST line is a box)"),
     ],
 )
 def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[str], fragment: str) -> None:

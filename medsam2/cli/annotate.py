@@ -34,7 +34,7 @@ from medsam2.annotate import (
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import reports_input_errors
-from medsam2.engine.prompt_sources import PromptSources, prompts_from_flags
+from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask, slicing_axis_index, to_slices
@@ -306,7 +306,7 @@ def prompt_command(
     opened = open_project(project)
     image = case_image(opened, case)
     _, height, width = to_slices(np.empty(image.shape, np.uint8), slicing_axis_index(image, opened.settings.axis)).shape
-    prompts = prompts_from_flags(box, point, recist, height, width)
+    prompts = check_one_region_each(prompts_from_flags(box, point, recist, height, width))
     if not prompts:
         raise InputError("give at least one --box, --point or --recist")
     for prompt in prompts:

@@ -16,7 +16,7 @@ import typer
 from tqdm.auto import tqdm
 
 from medsam2.engine.models import load_predictor
-from medsam2.engine.prompt_sources import PromptSources, prompts_from_mask, written_prompts
+from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_mask, written_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import Precision
 from medsam2.engine.video import (
@@ -88,7 +88,7 @@ def video_prompts(video: Video, request: VideoRequest) -> list[Prompt]:
         prompts += mask_prompts(request.mask_prompt, video)
     if not prompts:
         raise InputError(f"{video.name}: no prompt given (use --frame-box, --frame-point, --prompts or --mask-prompt)")
-    return prompts
+    return check_one_region_each(prompts, "frame")
 
 
 def mask_prompts(spec: str, video: Video) -> list[Prompt]:

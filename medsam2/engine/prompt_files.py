@@ -50,14 +50,20 @@ def whole_number(value: object, what: str) -> int:
 
 def prompts_from_dict(data: dict, height: int, width: int) -> list[Prompt]:
     prompts = []
+    ids: set[int] = set()
     for position, entry in enumerate(data["objects"]):
         obj_id = whole_number(entry.get("id", position + 1), "object id")
+        if obj_id in ids:
+            raise InputError(f"object id {obj_id} is given to two objects; give each its own")
+        ids.add(obj_id)
         name = entry.get("name")
         for item in entry["prompts"]:
             unknown = set(item) - PROMPT_KEYS
             if unknown:
                 raise InputError(f"object {obj_id}: unknown prompt keys {sorted(unknown)}")
             box = item.get("box")
+            if "recist" in item and box is not None:
+                raise InputError(f"object {obj_id}: a prompt with both a box and a RECIST line; give one")
             if "recist" in item:
                 box = recist_to_box(tuple(float(v) for v in item["recist"]), height, width)
             points = tuple(tuple(float(c) for c in point) for point in item.get("points", ()))

@@ -81,6 +81,23 @@ def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prom
     return prompts
 
 
+def check_one_region_each(prompts: list[Prompt], frame: str = "slice") -> list[Prompt]:
+    """`prompts` as they are, where each object has at most one box or mask per slice (a RECIST
+    line is a box): a second would replace the first without a word. Clicks add to either."""
+    given: set[tuple[int, int]] = set()
+    for prompt in prompts:
+        if prompt.box is None and prompt.mask is None:
+            continue
+        key = (prompt.slice_index, prompt.obj_id)
+        if key in given:
+            raise InputError(
+                f"object {prompt.obj_id} has two boxes or masks on {frame} {prompt.slice_index} (a RECIST line is a box); "
+                "give one, or give the second object its own id"
+            )
+        given.add(key)
+    return prompts
+
+
 def written_prompts(sources: PromptSources, height: int, width: int) -> list[Prompt]:
     """The prompts given as text: the box, point and RECIST flags, then the prompts file."""
     prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width)
@@ -102,4 +119,4 @@ def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> l
         prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
     if not prompts:
         raise InputError(f"{volume.source}: no prompt given (use --box, --point, --recist, --prompts or --mask-prompt)")
-    return prompts
+    return check_one_region_each(prompts)
