@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -216,6 +217,18 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert np.array_equal(load_image(case.image_path(root)).array, load_image(scan).array)
 
 
+def test_presegment_exits_non_zero_when_a_case_fails(tmp_path: Path, draw_recist) -> None:
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion").exit_code == 0
+    assert run("import", project, scan).exit_code == 0
+    np.savez_compressed(scan, imgs=np.zeros((2, 96, 96), np.uint8))  # the scan changed after its import
+    result = run("presegment", project)
+    assert result.exit_code == 1 and "pre-segmented 0 case(s)" in result.stdout
+    assert "not pre-segmented: disc: " in result.stderr and "has changed since it was imported" in result.stderr
+
+
 def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     project = tmp_path / "project"
     assert_one_line_error(run("status", project), "not an annotation project")
@@ -231,6 +244,9 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("accept", project, "ghost", "-a", "alice"), "no case named 'ghost'")
     assert_one_line_error(run("export", project, tmp_path / "out"), "no accepted cases")
     assert_one_line_error(run("queue", project, "-a", "two words"), "annotator 'two words'")
+    # A round's model is built when the round starts, not when the first case needs it.
+    torch.save({"a": torch.zeros(2)}, tmp_path / "foreign.pt")
+    assert_one_line_error(run("round", project, "--model", tmp_path / "foreign.pt"), "neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint")
     # output names are checked before the case is looked up (and before any replay or recording)
     assert_one_line_error(run("show", project, "ghost", "-o", tmp_path / "out" / "mask.xyz"), "cannot write masks as '.xyz'")
     assert_one_line_error(run("prompt", project, "ghost", "--box", "0,1,1,5,5", "--overlay", tmp_path / "out" / "view.jpg"), "name it .png")

@@ -117,14 +117,18 @@ def check_name(value: str, what: str) -> str:
 
 
 def model_identity(spec: str) -> ModelIdentity:
-    """The identity of `--model SPEC`: the embedded LiteMedSAM, a preset or a checkpoint file."""
+    """The identity of `--model SPEC`: the embedded LiteMedSAM, a preset or a checkpoint file. A
+    file is built into its model once here, so that a round never starts on one that cannot run."""
     if spec == DEFAULT_MODEL:
         from medsam2.models.weights import LITE_MEDSAM_SHA256
 
         return ModelIdentity(spec, f"{spec}@{LITE_MEDSAM_SHA256[:12]}", LITE_MEDSAM_SHA256)
     from medsam2.engine.registry import resolve_model
 
+    from medsam2.engine.models import load_predictor
+
     choice = resolve_model(spec)
+    load_predictor(spec)
     digest = file_sha256(choice.path)
     # A preset is stored by name (each machine configures its own path); a file by absolute path.
     stored = choice.preset.name if choice.preset is not None and spec == choice.preset.name else str(choice.path.resolve())

@@ -33,7 +33,7 @@ from medsam2.annotate import (
 )
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
-from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
@@ -212,6 +212,8 @@ def presegment_command(
     typer.echo(f"pre-segmented {len(report.done)} case(s)")
     for name, why in report.failed.items():
         typer.echo(f"not pre-segmented: {name}: {why}", err=True)
+    if report.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @app.command("queue")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
 from medsam2.distributed.ray_engine import check_ray_address, import_ray
@@ -22,7 +22,6 @@ from medsam2.preprocess import parse_window
 
 ENGINES = ("local", "ray")
 # Exit statuses beside 0 (all done) and 2 (bad command-line input).
-EXIT_SOME_FAILED = 1
 FAILURES_SHOWN = 20
 
 

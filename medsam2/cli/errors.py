@@ -13,6 +13,7 @@ from medsam2.errors import InputError, first_line
 F = TypeVar("F", bound=Callable)
 
 EXIT_BAD_INPUT = 2
+EXIT_SOME_FAILED = 1  # the command ran, but some of its cases failed (each reported)
 
 
 def fail(message: str) -> None:
