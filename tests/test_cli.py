@@ -71,6 +71,16 @@ def test_the_command_line_starts_without_the_heavy_optional_imports() -> None:
 def test_version_and_help_through_the_installed_command() -> None:
     version = subprocess.run([sys.executable, "-m", "medsam2.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("medsam2 ")
+    # A mistyped command line is bad input like any other: one line, status 2 (not typer's panel).
+    for args, line in [
+        (["segment", "scan.nii.gz"], "error: medsam2 segment: Missing option '-o' / '--output'. (see medsam2 segment --help)"),
+        (["eval", "a", "b", "--nsd-tolerance", "x"], "error: medsam2 eval: Invalid value for '--nsd-tolerance': Input should be a valid number"),
+        (["segmnet"], "error: medsam2: No such command 'segmnet'."),
+    ]:
+        mistyped = subprocess.run([sys.executable, "-m", "medsam2.cli", *args], capture_output=True, text=True)
+        assert mistyped.returncode == 2 and mistyped.stdout == "", mistyped
+        (shown,) = mistyped.stderr.splitlines()
+        assert shown.startswith(line), shown
     for command in ("info", "eval", "segment", "demo"):
         shown = run(command, "--help")
         assert shown.exit_code == 0

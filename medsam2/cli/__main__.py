@@ -1,3 +1,3 @@
-from medsam2.cli.main import app
+from medsam2.cli.main import main
 
-app(prog_name="medsam2")
+main()

@@ -16,9 +16,14 @@ EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1  # the command ran, but some of its cases failed (each reported)
 
 
-def fail(message: str) -> None:
-    """Print `message` as the one-line error and exit with status 2."""
+def say_error(message: str) -> None:
+    """Print `message` as the one-line error."""
     typer.echo(f"error: {message}", err=True)
+
+
+def fail(message: str) -> None:
+    """Print `message` as the one-line error and exit the command with status 2."""
+    say_error(message)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 

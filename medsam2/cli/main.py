@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.exceptions import TyperException
 
 from medsam2 import __version__
 from medsam2.allocator import keep_large_allocations
+from medsam2.cli.errors import EXIT_BAD_INPUT, say_error
 from medsam2.cli.annotate import app as annotate_app
 from medsam2.cli.batch import batch
 from medsam2.cli.evaluate import eval_command
@@ -55,3 +59,22 @@ app.command("serve")(serve)
 app.command("batch")(batch)
 app.command("train")(train_command)
 app.add_typer(annotate_app, name="annotate")
+
+
+def main() -> None:
+    """The `medsam2` command: the app, with a mistyped command line (a missing option, a value of the
+    wrong type) reported in one line too, as every other bad input is."""
+    try:
+        status = app(prog_name="medsam2", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except TyperException as error:  # typer's usage and parameter errors
+        if not error.format_message():  # no arguments at all: the help
+            error.show()
+            sys.exit(EXIT_BAD_INPUT)
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "medsam2"
+        say_error(f"{command}: {error.format_message()} (see {command} --help)")
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(status if isinstance(status, int) else 0)
