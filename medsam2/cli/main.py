@@ -41,7 +41,7 @@ def show_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def start(
     version: bool = typer.Option(
         False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."
     ),
