@@ -267,7 +267,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
     "how, fragments",
     [
         ("missing", ["nowhere", "no such folder"]),
-        ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs"]),
+        ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs: (2, 64, 60) vs"]),  # the mask's first, as named
         ("empty", ["no training case has a labelled voxel"]),
         ("unpaired", ["case1.nii.gz: no mask named case1"]),
         ("unknown key", ["train.yaml", "unknown key 'optimizer.learning_rate'"]),

@@ -70,7 +70,7 @@ def _export_case(project: Project, case: CaseRow, round_number: int, root: Path,
     volume = load_image(case.image)
     mask_file = stored_path(project.folder, case.mask, case.mask_sha256)
     mask = load_mask(mask_file)
-    check_same_geometry(volume, mask, f"case {case.name}: accepted mask vs {case.image}")
+    check_same_geometry(mask, volume, f"case {case.name}: accepted mask vs {case.image}")
     present = [int(v) for v in np.unique(mask.array) if v]
     labels = {str(v): project.settings.labels.get(str(v), f"object {v}") for v in present}
     if layout == "nifti":

@@ -147,7 +147,7 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
     )
     if mask is not None:
         labels = load_mask(mask, like=volume)
-        check_same_geometry(volume, labels, f"{mask} vs {image}")
+        check_same_geometry(labels, volume, f"{mask} vs {image}")
         if not labels.array.any():
             raise InputError(f"{mask}: the mask is empty")
         for value in np.unique(labels.array):

@@ -130,7 +130,7 @@ def edited_mask(project: Project, image: Volume, mask: Path) -> np.ndarray:
     """`mask` (a case's mask edited in another tool) as a label map, checked against the case's
     `image` and the project's labels."""
     edited = load_mask(mask, like=image)
-    check_same_geometry(image, edited, f"{mask} vs {image.source}")
+    check_same_geometry(edited, image, f"{mask} vs {image.source}")
     for value in np.unique(edited.array):
         if value:
             project.settings.check_label(int(value), str(mask))

@@ -159,7 +159,7 @@ class CaseRunner:
     @staticmethod
     def _ground_truth(path: Path, volume: Volume) -> Volume:
         truth = load_mask(path, like=volume)
-        check_same_geometry(volume, truth, what=f"ground truth {path} vs image {volume.source}")
+        check_same_geometry(truth, volume, what=f"ground truth {path} vs image {volume.source}")
         return truth
 
     def _scores(self, labels: np.ndarray, truth: Volume) -> tuple[float, float]:

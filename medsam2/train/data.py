@@ -146,7 +146,7 @@ def load_case(files: CaseFiles, config: DataConfig, context: int | None) -> Case
             raise InputError(f"{files.image}: '{files.npz_key}' is not a label map (dtype {labels.dtype})")
     else:
         mask = load_mask(files.mask, like=volume)
-        check_same_geometry(volume, mask, f"mask {files.mask} vs image {files.image}")
+        check_same_geometry(mask, volume, f"mask {files.mask} vs image {files.image}")
         labels = mask.array
     slices, axis_index = prepare_slices(volume, config.axis, config.window)
     labels = to_slices(labels, axis_index)
