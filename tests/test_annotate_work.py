@@ -234,6 +234,7 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("status", project), "not an annotation project")
     assert_one_line_error(run("init", project, "--label", "lesion"), "--label 'lesion': expected VALUE=NAME")
     assert_one_line_error(run("init", project, "--label", "70000=lesion"), "VALUE a whole number from 1 to 65535")
+    assert_one_line_error(run("init", project, "--label", "1=liver", "--label", "1=lesion"), "--label '1=lesion': label 1 is already named 'liver'")
     assert_one_line_error(run("init", project, "--axis", "oblique"), "--axis 'oblique'")
     assert_one_line_error(run("init", project, "--db", "oracle://x/y"), "unsupported database 'oracle'")
     (tmp_path / "notes.txt").write_text("a file")

@@ -96,6 +96,7 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
         ("m.jsonl", '["a.nii.gz"]\n', ("line 1: expected a JSON object",)),
         ("m.jsonl", '{"image": "a.nii.gz", "box": {"z": 1}}\n', ("line 1: box must be text",)),
         ("m.txt", "image\na.nii.gz\n", ("a manifest is a .csv or .jsonl file",)),
+        ("m.csv", "image,format\na.nii.gz,txt\n", ("line 2: format 'txt': unknown mask format",)),
     ],
 )
 def test_malformed_manifests_are_one_line_errors(tmp_path: Path, name: str, text: str, fragments: tuple[str, ...]) -> None:
@@ -134,6 +135,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, options: list[str], fra
 
 def test_missing_manifest_and_busy_output_folder(tmp_path: Path) -> None:
     assert_one_line_error(runner.invoke(app, ["batch", str(tmp_path / "none.csv"), "-o", str(tmp_path)]), "no such manifest")
+    assert_one_line_error(runner.invoke(app, ["batch", str(tmp_path), "-o", str(tmp_path / "out")]), "is a folder; the manifest is a .csv or .jsonl file")
     manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
     with ResultsStore(tmp_path / "out"):  # another driver holding the folder
         result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out")])

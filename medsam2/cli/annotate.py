@@ -161,6 +161,8 @@ def init_command(
         value, separator, label_name = text.partition("=")
         if not separator or not value.strip().isdigit() or not 1 <= int(value) <= MAX_OBJECT_ID or not label_name.strip():
             raise InputError(f"--label {text!r}: expected VALUE=NAME with VALUE a whole number from 1 to {MAX_OBJECT_ID}, e.g. 1=lesion")
+        if str(int(value)) in labels:
+            raise InputError(f"--label {text!r}: label {int(value)} is already named {labels[str(int(value))]!r}")
         labels[str(int(value))] = label_name.strip()
     settings = ProjectSettings(axis=axis, window=window, labels=labels, lease_minutes=lease_minutes)  # type: ignore[arg-type]
     created = init_project(project, db, name, settings, model)

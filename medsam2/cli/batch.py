@@ -14,7 +14,7 @@ from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
 from medsam2.distributed.ray_engine import check_ray_address, import_ray
 from medsam2.distributed.runner import StoppedAtOnce
-from medsam2.distributed.worker import FORMATS, check_format
+from medsam2.distributed.manifest import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.errors import InputError

@@ -12,7 +12,8 @@ import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
-from medsam2.distributed.worker import AUTO_FORMAT, mask_suffix
+from medsam2.distributed.manifest import AUTO_FORMAT
+from medsam2.distributed.worker import mask_suffix
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.memory_policy import ConfidenceBankConfig
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor

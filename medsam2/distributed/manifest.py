@@ -32,7 +32,10 @@ from medsam2.engine.prompt_sources import PromptSources
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.io.paths import mask_file_stem
+from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES
 
+AUTO_FORMAT = "auto"
+FORMATS = (AUTO_FORMAT, *(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES))
 COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "gt", "model", "memory", "format")
 PROMPT_COLUMNS = ("box", "point", "recist")
 # Ids become file names on every node of a cluster: keep them portable.
@@ -56,6 +59,8 @@ class Case:
 def read_manifest(path: Path) -> list[Case]:
     """The cases of a CSV (``.csv``) or JSON Lines (``.jsonl``, ``.ndjson``) manifest."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; the manifest is a .csv or .jsonl file listing the cases")
     if not path.is_file():
         raise InputError(f"{path}: no such manifest file")
     suffix = path.suffix.lower()
@@ -124,6 +129,14 @@ def _check_columns(names: list[str], path: Path, where: str) -> None:
         raise InputError(f"{path} {where}: unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
 
 
+def check_format(value: str, where: str) -> str:
+    """A format name ("nii.gz", ".npz", "auto"...) in its plain lower-case form."""
+    name = value.strip().lower().lstrip(".")
+    if name not in FORMATS:
+        raise InputError(f"{where} {value!r}: unknown mask format (choose from {', '.join(FORMATS)})")
+    return name
+
+
 def _case(values: dict, line: int, manifest: Path) -> Case:
     where = f"{manifest} line {line}"
     if "image" not in values:
@@ -155,7 +168,7 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
         gt=_resolve(manifest, text["gt"]) if "gt" in text else None,
         model=model,
         memory=memory,  # type: ignore[arg-type]
-        output_format=text.get("format"),
+        output_format=check_format(text["format"], f"{where}: format") if "format" in text else None,
         line=line,
     )
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medsam2.allocator import keep_large_allocations
-from medsam2.distributed.manifest import Case
+from medsam2.distributed.manifest import AUTO_FORMAT, Case, check_format
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor
 from medsam2.engine.predictor import SlicePredictor
@@ -29,8 +29,6 @@ from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES
 from medsam2.metrics import evaluate
 
 MASKS_FOLDER = "masks"
-AUTO_FORMAT = "auto"
-FORMATS = (AUTO_FORMAT, *(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -78,14 +76,6 @@ class CaseResult:
     nsd: float | None = None
     error: str | None = None
     traceback: str | None = field(default=None, repr=False)  # for errors that are bugs, not bad input
-
-
-def check_format(value: str, where: str) -> str:
-    """A format name ("nii.gz", ".npz", "auto"...) in its plain lower-case form."""
-    name = value.strip().lower().lstrip(".")
-    if name not in FORMATS:
-        raise InputError(f"{where} {value!r}: unknown mask format (choose from {', '.join(FORMATS)})")
-    return name
 
 
 def mask_suffix(output_format: str, image: Path) -> str:

@@ -47,7 +47,7 @@ class Prompt:
                 raise InputError(f"{where}: box {list(self.box)} holds a number that is not finite")
             x1, y1, x2, y2 = self.box
             if x2 <= x1 or y2 <= y1:
-                raise InputError(f"{where}: box {list(self.box)} is inverted or empty (need x1<x2, y1<y2)")
+                raise InputError(f"{where}: box {[round(float(v), 1) for v in self.box]} is inverted or empty (need x1<x2, y1<y2)")
             if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
                 raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} slice")
         if len(self.points) != len(self.labels):
