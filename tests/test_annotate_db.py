@@ -374,3 +374,24 @@ def test_bad_projects_and_databases(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="annotator 'two words'"):
         lease_next(project, "two words")
     project.close()
+
+
+def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthetic_cases: Path) -> None:
+    """A masks folder that matches some images: the others are imported without one and listed; one
+    that matches none (named another way) is refused, as nothing would be reviewed."""
+    images = sorted((synthetic_cases / "images").glob("case_0[0-2].nii.gz"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(synthetic_cases / "masks" / "case_01.nii.gz", partial)
+    project = init_project(tmp_path / "project")
+    summary = import_cases(project, images, masks=partial, progress=False)
+    assert summary.imported == ["case_00", "case_01", "case_02"] and summary.without_mask == ["case_00", "case_02"]
+    assert {case.name: case.state for case in project.cases()} == {
+        "case_00": CaseState.NEW.value, "case_01": CaseState.PRESEGMENTED.value, "case_02": CaseState.NEW.value
+    }
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(synthetic_cases / "masks" / "case_00.nii.gz", renamed / "case_00_seg.nii.gz")
+    with pytest.raises(InputError, match=r"--masks .*renamed: no mask there is named like an image \(the mask of case_00.nii.gz would be case_00"):
+        import_cases(project, images, masks=renamed, progress=False)
+    project.close()

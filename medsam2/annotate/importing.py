@@ -36,6 +36,7 @@ IMPORTED_MASK_MODEL = "imported"
 class ImportSummary:
     imported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the project from the same image
+    without_mask: list[str] = field(default_factory=list)  # imported with no mask although masks were given
 
 
 def source_stem(path: Path) -> str:
@@ -79,7 +80,13 @@ def match_masks(images: list[Path], masks: Path | None) -> dict[Path, Path]:
             raise InputError(f"--masks {masks}: a single mask file goes with a single image; give a folder of masks")
         return {images[0]: masks}
     by_stem = {mask_file_stem(p): p for p in list_image_files(masks)}
-    return {image: by_stem[source_stem(image)] for image in images if source_stem(image) in by_stem}
+    matched = {image: by_stem[source_stem(image)] for image in images if source_stem(image) in by_stem}
+    if images and not matched:
+        raise InputError(
+            f"--masks {masks}: no mask there is named like an image (the mask of {images[0].name} would be "
+            f"{source_stem(images[0])} with an image suffix, e.g. {source_stem(images[0])}.nii.gz)"
+        )
+    return matched
 
 
 def import_cases(
@@ -122,6 +129,8 @@ def import_cases(
             summary.skipped.append(name)
             continue
         summary.imported.append(name)
+        if masks is not None and image not in mask_of:
+            summary.without_mask.append(name)
     return summary
 
 
@@ -130,7 +139,10 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
     axis_index = slicing_axis_index(volume, project.settings.axis)
     sources = prompts or PromptSources()
     has_hints = sources != PromptSources() or stored_array(volume, "recist") is not None
-    hints = [prompt_to_json(p) for p in gather_prompts(volume, axis_index, sources)] if has_hints else None
+    try:
+        hints = [prompt_to_json(p) for p in gather_prompts(volume, axis_index, sources)] if has_hints else None
+    except InputError as error:
+        raise InputError(f"{image}: {error}") from None
     if hints is not None and any("box" not in h and "points" not in h for h in hints):
         raise InputError(f"{image}: only box, click and RECIST hints can be imported (mask prompts: use --masks)")
     for hint in hints or []:

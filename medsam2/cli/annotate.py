@@ -194,6 +194,8 @@ def import_command(
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts)
     summary = import_cases(open_project(project), paths, masks=masks, prompts=sources, progress=progress)
     typer.echo(f"imported {len(summary.imported)} case(s)" + (f", {len(summary.skipped)} already in the project" if summary.skipped else ""))
+    if summary.without_mask:
+        typer.echo(f"warning: no mask in {masks} for {len(summary.without_mask)} case(s), imported without one: {', '.join(summary.without_mask)}", err=True)
 
 
 @app.command("presegment")

@@ -108,8 +108,9 @@ def written_prompts(sources: PromptSources, height: int, width: int) -> list[Pro
 
 def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> list[Prompt]:
     """The prompts of every source, in slice coordinates along `axis_index`; an npz with a `recist`
-    marker and no other prompt is prompted from that marker. No prompt at all is an `InputError`."""
-    _, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
+    marker and no other prompt is prompted from that marker. No prompt at all, or one that does not
+    fit the slices, is an `InputError`, found before any model runs."""
+    depth, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
     prompts = written_prompts(sources, height, width)
     if sources.mask_prompt is not None:
         prompts += prompts_from_mask(load_mask(sources.mask_prompt, like=volume), volume, axis_index)
@@ -119,4 +120,6 @@ def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> l
         prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
     if not prompts:
         raise InputError(f"{volume.source}: no prompt given (use --box, --point, --recist, --prompts or --mask-prompt)")
+    for prompt in prompts:
+        prompt.validate(depth, height, width)
     return check_one_region_each(prompts)
