@@ -208,6 +208,10 @@ def dicom_headers(volume: Volume, purpose: str) -> list[pydicom.Dataset]:
 def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:
     """A MedSAM-style npz as a volume of its first array among ``array_keys``; the other arrays stay
     in ``meta["npz"]``."""
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and talk of allow_pickle
+        with path.open("rb") as file:
+            damaged = file.read(4) == b"PK\x03\x04"  # a zip's start without its end: cut short
+        raise InputError(f"{path}: {'a truncated or damaged' if damaged else 'not an'} npz archive (an .npz file is a zip of NumPy arrays)")
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
     key = next((k for k in array_keys if k in arrays), None)
