@@ -137,9 +137,21 @@ def test_montage_tiles_are_in_square_millimetres(tmp_path: Path) -> None:
 
 def test_slices_too_narrow_for_the_model_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     """Coronal slices of 13 sections of 5 mm are 13 rows high: resized for the model, a few rows."""
-    scan = Volume(array=np.zeros((13, 64, 80), np.uint8), spacing=(0.8, 0.8, 5.0))
+    scan = Volume(array=np.arange(13 * 64 * 80).reshape(13, 64, 80).astype(np.int16), spacing=(0.8, 0.8, 5.0))
     with caplog.at_level("WARNING", logger="medsam2.engine.api"):
         assert prepare_slices(scan, "axial")[0].shape == (13, 64, 80)
         assert not caplog.records
         assert prepare_slices(scan, "coronal")[0].shape == (64, 13, 80)
     assert "coronal slices are 13 x 80 pixels: too narrow for the model" in caplog.text
+
+
+def test_a_blank_image_or_a_window_outside_it_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """The model would still draw a mask (from the box alone), which means nothing."""
+    ramp = Volume(array=np.tile(np.arange(200, dtype=np.int16), (4, 32, 1)), modality="CT", source="ramp.nii.gz")
+    with caplog.at_level("WARNING", logger="medsam2.engine.api"):
+        prepare_slices(ramp, "axial")
+        assert not caplog.records
+        prepare_slices(ramp, "axial", window="10,3000")  # every value far below the window: all black
+        prepare_slices(ramp.with_array(np.zeros_like(ramp.array)), "axial")
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["ramp.nii.gz", "ramp.nii.gz"]
+    assert "the model sees one grey level everywhere" in caplog.text

@@ -41,6 +41,11 @@ def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None
     warning = narrow_slices_warning(slices.shape[1:3], axis)
     if warning:
         log.warning("%s", warning)
+    if slices.size and slices.min() == slices.max():
+        log.warning(
+            "%s: the model sees one grey level everywhere (a blank image, or a window outside its intensities): its masks mean nothing",
+            volume.source or "the image",
+        )
     return slices, axis_index
 
 
