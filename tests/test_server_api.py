@@ -366,6 +366,8 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
             "pretend.nii.gz": (upload("pretend.nii.gz", b"<html>" * 1000), 415, "not a .nii.gz file"),
             "cut.nii.gz": (upload("cut.nii.gz", scan[: len(scan) // 2]), 400, "cut.nii.gz: "),
             "empty.png": (upload("empty.png", b""), 400, "the upload is empty"),
+            "scan_mask.nii.gz": (upload("scan_mask.nii.gz", scan), 400, "names ending in _mask are the server's saved masks"),
+            "line\n.nii.gz": (upload("line\n.nii.gz", scan), 400, "give a plain file name"),
             "form.nii.gz": (upload("form.nii.gz", scan, {"Content-Type": "multipart/form-data"}), 415, "Content-Type: application/octet-stream"),
             "big.nii.gz": (upload("big.nii.gz", b"\x1f\x8b" + bytes(70_000)), 413, "over the upload limit"),
             # No Content-Length: the limit is enforced while the body streams in.
@@ -384,6 +386,49 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
         assert "upload/scan.nii.gz" in [case["id"] for case in client.get("/api/cases").json()]
         session = open_case(client, "upload/scan.nii.gz")
         assert session["shape"] == [8, 32, 32] and session["case"]["can_save"]
+        # An upper-case suffix is stored as the readers know it, so the case opens.
+        shouting = upload("LOUD.NII.GZ", scan)
+        assert shouting.status_code == 201 and shouting.json()["id"] == "upload/LOUD.nii.gz"
+        assert open_case(client, "upload/LOUD.nii.gz")["shape"] == [8, 32, 32]
+
+
+def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) -> None:
+    """A prompt with nothing in it (also on a slice prompted before), propagating an object that
+    does not exist (404, the progress untouched), saving through a link that leads out of the data
+    folder; a session offers only the mask formats its case can be written in, and says when the
+    model would see a blank image."""
+    _, client = server
+    session = open_case(client, f"data/ct/{CASE_2}")
+    base = f"/api/sessions/{session['id']}"
+    assert session["mask_formats"] == ["nii", "nii.gz", "nrrd", "mha", "npz"]  # no PNG (13 slices), no SEG (not DICOM)
+    assert client.post(f"{base}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
+    for request in ({"slice": 6}, {"slice": 6, "obj_id": 1, "name": "renamed?"}):
+        empty = client.post(f"{base}/prompts", json=request)
+        assert empty.status_code == 400 and "give a box, points or a mask" in empty.json()["error"]
+    assert client.post(f"{base}/propagate", json={}).status_code == 200
+    before = client.get(base).json()
+    assert before["undo_steps"] == 1 and before["progress"]["state"] == "done"
+    unknown = client.post(f"{base}/propagate", json={"obj_ids": [99]})
+    assert unknown.status_code == 404 and "no object 99" in unknown.json()["error"]
+    assert client.get(base).json()["progress"] == before["progress"]
+
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_bytes(b"not to be overwritten")
+    link = data_dir / "ct" / f"{CASE_2.removesuffix('.npz')}_mask.nii.gz"
+    link.symlink_to(outside)
+    try:
+        refused = client.post(f"{base}/save", json={"format": "nii.gz"})
+        assert refused.status_code == 400 and "a symbolic link is there" in refused.json()["error"]
+        assert outside.read_bytes() == b"not to be overwritten" and link.is_symlink()
+    finally:
+        link.unlink()
+
+    (tmp_path / "blank").mkdir()
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "blank" / "blank.png")
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path / "blank")), base_url=LOCAL) as own:
+        info = open_case(own, "data/blank.png")
+    assert info["mask_formats"] == ["nii", "nii.gz", "nrrd", "mha", "npz", "png"]
+    assert any("the model sees one grey level everywhere" in warning for warning in info["warnings"])
 
 
 def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:

@@ -38,15 +38,18 @@ def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None
     axis_index = slicing_axis_index(volume, axis)
     image = to_uint8(volume, window=window).array
     slices = np.ascontiguousarray(to_slices(image, axis_index))
-    warning = narrow_slices_warning(slices.shape[1:3], axis)
-    if warning:
-        log.warning("%s", warning)
-    if slices.size and slices.min() == slices.max():
-        log.warning(
-            "%s: the model sees one grey level everywhere (a blank image, or a window outside its intensities): its masks mean nothing",
-            volume.source or "the image",
-        )
+    for warning in slice_warnings(slices, axis):
+        log.warning("%s: %s", volume.source or "the image", warning)
     return slices, axis_index
+
+
+def slice_warnings(slices: np.ndarray, axis: SliceAxis) -> list[str]:
+    """What a user should know before prompting `slices` (uint8, slicing axis first): slices too
+    narrow for the model, or one grey level everywhere (the model would still draw a mask from a box)."""
+    warnings = [warning] if (warning := narrow_slices_warning(slices.shape[1:3], axis)) else []
+    if slices.size and slices.min() == slices.max():
+        warnings.append("the model sees one grey level everywhere (a blank image, or a window outside its intensities): its masks mean nothing")
+    return warnings
 
 
 def narrow_slices_warning(slice_hw: tuple[int, int], axis: SliceAxis) -> str | None:

@@ -33,7 +33,7 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
     path = Path(path)
-    _check_mask_path(path, like)
+    check_mask_name(path, like)
     mask = np.asarray(mask)
     if mask.shape != like.shape:
         raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
@@ -48,15 +48,16 @@ def check_mask_output(path: Path, like: Volume | None = None) -> None:
     """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
     Front ends call it before the segmentation, so that a wrong output name fails at once: a
     DICOM-SEG is tried on `like`'s DICOM files with one marked voxel (not written)."""
-    _check_mask_path(path, like)
+    check_mask_name(path, like)
     if like is not None and file_suffix(path) == ".dcm":
         probe = np.zeros(like.shape, np.uint8)
         probe.flat[0] = 1
         _dicom_seg(probe, like)
 
 
-def _check_mask_path(path: Path, like: Volume | None) -> None:
-    """`check_mask_output`'s checks of the name and the image's kind, which cost nothing."""
+def check_mask_name(path: Path, like: Volume | None) -> None:
+    """`check_mask_output`'s checks of the name and of the image's kind (a PNG holds one slice, a
+    DICOM-SEG needs a DICOM image), which cost nothing."""
     suffix = file_suffix(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; name the mask file, e.g. {path / 'mask.nii.gz'}")

@@ -111,7 +111,7 @@ async def upload_case(
     name: str = Query(..., description="file name with its format suffix, e.g. scan.nii.gz"),
     state: ServerState = Depends(server_state),
 ) -> dict:
-    suffix = check_upload_name(name)
+    name, suffix = check_upload_name(name)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/octet-stream":
         # Also what keeps other web sites out: a cross-site form cannot send this type.
@@ -243,13 +243,14 @@ async def propagate(
     body: PropagateIn | None = Body(None), session: ViewerSession = Depends(viewer_session)
 ) -> dict:
     body = body or PropagateIn()
+    previous = session.progress
     if not session.busy:
         session.progress = Progress("queued")
     try:
         await on_worker(session, lambda predictor: session.propagate(predictor, body.direction, body.obj_ids))
     finally:
-        if session.progress.state == "queued":  # never ran: cancelled or failed before starting
-            session.progress = Progress("idle")
+        if session.progress.state == "queued":  # never ran (cancelled, or refused before starting): as it was
+            session.progress = previous
     return session.info()
 
 

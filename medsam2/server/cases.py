@@ -127,14 +127,18 @@ def resolve_inside(root: Path, relative: str, case_id: str) -> Path:
     return path
 
 
-def check_upload_name(name: str) -> str:
-    """The suffix of an upload's file name, or an error for names that are not plain image file names."""
-    if not name or len(name) > 200 or any(c in name for c in "/\\\x00") or name.startswith("."):
-        raise InputError(f"upload name {name!r}: give a plain file name such as scan.nii.gz")
+def check_upload_name(name: str) -> tuple[str, str]:
+    """An upload's file name as it is stored (its suffix in lower case, as the readers know it) and
+    that suffix, or an error for names that are not plain scan file names."""
+    if not name or len(name) > 200 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name) or name.startswith("."):
+        raise InputError(f"upload name {name[:200]!r}: give a plain file name such as scan.nii.gz")
     suffix = file_suffix(Path(name))
     if suffix not in UPLOAD_SUFFIXES:
         raise UnsupportedMedia(f"{name}: uploads must be one of {' '.join(UPLOAD_SUFFIXES)} (a DICOM series: one .dcm per upload is not a series; use --data)")
-    return suffix
+    stored = name[: len(name) - len(suffix)] + suffix
+    if _is_saved_mask(Path(stored)):
+        raise InputError(f"upload name {name!r}: names ending in {SAVED_MASK_MARK} are the server's saved masks; rename the scan")
+    return stored, suffix
 
 
 def check_signature(name: str, suffix: str, head: bytes) -> None:

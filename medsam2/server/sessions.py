@@ -20,12 +20,13 @@ from typing import Literal
 
 import numpy as np
 
-from medsam2.engine.api import narrow_slices_warning, prepare_slices
+from medsam2.engine.api import prepare_slices, slice_warnings
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
+from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.masks import states_geometry
@@ -38,7 +39,8 @@ from medsam2.server.inference import DeviceWorker
 
 CaseKind = Literal["volume", "video", "image"]
 ProgressState = Literal["idle", "queued", "running", "done", "failed"]
-MASK_FORMATS = tuple(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES)
+# A download is one file: formats whose header names a second data file (.mhd, .nhdr) are left out.
+MASK_FORMATS = tuple(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES if suffix not in (".mhd", ".nhdr"))
 # A video's masks are a sequence: npz (key segs) or NIfTI 2D+t, as `medsam2 segment` writes them.
 VIDEO_MASK_FORMATS = ("npz", *(suffix.lstrip(".") for suffix in NIFTI_SUFFIXES))
 # A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
@@ -70,6 +72,19 @@ def mask_suffix(format_name: str, formats: tuple[str, ...]) -> str:
     if name not in formats:
         raise InputError(f"mask format {format_name!r}: choose one of {', '.join(formats)}")
     return "." + name
+
+
+def scan_mask_formats(volume: Volume) -> tuple[str, ...]:
+    """The `MASK_FORMATS` a mask of `volume` can be written in (PNG for one slice, DICOM-SEG for a DICOM image)."""
+
+    def fits(name: str) -> bool:
+        try:
+            check_mask_name(Path(f"mask.{name}"), volume)
+        except InputError:
+            return False
+        return True
+
+    return tuple(name for name in MASK_FORMATS if fits(name))
 
 
 def load_frames(path: Path) -> tuple[Volume, Video]:
@@ -109,7 +124,7 @@ class ViewerSession:
             self.view_warnings.append(f"{case.name} is {shown}: it has no {axis} view")
             axis = "axial"
         self.axis = axis
-        self.mask_formats = VIDEO_MASK_FORMATS if self.video is not None else MASK_FORMATS
+        self.mask_formats = VIDEO_MASK_FORMATS if self.video is not None else scan_mask_formats(self.volume)
         # Mapped once here, so the session knows the mapping; prepare_slices then passes the uint8 through.
         mapped = to_uint8(self.volume, window=window)
         self.slices, self.axis_index = prepare_slices(self.volume.with_array(mapped.array), axis)
@@ -141,7 +156,7 @@ class ViewerSession:
             "display": asdict(slice_display(self.volume, self.axis)),
             "patient_frame": (patient_frame := self.video is None and states_geometry(self.volume)),
             "slice_step": reading_step(self.volume, self.axis) if patient_frame else 1,
-            "warnings": [*self.view_warnings, *filter(None, [narrow_slices_warning(self.slices.shape[1:3], self.axis)])],
+            "warnings": [*self.view_warnings, *slice_warnings(self.slices, self.axis)],
             "intensity": {**asdict(self.mapping), "value_range": [float(array.min()), float(array.max())]},
             "window_presets": {name: {"width": w, "level": l} for name, (w, l) in WINDOW_PRESETS.items()} if is_hounsfield else {},
             "device": self.worker.device,
@@ -198,6 +213,7 @@ class ViewerSession:
 
     def add_prompt(self, predictor, prompt: Prompt) -> np.ndarray:
         """Apply a prompt; return the object's mask on that slice."""
+        prompt.validate(*self.slices.shape[:3])  # on its own: merged with earlier ones, an empty one would pass
         with self.lock:
             mask = self._engine(predictor).apply(prompt)
             self.history.append(prompt)
@@ -255,9 +271,12 @@ class ViewerSession:
 
     def propagate(self, predictor, direction: Direction, obj_ids: list[int] | None) -> None:
         with self.lock:
+            engine = self._engine(predictor)
+            for obj_id in obj_ids or []:  # before the progress changes: a refused request is no run
+                self._check_object(engine, obj_id)
             self.progress = Progress("running")
             try:
-                self._engine(predictor).propagate(
+                engine.propagate(
                     direction,
                     obj_ids,
                     progress=False,
@@ -316,22 +335,30 @@ class ViewerSession:
             write(labels)
         return path
 
+    def _write_mask_as_named(self, target: Path) -> Path:
+        """`_write_mask`, with errors naming the files as the client knows them, not by server paths."""
+        try:
+            return self._write_mask(target)
+        except InputError as error:
+            message = str(error).replace(str(target), target.name).replace(str(self.case.path), self.case.name)
+            raise InputError(message) from None
+
     def mask_file(self, format_name: str) -> tuple[str, bytes]:
         """The whole label map as a file: (file name, content)."""
         name = f"{mask_file_stem(self.case.path)}_mask{mask_suffix(format_name, self.mask_formats)}"
         with tempfile.TemporaryDirectory(prefix="medsam2-mask-") as folder:
             target = Path(folder) / name
-            try:
-                self._write_mask(target)
-            except InputError as error:  # name the file as the client knows it, not our temporary path
-                raise InputError(str(error).replace(str(target), name)) from None
+            self._write_mask_as_named(target)
             return name, target.read_bytes()
 
     def save_mask(self, format_name: str) -> Path:
         """Write the label map next to the case (``<case>_mask.<format>``) and return the path."""
         if not self.case.can_save:
             raise InputError(f"{self.case.name}: masks of {self.case.source} cases are not saved on the server; download the mask instead")
-        return self._write_mask(saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats)))
+        target = saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats))
+        if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
+            raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
+        return self._write_mask_as_named(target)
 
 
 class SessionStore:
