@@ -336,6 +336,14 @@ def test_errors_are_one_line_json(server, data_dir: Path) -> None:
     assert invalid.status_code == 422 and invalid.json()["error"].startswith("case:")
     not_json = client.post("/api/sessions", content=b"{not json", headers={"Content-Type": "application/json"})
     assert not_json.status_code == 422 and not_json.json()["error"].startswith("request body: not valid JSON (Expecting"), not_json.text
+    as_text = client.post("/api/sessions", content=b'{"case": "data/x"}', headers={"Content-Type": "text/plain"})
+    assert as_text.status_code == 415 and "Content-Type: application/json, not text/plain" in as_text.json()["error"]
+    long_id = client.post("/api/sessions", json={"case": "data/" + "x" * 5000})
+    assert long_id.status_code == 404 and len(long_id.json()["error"]) == 500 and long_id.json()["error"].endswith("…")
+    # The schema documents the bodies errors have.
+    responses = client.get("/openapi.json").json()["paths"]["/api/sessions/{session_id}/prompts"]["post"]["responses"]
+    assert responses["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+    assert {"400", "404", "415"} <= set(responses)
     # A bug (here in an extra router, the app factory's extension point) is a 500 without a traceback.
     broken = APIRouter()
 

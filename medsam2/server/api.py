@@ -25,6 +25,7 @@ from medsam2.server import rle
 from medsam2.server.cases import SNIFF_BYTES, check_signature, check_upload_name
 from medsam2.server.errors import PayloadTooLarge, UnsupportedMedia
 from medsam2.server.schemas import (
+    ERROR_RESPONSES,
     CaseInfo,
     OpenSession,
     PromptIn,
@@ -42,7 +43,7 @@ from medsam2.server.sessions import Progress, ViewerSession
 from medsam2.server.state import ServerState
 
 T = TypeVar("T")
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 

@@ -31,6 +31,7 @@ from medsam2.server.errors import NotFound, UnsupportedMedia
 
 CaseSource = Literal["data", "upload", "sample"]
 SAVED_MASK_MARK = "_mask"
+MAX_NAME_BYTES = 255  # a file name's limit on Linux file systems (NAME_MAX)
 
 # Uploads are single files: formats whose header names a second data file (.mhd, .nhdr), DICOM
 # series folders and folders of frames cannot come in one request.
@@ -119,6 +120,7 @@ def resolve_inside(root: Path, relative: str, case_id: str) -> Path:
         or "\\" in relative
         or relative.startswith("/")
         or any(part in ("..", ".") or part.startswith(".") for part in parts)
+        or any(len(part.encode()) > MAX_NAME_BYTES for part in parts)  # the file system would refuse it
     ):
         raise NotFound(f"no case {case_id!r}")
     path = root.joinpath(*parts)

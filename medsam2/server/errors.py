@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException
 
 from medsam2.errors import InputError
@@ -35,8 +36,15 @@ class Busy(InputError):
     status_code = 503
 
 
+# Messages quote what the client sent; a long value is cut, not echoed back whole.
+MAX_MESSAGE = 500
+
+
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message.splitlines()[0] if message else "error"}, status_code, headers=headers)
+    line = message.splitlines()[0] if message else "error"
+    if len(line) > MAX_MESSAGE:
+        line = line[: MAX_MESSAGE - 1] + "…"
+    return JSONResponse({"error": line}, status_code, headers=headers)
 
 
 def validation_message(error: RequestValidationError) -> str:
@@ -60,9 +68,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body_refused = any(tuple(problem.get("loc", ()))[:1] == ("body",) for problem in error.errors())
+        if body_refused and content_type not in ("", "application/json"):
+            return error_response(415, f"send the request body as JSON with Content-Type: application/json, not {content_type}")
         return error_response(422, validation_message(error))
 
     @app.exception_handler(Exception)
     async def bug(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, ClientDisconnect):  # the client went away mid-request: nothing to answer
+            log.info("client disconnected during %s %s", request.method, request.url.path)
+            return error_response(400, "the client disconnected before the request was complete")
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error (the server's log has the details)")

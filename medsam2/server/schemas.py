@@ -13,6 +13,26 @@ from medsam2.server import rle
 Coordinate = tuple[float, float]
 
 
+class ErrorOut(BaseModel):
+    """Every error response: one line, fit to show as is."""
+
+    error: str = Field(description="what was wrong, naming the value or file", examples=["no object 99 in this session (prompt it first)"])
+
+
+# What every route may answer besides its success (FastAPI's default 422 schema is not what is sent).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in (
+        (400, "bad input: a value, a file or a prompt the server cannot use"),
+        (404, "no such case, session, slice or object (for this client)"),
+        (413, "the upload is over the size limit"),
+        (415, "a body of the wrong type or format"),
+        (422, "a request that does not match the schema"),
+        (503, "too many sessions open, or the device is busy"),
+    )
+}
+
+
 class MaskRLE(BaseModel):
     """A slice mask as COCO's uncompressed RLE: column-major runs, background first."""
 
