@@ -622,3 +622,22 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     assert flat["axis"] == "axial" and flat["shape"] == [1, 64, 64] and flat["slice_step"] == 1
     assert flat["warnings"] == ["flat.png is a 2D image, shown as it is: it has no sagittal view"]
     assert info["patient_frame"] and not client.post("/api/sessions", json={"case": uploaded.json()["id"]}).json()["patient_frame"]
+
+
+def test_closing_a_session_stops_its_propagation(server) -> None:
+    """Closed while it propagates: the propagation stops at the next slice and its request is a 404
+    (it no longer holds the device for a client that left)."""
+    _, client = server
+    session = open_case(client, f"data/ct/{CASE_2}")
+    base = f"/api/sessions/{session['id']}"
+    assert client.post(f"{base}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(client.post, f"{base}/propagate", json={})
+        deadline = time.monotonic() + 60
+        while client.get(base).json()["progress"]["done"] < 1:
+            assert time.monotonic() < deadline and not running.done(), "the propagation never started"
+            time.sleep(0.05)
+        assert client.delete(base).status_code == 204
+        stopped = running.result(timeout=60)
+    assert stopped.status_code == 404 and "was closed" in stopped.json()["error"]
+    assert client.get(base).status_code == 404

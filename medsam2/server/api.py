@@ -60,8 +60,14 @@ def viewer_session(session_id: str, request: Request) -> ViewerSession:
 
 
 async def on_worker(session: ViewerSession, job: Callable[[object], T]) -> T:
-    """Run `job(predictor)` on the session's device worker, after the jobs queued before it."""
-    return await asyncio.wrap_future(session.worker.submit(job))
+    """Run `job(predictor)` on the session's device worker, after the jobs queued before it (not
+    at all if the session is closed by then)."""
+
+    def run(predictor: object) -> T:
+        session.check_open()
+        return job(predictor)
+
+    return await asyncio.wrap_future(session.worker.submit(run))
 
 
 def png_response(array: np.ndarray, cache: str) -> Response:

@@ -132,6 +132,7 @@ class ViewerSession:
         self.kind = case_kind(self.volume, self.video)
         self.engine: Session | None = None
         self.lock = threading.Lock()
+        self.closed = threading.Event()  # set by the store: queued and running work stops
         self.history: list[Prompt] = []  # prompts in force, oldest first, for undo
         self.progress = Progress()
         self.last_used = time.monotonic()
@@ -275,19 +276,23 @@ class ViewerSession:
             for obj_id in obj_ids or []:  # before the progress changes: a refused request is no run
                 self._check_object(engine, obj_id)
             self.progress = Progress("running")
+
+            def advance(done: int, total: int) -> None:
+                self.check_open()  # a closed session's propagation stops at the next slice
+                self.progress = Progress("running", done, total)
+
             try:
-                engine.propagate(
-                    direction,
-                    obj_ids,
-                    progress=False,
-                    on_progress=lambda done, total: setattr(self, "progress", Progress("running", done, total)),
-                )
+                engine.propagate(direction, obj_ids, progress=False, on_progress=advance)
             except Exception as error:
                 self.progress = Progress("failed", message=first_line(error))
                 raise
             finally:
                 self._summary = self._summarise()
             self.progress = Progress("done", self.progress.total, self.progress.total)
+
+    def check_open(self) -> None:
+        if self.closed.is_set():
+            raise NotFound(f"session {self.id!r} was closed")
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -397,6 +402,7 @@ class SessionStore:
             return [s for s in self._sessions.values() if s.client == client]
 
     def remove(self, client: str, session_id: str) -> None:
-        self.get(client, session_id)
+        session = self.get(client, session_id)
         with self._lock:
             self._sessions.pop(session_id, None)
+        session.closed.set()
