@@ -122,6 +122,10 @@ def test_eval_file_pair_and_folders(tmp_path: Path, lesion_nifti) -> None:
     rows = (tmp_path / "all.csv").read_text().splitlines()
     assert rows[0].startswith("case,label,dice,nsd,hd95") and len(rows) == 3
     assert rows[2].split(",")[2] == "1.0"
+    # Both reports land together; a folder named for one is refused before any scoring.
+    both = run("eval", preds, gts, "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")
+    assert both.exit_code == 0 and (tmp_path / "r.json").is_file() and (tmp_path / "r.csv").is_file()
+    assert_one_line_error(run("eval", preds, gts, "--csv", tmp_path), "--csv", "is a folder; name the report file")
 
 
 def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:

@@ -216,6 +216,9 @@ def eval_command(
         raise InputError(f"{pred} and {gt}: give two files or two folders")
     if image is not None and pred.is_dir():
         raise InputError("--image is for a pair of mask files (of one scan), not folders")
+    for option, report in (("--json", json_out), ("--csv", csv_out)):
+        if report is not None and report.is_dir():
+            raise InputError(f"{option} {report}: is a folder; name the report file, e.g. {report / ('scores' + option.replace('--', '.'))}")
     check_output_paths([pred, gt, image], [json_out, csv_out])
     scan = load_image(image) if image is not None else None
     pairs, ignored = pair_folders(pred, gt) if pred.is_dir() else ([(pred, gt)], [])
