@@ -104,8 +104,8 @@ def _as_named(text: str, named: dict[str, str]) -> str:
 
 
 def _move_into_place(written: Path, path: Path) -> None:
-    """Rename `written` (a file, or a folder) over `path`; a folder already there is moved aside first."""
-    if not (written.is_dir() and path.is_dir()):
+    """Rename `written` (a file, or a folder) over `path`; what a folder replaces is moved aside first."""
+    if not (written.is_dir() and path.exists()):
         os.replace(written, path)
         return
     previous = _create_beside(path, _new_folder, infix="old.")
