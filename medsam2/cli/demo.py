@@ -8,19 +8,18 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
-from medsam2.cli.segment import PRECISION_OPTION, prompt_boxes
+from medsam2.cli.segment import PRECISION_OPTION, write_result
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import check_precision, load_predictor
 from medsam2.engine.prompt_sources import as_index, parse_numbers
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
-from medsam2.io import load_image, save_mask
+from medsam2.io import load_image
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
-from medsam2.io.atomic import check_output_paths, outputs_together
-from medsam2.io.overlay import save_overlay_montage
+from medsam2.io.atomic import check_output_paths
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.samples import mni152_brain
-from medsam2.io.volume import Volume, slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
+from medsam2.io.volume import Volume, slicing_axis_index, to_slices
 from medsam2.metrics import evaluate
 
 
@@ -81,16 +80,7 @@ def demo(
     check_output_paths([case, reference], [mask_path, overlay_path])
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
     result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
-    with outputs_together([mask_path, overlay_path]) as (mask_target, overlay_target):
-        save_mask(result.labels.array, like=volume, path=mask_target)
-        save_overlay_montage(
-            result.slices,
-            to_slices(result.labels.array, result.axis_index),
-            overlay_target,
-            boxes=prompt_boxes(result),
-            display=slice_display(volume, "axial"),
-            pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
-        )
+    write_result(result, volume, "axial", mask_path, overlay_path)
     typer.echo(f"wrote {mask_path} and {overlay_path}")
     if truth is not None:
         (scores,) = evaluate(result.labels.array > 0, truth.array > 0, spacing=volume.spacing, tolerance_mm=2.0)

@@ -20,7 +20,7 @@ from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
-from medsam2.io.volume import slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
+from medsam2.io.volume import SliceAxis, Volume, slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
 from medsam2.preprocess import WINDOW_PRESETS
 
 
@@ -34,6 +34,22 @@ PRECISION_OPTION = typer.Option(
     "(AVX512-BF16/AMX; elsewhere fp32 is used, with a warning), masks not bit-exact (see README). "
     "Default: fp32 for lite-medsam, bf16 on CUDA (fp32 on CPU) for SAM 2.1 / MedSAM2.",
 )
+
+
+def write_result(result: Result, volume: Volume, axis: SliceAxis, mask_path: Path, overlay_path: Path | None) -> None:
+    """The label map in `volume`'s geometry and, when asked, a montage of the slices the model saw
+    with the masks and prompt boxes, turned as radiologists look at them; the two land together."""
+    with outputs_together([mask_path, overlay_path]) as (mask_target, overlay_target):
+        save_mask(result.labels.array, like=volume, path=mask_target)
+        if overlay_target is not None:
+            save_overlay_montage(
+                result.slices,
+                to_slices(result.labels.array, result.axis_index),
+                overlay_target,
+                boxes=prompt_boxes(result),
+                display=slice_display(volume, axis),
+                pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
+            )
 
 
 def prompt_boxes(result: Result) -> dict[int, tuple[float, float, float, float]]:
@@ -106,17 +122,7 @@ def segment(
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes  # type: ignore[arg-type]
     )
-    with outputs_together([output, overlay]) as (mask_target, overlay_target):
-        save_mask(result.labels.array, like=volume, path=mask_target)
-        if overlay_target is not None:
-            save_overlay_montage(
-                result.slices,
-                to_slices(result.labels.array, result.axis_index),
-                overlay_target,
-                boxes=prompt_boxes(result),
-                display=slice_display(volume, axis),  # type: ignore[arg-type]
-                pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
-            )
+    write_result(result, volume, axis, output, overlay)  # type: ignore[arg-type]
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))
     for obj_id, name in sorted(result.names.items()):
         voxels = int(np.count_nonzero(result.labels.array == obj_id))
