@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +27,6 @@ from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError, first_line
 from medsam2.models.sam2 import SAM2Config, is_sam2_state, sam2_from_state
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 LITE_MEDSAM_PREFIXES = {"image_encoder", "prompt_encoder", "mask_decoder"}
 
