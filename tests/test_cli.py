@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import resource
 import subprocess
 import sys
@@ -81,6 +83,12 @@ def test_version_and_help_through_the_installed_command() -> None:
         assert mistyped.returncode == 2 and mistyped.stdout == "", mistyped
         (shown,) = mistyped.stderr.splitlines()
         assert shown.startswith(line), shown
+    # Values labelled as typed: a flag takes none, a repeatable option one each time.
+    help_text = subprocess.run(
+        [sys.executable, "-m", "medsam2.cli", "segment", "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    ).stdout
+    assert re.search(r"--box,--frame-box +<str> +Box Z,X1,Y1,X2,Y2", help_text) and re.search(r"--keep-largest +Keep only", help_text)
+    assert "<bool>" not in help_text and "list[" not in help_text
     for command in ("info", "eval", "segment", "demo"):
         shown = run(command, "--help")
         assert shown.exit_code == 0
@@ -157,7 +165,9 @@ def test_outputs_that_cannot_all_be_written_leave_none_behind(tmp_path: Path, le
     limited = subprocess.run(
         [*command, "-o", "seg.nii.gz", "--overlay", "o.png"], cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_file_size
     )
-    assert limited.returncode == 2 and limited.stderr.splitlines()[-1] == "error: o.png: cannot write (File too large)"
+    assert limited.returncode == 2 and "propagating: 100%" in limited.stderr
+    # In a log the finished progress bar ends its line (cleared, it would leave the error on its line).
+    assert limited.stderr.split("\n")[-2:] == ["error: o.png: cannot write (File too large)", ""]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "seg.nii.gz"]
     assert (tmp_path / "seg.nii.gz").read_bytes() == b"earlier mask" and (tmp_path / "o.png").read_bytes() == b"earlier overlay"
 

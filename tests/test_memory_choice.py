@@ -169,7 +169,7 @@ def test_a_server_session_opens_with_the_chosen_bank(tmp_path: Path, model: str,
             }
             assert client.post("/api/sessions", json={**opening, "memory": "oldest"}).status_code == 422
             plain = client.post("/api/sessions", json={"case": opening["case"]})
-            assert plain.status_code == 201 and plain.json()["memory"] == "recent"
+            assert plain.status_code == 201 and plain.json()["memory"] is None
 
 
 def test_the_page_offers_the_banks_of_a_memory_model_only(
@@ -193,5 +193,5 @@ def test_the_page_offers_the_banks_of_a_memory_model_only(
         assert not page.is_visible("#memory-choice")
         page.click("#open-case")
         page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
-        assert session_info(page)["memory"] == "recent" and problems == []
+        assert session_info(page)["memory"] is None and problems == []
         page.close()

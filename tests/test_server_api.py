@@ -261,6 +261,18 @@ def test_without_data_the_samples_of_installed_packages_are_offered() -> None:
         assert np.asarray(Image.open(io.BytesIO(lung.content))).mean() != np.asarray(Image.open(io.BytesIO(soft.content))).mean()
         saved = client.post(f"/api/sessions/{session['id']}/save", json={"format": "nii.gz"})
         assert saved.status_code == 400 and "download the mask instead" in saved.json()["error"]
+        # Uploads land in a temporary folder (no --upload-dir), removed at shutdown: nothing is saved there.
+        scan = np.zeros((8, 32, 32), dtype=np.int16)
+        scan[2:6, 10:20, 10:20] = 400
+        uploaded = client.post(
+            "/api/cases", params={"name": "scan.nii.gz"}, content=nifti_bytes(scan), headers={"Content-Type": "application/octet-stream"}
+        )
+        assert uploaded.status_code == 201 and not uploaded.json()["can_save"]
+        session = open_case(client, uploaded.json()["id"])
+        assert client.post(f"/api/sessions/{session['id']}/prompts", json={"slice": 4, "box": [8, 8, 22, 22]}).status_code == 200
+        saved = client.post(f"/api/sessions/{session['id']}/save", json={"format": "nii.gz"})
+        assert saved.status_code == 400 and "download the mask instead" in saved.json()["error"]
+        assert client.get(f"/api/sessions/{session['id']}/mask-file", params={"format": "nii.gz"}).status_code == 200
 
 
 def test_dicom_series_folder_is_one_case(tmp_path: Path, write_dicom_series) -> None:

@@ -61,11 +61,27 @@ app.command("train")(train_command)
 app.add_typer(annotate_app, name="annotate")
 
 
+def with_plain_value_labels(command: typer.core.TyperCommand) -> typer.core.TyperCommand:
+    """`command` and its subcommands, their help labelling values as they are typed: typer labels a
+    flag `<bool>` though it takes no value, and a repeatable option `<list[str]>` though it takes
+    one `<str>` each time."""
+    context = typer.Context(command)
+    for param in command.get_params(context):  # with --help, made (and kept) on first ask
+        if isinstance(param, typer.core.TyperOption) and param.metavar is None:
+            if param.is_flag:
+                param.metavar = ""
+            elif param.multiple:
+                param.metavar = param.display_type(context).replace("list[", "").replace("]", "")
+    for subcommand in getattr(command, "commands", {}).values():
+        with_plain_value_labels(subcommand)
+    return command
+
+
 def main() -> None:
     """The `medsam2` command: the app, with a mistyped command line (a missing option, a value of the
     wrong type) reported in one line too, as every other bad input is."""
     try:
-        status = app(prog_name="medsam2", standalone_mode=False)
+        status = with_plain_value_labels(typer.main.get_command(app)).main(prog_name="medsam2", standalone_mode=False)
     except typer.Abort:
         typer.echo("Aborted!", err=True)
         sys.exit(1)

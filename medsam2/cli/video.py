@@ -38,6 +38,7 @@ from medsam2.io.video_writers import (
 )
 from medsam2.io.volume import Volume
 from medsam2.measure.echo import EchoMeasurement, measure_echo, simpson_volume
+from medsam2.progress import leave_finished_bar
 
 LV_OBJECT = 1  # --echo measures object 1 as the left-ventricle cavity
 
@@ -139,7 +140,7 @@ def write_outputs(segmentation: VideoSegmentation, request: VideoRequest) -> Non
         write_overlay = None
         if overlay_target is not None:
             write_overlay = outputs.enter_context(overlay_video_writer(overlay_target, video, segmentation.names))
-        bar = outputs.enter_context(tqdm(total=video.num_frames, desc="writing", unit="frame", leave=False))
+        bar = outputs.enter_context(tqdm(total=video.num_frames, desc="writing", unit="frame", leave=leave_finished_bar()))
         for start, frames, labels in segmentation.chunks():
             write_masks(labels)
             if write_overlay is not None:

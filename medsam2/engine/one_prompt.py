@@ -46,6 +46,7 @@ from medsam2.engine.models import LiteMedSAMPredictor
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.errors import InputError
+from medsam2.progress import leave_finished_bar
 from medsam2.models.sam2 import FrameFeatures
 
 
@@ -145,7 +146,7 @@ class OnePromptSegmenter:
                 raise InputError(f"target {index}: expected a uint8 (H, W) or (H, W, 3) image, got {target.dtype} {target.shape}")
         results = []
         encoded = _encoded(targets, self.predictor)
-        for target, embedding in tqdm(encoded, total=len(targets), desc=desc, unit="image", disable=not progress, leave=False):
+        for target, embedding in tqdm(encoded, total=len(targets), desc=desc, unit="image", disable=not progress, leave=leave_finished_bar()):
             result = self._segmenter.segment(target, embedding)
             if result.confidence < self.config.min_confidence:
                 result.mask = np.zeros_like(result.mask)

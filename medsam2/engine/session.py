@@ -24,6 +24,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
+from medsam2.progress import leave_finished_bar
 
 __all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts"]
 
@@ -222,7 +223,7 @@ class Session:
         runs = [run for run in runs if run.slices]
         left = {(run.obj_id, run.anchor, run.step): len(run.slices) for run in runs}
         total = sum(left.values())
-        with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=False) as bar:
+        with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=leave_finished_bar()) as bar:
             for done, (run, index, logits) in enumerate(self.tracker.follow(runs), start=1):
                 tracked = self.objects[run.obj_id]
                 if logits is not None:

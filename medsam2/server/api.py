@@ -169,8 +169,11 @@ def list_sessions(request: Request, state: ServerState = Depends(server_state)) 
 def open_session(body: OpenSession, request: Request, state: ServerState = Depends(server_state)) -> dict:
     case = state.catalog.get(body.case)
     worker = state.sessions.pick_worker(state.inference.workers)
-    session = ViewerSession(client_id(request), case, body.axis, body.window, worker, body.memory)
-    if body.memory != "recent":  # a model without memory (LiteMedSAM) refuses now, not at the first prompt
+    # A model without memory (LiteMedSAM) reports none for the default, and refuses another choice
+    # when the case is opened, not at the first prompt.
+    memory = None if not state.memory_banks and body.memory == "recent" else body.memory
+    session = ViewerSession(client_id(request), case, body.axis, body.window, worker, memory)
+    if memory not in (None, "recent"):
         worker.submit(session.open_engine).result()
     state.sessions.add(session)
     return session.info()

@@ -233,7 +233,8 @@ class CaseCatalog:
     def _upload_case(self, path: Path) -> Case | None:
         if not path.is_file() or not _is_case_file(path):
             return None
-        return Case(f"upload/{path.name}", path.name, "upload", path, can_save=True)
+        # Masks saved in the temporary uploads folder would vanish with it at shutdown: download them.
+        return Case(f"upload/{path.name}", path.name, "upload", path, can_save=self._upload_dir is not None)
 
     def _sample_cases(self) -> list[Case]:
         cases = []

@@ -81,7 +81,11 @@ class PromptIn(BaseModel):
         default_factory=list, max_length=MAX_CLICKS, description="clicks [[x, y], ...]; add to earlier clicks on the slice"
     )
     labels: list[int] = Field(default_factory=list, max_length=MAX_CLICKS, description="one per point: 1 object, 0 background")
-    mask: MaskRLE | None = Field(None, description="a mask prompt; replaces everything on the slice")
+    mask: MaskRLE | None = Field(
+        None,
+        description="a mask prompt; replaces the slice's earlier prompts. Alone it is the answer on its slice; "
+        "with a box or clicks in the same request it is the model's dense input beside them",
+    )
     name: str | None = Field(None, max_length=100, description="the object's name")
 
     def to_prompt(self, slice_shape: tuple[int, int]) -> Prompt:
@@ -171,7 +175,7 @@ class SessionInfo(BaseModel):
     intensity: Intensity
     window_presets: dict[str, WindowPreset] = Field(description="display windows that fit the scan (CT in HU)")
     device: str
-    memory: str = Field(description="the memory bank of the session's propagation: recent or confidence")
+    memory: str | None = Field(description="the memory bank of the session's propagation: recent or confidence; null for a model without memory (LiteMedSAM)")
     mask_formats: list[str] = Field(description="formats GET .../mask-file and POST .../save write for this case")
     objects: list[ObjectInfo]
     undo_steps: int

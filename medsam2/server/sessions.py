@@ -104,11 +104,11 @@ class ViewerSession:
     """One case opened by one client, with its engine session (made on the worker, on first use)."""
 
     def __init__(
-        self, client: str, case: Case, axis: SliceAxis, window: str | None, worker: DeviceWorker, memory: str = "recent"
+        self, client: str, case: Case, axis: SliceAxis, window: str | None, worker: DeviceWorker, memory: str | None
     ):
         self.id = secrets.token_urlsafe(12)
-        self.memory = memory
-        self.propagation = memory_propagation(memory)
+        self.memory = memory  # None: the model has no memory
+        self.propagation = None if memory is None else memory_propagation(memory)
         self.client = client
         self.case = case
         self.worker = worker

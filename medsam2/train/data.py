@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from medsam2.engine.api import prepare_slices
 from medsam2.errors import InputError
+from medsam2.progress import leave_finished_bar
 from medsam2.io import check_same_geometry, load_image, to_slices
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
@@ -192,7 +193,7 @@ def prepare_data(config: DataConfig, seed: int, context: int, progress: bool = T
     entries, skipped = [], []
     loaded: dict[str, list[CaseData]] = {"train": [], "val": []}
     jobs = [("train", case) for case in train_files] + [("val", case) for case in val_files]
-    for split, case_files in tqdm(jobs, desc="reading cases", unit="case", disable=not progress, leave=False):
+    for split, case_files in tqdm(jobs, desc="reading cases", unit="case", disable=not progress, leave=leave_finished_bar()):
         case = load_case(case_files, config, context if split == "train" else None)
         if not case.objects:
             skipped.append(f"{case_files.mask}: case {case.id} has no labelled voxel; left out")
