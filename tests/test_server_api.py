@@ -32,6 +32,7 @@ from medsam2.io.masks import stored_array
 from medsam2.io.video import load_video
 from medsam2.metrics import dice
 from medsam2.server import ServerSettings, create_app, rle
+from medsam2.server.security import CLIENT_HEADER
 
 LOCAL = "http://127.0.0.1"
 CASE_2 = "CT_Lesion_000002_03_01_035-047.npz"
@@ -421,6 +422,10 @@ def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) 
     session = open_case(client, f"data/ct/{CASE_2}")
     base = f"/api/sessions/{session['id']}"
     assert session["mask_formats"] == ["nii", "nii.gz", "nrrd", "mha", "npz"]  # no PNG (13 slices), no SEG (not DICOM)
+    nothing = client.post(f"{base}/propagate", json={})
+    assert nothing.status_code == 400 and nothing.json()["error"] == "nothing to propagate: prompt an object on a slice first"
+    empty_save = client.post(f"{base}/save", json={"format": "nii.gz"})
+    assert empty_save.status_code == 400 and empty_save.json()["error"].startswith("nothing to save: no object has a mask yet")
     assert client.post(f"{base}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
     for request in ({"slice": 6}, {"slice": 6, "obj_id": 1, "name": "renamed?"}):
         empty = client.post(f"{base}/prompts", json=request)
@@ -525,11 +530,19 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert broken.status_code == 400 and "add up to 7 pixels" in broken.json()["error"]
     assert client.delete(f"{base}/objects/2").json()["objects"][0]["id"] == 1
 
-    # Save next to the case; the saved mask is not offered as a case.
+    # Save next to the case; the saved mask is not offered as a case. Saving again replaces it only
+    # when asked (it may be another session's work), and sessions of the case say it is there.
     saved = client.post(f"{base}/save", json={"format": "npz"}).json()
     assert saved == {"file": "CT_Lesion_000002_03_01_035-047_mask.npz"}
     np.testing.assert_array_equal(np.load(data_dir / "ct" / saved["file"])["segs"] > 0, stacked)
     assert len(client.get("/api/cases").json()) == 4
+    again = client.post(f"{base}/save", json={"format": "npz"})
+    assert again.status_code == 409 and again.json()["error"].startswith(f"{saved['file']} was saved earlier")
+    assert client.post(f"{base}/save", json={"format": "npz", "replace": True}).json() == saved
+    assert client.get(base).json()["saved_masks"] == [saved["file"]]
+    other_session = open_case(client, f"data/ct/{CASE_2}")
+    assert other_session["saved_masks"] == [saved["file"]] and other_session["objects"] == []
+    assert client.delete(f"/api/sessions/{other_session['id']}").status_code == 204
 
     # Corrections: a click adds to the slice; undo takes back the click only; rename; delete.
     click = client.post(f"{base}/prompts", json={"slice": prompt.slice_index, "points": [[5, 5]], "labels": [0]})
@@ -553,6 +566,24 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert sid in [s["id"] for s in client.get("/api/sessions").json()]
     assert client.delete(base).status_code == 204
     assert client.get(base).json() == {"error": f"no session {sid!r}"}
+
+
+def test_a_full_server_makes_room_from_the_opening_clients_oldest_session(data_dir: Path) -> None:
+    """Tabs closed without closing their sessions would fill the server: a client opening one more
+    closes its own least recently used session; another client is told the server is full. A client
+    id header that is not a usable id is refused (replaced, its sessions would be out of reach)."""
+    other = {CLIENT_HEADER: "another-client-0123456789"}
+    case = {"case": f"data/ct/{CASE_1}"}
+    with TestClient(create_app(ServerSettings(data_dir=data_dir, max_sessions=2)), base_url=LOCAL) as client:
+        first, second = open_case(client, case["case"]), open_case(client, case["case"])
+        client.get(f"/api/sessions/{first['id']}")  # used lately: the second one is now the oldest
+        third = open_case(client, case["case"])
+        assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([first["id"], third["id"]])
+        assert client.get(f"/api/sessions/{second['id']}").status_code == 404
+        full = client.post("/api/sessions", json=case, headers=other)
+        assert full.status_code == 503 and "2 sessions open, its limit" in full.json()["error"]
+        short = client.get("/api/cases", headers={CLIENT_HEADER: "abc"})
+        assert short.status_code == 400 and "give 16 to 64 letters" in short.json()["error"]
 
 
 def test_two_clients_at_once_get_their_own_right_masks(server, data_dir: Path) -> None:

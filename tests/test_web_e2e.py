@@ -9,6 +9,7 @@ import contextlib
 import io
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -247,7 +248,7 @@ def test_segment_a_lesion_in_the_browser(server_url: str, browser: Browser, shar
 
 def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, browser: Browser) -> None:
     """pydicom's CT slice (a vertebra, HU) uploaded through the page: CT window presets, positive and
-    negative clicks, undo, a second named object, saving next to the upload."""
+    negative clicks, undo, a second named object; no Save on server (uploads are in a temporary folder)."""
     ct_slice = packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom")
     page, problems = start_page(browser, server_url)
     page.set_input_files("#upload", str(ct_slice))
@@ -293,10 +294,50 @@ def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, 
     names = {obj["id"]: obj["name"] for obj in session_info(page)["objects"]}
     assert names == {1: "Object 1", 2: "aorta"}
 
-    page.click("#save")
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Saved')")
-    assert page.inner_text("#status") == "Saved CT_small_mask.nii.gz next to the case."
+    assert page.is_disabled("#save") and "Download" in page.get_attribute("#save", "title")
     assert problems == []
+
+
+def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browser: Browser, tmp_path: Path) -> None:
+    """Save on server writes next to the case and asks before replacing a mask saved earlier (which
+    a later session of the case is told about); reloading the page resumes its session."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom"), data / "ct.dcm")
+    with serving(ServerSettings(data_dir=data)) as url:
+        page, problems = start_page(browser, url, "document.querySelector('#case-select').options.length === 1")
+        page.click("#open-case")
+        page.wait_for_function(f"document.querySelector('#view').dataset.slice === '0' && {IDLE}")
+        page.keyboard.press("g")
+        assert page.inner_text("#status").startswith("Nothing to propagate yet")
+        drag(page, (48, 40), (72, 64))
+        wait_prompts(page, 1)
+
+        def save(answer: str | None) -> str:
+            if answer is not None:
+                page.once("dialog", lambda dialog: dialog.accept() if answer == "accept" else dialog.dismiss())
+            page.click("#save")
+            page.wait_for_function(f"{IDLE} && /^(Saved|Not saved)/.test(document.querySelector('#status').textContent)")
+            return page.inner_text("#status")
+
+        assert save(None) == "Saved ct_mask.nii.gz next to the case."
+        first = (data / "ct_mask.nii.gz").stat().st_mtime_ns
+        assert save("dismiss") == "Not saved: the earlier mask is kept."
+        assert (data / "ct_mask.nii.gz").stat().st_mtime_ns == first
+        assert save("accept") == "Saved ct_mask.nii.gz next to the case."
+
+        session = session_info(page)
+        page.reload()
+        page.wait_for_function(f"document.querySelector('#prompted li') !== null && {IDLE}")
+        assert page.inner_text("#status") == "ct.dcm: back to this session's work."
+        assert session_info(page)["id"] == session["id"] and overlay_pixels(page, (48, 40, 72, 64)) > 50
+
+        page.click("#open-case")  # the same case afresh: told about the saved mask
+        page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.includes('Saved earlier')")
+        assert page.inner_text("#status").endswith("Saved earlier beside this case: ct_mask.nii.gz.")
+        # 409 is the page's question to the user, not a failure.
+        assert [problem for problem in problems if not problem.startswith("409 ") and "409" not in problem] == []
+        page.close()
 
 
 def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixels(server_url: str, browser: Browser, tmp_path: Path) -> None:

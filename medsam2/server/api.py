@@ -319,4 +319,5 @@ def download_mask(
 
 @router.post("/sessions/{session_id}/save", response_model=SavedMask, summary="Save the label map next to the case")
 def save(body: SaveIn | None = Body(None), session: ViewerSession = Depends(viewer_session)) -> dict:
-    return {"file": session.save_mask((body or SaveIn()).format).name}
+    request = body or SaveIn()
+    return {"file": session.save_mask(request.format, request.replace).name}

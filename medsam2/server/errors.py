@@ -24,6 +24,10 @@ class NotFound(InputError):
     status_code = 404
 
 
+class Conflict(InputError):
+    status_code = 409
+
+
 class PayloadTooLarge(InputError):
     status_code = 413
 

@@ -26,6 +26,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (400, "bad input: a value, a file or a prompt the server cannot use"),
         (404, "no such case, session, slice or object (for this client)"),
         (413, "the upload is over the size limit"),
+        (409, "a save that would overwrite a mask saved earlier"),
         (415, "a body of the wrong type or format"),
         (422, "a request that does not match the schema"),
         (503, "too many sessions open, or the device is busy"),
@@ -111,6 +112,7 @@ class RenameIn(BaseModel):
 
 class SaveIn(BaseModel):
     format: str = Field("nii.gz", description="mask file format: nii.gz, nii, nrrd, mha, npz, dcm (DICOM cases), png (2D)")
+    replace: bool = Field(False, description="overwrite a mask saved there earlier (without it, such a save is a 409)")
 
 
 class SavedMask(BaseModel):
@@ -177,6 +179,7 @@ class SessionInfo(BaseModel):
     device: str
     memory: str | None = Field(description="the memory bank of the session's propagation: recent or confidence; null for a model without memory (LiteMedSAM)")
     mask_formats: list[str] = Field(description="formats GET .../mask-file and POST .../save write for this case")
+    saved_masks: list[str] = Field(description="masks saved beside the case earlier (POST .../save replaces one only with replace)")
     objects: list[ObjectInfo]
     undo_steps: int
     progress: Progress

@@ -64,7 +64,11 @@ def install_security(app: FastAPI, settings: ServerSettings) -> None:
                 "or send the header 'Authorization: Bearer TOKEN'",
                 {"WWW-Authenticate": "Bearer"},
             )
-        client = request.headers.get(CLIENT_HEADER) or request.cookies.get(CLIENT_COOKIE)
+        header = request.headers.get(CLIENT_HEADER)
+        if header is not None and not _CLIENT_ID.match(header):
+            # Replaced silently, it would open sessions the script could never reach again.
+            return error_response(400, f"{CLIENT_HEADER}: give 16 to 64 letters, digits, '-' or '_' (a random id of your own)")
+        client = header or request.cookies.get(CLIENT_COOKIE)
         fresh = client is None or not _CLIENT_ID.match(client)
         if fresh:
             client = secrets.token_urlsafe(18)

@@ -34,7 +34,7 @@ from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
 from medsam2.server.cases import Case, saved_mask_path
-from medsam2.server.errors import Busy, NotFound
+from medsam2.server.errors import Busy, Conflict, NotFound
 from medsam2.server.inference import DeviceWorker
 
 CaseKind = Literal["volume", "video", "image"]
@@ -190,7 +190,7 @@ class ViewerSession:
         return {"objects": objects, "undo_steps": len(self.history)}
 
     def info(self) -> dict:
-        return {**self._static, **self._summary, "progress": asdict(self.progress)}
+        return {**self._static, **self._summary, "progress": asdict(self.progress), "saved_masks": self.saved_masks()}
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -273,6 +273,8 @@ class ViewerSession:
     def propagate(self, predictor, direction: Direction, obj_ids: list[int] | None) -> None:
         with self.lock:
             engine = self._engine(predictor)
+            if not engine.objects:
+                raise InputError("nothing to propagate: prompt an object on a slice first")
             for obj_id in obj_ids or []:  # before the progress changes: a refused request is no run
                 self._check_object(engine, obj_id)
             self.progress = Progress("running")
@@ -356,13 +358,25 @@ class ViewerSession:
             self._write_mask_as_named(target)
             return name, target.read_bytes()
 
-    def save_mask(self, format_name: str) -> Path:
-        """Write the label map next to the case (``<case>_mask.<format>``) and return the path."""
+    def saved_masks(self) -> list[str]:
+        """The names of masks saved beside the case earlier, in any of its formats."""
+        if not self.case.can_save:
+            return []
+        paths = (saved_mask_path(self.case.path, mask_suffix(name, self.mask_formats)) for name in self.mask_formats)
+        return [path.name for path in paths if path.exists() or path.is_symlink()]
+
+    def save_mask(self, format_name: str, replace: bool) -> Path:
+        """Write the label map next to the case (``<case>_mask.<format>``) and return the path; a mask
+        saved there earlier is replaced only when asked (it may hold another session's work)."""
         if not self.case.can_save:
             raise InputError(f"{self.case.name}: masks of {self.case.source} cases are not saved on the server; download the mask instead")
         target = saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats))
         if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
             raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
+        if not self.label_volume().any():
+            raise InputError("nothing to save: no object has a mask yet (prompt a slice first)")
+        if target.exists() and not replace:
+            raise Conflict(f"{target.name} was saved earlier; save with replace to overwrite it")
         return self._write_mask_as_named(target)
 
 
@@ -381,10 +395,19 @@ class SessionStore:
             return min(workers, key=lambda w: (sum(s.worker is w for s in self._sessions.values()), w.pending))
 
     def add(self, session: ViewerSession) -> None:
+        """Keep `session`; when the server is full, the opening client's least recently used idle
+        session makes room (a browser's tabs closed without closing their sessions)."""
         with self._lock:
             now = time.monotonic()
-            for stale in [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_seconds]:
-                del self._sessions[stale.id]
+            idle = [s for s in self._sessions.values() if not s.busy]
+            closing = {s.id: s for s in idle if now - s.last_used > self.idle_seconds}
+            own = [s for s in idle if s.client == session.client and s.id not in closing]
+            if len(self._sessions) - len(closing) >= self.max_sessions and own:
+                oldest = min(own, key=lambda s: s.last_used)
+                closing[oldest.id] = oldest
+            for closed in closing.values():
+                del self._sessions[closed.id]
+                closed.closed.set()
             if len(self._sessions) >= self.max_sessions:
                 raise Busy(f"the server already has {len(self._sessions)} sessions open, its limit; close one or try later")
             self._sessions[session.id] = session

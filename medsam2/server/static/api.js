@@ -1,5 +1,5 @@
 // Calls to the medsam2 REST API from the page's scripts: JSON in and out; an answer with an error
-// status is thrown as an Error carrying the server's one-line message. The number of requests in
+// status is thrown as an Error carrying the server's one-line message (and the status, as `status`). The number of requests in
 // flight is kept in document.body.dataset.pending, so tests (and scripts) can wait for quiet: a
 // request counts as in flight until its body is read (hence `await response.json()` inside `try`).
 // The annotation panel (/annotate/panel.js) makes its calls through this module too.
@@ -27,7 +27,7 @@ export async function api(path, { method = "GET", json, body, headers = {} } = {
       } catch {
         // not JSON: keep the status line
       }
-      throw new Error(message);
+      throw Object.assign(new Error(message), { status: response.status });
     }
     if (response.status === 204) return null;
     const type = response.headers.get("content-type") || "";

@@ -13,6 +13,7 @@ const WHEEL_STEP = 50; // wheel delta per slice: one notch of a mouse wheel, sev
 const PAGE_STEP = 10;
 const CLICK_SLOP = 4; // CSS pixels a click may move and still be a click
 const IMAGE_CACHE = 400;
+const MAX_NAME_LENGTH = 100; // the server's limit on an object's name
 // Slices and frames are numbered from 0 everywhere, as `medsam2 segment --box Z,...` and the API count them.
 
 const state = {
@@ -388,6 +389,9 @@ function applySession(info) {
   $("undo").disabled = info.undo_steps === 0;
   $("propagate").classList.toggle("attention", info.objects.some((object) => object.needs_propagation));
   $("save").disabled = !info.case.can_save;
+  $("save").title = info.case.can_save
+    ? "Write the label map next to the case on the server (asks before replacing one saved earlier)"
+    : "Masks of uploads and samples are not kept on the server: Download the mask instead";
 }
 
 function renderObjects() {
@@ -401,6 +405,7 @@ function renderObjects() {
     swatch.style.background = `rgb(${colourOf(object.id).join(",")})`;
     const name = document.createElement("input");
     name.value = object.name;
+    name.maxLength = MAX_NAME_LENGTH;
     name.setAttribute("aria-label", `Name of object ${object.id}`);
     name.addEventListener("change", act(() => renameObject(object, name.value.trim())));
     const remove = document.createElement("button");
@@ -475,7 +480,7 @@ function onServer(object) {
 }
 
 async function renameObject(object, name) {
-  if (!name) return;
+  if (!name) return renderObjects(); // an emptied name field shows the name kept
   object.name = name;
   if (onServer(object)) applySession(await api(sessionPath(`/objects/${object.id}`), { method: "PATCH", json: { name } }));
   renderPrompted();
@@ -506,29 +511,41 @@ async function sendPrompt(fields) {
   state.masks.set(slice, current);
   state.overlays.delete(slice);
   applySession(result.session);
+  showProgress({ state: "idle", done: 0, total: 0 });
   status(`${object.name} segmented on slice ${slice}. Press Propagate (G) to follow it through the scan.`);
   draw();
 }
 
 async function propagate() {
-  if (!state.session) return;
+  if (!state.session || $("propagate").disabled) return;
+  if (!state.session.objects.length) {
+    status("Nothing to propagate yet: draw a box (or click) on the object first.", true);
+    return;
+  }
+  const session = state.session.id;
+  const current = () => state.session && state.session.id === session; // another case may be opened meanwhile
   status("Propagating…");
+  $("propagate").disabled = true;
   const poll = setInterval(async () => {
     try {
-      showProgress((await api(sessionPath())).progress);
+      if (current()) showProgress((await api(sessionPath())).progress);
     } catch {
       // a missed poll only delays the progress bar
     }
   }, 300);
   try {
-    const info = await api(sessionPath("/propagate"), { method: "POST" });
+    const info = await api(`/api/sessions/${session}/propagate`, { method: "POST" });
+    if (!current()) return;
     await refreshMasks();
     applySession(info);
     showProgress(info.progress);
     const slices = info.objects.map((object) => `${object.name || `Object ${object.id}`}: ${object.slices.length} slices`);
     status(`Propagated. ${slices.join("; ")}`);
+  } catch (error) {
+    if (current()) throw error; // the case left behind was closed: not this case's error
   } finally {
     clearInterval(poll);
+    $("propagate").disabled = false;
   }
   draw();
 }
@@ -579,10 +596,62 @@ async function openCase() {
   if (state.server.memory_banks.length) opening.memory = $("memory").value;
   const info = await api("/api/sessions", { method: "POST", json: opening });
   if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
+  showSession(info, startSlice(info));
+  const what = `${info.case.name}: ${info.shape[0]} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}.`;
+  const next = !opensAtKeySlice(info)
+    ? "Draw a box around the object."
+    : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
+  const saved = info.saved_masks.length ? ` Saved earlier beside this case: ${info.saved_masks.join(", ")}.` : "";
+  if (info.warnings.length) status(`${what} ${info.warnings.join(". ")}.${saved}`, true);
+  else status(`${what} ${next}${saved}`);
+}
+
+// The page's address names its session (#session=ID), so that a reload, even during a propagation,
+// comes back to the work instead of opening a new session.
+async function resumeSession() {
+  const id = new URLSearchParams(location.hash.slice(1)).get("session");
+  if (!id) return false;
+  let info;
+  try {
+    info = await api(`/api/sessions/${encodeURIComponent(id)}`);
+  } catch {
+    return false; // closed, or the server restarted: start afresh
+  }
+  $("case-select").value = info.case.id;
+  $("axis").value = info.axis;
+  const prompted = info.objects.flatMap((object) => object.prompts.map((prompt) => prompt.slice));
+  showSession(info, prompted.length ? prompted[0] : startSlice(info));
+  await refreshMasks();
+  draw();
+  status(`${info.case.name}: back to this session's work.`);
+  const busy = (progress) => ["queued", "running"].includes(progress.state);
+  if (!busy(info.progress)) return true;
+  status("Propagating (started before the page was reloaded)…");
+  $("propagate").disabled = true;
+  try {
+    while (busy(info.progress)) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      if (state.session.id !== id) return true; // another case was opened meanwhile
+      info = await api(sessionPath());
+      showProgress(info.progress);
+    }
+  } finally {
+    $("propagate").disabled = false;
+  }
+  applySession(info);
+  await refreshMasks();
+  draw();
+  status(info.progress.state === "failed" ? info.progress.message : "Propagated.", info.progress.state === "failed");
+  return true;
+}
+
+// Show an opened (or resumed) session, on `slice`.
+function showSession(info, slice) {
+  history.replaceState(null, "", `#session=${info.id}`);
   const count = info.shape[0];
   Object.assign(state, {
     session: info,
-    slice: startSlice(info),
+    slice: Math.min(Math.max(slice, 0), count - 1),
     objects: [{ id: 1, name: "Object 1" }],
     activeObject: 1,
     window: null,
@@ -599,15 +668,10 @@ async function openCase() {
   $("slice").max = String(count - 1);
   $("slice").dir = info.slice_step < 0 ? "rtl" : "ltr"; // the slider runs in reading order too
   $("slice-label").textContent = info.kind === "video" ? "Frame" : "Slice";
+  showProgress(info.progress);
   fitView();
   goTo(state.slice);
   canvas.focus();
-  const what = `${info.case.name}: ${count} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}.`;
-  const next = !opensAtKeySlice(info)
-    ? "Draw a box around the object."
-    : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
-  if (info.warnings.length) status(`${what} ${info.warnings.join(". ")}.`, true);
-  else status(`${what} ${next}`);
 }
 
 // The patient's side at the left, right, top and bottom of the view, slices being shown as
@@ -675,8 +739,17 @@ async function download() {
   status(`Downloaded ${name}.`);
 }
 
-async function saveOnServer() {
-  const saved = await api(sessionPath("/save"), { method: "POST", json: { format: $("mask-format").value } });
+async function saveOnServer(replace = false) {
+  let saved;
+  try {
+    saved = await api(sessionPath("/save"), { method: "POST", json: { format: $("mask-format").value, replace } });
+  } catch (error) {
+    // A mask saved earlier (perhaps another session's work) is replaced only when the user says so.
+    if (error.status !== 409) throw error;
+    if (confirm(`${error.message.split(";")[0]}. Replace it with this session's mask?`)) return saveOnServer(true);
+    status("Not saved: the earlier mask is kept.");
+    return;
+  }
   status(`Saved ${saved.file} next to the case.`);
 }
 
@@ -756,14 +829,16 @@ canvas.addEventListener("pointerup", act(async (event) => {
   const moved = Math.hypot(event.clientX - gesture.startX, event.clientY - gesture.startY);
   if (gesture.mode === "window") {
     showSlice(state.slice);
-  } else if (gesture.mode === "box" && moved > CLICK_SLOP) {
+  } else if (gesture.mode === "box") {
     const [x1, y1] = pixelOf(Math.min(gesture.startImage[0], gesture.image[0]), Math.min(gesture.startImage[1], gesture.image[1]));
     const [x2, y2] = pixelOf(Math.max(gesture.startImage[0], gesture.image[0]), Math.max(gesture.startImage[1], gesture.image[1]));
     draw();
-    if (x2 > x1 && y2 > y1) await sendPrompt({ box: [x1, y1, x2, y2] });
-  } else if ((gesture.mode === "positive" || gesture.mode === "negative") && moved <= CLICK_SLOP) {
+    if (moved > CLICK_SLOP && x2 > x1 && y2 > y1) await sendPrompt({ box: [x1, y1, x2, y2] });
+    else status("No box: drag from one corner of the object to the opposite one (for a click, choose + or − first).");
+  } else if (gesture.mode === "positive" || gesture.mode === "negative") {
     const positive = gesture.mode === "positive" && !gesture.negative;
-    await sendPrompt({ points: [pixelOf(...gesture.image)], labels: [positive ? 1 : 0] });
+    if (moved <= CLICK_SLOP) await sendPrompt({ points: [pixelOf(...gesture.image)], labels: [positive ? 1 : 0] });
+    else status("No click: the pointer moved while pressed. Click without dragging (to draw a box, press B).");
   }
   draw();
 }));
@@ -848,7 +923,7 @@ $("propagate").addEventListener("click", act(propagate));
 $("undo").addEventListener("click", act(undo));
 $("add-object").addEventListener("click", addObject);
 $("download").addEventListener("click", act(download));
-$("save").addEventListener("click", act(saveOnServer));
+$("save").addEventListener("click", act(() => saveOnServer()));
 $("window-preset").addEventListener("change", (event) => {
   if (event.target.value !== "custom") choosePreset(event.target.value);
 });
@@ -856,7 +931,11 @@ for (const id of ["window-width", "window-level"]) {
   $(id).addEventListener("change", () => {
     const width = Number($("window-width").value);
     const level = Number($("window-level").value);
-    if (width > 0 && Number.isFinite(level)) setWindow({ width, level });
+    if (width > 0 && Number.isFinite(level)) return setWindow({ width, level });
+    const shown = state.window || modelWindow();
+    $("window-width").value = String(Math.round(shown.width));
+    $("window-level").value = String(Math.round(shown.level));
+    status("The window width must be a positive number of grey levels, the level a number.", true);
   });
 }
 $("opacity").addEventListener("input", (event) => {
@@ -886,6 +965,7 @@ async function start() {
   state.server = await api("/api/info");
   fillMemoryBanks();
   await loadCases();
+  if (await resumeSession()) return;
   // A case with a start slice (the built sample lesion) is opened at once, on the slice to box:
   // a first-time user sees something to segment without choosing anything.
   const first = state.cases.find((entry) => entry.start_slice !== null);
