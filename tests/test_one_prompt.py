@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -137,7 +138,9 @@ def run(*args: object):
 def test_cli_segments_the_lesion_on_other_slices_from_its_largest_slice(shared_data: Path, tmp_path: Path):
     case = shared_data / "ct_lesion" / LESION
     out = tmp_path / "out"
-    result = run("--reference", case, "--reference-mask", case, case, "--slices", ",".join(map(str, TARGET_SLICES)), "-o", out)
+    picture = tmp_path / "slice8.png"  # a 2D target beside the 3D one: --slices is for 3D targets
+    Image.fromarray(np.load(case)["imgs"][8]).save(picture)
+    result = run("--reference", case, "--reference-mask", case, case, picture, "--slices", ",".join(map(str, TARGET_SLICES)), "-o", out)
     assert result.exit_code == 0, result.output
     image = load_image(case)
     written = load_mask(out / LESION)  # npz input -> npz output (segs), in the input's geometry
@@ -150,9 +153,10 @@ def test_cli_segments_the_lesion_on_other_slices_from_its_largest_slice(shared_d
     assert np.mean(scores) > 0.7, scores
     with open(out / "one_prompt.csv", newline="") as table:
         rows = list(csv.DictReader(table))
-    assert [int(row["slice"]) for row in rows] == list(TARGET_SLICES)
+    assert [int(row["slice"]) for row in rows] == [*TARGET_SLICES, 0]
+    assert dice(load_mask(out / "slice8.png").array[0] > 0, truth[8]) > 0.6
     assert all(0.0 < float(row["confidence"]) <= 1.0 for row in rows)
-    assert [int(row["pixels"]) for row in rows] == [int(np.count_nonzero(segs[z])) for z in TARGET_SLICES]
+    assert [int(row["pixels"]) for row in rows[:-1]] == [int(np.count_nonzero(segs[z])) for z in TARGET_SLICES]
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_path: Path):

@@ -157,7 +157,7 @@ def one_prompt(
         for target, staged_output in zip(files, staged):
             volume = load_image(target.path)
             stack, axis_index = prepare_slices(volume, axis, window)  # type: ignore[arg-type]
-            chosen = parse_slices(slices, len(stack), target.path) if slices else list(range(len(stack)))
+            chosen = parse_slices(slices, len(stack), target.path) if slices and len(stack) > 1 else list(range(len(stack)))
             results = segmenter.segment([stack[i] for i in chosen], desc=target.path.name)
             labels = np.zeros(stack.shape[:3], dtype=np.uint8)
             for index, result in zip(chosen, results):
