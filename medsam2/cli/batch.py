@@ -35,7 +35,7 @@ def batch(
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: HOST:PORT, auto, or ray://HOST:PORT. Default: $RAY_ADDRESS, else a local Ray."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model for rows without one: lite-medsam (embedded) or a checkpoint path."),
     memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank for rows without a memory column: recent or confidence (as `medsam2 segment --memory`)."),
-    output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, else nii.gz."),
+    output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, DICOM-SEG (.dcm) for DICOM, PNG for pictures, else nii.gz."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (with --engine ray, each actor gets one GPU)."),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
