@@ -100,6 +100,25 @@ def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion
     project.close()
 
 
+def test_the_record_rebuilds_the_live_mask_after_a_click_on_a_propagated_slice(
+    tmp_path: Path, ct_lesion_cases, predictors: Predictors
+) -> None:
+    """A slice's mask depends on its own prompts only, not on what propagation had left there: a
+    click where only propagation had been rebuilds from the record (prompts applied, then one
+    propagation) exactly as it was live (propagation after each prompt)."""
+    project = init_project(tmp_path / "project")
+    import_cases(project, [ct_lesion_cases[1]], progress=False)
+    case = lease_next(project, "bob")
+    work = WorkSession(project, case.name, "bob", predictors)
+    work.add_prompt(6, 1, box=(246, 273, 276, 322))
+    assert work.labels()[4].any()  # propagated there
+    work.add_prompt(4, 1, points=[(262, 300)], labels=[1])
+    with project.transaction() as session:
+        snapshot = read_snapshot(project, session, project.case(session, case.name))
+    np.testing.assert_array_equal(CaseModel(project, snapshot, predictors).labels(), work.labels())
+    project.close()
+
+
 def test_clicks_land_at_the_centre_of_the_largest_error_region() -> None:
     wanted = np.zeros((40, 60), dtype=bool)
     wanted[10:30, 10:50] = True
