@@ -105,3 +105,19 @@ def test_slices_are_shown_turned_and_prompted_in_their_own_pixels(tmp_path: Path
         shown = np.asarray(Image.open(io.BytesIO(client.get("/api/annotate/cases/block/slices/1.png", params={"annotator": "alice"}).content)).convert("RGB")).astype(int)
         outline = np.argwhere(np.abs(shown[..., 0] - shown[..., 2]) > 60)
         assert len(outline) and outline.max() < 24  # the mask's outline, drawn around the block in the top left
+
+
+def test_a_case_that_cannot_be_opened_is_given_back_not_held(tmp_path: Path) -> None:
+    """Its scan deleted after import: the queue says so and gives the case back, so the annotator is
+    not left holding a lease on a case the panel never showed (nothing to release or reject)."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 32, 32), np.int16)), str(tmp_path / "gone.nii.gz"))
+    project = init_project(tmp_path / "project")
+    import_cases(project, [tmp_path / "gone.nii.gz"], progress=False)
+    project.close()
+    (tmp_path / "gone.nii.gz").unlink()
+    with client_for(tmp_path / "project") as client:
+        refused = client.post("/api/annotate/queue", json={"annotator": "carol"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"].startswith("case gone cannot be opened (") and "it was given back" in refused.json()["error"]
+        counts = client.get("/api/annotate/status").json()["project"]["counts"]
+        assert counts["in_review"] == 0 and counts["new"] == 1, counts

@@ -32,6 +32,7 @@ from medsam2.annotate.simulate import (
 )
 from medsam2.annotate.store import load_stored_mask
 from medsam2.cli.main import app
+from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import read_manifest
@@ -116,6 +117,13 @@ def test_the_record_rebuilds_the_live_mask_after_a_click_on_a_propagated_slice(
     with project.transaction() as session:
         snapshot = read_snapshot(project, session, project.case(session, case.name))
     np.testing.assert_array_equal(CaseModel(project, snapshot, predictors).labels(), work.labels())
+    # An empty edited mask is refused before any of its erasures is recorded.
+    before = work.labels().copy()
+    with pytest.raises(InputError, match="the mask is empty"):
+        work.accept(np.zeros_like(before))
+    np.testing.assert_array_equal(work.labels(), before)
+    with project.transaction() as session:
+        assert len(read_snapshot(project, session, project.case(session, case.name)).active) == 2
     project.close()
 
 

@@ -319,11 +319,12 @@ class WorkSession:
         """Accept the current mask, or `labels` (a (Z, Y, X) label map edited elsewhere: every slice
         where it differs from the current mask is recorded as a hand correction first)."""
         self._check_open()
+        final = self.labels() if labels is None else labels
+        if not final.any():  # before an edit is recorded: a refused accept leaves the case as it was
+            raise InputError(f"case {self.name}: the mask is empty; reject the case instead of accepting nothing")
         if labels is not None:
             self.apply_edit(labels)
-        final = self.labels()
-        if not final.any():
-            raise InputError(f"case {self.name}: the mask is empty; reject the case instead of accepting nothing")
+            final = self.labels()
         path, digest = store_mask(self.project.folder, final, self.model.volume)
         preseg = None
         if self.case.preseg_mask is not None:
