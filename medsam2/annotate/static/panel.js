@@ -74,11 +74,13 @@ async function start() {
     ui.message.textContent = text;
     ui.message.classList.toggle("error", isError);
   };
+  const refreshCounts = async () => showCounts(ui, await projectStatus());
   const act = (action) => async () => {
     try {
       await action();
     } catch (error) {
       say(error.message, true);
+      refreshCounts().catch(() => {}); // the error may come of a change made elsewhere
     }
   };
 
@@ -123,16 +125,16 @@ async function start() {
   async function post(suffix, json) {
     const caseInfo = await call(`/cases/${encodeURIComponent(current.case.name)}/${suffix}`, { method: "POST", json });
     show(caseInfo);
-    showCounts(ui, await projectStatus());
+    await refreshCounts();
     return caseInfo;
   }
 
   ui.next.addEventListener("click", act(async () => {
     say("taking the next case…");
     const caseInfo = await call("/queue", { method: "POST", json: { annotator: annotator() } });
+    await refreshCounts();
     if (!caseInfo) return say("no case is free");
     show(caseInfo);
-    showCounts(ui, await projectStatus());
     say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice`);
   }));
   ui.slider.addEventListener("input", act(async () => loadSlice()));
@@ -154,7 +156,11 @@ async function start() {
   ui.canvas.addEventListener("pointerup", act(async () => {
     const drag = current.drag;
     current.drag = null;
-    if (!drag || Math.abs(drag.x1 - drag.x0) < 3 || Math.abs(drag.y1 - drag.y0) < 3) return draw();
+    if (!drag) return draw();
+    if (Math.abs(drag.x1 - drag.x0) < 3 || Math.abs(drag.y1 - drag.y0) < 3) {
+      draw();
+      return say("no box: drag from one corner of the object to the opposite one");
+    }
     // The PNG is the slice turned for the screen (the case's `display`) and stretched to square
     // millimetres; prompts are in the slice's own pixels.
     const { display, slice_shape: [rows, columns] } = current.case;
