@@ -37,6 +37,7 @@ from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import read_manifest
 from medsam2.metrics import dice
+from test_sam2_engine import random_sam2
 
 runner = CliRunner()
 
@@ -101,17 +102,31 @@ def test_simulated_annotator_end_to_end_on_a_ct_lesion(tmp_path: Path, ct_lesion
     project.close()
 
 
+@pytest.fixture(scope="module")
+def random_sam2_model(tmp_path_factory) -> str:
+    """`--model` for a random-weight SAM 2.1 hiera-tiny checkpoint with MedSAM2's settings."""
+    path = tmp_path_factory.mktemp("model") / "random_sam2.pt"
+    torch.manual_seed(0)
+    torch.save({"model": random_sam2(64).state_dict()}, path)
+    return f"medsam2={path}"
+
+
+@pytest.mark.parametrize("family", ["lite-medsam", "sam2.1"])
 def test_the_record_rebuilds_the_live_mask_after_a_click_on_a_propagated_slice(
-    tmp_path: Path, ct_lesion_cases, predictors: Predictors
+    family: str, tmp_path: Path, ct_lesion_cases, random_sam2_model: str
 ) -> None:
-    """A slice's mask depends on its own prompts only, not on what propagation had left there: a
-    click where only propagation had been rebuilds from the record (prompts applied, then one
-    propagation) exactly as it was live (propagation after each prompt)."""
-    project = init_project(tmp_path / "project")
-    import_cases(project, [ct_lesion_cases[1]], progress=False)
+    """A click where only propagation had left a mask: live, every prompt is followed by a
+    propagation, and a SAM 2.1 model takes the mask propagated there with the clicks (as Meta's
+    predictor does); rebuilt from the record (any process going on with the case, an undo), the case
+    comes out the same."""
+    arrays = dict(np.load(ct_lesion_cases[1]))  # five slices around the lesion's largest (6)
+    np.savez(tmp_path / "five.npz", **{**arrays, "imgs": arrays["imgs"][4:9], "gts": arrays["gts"][4:9]})
+    project = init_project(tmp_path / "project", model=random_sam2_model if family == "sam2.1" else "lite-medsam")
+    import_cases(project, [tmp_path / "five.npz"], progress=False)
     case = lease_next(project, "bob")
+    predictors = Predictors()
     work = WorkSession(project, case.name, "bob", predictors)
-    work.add_prompt(6, 1, box=(246, 273, 276, 322))
+    work.add_prompt(2, 1, box=(246, 273, 276, 322))
     assert work.labels()[4].any()  # propagated there
     work.add_prompt(4, 1, points=[(262, 300)], labels=[1])
     with project.transaction() as session:

@@ -120,13 +120,28 @@ class CaseModel:
         self.active = list(snapshot.active)
         for interaction in self.active:
             if interaction.kind == InteractionKind.PROMPT.value:
-                self.session.apply(stored_prompt(interaction))
+                prompt = stored_prompt(interaction)
+                if self.refines_propagated_mask(prompt):  # as it was live: on the mask propagated there
+                    self.propagate()
+                self.session.apply(prompt)
         self.propagate()
         self.overrides = self.current_overrides()
 
     def propagate(self) -> None:
         if self.session.objects:
             self.session.propagate(progress=self.progress)
+
+    def refines_propagated_mask(self, prompt: Prompt) -> bool:
+        """Whether `prompt` is clicks on a slice its object has a mask on from propagation only: a
+        SAM 2.1 model takes that mask with the clicks (as Meta's predictor does), so replaying the
+        record must propagate first, as every prompt was followed by a propagation live."""
+        tracked = self.session.objects.get(prompt.obj_id)
+        return (
+            prompt.box is None
+            and prompt.mask is None
+            and tracked is not None
+            and prompt.slice_index not in tracked.prompts
+        )
 
     def current_overrides(self) -> dict[Override, np.ndarray]:
         """The slice overrides the active interactions leave: the imported mask's and corrections',
