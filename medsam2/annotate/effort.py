@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -173,7 +174,8 @@ def render_rounds_png(rounds: list[RoundEffort]) -> bytes:
     # The object API, not pyplot: no global figure state, safe in a server's threads.
     from matplotlib.figure import Figure
 
-    labels = [f"round {r.round}\n{r.model_version}" for r in rounds]
+    # A model version can be a long checkpoint path: broken into short lines under its round.
+    labels = [f"round {r.round}\n" + "\n".join(textwrap.wrap(r.model_version, 18, break_on_hyphens=False)) for r in rounds]
     x = np.arange(len(rounds))
     figure = Figure(figsize=(4 + 2.2 * len(rounds), 4), layout="constrained")
     effort_axes, dice_axes = figure.subplots(1, 2)
@@ -188,9 +190,11 @@ def render_rounds_png(rounds: list[RoundEffort]) -> bytes:
     effort_axes.set_xticks(x, labels, fontsize=8)
     effort_axes.set_ylabel("interactions per accepted case")
     effort_axes.set_title("Annotation effort")
-    effort_axes.legend(fontsize=8)
+    effort_axes.set_ylim(0, 1.3 * max([*manual, *ours, 1]))  # room above the bars for the legend
+    effort_axes.legend(fontsize=8, loc="upper left", ncols=2)
     dice_axes.plot(x, [np.nan if r.mean_initial_dice is None else r.mean_initial_dice for r in rounds], "o-", color="#d62728")
     dice_axes.set_xticks(x, labels, fontsize=8)
+    dice_axes.set_xlim(-0.5, len(rounds) - 0.5)  # rounds where they stand on the bars' axes
     dice_axes.set_ylim(0, 1)
     dice_axes.set_ylabel("Dice, pre-segmentation vs accepted")
     dice_axes.set_title("Model quality")
