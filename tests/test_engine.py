@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import load_predictor
@@ -211,3 +212,26 @@ def test_box_from_mask_grows_by_a_margin_per_axis_clipped_to_the_slice(lesion):
     assert box_from_mask(gts[key], (1e4, 1e4)) == (0.0, 0.0, width - 1.0, height - 1.0)
     assert box_from_mask(np.zeros_like(gts[key])) is None
 
+
+def test_clicks_on_a_propagated_slice_refine_its_mask(predictor, lesion):
+    """Clicks on a slice that has a mask (here from propagation) refine that mask, as SAM 2 feeds a
+    frame's earlier logits with new clicks; they used to restart the slice from the clicks alone (a
+    background click was refused, an object click gave a blob unlike the lesion)."""
+    volume, gts, key = lesion
+
+    def error_centre(region: np.ndarray) -> tuple[float, float]:
+        inside = ndimage.distance_transform_edt(region)
+        y, x = np.unravel_index(np.argmax(inside), inside.shape)
+        return float(x), float(y)
+
+    for index, label in ((4, 0), (8, 1)):  # slice 4 spills over the lesion, slice 8 misses part of it
+        session = Session(volume.array, predictor)
+        session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+        session.propagate(progress=False)
+        before = session.object_mask(1)[index]
+        wrong = before & ~gts[index] if label == 0 else gts[index] & ~before
+        assert wrong.sum() > 200
+        refined = session.add_prompt(index, 1, points=[error_centre(wrong)], labels=[label])
+        assert dice(refined, before) > 0.8
+        if label == 0:
+            assert dice(refined, gts[index]) > dice(before, gts[index])

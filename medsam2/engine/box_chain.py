@@ -31,6 +31,16 @@ class BoxChainAnchor:
     mask: np.ndarray  # (H, W) bool
 
 
+def box_around(mask: np.ndarray, prompt: Prompt) -> tuple[float, float, float, float]:
+    """The box of `mask` and `prompt`'s positive clicks."""
+    grown = mask.copy()
+    height, width = mask.shape
+    for (x, y), label in zip(prompt.points, prompt.labels):
+        if label == 1:
+            grown[min(int(y), height - 1), min(int(x), width - 1)] = True
+    return box_from_mask(grown)  # type: ignore[return-value]
+
+
 class BoxChainTracker:
     """`Tracker` over a `SlicePredictor`; runs are followed one after the other."""
 
@@ -47,23 +57,29 @@ class BoxChainTracker:
     def segment_anchor(
         self, prompt: Prompt, previous: Any | None, current_mask: np.ndarray | None
     ) -> tuple[np.ndarray, BoxChainAnchor]:
-        """The merged prompt alone decides the anchor's mask (LiteMedSAM has no memory)."""
-        if prompt.box is None and prompt.mask is None and 1 not in prompt.labels:
+        """The merged prompt decides the anchor's mask (LiteMedSAM has no memory). Clicks alone on a
+        slice that has a mask (propagated there, or from earlier clicks) refine that mask, as SAM 2
+        feeds a frame's earlier logits with new clicks: LiteMedSAM, trained on boxes, gets the mask's
+        box (grown to take in positive clicks) and the mask as its dense input."""
+        box, dense = prompt.box, prompt.mask
+        if box is None and dense is None and current_mask is not None and current_mask.any():
+            box, dense = box_around(current_mask, prompt), current_mask
+        if box is None and dense is None and 1 not in prompt.labels:
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): background clicks alone mark "
                 "no object; add a box or a click on the object"
             )
         embedding = self.embeddings.get(prompt.slice_index)
-        if prompt.mask is not None and prompt.box is None and not prompt.points:
-            mask, seed = prompt.mask, self.predictor.mask_to_low_res_logits(prompt.mask)
+        if dense is not None and box is None and not prompt.points:
+            mask, seed = dense, self.predictor.mask_to_low_res_logits(dense)
         else:
             prediction = self.predictor.predict(
                 embedding,
                 self.slice_hw,
-                box=prompt.box,
+                box=box,
                 points=np.asarray(prompt.points, dtype=float).reshape(-1, 2) if prompt.points else None,
                 labels=np.asarray(prompt.labels, dtype=int) if prompt.points else None,
-                mask_logits=None if prompt.mask is None else self.predictor.mask_to_low_res_logits(prompt.mask),
+                mask_logits=None if dense is None else self.predictor.mask_to_low_res_logits(dense),
             )
             mask, seed = prediction.logits > 0, prediction.low_res_logits
         feature = self.predictor.object_feature(embedding, mask) if mask.any() else np.zeros(0)
