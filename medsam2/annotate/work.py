@@ -121,7 +121,7 @@ class CaseModel:
         for interaction in self.active:
             if interaction.kind == InteractionKind.PROMPT.value:
                 prompt = stored_prompt(interaction)
-                if self.refines_propagated_mask(prompt):  # as it was live: on the mask propagated there
+                if self.session.refines_propagated_mask(prompt):  # live, every prompt was followed by a propagation
                     self.propagate()
                 self.session.apply(prompt)
         self.propagate()
@@ -130,18 +130,6 @@ class CaseModel:
     def propagate(self) -> None:
         if self.session.objects:
             self.session.propagate(progress=self.progress)
-
-    def refines_propagated_mask(self, prompt: Prompt) -> bool:
-        """Whether `prompt` is clicks on a slice its object has a mask on from propagation only: a
-        SAM 2.1 model takes that mask with the clicks (as Meta's predictor does), so replaying the
-        record must propagate first, as every prompt was followed by a propagation live."""
-        tracked = self.session.objects.get(prompt.obj_id)
-        return (
-            prompt.box is None
-            and prompt.mask is None
-            and tracked is not None
-            and prompt.slice_index not in tracked.prompts
-        )
 
     def current_overrides(self) -> dict[Override, np.ndarray]:
         """The slice overrides the active interactions leave: the imported mask's and corrections',

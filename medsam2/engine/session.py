@@ -128,6 +128,13 @@ class Session:
         tracked.dirty_runs |= self._runs_touching(tracked, index)
         return slice_mask
 
+    def refines_propagated_mask(self, prompt: Prompt) -> bool:
+        """Whether `prompt` is clicks on a slice where its object has no prompt yet: the model takes
+        the mask propagated there with them (SAM 2.1 as Meta's predictor does, LiteMedSAM its box),
+        so their result depends on whether propagation ran before them."""
+        tracked = self.objects.get(prompt.obj_id)
+        return prompt.box is None and prompt.mask is None and tracked is not None and prompt.slice_index not in tracked.prompts
+
     def remove_prompt(self, slice_index: int, obj_id: int) -> None:
         """Take back every prompt of object `obj_id` on one slice (an undo). The runs its neighbouring
         anchors reach into are recomputed by the next `propagate`; an object left with no prompt is

@@ -333,19 +333,18 @@ class ViewerSession:
             labels = self.engine.result() if self.engine else np.zeros(self.slices.shape[:3], dtype=np.uint16)
         return np.ascontiguousarray(from_slices(labels, self.axis_index))
 
-    def _write_mask(self, path: Path) -> Path:
-        """The label map written to `path`: in the scan's geometry, or as a video's mask sequence."""
-        labels = self.label_volume()
+    def _write_mask(self, path: Path, labels: np.ndarray) -> Path:
+        """`labels` (`label_volume`) written to `path`: in the scan's geometry, or as a video's mask sequence."""
         if self.video is None:
             return save_mask(labels, like=self.volume, path=path)
         with mask_sequence_writer(path, self.video, np.uint8 if labels.max(initial=0) < 256 else np.uint16) as write:
             write(labels)
         return path
 
-    def _write_mask_as_named(self, target: Path) -> Path:
+    def _write_mask_as_named(self, target: Path, labels: np.ndarray) -> Path:
         """`_write_mask`, with errors naming the files as the client knows them, not by server paths."""
         try:
-            return self._write_mask(target)
+            return self._write_mask(target, labels)
         except InputError as error:
             message = str(error).replace(str(target), target.name).replace(str(self.case.path), self.case.name)
             raise InputError(message) from None
@@ -355,7 +354,7 @@ class ViewerSession:
         name = f"{mask_file_stem(self.case.path)}_mask{mask_suffix(format_name, self.mask_formats)}"
         with tempfile.TemporaryDirectory(prefix="medsam2-mask-") as folder:
             target = Path(folder) / name
-            self._write_mask_as_named(target)
+            self._write_mask_as_named(target, self.label_volume())
             return name, target.read_bytes()
 
     def saved_masks(self) -> list[str]:
@@ -373,11 +372,12 @@ class ViewerSession:
         target = saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats))
         if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
             raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
-        if not self.label_volume().any():
+        labels = self.label_volume()
+        if not labels.any():
             raise InputError("nothing to save: no object has a mask yet (prompt a slice first)")
         if target.exists() and not replace:
             raise Conflict(f"{target.name} was saved earlier; save with replace to overwrite it")
-        return self._write_mask_as_named(target)
+        return self._write_mask_as_named(target, labels)
 
 
 class SessionStore:
