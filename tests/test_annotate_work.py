@@ -4,6 +4,8 @@ lesion, and the `medsam2 annotate` commands on a small synthetic scan with a kno
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import read_manifest
+from medsam2.models.weights import bundled_lite_medsam_checkpoint
 from medsam2.metrics import dice
 from test_sam2_engine import random_sam2
 
@@ -204,6 +207,7 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     imported = run("import", project, scan)
     assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
     assert "1 already in the project" in run("import", project, scan).output
+    assert re.search(r"│ -\s+│ none yet \(not pre-segmented or opened\)\s+│\s+│ 1\s+│", run("status", project).output)
     presegmented = run("presegment", project)
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
 
@@ -265,10 +269,63 @@ def test_presegment_exits_non_zero_when_a_case_fails(tmp_path: Path, draw_recist
     project = tmp_path / "project"
     assert run("init", project, "--label", "1=lesion").exit_code == 0
     assert run("import", project, scan).exit_code == 0
-    np.savez_compressed(scan, imgs=np.zeros((2, 96, 96), np.uint8))  # the scan changed after its import
-    result = run("presegment", project)
-    assert result.exit_code == 1 and "pre-segmented 0 case(s)" in result.stdout
-    assert "not pre-segmented: disc: " in result.stderr and "has changed since it was imported" in result.stderr
+    original = dict(np.load(scan))
+    for imgs in (np.zeros((2, 96, 96), np.uint8), original["imgs"] // 2):  # the scan changed after its import
+        np.savez_compressed(scan, **{**original, "imgs": imgs})
+        result = run("presegment", project)
+        assert result.exit_code == 1 and "pre-segmented 0 case(s)" in result.stdout
+        assert "not pre-segmented: disc: " in result.stderr and "not the image case disc was imported from" in result.stderr
+    assert "(its voxels differ)" in result.stderr  # the same shape, other values
+
+
+def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Path, draw_recist) -> None:
+    """The record keeps absolute paths: after the data moved, `relocate` points the project at the
+    new place, once every file there is checked to be the one recorded; otherwise nothing changes."""
+    old = tmp_path / "share"
+    old.mkdir()
+    write_disc_case(old / "disc.npz", draw_recist)
+    checkpoint = shutil.copy(bundled_lite_medsam_checkpoint(), old / "finetuned.pth")
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion").exit_code == 0
+    assert run("import", project, old / "disc.npz").exit_code == 0
+    assert run("round", project, "--model", checkpoint).exit_code == 0
+    new = Path(shutil.copytree(old, tmp_path / "data"))
+    shutil.rmtree(old)
+    not_there = run("presegment", project)
+    assert not_there.exit_code == 1 and "the image of case disc is not there (if the data moved" in not_there.stderr
+
+    def variant(name: str, change) -> Path:
+        folder = Path(shutil.copytree(new, tmp_path / name))
+        change(folder)
+        return folder
+
+    def other_voxels(folder: Path) -> None:
+        original = dict(np.load(folder / "disc.npz"))
+        np.savez_compressed(folder / "disc.npz", **{**original, "imgs": 255 - original["imgs"]})
+
+    def other_checkpoint(folder: Path) -> None:
+        with open(folder / "finetuned.pth", "ab") as handle:
+            handle.write(b"\0")
+
+    for folder, fragment in [
+        (variant("other_image", other_voxels), "disc.npz: not the image case disc was imported from (its voxels differ)"),
+        (variant("other_checkpoint", other_checkpoint), "finetuned.pth: not the checkpoint round 2 began with (its SHA-256 differs)"),
+        (tmp_path / "nowhere", "nowhere: no such folder"),
+    ]:
+        assert_one_line_error(run("relocate", project, old, folder, "--no-progress"), fragment)
+    dry = run("relocate", project, old, new, "--dry-run", "--no-progress")
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.splitlines() == [
+        f"disc: {old / 'disc.npz'} -> {new / 'disc.npz'}",
+        f"round 2: {old / 'finetuned.pth'} -> {new / 'finetuned.pth'}",
+        "would relocate 1 case image(s) and 1 round checkpoint(s) (dry run: nothing changed)",
+    ]
+    assert "is not there" in run("presegment", project).stderr  # the dry run changed nothing
+    moved = run("relocate", project, old, new, "--no-progress")
+    assert moved.exit_code == 0 and moved.output.endswith("relocated 1 case image(s) and 1 round checkpoint(s)\n"), moved.output
+    presegmented = run("presegment", project)  # with round 2's checkpoint, from its new place
+    assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
+    assert_one_line_error(run("relocate", project, old, new, "--no-progress"), "no case image or round checkpoint of the project is recorded under this folder")
 
 
 def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:

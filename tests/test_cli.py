@@ -21,7 +21,7 @@ from medsam2.cli import segment as segment_command
 from medsam2.cli import video as video_command
 from medsam2.cli.main import app
 from medsam2.engine.prompts import box_from_mask
-from medsam2.io import load_image, save_mask
+from medsam2.io import Volume, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice
 from medsam2.resources import packaged_file
@@ -149,6 +149,30 @@ def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nift
     mask = load_image(out)
     assert dice(mask.array > 0, truth) > 0.75
     assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_segment_edit_corrects_a_mask_where_it_is_prompted_and_keeps_the_rest(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:
+    """A label map missing the lesion on one slice, corrected with a box there: every other slice
+    stays as it was in the file, the boxed one gets the lesion."""
+    image, _ = lesion_nifti
+    volume = load_image(image)
+    truth = stored_array(load_image(lesion_case), "gts").astype(np.uint8)
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    missing = key + 1
+    given = truth.copy()
+    given[missing] = 0
+    save_mask(given, like=volume, path=tmp_path / "given.nii.gz")
+    x1, y1, x2, y2 = box_from_mask(truth[missing] > 0)
+    out = tmp_path / "edited.nii.gz"
+    result = run("segment", image, "--edit", tmp_path / "given.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out)
+    assert result.exit_code == 0, result.output
+    edited = load_image(out).array
+    others = [index for index in range(truth.shape[0]) if index != missing]
+    np.testing.assert_array_equal(edited[others], given[others])
+    assert dice(edited[missing] > 0, truth[missing] > 0) > 0.8
+    assert_one_line_error(run("segment", image, "--edit", out, "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "would replace the input")
+    save_mask(given[:5], like=Volume(array=volume.array[:5], spacing=volume.spacing), path=tmp_path / "short.nii.gz")
+    assert_one_line_error(run("segment", image, "--edit", tmp_path / "short.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "shape (Z, Y, X) differs")
 
 
 def test_outputs_that_cannot_all_be_written_leave_none_behind(tmp_path: Path, lesion_case: Path) -> None:

@@ -235,3 +235,61 @@ def test_clicks_on_a_propagated_slice_refine_its_mask(predictor, lesion):
         assert dice(refined, before) > 0.8
         if label == 0:
             assert dice(refined, gts[index]) > dice(before, gts[index])
+
+
+def test_a_loaded_label_map_is_kept_and_corrected_slice_by_slice(predictor, lesion):
+    """A finished label map (an earlier session's saved mask, another tool's) loaded into a session:
+    kept exactly, nothing to propagate, and a click on one of its slices changes that slice alone."""
+    volume, gts, key = lesion
+    labels = gts.astype(np.uint16)
+    labels[:2, 10:40, 20:60] = 3  # a second object, away from the lesion
+    counting = CountingPredictor(predictor)
+    session = Session(volume.array, counting)
+    assert session.load_labels(labels, names={3: "marker"}) == [1, 3]
+    np.testing.assert_array_equal(session.result(), labels)
+    assert session.objects[3].name == "marker" and sorted(session.objects[1].prompts) == np.flatnonzero(gts.any(axis=(1, 2))).tolist()
+    assert not session.needs_propagation(1) and not session.needs_propagation(3)
+    session.propagate(progress=False)
+    assert counting.calls == 0 and session.objects[1].anchor_states == {}  # no model work until a run needs it
+    np.testing.assert_array_equal(session.result(), labels)
+
+    rows, cols = np.nonzero(gts[key])
+    edge = (float(cols.min()) + 1, float(rows[np.argmin(cols)]))  # a background click on the lesion's edge
+    corrected = session.add_prompt(key, 1, points=[edge], labels=[0])
+    assert not np.array_equal(corrected, gts[key]) and dice(corrected, gts[key]) > 0.8
+    assert not session.needs_propagation(1)  # its neighbours are prompted: no slice between them
+    expected = labels.copy()
+    expected[key][gts[key]] = 0
+    expected[key][corrected] = 1
+    np.testing.assert_array_equal(session.result(), expected)
+
+    last = int(np.flatnonzero(gts.any(axis=(1, 2))).max())
+    session.add_prompt(last, 1, points=[edge], labels=[1])  # at the object's end: beyond it is propagation's
+    assert session.needs_propagation(1)
+    session.propagate(progress=False)
+    np.testing.assert_array_equal(session.result()[:last], expected[:last])
+
+    with pytest.raises(InputError, match="does not fit the"):
+        session.load_labels(labels[1:])
+    with pytest.raises(InputError, match="the label map is empty"):
+        session.load_labels(np.zeros_like(labels))
+    np.testing.assert_array_equal(session.result()[:last], expected[:last])  # a refused map changes nothing
+
+
+def test_a_run_that_loses_the_object_between_two_anchors_is_filled_from_the_other(predictor, shared_data):
+    """Case 000001: a click on slice 5, which propagation had missed, makes a small anchor there; the
+    run from it loses the lesion on slice 7, half-way to the box on 9. The lesion is on both anchors,
+    so it does not end between them: slice 7 is followed from 9 instead of being left empty."""
+    volume = load_image(shared_data / "ct_lesion" / "CT_Lesion_000001_02_01_008-023.npz")
+    gts = stored_array(volume, "gts") > 0
+    session = Session(volume.array, predictor)
+    session.add_prompt(9, 1, box=box_from_mask(gts[9]))
+    session.propagate(progress=False)
+    before = session.result() > 0
+    assert not before[5].any() and dice(before[7], gts[7]) > 0.9
+    missed = ndimage.distance_transform_edt(gts[5])
+    y, x = np.unravel_index(np.argmax(missed), missed.shape)
+    assert dice(session.add_prompt(5, 1, points=[(float(x), float(y))], labels=[1]), gts[5]) > 0.7
+    session.propagate(progress=False)
+    after = session.result() > 0
+    assert dice(after[7], gts[7]) > 0.9 and dice(after, gts) >= dice(before, gts)

@@ -388,3 +388,30 @@ def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion
     )
     assert missing.exit_code == 2
     assert missing.stderr.count("\n") == 1 and "MEDSAM2_MODEL_SAM2_1_BASE_PLUS=" in missing.stderr
+
+
+def test_a_loaded_label_map_conditions_propagation_as_mask_prompts_do(small_predictor: SAM2Predictor) -> None:
+    """Slices of a loaded label map act as mask prompts whose memory is made only when a run needs it:
+    a box past the map's last slice propagates as it would from mask prompts given one by one."""
+    frames = moving_disk(12)
+    disk = frames > 200
+    labels = np.zeros(frames.shape, dtype=np.uint8)
+    labels[3:6][disk[3:6]] = 1
+    session = Session(frames, small_predictor)
+    session.load_labels(labels)
+    session.add_prompt(5, 1, box=box_from_mask(disk[5]))  # replaces the mask on 5, refines nothing
+    session.propagate(progress=False)
+    assert sorted(session.objects[1].anchor_states) == [5]  # 3 and 4 were needed by no run
+
+    given = Session(frames, small_predictor)
+    for index in (3, 4):
+        given.add_prompt(index, 1, mask=disk[index])
+    given.add_prompt(5, 1, box=box_from_mask(disk[5]))
+    given.propagate(progress=False)
+    np.testing.assert_array_equal(session.result()[3:], given.result()[3:])
+    np.testing.assert_array_equal(session.result()[3:5], labels[3:5])
+    assert not session.result()[:3].any()  # the backward run from 3 was never asked for
+
+    session.remove_prompt(4, 1)  # now the runs of 3 and 5 meet on 4: 3's memory is made for them
+    session.propagate(progress=False)
+    assert sorted(session.objects[1].anchor_states) == [3, 5] and session.result()[4].any()

@@ -27,7 +27,7 @@ from medsam2.cli.main import app as cli_app
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import Session
-from medsam2.io import Volume, from_slices, load_image
+from medsam2.io import Volume, from_slices, load_image, save_mask
 from medsam2.io.masks import stored_array
 from medsam2.io.video import load_video
 from medsam2.metrics import dice
@@ -205,7 +205,8 @@ def test_every_route_is_in_the_openapi_schema(server) -> None:
         "/api/sessions/{session_id}/propagate": {"post"},
         "/api/sessions/{session_id}/masks": {"get"},
         "/api/sessions/{session_id}/masks/{index}": {"get"},
-        "/api/sessions/{session_id}/mask-file": {"get"},
+        "/api/sessions/{session_id}/mask-file": {"get", "put"},
+        "/api/sessions/{session_id}/load": {"post"},
         "/api/sessions/{session_id}/save": {"post"},
     }
     assert {path: set(methods) for path, methods in paths.items()} == expected
@@ -213,6 +214,7 @@ def test_every_route_is_in_the_openapi_schema(server) -> None:
         for method, operation in methods.items():
             assert operation.get("summary"), f"{method} {path} has no summary"
     assert "application/octet-stream" in paths["/api/cases"]["post"]["requestBody"]["content"]
+    assert "application/octet-stream" in paths["/api/sessions/{session_id}/mask-file"]["put"]["requestBody"]["content"]
 
 
 def test_page_and_static_files(server) -> None:
@@ -223,6 +225,8 @@ def test_page_and_static_files(server) -> None:
     assert '<canvas id="view"' in page.text
     for asset in ("/static/viewer.js", "/static/api.js", "/static/viewer.css"):
         assert client.get(asset).status_code == 200
+    icon = client.get("/favicon.ico")
+    assert icon.headers["content-type"] == "image/png" and icon.content.startswith(b"\x89PNG")
 
 
 def test_api_docs_load_nothing_from_outside(server) -> None:
@@ -639,8 +643,24 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     np.testing.assert_array_equal(mask, engine_mask)
     assert dice(mask, CLIP_TRUTH[0]) > 0.7
 
+    # A video's mask sequence loads back (a downloaded NIfTI 2D+t here); one of another length does not.
+    def send(name: str, content: bytes):
+        return client.put(f"{base}/mask-file", params={"name": name}, content=content, headers={"Content-Type": "application/octet-stream"})
 
-def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
+    truth = CLIP_TRUTH.astype(np.uint8) * 3
+    buffer = io.BytesIO()
+    np.savez(buffer, segs=truth)
+    assert send("truth.npz", buffer.getvalue()).json()["objects"][0]["slices"] == list(range(6))
+    nifti = client.get(f"{base}/mask-file", params={"format": "nii.gz"}).content
+    assert send("clip_mask.nii.gz", nifti).status_code == 200
+    np.testing.assert_array_equal(np.load(io.BytesIO(client.get(f"{base}/mask-file", params={"format": "npz"}).content))["segs"], truth)
+    buffer = io.BytesIO()
+    np.savez(buffer, segs=truth[:4])
+    short = send("short.npz", buffer.getvalue())
+    assert short.status_code == 400 and short.json()["error"] == "short.npz: 4 frames of 96x96; the video has 6 of 96x96"
+
+
+def test_a_coronal_session_says_how_to_show_its_slices(server, data_dir: Path) -> None:
     """Coronal slices of a CT case stored PLI (columns run to the back, rows to the patient's left,
     slices down): the sagittal-looking columns of its arrays are stepped through, its slices already
     run head down and right to left, so they are shown as stored, with 5 mm between rows; a 2D
@@ -657,6 +677,15 @@ def test_a_coronal_session_says_how_to_show_its_slices(server) -> None:
     assert axial["warnings"] == []
     assert info["slice_step"] == axial["slice_step"] == 1  # stored front to back and head to feet: reading order
     assert info["pixel_spacing"] == pytest.approx([0.977, 5.0], abs=1e-3) and info["slice_spacing"] == pytest.approx(0.977, abs=1e-3)
+    # A label map loaded into the coronal session is read in the scan's layout and cut into its slices.
+    labels = stored_array(load_image(data_dir / "ct" / CASE_2), "gts").astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, segs=labels)
+    loaded = client.put(f"/api/sessions/{info['id']}/mask-file", params={"name": "gts.npz"}, content=buffer.getvalue(), headers={"Content-Type": "application/octet-stream"})
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["objects"][0]["slices"] == np.flatnonzero(labels.any(axis=(0, 1))).tolist()  # its coronal slices: the arrays' columns
+    downloaded = np.load(io.BytesIO(client.get(f"/api/sessions/{info['id']}/mask-file", params={"format": "npz"}).content))["segs"]
+    np.testing.assert_array_equal(downloaded, labels)
     picture = io.BytesIO()
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(picture, format="PNG")
     uploaded = client.post("/api/cases", params={"name": "flat.png"}, content=picture.getvalue(), headers={"Content-Type": "application/octet-stream"})
@@ -684,3 +713,97 @@ def test_closing_a_session_stops_its_propagation(server) -> None:
         stopped = running.result(timeout=60)
     assert stopped.status_code == 404 and "was closed" in stopped.json()["error"]
     assert client.get(base).status_code == 404
+
+
+def test_a_saved_or_sent_mask_loads_back_for_correction(server, data_dir: Path, tmp_path: Path) -> None:
+    """A mask saved beside the case (or a label map sent from the client) becomes the session's
+    objects, exactly as in the file; a click corrects one slice and undo goes back to the file's mask."""
+    app, client = server
+    case = data_dir / "ct" / CASE_15
+    volume = load_image(case)
+    gts = stored_array(volume, "gts") > 0
+    labels = gts.astype(np.uint8)
+    labels[:2, 10:40, 20:60] = 2
+    saved_name = "CT_Lesion_000015_01_01_081-093_mask.nii.gz"
+    save_mask(labels, like=volume, path=data_dir / "ct" / saved_name)
+    session = open_case(client, f"data/ct/{CASE_15}")
+    base = f"/api/sessions/{session['id']}"
+    assert session["saved_masks"] == [saved_name]
+    key = int(np.argmax(gts.reshape(gts.shape[0], -1).sum(axis=1)))
+    assert client.post(f"{base}/prompts", json={"slice": 0, "obj_id": 4, "box": [300, 300, 340, 340]}).status_code == 200
+
+    def label_map() -> np.ndarray:
+        return sitk.GetArrayFromImage(read_nifti(client.get(f"{base}/mask-file").content))
+
+    loaded = client.post(f"{base}/load", json={"file": saved_name})
+    assert loaded.status_code == 200, loaded.text
+    info = loaded.json()
+    assert [obj["id"] for obj in info["objects"]] == [1, 2] and info["undo_steps"] == 0  # object 4 was replaced
+    assert info["objects"][0]["slices"] == np.flatnonzero(gts.any(axis=(1, 2))).tolist()
+    assert not any(obj["needs_propagation"] for obj in info["objects"])
+    np.testing.assert_array_equal(label_map(), labels)
+
+    rows, cols = np.nonzero(gts[key])
+    edge = [float(cols.min()) + 1, float(rows[np.argmin(cols)])]
+    clicked = client.post(f"{base}/prompts", json={"slice": key, "points": [edge], "labels": [0]})
+    assert clicked.status_code == 200 and clicked.json()["session"]["undo_steps"] == 1
+    corrected = label_map()
+    changed = np.flatnonzero((corrected != labels).any(axis=(1, 2))).tolist()
+    assert changed == [key]
+    assert client.post(f"{base}/undo").json()["undo_steps"] == 0
+    np.testing.assert_array_equal(label_map(), labels)
+
+    missing = client.post(f"{base}/load", json={"file": "other_mask.nii.gz"})
+    assert missing.status_code == 404 and missing.json()["error"].startswith("no saved mask 'other_mask.nii.gz'")
+    stranger = TestClient(app, base_url=LOCAL)
+    assert stranger.post(f"{base}/load", json={"file": saved_name}).status_code == 404
+
+    # A label map sent from the client, in another of the case's mask formats.
+    def send(name: str, content: bytes, content_type: str = "application/octet-stream"):
+        return client.put(f"{base}/mask-file", params={"name": name}, content=content, headers={"Content-Type": content_type})
+
+    only_marker = np.where(labels == 2, 7, 0).astype(np.uint8)
+    save_mask(only_marker, like=volume, path=tmp_path / "edited.nrrd")
+    sent = send("edited.nrrd", (tmp_path / "edited.nrrd").read_bytes())
+    assert sent.status_code == 200, sent.text
+    assert [obj["id"] for obj in sent.json()["objects"]] == [7]
+    np.testing.assert_array_equal(label_map(), only_marker)
+
+    save_mask(labels[:5], like=Volume(array=volume.array[:5], spacing=volume.spacing), path=tmp_path / "short.nii.gz")
+    short = send("short.nii.gz", (tmp_path / "short.nii.gz").read_bytes())
+    assert short.status_code == 400, short.text
+    assert short.json()["error"] == f"short.nii.gz vs ct/{CASE_15}: shape (Z, Y, X) differs: (5, 512, 512) vs (13, 512, 512)"
+    save_mask(np.zeros_like(labels), like=volume, path=tmp_path / "empty.nii.gz")
+    empty = send("empty.nii.gz", (tmp_path / "empty.nii.gz").read_bytes())
+    assert empty.status_code == 400 and empty.json()["error"] == "the label map is empty: it holds no object"
+    assert send("clip.mp4", b"\x00" * 64).status_code == 415
+    assert send("edited.nrrd", b"not a nrrd file").status_code == 415
+    assert send("edited.nrrd", (tmp_path / "edited.nrrd").read_bytes(), "multipart/form-data").status_code == 415
+    np.testing.assert_array_equal(label_map(), only_marker)  # refused files changed nothing
+    assert not list(app.state.server.catalog.upload_dir.glob(".upload-*")), "staged files are removed"
+
+
+def test_undo_gives_a_click_back_the_propagated_mask_it_refined(server, data_dir: Path) -> None:
+    """Two clicks on a slice that only propagation had reached; undoing the second leaves the slice
+    as the first click made it (that click refined the propagated mask: undo re-applies it to that
+    mask, not to an empty slice)."""
+    _, client = server
+    prompt, truth = key_box(data_dir / "ct" / CASE_2)
+    base = f"/api/sessions/{open_case(client, f'data/ct/{CASE_2}')['id']}"
+    client.post(f"{base}/prompts", json={"slice": prompt.slice_index, "box": list(prompt.box)})
+    assert client.post(f"{base}/propagate").json()["progress"]["state"] == "done"
+    index = prompt.slice_index + 2
+    rows, cols = np.nonzero(truth[index])
+    inside = [[float(cols[k]), float(rows[k])] for k in (0, len(rows) // 2)]
+
+    def click(point: list[float]) -> np.ndarray:
+        answer = client.post(f"{base}/prompts", json={"slice": index, "points": [point], "labels": [1]})
+        assert answer.status_code == 200, answer.text
+        return rle.decode(answer.json()["mask"], (512, 512))
+
+    first = click(inside[1])
+    click(inside[0])
+    assert client.post(f"{base}/undo").json()["undo_steps"] == 2
+    shown = rle.decode(client.get(f"{base}/masks/{index}").json()["objects"]["1"], (512, 512))
+    np.testing.assert_array_equal(shown, first)
+    assert client.delete(base).status_code == 204

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from medsam2.cli.demo import key_slice_box
 from medsam2.cli.main import app as cli_app
 from medsam2.cli.serve import listen
 from medsam2.engine.prompts import box_from_mask
-from medsam2.io import load_image
+from medsam2.io import load_image, save_mask
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
 from medsam2.resources import packaged_file
@@ -335,6 +335,29 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         page.click("#open-case")  # the same case afresh: told about the saved mask
         page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.includes('Saved earlier')")
         assert page.inner_text("#status").endswith("Saved earlier beside this case: ct_mask.nii.gz.")
+        assert overlay_pixels(page, (48, 40, 72, 64)) == 0
+
+        # The saved mask loads back for correction; a label map from this computer replaces it (after asking).
+        def load(start: Callable[[], None], answer: str | None = None) -> str:
+            if answer is not None:
+                page.once("dialog", lambda dialog: dialog.accept() if answer == "accept" else dialog.dismiss())
+            page.evaluate("document.querySelector('#status').textContent = ''")
+            start()
+            page.wait_for_function(f"{IDLE} && /^(?!Loading)./.test(document.querySelector('#status').textContent)")
+            return page.inner_text("#status")
+
+        assert page.is_visible("#load-saved") and not page.is_visible("#saved-mask")
+        assert load(lambda: page.click("#load-saved")).startswith("Loaded ct_mask.nii.gz. Object 1: 1 slice.")
+        assert overlay_pixels(page, (48, 40, 72, 64)) > 50
+        image = load_image(data / "ct.dcm")
+        labels = np.zeros(image.shape, dtype=np.uint8)
+        labels[0, 10:30, 10:30], labels[0, 90:110, 90:110] = 2, 5
+        save_mask(labels, like=image, path=tmp_path / "edited.nii.gz")
+        upload = lambda: page.set_input_files("#mask-upload", str(tmp_path / "edited.nii.gz"))  # noqa: E731
+        assert load(upload, "accept").startswith("Loaded edited.nii.gz. Object 2: 1 slice; Object 5: 1 slice.")
+        assert page.locator("#objects li").count() == 2
+        assert overlay_pixels(page, (48, 40, 72, 64)) == 0 and overlay_pixels(page, (90, 90, 109, 109)) > 50
+        assert session_info(page)["objects"][0]["prompts"][0]["mask"] is True
         # 409 is the page's question to the user, not a failure.
         assert [problem for problem in problems if not problem.startswith("409 ") and "409" not in problem] == []
         page.close()

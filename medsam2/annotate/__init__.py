@@ -12,6 +12,7 @@ annotators, the annotator's work on a case, effort metrics and the training-set 
 
 from medsam2.annotate.effort import CaseEffort, EffortReport, RoundEffort, effort_report, write_report
 from medsam2.annotate.export import EXPORT_FORMATS, export_training_set
+from medsam2.annotate.images import Relocation, relocate
 from medsam2.annotate.importing import ImportSummary, import_cases
 from medsam2.annotate.leases import lease_next, reject, release
 from medsam2.annotate.project import Project, ProjectSettings, ProjectStatus, init_project, open_project
@@ -32,6 +33,7 @@ __all__ = [
     "Project",
     "ProjectSettings",
     "ProjectStatus",
+    "Relocation",
     "RoundEffort",
     "WorkSession",
     "effort_report",
@@ -44,5 +46,6 @@ __all__ = [
     "read_snapshot",
     "reject",
     "release",
+    "relocate",
     "write_report",
 ]

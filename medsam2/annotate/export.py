@@ -18,11 +18,12 @@ import SimpleITK as sitk
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
+from medsam2.annotate.images import load_case_image
 from medsam2.annotate.project import Project
 from medsam2.annotate.schema import CaseRow, CaseState, RoundRow
 from medsam2.annotate.store import stored_path
 from medsam2.errors import InputError
-from medsam2.io import Volume, check_same_geometry, load_image
+from medsam2.io import Volume, check_same_geometry
 from medsam2.io.atomic import atomic_folder
 from medsam2.io.masks import load_mask
 from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
@@ -67,7 +68,7 @@ def export_training_set(
 
 
 def _export_case(project: Project, case: CaseRow, round_number: int, root: Path, layout: str) -> TrainingCase:
-    volume = load_image(case.image)
+    volume = load_case_image(case)
     mask_file = stored_path(project.folder, case.mask, case.mask_sha256)
     mask = load_mask(mask_file)
     check_same_geometry(mask, volume, f"case {case.name}: accepted mask vs {case.image}")

@@ -106,6 +106,7 @@ class ProjectStatus:
     counts: dict[str, int]  # state -> cases
     leases: list[Lease]  # leases still running
     rounds: list[RoundInfo]
+    without_round: int = 0  # cases imported and not yet pre-segmented or opened: no model has touched them
 
 
 def check_name(value: str, what: str) -> str:
@@ -233,6 +234,7 @@ class Project:
                 counts={state.value: counts.get(state.value, 0) for state in CaseState},
                 leases=[Lease(*row) for row in leased],
                 rounds=[RoundInfo(r.number, r.model_version, r.started_at, per_round.get(r.id, 0)) for r in rounds],
+                without_round=per_round.get(None, 0),
             )
 
 

@@ -37,12 +37,13 @@ from medsam2.annotate.schema import (
     PresegSource,
     RoundRow,
 )
+from medsam2.annotate.images import check_same_image, load_case_image
 from medsam2.annotate.store import load_stored_mask, store_mask
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import Session
 from medsam2.errors import InputError
-from medsam2.io import Volume, from_slices, load_image, to_slices
+from medsam2.io import Volume, from_slices, to_slices
 from medsam2.io.masks import states_geometry
 from medsam2.io.volume import reading_step, slice_display
 from medsam2.metrics import dice
@@ -99,9 +100,11 @@ class CaseModel:
         self.case = snapshot.case
         self.round = snapshot.round
         self.progress = progress
-        self.volume = load_image(self.case.image) if volume is None else volume  # given: already read
-        if list(self.volume.shape) != list(self.case.shape):
-            raise InputError(f"{self.case.image}: the image has changed since it was imported (shape {self.volume.shape}, was {tuple(self.case.shape)})")
+        if volume is None:
+            volume = load_case_image(self.case)
+        else:  # read already by the caller
+            check_same_image(self.case, volume)
+        self.volume = volume
         self.slices, self.axis_index = prepare_slices(self.volume, project.settings.axis, project.settings.window)
         self.display = slice_display(self.volume, project.settings.axis)  # how people see the slices
         self.slice_step = reading_step(self.volume, project.settings.axis) if states_geometry(self.volume) else 1

@@ -29,15 +29,17 @@ from medsam2.annotate import (
     read_snapshot,
     reject,
     release,
+    relocate,
     write_report,
 )
+from medsam2.annotate.images import load_case_image
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
-from medsam2.io import Volume, check_same_geometry, load_image, save_mask, slicing_axis_index, to_slices
+from medsam2.io import Volume, check_same_geometry, save_mask, slicing_axis_index, to_slices
 from medsam2.io.atomic import outputs_together
 from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
@@ -122,8 +124,8 @@ def case_image(project: Project, case: str) -> Volume:
     """The image of `case`, read to check an action's input before the case is rebuilt (seconds to
     minutes: every recorded prompt is replayed)."""
     with project.transaction() as session:
-        path = project.case(session, case).image
-    return load_image(path)
+        row = project.case(session, case)
+    return load_case_image(row)
 
 
 def edited_mask(project: Project, image: Volume, mask: Path) -> np.ndarray:
@@ -444,6 +446,8 @@ def status_command(project: Path = PROJECT_ARGUMENT) -> None:
     rounds = Table("round", "model", "started (UTC)", "cases")
     for info in status.rounds:
         rounds.add_row(str(info.number), info.model_version, f"{info.started_at:%Y-%m-%d %H:%M}", str(info.cases))
+    if status.without_round:
+        rounds.add_row("-", "none yet (not pre-segmented or opened)", "", str(status.without_round))
     console.print(rounds)
     if status.leases:
         leases = Table("case", "annotator", "lease ends (UTC)")
@@ -465,6 +469,30 @@ def round_command(
     """
     row = open_project(project).start_round(model)
     typer.echo(f"round {row.number} started with {row.model_version}")
+
+
+@app.command("relocate")
+@reports_input_errors
+def relocate_command(
+    project: Path = PROJECT_ARGUMENT,
+    old: Path = typer.Argument(..., metavar="OLD", help="The folder the images (or round checkpoints) were in when recorded."),
+    new: Path = typer.Argument(..., metavar="NEW", help="The folder they are in now, with the same layout inside."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and list the moves; change nothing."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar while the images are checked."),
+) -> None:
+    """Point the project at images (and round checkpoints) that moved: the record keeps absolute
+    paths, so after copying the data to another machine or mount point, every path under OLD
+    becomes the same path under NEW. Each file is checked first (a case's voxels as imported, a
+    checkpoint's SHA-256); one missing or different changes nothing and says which.
+
+    Example: medsam2 annotate relocate lesions/ /mnt/old-share/scans /data/scans
+    """
+    moves = relocate(open_project(project), old, new, dry_run=dry_run, progress=progress)
+    for move in moves:
+        typer.echo(f"{move.name}: {move.old} -> {move.new}")
+    cases = sum(move.kind == "case" for move in moves)
+    what = f"{cases} case image(s) and {len(moves) - cases} round checkpoint(s)"
+    typer.echo(f"would relocate {what} (dry run: nothing changed)" if dry_run else f"relocated {what}")
 
 
 @app.command("report")

@@ -17,6 +17,7 @@ from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.atomic import check_output_paths, outputs_together
+from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
@@ -65,6 +66,7 @@ def segment(
     recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]: its end points; becomes a square box as in MedSAM2."),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="JSON prompts with several named objects (see README)."),
     mask_prompt: Path | None = typer.Option(None, "--mask-prompt", help="Mask file in the image's geometry: each label is prompted on its largest slice (frame). Video: also T:FILE, one frame's labels."),
+    edit: Path | None = typer.Option(None, "--edit", help="Correct this label map (an earlier result, another tool's) instead of starting empty: its masks are kept on every slice, the prompts redo the slices they are on, and past an object's first or last slice propagation goes on from there. Not for videos."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
     model: str = typer.Option(
@@ -97,6 +99,8 @@ def segment(
     """
     propagation = memory_propagation(memory)
     checked_precision = check_precision(precision)
+    if edit is not None and is_video(image):
+        raise InputError(f"{image}: --edit corrects a scan's label map; a video's masks are corrected in the web app (medsam2 serve)")
     if is_video(image):
         if axis != "axial":
             raise InputError(f"--axis {axis}: a video has no slicing axis (its frames are segmented as they are)")
@@ -112,15 +116,20 @@ def segment(
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     if overlay is not None:
         check_overlay_output(overlay)
-    check_output_paths([image, prompts_file, mask_prompt], [output, overlay])
+    check_output_paths([image, prompts_file, mask_prompt, edit], [output, overlay])
     volume = load_image(image)
     check_mask_output(output, volume)
     axis_index = slicing_axis_index(volume, axis)  # type: ignore[arg-type]
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
     prompts = gather_prompts(volume, axis_index, sources)
+    start = None
+    if edit is not None:
+        start = load_mask(edit, like=volume)
+        check_mask_fits(volume, start)
     predictor = load_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(
-        volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes  # type: ignore[arg-type]
+        volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes,  # type: ignore[arg-type]
+        start=None if start is None else start.array,
     )
     write_result(result, volume, axis, output, overlay)  # type: ignore[arg-type]
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))

@@ -74,10 +74,15 @@ def segment_volume(
     keep_largest: bool = False,
     fill_holes: bool = False,
     progress: bool = True,
+    start: np.ndarray | None = None,
 ) -> Result:
-    """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`)."""
+    """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`).
+    `start`: a label map of `volume` (its (Z, Y, X) layout) to correct instead of starting empty
+    (`Session.load_labels`): its masks are kept but where the prompts change them."""
     slices, axis_index = prepare_slices(volume, axis, window)
     session = Session(slices, predictor, config)
+    if start is not None:
+        session.load_labels(np.ascontiguousarray(to_slices(start, axis_index)))
     for prompt in prompts:
         session.apply(prompt)
     session.propagate(progress=progress)

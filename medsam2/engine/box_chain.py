@@ -90,8 +90,17 @@ class BoxChainTracker:
             done = 0
             for done, (index, logits) in enumerate(self._follow(run.conditioning[run.anchor], run.slices), start=1):
                 yield run, index, logits
-            for index in run.slices[done:]:
-                yield run, index, None
+            left = run.slices[done:]
+            ahead = [index for index in run.conditioning if index != run.anchor]
+            if left and ahead:
+                # The object is on both anchors, so it does not end between them: where this run lost
+                # it (a small or poor anchor mask), the slices left are followed from the other anchor.
+                towards = range(ahead[0] - run.step, left[0] - run.step, -run.step)
+                filled = {index: logits for index, logits in self._follow(run.conditioning[ahead[0]], towards) if index in left}
+            else:
+                filled = {}
+            for index in left:
+                yield run, index, filled.get(index)
 
     def _follow(self, anchor: BoxChainAnchor, covered: range) -> Iterator[tuple[int, np.ndarray]]:
         """Logits slice by slice along `covered`, until the object vanishes."""

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from medsam2.engine.box_chain import BoxChainTracker
 from medsam2.engine.postprocess import fill_holes_per_slice, largest_component
 from medsam2.engine.predictor import SlicePredictor
-from medsam2.engine.prompts import Prompt
+from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.progress import leave_finished_bar
@@ -109,13 +109,15 @@ class Session:
         )
         return self.apply(prompt)
 
-    def apply(self, prompt: Prompt) -> np.ndarray:
-        """`add_prompt` for a ready-made `Prompt`."""
+    def apply(self, prompt: Prompt, refined: np.ndarray | None = None) -> np.ndarray:
+        """`add_prompt` for a ready-made `Prompt`. `refined`: the mask a click refines, in place of the
+        slice's own (an undo re-applies a click to the propagated mask it refined when it was given)."""
         index = prompt.slice_index
         known = self.objects.get(prompt.obj_id) or TrackedObject()
         merged = merge_prompts(known.prompts.get(index), prompt)
         merged.validate(self.num_slices, *self.slice_hw)  # the new prompt with the slice's earlier clicks
-        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
+        current = refined if refined is not None else known.masks.get(index)
+        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), current)
         if not slice_mask.any():
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): the model found nothing there"
@@ -134,6 +136,28 @@ class Session:
         so their result depends on whether propagation ran before them."""
         tracked = self.objects.get(prompt.obj_id)
         return prompt.box is None and prompt.mask is None and tracked is not None and prompt.slice_index not in tracked.prompts
+
+    def load_labels(self, labels: np.ndarray, names: dict[int, str] | None = None) -> list[int]:
+        """Take a finished (Z, H, W) label map as the session's objects, in place of those it had:
+        each label becomes an object whose every non-empty slice holds its mask as a prompt. The
+        masks are kept exactly and nothing waits for propagation; a correction on a slice then changes
+        that slice (and, past an object's first or last slice, what propagation reaches from there).
+        Returns the object ids. No model runs here: a slice's memory is made when a run first needs it."""
+        if labels.shape != (self.num_slices, *self.slice_hw):
+            raise InputError(f"label map of shape {labels.shape} does not fit the {(self.num_slices, *self.slice_hw)} slices")
+        ids = [int(label) for label in np.unique(labels) if label != 0]
+        if not ids:
+            raise InputError("the label map is empty: it holds no object")
+        if ids[-1] > MAX_OBJECT_ID:
+            raise InputError(f"label {ids[-1]}: object ids run from 1 to {MAX_OBJECT_ID}")
+        objects = {obj_id: TrackedObject(name=(names or {}).get(obj_id)) for obj_id in ids}
+        for index, plane in enumerate(labels):  # slice by slice: a map of many labels is never copied whole per label
+            for obj_id in (int(label) for label in np.unique(plane) if label != 0):
+                mask = plane == obj_id
+                objects[obj_id].prompts[index] = Prompt(index, obj_id, mask=mask)
+                objects[obj_id].masks[index] = mask
+        self.objects = objects
+        return ids
 
     def remove_prompt(self, slice_index: int, obj_id: int) -> None:
         """Take back every prompt of object `obj_id` on one slice (an undo). The runs its neighbouring
@@ -190,11 +214,21 @@ class Session:
         stop = (ahead + anchor) // 2 + 1 if ahead is not None else 0
         return range(anchor - 1, stop - 1, -1)
 
-    def _run(self, obj_id: int, tracked: TrackedObject, anchor: int, step: int) -> Run:
+    def _run(self, obj_id: int, tracked: TrackedObject, anchor: int, step: int, slices: range) -> Run:
         ahead = self._next_anchor(tracked, anchor, step)
         depends_on = [anchor] + ([ahead] if ahead is not None else [])
-        conditioning = {index: tracked.anchor_states[index] for index in depends_on}
-        return Run(obj_id, anchor, step, self._run_slices(tracked, anchor, step), conditioning)
+        return Run(obj_id, anchor, step, slices, {index: self._anchor_state(tracked, index) for index in depends_on})
+
+    def _anchor_state(self, tracked: TrackedObject, index: int) -> Any:
+        """What the tracker keeps for an anchor; made now for a slice that `load_labels` set."""
+        if index not in tracked.anchor_states:
+            _, tracked.anchor_states[index] = self.tracker.segment_anchor(tracked.prompts[index], None, None)
+        return tracked.anchor_states[index]
+
+    def needs_propagation(self, obj_id: int) -> bool:
+        """Whether prompts changed since the last `propagate` in a way that changes slices they do not hold."""
+        tracked = self._tracked(obj_id)
+        return any(self._run_slices(tracked, anchor, step) for anchor, step in tracked.dirty_runs if anchor in tracked.prompts)
 
     def propagate(
         self,
@@ -214,20 +248,20 @@ class Session:
             raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
         for obj_id in obj_ids or []:
             self._tracked(obj_id)
-        runs = [
-            self._run(obj_id, tracked, anchor, step)
-            for obj_id, tracked in sorted(self.objects.items())
-            if obj_ids is None or obj_id in obj_ids
-            for anchor, step in sorted(tracked.dirty_runs)
-            if step in STEPS[direction] and anchor in tracked.prompts
-        ]
-        for run in runs:
-            tracked = self.objects[run.obj_id]
-            for index in run.slices:
-                tracked.masks.pop(index, None)
-            if not run.slices:
-                tracked.dirty_runs.discard((run.anchor, run.step))
-        runs = [run for run in runs if run.slices]
+        runs: list[Run] = []
+        for obj_id, tracked in sorted(self.objects.items()):
+            if obj_ids is not None and obj_id not in obj_ids:
+                continue
+            for anchor, step in sorted(tracked.dirty_runs):
+                if step not in STEPS[direction] or anchor not in tracked.prompts:
+                    continue
+                slices = self._run_slices(tracked, anchor, step)
+                for index in slices:
+                    tracked.masks.pop(index, None)
+                if slices:
+                    runs.append(self._run(obj_id, tracked, anchor, step, slices))
+                else:
+                    tracked.dirty_runs.discard((anchor, step))
         left = {(run.obj_id, run.anchor, run.step): len(run.slices) for run in runs}
         total = sum(left.values())
         with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=leave_finished_bar()) as bar:

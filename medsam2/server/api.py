@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -27,6 +29,7 @@ from medsam2.server.errors import PayloadTooLarge, UnsupportedMedia
 from medsam2.server.schemas import (
     ERROR_RESPONSES,
     CaseInfo,
+    LoadIn,
     OpenSession,
     PromptIn,
     PromptResult,
@@ -45,6 +48,8 @@ from medsam2.server.state import ServerState
 T = TypeVar("T")
 router = APIRouter(prefix="/api", responses=ERROR_RESPONSES)
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+# A file sent as the raw request body (uploads are streamed, not parsed as forms).
+RAW_FILE_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def server_state(request: Request) -> ServerState:
@@ -109,9 +114,7 @@ def list_cases(state: ServerState = Depends(server_state)) -> list[dict]:
         "`curl --data-binary @scan.nii.gz -H 'Content-Type: application/octet-stream' "
         "'http://127.0.0.1:8000/api/cases?name=scan.nii.gz'`"
     ),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    openapi_extra=RAW_FILE_BODY,
 )
 async def upload_case(
     request: Request,
@@ -119,6 +122,15 @@ async def upload_case(
     state: ServerState = Depends(server_state),
 ) -> dict:
     name, suffix = check_upload_name(name)
+    async with received_file(request, name, suffix, state) as staged:
+        case = await run_in_threadpool(state.catalog.admit, staged, name)
+    return case.public()
+
+
+@asynccontextmanager
+async def received_file(request: Request, name: str, suffix: str, state: ServerState) -> AsyncIterator[Path]:
+    """The raw request body in a staged file, deleted afterwards. Its type, size limit and format's
+    signature are checked as it arrives, so a wrong upload is refused before it is stored."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/octet-stream":
         # Also what keeps other web sites out: a cross-site form cannot send this type.
@@ -151,10 +163,9 @@ async def upload_case(
             handle.write(head)
             async for chunk in body:
                 handle.write(counted(chunk))
-        case = await run_in_threadpool(state.catalog.admit, staged, name)
+        yield staged
     finally:
         staged.unlink(missing_ok=True)
-    return case.public()
 
 
 # -- sessions --------------------------------------------------------------------------------------
@@ -315,6 +326,43 @@ def download_mask(
         media_type="application/octet-stream",
         headers={"Content-Disposition": f"attachment; filename*=utf-8''{quote(name)}"},
     )
+
+
+@router.put(
+    "/sessions/{session_id}/mask-file",
+    response_model=SessionInfo,
+    summary="Load a label map file into the session",
+    description=(
+        "The file (a mask of this case in one of the session's `mask_formats`, sent as the raw body with "
+        "`Content-Type: application/octet-stream`, its name in `name`) replaces the session's objects: each "
+        "label becomes an object, prompted on every slice it covers with its mask there, so the masks stay as "
+        "they are until a slice is corrected. Undo steps start afresh.\n\n"
+        "`curl -X PUT --data-binary @mask.nii.gz -H 'Content-Type: application/octet-stream' "
+        "'http://127.0.0.1:8000/api/sessions/ID/mask-file?name=mask.nii.gz'`"
+    ),
+    openapi_extra=RAW_FILE_BODY,
+)
+async def upload_mask(
+    request: Request,
+    name: str = Query(..., description="file name with its format suffix, e.g. mask.nii.gz"),
+    session: ViewerSession = Depends(viewer_session),
+    state: ServerState = Depends(server_state),
+) -> dict:
+    suffix = session.mask_upload_suffix(name)
+    async with received_file(request, name, suffix, state) as staged:
+        await on_worker(session, lambda predictor: session.load_mask(predictor, staged, name))
+    return session.info()
+
+
+@router.post(
+    "/sessions/{session_id}/load",
+    response_model=SessionInfo,
+    summary="Load a mask saved beside the case",
+    description="As PUT mask-file, for one of the session's `saved_masks`.",
+)
+async def load_saved(body: LoadIn, session: ViewerSession = Depends(viewer_session)) -> dict:
+    await on_worker(session, lambda predictor: session.load_saved_mask(predictor, body.file))
+    return session.info()
 
 
 @router.post("/sessions/{session_id}/save", response_model=SavedMask, summary="Save the label map next to the case")

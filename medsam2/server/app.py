@@ -71,6 +71,11 @@ def create_app(settings: ServerSettings, routers: Sequence[APIRouter] = ()) -> F
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # Asked for by browsers on pages without an icon of their own (a PNG opened in a tab).
+        return FileResponse(DOCS_ASSETS_DIR / "favicon.png", media_type="image/png")
+
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(

@@ -129,12 +129,17 @@ def resolve_inside(root: Path, relative: str, case_id: str) -> Path:
     return path
 
 
+def check_plain_name(name: str, example: str) -> str:
+    """The suffix of an uploaded file's name, or an error for a name that is not a plain file name."""
+    if not name or len(name) > 200 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name) or name.startswith("."):
+        raise InputError(f"upload name {name[:200]!r}: give a plain file name such as {example}")
+    return file_suffix(Path(name))
+
+
 def check_upload_name(name: str) -> tuple[str, str]:
     """An upload's file name as it is stored (its suffix in lower case, as the readers know it) and
     that suffix, or an error for names that are not plain scan file names."""
-    if not name or len(name) > 200 or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name) or name.startswith("."):
-        raise InputError(f"upload name {name[:200]!r}: give a plain file name such as scan.nii.gz")
-    suffix = file_suffix(Path(name))
+    suffix = check_plain_name(name, "scan.nii.gz")
     if suffix not in UPLOAD_SUFFIXES:
         raise UnsupportedMedia(f"{name}: uploads must be one of {' '.join(UPLOAD_SUFFIXES)} (a DICOM series: one .dcm per upload is not a series; use --data)")
     stored = name[: len(name) - len(suffix)] + suffix

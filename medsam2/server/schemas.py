@@ -115,6 +115,10 @@ class SaveIn(BaseModel):
     replace: bool = Field(False, description="overwrite a mask saved there earlier (without it, such a save is a 409)")
 
 
+class LoadIn(BaseModel):
+    file: str = Field(description="one of the session's saved_masks", max_length=300)
+
+
 class SavedMask(BaseModel):
     file: str = Field(description="file name of the mask written next to the case")
 

@@ -14,6 +14,8 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +31,12 @@ from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, 
 from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
-from medsam2.io.masks import states_geometry
-from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video
+from medsam2.io.masks import check_mask_fits, load_mask, states_geometry
+from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
-from medsam2.server.cases import Case, saved_mask_path
-from medsam2.server.errors import Busy, Conflict, NotFound
+from medsam2.server.cases import Case, check_plain_name, saved_mask_path
+from medsam2.server.errors import Busy, Conflict, NotFound, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
 
 CaseKind = Literal["volume", "video", "image"]
@@ -45,6 +47,15 @@ MASK_FORMATS = tuple(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES if
 VIDEO_MASK_FORMATS = ("npz", *(suffix.lstrip(".") for suffix in NIFTI_SUFFIXES))
 # A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
 MAX_VIDEO_FRAMES = 2000
+
+
+@dataclass(frozen=True)
+class Step:
+    """A prompt in force, and the mask it refined: clicks on a slice that only propagation had
+    reached take its mask then, which an undo of a later prompt there must give them again."""
+
+    prompt: Prompt
+    refined: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,9 @@ class ViewerSession:
         self.engine: Session | None = None
         self.lock = threading.Lock()
         self.closed = threading.Event()  # set by the store: queued and running work stops
-        self.history: list[Prompt] = []  # prompts in force, oldest first, for undo
+        self.history: list[Step] = []  # prompts in force, oldest first, for undo
+        # The masks a loaded label map put on slices (slice, object id) -> mask prompt: what undo goes back to.
+        self.loaded: dict[tuple[int, int], Prompt] = {}
         self.progress = Progress()
         self.last_used = time.monotonic()
         self._static = self._describe()
@@ -184,7 +197,7 @@ class ViewerSession:
                     "name": tracked.name,
                     "prompts": prompts,
                     "slices": sorted(tracked.masks),
-                    "needs_propagation": bool(tracked.dirty_runs),
+                    "needs_propagation": self.engine.needs_propagation(obj_id),
                 }
             )
         return {"objects": objects, "undo_steps": len(self.history)}
@@ -216,8 +229,11 @@ class ViewerSession:
         """Apply a prompt; return the object's mask on that slice."""
         prompt.validate(*self.slices.shape[:3])  # on its own: merged with earlier ones, an empty one would pass
         with self.lock:
-            mask = self._engine(predictor).apply(prompt)
-            self.history.append(prompt)
+            engine = self._engine(predictor)
+            tracked = engine.objects.get(prompt.obj_id)
+            refined = tracked.masks.get(prompt.slice_index) if tracked and engine.refines_propagated_mask(prompt) else None
+            mask = engine.apply(prompt)
+            self.history.append(Step(prompt, refined))
             self._summary = self._summarise()
         return mask
 
@@ -227,7 +243,8 @@ class ViewerSession:
             engine = self._engine(predictor)
             self._check_object(engine, obj_id, slice_index)
             engine.remove_prompt(slice_index, obj_id)
-            self.history = [p for p in self.history if (p.slice_index, p.obj_id) != (slice_index, obj_id)]
+            self.history = [step for step in self.history if (step.prompt.slice_index, step.prompt.obj_id) != (slice_index, obj_id)]
+            self.loaded.pop((slice_index, obj_id), None)
             self._summary = self._summarise()
 
     def undo(self, predictor) -> Prompt:
@@ -236,12 +253,13 @@ class ViewerSession:
             if not self.history:
                 raise InputError("nothing to undo")
             engine = self._engine(predictor)
-            last = self.history.pop()
+            last = self.history.pop().prompt
             name = engine.objects[last.obj_id].name
             engine.remove_prompt(last.slice_index, last.obj_id)
-            for earlier in self.history:
-                if (earlier.slice_index, earlier.obj_id) == (last.slice_index, last.obj_id):
-                    engine.apply(earlier)
+            key = (last.slice_index, last.obj_id)
+            loaded = [Step(self.loaded[key])] if key in self.loaded else []
+            for earlier in loaded + [step for step in self.history if (step.prompt.slice_index, step.prompt.obj_id) == key]:
+                engine.apply(earlier.prompt, earlier.refined)
             if last.obj_id in engine.objects:
                 engine.objects[last.obj_id].name = name
             self._summary = self._summarise()
@@ -252,7 +270,8 @@ class ViewerSession:
             engine = self._engine(predictor)
             self._check_object(engine, obj_id)
             engine.reset_object(obj_id)
-            self.history = [p for p in self.history if p.obj_id != obj_id]
+            self.history = [step for step in self.history if step.prompt.obj_id != obj_id]
+            self.loaded = {key: p for key, p in self.loaded.items() if p.obj_id != obj_id}
             self._summary = self._summarise()
 
     def rename_object(self, predictor, obj_id: int, name: str) -> None:
@@ -291,6 +310,41 @@ class ViewerSession:
             finally:
                 self._summary = self._summarise()
             self.progress = Progress("done", self.progress.total, self.progress.total)
+
+    def load_mask(self, predictor, path: Path, name: str) -> list[int]:
+        """Make the label map in `path` (a mask of this case, in any format a mask of it is written in;
+        `name` is how the client knows the file) the session's objects, in place of those it had.
+        Each label is an object whose masked slices are all prompted with their masks: they stay as
+        they are, and a correction on one of them changes that slice. Returns the object ids."""
+        with self._named_for_client(path, name):
+            if self.video is not None:
+                labels = load_video_mask(path)
+                if labels.shape != self.slices.shape[:3]:
+                    raise InputError(f"{path}: {labels.shape[0]} frames of {labels.shape[2]}x{labels.shape[1]}; the video has {self.slices.shape[0]} of {self.slices.shape[2]}x{self.slices.shape[1]}")
+            else:
+                mask = load_mask(path, like=self.volume)
+                check_mask_fits(self.volume, mask)
+                labels = to_slices(mask.array, self.axis_index)
+        with self.lock:
+            engine = self._engine(predictor)
+            ids = engine.load_labels(labels)
+            self.history = []
+            self.loaded = {(index, obj_id): prompt for obj_id in ids for index, prompt in engine.objects[obj_id].prompts.items()}
+            self._summary = self._summarise()
+        return ids
+
+    def mask_upload_suffix(self, name: str) -> str:
+        """The suffix of a mask file sent to this session, or an error unless it is one of its `mask_formats`."""
+        suffix = check_plain_name(name, "mask.nii.gz")
+        if suffix.lstrip(".") not in self.mask_formats:
+            raise UnsupportedMedia(f"{name}: a mask of {self.case.name} is one of {', '.join(self.mask_formats)}")
+        return suffix
+
+    def load_saved_mask(self, predictor, name: str) -> list[int]:
+        """`load_mask` for a mask saved beside the case (one of `saved_masks`)."""
+        if name not in self.saved_masks():
+            raise NotFound(f"no saved mask {name!r} beside {self.case.name} (saved: {', '.join(self.saved_masks()) or 'none'})")
+        return self.load_mask(predictor, self.case.path.parent / name, name)
 
     def check_open(self) -> None:
         if self.closed.is_set():
@@ -341,13 +395,18 @@ class ViewerSession:
             write(labels)
         return path
 
-    def _write_mask_as_named(self, target: Path, labels: np.ndarray) -> Path:
-        """`_write_mask`, with errors naming the files as the client knows them, not by server paths."""
+    @contextmanager
+    def _named_for_client(self, path: Path, name: str) -> Iterator[None]:
+        """Errors inside name `path` and the case's file as the client knows them, not by server paths."""
         try:
-            return self._write_mask(target, labels)
+            yield
         except InputError as error:
-            message = str(error).replace(str(target), target.name).replace(str(self.case.path), self.case.name)
+            message = str(error).replace(str(path), name).replace(str(self.case.path), self.case.name)
             raise InputError(message) from None
+
+    def _write_mask_as_named(self, target: Path, labels: np.ndarray) -> Path:
+        with self._named_for_client(target, target.name):
+            return self._write_mask(target, labels)
 
     def mask_file(self, format_name: str) -> tuple[str, bytes]:
         """The whole label map as a file: (file name, content)."""

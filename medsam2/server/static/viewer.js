@@ -388,6 +388,7 @@ function applySession(info) {
   renderPrompted();
   $("undo").disabled = info.undo_steps === 0;
   $("propagate").classList.toggle("attention", info.objects.some((object) => object.needs_propagation));
+  fillSavedMasks(info.saved_masks);
   $("save").disabled = !info.case.can_save;
   $("save").title = info.case.can_save
     ? "Write the label map next to the case on the server (asks before replacing one saved earlier)"
@@ -539,8 +540,7 @@ async function propagate() {
     await refreshMasks();
     applySession(info);
     showProgress(info.progress);
-    const slices = info.objects.map((object) => `${object.name || `Object ${object.id}`}: ${object.slices.length} slices`);
-    status(`Propagated. ${slices.join("; ")}`);
+    status(`Propagated. ${objectExtents(info)}`);
   } catch (error) {
     if (current()) throw error; // the case left behind was closed: not this case's error
   } finally {
@@ -548,6 +548,12 @@ async function propagate() {
     $("propagate").disabled = false;
   }
   draw();
+}
+
+// "Object 1: 12 slices; Object 2: 1 slice", for a session's objects.
+function objectExtents(info) {
+  const slices = (count) => `${count} ${info.kind === "video" ? "frame" : "slice"}${count === 1 ? "" : "s"}`;
+  return info.objects.map((object) => `${object.name || `Object ${object.id}`}: ${slices(object.slices.length)}`).join("; ");
 }
 
 function showProgress(progress) {
@@ -739,6 +745,47 @@ async function download() {
   status(`Downloaded ${name}.`);
 }
 
+// Masks saved beside the case, offered for loading back (the latest choice stays selected).
+function fillSavedMasks(names) {
+  const select = $("saved-mask");
+  const chosen = select.value;
+  select.replaceChildren(...names.map((name) => new Option(name, name)));
+  if (names.includes(chosen)) select.value = chosen;
+  select.hidden = names.length < 2;
+  $("load-saved").hidden = names.length === 0;
+}
+
+// A label map (saved beside the case, or a file from this computer) becomes the session's objects,
+// each slice of it prompted with its mask there: the masks stay as they are until a slice is corrected.
+async function loadMask(name, send) {
+  const count = state.session.objects.length;
+  if (count && !confirm(`Replace this session's ${count === 1 ? "object" : `${count} objects`} with ${name}?`)) return;
+  status(`Loading ${name}…`);
+  const info = await send();
+  state.objects = info.objects.map((object) => ({ id: object.id, name: object.name || `Object ${object.id}` }));
+  state.activeObject = state.objects[0].id;
+  applySession(info);
+  await refreshMasks();
+  status(`Loaded ${name}. ${objectExtents(info)}. Click or box on a slice to correct it there; Undo goes back to the file's mask.`);
+  showProgress({ state: "idle", done: 0, total: 0 });
+  draw();
+}
+
+function loadSaved() {
+  const file = $("saved-mask").value;
+  return loadMask(file, () => api(sessionPath("/load"), { method: "POST", json: { file } }));
+}
+
+function loadFile(file) {
+  return loadMask(file.name, () =>
+    api(sessionPath(`/mask-file?name=${encodeURIComponent(file.name)}`), {
+      method: "PUT",
+      body: file,
+      headers: { "Content-Type": "application/octet-stream" },
+    }),
+  );
+}
+
 async function saveOnServer(replace = false) {
   let saved;
   try {
@@ -750,6 +797,7 @@ async function saveOnServer(replace = false) {
     status("Not saved: the earlier mask is kept.");
     return;
   }
+  applySession(await api(sessionPath())); // offers the saved mask for loading
   status(`Saved ${saved.file} next to the case.`);
 }
 
@@ -924,6 +972,12 @@ $("undo").addEventListener("click", act(undo));
 $("add-object").addEventListener("click", addObject);
 $("download").addEventListener("click", act(download));
 $("save").addEventListener("click", act(() => saveOnServer()));
+$("load-saved").addEventListener("click", act(loadSaved));
+$("mask-upload").addEventListener("change", act(async (event) => {
+  const [file] = event.target.files;
+  event.target.value = "";
+  if (file && state.session) await loadFile(file);
+}));
 $("window-preset").addEventListener("change", (event) => {
   if (event.target.value !== "custom") choosePreset(event.target.value);
 });
