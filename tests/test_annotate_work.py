@@ -321,8 +321,21 @@ def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Pat
         "would relocate 1 case image(s) and 1 round checkpoint(s) (dry run: nothing changed)",
     ]
     assert "is not there" in run("presegment", project).stderr  # the dry run changed nothing
-    moved = run("relocate", project, old, new, "--no-progress")
-    assert moved.exit_code == 0 and moved.output.endswith("relocated 1 case image(s) and 1 round checkpoint(s)\n"), moved.output
+    # A case that cannot be opened is given back, not left leased to whoever took it.
+    taken = run("queue", project, "-a", "alice", "-o", tmp_path / "current.nii.gz")
+    assert_one_line_error(taken, "case disc cannot be opened (")
+    assert "it was given back" in taken.stderr and "annotate relocate" in taken.stderr
+    assert [row.lease_owner for row in open_project(project).cases()] == [None]
+
+    # One file first (through a symbolic link to its folder), then the rest of the folder.
+    (tmp_path / "link").symlink_to(new)
+    one = run("relocate", project, old / "disc.npz", tmp_path / "link" / "disc.npz", "--no-progress")
+    assert one.exit_code == 0 and one.output.endswith("relocated 1 case image(s) and 0 round checkpoint(s)\n"), one.output
+    assert [row.image for row in open_project(project).cases()] == [str(new / "disc.npz")]  # as an import records it
+    assert "the checkpoint of round 2 is not there (if it moved" in run("presegment", project).stderr
+    moved = run("relocate", project, old, tmp_path / "link", "--no-progress")
+    assert moved.exit_code == 0 and moved.output.endswith("relocated 0 case image(s) and 1 round checkpoint(s)\n"), moved.output
+    assert "1 already in the project" in run("import", project, new).output  # the same case, known by its path
     presegmented = run("presegment", project)  # with round 2's checkpoint, from its new place
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
     assert_one_line_error(run("relocate", project, old, new, "--no-progress"), "no case image or round checkpoint of the project is recorded under this folder")

@@ -171,6 +171,13 @@ def test_segment_edit_corrects_a_mask_where_it_is_prompted_and_keeps_the_rest(tm
     np.testing.assert_array_equal(edited[others], given[others])
     assert dice(edited[missing] > 0, truth[missing] > 0) > 0.8
     assert_one_line_error(run("segment", image, "--edit", out, "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "would replace the input")
+    # A box without an ID on a map whose lesion is label 3 adds object 1: said, as 3 hides it there.
+    save_mask(given * 3, like=volume, path=tmp_path / "given3.nii.gz")
+    added = run("segment", image, "--edit", tmp_path / "given3.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", tmp_path / "added.nii.gz")
+    assert added.exit_code == 0 and "warning: --edit given3.nii.gz holds label(s) 3, not 1: the prompts of object 1 add it" in added.stderr
+    save_mask(np.zeros_like(given), like=volume, path=tmp_path / "empty.nii.gz")
+    empty = run("segment", image, "--edit", tmp_path / "empty.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out)
+    assert_one_line_error(empty, "empty.nii.gz: the label map is empty: it holds no object")
     save_mask(given[:5], like=Volume(array=volume.array[:5], spacing=volume.spacing), path=tmp_path / "short.nii.gz")
     assert_one_line_error(run("segment", image, "--edit", tmp_path / "short.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "shape (Z, Y, X) differs")
 

@@ -752,6 +752,17 @@ def test_a_saved_or_sent_mask_loads_back_for_correction(server, data_dir: Path, 
     assert changed == [key]
     assert client.post(f"{base}/undo").json()["undo_steps"] == 0
     np.testing.assert_array_equal(label_map(), labels)
+    # At the object's last slice a click lets propagation go on past it; undo puts back the file's
+    # mask with nothing waiting (a Propagate then changes nothing).
+    last = int(np.flatnonzero(gts.any(axis=(1, 2))).max())
+    rows, cols = np.nonzero(gts[last])
+    assert client.post(f"{base}/prompts", json={"slice": last, "points": [[float(cols.mean()), float(rows.mean())]], "labels": [1]}).status_code == 200
+    assert client.post(f"{base}/propagate").json()["objects"][0]["needs_propagation"] is False
+    undone = client.post(f"{base}/undo").json()
+    assert undone["undo_steps"] == 0 and not any(obj["needs_propagation"] for obj in undone["objects"])
+    np.testing.assert_array_equal(label_map(), labels)
+    client.post(f"{base}/propagate")
+    np.testing.assert_array_equal(label_map(), labels)
 
     missing = client.post(f"{base}/load", json={"file": "other_mask.nii.gz"})
     assert missing.status_code == 404 and missing.json()["error"].startswith("no saved mask 'other_mask.nii.gz'")
@@ -775,7 +786,7 @@ def test_a_saved_or_sent_mask_loads_back_for_correction(server, data_dir: Path, 
     assert short.json()["error"] == f"short.nii.gz vs ct/{CASE_15}: shape (Z, Y, X) differs: (5, 512, 512) vs (13, 512, 512)"
     save_mask(np.zeros_like(labels), like=volume, path=tmp_path / "empty.nii.gz")
     empty = send("empty.nii.gz", (tmp_path / "empty.nii.gz").read_bytes())
-    assert empty.status_code == 400 and empty.json()["error"] == "the label map is empty: it holds no object"
+    assert empty.status_code == 400 and empty.json()["error"] == "empty.nii.gz: the label map is empty: it holds no object"
     assert send("clip.mp4", b"\x00" * 64).status_code == 415
     assert send("edited.nrrd", b"not a nrrd file").status_code == 415
     assert send("edited.nrrd", (tmp_path / "edited.nrrd").read_bytes(), "multipart/form-data").status_code == 415

@@ -76,14 +76,15 @@ def moved(path: str, old: str, new: str) -> str | None:
 
 
 def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, progress: bool = True) -> list[Relocation]:
-    """Point every case image and round checkpoint the record keeps under folder `old` at the same
-    place under `new`, after checking each is there and the same (a case's voxels, or its shape
+    """Point every case image and round checkpoint the record keeps under folder `old` (or at file
+    `old`) at the same place under `new`, after checking each is there and the same (a case's voxels, or its shape
     for a case imported before they were recorded, whose voxels are recorded now; a checkpoint's
     SHA-256). All or nothing: the first file missing or different is a one-line error and the record
     is left as it was. Nothing is written with `dry_run`."""
-    old_folder, new_folder = os.path.abspath(old), os.path.abspath(new)
-    if not Path(new_folder).is_dir():
-        raise InputError(f"{new}: no such folder")
+    # Symbolic links resolved, as imports record paths.
+    old_folder, new_folder = os.path.realpath(old), os.path.realpath(new)
+    if not os.path.exists(new_folder):
+        raise InputError(f"{new}: no such folder (or file)")
     with project.transaction() as session:
         cases = session.scalars(select(CaseRow).where(CaseRow.project_id == project.id).order_by(CaseRow.name)).all()
         rounds = session.scalars(select(RoundRow).where(RoundRow.project_id == project.id).order_by(RoundRow.number)).all()
@@ -96,7 +97,11 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
             continue
         if not os.path.exists(target):
             raise InputError(f"{target}: no such file or folder (the image of case {case.name}, recorded at {case.image})")
-        case_updates[case.id] = target, check_same_image(case, load_image(target), target)
+        try:
+            volume = load_image(target)
+        except InputError as error:
+            raise InputError(f"{error} (read as the image of case {case.name}, recorded at {case.image})") from None
+        case_updates[case.id] = target, check_same_image(case, volume, target)
         moves.append(Relocation("case", case.name, case.image, target))
     for round_row in rounds:
         target = moved(round_row.model, old_folder, new_folder) if os.path.isabs(round_row.model) else None

@@ -11,13 +11,18 @@ from its ``BEGIN IMMEDIATE``. Two workers can therefore never hold the same case
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from medsam2.annotate.project import LeaseConflict, Project, check_name
 from medsam2.annotate.schema import CaseRow, CaseState, InteractionKind, InteractionRow
+from medsam2.errors import InputError, first_line
+
+T = TypeVar("T")
 
 # Cases an annotator may be given, and what a released one goes back to.
 QUEUE_STATES = (CaseState.NEW, CaseState.PRESEGMENTED, CaseState.IN_REVIEW)
@@ -177,3 +182,17 @@ def claim_for_presegmentation(
             raise RuntimeError(f"case {candidate.name} changed while being claimed")
         session.refresh(candidate)
         return candidate
+
+
+def open_or_give_back(project: Project, name: str, annotator: str, open_case: Callable[[], T]) -> T:
+    """`open_case()` for a case just leased to `annotator`; when it cannot be opened (its image
+    missing or changed), the lease is given back and the error says so: kept, it would hold the
+    annotator on a case they cannot work on."""
+    try:
+        return open_case()
+    except InputError as error:
+        release(project, name, annotator)
+        raise InputError(
+            f"case {name} cannot be opened ({first_line(error)}); it was given back: restore its file "
+            "or reject it (medsam2 annotate reject)"
+        ) from None

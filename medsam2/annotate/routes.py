@@ -26,12 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from medsam2.annotate.effort import effort_report, render_rounds_png
-from medsam2.annotate.leases import lease_next, reject, release
+from medsam2.annotate.leases import lease_next, open_or_give_back, reject, release
 from medsam2.annotate.project import Project, open_project
 from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
 from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID
-from medsam2.errors import InputError, first_line
+from medsam2.errors import InputError
 from medsam2.io.overlay import as_shown, overlay_slice
 from medsam2.io.volume import SliceDisplay, slice_pixel_spacing
 
@@ -188,15 +188,7 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
         if row is None:
             return Response(status_code=204)
         with svc.case_lock(row.name):
-            try:
-                work = svc.work(row.name, body.annotator)
-            except InputError as error:
-                # Kept leased, the case would hold its annotator (the panel never shows it to release).
-                release(svc.project, row.name, body.annotator)
-                raise InputError(
-                    f"case {row.name} cannot be opened ({first_line(error)}); it was given back: restore its file "
-                    "or reject it (medsam2 annotate reject)"
-                ) from None
+            work = open_or_give_back(svc.project, row.name, body.annotator, lambda: svc.work(row.name, body.annotator))
             return svc.describe(work.case, work)
 
     @router.get("/api/annotate/cases/{name}", summary="A case's record and history")

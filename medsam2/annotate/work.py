@@ -69,6 +69,11 @@ class Predictors:
         if round_row.model_version not in self._loaded:
             from medsam2.engine.models import load_predictor
 
+            if os.path.isabs(round_row.model) and not os.path.exists(round_row.model):
+                raise InputError(
+                    f"{round_row.model}: the checkpoint of round {round_row.number} is not there (if it moved, point the "
+                    "project at its new place: medsam2 annotate relocate PROJECT OLD_FOLDER NEW_FOLDER)"
+                )
             identity = model_identity(round_row.model)
             if identity.sha256 != round_row.model_sha256:
                 raise InputError(

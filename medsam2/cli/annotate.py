@@ -33,6 +33,7 @@ from medsam2.annotate import (
     write_report,
 )
 from medsam2.annotate.images import load_case_image
+from medsam2.annotate.leases import open_or_give_back
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
@@ -248,7 +249,7 @@ def queue_command(
         raise typer.Exit(1)
     typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
     if output is not None or overlay is not None:
-        work = WorkSession(opened, case.name, who, Predictors(device), progress=True)
+        work = open_or_give_back(opened, case.name, who, lambda: WorkSession(opened, case.name, who, Predictors(device), progress=True))
         typer.echo(describe(work.model))
         show_views(work.model, output, overlay)
 
@@ -475,8 +476,8 @@ def round_command(
 @reports_input_errors
 def relocate_command(
     project: Path = PROJECT_ARGUMENT,
-    old: Path = typer.Argument(..., metavar="OLD", help="The folder the images (or round checkpoints) were in when recorded."),
-    new: Path = typer.Argument(..., metavar="NEW", help="The folder they are in now, with the same layout inside."),
+    old: Path = typer.Argument(..., metavar="OLD", help="The folder the images (or round checkpoints) were in when recorded (or one image file)."),
+    new: Path = typer.Argument(..., metavar="NEW", help="The folder they are in now, with the same layout inside (or the file's new path)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and list the moves; change nothing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar while the images are checked."),
 ) -> None:

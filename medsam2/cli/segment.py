@@ -12,7 +12,9 @@ from medsam2.cli.video import VideoRequest, segment_video_command
 from medsam2.engine.api import Result, segment_volume
 from medsam2.engine.models import check_precision, load_predictor
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
+from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
+from medsam2.engine.session import object_ids
 from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
@@ -51,6 +53,22 @@ def write_result(result: Result, volume: Volume, axis: SliceAxis, mask_path: Pat
                 display=slice_display(volume, axis),
                 pixel_spacing=slice_pixel_spacing(volume, result.axis_index),
             )
+
+
+def check_labels_to_edit(edit: Path, labels: np.ndarray, prompts: list[Prompt]) -> None:
+    """A one-line error for a label map that cannot be corrected (empty, an id out of range), found
+    before the model loads; a warning for prompts of objects it does not hold: they add objects,
+    which a higher label in the map hides where they meet (an ID left out means object 1)."""
+    try:
+        held = object_ids(labels)
+    except InputError as error:
+        raise InputError(f"{edit}: {error}") from None
+    for obj_id in sorted({prompt.obj_id for prompt in prompts} - set(held)):
+        typer.echo(
+            f"warning: --edit {edit.name} holds label(s) {', '.join(map(str, held[:10]))}{'...' if len(held) > 10 else ''}, "
+            f"not {obj_id}: the prompts of object {obj_id} add it (to correct a label, give its ID: --box Z,X1,Y1,X2,Y2,ID)",
+            err=True,
+        )
 
 
 def prompt_boxes(result: Result) -> dict[int, tuple[float, float, float, float]]:
@@ -126,6 +144,7 @@ def segment(
     if edit is not None:
         start = load_mask(edit, like=volume)
         check_mask_fits(volume, start)
+        check_labels_to_edit(edit, start.array, prompts)
     predictor = load_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes,  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.progress import leave_finished_bar
 
-__all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts"]
+__all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts", "object_ids"]
 
 Direction = Literal["both", "forward", "backward"]
 STEPS: dict[str, tuple[int, ...]] = {"both": (1, -1), "forward": (1,), "backward": (-1,)}
@@ -109,15 +109,13 @@ class Session:
         )
         return self.apply(prompt)
 
-    def apply(self, prompt: Prompt, refined: np.ndarray | None = None) -> np.ndarray:
-        """`add_prompt` for a ready-made `Prompt`. `refined`: the mask a click refines, in place of the
-        slice's own (an undo re-applies a click to the propagated mask it refined when it was given)."""
+    def apply(self, prompt: Prompt) -> np.ndarray:
+        """`add_prompt` for a ready-made `Prompt`."""
         index = prompt.slice_index
         known = self.objects.get(prompt.obj_id) or TrackedObject()
         merged = merge_prompts(known.prompts.get(index), prompt)
         merged.validate(self.num_slices, *self.slice_hw)  # the new prompt with the slice's earlier clicks
-        current = refined if refined is not None else known.masks.get(index)
-        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), current)
+        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
         if not slice_mask.any():
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): the model found nothing there"
@@ -145,11 +143,7 @@ class Session:
         Returns the object ids. No model runs here: a slice's memory is made when a run first needs it."""
         if labels.shape != (self.num_slices, *self.slice_hw):
             raise InputError(f"label map of shape {labels.shape} does not fit the {(self.num_slices, *self.slice_hw)} slices")
-        ids = [int(label) for label in np.unique(labels) if label != 0]
-        if not ids:
-            raise InputError("the label map is empty: it holds no object")
-        if ids[-1] > MAX_OBJECT_ID:
-            raise InputError(f"label {ids[-1]}: object ids run from 1 to {MAX_OBJECT_ID}")
+        ids = object_ids(labels)
         objects = {obj_id: TrackedObject(name=(names or {}).get(obj_id)) for obj_id in ids}
         for index, plane in enumerate(labels):  # slice by slice: a map of many labels is never copied whole per label
             for obj_id in (int(label) for label in np.unique(plane) if label != 0):
@@ -176,6 +170,21 @@ class Session:
             del self.objects[obj_id]
             return
         tracked.dirty_runs = {run for run in tracked.dirty_runs | dirty if run[0] in tracked.prompts}
+
+    def snapshot(self, obj_id: int) -> TrackedObject | None:
+        """What the session knows about an object now (None: nothing), for `restore`. Cheap: masks
+        and states are shared, never changed in place."""
+        tracked = self.objects.get(obj_id)
+        if tracked is None:
+            return None
+        return TrackedObject(tracked.name, dict(tracked.prompts), dict(tracked.anchor_states), dict(tracked.masks), set(tracked.dirty_runs))
+
+    def restore(self, obj_id: int, saved: TrackedObject | None) -> None:
+        """Put an object back as `snapshot` found it, masks and pending runs included (an exact undo)."""
+        if saved is None:
+            self.objects.pop(obj_id, None)
+        else:
+            self.objects[obj_id] = saved
 
     def reset_object(self, obj_id: int) -> None:
         """Forget an object: its prompts and every mask propagated from them."""
@@ -301,6 +310,16 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
+
+
+def object_ids(labels: np.ndarray) -> list[int]:
+    """The objects of a label map (its labels but 0), or an error for an empty map or an id out of range."""
+    ids = [int(label) for label in np.unique(labels) if label != 0]
+    if not ids:
+        raise InputError("the label map is empty: it holds no object")
+    if ids[-1] > MAX_OBJECT_ID:
+        raise InputError(f"label {ids[-1]}: object ids run from 1 to {MAX_OBJECT_ID}")
+    return ids
 
 
 def merge_prompts(existing: Prompt | None, new: Prompt) -> Prompt:

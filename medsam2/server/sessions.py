@@ -25,7 +25,7 @@ import numpy as np
 from medsam2.engine.api import prepare_slices, slice_warnings
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
-from medsam2.engine.session import Direction, Session
+from medsam2.engine.session import Direction, Session, TrackedObject
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
 from medsam2.io.writers import check_mask_name
@@ -51,11 +51,10 @@ MAX_VIDEO_FRAMES = 2000
 
 @dataclass(frozen=True)
 class Step:
-    """A prompt in force, and the mask it refined: clicks on a slice that only propagation had
-    reached take its mask then, which an undo of a later prompt there must give them again."""
+    """A prompt in force, and its object as it was before it (what undo puts back)."""
 
     prompt: Prompt
-    refined: np.ndarray | None = None
+    before: TrackedObject | None
 
 
 @dataclass(frozen=True)
@@ -145,8 +144,6 @@ class ViewerSession:
         self.lock = threading.Lock()
         self.closed = threading.Event()  # set by the store: queued and running work stops
         self.history: list[Step] = []  # prompts in force, oldest first, for undo
-        # The masks a loaded label map put on slices (slice, object id) -> mask prompt: what undo goes back to.
-        self.loaded: dict[tuple[int, int], Prompt] = {}
         self.progress = Progress()
         self.last_used = time.monotonic()
         self._static = self._describe()
@@ -230,10 +227,9 @@ class ViewerSession:
         prompt.validate(*self.slices.shape[:3])  # on its own: merged with earlier ones, an empty one would pass
         with self.lock:
             engine = self._engine(predictor)
-            tracked = engine.objects.get(prompt.obj_id)
-            refined = tracked.masks.get(prompt.slice_index) if tracked and engine.refines_propagated_mask(prompt) else None
+            before = engine.snapshot(prompt.obj_id)
             mask = engine.apply(prompt)
-            self.history.append(Step(prompt, refined))
+            self.history.append(Step(prompt, before))
             self._summary = self._summarise()
         return mask
 
@@ -243,27 +239,25 @@ class ViewerSession:
             engine = self._engine(predictor)
             self._check_object(engine, obj_id, slice_index)
             engine.remove_prompt(slice_index, obj_id)
-            self.history = [step for step in self.history if (step.prompt.slice_index, step.prompt.obj_id) != (slice_index, obj_id)]
-            self.loaded.pop((slice_index, obj_id), None)
+            # The object's earlier states all hold the prompts just removed: undo cannot go back past this.
+            self.history = [step for step in self.history if step.prompt.obj_id != obj_id]
             self._summary = self._summarise()
 
     def undo(self, predictor) -> Prompt:
-        """Take back the latest prompt: its slice is re-prompted with the earlier prompts there."""
+        """Take back the latest prompt: its object is put back as it was before it (its masks, those
+        propagated included, and what waited for propagation), keeping its name."""
         with self.lock:
             if not self.history:
                 raise InputError("nothing to undo")
             engine = self._engine(predictor)
-            last = self.history.pop().prompt
-            name = engine.objects[last.obj_id].name
-            engine.remove_prompt(last.slice_index, last.obj_id)
-            key = (last.slice_index, last.obj_id)
-            loaded = [Step(self.loaded[key])] if key in self.loaded else []
-            for earlier in loaded + [step for step in self.history if (step.prompt.slice_index, step.prompt.obj_id) == key]:
-                engine.apply(earlier.prompt, earlier.refined)
-            if last.obj_id in engine.objects:
-                engine.objects[last.obj_id].name = name
+            last = self.history.pop()
+            obj_id = last.prompt.obj_id
+            name = engine.objects[obj_id].name
+            engine.restore(obj_id, last.before)
+            if obj_id in engine.objects:
+                engine.objects[obj_id].name = name
             self._summary = self._summarise()
-        return last
+        return last.prompt
 
     def delete_object(self, predictor, obj_id: int) -> None:
         with self.lock:
@@ -271,7 +265,6 @@ class ViewerSession:
             self._check_object(engine, obj_id)
             engine.reset_object(obj_id)
             self.history = [step for step in self.history if step.prompt.obj_id != obj_id]
-            self.loaded = {key: p for key, p in self.loaded.items() if p.obj_id != obj_id}
             self._summary = self._summarise()
 
     def rename_object(self, predictor, obj_id: int, name: str) -> None:
@@ -327,9 +320,11 @@ class ViewerSession:
                 labels = to_slices(mask.array, self.axis_index)
         with self.lock:
             engine = self._engine(predictor)
-            ids = engine.load_labels(labels)
+            try:
+                ids = engine.load_labels(labels)
+            except InputError as error:
+                raise InputError(f"{name}: {error}") from None
             self.history = []
-            self.loaded = {(index, obj_id): prompt for obj_id in ids for index, prompt in engine.objects[obj_id].prompts.items()}
             self._summary = self._summarise()
         return ids
 

@@ -758,6 +758,10 @@ function fillSavedMasks(names) {
 // A label map (saved beside the case, or a file from this computer) becomes the session's objects,
 // each slice of it prompted with its mask there: the masks stay as they are until a slice is corrected.
 async function loadMask(name, send) {
+  if ($("propagate").disabled) {
+    status("Propagating: load the mask when it is done (it would replace what the propagation is making).", true);
+    return;
+  }
   const count = state.session.objects.length;
   if (count && !confirm(`Replace this session's ${count === 1 ? "object" : `${count} objects`} with ${name}?`)) return;
   status(`Loading ${name}…`);
