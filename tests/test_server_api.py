@@ -449,6 +449,8 @@ def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) 
         refused = client.post(f"{base}/save", json={"format": "nii.gz"})
         assert refused.status_code == 400 and "a symbolic link is there" in refused.json()["error"]
         assert outside.read_bytes() == b"not to be overwritten" and link.is_symlink()
+        load = client.post(f"{base}/load", json={"file": link.name})  # nor read through one
+        assert load.status_code == 400 and load.json()["error"].startswith(f"{link.name}: a symbolic link;")
     finally:
         link.unlink()
 

@@ -117,7 +117,7 @@ def segment(
     """
     propagation = memory_propagation(memory)
     checked_precision = check_precision(precision)
-    if edit is not None and is_video(image):
+    if edit is not None and is_video(image) and Path(image).exists():
         raise InputError(f"{image}: --edit corrects a scan's label map; a video's masks are corrected in the web app (medsam2 serve)")
     if is_video(image):
         if axis != "axial":

@@ -339,7 +339,10 @@ class ViewerSession:
         """`load_mask` for a mask saved beside the case (one of `saved_masks`)."""
         if name not in self.saved_masks():
             raise NotFound(f"no saved mask {name!r} beside {self.case.name} (saved: {', '.join(self.saved_masks()) or 'none'})")
-        return self.load_mask(predictor, self.case.path.parent / name, name)
+        path = self.case.path.parent / name
+        if path.is_symlink():  # as for saving: it may lead out of the data folder
+            raise InputError(f"{name}: a symbolic link; the server reads saved masks only from its data folder (load the file itself instead)")
+        return self.load_mask(predictor, path, name)
 
     def check_open(self) -> None:
         if self.closed.is_set():
