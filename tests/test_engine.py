@@ -293,3 +293,25 @@ def test_a_run_that_loses_the_object_between_two_anchors_is_filled_from_the_othe
     session.propagate(progress=False)
     after = session.result() > 0
     assert dice(after[7], gts[7]) > 0.9 and dice(after, gts) >= dice(before, gts)
+
+
+def test_an_empty_mask_takes_the_object_off_a_slice(predictor, lesion):
+    """Erasing the lesion's last propagated slice empties that slice only: the run from the box
+    reaches up to it, nothing is followed from it, and taking the erasure back restores the slice."""
+    volume, gts, key = lesion
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    session.propagate(progress=False)
+    before = session.result()
+    last = int(np.flatnonzero(before.any(axis=(1, 2))).max())
+    empty = np.zeros(gts.shape[1:], dtype=bool)
+    assert not session.add_prompt(last, 1, mask=empty).any()
+    session.propagate(progress=False)
+    expected = before.copy()
+    expected[last] = 0
+    np.testing.assert_array_equal(session.result(), expected)
+    session.remove_prompt(last, 1)
+    session.propagate(progress=False)
+    np.testing.assert_array_equal(session.result(), before)
+    with pytest.raises(InputError, match="an empty mask takes an object off a slice, and object 2 has no mask yet"):
+        session.add_prompt(key, 2, mask=empty)

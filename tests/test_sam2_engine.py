@@ -250,6 +250,10 @@ def test_clicks_refine_a_prompted_slice_and_a_mask_prompt_is_kept_as_given(small
     np.testing.assert_array_equal(session.add_prompt(4, 2, mask=mask), mask)
     session.propagate(progress=False)
     assert set(np.unique(session.result())) <= {0, 1, 2}
+    # An empty mask takes object 2 off frame 5: kept as given, its memory says the object is absent.
+    assert (session.result()[5] == 2).any() and not session.add_prompt(5, 2, mask=np.zeros_like(mask)).any()
+    session.propagate(progress=False)
+    assert not (session.result()[5] == 2).any() and 5 not in session.objects[2].masks
 
 
 def test_bfloat16_autocast_runs_and_stays_close_to_float32() -> None:

@@ -534,6 +534,13 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert by_mask.json()["session"]["objects"][1]["prompts"][0]["mask"] is True
     broken = client.post(f"{base}/prompts", json={"slice": below, "obj_id": 2, "mask": {"size": [512, 512], "counts": [7]}})
     assert broken.status_code == 400 and "add up to 7 pixels" in broken.json()["error"]
+    empty = {"size": [512, 512], "counts": [512 * 512]}  # an empty mask takes object 2 off that slice
+    erased = client.post(f"{base}/prompts", json={"slice": below, "obj_id": 2, "mask": empty})
+    assert erased.status_code == 200 and not rle.decode(erased.json()["mask"], (512, 512)).any()
+    assert erased.json()["session"]["objects"][1]["prompts"][0]["erased"] is True
+    unknown = client.post(f"{base}/prompts", json={"slice": below, "obj_id": 3, "mask": empty})
+    assert unknown.status_code == 400 and "object 3 has no mask yet" in unknown.json()["error"]
+    assert client.post(f"{base}/undo").json()["objects"][1]["prompts"][0]["erased"] is False
     assert client.delete(f"{base}/objects/2").json()["objects"][0]["id"] == 1
 
     # Save next to the case; the saved mask is not offered as a case. Saving again replaces it only

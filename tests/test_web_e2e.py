@@ -198,7 +198,7 @@ def test_segment_a_lesion_in_the_browser(server_url: str, browser: Browser, shar
     wait_prompts(page, 1)
     (lesion,) = session_info(page)["objects"]
     assert lesion["prompts"] == [
-        {"slice": prompt.slice_index, "box": [x1, y1, x2, y2], "points": [], "labels": [], "mask": False}
+        {"slice": prompt.slice_index, "box": [x1, y1, x2, y2], "points": [], "labels": [], "mask": False, "erased": False}
     ]
     assert overlay_pixels(page, (x1, y1, x2, y2)) > 100
 
@@ -293,6 +293,15 @@ def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, 
     wait_prompts(page, 2)
     names = {obj["id"]: obj["name"] for obj in session_info(page)["objects"]}
     assert names == {1: "Object 1", 2: "aorta"}
+
+    # E takes the active object (the aorta) off the slice; the canal stays.
+    aorta = (82, 0, 114, 24)
+    assert overlay_pixels(page, aorta) > 50
+    page.keyboard.press("e")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li:nth-child(2)').textContent.includes('erased')")
+    assert page.inner_text("#status").startswith("aorta taken off slice 0.")
+    assert overlay_pixels(page, aorta) == 0 and overlay_pixels(page, canal) > 50
+    assert session_info(page)["objects"][1]["slices"] == []
 
     assert page.is_disabled("#save") and "Download" in page.get_attribute("#save", "title")
     assert problems == []

@@ -94,7 +94,8 @@ class BoxChainTracker:
             ahead = [index for index in run.conditioning if index != run.anchor]
             if left and ahead:
                 # The object is on both anchors, so it does not end between them: where this run lost
-                # it (a small or poor anchor mask), the slices left are followed from the other anchor.
+                # it (a small or poor anchor mask), the slices left are followed from the other anchor
+                # (unless the object was erased there: then nothing is followed from it).
                 towards = range(ahead[0] - run.step, left[0] - run.step, -run.step)
                 filled = {index: logits for index, logits in self._follow(run.conditioning[ahead[0]], towards) if index in left}
             else:
@@ -105,6 +106,8 @@ class BoxChainTracker:
     def _follow(self, anchor: BoxChainAnchor, covered: range) -> Iterator[tuple[int, np.ndarray]]:
         """Logits slice by slice along `covered`, until the object vanishes."""
         config = self.config
+        if not anchor.mask.any():  # an erased slice: the object is not there to follow
+            return
         previous_mask, previous_logits = anchor.mask, anchor.seed
         slices = list(covered)
         for position, index in enumerate(slices):

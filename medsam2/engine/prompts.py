@@ -31,6 +31,11 @@ class Prompt:
     mask: np.ndarray | None = None  # (H, W) bool
     name: str | None = None
 
+    @property
+    def erases(self) -> bool:
+        """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
+        return self.mask is not None and not self.mask.any() and self.box is None and not self.points
+
     def validate(self, num_slices: int, height: int, width: int) -> None:
         """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack."""
         where = f"prompt on slice {self.slice_index} (object {self.obj_id})"
@@ -64,8 +69,8 @@ class Prompt:
         if self.mask is not None:
             if self.mask.shape != (height, width):
                 raise InputError(f"{where}: mask shape {self.mask.shape} differs from slice shape {(height, width)}")
-            if not self.mask.any():
-                raise InputError(f"{where}: mask prompt is empty")
+            if not self.mask.any() and not self.erases:
+                raise InputError(f"{where}: an empty mask goes alone (it takes the object off the slice), not with a box or clicks")
 
 
 def box_from_mask(

@@ -96,7 +96,8 @@ class Session:
         """Prompt object `obj_id` on one slice and return its mask there (H, W) bool.
 
         Clicks add to the clicks already on that slice; a new box replaces the old box; a mask
-        replaces everything. Nothing else is recomputed until `propagate`.
+        replaces everything (an empty one takes the object off the slice, and propagation starts
+        nothing from there). Nothing else is recomputed until `propagate`.
         """
         prompt = Prompt(
             slice_index=slice_index,
@@ -115,16 +116,20 @@ class Session:
         known = self.objects.get(prompt.obj_id) or TrackedObject()
         merged = merge_prompts(known.prompts.get(index), prompt)
         merged.validate(self.num_slices, *self.slice_hw)  # the new prompt with the slice's earlier clicks
+        where = f"prompt on slice {prompt.slice_index} (object {prompt.obj_id})"
+        if merged.erases and prompt.obj_id not in self.objects:
+            raise InputError(f"{where}: an empty mask takes an object off a slice, and object {prompt.obj_id} has no mask yet")
         slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
-        if not slice_mask.any():
-            raise InputError(
-                f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): the model found nothing there"
-            )
+        if not slice_mask.any() and not merged.erases:
+            raise InputError(f"{where}: the model found nothing there")
         tracked = self.objects.setdefault(prompt.obj_id, known)
         tracked.name = prompt.name or tracked.name
         tracked.prompts[index] = merged
         tracked.anchor_states[index] = state
-        tracked.masks[index] = slice_mask
+        if slice_mask.any():
+            tracked.masks[index] = slice_mask
+        else:
+            tracked.masks.pop(index, None)
         tracked.dirty_runs |= self._runs_touching(tracked, index)
         return slice_mask
 

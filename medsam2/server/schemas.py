@@ -84,7 +84,8 @@ class PromptIn(BaseModel):
     labels: list[int] = Field(default_factory=list, max_length=MAX_CLICKS, description="one per point: 1 object, 0 background")
     mask: MaskRLE | None = Field(
         None,
-        description="a mask prompt; replaces the slice's earlier prompts. Alone it is the answer on its slice; "
+        description="a mask prompt; replaces the slice's earlier prompts. Alone it is the answer on its slice "
+        "(an empty one takes the object off the slice, and propagation starts nothing from there); "
         "with a box or clicks in the same request it is the model's dense input beside them",
     )
     name: str | None = Field(None, max_length=100, description="the object's name")
@@ -136,6 +137,7 @@ class PromptInfo(BaseModel):
     points: list[list[float]]
     labels: list[int]
     mask: bool
+    erased: bool = Field(description="an empty mask: the object taken off this slice")
 
 
 class ObjectInfo(BaseModel):

@@ -185,6 +185,7 @@ class ViewerSession:
                     "points": [list(point) for point in prompt.points],
                     "labels": list(prompt.labels),
                     "mask": prompt.mask is not None,
+                    "erased": prompt.erases,
                 }
                 for index, prompt in sorted(tracked.prompts.items())
             ]

@@ -435,7 +435,7 @@ function renderPrompted() {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
-    const kinds = [prompt.box && "box", prompt.points.length && `${prompt.points.length} point(s)`, prompt.mask && "mask"];
+    const kinds = [prompt.box && "box", prompt.points.length && `${prompt.points.length} point(s)`, prompt.mask && (prompt.erased ? "erased" : "mask")];
     const name = state.objects.find((entry) => entry.id === object.id)?.name || `Object ${object.id}`;
     button.textContent = `${prompt.slice}: ${name} (${kinds.filter(Boolean).join(", ")})`;
     button.style.borderLeftColor = `rgb(${colourOf(object.id).join(",")})`;
@@ -499,7 +499,7 @@ async function deleteObject(object) {
   draw();
 }
 
-async function sendPrompt(fields) {
+async function sendPrompt(fields, done = `segmented on slice ${state.slice}. Press Propagate (G) to follow it through the scan.`) {
   const object = activeObject();
   const slice = state.slice;
   status(`Segmenting ${object.name} on slice ${slice}…`);
@@ -513,8 +513,21 @@ async function sendPrompt(fields) {
   state.overlays.delete(slice);
   applySession(result.session);
   showProgress({ state: "idle", done: 0, total: 0 });
-  status(`${object.name} segmented on slice ${slice}. Press Propagate (G) to follow it through the scan.`);
+  status(`${object.name} ${done}`);
   draw();
+}
+
+// An empty mask prompt: the active object is not on this slice (a leak corrected, or an end marked).
+async function eraseHere() {
+  if (!state.session) return;
+  const object = activeObject();
+  if (!onServer(object)) {
+    status(`${object.name} has no mask yet: nothing to erase.`, true);
+    return;
+  }
+  const [rows, columns] = state.session.shape.slice(1);
+  const empty = { size: [rows, columns], counts: [rows * columns] };
+  await sendPrompt({ mask: empty }, `taken off slice ${state.slice}. Press Propagate (G) so the slices around follow.`);
 }
 
 async function propagate() {
@@ -939,6 +952,7 @@ document.addEventListener("keydown", act(async (event) => {
     h: () => setTool("pan"),
     w: () => setTool("window"),
     g: propagate,
+    e: eraseHere,
     o: () => { $("show-overlay").checked = !$("show-overlay").checked; state.showOverlay = $("show-overlay").checked; draw(); },
     " ": togglePlay,
     "?": () => $("help").showModal(),
@@ -973,6 +987,7 @@ $("slice").addEventListener("input", (event) => goTo(Number(event.target.value))
 $("play").addEventListener("click", togglePlay);
 $("propagate").addEventListener("click", act(propagate));
 $("undo").addEventListener("click", act(undo));
+$("erase").addEventListener("click", act(eraseHere));
 $("add-object").addEventListener("click", addObject);
 $("download").addEventListener("click", act(download));
 $("save").addEventListener("click", act(() => saveOnServer()));
