@@ -37,7 +37,7 @@ from medsam2.annotate.schema import (
     PresegSource,
     RoundRow,
 )
-from medsam2.annotate.images import check_same_image, load_case_image
+from medsam2.annotate.images import load_case_image
 from medsam2.annotate.store import load_stored_mask, store_mask
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
@@ -105,11 +105,7 @@ class CaseModel:
         self.case = snapshot.case
         self.round = snapshot.round
         self.progress = progress
-        if volume is None:
-            volume = load_case_image(self.case)
-        else:  # read already by the caller
-            check_same_image(self.case, volume)
-        self.volume = volume
+        self.volume = load_case_image(self.case) if volume is None else volume  # given: read by the caller with load_case_image
         self.slices, self.axis_index = prepare_slices(self.volume, project.settings.axis, project.settings.window)
         self.display = slice_display(self.volume, project.settings.axis)  # how people see the slices
         self.slice_step = reading_step(self.volume, project.settings.axis) if states_geometry(self.volume) else 1
