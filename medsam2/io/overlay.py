@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,20 @@ from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_path
 from medsam2.io.volume import SliceDisplay, orient_for_display
 
-# Distinct, colour-blind-friendly label colours (Okabe-Ito), cycled for labels beyond eight.
-LABEL_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255)]
+# The first eight labels in colour-blind-friendly colours (Okabe-Ito); later ones in hues spread by
+# the golden angle (a multi-organ map loaded for correction has dozens), starting away from the red
+# of prompt boxes, cycled after 256.
+OKABE_ITO = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255)]
+LABEL_COLOURS = OKABE_ITO + [
+    tuple(round(255 * channel) for channel in colorsys.hsv_to_rgb((0.13 + index * 0.381966) % 1.0, 0.7, 0.95))
+    for index in range(256 - len(OKABE_ITO))
+]
 BOX_COLOUR = (255, 40, 40)
+
+
+def label_colour(label: int) -> tuple[int, int, int]:
+    """The RGB colour of object id `label` (>= 1), as overlays, videos and the web page draw it."""
+    return LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
 
 
 def check_overlay_output(path: Path | str) -> None:
@@ -33,7 +45,7 @@ def overlay_slice(
             continue
         region = labels == label
         contour = region & ~ndimage.binary_erosion(region, iterations=max(1, image.shape[0] // 256))
-        rgb[contour] = LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
+        rgb[contour] = label_colour(label)
     tile = Image.fromarray(rgb.astype(np.uint8))
     if box is not None:
         ImageDraw.Draw(tile).rectangle(box, outline=BOX_COLOUR, width=max(1, image.shape[0] // 256))

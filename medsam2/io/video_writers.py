@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_folder, atomic_path, atomic_write_text
 from medsam2.io.lazy_import import lazy_module
-from medsam2.io.overlay import LABEL_COLOURS, overlay_slice
+from medsam2.io.overlay import label_colour, overlay_slice
 from medsam2.io.readers import file_suffix
 from medsam2.io.video import NIFTI_SUFFIXES, Video, frame_rate_fraction
 
@@ -214,7 +214,7 @@ def _overlay_frame(
             continue
         rows, cols = np.nonzero(labels == label)
         text = names.get(int(label)) or f"object {label}"
-        colour = LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
+        colour = label_colour(label)
         draw.text((int(cols.min()), max(int(rows.min()) - 12, 0)), text, fill=colour)
     return picture
 
