@@ -31,14 +31,14 @@ class BoxChainAnchor:
     mask: np.ndarray  # (H, W) bool
 
 
-def box_around(mask: np.ndarray, prompt: Prompt) -> tuple[float, float, float, float]:
-    """The box of `mask` and `prompt`'s positive clicks."""
+def with_positive_clicks(mask: np.ndarray, prompt: Prompt) -> np.ndarray:
+    """`mask` with `prompt`'s positive clicks added (so a box around it takes them in)."""
     grown = mask.copy()
     height, width = mask.shape
     for (x, y), label in zip(prompt.points, prompt.labels):
         if label == 1:
             grown[min(int(y), height - 1), min(int(x), width - 1)] = True
-    return box_from_mask(grown)  # type: ignore[return-value]
+    return grown
 
 
 class BoxChainTracker:
@@ -55,15 +55,24 @@ class BoxChainTracker:
         return self.slices.shape[1], self.slices.shape[2]
 
     def segment_anchor(
-        self, prompt: Prompt, previous: Any | None, current_mask: np.ndarray | None
+        self,
+        prompt: Prompt,
+        previous: Any | None,
+        current_mask: np.ndarray | None,
+        neighbour_mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, BoxChainAnchor]:
         """The merged prompt decides the anchor's mask (LiteMedSAM has no memory). Clicks alone on a
         slice that has a mask (propagated there, or from earlier clicks) refine that mask, as SAM 2
         feeds a frame's earlier logits with new clicks: LiteMedSAM, trained on boxes, gets the mask's
-        box (grown to take in positive clicks) and the mask as its dense input."""
+        box (grown to take in positive clicks) and the mask as its dense input. Positive clicks on a
+        slice without a mask next to one with it (where a run stopped short) get that slice's box,
+        grown as a run grows it: a click alone is ambiguous to a box model (on the CT lesions it
+        gave masks ten times the lesion, which propagation then carried on)."""
         box, dense = prompt.box, prompt.mask
         if box is None and dense is None and current_mask is not None and current_mask.any():
-            box, dense = box_around(current_mask, prompt), current_mask
+            box, dense = box_from_mask(with_positive_clicks(current_mask, prompt)), current_mask
+        elif box is None and dense is None and 1 in prompt.labels and neighbour_mask is not None and neighbour_mask.any():
+            box = self._box_around(with_positive_clicks(neighbour_mask, prompt))
         if box is None and dense is None and 1 not in prompt.labels:
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): background clicks alone mark "

@@ -119,7 +119,9 @@ class Session:
         where = f"prompt on slice {prompt.slice_index} (object {prompt.obj_id})"
         if merged.erases and prompt.obj_id not in self.objects:
             raise InputError(f"{where}: an empty mask takes an object off a slice, and object {prompt.obj_id} has no mask yet")
-        slice_mask, state = self.tracker.segment_anchor(merged, known.anchor_states.get(index), known.masks.get(index))
+        slice_mask, state = self.tracker.segment_anchor(
+            merged, known.anchor_states.get(index), known.masks.get(index), self._neighbour_mask(known, index)
+        )
         if not slice_mask.any() and not merged.erases:
             raise InputError(f"{where}: the model found nothing there")
         tracked = self.objects.setdefault(prompt.obj_id, known)
@@ -133,10 +135,19 @@ class Session:
         tracked.dirty_runs |= self._runs_touching(tracked, index)
         return slice_mask
 
+    def _neighbour_mask(self, tracked: TrackedObject, index: int) -> np.ndarray | None:
+        """Where the object has no mask on slice `index`: its masks on the slices either side, merged
+        (None where it has none there either)."""
+        if index in tracked.masks:
+            return None
+        beside = [tracked.masks[i] for i in (index - 1, index + 1) if i in tracked.masks]
+        return np.logical_or.reduce(beside) if beside else None
+
     def refines_propagated_mask(self, prompt: Prompt) -> bool:
         """Whether `prompt` is clicks on a slice where its object has no prompt yet: the model takes
-        the mask propagated there with them (SAM 2.1 as Meta's predictor does, LiteMedSAM its box),
-        so their result depends on whether propagation ran before them."""
+        the mask propagated there with them (SAM 2.1 as Meta's predictor does, LiteMedSAM its box,
+        or the box of the masks beside it where there is none), so their result depends on whether
+        propagation ran before them."""
         tracked = self.objects.get(prompt.obj_id)
         return prompt.box is None and prompt.mask is None and tracked is not None and prompt.slice_index not in tracked.prompts
 

@@ -73,11 +73,17 @@ class Tracker(Protocol):
     embeddings: EmbeddingCache
 
     def segment_anchor(
-        self, prompt: Prompt, previous: Any | None, current_mask: np.ndarray | None
+        self,
+        prompt: Prompt,
+        previous: Any | None,
+        current_mask: np.ndarray | None,
+        neighbour_mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, Any]:
         """The (H, W) bool mask of a prompted slice and what runs need from it later (opaque to the
         session). `previous` is what this call returned for the slice's earlier prompt, if any;
-        `current_mask` the object's propagated mask there, if any (a correction refines it)."""
+        `current_mask` the object's propagated mask there, if any (a correction refines it);
+        `neighbour_mask`, where there is none, the object's masks on the adjacent slices (a 2D model
+        takes the object's extent from them; a memory model may ignore it, its memory holds more)."""
         ...
 
     def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:
