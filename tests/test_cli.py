@@ -180,6 +180,8 @@ def test_segment_edit_corrects_a_mask_where_it_is_prompted_and_keeps_the_rest(tm
     assert_one_line_error(empty, "empty.nii.gz: the label map is empty: it holds no object")
     save_mask(given[:5], like=Volume(array=volume.array[:5], spacing=volume.spacing), path=tmp_path / "short.nii.gz")
     assert_one_line_error(run("segment", image, "--edit", tmp_path / "short.nii.gz", "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "shape (Z, Y, X) differs")
+    # The scan itself picked as the map (a uint8 CT would be 255 objects, each on every slice).
+    assert_one_line_error(run("segment", image, "--edit", image, "--box", f"{missing},{x1},{y1},{x2},{y2}", "-o", out), "an image, not a label map")
 
 
 def test_outputs_that_cannot_all_be_written_leave_none_behind(tmp_path: Path, lesion_case: Path) -> None:

@@ -81,6 +81,24 @@ def test_npz_mask_keeps_the_npz_layout(tmp_path: Path, ct_case: Volume) -> None:
         np.testing.assert_array_equal(written[key], raw[key])
 
 
+def test_an_image_is_not_taken_for_a_label_map_but_many_touching_organs_are(tmp_path: Path, ct_case: Volume) -> None:
+    """A uint8 CT read as a mask (the wrong file picked) is refused: its texture makes most neighbouring
+    voxels differ. A map of 117 labels that fill the volume and all touch others (a Voronoi partition,
+    harder than any organ atlas) is a label map: only its borders differ."""
+    assert ct_case.array.dtype == np.uint8
+    save_mask(ct_case.array, ct_case, tmp_path / "ct.nii.gz")
+    with pytest.raises(InputError, match=r"ct.nii.gz: an image, not a label map \(9\d% of neighbouring labelled voxels differ"):
+        load_mask(tmp_path / "ct.nii.gz")
+    coarse = (ct_case.shape[0], 64, 64)  # built coarse, then each voxel 8x8 (as a resampled atlas would be)
+    seeds = np.random.default_rng(0).uniform(0, 1, (117, 3)) * coarse
+    grid = np.stack(np.meshgrid(*map(np.arange, coarse), indexing="ij"), axis=-1)
+    nearest = np.argmin(np.stack([np.linalg.norm((grid - seed) / (1, 2.5, 2.5), axis=-1) for seed in seeds]), axis=0)
+    organs = (nearest + 1).astype(np.uint8).repeat(8, axis=1).repeat(8, axis=2)
+    assert organs.shape == ct_case.shape and len(np.unique(organs)) == 117
+    save_mask(organs, ct_case, tmp_path / "organs.nii.gz")
+    np.testing.assert_array_equal(load_mask(tmp_path / "organs.nii.gz").array, organs)
+
+
 def test_2d_colour_npz_round_trip(tmp_path: Path, ct_case: Volume) -> None:
     grey = ct_case.array[6]
     imgs = np.stack([grey, 255 - grey, grey // 2], axis=-1)
