@@ -246,6 +246,7 @@ def test_info_and_cases(server, tmp_path: Path) -> None:
     _, client = server
     info = client.get("/api/info").json()
     assert info["model"] == "lite-medsam" and info["devices"] == ["cpu"]
+    assert info["upload_formats"][:3] == ["nii.gz", "nii", "nrrd"] and "mp4" in info["upload_formats"]
     assert info["window_presets"]["lung"] == [1500.0, -600.0] and len(info["label_colours"]) == 256
     assert info["label_colours"][:2] == [[230, 159, 0], [86, 180, 233]] and len({tuple(c) for c in info["label_colours"]}) == 256
     cases = client.get("/api/cases").json()

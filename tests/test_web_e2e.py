@@ -362,6 +362,9 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         labels = np.zeros(image.shape, dtype=np.uint8)
         labels[0, 10:30, 10:30], labels[0, 90:110, 90:110] = 2, 5
         save_mask(labels, like=image, path=tmp_path / "edited.nii.gz")
+        # The pickers offer the formats the server takes (".nii.gz" as ".gz": browsers match two-part suffixes unevenly).
+        assert page.get_attribute("#mask-upload", "accept") == ".nii,.gz,.nrrd,.mha,.npz,.png,.dcm"
+        assert page.get_attribute("#upload", "accept").startswith(".gz,.nii,.nrrd,.mha,.dcm,.npz,.png,")
         upload = lambda: page.set_input_files("#mask-upload", str(tmp_path / "edited.nii.gz"))  # noqa: E731
         assert load(upload, "accept").startswith("Loaded edited.nii.gz. Object 2: 1 slice; Object 5: 1 slice.")
         assert page.locator("#objects li").count() == 2

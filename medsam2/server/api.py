@@ -24,7 +24,7 @@ from medsam2.errors import InputError
 from medsam2.io.overlay import LABEL_COLOURS
 from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.server import rle
-from medsam2.server.cases import SNIFF_BYTES, check_signature, check_upload_name
+from medsam2.server.cases import SNIFF_BYTES, UPLOAD_SUFFIXES, check_signature, check_upload_name
 from medsam2.server.errors import PayloadTooLarge, UnsupportedMedia
 from medsam2.server.schemas import (
     ERROR_RESPONSES,
@@ -91,6 +91,7 @@ def info(state: ServerState = Depends(server_state)) -> dict:
         "model": state.settings.model,
         "devices": list(state.settings.devices),
         "max_upload_bytes": state.settings.max_upload_bytes,
+        "upload_formats": [suffix.lstrip(".") for suffix in UPLOAD_SUFFIXES],
         "window_presets": WINDOW_PRESETS,
         "label_colours": LABEL_COLOURS,
         "memory_banks": list(state.memory_banks),

@@ -54,6 +54,7 @@ class ServerInfo(BaseModel):
     model: str
     devices: list[str]
     max_upload_bytes: int
+    upload_formats: list[str] = Field(description="the file suffixes POST /api/cases takes (without the dot)")
     window_presets: dict[str, tuple[float, float]] = Field(description="CT presets: name -> (width, level) in HU")
     label_colours: list[tuple[int, int, int]] = Field(description="RGB colours of object ids 1, 2, ... (cycled)")
     memory_banks: list[str] = Field(

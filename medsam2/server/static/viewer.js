@@ -736,7 +736,14 @@ async function uploadFile(file) {
   status(`Uploaded ${entry.name}. Press Open.`);
 }
 
+// The file picker's filter for some formats ("nii.gz", "nrrd"...): browsers match a two-part
+// suffix unevenly, so ".nii.gz" is offered as ".gz" (a wider filter never hides a file the server takes).
+function pickerFilter(formats) {
+  return [...new Set(formats.map((format) => `.${format.split(".").pop()}`))].join(",");
+}
+
 function fillMaskFormats() {
+  $("mask-upload").accept = pickerFilter(state.session.mask_formats);
   const select = $("mask-format");
   const formats = state.session.mask_formats.filter((format) => format !== "png" || state.session.kind === "image");
   select.replaceChildren(...formats.map((format) => new Option(format, format)));
@@ -1036,6 +1043,7 @@ async function start() {
   if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
   setTool("box");
   state.server = await api("/api/info");
+  $("upload").accept = pickerFilter(state.server.upload_formats);
   fillMemoryBanks();
   await loadCases();
   if (await resumeSession()) return;
