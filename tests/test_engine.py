@@ -239,7 +239,7 @@ def test_clicks_on_a_propagated_slice_refine_its_mask(predictor, lesion):
 
 def test_a_click_past_where_a_run_stopped_takes_the_extent_of_the_slice_beside_it(predictor, lesion):
     """The run from the box stops one slice short of the lesion's end (slice 9 is left empty); an object
-    click there is prompted with the box of slice 8's mask (grown as a run grows it) and the click. The
+    click there, inside the box a run would take from slice 8's mask, is prompted with that box. The
     click alone, which LiteMedSAM (trained on boxes) reads loosely, gave a blob of 2,525 pixels over a
     274-pixel lesion, and propagation carried it over three slices past the lesion (3D Dice 0.78 -> 0.34)."""
     volume, gts, key = lesion
@@ -248,6 +248,10 @@ def test_a_click_past_where_a_run_stopped_takes_the_extent_of_the_slice_beside_i
     session.propagate(progress=False)
     before = session.result() > 0
     assert before[8].any() and not before[9].any() and gts[9].any() and not gts[10:].any()
+    untouched = session.snapshot(1)
+    elsewhere = session.add_prompt(9, 1, points=[(350.0, 200.0)], labels=[1])  # not the lesion's continuation
+    assert elsewhere.any() and not (elsewhere & gts[9]).any()
+    session.restore(1, untouched)
     inside = ndimage.distance_transform_edt(gts[9])
     y, x = np.unravel_index(np.argmax(inside), inside.shape)
     clicked = session.add_prompt(9, 1, points=[(float(x), float(y))], labels=[1])

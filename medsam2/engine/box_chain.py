@@ -31,14 +31,14 @@ class BoxChainAnchor:
     mask: np.ndarray  # (H, W) bool
 
 
-def with_positive_clicks(mask: np.ndarray, prompt: Prompt) -> np.ndarray:
-    """`mask` with `prompt`'s positive clicks added (so a box around it takes them in)."""
+def box_around(mask: np.ndarray, prompt: Prompt) -> tuple[float, float, float, float]:
+    """The box of `mask` and `prompt`'s positive clicks."""
     grown = mask.copy()
     height, width = mask.shape
     for (x, y), label in zip(prompt.points, prompt.labels):
         if label == 1:
             grown[min(int(y), height - 1), min(int(x), width - 1)] = True
-    return grown
+    return box_from_mask(grown)  # type: ignore[return-value]
 
 
 class BoxChainTracker:
@@ -65,14 +65,14 @@ class BoxChainTracker:
         slice that has a mask (propagated there, or from earlier clicks) refine that mask, as SAM 2
         feeds a frame's earlier logits with new clicks: LiteMedSAM, trained on boxes, gets the mask's
         box (grown to take in positive clicks) and the mask as its dense input. Positive clicks on a
-        slice without a mask next to one with it (where a run stopped short) get that slice's box,
-        grown as a run grows it: a click alone is ambiguous to a box model (on the CT lesions it
+        slice without a mask, inside the box a run would take from the slice beside it (where a run
+        stopped short), get that box: a click alone is ambiguous to a box model (on the CT lesions it
         gave masks ten times the lesion, which propagation then carried on)."""
         box, dense = prompt.box, prompt.mask
         if box is None and dense is None and current_mask is not None and current_mask.any():
-            box, dense = box_from_mask(with_positive_clicks(current_mask, prompt)), current_mask
-        elif box is None and dense is None and 1 in prompt.labels and neighbour_mask is not None and neighbour_mask.any():
-            box = self._box_around(with_positive_clicks(neighbour_mask, prompt))
+            box, dense = box_around(current_mask, prompt), current_mask
+        elif box is None and dense is None and neighbour_mask is not None and neighbour_mask.any():
+            box = self._continued_box(neighbour_mask, prompt)
         if box is None and dense is None and 1 not in prompt.labels:
             raise InputError(
                 f"prompt on slice {prompt.slice_index} (object {prompt.obj_id}): background clicks alone mark "
@@ -134,6 +134,14 @@ class BoxChainTracker:
                 return
             yield index, prediction.logits
             previous_mask, previous_logits = mask, prediction.low_res_logits
+
+    def _continued_box(self, neighbour_mask: np.ndarray, prompt: Prompt) -> tuple[float, float, float, float] | None:
+        """The box a run would take from `neighbour_mask`, if `prompt`'s positive clicks (one at least)
+        lie in it: they continue the object there. None for clicks elsewhere (another structure)."""
+        x1, y1, x2, y2 = self._box_around(neighbour_mask)
+        positive = [(x, y) for (x, y), label in zip(prompt.points, prompt.labels) if label == 1]
+        inside = all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in positive)
+        return (x1, y1, x2, y2) if positive and inside else None
 
     def _box_around(self, mask: np.ndarray) -> tuple[float, float, float, float]:
         """The mask's box grown by the configured margin (a fraction of its size, at least
