@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from PIL import Image
@@ -420,14 +421,21 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
 
 def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, lesion_case: Path, write_dicom_series) -> None:
     """The DICOM-SEG round trip users make: segment a series to a SEG, then give that SEG back as a
-    mask prompt (its frames are the series' non-empty slices, mapped by their source instances)."""
+    mask prompt (its frames are the series' non-empty slices, mapped by their source instances), or
+    correct it with --edit; an object's name is its segment's label, and stays through the edit."""
     volume = load_image(lesion_case)
     write_dicom_series(volume, tmp_path / "series")
     truth = stored_array(volume, "gts") > 0
     key = int(np.argmax(truth.sum(axis=(1, 2))))
     x1, y1, x2, y2 = box_from_mask(truth[key])
-    first = run("segment", tmp_path / "series", "-o", tmp_path / "seg.dcm", "--box", f"{key},{x1},{y1},{x2},{y2}")
+    named = {"objects": [{"id": 1, "name": "liver lesion", "prompts": [{"slice": key, "box": [x1, y1, x2, y2]}]}]}
+    (tmp_path / "prompts.json").write_text(json.dumps(named))
+    first = run("segment", tmp_path / "series", "-o", tmp_path / "seg.dcm", "--prompts", tmp_path / "prompts.json")
     assert first.exit_code == 0, first.output
+    assert [segment.SegmentLabel for segment in pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence] == ["liver lesion"]
+    edited = run("segment", tmp_path / "series", "--edit", tmp_path / "seg.dcm", "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "edited.dcm")
+    assert edited.exit_code == 0 and "object 1 (liver lesion):" in edited.stdout, edited.output
+    assert [segment.SegmentLabel for segment in pydicom.dcmread(tmp_path / "edited.dcm").SegmentSequence] == ["liver lesion"]
     second = run("segment", tmp_path / "series", "-o", tmp_path / "again.nii.gz", "--mask-prompt", tmp_path / "seg.dcm")
     assert second.exit_code == 0, second.output
     series = load_image(tmp_path / "series")

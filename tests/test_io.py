@@ -22,7 +22,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
-from medsam2.io.masks import load_mask
+from medsam2.io.masks import label_names, load_mask
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
 ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -206,11 +206,14 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     labels = ct_case.meta["npz"]["gts"].copy()
     labels[:, :, 256:][labels[:, :, 256:] == 1] = 2  # two segments
 
-    seg = hd.seg.segread(save_mask(labels, series, tmp_path / "seg.dcm"))
+    names = {2: "Läsion links (" + "x" * 60 + ")", 7: "not in the map"}  # object 1 has no name
+    seg = hd.seg.segread(save_mask(labels, series, tmp_path / "seg.dcm", names=names))
     assert seg.SegmentationType == "BINARY"
+    assert [segment.SegmentLabel for segment in seg.SegmentSequence] == ["label 1", names[2][:64]]
     # Its frames are the series' non-empty slices: read back against the series, it is the label map.
     read_back = load_mask(tmp_path / "seg.dcm", like=series)
     np.testing.assert_array_equal(read_back.array, labels)
+    assert label_names(read_back) == {2: names[2][:64]}  # the placeholder of an unnamed one is no name
     assert (read_back.spacing, read_back.origin, read_back.direction) == (series.spacing, series.origin, series.direction)
     with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG is read against the DICOM series it segments, and none is given"):
         load_mask(tmp_path / "seg.dcm")

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from medsam2.cli.demo import key_slice_box
@@ -829,3 +831,25 @@ def test_undo_gives_a_click_back_the_propagated_mask_it_refined(server, data_dir
     shown = rle.decode(client.get(f"{base}/masks/{index}").json()["objects"]["1"], (512, 512))
     np.testing.assert_array_equal(shown, first)
     assert client.delete(base).status_code == 204
+
+
+def test_object_names_travel_in_a_dicom_seg(server) -> None:
+    """A DICOM case's mask downloaded as a DICOM-SEG labels each segment with its object's name, and a
+    SEG loaded into a session names its objects after its segments (an unnamed one stays unnamed)."""
+    _, client = server
+    scan = Path(get_testdata_file("CT_small.dcm"))
+    uploaded = client.post("/api/cases", params={"name": "ct.dcm"}, content=scan.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    assert uploaded.status_code == 201, uploaded.text
+    base = f"/api/sessions/{open_case(client, uploaded.json()['id'])['id']}"
+    assert client.post(f"{base}/prompts", json={"slice": 0, "box": [48, 40, 72, 64], "name": "spinal canal"}).status_code == 200
+    seg = client.get(f"{base}/mask-file", params={"format": "dcm"})
+    assert seg.status_code == 200 and [s.SegmentLabel for s in pydicom.dcmread(io.BytesIO(seg.content)).SegmentSequence] == ["spinal canal"]
+
+    labels = np.zeros((1, 128, 128), dtype=np.uint8)
+    labels[0, 10:30, 10:30], labels[0, 90:110, 90:110] = 1, 2
+    with tempfile.TemporaryDirectory() as folder:
+        save_mask(labels, like=load_image(scan), path=Path(folder) / "two.dcm", names={2: "marker"})
+        content = (Path(folder) / "two.dcm").read_bytes()
+    loaded = client.put(f"{base}/mask-file", params={"name": "two.dcm"}, content=content, headers={"Content-Type": "application/octet-stream"})
+    assert loaded.status_code == 200, loaded.text
+    assert [(o["id"], o["name"]) for o in loaded.json()["objects"]] == [(1, None), (2, "marker")]

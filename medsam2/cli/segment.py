@@ -43,7 +43,7 @@ def write_result(result: Result, volume: Volume, axis: SliceAxis, mask_path: Pat
     """The label map in `volume`'s geometry and, when asked, a montage of the slices the model saw
     with the masks and prompt boxes, turned as radiologists look at them; the two land together."""
     with outputs_together([mask_path, overlay_path]) as (mask_target, overlay_target):
-        save_mask(result.labels.array, like=volume, path=mask_target)
+        save_mask(result.labels.array, like=volume, path=mask_target, names=result.names)
         if overlay_target is not None:
             save_overlay_montage(
                 result.slices,
@@ -148,7 +148,7 @@ def segment(
     predictor = load_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes,  # type: ignore[arg-type]
-        start=None if start is None else start.array,
+        start=start,
     )
     write_result(result, volume, axis, output, overlay)  # type: ignore[arg-type]
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))

@@ -142,7 +142,7 @@ class CaseRunner:
             progress=False,
         )
         output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
-        save_mask(result.labels.array, like=volume, path=settings.out_dir / output)
+        save_mask(result.labels.array, like=volume, path=settings.out_dir / output, names=result.names)
         dsc, nsd = self._scores(result.labels.array, truth) if truth is not None else (None, None)
         return CaseResult(case.case_id, "ok", time.perf_counter() - start, worker_name(), str(output), dsc, nsd)
 

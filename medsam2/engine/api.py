@@ -11,6 +11,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import PropagationConfig, Session
 from medsam2.engine.tracking import TrackingPredictor
+from medsam2.io.masks import label_names
 from medsam2.io.volume import SliceAxis, Volume, from_slices, slicing_axis_index, to_slices
 from medsam2.preprocess import to_uint8
 
@@ -74,15 +75,16 @@ def segment_volume(
     keep_largest: bool = False,
     fill_holes: bool = False,
     progress: bool = True,
-    start: np.ndarray | None = None,
+    start: Volume | None = None,
 ) -> Result:
     """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`).
-    `start`: a label map of `volume` (its (Z, Y, X) layout) to correct instead of starting empty
-    (`Session.load_labels`): its masks are kept but where the prompts change them."""
+    `start`: a label map of `volume` (`medsam2.io.masks.load_mask`) to correct instead of starting
+    empty (`Session.load_labels`): its masks are kept but where the prompts change them, and the
+    names its file gives its labels are the objects' names, unless a prompt names one."""
     slices, axis_index = prepare_slices(volume, axis, window)
     session = Session(slices, predictor, config)
     if start is not None:
-        session.load_labels(np.ascontiguousarray(to_slices(start, axis_index)))
+        session.load_labels(np.ascontiguousarray(to_slices(start.array, axis_index)), label_names(start))
     for prompt in prompts:
         session.apply(prompt)
     session.propagate(progress=progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -20,6 +20,8 @@ from medsam2.io.volume import Modality
 # Loaded when first used: only reading or writing DICOM needs them.
 hd = lazy_module("highdicom")
 sitk = lazy_module("SimpleITK")
+
+SEGMENT_LABEL_LENGTH = 64  # characters: DICOM's LO value representation
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -98,10 +100,12 @@ def is_segmentation(path: Path) -> bool:
     return str(dataset.get("Modality", "")).strip().upper() == "SEG"
 
 
-def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
+def read_segmentation(path: Path, sources: Sequence[Dataset]) -> tuple[np.ndarray, dict[int, str]]:
     """The label map (Z, Y, X) a DICOM-SEG draws on `sources`, frame k over the k-th frame of the
     sources as `build_segmentation` takes them; each segment's number is its label (overlaps: the
-    higher number). A SEG of another series, or one that cannot be read, is a one-line InputError."""
+    higher number). With it, the names the segments are given (their labels, but the placeholder
+    `build_segmentation` writes for an unnamed one). A SEG of another series, or one that cannot be
+    read, is a one-line InputError."""
     try:
         segmentation = hd.seg.segread(path)
     except Exception as error:  # highdicom raises many kinds for a damaged or foreign file
@@ -116,14 +120,23 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> np.ndarray:
     try:
         if len(sources) == 1 and int(sources[0].get("NumberOfFrames") or 1) > 1:
             frames = range(1, int(sources[0].NumberOfFrames) + 1)
-            return segmentation.get_pixels_by_source_frame(ours[0], list(frames), **options)
-        return segmentation.get_pixels_by_source_instance(ours, **options)
+            labels = segmentation.get_pixels_by_source_frame(ours[0], list(frames), **options)
+        else:
+            labels = segmentation.get_pixels_by_source_instance(ours, **options)
     except (ValueError, KeyError, RuntimeError) as error:
         raise InputError(f"{path}: its frames do not map onto the image's ({first_line(error)})") from error
+    segments = ((int(segment.SegmentNumber), str(segment.get("SegmentLabel", "")).strip()) for segment in segmentation.SegmentSequence)
+    return labels, {number: name for number, name in segments if name and name != unnamed_segment(number)}
 
 
-def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset]) -> hd.seg.Segmentation:
-    """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`.
+def unnamed_segment(label: int) -> str:
+    """The segment label `build_segmentation` gives a label without a name."""
+    return f"label {label}"
+
+
+def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Mapping[int, str] | None = None) -> hd.seg.Segmentation:
+    """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`; a segment's label
+    is the object's name in `names` (the first 64 characters, as DICOM allows), else "label N".
 
     `labels[k]` must overlay the k-th frame of the sources: the k-th file of a series in the order of
     `read_largest_series`, or the k-th frame of a single (possibly multi-frame) file.
@@ -137,7 +150,7 @@ def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset]) -> hd.seg
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=label,
-            segment_label=f"label {label}",
+            segment_label=((names or {}).get(label) or unnamed_segment(label))[:SEGMENT_LABEL_LENGTH],
             segmented_property_category=codes.SCT.Tissue,
             segmented_property_type=codes.SCT.Tissue,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,

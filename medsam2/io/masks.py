@@ -67,10 +67,15 @@ def _segmentation_on(path: Path, like: Volume | None) -> Volume:
     # through that series.
     if like is None or "dicom_files" not in like.meta:
         raise InputError(f"{path}: a DICOM-SEG is read against the DICOM series it segments, and none is given with it here")
-    labels = read_segmentation(path, dicom_headers(like, "to read the DICOM-SEG on"))
+    labels, names = read_segmentation(path, dicom_headers(like, "to read the DICOM-SEG on"))
     if labels.shape != like.shape:
         raise InputError(f"{path}: shape (Z, Y, X) {labels.shape} differs from the image's {like.shape}")
-    return replace(like.with_array(labels), source=path, meta={})
+    return replace(like.with_array(labels), source=path, meta={"label_names": names})
+
+
+def label_names(mask: Volume) -> dict[int, str]:
+    """The names a mask file gives its labels (a DICOM-SEG's segment labels); {} where it gives none."""
+    return dict(mask.meta.get("label_names", {}))
 
 
 def as_label_map(array: np.ndarray, source: Path | str) -> np.ndarray:

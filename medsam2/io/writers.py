@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -23,14 +24,15 @@ sitk = lazy_module("SimpleITK")
 SUPPORTED_MASK_SUFFIXES = SITK_SUFFIXES + (".npz", ".png", ".dcm")
 
 
-def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
+def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[int, str | None] | None = None) -> Path:
     """Write `mask` (integer labels, shape ``like.shape``) with the geometry of `like`; return the path.
 
     The format follows the suffix: NIfTI/NRRD/MetaImage (spacing, origin, direction of `like`; a NIfTI
     mask of a NIfTI image gets that image's qform and sform, with their codes, unchanged), .npz
     (key ``segs`` in the layout of a MedSAM npz, with ``spacing``, ``origin``, ``direction``), .png
-    (2D images only) or .dcm (a DICOM-SEG referencing the DICOM image `like` was read from). Labels
-    are stored as uint8, or uint16 when a label exceeds 255. Nothing is left at `path` on failure.
+    (2D images only) or .dcm (a DICOM-SEG referencing the DICOM image `like` was read from; its
+    segments are labelled with the objects' `names`, label -> name). Labels are stored as uint8, or
+    uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
     path = Path(path)
     check_mask_name(path, like)
@@ -38,7 +40,10 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path) -> Path:
     if mask.shape != like.shape:
         raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
     labels = _label_map(mask, path)
-    write = _WRITERS.get(file_suffix(path), _write_sitk)
+    if file_suffix(path) == ".dcm":
+        write = partial(_write_dicom_seg, names={label: name for label, name in (names or {}).items() if name})
+    else:
+        write = _WRITERS.get(file_suffix(path), _write_sitk)
     with _atomic_output(path) as staging_path:
         write(labels, like, staging_path)
     return path
@@ -148,10 +153,10 @@ def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
     Image.fromarray(labels[0]).save(target)
 
 
-def _dicom_seg(labels: np.ndarray, like: Volume) -> Dataset:
+def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str] | None = None) -> Dataset:
     sources = dicom_headers(like, "for the DICOM-SEG")
     try:
-        return dicom.build_segmentation(labels, sources)
+        return dicom.build_segmentation(labels, sources, names)
     except (ValueError, AttributeError, KeyError) as error:
         # Attributes a SEG must copy from its sources (patient, study, frame of reference, an
         # enhanced multi-frame image's functional groups) missing or malformed.
@@ -159,8 +164,8 @@ def _dicom_seg(labels: np.ndarray, like: Volume) -> Dataset:
         raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({reason})") from error
 
 
-def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path) -> None:
-    _dicom_seg(labels, like).save_as(target)
+def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path, names: Mapping[int, str]) -> None:
+    _dicom_seg(labels, like, names).save_as(target)
 
 
 _WRITERS: dict[str, Callable[[np.ndarray, Volume, Path], None]] = {
@@ -168,5 +173,4 @@ _WRITERS: dict[str, Callable[[np.ndarray, Volume, Path], None]] = {
     ".nii.gz": _write_nifti,
     ".npz": _write_npz,
     ".png": _write_png,
-    ".dcm": _write_dicom_seg,
 }

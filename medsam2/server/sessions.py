@@ -31,7 +31,7 @@ from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, 
 from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
-from medsam2.io.masks import check_mask_fits, load_mask, states_geometry
+from medsam2.io.masks import check_mask_fits, label_names, load_mask, states_geometry
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
@@ -310,6 +310,7 @@ class ViewerSession:
         `name` is how the client knows the file) the session's objects, in place of those it had.
         Each label is an object whose masked slices are all prompted with their masks: they stay as
         they are, and a correction on one of them changes that slice. Returns the object ids."""
+        names: dict[int, str] = {}
         with self._named_for_client(path, name):
             if self.video is not None:
                 labels = load_video_mask(path)
@@ -318,11 +319,11 @@ class ViewerSession:
             else:
                 mask = load_mask(path, like=self.volume)
                 check_mask_fits(self.volume, mask)
-                labels = to_slices(mask.array, self.axis_index)
+                labels, names = to_slices(mask.array, self.axis_index), label_names(mask)
         with self.lock:
             engine = self._engine(predictor)
             try:
-                ids = engine.load_labels(labels)
+                ids = engine.load_labels(labels, names)
             except InputError as error:
                 raise InputError(f"{name}: {error}") from None
             self.history = []
@@ -389,7 +390,9 @@ class ViewerSession:
     def _write_mask(self, path: Path, labels: np.ndarray) -> Path:
         """`labels` (`label_volume`) written to `path`: in the scan's geometry, or as a video's mask sequence."""
         if self.video is None:
-            return save_mask(labels, like=self.volume, path=path)
+            with self.lock:
+                names = {obj_id: tracked.name for obj_id, tracked in self.engine.objects.items()} if self.engine else {}
+            return save_mask(labels, like=self.volume, path=path, names=names)
         with mask_sequence_writer(path, self.video, np.uint8 if labels.max(initial=0) < 256 else np.uint16) as write:
             write(labels)
         return path
