@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -484,6 +486,22 @@ def test_outputs_through_links_and_devices(tmp_path: Path) -> None:
     check_output_paths([], [null])
     atomic_write_text(null, "nothing\n")
     assert null.is_char_device()
+    # /dev/stdout redirected to a file (`>> log`) leads to that file: written through the open
+    # descriptor, the log keeps what it held and what comes after lands after it.
+    log = tmp_path / "run.log"
+    log.write_text("old\n")
+    script = (
+        "from medsam2.io.atomic import atomic_write_text, outputs_together\n"
+        "print('printed', flush=True)\n"
+        "atomic_write_text('/dev/stdout', 'atomic\\n')\n"
+        "with outputs_together(['/dev/stdout', None]) as (target, _):\n"
+        "    target.write_text('together\\n')\n"
+        "print('after')\n"
+    )
+    with log.open("a") as appended:
+        subprocess.run([sys.executable, "-c", script], stdout=appended, check=True)
+    assert log.read_text() == "old\nprinted\natomic\ntogether\nafter\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "run.log", "target.csv"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import os
 import re
 import secrets
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -45,6 +47,24 @@ def _written_through(path: Path) -> bool:
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
+def _stream_descriptor(path: Path) -> int | None:
+    """The open file descriptor `path` names (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N),
+    else None. Redirected to a file, such a path leads to that file: opening it anew would truncate
+    the file (`>> log` would lose the log) and renaming over it would unlink it, so it is written
+    through the descriptor, which keeps the shell's append mode and position."""
+    match = re.fullmatch(r"/dev/(stdout|stderr)|/(?:dev/fd|proc/self/fd)/(\d+)", str(path))
+    if match is None:
+        return None
+    return {"stdout": 1, "stderr": 2}[match.group(1)] if match.group(1) else int(match.group(2))
+
+
+def _write_to_descriptor(descriptor: int, written: Path) -> None:
+    sys.stdout.flush()  # what was printed before comes first
+    sys.stderr.flush()
+    with os.fdopen(os.dup(descriptor), "wb") as stream:
+        stream.write(written.read_bytes())
+
+
 def _link_target(path: Path) -> Path:
     """The path a symbolic link names, so that outputs replace the file and keep the link."""
     return path.resolve() if path.is_symlink() else path
@@ -56,6 +76,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     success, delete it on any error. A symbolic link keeps pointing at the file it names, which is
     replaced; a device or pipe is written to directly."""
     path = Path(path)
+    descriptor = _stream_descriptor(path)
+    if descriptor is not None:
+        with tempfile.TemporaryDirectory(prefix="medsam2-") as folder:
+            staged = Path(folder) / (path.name + ("".join(path.suffixes) or ".tmp"))
+            yield staged
+            _write_to_descriptor(descriptor, staged)
+        return
     if _written_through(path):
         yield path
         return
@@ -124,10 +151,16 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
     stagings: dict[Path, Path] = {}  # final path -> its staging folder
     named: dict[str, str] = {}  # staging folder -> the path as given, for error messages
     made: list[Path] = []  # folders made for the outputs, removed again if nothing lands
+    streams: list[tuple[int, Path]] = []  # (descriptor, where its output is staged)
     landed = False
     try:
         staged: list[Path | None] = []
         for target in (None if path is None else Path(path) for path in paths):
+            descriptor = None if target is None else _stream_descriptor(target)
+            if descriptor is not None:
+                streams.append((descriptor, Path(tempfile.mkdtemp(prefix="medsam2-")) / target.name))
+                staged.append(streams[-1][1])
+                continue
             if target is None or _written_through(target):
                 staged.append(target)
                 continue
@@ -146,9 +179,11 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
         for final, staging in stagings.items():
             for written in sorted(staging.iterdir(), key=lambda entry: entry.name == final.name):
                 _move_into_place(written, final.parent / written.name)
+        for descriptor, written in streams:
+            _write_to_descriptor(descriptor, written)
         landed = True
     finally:
-        for staging in stagings.values():
+        for staging in [*stagings.values(), *(written.parent for _, written in streams)]:
             shutil.rmtree(staging, ignore_errors=True)
         if not landed:
             for folder in reversed(made):  # deepest first; only while empty
