@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.io import Volume, load_image
+from medsam2.io.dicom import is_segmentation
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
@@ -51,6 +53,21 @@ def describe(volume: Volume) -> dict:
     return facts
 
 
+def describe_segmentation(path: Path) -> dict:
+    """The facts of a DICOM-SEG: its segments and the series it segments (its voxels are read
+    against that series, by `segment --mask-prompt/--edit` and `eval --image`)."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    referenced = dataset.get("ReferencedSeriesSequence") or [{}]
+    return {
+        "file": str(path),
+        "kind": "DICOM-SEG (read against the series it segments)",
+        "segments": {str(int(s.SegmentNumber)): str(s.get("SegmentLabel", "")) for s in dataset.get("SegmentSequence", [])},
+        "frames": int(dataset.get("NumberOfFrames") or 0),
+        "frame_shape_yx": [int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)],
+        "segments_series": str(referenced[0].get("SeriesInstanceUID", "")) or None,
+    }
+
+
 def describe_video(video: Video) -> dict:
     """The facts of a video (what `medsam2 segment` segments frame by frame)."""
     return {
@@ -67,7 +84,7 @@ def describe_video(video: Video) -> dict:
 
 @reports_input_errors
 def info(
-    image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, npz, PNG/JPEG/TIFF/BMP."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, DICOM-SEG, npz, PNG/JPEG/TIFF/BMP; or a video."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what IMAGE is: its geometry, intensities and labels, or a video's frames.
@@ -80,6 +97,8 @@ def info(
     if is_video(image):
         with load_video(image) as video:
             facts = describe_video(video)
+    elif is_segmentation(image):
+        facts = describe_segmentation(image)
     else:
         facts = describe(load_image(image))
     if as_json:
