@@ -148,6 +148,11 @@ def test_eval_file_pair_and_folders(tmp_path: Path, lesion_nifti) -> None:
     both = run("eval", preds, gts, "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")
     assert both.exit_code == 0 and (tmp_path / "r.json").is_file() and (tmp_path / "r.csv").is_file()
     assert_one_line_error(run("eval", preds, gts, "--csv", tmp_path), "--csv", "is a folder; name the report file")
+    # A prediction with nothing in it has an infinite HD95: the summary says it left one out.
+    save_mask(np.zeros_like(truth.array), like=truth, path=preds / "c.nii.gz")
+    save_mask(truth.array, like=truth, path=gts / "c.nii.gz")
+    summary = run("eval", preds, gts).stdout
+    assert re.search(r"± \d+\.\d+ \(\+1 inf\)", summary), summary
 
 
 def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:

@@ -143,7 +143,7 @@ def print_tables(rows: list[dict], summary: list[dict], console: Console) -> Non
         table.add_row(case, str(row["label"]), f"{row['dice']:.4f}", f"{row['nsd']:.4f}", f"{row['hd95']:.2f}")
     console.print(table)
     if len({row["case"] for row in rows}) > 1:
-        mean_table = Table(title="Summary (mean ± sd)")
+        mean_table = Table(title="Summary (mean ± sd; +N inf: cases whose HD95 is infinite, left out of it)")
         for column in ("label", "cases", "DSC", "NSD", "HD95 (mm)"):
             mean_table.add_column(column, justify="right")
         for entry in summary:
@@ -152,7 +152,8 @@ def print_tables(rows: list[dict], summary: list[dict], console: Console) -> Non
                 str(entry["cases"]),
                 f"{entry['dice_mean']:.4f} ± {entry['dice_std']:.4f}",
                 f"{entry['nsd_mean']:.4f} ± {entry['nsd_std']:.4f}",
-                f"{entry['hd95_mean']:.2f} ± {entry['hd95_std']:.2f}",
+                f"{entry['hd95_mean']:.2f} ± {entry['hd95_std']:.2f}"
+                + (f" (+{entry['hd95_infinite']} inf)" if entry["hd95_infinite"] else ""),
             )
         console.print(mean_table)
 
