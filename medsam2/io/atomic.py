@@ -76,12 +76,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     success, delete it on any error. A symbolic link keeps pointing at the file it names, which is
     replaced; a device or pipe is written to directly."""
     path = Path(path)
-    descriptor = _stream_descriptor(path)
-    if descriptor is not None:
-        with tempfile.TemporaryDirectory(prefix="medsam2-") as folder:
-            staged = Path(folder) / (path.name + ("".join(path.suffixes) or ".tmp"))
-            yield staged
-            _write_to_descriptor(descriptor, staged)
+    if _stream_descriptor(path) is not None:  # staged elsewhere, then written through the descriptor
+        with outputs_together([path]) as (staged,):
+            yield staged  # type: ignore[misc]
         return
     if _written_through(path):
         yield path
