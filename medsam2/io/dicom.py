@@ -134,7 +134,7 @@ def unnamed_segment(label: int) -> str:
     return f"label {label}"
 
 
-def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Mapping[int, str] | None = None) -> hd.seg.Segmentation:
+def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Mapping[int, str | None] | None = None) -> hd.seg.Segmentation:
     """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`; a segment's label
     is the object's name in `names` (the first 64 characters, as DICOM allows), else "label N".
 

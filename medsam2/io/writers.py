@@ -41,7 +41,7 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
         raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
     labels = _label_map(mask, path)
     if file_suffix(path) == ".dcm":
-        write = partial(_write_dicom_seg, names={label: name for label, name in (names or {}).items() if name})
+        write = partial(_write_dicom_seg, names=names or {})
     else:
         write = _WRITERS.get(file_suffix(path), _write_sitk)
     with _atomic_output(path) as staging_path:
@@ -153,7 +153,7 @@ def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
     Image.fromarray(labels[0]).save(target)
 
 
-def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str] | None = None) -> Dataset:
+def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str | None] | None = None) -> Dataset:
     sources = dicom_headers(like, "for the DICOM-SEG")
     try:
         return dicom.build_segmentation(labels, sources, names)
@@ -164,7 +164,7 @@ def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str] | None
         raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({reason})") from error
 
 
-def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path, names: Mapping[int, str]) -> None:
+def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path, names: Mapping[int, str | None]) -> None:
     _dicom_seg(labels, like, names).save_as(target)
 
 
