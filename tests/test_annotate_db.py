@@ -16,6 +16,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -46,7 +47,7 @@ from medsam2.annotate.schema import Base, InteractionRow
 from medsam2.annotate.store import stored_path
 from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, load_image, save_mask
-from medsam2.io.masks import load_mask
+from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import file_sha256, read_manifest
 from medsam2.models.weights import LITE_MEDSAM_SHA256, bundled_lite_medsam_checkpoint
 from medsam2.preprocess import to_uint8
@@ -305,6 +306,37 @@ def test_export_round_trips_into_the_training_set_reader(tmp_path: Path, synthet
         export_training_set(project, out, layout, progress=False)
     export_training_set(project, out, layout, rounds=[1], overwrite=True, progress=False)
     assert read_manifest(out)[1] == cases
+    project.close()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_an_exported_nifti_image_keeps_its_header(tmp_path: Path, ct_lesion_cases, predictors, suffix: str) -> None:
+    """A registered image (FSL and ANTs write an sform of code 2 beside a qform of code 1) with units:
+    SimpleITK rewrote the header (sform code 2 -> 1, units changed); the export keeps it byte for
+    byte, and the voxels."""
+    lesion = load_image(ct_lesion_cases[1])
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    affine[:3, 3] = (-120.0, 80.0, 30.0)
+    nifti = nib.Nifti1Image(lesion.array.transpose(2, 1, 0).astype(np.int16) * 4 - 1024, affine)
+    nifti.set_qform(affine, code=1)
+    tilted = affine.copy()
+    tilted[0, 3] += 5.0  # registered: the sform places the scan 5 mm from where the scanner did
+    nifti.set_sform(tilted, code=2)
+    nifti.header.set_xyzt_units("mm", "sec")
+    source = tmp_path / f"scan{suffix}"
+    nib.save(nifti, source)
+    project = init_project(tmp_path / "project")
+    import_cases(project, [source], progress=False)
+    case = lease_next(project, "alice")
+    labels = np.zeros(lesion.shape, np.uint8)
+    labels[stored_array(lesion, "gts") > 0] = 1
+    WorkSession(project, case.name, "alice", predictors).accept(labels)
+    export_training_set(project, tmp_path / "trainset", "nifti", progress=False)
+    root, (exported,) = read_manifest(tmp_path / "trainset")
+    written, original = nib.load(exported.image_path(root)), nib.load(source)
+    assert (int(original.header["sform_code"]), int(original.header["xyzt_units"])) == (2, 10)
+    assert written.header.binaryblock == original.header.binaryblock
+    assert np.array_equal(np.asanyarray(written.dataobj), np.asanyarray(original.dataobj))
     project.close()
 
 

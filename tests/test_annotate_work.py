@@ -207,7 +207,15 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     imported = run("import", project, scan)
     assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
     assert "1 already in the project" in run("import", project, scan).output
+    # A hint given again is not taken (the case keeps what it was imported with), and that is said.
+    again = run("import", project, scan, "--recist", "0,30,34,58,62")
+    assert again.exit_code == 0 and again.stderr.strip().splitlines()[-1] == (
+        "warning: already in the project, so kept as imported (the masks and prompt hints given now are not used; "
+        "prompt a case with `medsam2 annotate prompt`): disc"
+    )
     assert re.search(r"│ -\s+│ none yet \(not pre-segmented or opened\)\s+│\s+│ 1\s+│", run("status", project).output)
+    # The case names the other commands take.
+    assert re.search(r"│ disc\s+│ new\s+│\s+│ /", run("status", project, "--cases").output)
     presegmented = run("presegment", project)
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
 

@@ -170,6 +170,27 @@ def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nift
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
+def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path: Path, lesion_case: Path) -> None:
+    """A PNG says nothing of its pixels' size: mL (or HD95 in mm) computed as if they were 1 mm would be made up."""
+    volume = load_image(lesion_case)
+    truth = stored_array(volume, "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    Image.fromarray(volume.array[key]).save(tmp_path / "slice.png")
+    Image.fromarray(truth[key].astype(np.uint8)).save(tmp_path / "truth.png")
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    result = run("segment", tmp_path / "slice.png", "--box", f"0,{x1},{y1},{x2},{y2}", "-o", tmp_path / "seg.png")
+    assert result.exit_code == 0, result.output
+    pixels = int(np.count_nonzero(np.asarray(Image.open(tmp_path / "seg.png"))))
+    assert result.stdout.splitlines()[-1] == f"object 1: {pixels} pixels (the image file gives no spacing: no size in mL)"
+    scored = run("eval", tmp_path / "seg.png", tmp_path / "truth.png")
+    assert scored.exit_code == 0, scored.output
+    assert "1 ground truth without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: truth" in scored.stdout
+    # An npz with its spacing keeps mL; the same label map as NIfTI (spacing in the file) gets no note.
+    assert re.search(r"object 1: \d+ voxels, \d+\.\d\d mL", run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "s.npz").stdout)
+    save_mask(truth.astype(np.uint8), like=volume, path=tmp_path / "truth.nii.gz")
+    assert "pixel units" not in run("eval", tmp_path / "truth.nii.gz", tmp_path / "truth.nii.gz").stdout
+
+
 def test_segment_edit_corrects_a_mask_where_it_is_prompted_and_keeps_the_rest(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:
     """A label map missing the lesion on one slice, corrected with a box there: every other slice
     stays as it was in the file, the boxed one gets the lesion."""
@@ -258,6 +279,42 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
         change(broken["objects"])
         (tmp_path / "broken.json").write_text(json.dumps(broken))
         assert_one_line_error(run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "broken.json"), message)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([], 'the file has no "objects": expected {"objects": [{"id": 1, "prompts": [...]}, ...]}'),
+        ({"objects": []}, '"objects" is empty: there is nothing to segment'),
+        ({"objects": [5]}, 'objects[0] is 5, not an object with "prompts"'),
+        ({"objects": [{"name": "a"}]}, 'object 1 has no "prompts": expected "prompts": [{"slice": 40, "box": [...]}, ...]'),
+        ({"objects": [{"prompts": {}}]}, 'object 1: "prompts" is {}'),
+        ({"objects": [{"name": 3, "prompts": []}]}, "object 1: name 3 is not text"),
+        ({"objects": [{"prompts": [{"box": [1, 2, 9, 9]}]}]}, 'object 1: a prompt without "slice"'),
+        ({"objects": [{"prompts": [{"slice": 3, "box": [1, 2]}]}]}, "object 1: box [1, 2] is not a list of 4 numbers"),
+        ({"objects": [{"prompts": [{"slice": 3, "points": [1, 2]}]}]}, "object 1: point (x, y) 1 is not a list of 2 numbers"),
+        ({"objects": [{"prompts": [{"slice": 3, "points": [[1, 2]], "labels": 1}]}]}, "object 1: labels 1 is not a list"),
+    ],
+)
+def test_a_prompts_file_of_another_shape_is_told_in_words(tmp_path: Path, lesion_case: Path, content, message: str) -> None:
+    """Not a Python exception's text ("list indices must be integers", "KeyError: 'objects'")."""
+    (tmp_path / "p.json").write_text(json.dumps(content))
+    result = run("segment", lesion_case, "-o", tmp_path / "seg.npz", "--prompts", tmp_path / "p.json")
+    assert_one_line_error(result, f"p.json: {message}")
+    assert not (tmp_path / "seg.npz").exists()
+
+
+def test_a_blank_image_is_refused_not_segmented(tmp_path: Path, lesion_nifti: tuple[Path, Path]) -> None:
+    """The model would draw a mask from the box alone; it would mean nothing, and exit 0 would hide that."""
+    blank = tmp_path / "blank.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 64, 64), np.int16)), str(blank))
+    refused = run("segment", blank, "--box", "1,10,10,30,30", "-o", tmp_path / "seg.nii.gz")
+    assert_one_line_error(refused, "blank.nii.gz: the model sees one grey level everywhere", "nothing to segment")
+    # A real scan seen through a window above all its values is as blank to the model.
+    image, _ = lesion_nifti
+    outside = run("segment", image, "--box", "6,240,250,290,300", "--window", "10,3000", "-o", tmp_path / "seg.nii.gz")
+    assert_one_line_error(outside, "the model sees one grey level everywhere")
+    assert not (tmp_path / "seg.nii.gz").exists()
 
 
 def test_segment_from_the_npz_recist_marker(tmp_path: Path, lesion_case: Path, draw_recist) -> None:
@@ -360,6 +417,7 @@ def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[
     "output, overlay, fragment",
     [
         ("seg.xyz", None, "cannot write masks as '.xyz'"),
+        ("outdir", None, "outdir: no extension to tell the mask's format; name the file, e.g. "),  # `-o outdir/`
         ("seg.png", None, "PNG holds one 2D slice but the image has 13"),
         ("seg.dcm", None, "DICOM-SEG output needs a DICOM input image"),
         ("seg.nii.gz", "look.jpg", "the overlay montage is a PNG image"),

@@ -22,7 +22,8 @@ from medsam2.engine.one_prompt import (
     segment_one_prompt,
 )
 from medsam2.errors import InputError
-from medsam2.io import load_image
+from medsam2.engine.api import prepare_slices
+from medsam2.io import Volume, load_image
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice
 
@@ -115,12 +116,15 @@ def test_bad_references_and_targets_give_one_line_errors(predictor, synthetic):
         (reference, np.zeros_like(reference_mask), targets, "the reference mask is empty"),
         (reference, reference_mask[:, :100], targets, "mask shape (256, 100) differs from the image's (256, 256)"),
         (reference, reference_mask, [targets[0].astype(np.float32)], "target 0: expected a uint8"),
+        # A Volume is not one 2D image (it was "'Volume' object has no attribute 'ndim'").
+        (Volume(reference[None]), reference_mask, targets, "reference: expected a uint8 (H, W) or (H, W, 3) array, got a Volume (the slices of a Volume: "),
+        (reference, reference_mask, [Volume(targets[0][None])], "target 0: expected a uint8 (H, W) or (H, W, 3) array, got a Volume"),
     ]
     for image, mask, images, message in cases:
         with pytest.raises(InputError) as error:
             OnePromptSegmenter(image, mask, predictor).segment(images, progress=False)
         assert message in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(InputError, match="lies outside the 256x256 slice"):
+    with pytest.raises(InputError, match="lies outside the 256x256 image"):
         reference_mask_from_box(reference, (200, 10, 300, 60), predictor)
 
 
@@ -157,6 +161,20 @@ def test_cli_segments_the_lesion_on_other_slices_from_its_largest_slice(shared_d
     assert dice(load_mask(out / "slice8.png").array[0] > 0, truth[8]) > 0.6
     assert all(0.0 < float(row["confidence"]) <= 1.0 for row in rows)
     assert [int(row["pixels"]) for row in rows[:-1]] == [int(np.count_nonzero(segs[z])) for z in TARGET_SLICES]
+
+
+def test_the_readme_python_example_on_real_scans(shared_data: Path, predictor) -> None:
+    """The README's Python one-prompt example on a CT lesion case, its other slices the targets (as
+    in the command-line test above): the slices come from `prepare_slices`, the mask from `load_mask`."""
+    case = shared_data / "ct_lesion" / LESION
+    reference_slices, _ = prepare_slices(load_image(case))
+    truth = load_mask(case).array
+    key = int(np.argmax((truth == 1).sum(axis=(1, 2))))
+    reference, reference_mask = reference_slices[key], truth[key] == 1
+    targets = list(prepare_slices(load_image(case))[0][list(TARGET_SLICES)])
+    results = segment_one_prompt(reference, reference_mask, targets, predictor, progress=False)
+    scores = [dice(result.mask, truth[z] == 1) for result, z in zip(results, TARGET_SLICES)]
+    assert np.mean(scores) > 0.7, scores
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_path: Path):

@@ -222,6 +222,24 @@ def test_training_the_image_encoder_moves_it_and_lowers_the_loss(dataset: Path, 
     assert after < before, (before, after)
 
 
+def test_a_run_without_validation_says_so_and_why(tmp_path: Path) -> None:
+    """One case leaves none to hold out, and a run with validation off writes no best.pt: both are
+    said at the start and at the end, not left for the user to find out."""
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+    write_case(tmp_path, "only", [0], seed=3, slices=1, size=32)
+    common = ["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--steps", "1", "--batch-size", "1", "--no-progress"]
+    one_case = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])
+    assert one_case.exit_code == 0, one_case.output
+    assert "no validation: one case, none left to hold out (give two or more, or data.val_cases); best.pt is not written" in one_case.stderr
+    assert one_case.stdout.splitlines()[1] == "no validation case, so no best.pt: the model is model.pt"
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.pt")) == ["last.pt", "model.pt"]
+    write_case(tmp_path, "second", [0], seed=4, slices=1, size=32)
+    turned_off = runner.invoke(app, [*common, "--val-fraction", "0", "--out", str(tmp_path / "off")])
+    assert turned_off.exit_code == 0, turned_off.output
+    assert "no validation: data.val_fraction is 0; best.pt is not written, model.pt is the model after the last step" in turned_off.stderr
+
+
 def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:
     """Two gloo processes of one sample each take the same optimizer steps as one process that
     accumulates two micro-batches of one: DDP and gradient accumulation both check out."""

@@ -10,6 +10,7 @@ when complete, so a reader never sees half an export.
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry
 from medsam2.io.atomic import atomic_folder
 from medsam2.io.masks import load_mask
+from medsam2.io.paths import image_suffix
 from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
 from medsam2.preprocess import to_uint8
 
@@ -97,8 +99,16 @@ def _export_case(project: Project, case: CaseRow, round_number: int, root: Path,
 
 
 def write_image(volume: Volume, path: Path) -> None:
-    """The image with its intensities and geometry as NIfTI (colour as a vector image)."""
+    """The image with its intensities and geometry as NIfTI (`path`: .nii.gz). A NIfTI image is its
+    file as it is, compressed if it was not: SimpleITK would rewrite the header (one transform for
+    both qform and sform, their codes and units changed); anything else goes through SimpleITK
+    (colour as a vector image)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "nifti_header" in volume.meta:
+        opener = open if image_suffix(Path(volume.source)) == ".nii.gz" else gzip.open
+        with open(volume.source, "rb") as source, opener(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+        return
     image = sitk.GetImageFromArray(volume.array, isVector=volume.is_color)
     image.SetSpacing(volume.spacing)
     image.SetOrigin(volume.origin)

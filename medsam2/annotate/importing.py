@@ -38,6 +38,8 @@ class ImportSummary:
     imported: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the project from the same image
     without_mask: list[str] = field(default_factory=list)  # imported with no mask although masks were given
+    # Already in the project, given a mask or prompt hints again: a case keeps what it was imported with.
+    hints_not_used: list[str] = field(default_factory=list)
 
 
 def source_stem(path: Path) -> str:
@@ -117,9 +119,12 @@ def import_cases(
     for name, image in names.items():
         if name in known and known[name] != str(image):
             raise InputError(f"{image}: the project already has a case {name!r}, from {known[name]}")
+    given_hints = prompts is not None and prompts != PromptSources()
     for name, image in tqdm(names.items(), desc="importing", unit="case", disable=not progress):
         if name in known:
             summary.skipped.append(name)
+            if given_hints or image in mask_of:
+                summary.hints_not_used.append(name)
             continue
         row = _read_case(project, name, image, mask_of.get(image), prompts)
         try:

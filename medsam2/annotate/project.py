@@ -199,7 +199,7 @@ class Project:
     def case(self, session: Session, name: str) -> CaseRow:
         row = session.scalars(select(CaseRow).where(CaseRow.project_id == self.id, CaseRow.name == name)).one_or_none()
         if row is None:
-            raise UnknownCase(f"project {self.name}: no case named {name!r} (see `medsam2 annotate status`)")
+            raise UnknownCase(f"project {self.name}: no case named {name!r} (see `medsam2 annotate status --cases`)")
         return row
 
     def cases(self, state: CaseState | None = None) -> list[CaseRow]:

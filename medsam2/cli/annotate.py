@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.orm import defer
-from rich.table import Table
+from rich.table import Column, Table
 
 from medsam2.annotate import (
     EXPORT_FORMATS,
@@ -46,6 +46,7 @@ from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.volume import slice_pixel_spacing
 from medsam2.io.writers import check_mask_output
+from medsam2.wording import counted
 
 app = typer.Typer(
     name="annotate",
@@ -69,7 +70,7 @@ app = typer.Typer(
 )
 
 PROJECT_ARGUMENT = typer.Argument(..., metavar="PROJECT", help="The project folder (made by `medsam2 annotate init`).")
-CASE_ARGUMENT = typer.Argument(..., metavar="CASE", help="The case's name (see `medsam2 annotate status`).")
+CASE_ARGUMENT = typer.Argument(..., metavar="CASE", help="The case's name (see `medsam2 annotate status --cases`).")
 ANNOTATOR_OPTION = typer.Option(
     None, "--annotator", "-a", envvar="MEDSAM2_ANNOTATOR", help="Who is working. Default: $MEDSAM2_ANNOTATOR, else your user name."
 )
@@ -113,7 +114,7 @@ def describe(model: CaseModel) -> str:
     parts = []
     for obj_id in (int(v) for v in np.unique(labels) if v):
         slices = np.flatnonzero((labels == obj_id).reshape(labels.shape[0], -1).any(axis=1))
-        parts.append(f"object {obj_id}: slices {slices[0]}-{slices[-1]}, {int(np.count_nonzero(labels == obj_id))} voxels")
+        parts.append(f"object {obj_id}: slices {slices[0]}-{slices[-1]}, {counted(int(np.count_nonzero(labels == obj_id)), 'voxel')}")
     return "; ".join(parts) or "empty mask"
 
 
@@ -199,6 +200,12 @@ def import_command(
     typer.echo(f"imported {len(summary.imported)} case(s)" + (f", {len(summary.skipped)} already in the project" if summary.skipped else ""))
     if summary.without_mask:
         typer.echo(f"warning: no mask in {masks} for {len(summary.without_mask)} case(s), imported without one: {', '.join(summary.without_mask)}", err=True)
+    if summary.hints_not_used:
+        typer.echo(
+            "warning: already in the project, so kept as imported (the masks and prompt hints given now are not used; "
+            f"prompt a case with `medsam2 annotate prompt`): {', '.join(summary.hints_not_used)}",
+            err=True,
+        )
 
 
 @app.command("presegment")
@@ -396,7 +403,7 @@ def accept_command(
         labels = edited_mask(opened, image, mask)
     row = work_session(opened, case, annotator, device, image).accept(labels)
     dice_text = f", Dice vs pre-segmentation {row.initial_dice:.3f}" if row.initial_dice is not None else ""
-    typer.echo(f"{case}: accepted ({row.mask_slices} slices{dice_text}); mask {row.mask}")
+    typer.echo(f"{case}: accepted ({counted(row.mask_slices, 'slice')}{dice_text}); mask {row.mask}")
 
 
 @app.command("reject")
@@ -432,12 +439,17 @@ def release_command(
 
 @app.command("status")
 @reports_input_errors
-def status_command(project: Path = PROJECT_ARGUMENT) -> None:
-    """Cases per state, running leases and the rounds with their models.
+def status_command(
+    project: Path = PROJECT_ARGUMENT,
+    cases: bool = typer.Option(False, "--cases", help="Also list every case: name, state, who holds it, image."),
+) -> None:
+    """Cases per state, running leases and the rounds with their models; with --cases, every case
+    by name (the CASE other commands take).
 
-    Example: medsam2 annotate status lesions/
+    Example: medsam2 annotate status lesions/ --cases
     """
-    status = open_project(project).status()
+    opened = open_project(project)
+    status = opened.status()
     console = Console()
     console.print(f"project {status.name} ({status.database})")
     counts = Table("state", "cases")
@@ -455,6 +467,12 @@ def status_command(project: Path = PROJECT_ARGUMENT) -> None:
         for lease in status.leases:
             leases.add_row(lease.case, lease.annotator, f"{lease.expires:%Y-%m-%d %H:%M}")
         console.print(leases)
+    if cases:
+        holder = {lease.case: lease.annotator for lease in status.leases}
+        listing = Table(Column("case", no_wrap=True), "state", "leased to", Column("image", overflow="fold"))
+        for row in opened.cases():
+            listing.add_row(row.name, row.state, holder.get(row.name, ""), row.image)
+        console.print(listing)
 
 
 @app.command("round")

@@ -22,6 +22,7 @@ from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.metrics import LabelScores
 from medsam2.metrics import evaluate as evaluate_masks
+from medsam2.wording import counted
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class CaseScores:
     name: str
     scores: list[LabelScores]
     missing_prediction: bool = False
+    in_pixels: bool = False  # the ground truth gives no spacing: distances are in pixels, not mm
 
 
 def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volume | None = None) -> CaseScores:
@@ -40,7 +42,7 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
         check_mask_fits(image, gt)
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
-    return CaseScores(mask_file_stem(gt_path), scores)
+    return CaseScores(mask_file_stem(gt_path), scores, in_pixels=not gt.has_spacing)
 
 
 def score_missing_prediction(gt_path: Path) -> CaseScores:
@@ -119,6 +121,14 @@ def pairing_notes(missing: list[str], ignored: list[str]) -> list[str]:
     return notes
 
 
+def pixel_note(cases: list[CaseScores]) -> list[str]:
+    """Where ground truths (PNG, an npz without "spacing") give no spacing, their distances are in pixels."""
+    names = [case.name for case in cases if case.in_pixels]
+    if not names:
+        return []
+    return [f"{counted(len(names), 'ground truth')} without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: {', '.join(names)}"]
+
+
 def label_note(rows: list[dict]) -> list[str]:
     """A warning where no label is held by both a prediction and a ground truth: masks written with
     other values for the same object (0/255 pictures against 0/1 label maps, say) are scored as
@@ -193,7 +203,8 @@ def eval_command(
 ) -> None:
     """Score PRED against GT: Dice (DSC), normalised surface distance (NSD) and HD95, per label.
 
-    Distances use the ground truth's voxel spacing (mm). Both empty: DSC 1,
+    Distances use the ground truth's voxel spacing (mm; pixels where its file
+    gives none, as in PNG, which a note says). Both empty: DSC 1,
     NSD 1, HD95 0; one empty: DSC 0, NSD 0, HD95 inf. Files must share shape
     and geometry. Every case is scored on every label found in any mask.
 
@@ -232,7 +243,7 @@ def eval_command(
     missing = [case.name for case in cases if case.missing_prediction]
     console = Console()
     print_tables(rows, summary, console)
-    for note in pairing_notes(missing, ignored) + label_note(rows):
+    for note in pairing_notes(missing, ignored) + pixel_note(cases) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
     report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
     with outputs_together([json_out, csv_out]) as (json_target, csv_target):

@@ -25,6 +25,7 @@ from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
 from medsam2.io.volume import SliceAxis, Volume, slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
 from medsam2.preprocess import WINDOW_PRESETS
+from medsam2.wording import counted
 
 
 # Shared by the commands that load a model (one definition, one help text).
@@ -154,5 +155,8 @@ def segment(
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))
     for obj_id, name in sorted(result.names.items()):
         voxels = int(np.count_nonzero(result.labels.array == obj_id))
-        volume_ml = voxels * float(np.prod(volume.spacing)) / 1000
-        typer.echo(f"object {obj_id}{f' ({name})' if name else ''}: {voxels} voxels, {volume_ml:.2f} mL")
+        if volume.has_spacing:
+            size = f"{counted(voxels, 'voxel')}, {voxels * float(np.prod(volume.spacing)) / 1000:.2f} mL"
+        else:
+            size = f"{counted(voxels, 'pixel' if volume.shape[0] == 1 else 'voxel')} (the image file gives no spacing: no size in mL)"
+        typer.echo(f"object {obj_id}{f' ({name})' if name else ''}: {size}")

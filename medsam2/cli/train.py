@@ -142,6 +142,8 @@ def train_command(
             f"validation DSC {summary.val_dsc:.4f} at the end; best {summary.best_val_dsc:.4f} at step "
             f"{summary.best_step}: {summary.best_path}"
         )
+    else:
+        typer.echo(f"no validation case, so no {summary.best_path.name}: the model is {summary.model_path.name}")
     window = f" --window {config.data.window}" if config.data.window else ""
     # A SAM 2.1 file alone runs with Meta's settings: name the preset it was trained with.
     model_spec = f"{config.model.sam2_preset}={summary.model_path}" if config.model.name == "sam2" else summary.model_path

@@ -11,6 +11,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import PropagationConfig, Session
 from medsam2.engine.tracking import TrackingPredictor
+from medsam2.errors import InputError
 from medsam2.io.masks import label_names
 from medsam2.io.volume import SliceAxis, Volume, from_slices, slicing_axis_index, to_slices
 from medsam2.preprocess import to_uint8
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 # side) keeps only a few: coronal and sagittal slices of thick-section CT (13 rows of 5 mm) get masks
 # that spill outside their boxes.
 MIN_SLICE_SIDE = 32
+BLANK_SLICES = "the model sees one grey level everywhere (a blank image, or a window outside its intensities)"
 
 
 @dataclass
@@ -34,11 +36,16 @@ class Result:
     axis_index: int = 0  # array axis the slices were taken along
 
 
-def prepare_slices(volume: Volume, axis: SliceAxis = "axial", window: str | None = None) -> tuple[np.ndarray, int]:
-    """The volume as a uint8 stack of slices along `axis` (slicing axis first) and that axis' index."""
+def prepare_slices(
+    volume: Volume, axis: SliceAxis = "axial", window: str | None = None, refuse_blank: bool = False
+) -> tuple[np.ndarray, int]:
+    """The volume as a uint8 stack of slices along `axis` (slicing axis first) and that axis' index;
+    `slice_warnings` are logged, or with `refuse_blank` a blank stack is a one-line error."""
     axis_index = slicing_axis_index(volume, axis)
     image = to_uint8(volume, window=window).array
     slices = np.ascontiguousarray(to_slices(image, axis_index))
+    if refuse_blank and is_blank(slices):
+        raise InputError(f"{volume.source or 'the image'}: {BLANK_SLICES}: nothing to segment")
     for warning in slice_warnings(slices, axis):
         log.warning("%s: %s", volume.source or "the image", warning)
     return slices, axis_index
@@ -48,9 +55,13 @@ def slice_warnings(slices: np.ndarray, axis: SliceAxis) -> list[str]:
     """What a user should know before prompting `slices` (uint8, slicing axis first): slices too
     narrow for the model, or one grey level everywhere (the model would still draw a mask from a box)."""
     warnings = [warning] if (warning := narrow_slices_warning(slices.shape[1:3], axis)) else []
-    if slices.size and slices.min() == slices.max():
-        warnings.append("the model sees one grey level everywhere (a blank image, or a window outside its intensities): its masks mean nothing")
+    if is_blank(slices):
+        warnings.append(f"{BLANK_SLICES}: its masks mean nothing")
     return warnings
+
+
+def is_blank(slices: np.ndarray) -> bool:
+    return bool(slices.size) and slices.min() == slices.max()
 
 
 def narrow_slices_warning(slice_hw: tuple[int, int], axis: SliceAxis) -> str | None:
@@ -80,8 +91,10 @@ def segment_volume(
     """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`).
     `start`: a label map of `volume` (`medsam2.io.masks.load_mask`) to correct instead of starting
     empty (`Session.load_labels`): its masks are kept but where the prompts change them, and the
-    names its file gives its labels are the objects' names, unless a prompt names one."""
-    slices, axis_index = prepare_slices(volume, axis, window)
+    names its file gives its labels are the objects' names, unless a prompt names one.
+    A blank image (one grey level for the model) is refused: the model would still draw a mask from
+    a box, and it would mean nothing."""
+    slices, axis_index = prepare_slices(volume, axis, window, refuse_blank=True)
     session = Session(slices, predictor, config)
     if start is not None:
         session.load_labels(np.ascontiguousarray(to_slices(start.array, axis_index)), label_names(start))

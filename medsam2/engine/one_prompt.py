@@ -87,11 +87,21 @@ class TargetResult:
     score: float  # the decoder's predicted IoU of the mask
 
 
+def check_image(image: object, what: str) -> None:
+    """A one-line error unless `image` is what the models take: one uint8 (H, W) or (H, W, 3) array."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(
+            f"{what}: expected a uint8 (H, W) or (H, W, 3) array, got a {type(image).__name__} "
+            "(the slices of a Volume: medsam2.engine.api.prepare_slices(volume)[0])"
+        )
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise InputError(f"{what}: expected a uint8 (H, W) or (H, W, 3) image, got {image.dtype} {image.shape}")
+
+
 def check_reference(reference: np.ndarray, reference_mask: np.ndarray, what: str = "reference") -> np.ndarray:
     """The reference mask as (H, W) bool; a one-line error if it is empty or does not fit the image."""
+    check_image(reference, what)
     mask = np.asarray(reference_mask)
-    if reference.ndim not in (2, 3) or (reference.ndim == 3 and reference.shape[-1] != 3):
-        raise InputError(f"{what}: expected one (H, W) or (H, W, 3) image, got shape {reference.shape}")
     if mask.shape != reference.shape[:2]:
         raise InputError(f"{what}: mask shape {mask.shape} differs from the image's {reference.shape[:2]}")
     if not mask.any():
@@ -105,7 +115,7 @@ def reference_mask_from_box(
     """The (H, W) mask the model segments inside `box` (x1, y1, x2, y2) on the reference image."""
     height, width = reference.shape[:2]
     prompt = Prompt(0, 1, box=tuple(float(v) for v in box))
-    prompt.validate(1, height, width)
+    prompt.validate(1, height, width, unit="image")
     if isinstance(predictor, SAM2Predictor):
         mask, _ = predictor.tracker(reference[None]).segment_anchor(prompt, None, None)
     else:
@@ -142,8 +152,7 @@ class OnePromptSegmenter:
     def segment(self, targets: Sequence[np.ndarray], progress: bool = True, desc: str = "one-prompt") -> list[TargetResult]:
         """Results for uint8 images, (H, W) or (H, W, 3), each of any size, in the targets' order."""
         for index, target in enumerate(targets):
-            if target.dtype != np.uint8 or target.ndim not in (2, 3) or (target.ndim == 3 and target.shape[-1] != 3):
-                raise InputError(f"target {index}: expected a uint8 (H, W) or (H, W, 3) image, got {target.dtype} {target.shape}")
+            check_image(target, f"target {index}")
         results = []
         encoded = _encoded(targets, self.predictor)
         for target, embedding in tqdm(encoded, total=len(targets), desc=desc, unit="image", disable=not progress, leave=leave_finished_bar()):

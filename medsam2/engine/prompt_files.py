@@ -48,34 +48,69 @@ def whole_number(value: object, what: str) -> int:
     return int(value)
 
 
-def prompts_from_dict(data: dict, height: int, width: int) -> list[Prompt]:
+def prompts_from_dict(data: object, height: int, width: int) -> list[Prompt]:
     prompts = []
     ids: set[int] = set()
-    for position, entry in enumerate(data["objects"]):
+    entries = _member(data, "objects", list, 'the file', 'expected {"objects": [{"id": 1, "prompts": [...]}, ...]}')
+    if not entries:
+        raise InputError('"objects" is empty: there is nothing to segment')
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InputError(f"objects[{position}] is {json.dumps(entry)}, not an object with \"prompts\"")
         obj_id = whole_number(entry.get("id", position + 1), "object id")
         if obj_id in ids:
             raise InputError(f"object id {obj_id} is given to two objects; give each its own")
         ids.add(obj_id)
         name = entry.get("name")
-        for item in entry["prompts"]:
+        if name is not None and not isinstance(name, str):
+            raise InputError(f"object {obj_id}: name {json.dumps(name)} is not text")
+        for item in _member(entry, "prompts", list, f"object {obj_id}", 'expected "prompts": [{"slice": 40, "box": [...]}, ...]'):
+            if not isinstance(item, dict):
+                raise InputError(f"object {obj_id}: prompt {json.dumps(item)} is not an object with \"slice\"")
             unknown = set(item) - PROMPT_KEYS
             if unknown:
                 raise InputError(f"object {obj_id}: unknown prompt keys {sorted(unknown)}")
+            if "slice" not in item:
+                raise InputError(f"object {obj_id}: a prompt without \"slice\" (the slice index it is drawn on)")
             box = item.get("box")
             if "recist" in item and box is not None:
                 raise InputError(f"object {obj_id}: a prompt with both a box and a RECIST line; give one")
             if "recist" in item:
-                box = recist_to_box(tuple(float(v) for v in item["recist"]), height, width)
-            points = tuple(tuple(float(c) for c in point) for point in item.get("points", ()))
-            labels = tuple(whole_number(v, "label") for v in item.get("labels", [1] * len(points)))
+                box = recist_to_box(_numbers(item["recist"], 4, f"object {obj_id}: recist"), height, width)
+            elif box is not None:
+                box = _numbers(box, 4, f"object {obj_id}: box")
+            points = tuple(_numbers(point, 2, f"object {obj_id}: point (x, y)") for point in _sequence(item.get("points", []), f"object {obj_id}: points"))
+            labels = tuple(whole_number(v, "label") for v in _sequence(item.get("labels", [1] * len(points)), f"object {obj_id}: labels"))
             prompts.append(
                 Prompt(
                     slice_index=whole_number(item["slice"], f"object {obj_id}: slice"),
                     obj_id=obj_id,
-                    box=tuple(float(v) for v in box) if box is not None else None,
+                    box=box,
                     points=points,  # type: ignore[arg-type]
                     labels=labels,
                     name=name,
                 )
             )
     return prompts
+
+
+def _member(data: object, key: str, kind: type, where: str, expected: str) -> object:
+    """`data[key]`, which must be a `kind`: else a one-line error that shows the `expected` layout."""
+    if not isinstance(data, dict) or key not in data:
+        raise InputError(f"{where} has no {json.dumps(key)}: {expected}")
+    if not isinstance(data[key], kind):
+        raise InputError(f"{where}: {json.dumps(key)} is {json.dumps(data[key])}: {expected}")
+    return data[key]
+
+
+def _sequence(value: object, what: str) -> list:
+    if not isinstance(value, list):
+        raise InputError(f"{what} {json.dumps(value)} is not a list")
+    return value
+
+
+def _numbers(value: object, count: int, what: str) -> tuple[float, ...]:
+    """`value` as `count` numbers (a box or RECIST line: 4, a point: 2)."""
+    if not isinstance(value, list) or len(value) != count or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value):
+        raise InputError(f"{what} {json.dumps(value)} is not a list of {count} numbers")
+    return tuple(float(v) for v in value)

@@ -36,11 +36,12 @@ class Prompt:
         """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
         return self.mask is not None and not self.mask.any() and self.box is None and not self.points
 
-    def validate(self, num_slices: int, height: int, width: int) -> None:
-        """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack."""
-        where = f"prompt on slice {self.slice_index} (object {self.obj_id})"
+    def validate(self, num_slices: int, height: int, width: int, unit: str = "slice") -> None:
+        """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack
+        (of video frames when `unit` is ``"frame"``)."""
+        where = f"prompt on {unit} {self.slice_index} (object {self.obj_id})"
         if not 0 <= self.slice_index < num_slices:
-            raise InputError(f"{where}: slice out of range 0..{num_slices - 1}")
+            raise InputError(f"{where}: {unit} out of range 0..{num_slices - 1}")
         if not 1 <= self.obj_id <= MAX_OBJECT_ID:
             raise InputError(f"{where}: object ids run from 1 to {MAX_OBJECT_ID}")
         if self.box is None and not self.points and self.mask is None:
@@ -54,7 +55,7 @@ class Prompt:
             if x2 <= x1 or y2 <= y1:
                 raise InputError(f"{where}: box {[round(float(v), 1) for v in self.box]} is inverted or empty (need x1<x2, y1<y2)")
             if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
-                raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} slice")
+                raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} {unit}")
         if len(self.points) != len(self.labels):
             raise InputError(f"{where}: {len(self.points)} points but {len(self.labels)} labels")
         if len(self.points) > MAX_CLICKS:
@@ -63,12 +64,12 @@ class Prompt:
             raise InputError(f"{where}: each point needs 2 numbers x,y")
         for (x, y), label in zip(self.points, self.labels):
             if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-                raise InputError(f"{where}: point ({x}, {y}) lies outside the {width}x{height} slice")
+                raise InputError(f"{where}: point ({x}, {y}) lies outside the {width}x{height} {unit}")
             if label not in (0, 1):
                 raise InputError(f"{where}: point label {label} must be 1 (object) or 0 (background)")
         if self.mask is not None:
             if self.mask.shape != (height, width):
-                raise InputError(f"{where}: mask shape {self.mask.shape} differs from slice shape {(height, width)}")
+                raise InputError(f"{where}: mask shape {self.mask.shape} differs from the {unit}'s {(height, width)}")
             if not self.mask.any() and not self.erases:
                 raise InputError(f"{where}: an empty mask goes alone (it takes the object off the slice), not with a box or clicks")
 

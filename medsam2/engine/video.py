@@ -181,7 +181,7 @@ def check_prompt_frames(video: Video, prompts: list[Prompt]) -> None:
                 f"{video.name}: prompt on frame {prompt.slice_index} (object {prompt.obj_id}) is outside the clip's "
                 f"frames 0..{video.num_frames - 1}"
             )
-        prompt.validate(video.num_frames, *video.frame_shape)
+        prompt.validate(video.num_frames, *video.frame_shape, unit="frame")
 
 
 def segment_video(

@@ -30,6 +30,7 @@ from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
+from medsam2.wording import counted
 
 sitk = lazy_module("SimpleITK")
 
@@ -129,7 +130,7 @@ def _check_values(array: np.ndarray, path: Path) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise InputError(f"{path}: {bad} voxels are NaN or infinite")
+            raise InputError(f"{path}: NaN or infinite values in {counted(bad, 'voxel')}")
 
 
 def _volume_from_sitk(
@@ -228,7 +229,9 @@ def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:
         for key, length in (("spacing", 3), ("origin", 3), ("direction", 9))
         if (values := _npz_vector(arrays, key, length, path)) is not None
     }
-    return Volume(array=imgs[None] if is_2d else imgs, source=path, meta={"is_2d": is_2d, "npz": arrays}, **geometry)
+    return Volume(
+        array=imgs[None] if is_2d else imgs, source=path, has_spacing="spacing" in geometry, meta={"is_2d": is_2d, "npz": arrays}, **geometry
+    )
 
 
 def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path) -> tuple[float, ...] | None:
@@ -244,7 +247,7 @@ def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path
 
 
 def _read_picture(path: Path) -> Volume:
-    return Volume(array=read_picture(path)[None], source=path, meta={"is_2d": True})
+    return Volume(array=read_picture(path)[None], source=path, has_spacing=False, meta={"is_2d": True})
 
 
 def read_picture(path: Path) -> np.ndarray:

@@ -41,6 +41,9 @@ class Volume:
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # 3x3 row-major
     modality: Modality = "unknown"
     source: Path | None = None
+    # False when the file gives no spacing (PNG/JPEG, an npz without "spacing"): the 1 mm default is
+    # a pixel, and sizes in mm or mL would mean nothing.
+    has_spacing: bool = True
     # Format-specific extras the writers need to mirror the input (npz keys, DICOM datasets...).
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 

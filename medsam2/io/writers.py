@@ -66,9 +66,14 @@ def check_mask_name(path: Path, like: Volume | None) -> None:
     suffix = file_suffix(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; name the mask file, e.g. {path / 'mask.nii.gz'}")
+    if not suffix:
+        raise InputError(
+            f"{path}: no extension to tell the mask's format; name the file, e.g. {path}.nii.gz or "
+            f"{path / 'mask.nii.gz'} (supported: {' '.join(SUPPORTED_MASK_SUFFIXES)})"
+        )
     if suffix not in SUPPORTED_MASK_SUFFIXES:
         raise InputError(
-            f"{path}: cannot write masks as '{suffix or 'no extension'}' "
+            f"{path}: cannot write masks as '{suffix}' "
             f"(supported: {' '.join(SUPPORTED_MASK_SUFFIXES)})"
         )
     if like is None:

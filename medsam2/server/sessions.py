@@ -107,7 +107,7 @@ def load_frames(path: Path) -> tuple[Volume, Video]:
             )
         frames = video.read()
     spacing = (*(video.pixel_spacing or (1.0, 1.0)), 1.0)
-    return Volume(array=frames, spacing=spacing, modality=video.modality, source=path), video
+    return Volume(array=frames, spacing=spacing, modality=video.modality, source=path, has_spacing=video.pixel_spacing is not None), video
 
 
 class ViewerSession:

@@ -40,7 +40,7 @@ from medsam2.train.checkpoints import (
     rng_state,
     save,
 )
-from medsam2.train.config import TrainConfig
+from medsam2.train.config import DataConfig, TrainConfig
 from medsam2.train.data import CaseData, TrainingData, prepare_data
 from medsam2.train.distributed import Distribution, process_group
 from medsam2.train.logs import RunLog
@@ -135,9 +135,22 @@ def train(
         if distribution.is_main:
             for line in data.skipped:
                 report(line)
+            if not data.val:
+                report(f"no validation: {no_validation_reason(config.data, len(data.train) + len(data.skipped))}; "
+                       f"{BEST_NAME} is not written, {FINAL_NAME} is the model after the last step")
             atomic_write_text(out_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
             atomic_write_text(out_dir / DATA_MANIFEST_NAME, json.dumps(data.manifest, indent=1) + "\n")
         return loop.run(stop_at or config.training.steps)
+
+
+def no_validation_reason(config: DataConfig, cases: int) -> str:
+    """Why a run of `cases` cases found has no validation case: validation is off, there are too few
+    cases to hold one out, or the held-out ones have no label."""
+    if not config.val_cases and config.val_fraction == 0:
+        return "data.val_fraction is 0"
+    if not config.val_cases and cases == 1:
+        return "one case, none left to hold out (give two or more, or data.val_cases)"
+    return "the validation cases have no labelled voxel"
 
 
 class _Loop:
