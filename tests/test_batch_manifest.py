@@ -15,7 +15,8 @@ from medsam2.cli.main import app
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.results import ResultsStore, fingerprint
 from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
-from medsam2.distributed.worker import mask_suffix
+from medsam2.distributed import worker
+from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
 from medsam2.errors import InputError
 
@@ -97,6 +98,11 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
         ("m.jsonl", '{"image": "a.nii.gz", "box": {"z": 1}}\n', ("line 1: box must be text",)),
         ("m.txt", "image\na.nii.gz\n", ("a manifest is a .csv or .jsonl file",)),
         ("m.csv", "image,format\na.nii.gz,txt\n", ("line 2: format 'txt': unknown mask format",)),
+        # Prompt text is checked with the manifest (not case by case after the workers start), in
+        # the columns' names.
+        ("m.csv", "image,box\na.nii.gz,\"3,246,273\"\n", ("line 2: box '3,246,273': expected 5 or 6 numbers, got 3",)),
+        ("m.csv", "image,point\na.nii.gz,\"2.5,40,40\"\n", ("line 2: point: slice must be a whole number, got 2.5",)),
+        ("m.jsonl", '{"image": "a.nii.gz", "recist": [3, 5, 5, 5, 5]}\n', ("line 1: RECIST line (5, 5)-(5, 5) has no length",)),
     ],
 )
 def test_malformed_manifests_are_one_line_errors(tmp_path: Path, name: str, text: str, fragments: tuple[str, ...]) -> None:
@@ -117,6 +123,7 @@ def test_malformed_manifests_are_one_line_errors(tmp_path: Path, name: str, text
         (["--window", "wide"], ("window 'wide'",)),
         (["--axis", "oblique"], ("--axis 'oblique'",)),
         (["--device", "tpu"], ("--device 'tpu'",)),
+        (["--model", "nosuch"], ("--model 'nosuch': neither a known model",)),
         (["--engine", "ray", "--ray-address", "127.0.0.1:{closed_port}"], ("no Ray cluster answers there",)),
         (["--engine", "ray", "--ray-address", "head-node"], ("expected HOST:PORT",)),
     ],
@@ -140,6 +147,24 @@ def test_missing_manifest_and_busy_output_folder(tmp_path: Path) -> None:
     with ResultsStore(tmp_path / "out"):  # another driver holding the folder
         result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out")])
     assert_one_line_error(result, "another `medsam2 batch` is writing to this folder")
+
+
+def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
+    tmp_path: Path, ct_lesion_cases: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DICOM-SEG of an npz, a PNG of a 3D scan, a row without prompts: each fails in a moment,
+    not after a segmentation, and says what to change in the row's terms."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a case that could not be written or prompted")
+
+    monkeypatch.setattr(worker, "load_predictor", no_model)
+    scan, box = ct_lesion_cases[1], '"3,246,273,276,322"'
+    manifest = write(tmp_path / "m.csv", f"id,image,box,format\nseg,{scan},{box},dcm\npicture,{scan},{box},png\nnone,{scan},,\n")
+    results = [CaseRunner(BatchSettings(out_dir=tmp_path / "out")).run(case) for case in read_manifest(manifest)]
+    assert [(r.status, r.traceback) for r in results] == [("failed", None)] * 3
+    assert "seg.dcm: DICOM-SEG output needs a DICOM input image" in results[0].error
+    assert "picture.png: PNG holds one 2D slice but the image has" in results[1].error
+    assert results[2].error.endswith("no prompt given (give a box, point, recist or prompts column)")
 
 
 def test_help_teaches_with_an_example() -> None:

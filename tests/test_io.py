@@ -394,6 +394,12 @@ def test_bad_input_raises_a_one_line_input_error(
         assert "a truncated or damaged npz archive" in message, message
     if make_bad_input is _nifti_with_nan:
         assert message.endswith(": NaN or infinite values in 1 voxel"), message
+    if make_bad_input is _nifti_4d:  # the shape in the package's (Z, Y, X) order, as everywhere else
+        assert "4D image holding 2 volumes of (Z, Y, X) (4, 8, 8)" in message, message
+    if make_bad_input is _empty_folder:  # `segment` reads a folder of pictures as a video: say both
+        assert message.endswith(": the folder is empty (a scan's folder holds its DICOM files; a video's, its frames as pictures)"), message
+    if make_bad_input is _folder_without_dicom:
+        assert message.endswith(": no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)"), message
 
 
 def test_unknown_modality_is_an_input_error(ct_lesion_cases: list[Path]) -> None:

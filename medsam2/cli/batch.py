@@ -17,6 +17,7 @@ from medsam2.distributed.runner import StoppedAtOnce
 from medsam2.distributed.manifest import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
 from medsam2.engine.sam2_predictor import memory_propagation
+from medsam2.engine.registry import resolve_model
 from medsam2.errors import InputError
 from medsam2.preprocess import parse_window
 
@@ -79,6 +80,8 @@ def batch(
     memory_propagation(memory)  # a bad name is a one-line error before any case runs
     if engine == "local":
         resolve_device(device)  # a Ray cluster's GPUs may be on other machines: its actors check
+        if model != DEFAULT_MODEL:
+            resolve_model(model)  # ... and so may its checkpoints
     else:
         import_ray()
         if ray_address is not None:

@@ -16,7 +16,7 @@ import typer
 from tqdm.auto import tqdm
 
 from medsam2.engine.models import load_predictor
-from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_mask, written_prompts
+from medsam2.engine.prompt_sources import VIDEO_FLAGS, PromptSources, check_one_region_each, prompts_from_mask, written_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import Precision
 from medsam2.engine.video import (
@@ -84,11 +84,11 @@ def check_outputs(request: VideoRequest) -> None:
 def video_prompts(video: Video, request: VideoRequest) -> list[Prompt]:
     """Prompts from the flags, a prompts file and a mask prompt, frame index as slice index."""
     sources = PromptSources(request.boxes, request.points, request.recists, request.prompts_file)
-    prompts = written_prompts(sources, *video.frame_shape)
+    prompts = written_prompts(sources, *video.frame_shape, VIDEO_FLAGS)
     if request.mask_prompt is not None:
         prompts += mask_prompts(request.mask_prompt, video)
     if not prompts:
-        raise InputError(f"{video.name}: no prompt given (use --frame-box, --frame-point, --prompts or --mask-prompt)")
+        raise InputError(f"{video.name}: no prompt given ({VIDEO_FLAGS.all_sources})")
     return check_one_region_each(prompts, "frame")
 
 

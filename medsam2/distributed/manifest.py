@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsam2.engine.prompt_sources import PromptSources
+from medsam2.engine.prompt_sources import PromptNames, PromptSources, check_prompt_texts
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.io.paths import mask_file_stem
@@ -38,6 +38,8 @@ AUTO_FORMAT = "auto"
 FORMATS = (AUTO_FORMAT, *(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES))
 COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "gt", "model", "memory", "format")
 PROMPT_COLUMNS = ("box", "point", "recist")
+# Messages about a row's prompts name its columns, not the options of `segment`.
+MANIFEST_PROMPTS = PromptNames("box", "point", "recist", "slice", "give a box, point, recist or prompts column")
 # Ids become file names on every node of a cluster: keep them portable.
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -156,15 +158,20 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
     if memory is not None and memory not in MEMORY_POLICIES:
         raise InputError(f"{where}: memory {memory!r}: choose {' or '.join(MEMORY_POLICIES)}")
     prompts_file = text.get("prompts")
+    prompts = PromptSources(
+        boxes=_prompt_texts(values.get("box"), where, "box"),
+        points=_prompt_texts(values.get("point"), where, "point"),
+        recists=_prompt_texts(values.get("recist"), where, "recist"),
+        prompts_file=_resolve(manifest, prompts_file) if prompts_file else None,
+    )
+    try:
+        check_prompt_texts(prompts, MANIFEST_PROMPTS)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
     return Case(
         case_id=case_id,
         image=image,
-        prompts=PromptSources(
-            boxes=_prompt_texts(values.get("box"), where, "box"),
-            points=_prompt_texts(values.get("point"), where, "point"),
-            recists=_prompt_texts(values.get("recist"), where, "recist"),
-            prompts_file=_resolve(manifest, prompts_file) if prompts_file else None,
-        ),
+        prompts=prompts,
         gt=_resolve(manifest, text["gt"]) if "gt" in text else None,
         model=model,
         memory=memory,  # type: ignore[arg-type]

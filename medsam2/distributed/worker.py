@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from medsam2.allocator import keep_large_allocations
-from medsam2.distributed.manifest import AUTO_FORMAT, Case, check_format
+from medsam2.distributed.manifest import AUTO_FORMAT, MANIFEST_PROMPTS, Case, check_format
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor
 from medsam2.engine.predictor import SlicePredictor
@@ -25,7 +25,7 @@ from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
 from medsam2.io.readers import PICTURE_SUFFIXES
-from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES
+from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES, check_mask_output
 from medsam2.metrics import evaluate
 
 MASKS_FOLDER = "masks"
@@ -124,7 +124,9 @@ class CaseRunner:
         settings = self.settings
         suffix = mask_suffix(check_format(case.output_format or settings.output_format, "format"), case.image)
         volume = load_image(case.image)
-        prompts = gather_prompts(volume, slicing_axis_index(volume, settings.axis), case.prompts)
+        output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
+        check_mask_output(settings.out_dir / output, volume)  # a DICOM-SEG of a NIfTI, a PNG of a scan
+        prompts = gather_prompts(volume, slicing_axis_index(volume, settings.axis), case.prompts, MANIFEST_PROMPTS)
         truth = self._ground_truth(case.gt, volume) if case.gt is not None else None
         # Bad input fails above without loading a model; a model's first load is not the case's time.
         loading = time.perf_counter()
@@ -141,7 +143,6 @@ class CaseRunner:
             fill_holes=settings.fill_holes,
             progress=False,
         )
-        output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
         save_mask(result.labels.array, like=volume, path=settings.out_dir / output, names=result.names)
         dsc, nsd = self._scores(result.labels.array, truth) if truth is not None else (None, None)
         return CaseResult(case.case_id, "ok", time.perf_counter() - start, worker_name(), str(output), dsc, nsd)

@@ -30,6 +30,21 @@ class PromptSources:
     mask_prompt: Path | None = None  # a label file in the image's geometry
 
 
+@dataclass(frozen=True)
+class PromptNames:
+    """What a front end calls the prompt texts, their index and all its prompt sources, for messages."""
+
+    box: str = "--box"
+    point: str = "--point"
+    recist: str = "--recist"
+    unit: str = "slice"
+    all_sources: str = "use --box, --point, --recist, --prompts or --mask-prompt"
+
+
+SCAN_FLAGS = PromptNames()
+VIDEO_FLAGS = PromptNames("--frame-box", "--frame-point", "--recist", "frame", "use --frame-box, --frame-point, --prompts or --mask-prompt")
+
+
 def parse_numbers(text: str, flag: str, counts: tuple[int, ...]) -> list[float]:
     """Comma-separated numbers of one of the allowed counts, or a one-line error."""
     try:
@@ -48,23 +63,29 @@ def as_index(value: float, flag: str, what: str) -> int:
 
 
 def prompts_from_flags(
-    boxes: list[str], points: list[str], recists: list[str], height: int, width: int
+    boxes: list[str], points: list[str], recists: list[str], height: int, width: int, names: PromptNames = SCAN_FLAGS
 ) -> list[Prompt]:
     prompts = []
     for text in boxes:
-        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--box", (5, 6))
-        obj_id = as_index(rest[0], "--box", "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, "--box", "slice"), obj_id, box=(x1, y1, x2, y2)))
+        z, x1, y1, x2, y2, *rest = parse_numbers(text, names.box, (5, 6))
+        obj_id = as_index(rest[0], names.box, "object id") if rest else 1
+        prompts.append(Prompt(as_index(z, names.box, names.unit), obj_id, box=(x1, y1, x2, y2)))
     for text in points:
-        z, x, y, *rest = parse_numbers(text, "--point", (3, 4, 5))
-        label = as_index(rest[0], "--point", "label") if rest else 1
-        obj_id = as_index(rest[1], "--point", "object id") if len(rest) > 1 else 1
-        prompts.append(Prompt(as_index(z, "--point", "slice"), obj_id, points=((x, y),), labels=(label,)))
+        z, x, y, *rest = parse_numbers(text, names.point, (3, 4, 5))
+        label = as_index(rest[0], names.point, "label") if rest else 1
+        obj_id = as_index(rest[1], names.point, "object id") if len(rest) > 1 else 1
+        prompts.append(Prompt(as_index(z, names.point, names.unit), obj_id, points=((x, y),), labels=(label,)))
     for text in recists:
-        z, x1, y1, x2, y2, *rest = parse_numbers(text, "--recist", (5, 6))
-        obj_id = as_index(rest[0], "--recist", "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, "--recist", "slice"), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
+        z, x1, y1, x2, y2, *rest = parse_numbers(text, names.recist, (5, 6))
+        obj_id = as_index(rest[0], names.recist, "object id") if rest else 1
+        prompts.append(Prompt(as_index(z, names.recist, names.unit), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
     return prompts
+
+
+def check_prompt_texts(sources: PromptSources, names: PromptNames) -> None:
+    """The one-line error `written_prompts` would give for text that is not a prompt, found before
+    the image is read (its size only clips RECIST boxes, so any size does)."""
+    prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), 2**31, 2**31, names)
 
 
 def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prompt]:
@@ -98,20 +119,20 @@ def check_one_region_each(prompts: list[Prompt], frame: str = "slice") -> list[P
     return prompts
 
 
-def written_prompts(sources: PromptSources, height: int, width: int) -> list[Prompt]:
+def written_prompts(sources: PromptSources, height: int, width: int, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
     """The prompts given as text: the box, point and RECIST flags, then the prompts file."""
-    prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width)
+    prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width, names)
     if sources.prompts_file is not None:
         prompts += load_prompt_file(sources.prompts_file, height, width)
     return prompts
 
 
-def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> list[Prompt]:
+def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
     """The prompts of every source, in slice coordinates along `axis_index`; an npz with a `recist`
     marker and no other prompt is prompted from that marker. No prompt at all, or one that does not
     fit the slices, is an `InputError`, found before any model runs."""
     depth, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
-    prompts = written_prompts(sources, height, width)
+    prompts = written_prompts(sources, height, width, names)
     if sources.mask_prompt is not None:
         prompts += prompts_from_mask(load_mask(sources.mask_prompt, like=volume), volume, axis_index)
     marker = stored_array(volume, "recist")
@@ -119,7 +140,7 @@ def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources) -> l
         slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))
         prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
     if not prompts:
-        raise InputError(f"{volume.source}: no prompt given (use --box, --point, --recist, --prompts or --mask-prompt)")
+        raise InputError(f"{volume.source}: no prompt given ({names.all_sources})")
     for prompt in prompts:
         prompt.validate(depth, height, width)
     return check_one_region_each(prompts)

@@ -50,12 +50,12 @@ class Prompt:
             if len(self.box) != 4:
                 raise InputError(f"{where}: a box needs 4 numbers x1,y1,x2,y2, got {len(self.box)}")
             if not np.isfinite(self.box).all():
-                raise InputError(f"{where}: box {list(self.box)} holds a number that is not finite")
+                raise InputError(f"{where}: box {_shown(self.box)} holds a number that is not finite")
             x1, y1, x2, y2 = self.box
             if x2 <= x1 or y2 <= y1:
-                raise InputError(f"{where}: box {[round(float(v), 1) for v in self.box]} is inverted or empty (need x1<x2, y1<y2)")
+                raise InputError(f"{where}: box {_shown(self.box)} is inverted or empty (need x1<x2, y1<y2)")
             if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
-                raise InputError(f"{where}: box {list(self.box)} lies outside the {width}x{height} {unit}")
+                raise InputError(f"{where}: box {_shown(self.box)} lies outside the {width}x{height} {unit}")
         if len(self.points) != len(self.labels):
             raise InputError(f"{where}: {len(self.points)} points but {len(self.labels)} labels")
         if len(self.points) > MAX_CLICKS:
@@ -64,7 +64,7 @@ class Prompt:
             raise InputError(f"{where}: each point needs 2 numbers x,y")
         for (x, y), label in zip(self.points, self.labels):
             if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-                raise InputError(f"{where}: point ({x}, {y}) lies outside the {width}x{height} {unit}")
+                raise InputError(f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} {unit}")
             if label not in (0, 1):
                 raise InputError(f"{where}: point label {label} must be 1 (object) or 0 (background)")
         if self.mask is not None:
@@ -72,6 +72,11 @@ class Prompt:
                 raise InputError(f"{where}: mask shape {self.mask.shape} differs from the {unit}'s {(height, width)}")
             if not self.mask.any() and not self.erases:
                 raise InputError(f"{where}: an empty mask goes alone (it takes the object off the slice), not with a box or clicks")
+
+
+def _shown(values: tuple[float, ...]) -> str:
+    """Coordinates as a user typed them: [600, 273.5, 700, 322], not [600.0, 273.5, ...]."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def box_from_mask(
@@ -99,6 +104,8 @@ def recist_to_box(
     """A RECIST line (x1, y1, x2, y2) as the square box MedSAM2's lesion workflow uses: centred on
     the line's midpoint, side = the line's length, clipped to the slice."""
     x1, y1, x2, y2 = line
+    if (x1, y1) == (x2, y2):
+        raise InputError(f"RECIST line ({x1:g}, {y1:g})-({x2:g}, {y2:g}) has no length: its two ends are one point")
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     half = float(np.hypot(x2 - x1, y2 - y1)) / 2
     return (max(cx - half, 0.0), max(cy - half, 0.0), min(cx + half, width - 1.0), min(cy + half, height - 1.0))

@@ -36,8 +36,11 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     instance number, so the returned list matches the slices of the image.
     """
     # Checked first because GDCM only prints a warning when it finds nothing.
-    if not any(is_dicom_file(entry) for entry in folder.iterdir()):
-        raise InputError(f"{folder}: no DICOM files in this folder")
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if not entries:
+        raise InputError(f"{folder}: the folder is empty (a scan's folder holds its DICOM files; a video's, its frames as pictures)")
+    if not any(is_dicom_file(entry) for entry in entries):
+        raise InputError(f"{folder}: no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)")
     # ITK's own warnings (no series found, uneven sampling) would print, in its format, beside the
     # one-line errors below that say the same.
     with _itk_warnings_off():

@@ -141,7 +141,7 @@ def _volume_from_sitk(
         image = image[:, :, :, 0]
     elif image.GetDimension() >= 4:
         raise InputError(
-            f"{path}: {image.GetDimension()}D image holding {int(np.prod(size[3:]))} volumes of {size[:3]}; "
+            f"{path}: {image.GetDimension()}D image holding {int(np.prod(size[3:]))} volumes of (Z, Y, X) {size[2::-1]}; "
             "medsam2 needs a single 3D volume (split the file first)"
         )
     is_2d = image.GetDimension() == 2

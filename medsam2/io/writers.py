@@ -10,7 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from PIL import Image
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
@@ -165,8 +167,15 @@ def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str | None]
     except (ValueError, AttributeError, KeyError) as error:
         # Attributes a SEG must copy from its sources (patient, study, frame of reference, an
         # enhanced multi-frame image's functional groups) missing or malformed.
-        reason = library_reason(error)
-        raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({reason})") from error
+        raise InputError(f"{like.source}: cannot make a DICOM-SEG from this image ({_seg_failure(error)})") from error
+
+
+def _seg_failure(error: Exception) -> str:
+    """Why highdicom could not build the SEG; a header attribute it read and found missing by name and tag."""
+    tag = tag_for_keyword(error.name) if isinstance(error, AttributeError) and error.name else None
+    if tag is None:
+        return library_reason(error)
+    return f"its files lack the DICOM attribute {error.name} {Tag(tag)}"
 
 
 def _write_dicom_seg(labels: np.ndarray, like: Volume, target: Path, names: Mapping[int, str | None]) -> None:
