@@ -111,6 +111,20 @@ def test_info_describes_image_and_mask(lesion_nifti) -> None:
     assert set(mask_facts["labels"]) == {"1"}
 
 
+def test_info_reads_npz_masks_and_says_when_a_file_gives_no_spacing(tmp_path: Path, lesion_case: Path) -> None:
+    """An npz's labels are its gts (beside imgs) or its segs (a mask medsam2 wrote: no imgs at all);
+    a picture's spacing is unknown, not 1 mm."""
+    truth = np.load(lesion_case)["gts"]
+    voxels = int(np.count_nonzero(truth))
+    assert json.loads(run("info", lesion_case, "--json").stdout)["labels (gts)"] == {"1": voxels}
+    np.savez(tmp_path / "segs.npz", segs=truth)
+    shown = run("info", tmp_path / "segs.npz")
+    assert shown.exit_code == 0, shown.output
+    assert f"labels: {{'1': {voxels}}}" in shown.stdout and "spacing_xyz_mm: unknown" in shown.stdout
+    Image.fromarray(truth[6] * 255).save(tmp_path / "slice.png")
+    assert json.loads(run("info", tmp_path / "slice.png", "--json").stdout)["spacing_xyz_mm"] is None
+
+
 def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:
     """A DICOM-SEG's pixels are frames of the series it segments: info lists its segments and that
     series (it used to read the frames as an image: "labels: {'255': ...}", orientation and all)."""
@@ -185,10 +199,16 @@ def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path
     scored = run("eval", tmp_path / "seg.png", tmp_path / "truth.png")
     assert scored.exit_code == 0, scored.output
     assert "1 ground truth without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: truth" in scored.stdout
+    assert "HD95 (px)" in scored.stdout and "HD95 (mm)" not in scored.stdout
     # An npz with its spacing keeps mL; the same label map as NIfTI (spacing in the file) gets no note.
     assert re.search(r"object 1: \d+ voxels, \d+\.\d\d mL", run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "s.npz").stdout)
     save_mask(truth.astype(np.uint8), like=volume, path=tmp_path / "truth.nii.gz")
     assert "pixel units" not in run("eval", tmp_path / "truth.nii.gz", tmp_path / "truth.nii.gz").stdout
+    # A prediction in mm against a truth whose file gives no spacing: the difference is named as such.
+    key_slice = truth[key : key + 1].astype(np.uint8)
+    save_mask(key_slice, like=Volume(key_slice, spacing=volume.spacing), path=tmp_path / "slice_truth.nii.gz")
+    mismatched = run("eval", tmp_path / "slice_truth.nii.gz", tmp_path / "truth.png")
+    assert_one_line_error(mismatched, "spacing differs: ", " vs none in its file")
 
 
 def test_segment_edit_corrects_a_mask_where_it_is_prompted_and_keeps_the_rest(tmp_path: Path, lesion_nifti, lesion_case: Path) -> None:

@@ -495,6 +495,15 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert obj["name"] == "lesion" and obj["slices"] == [prompt.slice_index] and obj["needs_propagation"]
     outside = client.post(f"{base}/prompts", json={"slice": 2, "box": [500, 500, 600, 600]})
     assert outside.status_code == 400 and "lies outside the 512x512 slice" in outside.json()["error"]
+    # Every error about a prompt names its slice and object, a mask's size among them.
+    for mask, error in [
+        ({"size": [10, 10], "counts": [100]}, "mask size [10, 10] differs from the slice's [512, 512]"),
+        ({"size": [512, 512], "counts": [5]}, "mask counts add up to 5 pixels, the slice has 262144"),
+    ]:
+        refused = client.post(f"{base}/prompts", json={"slice": 2, "obj_id": 3, "mask": mask})
+        assert refused.status_code == 400 and refused.json()["error"] == f"prompt on slice 2 (object 3): {error}", refused.text
+    unlabelled = client.post(f"{base}/prompts", json={"slice": 2, "points": [[150, 130]]})
+    assert unlabelled.json()["error"] == "prompt on slice 2 (object 1): 1 point but 0 labels"
     # Ids beyond a label map's uint16, flags for numbers and click floods are refused before the model runs.
     for bad, where in [({"obj_id": 70000}, "obj_id:"), ({"slice": True}, "slice:"), ({"points": [[5, 5]] * 101, "labels": [1] * 101}, "points:")]:
         refused = client.post(f"{base}/prompts", json={"slice": 2, "box": [5, 5, 50, 50], **bad})
@@ -570,6 +579,8 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     renamed = client.patch(f"{base}/objects/1", json={"name": "liver lesion"}).json()
     assert renamed["objects"][0]["name"] == "liver lesion"
     assert client.patch(f"{base}/objects/7", json={"name": "x"}).status_code == 404
+    # A name is one printable line (it labels DICOM-SEG segments, CSV rows, legends).
+    assert client.patch(f"{base}/objects/1", json={"name": "line1\nline2"}).status_code == 422
     assert client.delete(f"{base}/prompts/{prompt.slice_index}", params={"obj_id": 1}).json()["objects"] == []
     assert client.post(f"{base}/undo").json()["error"] == "nothing to undo"
     assert client.delete(f"{base}/objects/1").status_code == 404  # unknown objects are 404 on every route

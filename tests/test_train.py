@@ -286,7 +286,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
     [
         ("missing", ["nowhere", "no such folder"]),
         ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs: (2, 64, 60) vs"]),  # the mask's first, as named
-        ("empty", ["no training case has a labelled voxel"]),
+        ("empty", ["no training case has a labelled voxel (2 training cases read): nothing to learn from"]),
         ("unpaired", ["case1.nii.gz: no mask named case1"]),
         ("unknown key", ["train.yaml", "unknown key 'optimizer.learning_rate'"]),
         ("bad value", ["train.yaml", "training.steps must be >= 1"]),

@@ -144,9 +144,15 @@ def label_note(rows: list[dict]) -> list[str]:
     ]
 
 
-def print_tables(rows: list[dict], summary: list[dict], console: Console) -> None:
+def distance_unit(cases: list[CaseScores]) -> str:
+    """The unit of the HD95 columns: mm, px where no ground truth gives a spacing, both when mixed."""
+    in_pixels = {case.in_pixels for case in cases if not case.missing_prediction}
+    return "px" if in_pixels == {True} else "mm/px, see below" if len(in_pixels) > 1 else "mm"
+
+
+def print_tables(rows: list[dict], summary: list[dict], console: Console, unit: str) -> None:
     table = Table(title="Per case")
-    for column in ("case", "label", "DSC", "NSD", "HD95 (mm)"):
+    for column in ("case", "label", "DSC", "NSD", f"HD95 ({unit})"):
         table.add_column(column, justify="right" if column != "case" else "left")
     for row in rows:
         case = f"{row['case']} (no prediction)" if row["missing_prediction"] else row["case"]
@@ -154,7 +160,7 @@ def print_tables(rows: list[dict], summary: list[dict], console: Console) -> Non
     console.print(table)
     if len({row["case"] for row in rows}) > 1:
         mean_table = Table(title="Summary (mean ± sd; +N inf: cases whose HD95 is infinite, left out of it)")
-        for column in ("label", "cases", "DSC", "NSD", "HD95 (mm)"):
+        for column in ("label", "cases", "DSC", "NSD", f"HD95 ({unit})"):
             mean_table.add_column(column, justify="right")
         for entry in summary:
             mean_table.add_row(
@@ -242,12 +248,12 @@ def eval_command(
     summary = summarise(rows)
     missing = [case.name for case in cases if case.missing_prediction]
     console = Console()
-    print_tables(rows, summary, console)
+    print_tables(rows, summary, console, distance_unit(cases))
     for note in pairing_notes(missing, ignored) + pixel_note(cases) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
     report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
     with outputs_together([json_out, csv_out]) as (json_target, csv_target):
         if json_target is not None:
-            json_target.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
+            json_target.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
         if csv_target is not None:
             csv_target.write_text(rows_as_csv(rows))

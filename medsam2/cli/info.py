@@ -12,6 +12,7 @@ import typer
 from medsam2.cli.errors import reports_input_errors
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_segmentation
+from medsam2.io.masks import NPZ_MASK_KEYS, stored_array
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
@@ -38,7 +39,7 @@ def describe(volume: Volume) -> dict:
         "shape_zyx": list(volume.shape),
         "channels": int(array.shape[3]) if volume.is_color else 1,
         "dtype": str(array.dtype),
-        "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing],
+        "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing] if volume.has_spacing else None,
         "origin_xyz_mm": [round(float(o), 4) for o in volume.origin],
         "orientation": orientation_code(volume),
         "direction": [round(float(d), 6) for d in volume.direction],
@@ -46,10 +47,12 @@ def describe(volume: Volume) -> dict:
         "intensity_max": float(array.max()),
         "modality": guess_modality(volume),
     }
-    labels = mask_labels(volume)
+    # An npz's mask (gts, segs) beside its image is what its labels are.
+    stored = next(((key, mask) for key in NPZ_MASK_KEYS if (mask := stored_array(volume, key)) is not None), None)
+    key, labelled = (f"labels ({stored[0]})", volume.with_array(stored[1])) if stored else ("labels", volume)
+    labels = mask_labels(labelled)
     if labels is not None:
-        counts = {label: int(np.count_nonzero(array == label)) for label in labels}
-        facts["labels"] = {str(label): counts[label] for label in labels}
+        facts[key] = {str(label): int(np.count_nonzero(labelled.array == label)) for label in labels}
     return facts
 
 
@@ -100,10 +103,10 @@ def info(
     elif is_segmentation(image):
         facts = describe_segmentation(image)
     else:
-        facts = describe(load_image(image))
+        facts = describe(load_image(image, npz_array_keys=("imgs", *NPZ_MASK_KEYS)))  # a mask npz too
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
     width = max(16, *map(len, facts))
     for key, value in facts.items():
-        typer.echo(f"{key:>{width}}: {value}")
+        typer.echo(f"{key:>{width}}: {'unknown' if value is None else value}")

@@ -31,6 +31,7 @@ from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.volume import SliceAxis, from_slices
 from medsam2.preprocess import parse_window
+from medsam2.wording import counted
 
 CSV_NAME = "one_prompt.csv"
 CSV_COLUMNS = ("target", "slice", "confidence", "predicted_iou", "pixels", "mask")
@@ -168,7 +169,7 @@ def one_prompt(
                 for index, r in zip(chosen, results)
             ]
             found = sum(1 for r in results if r.mask.any())
-            written.append(f"wrote {target.output} (structure on {found} of {len(results)} slices)")
+            written.append(f"wrote {target.output} (structure on {found} of {counted(len(results), 'slice')})")
         table = io.StringIO()
         writer = csv.writer(table)
         writer.writerow(CSV_COLUMNS)

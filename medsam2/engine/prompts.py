@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsam2.errors import InputError
+from medsam2.wording import counted
 
 # Label maps are uint16: object ids beyond this cannot be written.
 MAX_OBJECT_ID = 65535
@@ -57,7 +58,7 @@ class Prompt:
             if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
                 raise InputError(f"{where}: box {_shown(self.box)} lies outside the {width}x{height} {unit}")
         if len(self.points) != len(self.labels):
-            raise InputError(f"{where}: {len(self.points)} points but {len(self.labels)} labels")
+            raise InputError(f"{where}: {counted(len(self.points), 'point')} but {counted(len(self.labels), 'label')}")
         if len(self.points) > MAX_CLICKS:
             raise InputError(f"{where}: {len(self.points)} clicks, more than the {MAX_CLICKS} a slice may hold")
         if any(len(point) != 2 for point in self.points):

@@ -120,7 +120,7 @@ def _reader_for(path: Path, npz_array_keys: tuple[str, ...]) -> Callable[[Path],
         raise InputError(f"{path}: a video, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
     raise InputError(
         f"{path}: unsupported file type '{suffix or 'no extension'}' "
-        f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder)"
+        f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder; videos: {' '.join(VIDEO_SUFFIXES)})"
     )
 
 

@@ -25,7 +25,7 @@ def decode(rle: dict, shape: tuple[int, int]) -> np.ndarray:
     """A COCO RLE of a `shape` slice back to a (H, W) boolean mask; `InputError` if it does not fit."""
     size, counts = rle.get("size"), rle.get("counts")
     if list(size or ()) != list(shape):
-        raise InputError(f"mask size {size} differs from the slice's {list(shape)}")
+        raise InputError(f"mask size {list(size) if size else size} differs from the slice's {list(shape)}")
     if not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts):
         raise InputError("mask counts must be a list of non-negative whole numbers")
     total = int(np.prod(shape))

@@ -7,8 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID, Prompt
+from medsam2.errors import InputError
 from medsam2.io.volume import SliceDisplay
 from medsam2.server import rle
+
+# An object's name is one line of printable text: it labels a DICOM-SEG segment, a CSV row, a legend.
+OBJECT_NAME = r"^[^\x00-\x1f\x7f]*$"
 
 Coordinate = tuple[float, float]
 
@@ -89,16 +93,20 @@ class PromptIn(BaseModel):
         "(an empty one takes the object off the slice, and propagation starts nothing from there); "
         "with a box or clicks in the same request it is the model's dense input beside them",
     )
-    name: str | None = Field(None, max_length=100, description="the object's name")
+    name: str | None = Field(None, max_length=100, pattern=OBJECT_NAME, description="the object's name")
 
     def to_prompt(self, slice_shape: tuple[int, int]) -> Prompt:
+        try:
+            mask = None if self.mask is None else rle.decode(self.mask.model_dump(), slice_shape)
+        except InputError as error:
+            raise InputError(f"prompt on slice {self.slice} (object {self.obj_id}): {error}") from None
         return Prompt(
             slice_index=self.slice,
             obj_id=self.obj_id,
             box=self.box,
             points=tuple(self.points),
             labels=tuple(self.labels),
-            mask=None if self.mask is None else rle.decode(self.mask.model_dump(), slice_shape),
+            mask=mask,
             name=self.name,
         )
 
@@ -109,7 +117,7 @@ class PropagateIn(BaseModel):
 
 
 class RenameIn(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=OBJECT_NAME)
 
 
 class SaveIn(BaseModel):

@@ -29,6 +29,7 @@ from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.training_set import file_sha256, read_manifest
 from medsam2.train.config import DataConfig, DataSource
+from medsam2.wording import counted
 
 # nnU-Net names single-channel images CASE_0000.nii.gz beside masks CASE.nii.gz.
 CHANNEL_SUFFIX = "_0000"
@@ -201,8 +202,9 @@ def prepare_data(config: DataConfig, seed: int, context: int, progress: bool = T
         loaded[split].append(case)
         entries.append(_manifest_entry(case_files, case, split))
     if not loaded["train"]:
+        held_out = f", {counted(len(val_files), 'more case')} held out for validation" if val_files else ""
         raise InputError(
-            f"no training case has a labelled voxel ({len(train_files)} case(s) read): nothing to learn from"
+            f"no training case has a labelled voxel ({counted(len(train_files), 'training case')} read{held_out}): nothing to learn from"
         )
     # Contents only, not paths: the same data moved to another machine keeps its identity.
     identity = sorted(({k: v for k, v in e.items() if k not in ("image", "mask")} for e in entries), key=lambda e: e["id"])
