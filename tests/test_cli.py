@@ -200,8 +200,8 @@ def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path
     assert scored.exit_code == 0, scored.output
     assert "1 ground truth without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: truth" in scored.stdout
     assert "HD95 (px)" in scored.stdout and "HD95 (mm)" not in scored.stdout
-    # An npz with its spacing keeps mL; the same label map as NIfTI (spacing in the file) gets no note.
-    assert re.search(r"object 1: \d+ voxels, \d+\.\d\d mL", run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "s.npz").stdout)
+    # The same label map as NIfTI (spacing in the file) gets no note (an npz with its spacing keeps
+    # mL: test_segment_prompts_file_with_two_named_objects).
     save_mask(truth.astype(np.uint8), like=volume, path=tmp_path / "truth.nii.gz")
     assert "pixel units" not in run("eval", tmp_path / "truth.nii.gz", tmp_path / "truth.nii.gz").stdout
     # A prediction in mm against a truth whose file gives no spacing: the difference is named as such.
@@ -281,6 +281,7 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
     result = run("segment", lesion_case, "-o", out, "--prompts", tmp_path / "prompts.json")
     assert result.exit_code == 0, result.output
     assert "object 1 (lesion)" in result.stdout and "object 3 (lesion top)" in result.stdout
+    assert re.search(r"object 1 \(lesion\): \d+ voxels, \d+\.\d\d mL", result.stdout)  # the npz gives its spacing
     segs = np.load(out)["segs"]
     assert set(np.unique(segs)) == {0, 1, 3}
     # Indices are whole numbers: 2.5 is a mistake to report, not slice 2.

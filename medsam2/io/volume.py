@@ -84,10 +84,10 @@ def check_same_geometry(a: Volume, b: Volume, what: str, tolerance: float = 1e-3
     for name in ("spacing", "origin", "direction"):
         ours, theirs = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
         if not np.allclose(ours, theirs, rtol=0.0, atol=tolerance):
-            raise InputError(f"{what}: {name} differs: {_shown(a, name, ours)} vs {_shown(b, name, theirs)}")
+            raise InputError(f"{what}: {name} differs: {_geometry_text(a, name, ours)} vs {_geometry_text(b, name, theirs)}")
 
 
-def _shown(volume: Volume, name: str, values: np.ndarray) -> object:
+def _geometry_text(volume: Volume, name: str, values: np.ndarray) -> object:
     # The 1 mm a file without spacing gets is not its spacing: saying so names the real difference.
     return "none in its file" if name == "spacing" and not volume.has_spacing else np.round(values, 4).tolist()
 
