@@ -145,7 +145,8 @@ def to_uint8(volume: Volume, window: str | Window | None = None, modality: str |
 
     `window` (a preset name, ``"W,L"`` or a `Window`) is applied whenever given, even to 8-bit data
     (with a warning: such data are windowed already, and a window read as HU changes what the model
-    sees: Dice 0.837 -> 0.720 on a MedSAM CT lesion npz with the soft-tissue window); `modality` overrides the file's tag and the guess (``CT``, ``MR``/``MRI``, ``PT``/``PET``, ``US``...).
+    sees: Dice 0.837 -> 0.720 on a MedSAM CT lesion npz with the soft-tissue window); `modality`
+    overrides the file's tag and the guess (``CT``, ``MR``/``MRI``, ``PT``/``PET``, ``US``...).
     """
     array = volume.array
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
