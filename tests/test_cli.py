@@ -196,6 +196,7 @@ def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path
     assert result.exit_code == 0, result.output
     pixels = int(np.count_nonzero(np.asarray(Image.open(tmp_path / "seg.png"))))
     assert result.stdout.splitlines()[-1] == f"object 1: {pixels} pixels (the image file gives no spacing: no size in mL)"
+    assert "propagating" not in result.stderr, result.stderr  # one slice: nothing to propagate, no empty bar
     scored = run("eval", tmp_path / "seg.png", tmp_path / "truth.png")
     assert scored.exit_code == 0, scored.output
     assert "1 ground truth without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: truth" in scored.stdout

@@ -9,6 +9,7 @@ than one thread when other processes share the two cores).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import sam2.build_sam  # noqa: F401  (registers Meta's configs with hydra)
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import Prompt, box_from_mask
-from medsam2.engine.registry import PRESETS, config_file, resolve_model
+from medsam2.engine.registry import PRESETS, ModelChoice, config_file, resolve_model, sam2_predictor
 from medsam2.engine.sam2_predictor import SAM2Predictor
 from medsam2.engine.session import Session
 from medsam2.engine.tracking import Run
@@ -293,11 +294,14 @@ def test_bfloat16_steps_cast_the_weights_once_per_chunk_of_frames() -> None:
 
 @pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
 def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(device: str) -> None:
-    """`compiled` (inductor's CPU code here; on a GPU CUDA graphs, the encoder compiled too): after
-    `warm_up` a propagation of two objects both ways compiles nothing more and gives the eager
-    step's masks (fused kernels may round differently: on the CPU a boundary pixel in a thousand
-    may flip; in bfloat16 on a GPU more). On a GPU it records no CUDA graph either: the encoder is
-    given full batches only, the prompted frames' and the runs' last ones included."""
+    """A compiled predictor as `load_predictor(..., compiled=True)` makes it for a server (`medsam2
+    serve --compile`): built from a checkpoint's state and warmed up there (MedSAM2's settings, at
+    64 px so that it compiles in under a minute on a CPU). Compiled means inductor's CPU code here;
+    on a GPU CUDA graphs, the encoder compiled too. After the warm-up a propagation of two objects
+    both ways compiles nothing more and gives the eager step's masks (fused kernels may round
+    differently: on the CPU a boundary pixel in a thousand may flip; in bfloat16 on a GPU more). On
+    a GPU it records no CUDA graph either: the encoder is given full batches only, the prompted
+    frames' and the runs' last ones included."""
     model = random_sam2(64)
     frames = moving_disk(20)
 
@@ -309,11 +313,12 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(dev
         return session.result()
 
     eager = propagate(SAM2Predictor(model, device))
-    compiled = SAM2Predictor(model, device, compiled=True)
-    compiled.warm_up()
+    graphs = dynamo_counters["stats"]["unique_graphs"]
+    small_medsam2 = ModelChoice(Path("random_medsam2.pt"), dataclasses.replace(PRESETS["medsam2"], image_size=64))
+    compiled = sam2_predictor(small_medsam2, model.state_dict(), torch.device(device), compiled=True)
+    assert compiled.compiled and dynamo_counters["stats"]["unique_graphs"] > graphs
     graphs = dynamo_counters["stats"]["unique_graphs"]
     recorded = dynamo_counters["inductor"]["cudagraph_recorded_non_static_inputs"]
-    assert graphs > 0
     result = propagate(compiled)
     assert dynamo_counters["stats"]["unique_graphs"] == graphs
     assert dynamo_counters["inductor"]["cudagraph_recorded_non_static_inputs"] == recorded
@@ -330,29 +335,6 @@ def test_the_rotary_encoding_compiled_rotates_as_the_eager_one() -> None:
     for frames in (1, 3):
         tokens = torch.randn(2, 1, frames * 64, 256)
         torch.testing.assert_close(compiled(tokens, rotations), apply_rope(tokens, rotations), rtol=0, atol=1e-5)
-
-
-@pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")  # torch's own, while compiling
-def test_load_predictor_compiles_and_warms_the_step_for_a_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_lesion_cases: list[Path]
-) -> None:
-    """`load_predictor(..., compiled=True)` (what `medsam2 serve --compile` loads on each device)
-    compiles the step while loading a SAM 2.1 checkpoint (MedSAM2's preset, 512 px), so a user's
-    first propagation compiles nothing; LiteMedSAM, which has no memory step, is refused."""
-    path = tmp_path / "random_medsam2.pt"
-    torch.save({"model": random_sam2(64).state_dict()}, path)
-    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(path))
-    graphs = dynamo_counters["stats"]["unique_graphs"]
-    predictor = load_predictor("medsam2", compiled=True)
-    assert predictor.compiled and dynamo_counters["stats"]["unique_graphs"] > graphs
-    compiled = dynamo_counters["stats"]["unique_graphs"]
-    slices = np.load(ct_lesion_cases[1])["imgs"][:3]
-    session = Session(slices, predictor)
-    session.add_prompt(0, 1, box=(200.0, 200.0, 300.0, 300.0))
-    session.propagate("forward", progress=False)
-    assert dynamo_counters["stats"]["unique_graphs"] == compiled and session.result()[1:].any()
-    with pytest.raises(InputError, match="LiteMedSAM has no memory step"):
-        load_predictor("lite-medsam", compiled=True)
 
 
 # -- command line ------------------------------------------------------------------------------------

@@ -484,6 +484,8 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     windowed = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/slices/0", params={"window": "100,50"}).content)))
     np.testing.assert_array_equal(windowed == 255, volume.array[0] >= 100)
     assert client.get(f"{base}/slices/13").status_code == 404
+    beyond = client.post(f"{base}/prompts", json={"slice": 13, "box": [5, 5, 50, 50]})
+    assert beyond.status_code == 404 and beyond.json()["error"] == "slice 13 is out of range 0..12", beyond.text
     assert client.get(f"{base}/slices/0", params={"window": "wide"}).status_code == 400
 
     # A box on the key slice: the mask there, nothing elsewhere until propagation.

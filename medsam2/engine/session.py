@@ -289,7 +289,8 @@ class Session:
                     tracked.dirty_runs.discard((anchor, step))
         left = {(run.obj_id, run.anchor, run.step): len(run.slices) for run in runs}
         total = sum(left.values())
-        with tqdm(total=total, desc="propagating", unit="slice", disable=not progress, leave=leave_finished_bar()) as bar:
+        # Nothing to propagate (one slice, or every slice prompted) shows no bar rather than an empty one.
+        with tqdm(total=total, desc="propagating", unit="slice", disable=not progress or not total, leave=leave_finished_bar()) as bar:
             for done, (run, index, logits) in enumerate(self.tracker.follow(runs), start=1):
                 tracked = self.objects[run.obj_id]
                 if logits is not None:

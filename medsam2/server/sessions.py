@@ -225,6 +225,7 @@ class ViewerSession:
 
     def add_prompt(self, predictor, prompt: Prompt) -> np.ndarray:
         """Apply a prompt; return the object's mask on that slice."""
+        self.check_slice(prompt.slice_index)  # no such slice is a 404, as for reading it
         prompt.validate(*self.slices.shape[:3])  # on its own: merged with earlier ones, an empty one would pass
         with self.lock:
             engine = self._engine(predictor)
