@@ -314,10 +314,10 @@ class ObservedSAM2(SAM2Predictor):
 
 
 def test_what_the_engine_holds_stays_bounded_over_a_long_clip(torch_one_thread) -> None:
-    # 72 frames in windows of 8 (a tiny random SAM 2.1: each frame's features and memory are
+    # 48 frames in windows of 8 (a tiny random SAM 2.1: each frame's features and memory are
     # tensors): embeddings, memory banks, frames and masks of one window at a time, so what the
     # process holds late in the clip is what it held early, far below what the whole clip's take.
-    frames, window, size = 72, 8, 192
+    frames, window, size = 48, 8, 192
     clip = moving_disk(frames, size)
     predictor = ObservedSAM2(random_sam2(64), "cpu")
     features = SAM2Predictor(predictor.model, "cpu").encode(clip[:1])[0]  # one frame's, unobserved
