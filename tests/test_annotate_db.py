@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -302,10 +303,27 @@ def test_export_round_trips_into_the_training_set_reader(tmp_path: Path, synthet
         expected = to_uint8(source).array if layout == "npz" else source.array
         assert np.array_equal(image.array, expected)
         assert case.model == "imported" and case.round == 1 and case.labels == {"1": "object 1"}
-    with pytest.raises(InputError, match="exists and is not an empty folder"):
+    with pytest.raises(InputError, match="holds an earlier export \\(use --overwrite to replace it\\)"):
         export_training_set(project, out, layout, progress=False)
     export_training_set(project, out, layout, rounds=[1], overwrite=True, progress=False)
     assert read_manifest(out)[1] == cases
+    # --overwrite replaces an earlier export only: never a folder of other files, nor the project.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("important")
+    (tmp_path / "a_file").write_text("x")
+    project_files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "project").rglob("*"))
+    for target, message in [
+        (tmp_path / "notes", "a folder holding other files (no manifest.json of an earlier export)"),
+        (tmp_path / "project", "the project's own folder, or one around or inside it"),
+        (tmp_path, "the project's own folder, or one around or inside it"),
+        (tmp_path / "project" / "files", "the project's own folder, or one around or inside it"),
+        (tmp_path / "a_file", "a file, not a folder"),
+        (tmp_path / "a_file" / "sub", "a_file is a file, not a folder"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            export_training_set(project, target, layout, overwrite=True, progress=False)
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "important"
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "project").rglob("*")) == project_files
     project.close()
 
 

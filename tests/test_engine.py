@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import medsam2
+
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import Prompt, box_from_mask, recist_line_from_marker, recist_to_box
 from medsam2.engine.session import PropagationConfig, Session
 from medsam2.errors import InputError
-from medsam2.io import load_image
+from medsam2.io import Volume, load_image
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
 
@@ -166,6 +168,8 @@ def test_two_objects_get_their_own_labels(predictor, lesion):
         (Prompt(3, 1, points=((20.0, 20.0),) * 101, labels=(1,) * 101), "101 clicks, more than the 100"),
         (Prompt(3, 1), "give a box, points or a mask"),
         (Prompt(3, 1, points=((20.0, 20.0),), labels=(0,)), "background clicks alone mark no object"),
+        (Prompt(3.0, 1, box=(10, 10, 50, 50)), "the slice index must be a whole number, not float"),
+        (Prompt(3, True, box=(10, 10, 50, 50)), "the object id must be a whole number, not bool"),
     ],
 )
 def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):
@@ -174,6 +178,25 @@ def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):
     with pytest.raises(InputError, match=message) as raised:
         session.apply(prompt)
     assert "\n" not in str(raised.value)
+
+
+def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, lesion):
+    """What a script may get wrong when it builds its own inputs is said in one line, as an
+    `InputError` (exported by `medsam2`), before anything reaches the model."""
+    volume, _, _ = lesion
+    mistakes = [
+        (lambda: Volume(volume.array[0]), r"Volume.array has shape \(512, 512\); a Volume holds \(Z, Y, X\)"),
+        (lambda: Volume(np.zeros((2, 3, 8, 8))), r"has shape \(2, 3, 8, 8\).* or \(Z, Y, X, 3\) in colour"),
+        (lambda: Volume(volume.array.tolist()), "Volume.array must be a numpy array, not list"),
+        (lambda: volume.with_array(volume.array[:2]), r"does not match the volume's \(Z, Y, X\)"),
+        (lambda: segment_volume(volume, [], predictor, axis="axail"), "axis must be one of sagittal, coronal, axial, not 'axail'"),
+        (lambda: Session(volume.array.astype(np.float32), predictor), r"uint8 stack of slices, not float32 \(13, 512, 512\)"),
+        (lambda: Session(volume.array[0], predictor), r"not uint8 \(512, 512\)"),
+    ]
+    for mistake, message in mistakes:
+        with pytest.raises(medsam2.InputError, match=message) as raised:
+            mistake()
+        assert "\n" not in str(raised.value)
 
 
 def test_embedding_cache_is_bounded(predictor, lesion):

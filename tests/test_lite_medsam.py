@@ -201,7 +201,7 @@ def _save(tmp_path: Path, content: object) -> Path:
     ("damage", "message"),
     [
         ("missing", "checkpoint not found"),
-        ("truncated", "not a readable PyTorch checkpoint"),
+        ("truncated", r"an incomplete checkpoint \(its archive ends early, at 19,685,239 bytes\): download or copy it again"),
         ("text_file", r"not a PyTorch checkpoint \(neither the zip archive nor the pickle torch\.save writes\)"),
         ("git_lfs_pointer", r"a Git LFS pointer, not the checkpoint itself \(fetch the file: git lfs pull\)"),
         (

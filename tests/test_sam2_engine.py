@@ -10,6 +10,7 @@ than one thread when other processes share the two cores).
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_unknown_truncated_and_foreign_checkpoints_give_one_line_errors(tmp_path
     good = tmp_path / "good.pt"
     torch.save({"model": state}, good)
     (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    cases["truncated.pt"] = (None, "not a readable PyTorch checkpoint")
+    cases["truncated.pt"] = (None, "an incomplete checkpoint")
     for name, (_, message) in cases.items():
         with pytest.raises(InputError, match=message) as raised:
             load_predictor(str(tmp_path / name))
@@ -129,16 +130,44 @@ def test_presets_resolve_through_the_environment_or_the_config_file(tmp_path: Pa
     config.write_text(f'[models]\n"sam2.1-large" = "{tmp_path / "missing.pt"}"\n')
     monkeypatch.setenv("MEDSAM2_CONFIG", str(config))
     assert PRESETS["sam2.1-large"].variable == "MEDSAM2_MODEL_SAM2_1_LARGE"
-    with pytest.raises(InputError, match=r"missing\.pt \(from .*custom\.toml \[models\] sam2\.1-large\) does not exist"):
+    with pytest.raises(InputError, match=r"\(from .*custom\.toml \[models\] sam2\.1-large\): .*missing\.pt does not exist"):
         resolve_model("sam2.1-large")
-    config.write_text("[models\n")
-    with pytest.raises(InputError, match="not a valid TOML config file"):
+    # A relative path is the config file's neighbour, wherever the command runs.
+    config.write_text('[models]\n"sam2.1-large" = "MedSAM2_latest.pt"\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve_model("sam2.1-large").path == weights
+    # Mistakes in the file are named, not taken for "nothing configured".
+    for content, message in [
+        ("[models\n", "not a valid TOML config file"),
+        ('[model]\nmedsam2 = "x.pt"\n', "unknown table or key 'model', did you mean 'models'?; the config file has [models]"),
+        ('[models]\nmedsam = "x.pt"\n', "[models] medsam: not a preset, did you mean 'medsam2'? (presets: medsam2, sam2.1-tiny"),
+        ("[models]\nmedsam2 = 42\n", "[models] medsam2: give the checkpoint's path as a string, not 42"),
+    ]:
+        config.write_text(content)
+        with pytest.raises(InputError, match=re.escape(message)):
+            resolve_model("sam2.1-large")
+    monkeypatch.setenv("MEDSAM2_CONFIG", str(tmp_path / "none.toml"))
+    with pytest.raises(InputError, match=r"^\$MEDSAM2_CONFIG=.*none\.toml: no such file$"):
+        resolve_model("sam2.1-large")
+    monkeypatch.setenv("MEDSAM2_CONFIG", str(tmp_path))
+    with pytest.raises(InputError, match="a folder, not a config file"):
         resolve_model("sam2.1-large")
 
     assert resolve_model(f"sam2.1-small={weights}").preset == PRESETS["sam2.1-small"]
     assert resolve_model(str(weights)).preset is None
-    with pytest.raises(InputError, match="neither a known model"):
-        resolve_model("sam3")
+    for spec, message in [
+        ("sam3", "neither a known model"),
+        ("medsam", "nor an existing checkpoint file, did you mean 'medsam2'?"),
+        ("medsam2=", "give the checkpoint file after '=' (medsam2=/path/to/MedSAM2_latest.pt)"),
+        (f"medsam2={tmp_path}", "a folder, not a checkpoint file"),
+        (str(tmp_path), "a folder, not a checkpoint file"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            resolve_model(spec)
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(tmp_path))
+    with pytest.raises(InputError, match=r"--model medsam2 \(from \$MEDSAM2_MODEL_MEDSAM2\): .* a folder, not a checkpoint file"):
+        resolve_model("medsam2")
 
 
 def test_a_bare_sam2_file_runs_with_metas_settings_and_a_preset_with_its_own(tmp_path: Path) -> None:
@@ -368,9 +397,10 @@ def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion
     labels = written.array
     assert labels.shape == scan.shape == (4, 512, 512) and set(np.unique(labels)) <= {0, 1} and labels[1].any()
 
+    (tmp_path / "empty.toml").write_text("")
     missing = CliRunner().invoke(
         app, ["segment", str(case), "--model", "sam2.1-base-plus", "--box", "1,4,9,18,23", "-o", str(output)],
-        env={"MEDSAM2_MODEL_SAM2_1_BASE_PLUS": "", "MEDSAM2_CONFIG": str(tmp_path / "none.toml")},
+        env={"MEDSAM2_MODEL_SAM2_1_BASE_PLUS": "", "MEDSAM2_CONFIG": str(tmp_path / "empty.toml")},
     )
     assert missing.exit_code == 2
     assert missing.stderr.count("\n") == 1 and "MEDSAM2_MODEL_SAM2_1_BASE_PLUS=" in missing.stderr

@@ -28,7 +28,7 @@ from medsam2.io import Volume, check_same_geometry
 from medsam2.io.atomic import atomic_folder
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
-from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
+from medsam2.io.training_set import MANIFEST_NAME, TrainingCase, file_sha256, write_manifest
 from medsam2.preprocess import to_uint8
 
 EXPORT_FORMATS = ("nifti", "npz")
@@ -46,8 +46,7 @@ def export_training_set(
     out = Path(out).resolve()
     if layout not in EXPORT_FORMATS:
         raise InputError(f"--format {layout!r}: choose {' or '.join(EXPORT_FORMATS)}")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise InputError(f"{out}: exists and is not an empty folder (use --overwrite to replace an earlier export)")
+    check_export_folder(out, project.folder.resolve(), overwrite)
     with project.transaction() as session:
         query = (
             select(CaseRow, RoundRow.number)
@@ -67,6 +66,29 @@ def export_training_set(
         ]
         write_manifest(staging, cases)
     return cases
+
+
+def check_export_folder(out: Path, project_folder: Path, overwrite: bool) -> None:
+    """A one-line error unless `out` can take the export: new, an empty folder, or with `overwrite`
+    an earlier export (a folder holding its manifest), never the project or a folder around or in
+    it. `--overwrite` replaces the whole folder: anything else in it would be lost."""
+    if out == project_folder or out in project_folder.parents or project_folder in out.parents:
+        raise InputError(f"{out}: the project's own folder, or one around or inside it; export to a folder of its own")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{out}: {parent} is a file, not a folder")
+            break
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: a file, not a folder")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST_NAME).is_file():
+        raise InputError(f"{out}: a folder holding other files (no {MANIFEST_NAME} of an earlier export); choose a new or empty folder")
+    if not overwrite:
+        raise InputError(f"{out}: holds an earlier export (use --overwrite to replace it)")
 
 
 def _export_case(project: Project, case: CaseRow, round_number: int, root: Path, layout: str) -> TrainingCase:

@@ -547,10 +547,10 @@ def fmt(value: float | None, pattern: str) -> str:
 @reports_input_errors
 def export_command(
     project: Path = PROJECT_ARGUMENT,
-    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the training set (must not exist, be empty, or --overwrite)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the training set: new, empty, or an earlier export with --overwrite (never the project's folder)."),
     layout: str = typer.Option("nifti", "--format", help=f"{' or '.join(EXPORT_FORMATS)}: images/ + masks/ NIfTI, or MedSAM npz (imgs + gts) per case."),
     round_: list[int] = typer.Option([], "--round", help="Only cases of these rounds (repeat). Default: all."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT (a folder holding its manifest.json; the whole folder is replaced)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Write the accepted cases as a training set with manifest.json, for `medsam2 train`.

@@ -165,7 +165,7 @@ def one_prompt(
                 labels[index] = result.mask
             save_mask(np.ascontiguousarray(from_slices(labels, axis_index)), like=volume, path=staged_output)
             rows += [
-                (str(target.path), index, f"{r.confidence:.4f}", f"{r.score:.4f}", int(r.mask.sum()), str(target.output))
+                (str(target.path), index, f"{r.confidence:.4f}", f"{r.predicted_iou:.4f}", int(r.mask.sum()), str(target.output))
                 for index, r in zip(chosen, results)
             ]
             found = sum(1 for r in results if r.mask.any())

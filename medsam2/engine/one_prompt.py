@@ -82,9 +82,9 @@ class OnePromptConfig:
 class TargetResult:
     """The segmentation of one target."""
 
-    mask: np.ndarray  # (H, W) bool, in the target's pixels
+    mask: np.ndarray = field(repr=False)  # (H, W) bool, in the target's pixels
     confidence: float  # in [0, 1]; see the module's docstring
-    score: float  # the decoder's predicted IoU of the mask
+    predicted_iou: float  # the decoder's predicted IoU of the mask (as the CSV's column)
 
 
 def check_image(image: object, what: str) -> None:

@@ -41,6 +41,9 @@ class Prompt:
         """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack
         (of video frames when `unit` is ``"frame"``)."""
         where = f"prompt on {unit} {self.slice_index} (object {self.obj_id})"
+        for number, what in ((self.slice_index, f"the {unit} index"), (self.obj_id, "the object id")):
+            if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
+                raise InputError(f"{where}: {what} must be a whole number, not {type(number).__name__}")
         if not 0 <= self.slice_index < num_slices:
             raise InputError(f"{where}: {unit} out of range 0..{num_slices - 1}")
         if not 1 <= self.obj_id <= MAX_OBJECT_ID:

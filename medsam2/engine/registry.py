@@ -5,7 +5,8 @@
   with the settings its authors used. The file is found through `$MEDSAM2_MODEL_<NAME>` (the name in
   capitals, other characters as `_`: `MEDSAM2_MODEL_SAM2_1_TINY`), else the `[models]` table of the
   config file (`$MEDSAM2_CONFIG`, else `$XDG_CONFIG_HOME/medsam2/config.toml`, else
-  `~/.config/medsam2/config.toml`). Nothing is ever downloaded.
+  `~/.config/medsam2/config.toml`; relative paths there are from the file's folder). Nothing is
+  ever downloaded.
 - `PRESET=PATH`: a preset's settings with that file (e.g. a renamed or fine-tuned MedSAM2).
 - `PATH`: a checkpoint (`{"model": state_dict}` or a plain state dict). SAM 2.1 files are recognised
   by their tensors (variant from the shapes) and run with Meta's settings (1024 pixels); anything
@@ -14,12 +15,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -90,36 +92,62 @@ def config_file() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "medsam2" / "config.toml"
 
 
-def _configured_models(path: Path) -> dict[str, Any]:
+def configured_models(path: Path) -> dict[str, Path]:
+    """The `[models]` table of the config file at `path` (none there: empty, unless
+    `$MEDSAM2_CONFIG` names it), relative paths taken from the file's folder. A one-line error for
+    a file that is not TOML, a table or preset name medsam2 does not know (a typo would otherwise
+    leave the preset unconfigured without a word), or a value that is not a path."""
     if not path.is_file():
+        if os.environ.get("MEDSAM2_CONFIG"):
+            what = "a folder, not a config file" if path.is_dir() else "no such file"
+            raise InputError(f"$MEDSAM2_CONFIG={path}: {what}")
         return {}
     try:
-        table = tomllib.loads(path.read_text()).get("models", {})
+        content = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not a valid TOML config file ({first_line(error)})") from None
+    if unknown := sorted(set(content) - {"models"}):
+        raise InputError(f"{path}: unknown table or key {unknown[0]!r}{suggestion(unknown[0], ['models'])}; the config file has [models]")
+    table = content.get("models", {})
     if not isinstance(table, dict):
         raise InputError(f"{path}: [models] must be a table of name = \"path\" entries")
-    return table
+    models: dict[str, Path] = {}
+    for name, value in table.items():
+        if name not in PRESETS:
+            raise InputError(f"{path}: [models] {name}: not a preset{suggestion(name, list(PRESETS))} (presets: {', '.join(PRESETS)})")
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{path}: [models] {name}: give the checkpoint's path as a string, not {value!r}")
+        models[name] = path.parent / Path(value).expanduser()  # an absolute path stays as it is
+    return models
+
+
+def suggestion(name: str, known: list[str]) -> str:
+    """", did you mean 'X'?" for the known name closest to a mistyped one, or nothing."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
+def checkpoint_file(path: Path, where: str) -> Path:
+    """`path` if it is a file; a one-line error (naming `where` it came from) otherwise."""
+    if path.is_file():
+        return path
+    what = "a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+    raise InputError(f"{where}: {path} {what}")
 
 
 def preset_path(preset: SAM2Preset) -> Path:
     """The configured checkpoint of a preset; a one-line error says how to configure it."""
     config = config_file()
     if value := os.environ.get(preset.variable):
-        where = f"${preset.variable}"
-    else:
-        value = _configured_models(config).get(preset.name)
-        where = f"{config} [models] {preset.name}"
-    if not value:
+        return checkpoint_file(Path(value).expanduser(), f"--model {preset.name} (from ${preset.variable})")
+    path = configured_models(config).get(preset.name)
+    if path is None:
         raise InputError(
             f"--model {preset.name}: no checkpoint configured; get {preset.file_name} from {preset.source}, then set "
             f"{preset.variable}=/path/to/{preset.file_name} or add '\"{preset.name}\" = \"/path/to/{preset.file_name}\"' "
             f"under [models] in {config}"
         )
-    path = Path(str(value)).expanduser()
-    if not path.is_file():
-        raise InputError(f"--model {preset.name}: {path} (from {where}) does not exist")
-    return path
+    return checkpoint_file(path, f"--model {preset.name} (from {config} [models] {preset.name})")
 
 
 def resolve_model(spec: str) -> ModelChoice:
@@ -128,14 +156,17 @@ def resolve_model(spec: str) -> ModelChoice:
         return ModelChoice(preset_path(PRESETS[spec]), PRESETS[spec])
     name, separator, file = spec.partition("=")
     if separator and name in PRESETS:
-        path = Path(file).expanduser()
-        if not path.is_file():
-            raise InputError(f"--model {spec!r}: {path} does not exist")
-        return ModelChoice(path, PRESETS[name])
+        if not file:
+            raise InputError(f"--model {spec!r}: give the checkpoint file after '=' ({name}=/path/to/{PRESETS[name].file_name})")
+        return ModelChoice(checkpoint_file(Path(file).expanduser(), f"--model {spec!r}"), PRESETS[name])
     path = Path(spec).expanduser()
+    if path.is_dir():
+        raise InputError(f"--model {spec!r}: a folder, not a checkpoint file")
     if not path.is_file():
-        known = ", ".join(["lite-medsam", *PRESETS])
-        raise InputError(f"--model {spec!r}: neither a known model ({known}) nor an existing checkpoint file")
+        known = ["lite-medsam", *PRESETS]
+        raise InputError(
+            f"--model {spec!r}: neither a known model ({', '.join(known)}) nor an existing checkpoint file{suggestion(spec, known)}"
+        )
     return ModelChoice(path)
 
 

@@ -58,8 +58,14 @@ class Session:
         predictor: SlicePredictor | TrackingPredictor,
         config: PropagationConfig | None = None,
     ):
-        if slices.dtype != np.uint8 or slices.ndim not in (3, 4):
-            raise ValueError("a session takes a (Z, H, W) or (Z, H, W, 3) uint8 stack of slices")
+        if not isinstance(slices, np.ndarray) or slices.dtype != np.uint8 or not (
+            slices.ndim == 3 or (slices.ndim == 4 and slices.shape[-1] == 3)
+        ):
+            got = f"{slices.dtype} {slices.shape}" if isinstance(slices, np.ndarray) else type(slices).__name__
+            raise InputError(
+                f"a session takes a (Z, H, W) or (Z, H, W, 3) uint8 stack of slices, not {got} "
+                "(medsam2.engine.api.prepare_slices makes one from a Volume)"
+            )
         self.slices = slices
         self.predictor = predictor
         if isinstance(predictor, TrackingPredictor):

@@ -1,5 +1,6 @@
-"""Files in, masks out, with geometry: `load_image`, `save_mask` and the `Volume` they share."""
+"""Files in, masks out, with geometry: `load_image`, `load_mask`, `save_mask` and the `Volume` they share."""
 
+from medsam2.io.masks import load_mask
 from medsam2.io.readers import SUPPORTED_IMAGE_SUFFIXES, load_image
 from medsam2.io.volume import (
     Modality,
@@ -21,6 +22,7 @@ __all__ = [
     "check_same_geometry",
     "from_slices",
     "load_image",
+    "load_mask",
     "save_mask",
     "slicing_axis_index",
     "to_slices",

@@ -47,6 +47,16 @@ class Volume:
     # Format-specific extras the writers need to mirror the input (npz keys, DICOM datasets...).
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Readers make only these; a Volume built in Python with another array would fail deep in the model.
+        if not isinstance(self.array, np.ndarray):
+            raise InputError(f"Volume.array must be a numpy array, not {type(self.array).__name__}")
+        if not (self.array.ndim == 3 or (self.array.ndim == 4 and self.array.shape[-1] == 3)):
+            raise InputError(
+                f"Volume.array has shape {self.array.shape}; a Volume holds (Z, Y, X), or (Z, Y, X, 3) in colour "
+                "(a 2D image is one slice: array[None])"
+            )
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """(Z, Y, X): slices, rows, columns."""
@@ -69,7 +79,7 @@ class Volume:
     def with_array(self, array: np.ndarray) -> "Volume":
         """The same geometry around another array of the same (Z, Y, X) shape (a mask, say)."""
         if tuple(array.shape[:3]) != self.shape:
-            raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")
+            raise InputError(f"array shape {array.shape} does not match the volume's (Z, Y, X) {self.shape}")
         return replace(self, array=array)
 
 
@@ -99,7 +109,10 @@ def slicing_axis_index(volume: Volume, axis: SliceAxis) -> int:
     when asked for axial: axial slices are stacked along world z (LPS S), coronal along world y (P),
     sagittal along world x (L).
     """
-    world_axis = {"sagittal": 0, "coronal": 1, "axial": 2}[axis]
+    world_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
+    if axis not in world_axes:
+        raise InputError(f"axis must be one of {', '.join(world_axes)}, not {axis!r}")
+    world_axis = world_axes[axis]
     # direction[:, d] is the world direction of index axis d (x, y, z); array axis = 2 - d.
     index_axis_xyz = int(np.argmax(np.abs(volume.direction_matrix[world_axis, :])))
     return 2 - index_axis_xyz

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -84,7 +85,8 @@ def _sha256(path: Path) -> str:
 
 
 # What torch.save files open with: a zip archive (since torch 1.6) or a pickle (protocol 2 and up).
-CHECKPOINT_SIGNATURES = (b"PK\x03\x04", b"\x80")
+ZIP_SIGNATURE = b"PK\x03\x04"
+CHECKPOINT_SIGNATURES = (ZIP_SIGNATURE, b"\x80")
 GIT_LFS_POINTER = b"version https://git-lfs"
 
 
@@ -98,6 +100,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: a Git LFS pointer, not the checkpoint itself (fetch the file: git lfs pull)")
     if not head.startswith(CHECKPOINT_SIGNATURES):
         raise InputError(f"{path}: not a PyTorch checkpoint (neither the zip archive nor the pickle torch.save writes)")
+    if head.startswith(ZIP_SIGNATURE) and not zipfile.is_zipfile(path):
+        # the archive's directory is at its end: a download or copy cut short loses it first
+        size = path.stat().st_size
+        raise InputError(f"{path}: an incomplete checkpoint (its archive ends early, at {size:,} bytes): download or copy it again")
     try:
         with warnings.catch_warnings():
             # a warning on old pickle protocols, about torch itself: the outcome is what counts
