@@ -427,6 +427,15 @@ def test_bad_projects_and_databases(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="annotator 'two words'"):
         lease_next(project, "two words")
     project.close()
+    # A lost or emptied SQLite file is said as such, and opening it creates no new one in its place.
+    database = tmp_path / "c" / "project.db"
+    database.write_bytes(b"")
+    with pytest.raises(InputError, match=r"project\.db: the project's database is empty \(restore it from a backup\)"):
+        open_project(tmp_path / "c")
+    database.unlink()
+    with pytest.raises(InputError, match="the project's database is missing"):
+        open_project(tmp_path / "c")
+    assert not database.exists()
 
 
 def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthetic_cases: Path) -> None:

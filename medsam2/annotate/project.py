@@ -322,6 +322,11 @@ def open_project(folder: Path, clock: Clock = utc_now) -> Project:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise InputError(f"{pointer}: damaged project file (expected JSON with name and database)") from None
     url = db.database_url(database, folder)
+    if url.get_backend_name() == "sqlite" and url.database:
+        # connecting would create an empty database in its place, and then report no project in it
+        file = Path(url.database)
+        if not file.is_file() or file.stat().st_size == 0:
+            raise InputError(f"{file}: the project's database is {'empty' if file.is_file() else 'missing'} (restore it from a backup)")
     engine = _open_database(url)
     with db.sessions(engine).begin() as session:
         project_id = session.scalars(select(ProjectRow.id).where(ProjectRow.name == name)).one_or_none()
