@@ -237,6 +237,14 @@ def test_a_lease_runs_out_and_passes_on_with_the_work_done(tmp_path: Path, datab
     assert project.cases()[0].state == CaseState.PRESEGMENTED.value
     with pytest.raises(InputError, match="not leased to bob"):
         bob.accept()
+    # A case nobody holds can be rejected (one whose image cannot be opened is given back at once);
+    # one someone holds cannot, but by them.
+    assert lease_next(project, "alice").name == case.name
+    with pytest.raises(InputError, match=f"case {case.name} is leased to alice"):
+        reject(project, case.name, "lead", "image unusable")
+    release(project, case.name, "alice")
+    assert reject(project, case.name, "lead", "image unusable").state == CaseState.REJECTED.value
+    assert project.cases()[0].finished_by == "lead" and lease_next(project, "bob") is None
     project.close()
 
 
@@ -456,6 +464,19 @@ def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthe
     shutil.copy(synthetic_cases / "masks" / "case_00.nii.gz", renamed / "case_00_seg.nii.gz")
     with pytest.raises(InputError, match=r"--masks .*renamed: no mask there is named like an image \(the mask of case_00.nii.gz would be case_00"):
         import_cases(project, images, masks=renamed, progress=False)
+    # The same image again under another name, or from another folder, is not a second case;
+    # another image under a case's name is refused.
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    shutil.copy(images[0], copies / "case_00_copy.nii.gz")
+    shutil.copy(images[1], copies / "case_01.nii.gz")
+    summary = import_cases(project, [copies, synthetic_cases / "images" / "case_03.nii.gz"], progress=False)
+    assert summary.imported == ["case_03"] and summary.skipped == []
+    assert summary.duplicates == {str(copies / "case_00_copy.nii.gz"): "case_00", str(copies / "case_01.nii.gz"): "case_01"}
+    shutil.copy(synthetic_cases / "images" / "case_04.nii.gz", copies / "case_01.nii.gz")
+    with pytest.raises(InputError, match=r"case_01.nii.gz: the project already has a case 'case_01', from .* \(other voxels\)"):
+        import_cases(project, [copies], progress=False)
+    assert len(project.cases()) == 4
     project.close()
 
 

@@ -207,6 +207,14 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     imported = run("import", project, scan)
     assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
     assert "1 already in the project" in run("import", project, scan).output
+    (tmp_path / "copy").mkdir()
+    shutil.copy(scan, tmp_path / "copy" / "disc_again.npz")
+    copied = run("import", project, tmp_path / "copy")
+    assert copied.exit_code == 0 and "imported 0 case(s)" in copied.output
+    assert copied.stderr.strip().splitlines()[-1] == (
+        "warning: not imported, the same image as a case already in the project (if the data moved: medsam2 annotate "
+        f"relocate): {tmp_path / 'copy' / 'disc_again.npz'} (case disc)"
+    )
     # A hint given again is not taken (the case keeps what it was imported with), and that is said.
     again = run("import", project, scan, "--recist", "0,30,34,58,62")
     assert again.exit_code == 0 and again.stderr.strip().splitlines()[-1] == (

@@ -40,6 +40,9 @@ class ImportSummary:
     without_mask: list[str] = field(default_factory=list)  # imported with no mask although masks were given
     # Already in the project, given a mask or prompt hints again: a case keeps what it was imported with.
     hints_not_used: list[str] = field(default_factory=list)
+    # Not imported: the same voxels as a case already in the project (another copy or path of its
+    # image), file -> that case; a second case would be annotated, and exported, twice.
+    duplicates: dict[str, str] = field(default_factory=dict)
 
 
 def source_stem(path: Path) -> str:
@@ -115,18 +118,30 @@ def import_cases(
     mask_of = match_masks(images, masks)
     summary = ImportSummary()
     with project.transaction() as session:
-        known = dict(session.execute(select(CaseRow.name, CaseRow.image).where(CaseRow.project_id == project.id)).all())
-    for name, image in names.items():
-        if name in known and known[name] != str(image):
-            raise InputError(f"{image}: the project already has a case {name!r}, from {known[name]}")
+        rows = session.execute(
+            select(CaseRow.name, CaseRow.image, CaseRow.voxels_sha256).where(CaseRow.project_id == project.id)
+        ).all()
+    known = {name: image for name, image, _ in rows}
+    case_of_voxels = {digest: name for name, _, digest in rows if digest is not None}
+    # The same name from another file: the same image elsewhere (not imported again), or a clash.
+    moved = {name: voxels_sha256(load_image(image)) for name, image in names.items() if name in known and known[name] != str(image)}
+    for name, digest in moved.items():
+        if digest not in case_of_voxels:
+            raise InputError(f"{names[name]}: the project already has a case {name!r}, from {known[name]} (other voxels); rename one of them")
     given_hints = prompts is not None and prompts != PromptSources()
     for name, image in tqdm(names.items(), desc="importing", unit="case", disable=not progress):
         if name in known:
-            summary.skipped.append(name)
+            if name in moved:
+                summary.duplicates[str(image)] = case_of_voxels[moved[name]]
+            else:
+                summary.skipped.append(name)
             if given_hints or image in mask_of:
                 summary.hints_not_used.append(name)
             continue
         row = _read_case(project, name, image, mask_of.get(image), prompts)
+        if row.voxels_sha256 in case_of_voxels:
+            summary.duplicates[str(image)] = case_of_voxels[row.voxels_sha256]
+            continue
         try:
             with project.transaction() as session:
                 row.round_id = project.current_round(session).id if row.preseg_mask else None
@@ -135,6 +150,7 @@ def import_cases(
             summary.skipped.append(name)
             continue
         summary.imported.append(name)
+        case_of_voxels[row.voxels_sha256] = name
         if masks is not None and image not in mask_of:
             summary.without_mask.append(name)
     return summary

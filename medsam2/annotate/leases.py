@@ -71,22 +71,30 @@ def lease_next(project: Project, annotator: str) -> CaseRow | None:
         ).first()
         if candidate is None:
             return None
-        claimed = session.execute(
-            update(CaseRow)
-            .where(CaseRow.id == candidate.id, CaseRow.state.in_([s.value for s in QUEUE_STATES]), is_free(now))
-            .values(
-                state=CaseState.IN_REVIEW.value,
-                lease_owner=annotator,
-                lease_expires=now + project.lease_duration,
-                round_id=candidate.round_id or project.current_round(session).id,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # cannot happen under the locks above; never hand out a case twice
+        if not claim(session, project, candidate, annotator, now):  # cannot happen under the locks above
             raise RuntimeError(f"case {candidate.name} changed while being leased")
-        session.refresh(candidate)
-        session.add(InteractionRow.on(candidate, annotator, InteractionKind.LEASE, now))
         return candidate
+
+
+def claim(session: Session, project: Project, row: CaseRow, annotator: str, now: datetime) -> bool:
+    """Lease case `row` to `annotator` if it is in the queue and nobody holds it (recorded); whether
+    it was."""
+    claimed = session.execute(
+        update(CaseRow)
+        .where(CaseRow.id == row.id, CaseRow.state.in_([s.value for s in QUEUE_STATES]), is_free(now))
+        .values(
+            state=CaseState.IN_REVIEW.value,
+            lease_owner=annotator,
+            lease_expires=now + project.lease_duration,
+            round_id=row.round_id or project.current_round(session).id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(row)
+    if claimed.rowcount != 1:
+        return False
+    session.add(InteractionRow.on(row, annotator, InteractionKind.LEASE, now))
+    return True
 
 
 def renew(session: Session, project: Project, name: str, annotator: str) -> CaseRow:
@@ -132,8 +140,11 @@ def release(project: Project, name: str, annotator: str) -> CaseRow:
 
 
 def reject(project: Project, name: str, annotator: str, reason: str = "") -> CaseRow:
-    """Reject a leased case (unusable image, no such object...): it leaves the queue and the export."""
+    """Reject a case leased to `annotator`, or one nobody holds (a case whose image cannot be
+    opened is given back at once, so it has no lease to reject it under): it leaves the queue and
+    the export."""
     with project.transaction() as session:
+        claim(session, project, project.case(session, name), annotator, project.clock())
         row = renew(session, project, name, annotator)
         close(session, row, CaseState.REJECTED, annotator, project.clock(), {"reason": reason})
         return row
@@ -194,5 +205,5 @@ def open_or_give_back(project: Project, name: str, annotator: str, open_case: Ca
         release(project, name, annotator)
         raise InputError(
             f"case {name} cannot be opened ({first_line(error)}); it was given back: restore its file "
-            "or reject it (medsam2 annotate reject)"
+            f"or reject it (medsam2 annotate reject PROJECT {name} --reason ...)"
         ) from None

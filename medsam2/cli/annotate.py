@@ -200,6 +200,12 @@ def import_command(
     typer.echo(f"imported {len(summary.imported)} case(s)" + (f", {len(summary.skipped)} already in the project" if summary.skipped else ""))
     if summary.without_mask:
         typer.echo(f"warning: no mask in {masks} for {len(summary.without_mask)} case(s), imported without one: {', '.join(summary.without_mask)}", err=True)
+    if summary.duplicates:
+        typer.echo(
+            "warning: not imported, the same image as a case already in the project (if the data moved: medsam2 annotate relocate): "
+            + ", ".join(f"{image} (case {name})" for image, name in summary.duplicates.items()),
+            err=True,
+        )
     if summary.hints_not_used:
         typer.echo(
             "warning: already in the project, so kept as imported (the masks and prompt hints given now are not used; "
@@ -414,7 +420,8 @@ def reject_command(
     reason: str = typer.Option("", "--reason", help="Why (kept in the record)."),
     annotator: str | None = ANNOTATOR_OPTION,
 ) -> None:
-    """Reject a leased case (unusable image, no such object): it leaves the queue and the export.
+    """Reject a case (unusable image, no such object): it leaves the queue and the export. Yours, or
+    one nobody holds (a case whose image cannot be opened is given back at once).
 
     Example: medsam2 annotate reject lesions/ CT_Lesion_000002 --reason "motion artefact"
     """
