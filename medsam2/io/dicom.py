@@ -21,6 +21,7 @@ from medsam2.io.volume import Modality
 hd = lazy_module("highdicom")
 sitk = lazy_module("SimpleITK")
 
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: a DICOM file with no series
 SEGMENT_LABEL_LENGTH = 64  # characters: DICOM's LO value representation
 
 
@@ -47,16 +48,36 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         if not series_ids:
             raise InputError(f"{folder}: no DICOM image series in this folder")
-        files = max(
-            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids),
-            key=len,
-        )
+        all_series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids]
+        files = max(all_series, key=len)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
         image = reader.Execute()
+    _check_no_file_left_out(entries, {Path(f) for series in all_series for f in series}, reader, folder)
     _check_even_slice_spacing(reader, image, folder)
     return image, list(files)
+
+
+def _check_no_file_left_out(entries: list[Path], in_series: set[Path], reader: sitk.ImageSeriesReader, folder: Path) -> None:
+    """Refuse a series that GDCM read without one of its files: it silently leaves out a file it
+    cannot read, and one lost at either end of the series leaves no gap to notice. A DICOM file in
+    no series is damaged when its header cannot be read or ends before its series (a DICOMDIR has
+    none), and is one of the series read when it names it."""
+    series_uid_tag = "0020|000e"
+    series_uid = reader.GetMetaData(0, series_uid_tag).strip() if reader.HasMetaDataKey(0, series_uid_tag) else None
+    for entry in sorted(set(entries) - in_series):
+        if not is_dicom_file(entry):
+            continue
+        try:
+            header = pydicom.dcmread(entry, stop_before_pixels=True)
+        except Exception as error:  # pydicom raises many kinds for a damaged file
+            raise InputError(f"{entry}: a damaged DICOM file in {folder.name}/ ({first_line(error)}); restore or remove it") from None
+        uid = str(header.get("SeriesInstanceUID", "")).strip()
+        if not uid and header.file_meta.get("MediaStorageSOPClassUID") != DICOMDIR_SOP_CLASS:
+            raise InputError(f"{entry}: a damaged DICOM file in {folder.name}/ (its header ends early); restore or remove it")
+        if uid and uid == series_uid:
+            raise InputError(f"{entry}: a file of the series that cannot be read (damaged or cut short); restore or remove it")
 
 
 @contextlib.contextmanager
