@@ -340,6 +340,21 @@ def _truncated_png(tmp: Path, case: Path) -> Path:
     return _truncated(tmp / "whole.png", tmp / "truncated.png")
 
 
+def _truncated_mha(tmp: Path, case: Path) -> Path:
+    sitk.WriteImage(to_sitk(load_image(case)), str(tmp / "whole.mha"))
+    return _truncated(tmp / "whole.mha", tmp / "truncated.mha")
+
+
+def _mhd_without_its_data(tmp: Path, case: Path) -> Path:
+    sitk.WriteImage(to_sitk(load_image(case)), str(tmp / "alone.mhd"))
+    (tmp / "alone.raw").unlink()
+    return tmp / "alone.mhd"
+
+
+def _truncated_dicom_file(tmp: Path, _: Path) -> Path:
+    return _truncated(Path(get_testdata_file("CT_small.dcm")), tmp / "truncated.dcm")
+
+
 def _not_an_nrrd(tmp: Path, _: Path) -> Path:
     (tmp / "garbage.nrrd").write_text("this is not an image\n")
     return tmp / "garbage.nrrd"
@@ -391,20 +406,26 @@ def _empty_folder(tmp: Path, _: Path) -> Path:
 @pytest.mark.parametrize(
     "make_bad_input",
     [
-        _missing, _truncated_nifti, _truncated_npz, _truncated_png, _not_an_nrrd, _unsupported_suffix, _nifti_4d,
+        _missing, _truncated_nifti, _truncated_npz, _truncated_png, _truncated_mha, _mhd_without_its_data, _truncated_dicom_file,
+        _not_an_nrrd,
+        _unsupported_suffix, _nifti_4d,
         _nifti_with_nan, _npz_with_inf, _npz_with_a_flat_direction, _npz_without_imgs, _folder_without_dicom, _empty_folder,
     ],
 )
 def test_bad_input_raises_a_one_line_input_error(
-    tmp_path: Path, ct_lesion_cases: list[Path], make_bad_input: Callable[[Path, Path], Path]
+    tmp_path: Path, ct_lesion_cases: list[Path], make_bad_input: Callable[[Path, Path], Path], capfd: pytest.CaptureFixture[str]
 ) -> None:
     path = make_bad_input(tmp_path, ct_lesion_cases[1])
+    capfd.readouterr()
     with pytest.raises(InputError) as error:
         load_image(path)
     message = str(error.value)
     assert path.name in message and "\n" not in message, message
+    assert capfd.readouterr().err == ""  # the libraries' own complaints (MetaIO prints them itself) kept back
     if make_bad_input is _truncated_npz:
         assert "a truncated or damaged npz archive" in message, message
+    if make_bad_input is _truncated_dicom_file:
+        assert "a DICOM file that cannot be read, damaged or cut short" in message, message
     if make_bad_input is _nifti_with_nan:
         assert message.endswith(": NaN or infinite values in 1 voxel"), message
     if make_bad_input is _nifti_4d:  # the shape in the package's (Z, Y, X) order, as everywhere else

@@ -79,7 +79,7 @@ def prompt_boxes(result: Result) -> dict[int, tuple[float, float, float, float]]
 @reports_input_errors
 def segment(
     image: Path = typer.Argument(..., metavar="IMAGE", help="Scan to segment (any format `medsam2 info` reads), or a video: MP4/AVI/MOV..., a folder of PNG/JPEG frames, a cine DICOM, a NIfTI 2D+t."),
-    output: Path = typer.Option(..., "-o", "--output", help="Label map to write: .nii.gz/.nii, .nrrd, .mha, .npz (key segs), .png (2D) or .dcm (DICOM-SEG, DICOM input). For a video: .npz, .nii.gz (2D+t) or a folder (one PNG per frame)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Label map to write: .nii.gz/.nii, .nrrd/.nhdr, .mha/.mhd, .npz (key segs), .png (2D) or .dcm (DICOM-SEG, DICOM input). For a video: .npz, .nii.gz (2D+t) or a folder (one PNG per frame)."),
     box: list[str] = typer.Option([], "--box", "--frame-box", help="Box Z,X1,Y1,X2,Y2[,ID] on slice Z, or on frame T of a video (pixels: X column, Y row). Repeat for anchors or objects."),
     point: list[str] = typer.Option([], "--point", "--frame-point", help="Click Z,X,Y[,LABEL[,ID]] (T,X,Y... on a video frame); LABEL 1 = object (default), 0 = background."),
     recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]: its end points; becomes a square box as in MedSAM2."),

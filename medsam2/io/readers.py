@@ -10,10 +10,14 @@ What each reader leaves in ``Volume.meta`` (used by the writers to mirror the in
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -168,7 +172,32 @@ def _read_sitk_file(path: Path) -> Volume:
         _check_nifti_voxels(nifti, path)
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
-    return _volume_from_sitk(sitk.ReadImage(str(path)), path, meta=meta)
+    with _native_stderr_held_back():
+        image = sitk.ReadImage(str(path))
+    return _volume_from_sitk(image, path, meta=meta)
+
+
+@contextlib.contextmanager
+def _native_stderr_held_back() -> Iterator[None]:
+    """MetaIO, SimpleITK's MetaImage library, prints its complaints about a damaged file to the
+    process's standard error itself ("M_ReadElementsData: data not read completely"), in lines
+    beside the one-line error the failed read becomes. What the block writes to file descriptor 2
+    is held back: written out after it succeeds, dropped when it fails (along with anything another
+    thread printed in that moment, which a command line does not have)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    succeeded = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            succeeded = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if succeeded:
+                held.seek(0)
+                os.write(2, held.read())
 
 
 def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
@@ -187,9 +216,11 @@ def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
 
 
 def _read_dicom_file(path: Path) -> Volume:
-    return _volume_from_sitk(
-        sitk.ReadImage(str(path)), path, dicom.read_modality(path), {"dicom_files": [str(path)]}
-    )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:  # GDCM turns down a file cut short as of no format it knows
+        raise InputError(f"{path}: a DICOM file that cannot be read, damaged or cut short ({library_reason(error)})") from None
+    return _volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]})
 
 
 def _read_dicom_folder(path: Path) -> Volume:
