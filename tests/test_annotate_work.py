@@ -256,6 +256,11 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert undone.exit_code == 0 and "undid a prompt on slice 0" in undone.output, undone.output
     assert np.array_equal(load_mask(tmp_path / "undone.nii.gz").array, before)
     assert (tmp_path / "undone.png").read_bytes()[:4] == b"\x89PNG"
+    unchanged = run("correct", project, "disc", "-a", "alice", "--mask", tmp_path / "undone.nii.gz", "--slice", "1")
+    assert unchanged.exit_code == 0 and "recorded 0 correction(s)" in unchanged.output, unchanged.output
+    assert unchanged.stderr.strip().splitlines()[-1] == (
+        f"warning: {tmp_path / 'undone.nii.gz'}, slice 1: the same as the case's current mask, nothing to record (another slice meant?)"
+    )
 
     accepted = run("accept", project, "disc", "-a", "alice")
     assert accepted.exit_code == 0 and "accepted (3 slices, Dice vs pre-segmentation 1.000)" in accepted.output, accepted.output
@@ -265,6 +270,10 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
 
     status = run("status", project)
     assert status.exit_code == 0 and "accepted" in status.output and "lite-medsam@79d8c9dca6db" in status.output
+    (tmp_path / "a_file").write_text("x")
+    into_a_file = run("report", project, "--out", tmp_path / "a_file")
+    assert_one_line_error(into_a_file, "a_file: cannot use as the output folder (a file is there)")
+    assert into_a_file.stdout == ""  # said before the table, not after it
     report = run("report", project, "--out", tmp_path / "effort")
     assert report.exit_code == 0 and (tmp_path / "effort" / "effort.png").read_bytes()[:4] == b"\x89PNG"
     (case_effort,) = csv.DictReader((tmp_path / "effort" / "cases.csv").open())

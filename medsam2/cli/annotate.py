@@ -41,7 +41,7 @@ from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, 
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, save_mask, slicing_axis_index, to_slices
-from medsam2.io.atomic import outputs_together
+from medsam2.io.atomic import make_output_folder, outputs_together
 from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.volume import slice_pixel_spacing
@@ -365,6 +365,9 @@ def correct_command(
     work = work_session(opened, case, annotator, device, image)
     recorded = work.apply_edit(edited, slice_ or None)
     typer.echo(f"{case}: recorded {recorded} correction(s); {describe(work.model)}")
+    if not recorded:
+        where = f"{mask}, {'slice' if len(slice_) == 1 else 'slices'} {', '.join(map(str, slice_))}" if slice_ else str(mask)
+        typer.echo(f"warning: {where}: the same as the case's current mask, nothing to record (another slice meant?)", err=True)
     show_views(work.model, output, overlay)
 
 
@@ -533,6 +536,7 @@ def report_command(
     Example: medsam2 annotate report lesions/ --out effort/
     """
     report = effort_report(open_project(project))
+    make_output_folder(out)  # before the table is printed: a report without its files is no report
     table = Table("round", "model", "accepted", "rejected", "interactions/case", "manual slices/case", "reduction", "initial Dice", "minutes/case")
     for r in report.rounds:
         table.add_row(
