@@ -48,6 +48,7 @@ from medsam2.annotate.schema import Base, InteractionRow
 from medsam2.annotate.store import stored_path
 from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, load_image, save_mask
+from medsam2.engine.prompts import box_from_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import file_sha256, read_manifest
 from medsam2.models.weights import LITE_MEDSAM_SHA256, bundled_lite_medsam_checkpoint
@@ -388,14 +389,26 @@ def test_effort_report_compares_rounds(tmp_path: Path, synthetic_cases: Path, pr
     project.start_round("lite-medsam")
     import_cases(project, [images / "case_02.nii.gz"], masks=masks / "case_02.nii.gz", progress=False)
     review(erase=1, minutes=1)
+    # One case of round 2 the model pre-segments, from the annotator's first prompt.
+    import_cases(project, [images / "case_03.nii.gz"], progress=False)
+    work = WorkSession(project, lease_next(project, "alice").name, "alice", predictors)
+    truth = load_mask(masks / "case_03.nii.gz").array > 0
+    key = int(np.argmax(truth.reshape(6, -1).sum(axis=1)))
+    work.add_prompt(key, 1, box=box_from_mask(truth[key]))
+    work.accept()
     report = effort_report(project)
-    assert [(c.round, c.interactions, c.corrections, c.slices_touched, c.manual_slices, c.seconds) for c in report.cases] == [
+    assert [(c.round, c.interactions, c.corrections, c.slices_touched, c.manual_slices, c.seconds) for c in report.cases[:3]] == [
         (1, 2, 2, 2, 1, 240.0), (1, 2, 2, 2, 1, 120.0), (2, 1, 1, 1, 2, 60.0)
     ]
+    prompted = report.cases[3]
+    assert [c.preseg_source for c in report.cases] == ["mask", "mask", "mask", "first-prompt"] and prompted.interactions == 1
     first, second = report.rounds
     assert (first.round, first.accepted, first.interactions, first.manual_slices, first.mean_seconds) == (1, 2, 4, 2, 180.0)
-    assert first.reduction == pytest.approx(1 - 4 / 2) and second.reduction == pytest.approx(1 - 1 / 2)
-    assert first.mean_initial_dice == pytest.approx(2 * 1 / (3 + 1)) and second.mean_initial_dice == pytest.approx(2 * 2 / (3 + 2))
+    assert first.reduction == pytest.approx(1 - 4 / 2)
+    assert second.reduction == pytest.approx(1 - (1 + 1) / (2 + prompted.manual_slices))
+    # The model's quality is its own pre-segmentations' Dice: imported masks (Dice 0.5 and 0.8 here) stay out.
+    assert report.cases[0].initial_dice == pytest.approx(2 * 1 / (3 + 1)) and report.cases[2].initial_dice == pytest.approx(2 * 2 / (3 + 2))
+    assert first.mean_initial_dice is None and second.mean_initial_dice == pytest.approx(prompted.initial_dice)
     written = write_report(report, tmp_path / "effort")
     assert [p.name for p in written] == ["cases.csv", "rounds.csv", "effort.png"]
     rows = (tmp_path / "effort" / "rounds.csv").read_text().splitlines()

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from medsam2.annotate.project import Project
-from medsam2.annotate.schema import EFFORT_KINDS, CaseRow, CaseState, InteractionKind, InteractionRow, RoundRow
+from medsam2.annotate.schema import EFFORT_KINDS, CaseRow, CaseState, InteractionKind, InteractionRow, PresegSource, RoundRow
 from medsam2.io.atomic import atomic_write_bytes, atomic_write_text
 
 FINISHED = (CaseState.ACCEPTED.value, CaseState.REJECTED.value)
@@ -47,6 +47,7 @@ class CaseEffort:
     slices_touched: int
     seconds: float | None
     initial_dice: float | None
+    preseg_source: str | None  # `PresegSource`: what the mask initial_dice compares came from
     manual_slices: int | None
 
 
@@ -114,6 +115,7 @@ def case_effort(case: CaseRow, round_number: int, history: list[InteractionRow])
         slices_touched=len({i.slice_index for i in effort}),
         seconds=(case.finished_at - leases[0]).total_seconds() if leases else None,
         initial_dice=case.initial_dice,
+        preseg_source=case.preseg_source,
         manual_slices=case.mask_slices,
     )
 
@@ -137,7 +139,8 @@ def round_effort(row: RoundRow, cases: list[CaseEffort]) -> RoundEffort:
         mean_interactions=mean([c.interactions for c in accepted]),
         mean_slices_touched=mean([c.slices_touched for c in accepted]),
         mean_seconds=mean([c.seconds for c in accepted]),
-        mean_initial_dice=mean([c.initial_dice for c in accepted]),
+        # the model's pre-segmentations only: an imported mask says nothing of the round's model
+        mean_initial_dice=mean([c.initial_dice for c in accepted if c.preseg_source != PresegSource.MASK.value]),
         reduction=1 - interactions / manual if manual else None,
     )
 
