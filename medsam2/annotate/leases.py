@@ -125,7 +125,7 @@ def not_held_reason(row: CaseRow, annotator: str, now: datetime) -> str:
     if row.lease_owner and row.lease_owner != annotator and row.lease_expires > now:
         return f"case {row.name} is leased to {row.lease_owner} until {row.lease_expires:%Y-%m-%d %H:%M} UTC"
     if row.lease_owner == annotator:
-        return f"your lease on case {row.name} ran out at {row.lease_expires:%H:%M} UTC; take it again with `medsam2 annotate queue`"
+        return f"your lease on case {row.name} ran out at {row.lease_expires:%Y-%m-%d %H:%M} UTC; take it again with `medsam2 annotate queue`"
     return f"case {row.name} is not leased to {annotator}; take a case with `medsam2 annotate queue`"
 
 

@@ -294,7 +294,7 @@ def show_command(
                 .options(defer(InteractionRow.mask))
             )
         )
-    lease = f", leased to {row.lease_owner} until {row.lease_expires:%H:%M} UTC" if row.lease_owner else ""
+    lease = f", leased to {row.lease_owner} until {row.lease_expires:%Y-%m-%d %H:%M} UTC" if row.lease_owner else ""
     typer.echo(f"{row.name}: {row.state}{lease}; image {row.image}; pre-segmentation: {row.preseg_source or 'none'} ({row.model_version or '-'})")
     for item in history:
         where = f" slice {item.slice_index} object {item.obj_id}" if item.slice_index is not None else ""
