@@ -267,6 +267,7 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     history = run("show", project, "disc").output.splitlines()
     assert [line.split(": ")[-1].split()[0] for line in history[1:]] == ["presegment", "lease", "prompt", "undo", "accept"]
     assert "undoes #" in history[4] and "alice" in history[3]
+    assert history[3].endswith(": prompt slice 0 object 1; box 30,34,58,62"), history[3]  # as given to `prompt`
 
     status = run("status", project)
     assert status.exit_code == 0 and "accepted" in status.output and "lite-medsam@79d8c9dca6db" in status.output

@@ -276,7 +276,7 @@ def show_command(
     overlay: Path | None = OVERLAY_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
-    """Print a case's record (state, lease, every interaction); with -o/--overlay also rebuild and
+    """Print a case's record (state, lease, every interaction with its box, clicks or reason); with -o/--overlay also rebuild and
     write its current mask (no lease needed: nothing is recorded).
 
     Example: medsam2 annotate show lesions/ CT_Lesion_000002 --overlay case.png
@@ -299,11 +299,24 @@ def show_command(
     for item in history:
         where = f" slice {item.slice_index} object {item.obj_id}" if item.slice_index is not None else ""
         undone = f" (undoes #{item.undoes_id})" if item.undoes_id else ""
-        typer.echo(f"  #{item.id} {item.created_at:%Y-%m-%d %H:%M:%S} {item.annotator}: {item.kind}{where}{undone}")
+        typer.echo(f"  #{item.id} {item.created_at:%Y-%m-%d %H:%M:%S} {item.annotator}: {item.kind}{where}{undone}{interaction_details(item.data)}")
     if output is not None or overlay is not None:
         model = CaseModel(opened, snapshot, Predictors(device), progress=True)
         typer.echo(describe(model))
         show_views(model, output, overlay)
+
+
+def interaction_details(data: dict) -> str:
+    """What an interaction's record adds to its line: a prompt's box and clicks (as `prompt` takes
+    them, + for the object, - for background), a rejection's reason."""
+    parts = []
+    if box := data.get("box"):
+        parts.append("box " + ",".join(f"{v:g}" for v in box))
+    if points := data.get("points"):
+        parts.append("clicks " + " ".join(f"{x:g},{y:g}{'+' if label else '-'}" for (x, y), label in zip(points, data.get("labels", []))))
+    if reason := data.get("reason"):
+        parts.append(f"reason: {reason}")
+    return "".join(f"; {part}" for part in parts)
 
 
 @app.command("prompt")
