@@ -276,8 +276,8 @@ def show_command(
     overlay: Path | None = OVERLAY_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
-    """Print a case's record (state, lease, every interaction with its box, clicks or reason); with -o/--overlay also rebuild and
-    write its current mask (no lease needed: nothing is recorded).
+    """Print a case's record (state, lease, every interaction with its box, clicks or reason); with
+    -o/--overlay also rebuild and write its current mask (no lease needed: nothing is recorded).
 
     Example: medsam2 annotate show lesions/ CT_Lesion_000002 --overlay case.png
     """
