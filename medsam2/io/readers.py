@@ -172,7 +172,8 @@ def _read_sitk_file(path: Path) -> Volume:
         _check_nifti_voxels(nifti, path)
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
-    with _native_stderr_held_back():
+    metaimage = file_suffix(path) in (".mha", ".mhd")
+    with _native_stderr_held_back() if metaimage else contextlib.nullcontext():
         image = sitk.ReadImage(str(path))
     return _volume_from_sitk(image, path, meta=meta)
 
