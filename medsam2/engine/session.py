@@ -24,6 +24,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
+from medsam2.io.volume import is_slice_stack
 from medsam2.progress import leave_finished_bar
 
 __all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts", "object_ids"]
@@ -58,9 +59,7 @@ class Session:
         predictor: SlicePredictor | TrackingPredictor,
         config: PropagationConfig | None = None,
     ):
-        if not isinstance(slices, np.ndarray) or slices.dtype != np.uint8 or not (
-            slices.ndim == 3 or (slices.ndim == 4 and slices.shape[-1] == 3)
-        ):
+        if not isinstance(slices, np.ndarray) or slices.dtype != np.uint8 or not is_slice_stack(slices):
             got = f"{slices.dtype} {slices.shape}" if isinstance(slices, np.ndarray) else type(slices).__name__
             raise InputError(
                 f"a session takes a (Z, H, W) or (Z, H, W, 3) uint8 stack of slices, not {got} "

@@ -51,7 +51,7 @@ class Volume:
         # Readers make only these; a Volume built in Python with another array would fail deep in the model.
         if not isinstance(self.array, np.ndarray):
             raise InputError(f"Volume.array must be a numpy array, not {type(self.array).__name__}")
-        if not (self.array.ndim == 3 or (self.array.ndim == 4 and self.array.shape[-1] == 3)):
+        if not is_slice_stack(self.array):
             raise InputError(
                 f"Volume.array has shape {self.array.shape}; a Volume holds (Z, Y, X), or (Z, Y, X, 3) in colour "
                 "(a 2D image is one slice: array[None])"
@@ -81,6 +81,11 @@ class Volume:
         if tuple(array.shape[:3]) != self.shape:
             raise InputError(f"array shape {array.shape} does not match the volume's (Z, Y, X) {self.shape}")
         return replace(self, array=array)
+
+
+def is_slice_stack(array: np.ndarray) -> bool:
+    """Whether `array` is shaped as a stack of slices: (Z, Y, X), or (Z, Y, X, 3) in colour."""
+    return array.ndim == 3 or (array.ndim == 4 and array.shape[-1] == 3)
 
 
 def check_same_geometry(a: Volume, b: Volume, what: str, tolerance: float = 1e-3) -> None:
