@@ -107,17 +107,23 @@ def test_slices_are_shown_turned_and_prompted_in_their_own_pixels(tmp_path: Path
         assert len(outline) and outline.max() < 24  # the mask's outline, drawn around the block in the top left
 
 
-def test_a_case_that_cannot_be_opened_is_given_back_not_held(tmp_path: Path) -> None:
-    """Its scan deleted after import: the queue says so and gives the case back, so the annotator is
-    not left holding a lease on a case the panel never showed (nothing to release or reject)."""
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 32, 32), np.int16)), str(tmp_path / "gone.nii.gz"))
+def test_a_case_that_cannot_be_opened_is_given_back_and_passed_over(tmp_path: Path) -> None:
+    """Its scan deleted after import: the queue gives the case back (the annotator is not left
+    holding a case the panel never showed) and leases the next one, naming the one passed over;
+    with no other case, the queue says why none is given."""
+    for value, name in enumerate(("gone", "kept")):  # two images (the same voxels would be one case)
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 32, 32), value, np.int16)), str(tmp_path / f"{name}.nii.gz"))
     project = init_project(tmp_path / "project")
-    import_cases(project, [tmp_path / "gone.nii.gz"], progress=False)
+    import_cases(project, [tmp_path / "gone.nii.gz", tmp_path / "kept.nii.gz"], progress=False)
     project.close()
     (tmp_path / "gone.nii.gz").unlink()
     with client_for(tmp_path / "project") as client:
-        refused = client.post("/api/annotate/queue", json={"annotator": "carol"})
+        taken = client.post("/api/annotate/queue", json={"annotator": "carol"})
+        assert taken.status_code == 200 and taken.json()["name"] == "kept", taken.text
+        (passed_over,) = taken.json()["passed_over"]
+        assert passed_over.startswith("case gone cannot be opened (") and "it was given back" in passed_over
+        refused = client.post("/api/annotate/queue", json={"annotator": "dave"})
         assert refused.status_code == 400, refused.text
-        assert refused.json()["error"].startswith("case gone cannot be opened (") and "it was given back" in refused.json()["error"]
+        assert refused.json()["error"] == passed_over
         counts = client.get("/api/annotate/status").json()["project"]["counts"]
-        assert counts["in_review"] == 0 and counts["new"] == 1, counts
+        assert counts["in_review"] == 1 and counts["new"] == 1, counts

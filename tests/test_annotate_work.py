@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import pytest
+import SimpleITK as sitk
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -365,6 +366,33 @@ def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Pat
     presegmented = run("presegment", project)  # with round 2's checkpoint, from its new place
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
     assert_one_line_error(run("relocate", project, old, new, "--no-progress"), "no case image or round checkpoint of the project is recorded under this folder")
+
+
+def test_the_queue_passes_over_a_case_whose_image_changed(tmp_path: Path) -> None:
+    """A plain `queue` (no mask written) still opens the image it hands out: a case whose voxels
+    changed since import is given back, named, and the next case leased; alone in the queue, it is
+    an error, and it can be rejected."""
+    rng = np.random.default_rng(1)
+    for name in ("first", "second"):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 200, (3, 32, 32)).astype(np.int16)), str(tmp_path / f"{name}.nii.gz"))
+    project = tmp_path / "project"
+    assert run("init", project).exit_code == 0
+    assert run("import", project, tmp_path / "first.nii.gz", tmp_path / "second.nii.gz").exit_code == 0
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 32, 32), np.int16)), str(tmp_path / "first.nii.gz"))
+
+    queued = run("queue", project, "-a", "alice")
+    assert queued.exit_code == 0 and queued.stdout.startswith("second: leased to alice"), queued.output
+    assert queued.stderr.strip() == (
+        "warning: passed over case first cannot be opened (first.nii.gz: not the image case first was imported from "
+        "(its voxels differ)); it was given back: restore its file or reject it (medsam2 annotate reject PROJECT first --reason ...)"
+    ).replace("first.nii.gz:", f"{tmp_path / 'first.nii.gz'}:")
+    assert_one_line_error(run("queue", project, "-a", "bob"), "case first cannot be opened (")
+    assert {row.name: (row.state, row.lease_owner) for row in open_project(project).cases()} == {
+        "first": ("new", None),
+        "second": ("in_review", "alice"),
+    }
+    assert run("reject", project, "first", "-a", "bob", "--reason", "rescanned").exit_code == 0
+    assert run("queue", project, "-a", "bob").exit_code == 1  # nothing free, and nothing passed over
 
 
 def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ from its ``BEGIN IMMEDIATE``. Two workers can therefore never hold the same case
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
@@ -33,12 +34,12 @@ def is_free(now: datetime):
     return or_(CaseRow.lease_owner.is_(None), CaseRow.lease_expires <= now)
 
 
-def lease_next(project: Project, annotator: str) -> CaseRow | None:
+def lease_next(project: Project, annotator: str, passing_over: Collection[str] = ()) -> CaseRow | None:
     """Lease the next case to `annotator`, or None when none is free.
 
     An annotator holding a running lease gets that case back (one case at a time). Otherwise, in
     order: their own case whose lease ran out, others' abandoned reviews, pre-segmented cases, new
-    cases; oldest first within each."""
+    cases; oldest first within each. Cases named in `passing_over` are not offered."""
     check_name(annotator, "annotator")
     now = project.clock()
     with project.transaction() as session:
@@ -63,6 +64,7 @@ def lease_next(project: Project, annotator: str) -> CaseRow | None:
             .where(
                 CaseRow.project_id == project.id,
                 CaseRow.state.in_([state.value for state in QUEUE_STATES]),
+                CaseRow.name.not_in(passing_over),
                 is_free(now),
             )
             .order_by(order, CaseRow.id)
@@ -195,15 +197,31 @@ def claim_for_presegmentation(
         return candidate
 
 
-def open_or_give_back(project: Project, name: str, annotator: str, open_case: Callable[[], T]) -> T:
-    """`open_case()` for a case just leased to `annotator`; when it cannot be opened (its image
-    missing or changed), the lease is given back and the error says so: kept, it would hold the
-    annotator on a case they cannot work on."""
-    try:
-        return open_case()
-    except InputError as error:
-        release(project, name, annotator)
-        raise InputError(
-            f"case {name} cannot be opened ({first_line(error)}); it was given back: restore its file "
-            f"or reject it (medsam2 annotate reject PROJECT {name} --reason ...)"
-        ) from None
+@dataclass(frozen=True)
+class Leased(Generic[T]):
+    """A case leased and opened, and the cases passed over on the way to it."""
+
+    case: CaseRow
+    opened: T
+    passed_over: list[str]  # one line per case given back because it could not be opened
+
+
+def lease_next_openable(project: Project, annotator: str, open_case: Callable[[CaseRow], T]) -> Leased[T] | None:
+    """`lease_next`, then `open_case(case)`. A case that cannot be opened (its image missing or
+    changed) is given back and passed over for the next one: held, it would stop the annotator on a
+    case they cannot work on; left first in the queue, it would come back to every annotator. Each
+    one passed over is named, so that someone restores its file or rejects it. None when no case is
+    free; an InputError naming them when every free case was passed over."""
+    passed_over: dict[str, str] = {}
+    while (row := lease_next(project, annotator, passing_over=passed_over)) is not None:
+        try:
+            return Leased(row, open_case(row), list(passed_over.values()))
+        except InputError as error:
+            release(project, row.name, annotator)
+            passed_over[row.name] = (
+                f"case {row.name} cannot be opened ({first_line(error)}); it was given back: restore its file "
+                f"or reject it (medsam2 annotate reject PROJECT {row.name} --reason ...)"
+            )
+    if passed_over:
+        raise InputError("; ".join(passed_over.values()))
+    return None

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from medsam2.annotate.effort import effort_report, render_rounds_png
-from medsam2.annotate.leases import lease_next, open_or_give_back, reject, release
+from medsam2.annotate.leases import lease_next_openable, reject, release
 from medsam2.annotate.project import Project, open_project
 from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
@@ -88,6 +88,9 @@ class CaseOut(BaseModel):
     )
     slice_step: Literal[1, -1] | None = Field(
         None, description="The slice-number change from one slice to the next in reading order, as the viewer's `slice_step` (open work only)."
+    )
+    passed_over: list[str] = Field(
+        default_factory=list, description="Cases given back on the way to this one because they could not be opened (queue only)."
     )
 
 
@@ -184,12 +187,17 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
     @router.post("/api/annotate/queue", response_model=CaseOut, summary="Lease the next case to an annotator",
                  responses={204: {"description": "no case is free"}})
     def queue(body: AnnotatorIn, svc: AnnotationService = Depends(service)):
-        row = lease_next(svc.project, body.annotator)
-        if row is None:
+        def open_case(row: CaseRow) -> WorkSession:
+            with svc.case_lock(row.name):
+                return svc.work(row.name, body.annotator)
+
+        leased = lease_next_openable(svc.project, body.annotator, open_case)
+        if leased is None:
             return Response(status_code=204)
-        with svc.case_lock(row.name):
-            work = open_or_give_back(svc.project, row.name, body.annotator, lambda: svc.work(row.name, body.annotator))
-            return svc.describe(work.case, work)
+        with svc.case_lock(leased.case.name):
+            out = svc.describe(leased.opened.case, leased.opened)
+        out.passed_over = leased.passed_over
+        return out
 
     @router.get("/api/annotate/cases/{name}", summary="A case's record and history")
     def case(name: str, svc: AnnotationService = Depends(service)) -> dict:

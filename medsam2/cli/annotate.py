@@ -23,7 +23,6 @@ from medsam2.annotate import (
     export_training_set,
     import_cases,
     init_project,
-    lease_next,
     open_project,
     presegment,
     read_snapshot,
@@ -33,7 +32,7 @@ from medsam2.annotate import (
     write_report,
 )
 from medsam2.annotate.images import load_case_image
-from medsam2.annotate.leases import open_or_give_back
+from medsam2.annotate.leases import lease_next_openable
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
@@ -151,7 +150,7 @@ def init_command(
     axis: str = typer.Option("axial", "--axis", help="Slicing axis of every prompt: axial, coronal or sagittal."),
     window: str | None = typer.Option(None, "--window", help="CT window for the model (preset or W,L). Default: by modality."),
     label: list[str] = typer.Option([], "--label", help="A label's name, VALUE=NAME (e.g. 1=lesion); repeat for several."),
-    lease_minutes: float = typer.Option(30.0, "--lease-minutes", help="A case stays an annotator's this long after their last action."),
+    lease_minutes: float = typer.Option(30.0, "--lease-minutes", help="A case stays an annotator's this long after their last action (fixed for the project's life)."),
 ) -> None:
     """Create an annotation project: a folder for its masks and a database (SQLite or PostgreSQL).
 
@@ -256,15 +255,20 @@ def queue_command(
     check_views(output, overlay)
     opened = open_project(project)
     who = annotator_name(annotator)
-    case = lease_next(opened, who)
-    if case is None:
+    if output is None and overlay is None:
+        leased = lease_next_openable(opened, who, load_case_image)
+    else:
+        leased = lease_next_openable(opened, who, lambda case: WorkSession(opened, case.name, who, Predictors(device), progress=True))
+    if leased is None:
         typer.echo("no case is free")
         raise typer.Exit(1)
+    for passed_over in leased.passed_over:
+        typer.echo(f"warning: passed over {passed_over}", err=True)
+    case = leased.case
     typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
-    if output is not None or overlay is not None:
-        work = open_or_give_back(opened, case.name, who, lambda: WorkSession(opened, case.name, who, Predictors(device), progress=True))
-        typer.echo(describe(work.model))
-        show_views(work.model, output, overlay)
+    if isinstance(leased.opened, WorkSession):
+        typer.echo(describe(leased.opened.model))
+        show_views(leased.opened.model, output, overlay)
 
 
 @app.command("show")

@@ -135,7 +135,8 @@ async function start() {
     await refreshCounts();
     if (!caseInfo) return say("no case is free");
     show(caseInfo);
-    say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice`);
+    const passedOver = caseInfo.passed_over.map((line) => ` Passed over ${line}.`).join("");
+    say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice.${passedOver}`, passedOver !== "");
   }));
   ui.slider.addEventListener("input", act(async () => loadSlice()));
 
