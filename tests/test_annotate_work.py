@@ -278,6 +278,10 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert into_a_file.stdout == ""  # said before the table, not after it
     report = run("report", project, "--out", tmp_path / "effort")
     assert report.exit_code == 0 and (tmp_path / "effort" / "effort.png").read_bytes()[:4] == b"\x89PNG"
+    # a column per round, a row per measure, whole at 80 columns
+    assert re.search(r"│ interactions per case\s+│ 2\.0\s+│\n│ manual slices per case │ 3\.0\s+│", report.stdout), report.stdout
+    table = [line for line in report.stdout.splitlines() if not line.startswith("wrote ")]
+    assert max(map(len, table)) <= 80 and "round 1" in table[1] and "…" not in report.stdout
     (case_effort,) = csv.DictReader((tmp_path / "effort" / "cases.csv").open())
     assert (case_effort["interactions"], case_effort["prompts"], case_effort["undos"], case_effort["manual_slices"]) == ("2", "1", "1", "3")
     assert run("round", project, "--model", "lite-medsam").output.startswith("round 2 started")

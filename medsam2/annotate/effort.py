@@ -193,8 +193,8 @@ def render_rounds_png(rounds: list[RoundEffort]) -> bytes:
     effort_axes.set_xticks(x, labels, fontsize=8)
     effort_axes.set_ylabel("interactions per accepted case")
     effort_axes.set_title("Annotation effort")
-    effort_axes.set_ylim(0, 1.3 * max([*manual, *ours, 1]))  # room above the bars for the legend
-    effort_axes.legend(fontsize=8, loc="upper left", ncols=2)
+    effort_axes.set_ylim(0, 1.5 * max([*manual, *ours, 1]))  # room above the bars for the legend
+    effort_axes.legend(fontsize=8, loc="upper left")  # one column: two would overrun a one-round plot
     dice_axes.plot(x, [np.nan if r.mean_initial_dice is None else r.mean_initial_dice for r in rounds], "o-", color="#d62728")
     dice_axes.set_xticks(x, labels, fontsize=8)
     dice_axes.set_xlim(-0.5, len(rounds) - 0.5)  # rounds where they stand on the bars' axes

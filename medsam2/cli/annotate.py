@@ -554,15 +554,24 @@ def report_command(
     """
     report = effort_report(open_project(project))
     make_output_folder(out)  # before the table is printed: a report without its files is no report
-    table = Table("round", "model", "accepted", "rejected", "interactions/case", "manual slices/case", "reduction", "initial Dice", "minutes/case")
-    for r in report.rounds:
-        table.add_row(
-            str(r.round), r.model_version, str(r.accepted), str(r.rejected),
-            fmt(r.mean_interactions, "{:.1f}"), fmt(r.manual_slices / r.accepted if r.accepted else None, "{:.1f}"),
-            fmt(None if r.reduction is None else 100 * r.reduction, "{:.0f}%"), fmt(r.mean_initial_dice, "{:.3f}"),
-            fmt(None if r.mean_seconds is None else r.mean_seconds / 60, "{:.1f}"),
-        )
-    Console().print(table)
+    # One column per round, a row per measure: nine measures side by side do not fit a terminal.
+    table = Table(Column("", no_wrap=True), *(Column(f"round {r.round}", overflow="fold") for r in report.rounds))
+    measures = {
+        "model": lambda r: r.model_version,
+        "accepted": lambda r: str(r.accepted),
+        "rejected": lambda r: str(r.rejected),
+        "interactions per case": lambda r: fmt(r.mean_interactions, "{:.1f}"),
+        "manual slices per case": lambda r: fmt(r.manual_slices / r.accepted if r.accepted else None, "{:.1f}"),
+        "reduction": lambda r: fmt(None if r.reduction is None else 100 * r.reduction, "{:.0f}%"),
+        "initial Dice": lambda r: fmt(r.mean_initial_dice, "{:.3f}"),
+        "minutes per case": lambda r: fmt(None if r.mean_seconds is None else r.mean_seconds / 60, "{:.1f}"),
+    }
+    for measure, shown in measures.items():
+        table.add_row(measure, *(shown(r) for r in report.rounds))
+    if report.rounds:
+        Console().print(table)
+    else:
+        typer.echo("no case is accepted or rejected yet")
     for path in write_report(report, out):
         typer.echo(f"wrote {path}")
 
