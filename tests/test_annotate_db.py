@@ -483,8 +483,13 @@ def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthe
     copies.mkdir()
     shutil.copy(images[0], copies / "case_00_copy.nii.gz")
     shutil.copy(images[1], copies / "case_01.nii.gz")
-    summary = import_cases(project, [copies, synthetic_cases / "images" / "case_03.nii.gz"], progress=False)
+    copy_masks = tmp_path / "copy_masks"
+    copy_masks.mkdir()
+    shutil.copy(synthetic_cases / "masks" / "case_00.nii.gz", copy_masks / "case_00_copy.nii.gz")
+    stored = sorted((project.folder / "files").rglob("*"))
+    summary = import_cases(project, [copies, synthetic_cases / "images" / "case_03.nii.gz"], masks=copy_masks, progress=False)
     assert summary.imported == ["case_03"] and summary.skipped == []
+    assert sorted((project.folder / "files").rglob("*")) == stored  # a duplicate's mask is not stored
     assert summary.duplicates == {str(copies / "case_00_copy.nii.gz"): "case_00", str(copies / "case_01.nii.gz"): "case_01"}
     shutil.copy(synthetic_cases / "images" / "case_04.nii.gz", copies / "case_01.nii.gz")
     with pytest.raises(InputError, match=r"case_01.nii.gz: the project already has a case 'case_01', from .* \(other voxels\)"):

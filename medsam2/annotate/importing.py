@@ -25,7 +25,7 @@ from medsam2.annotate.images import voxels_sha256
 from medsam2.annotate.store import store_mask
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.errors import InputError
-from medsam2.io import check_same_geometry, load_image, slicing_axis_index
+from medsam2.io import Volume, check_same_geometry, load_image, slicing_axis_index
 from medsam2.io.dicom import is_dicom_file
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
@@ -138,10 +138,12 @@ def import_cases(
             if given_hints or image in mask_of:
                 summary.hints_not_used.append(name)
             continue
-        row = _read_case(project, name, image, mask_of.get(image), prompts)
+        row, preseg = _read_case(project, name, image, mask_of.get(image), prompts)
         if row.voxels_sha256 in case_of_voxels:
             summary.duplicates[str(image)] = case_of_voxels[row.voxels_sha256]
             continue
+        if preseg is not None:  # stored only now: a duplicate's mask would be a file nothing names
+            row.preseg_mask, row.preseg_sha256 = store_mask(project.folder, *preseg)
         try:
             with project.transaction() as session:
                 row.round_id = project.current_round(session).id if row.preseg_mask else None
@@ -156,7 +158,8 @@ def import_cases(
     return summary
 
 
-def _read_case(project: Project, name: str, image: Path, mask: Path | None, prompts: PromptSources | None) -> CaseRow:
+def _read_case(project: Project, name: str, image: Path, mask: Path | None, prompts: PromptSources | None) -> tuple[CaseRow, tuple[np.ndarray, Volume] | None]:
+    """The case's row, and its mask (checked) with the image, for the caller to store."""
     volume = load_image(image)
     axis_index = slicing_axis_index(volume, project.settings.axis)
     sources = prompts or PromptSources()
@@ -188,8 +191,8 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
         for value in np.unique(labels.array):
             if value:
                 project.settings.check_label(int(value), str(mask))
-        row.preseg_mask, row.preseg_sha256 = store_mask(project.folder, labels.array, volume)
         row.preseg_source = PresegSource.MASK.value
         row.model_version = IMPORTED_MASK_MODEL
         row.state = CaseState.PRESEGMENTED.value
-    return row
+        return row, (labels.array, volume)
+    return row, None
