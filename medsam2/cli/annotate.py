@@ -248,7 +248,8 @@ def queue_command(
 
     Pre-segmented cases come first, then new ones. The lease runs out after the project's lease
     time without an action; the case then goes to the next annotator with everything recorded on it.
-    Exit status 1 when no case is free.
+    A case whose image is missing or changed is given back and passed over, with a warning naming
+    it. Exit status 1 when no case is free.
 
     Example: medsam2 annotate queue lesions/ -a alice -o current.nii.gz --overlay current.png
     """
