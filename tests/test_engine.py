@@ -108,7 +108,8 @@ def test_removing_a_correction_restores_the_propagation_before_it(predictor, les
     reported: list[tuple[int, int]] = []
     session.propagate(progress=False, on_progress=lambda done, total: reported.append((done, total)))
     before = session.result()
-    assert reported and reported[-1][0] == reported[-1][1] == volume.shape[0] - 1
+    assert reported[0] == (0, volume.shape[0] - 1)  # the total is known before the first slice's batch is encoded
+    assert reported[-1][0] == reported[-1][1] == volume.shape[0] - 1
     assert [done for done, _ in reported] == sorted(done for done, _ in reported)
     corrected = int(np.flatnonzero(gts.any(axis=(1, 2))).max())
     session.add_prompt(corrected, 1, box=box_from_mask(gts[corrected]))

@@ -866,3 +866,35 @@ def test_object_names_travel_in_a_dicom_seg(server) -> None:
     loaded = client.put(f"{base}/mask-file", params={"name": "two.dcm"}, content=content, headers={"Content-Type": "application/octet-stream"})
     assert loaded.status_code == 200, loaded.text
     assert [(o["id"], o["name"]) for o in loaded.json()["objects"]] == [(1, None), (2, "marker")]
+
+
+def test_a_change_made_on_an_older_revision_is_refused(server, data_dir: Path) -> None:
+    """Each change counts up the session's revision; a change sent with If-Match naming an older one
+    (a second tab changed the session meanwhile) is refused with 412 and changes nothing."""
+    _, client = server
+    prompt, _ = key_box(data_dir / "ct" / CASE_2)
+    session = open_case(client, f"data/ct/{CASE_2}")
+    base = f"/api/sessions/{session['id']}"
+    assert session["revision"] == 0
+    box = {"slice": prompt.slice_index, "box": list(prompt.box)}
+    first = client.post(f"{base}/prompts", json=box, headers={"If-Match": '"0"'})
+    assert first.status_code == 200, first.text
+    assert first.json()["session"]["revision"] == 1
+    renamed = client.patch(f"{base}/objects/1", json={"name": "lesion"}, headers={"If-Match": 'W/"1"'})
+    assert renamed.status_code == 200 and renamed.json()["revision"] == 2
+
+    stale = client.post(f"{base}/prompts", json={**box, "obj_id": 2}, headers={"If-Match": "1"})
+    assert stale.status_code == 412
+    assert stale.json()["error"] == (
+        "the session changed since revision 1 (now 2), in another tab or by another client: "
+        "look at its current state before changing it"
+    )
+    assert client.post(f"{base}/undo", headers={"If-Match": "0"}).status_code == 412
+    after = client.get(base).json()
+    assert after["revision"] == 2 and [obj["id"] for obj in after["objects"]] == [1] and after["undo_steps"] == 1
+
+    bad = client.post(f"{base}/undo", headers={"If-Match": "latest"})
+    assert bad.status_code == 400 and "If-Match 'latest'" in bad.json()["error"]
+    # Without If-Match a change applies to the session as it is.
+    assert client.post(f"{base}/undo").json()["revision"] == 3
+    assert client.delete(base).status_code == 204

@@ -145,7 +145,8 @@ def start_page(browser: Browser, url: str, ready: str = "document.querySelector(
     """A page on `url`, once `ready` holds (by default: its case list is loaded), and the list its
     script errors, console errors and failed requests go to."""
     # bypass_csp: the page forbids eval, which Playwright's wait_for_function needs.
-    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True, bypass_csp=True)
+    # A context of its own, which can open a second tab of the same client (`page.context.new_page()`).
+    page = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True, bypass_csp=True).new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
@@ -272,17 +273,21 @@ def test_upload_windows_clicks_undo_and_objects_in_the_browser(server_url: str, 
     wait_prompts(page, 0)
     assert overlay_pixels(page, canal) == 0
 
-    # A click inside, a Shift+click outside; undo takes back only the latter.
+    # A click beside the image is no prompt (not one on its edge); a click inside, a Shift+click
+    # outside the canal; undo takes back only the latter.
     page.keyboard.press("p")
+    click(page, -6, 52)
+    page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent === 'No click: the pointer was outside the image.'")
+    assert session_info(page)["objects"] == []
     click(page, 60, 52)
     wait_prompts(page, 1)
     click(page, 60, 110, modifiers=["Shift"])
-    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('2 point(s)')")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('2 points')")
     (canal_object,) = session_info(page)["objects"]
     assert canal_object["prompts"][0]["points"] == [[60, 52], [60, 110]] and canal_object["prompts"][0]["labels"] == [1, 0]
     assert overlay_pixels(page, canal) > 50
     page.click("#undo")
-    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('1 point(s)')")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('1 point)')")
 
     # A second object, named, boxed with the mouse.
     page.click("#add-object")
@@ -341,6 +346,31 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         assert page.inner_text("#status") == "ct.dcm: back to this session's work."
         assert session_info(page)["id"] == session["id"] and overlay_pixels(page, (48, 40, 72, 64)) > 50
 
+        # A second tab on the session (its address), changed there: this tab's next change, made on
+        # what it showed, is refused and the tab shows the session as it now is.
+        other = page.context.new_page()  # a tab of the same browser (sessions are the client's own)
+        other_problems: list[str] = []
+        other.on("response", lambda response: other_problems.append(f"{response.status} {response.url}") if unexpected(response) else None)
+        other.goto(page.url)
+        other.wait_for_function(f"document.querySelector('#prompted li') !== null && {IDLE}")
+        other.click("#add-object")
+        other.keyboard.press("b")
+        drag(other, (10, 10), (30, 30))
+        wait_prompts(other, 2)
+        drag(page, (80, 80), (100, 100))
+        page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.startsWith('Not done: this session was changed in another tab')")
+        assert page.locator("#prompted li").count() == 2 and [p["slice"] for p in session_info(page)["objects"][0]["prompts"]] == [0]
+        assert [problem for problem in problems if problem.startswith("412 ")] and other_problems == []
+        other.close()
+
+        # Opening a case asks before closing a session with work (Cancel keeps it).
+        questions: list[str] = []
+        page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+        page.click("#open-case")
+        page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent === 'Still on ct.dcm.'")
+        assert questions == ["Open ct.dcm? The work on ct.dcm (2 objects) closes: Download or Save its mask first to keep it."]
+        assert session_info(page)["id"] == session["id"]
+        page.once("dialog", lambda dialog: dialog.accept())
         page.click("#open-case")  # the same case afresh: told about the saved mask
         page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.includes('Saved earlier')")
         assert page.inner_text("#status").endswith("Saved earlier beside this case: ct_mask.nii.gz.")
@@ -370,8 +400,8 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         assert page.locator("#objects li").count() == 2
         assert overlay_pixels(page, (48, 40, 72, 64)) == 0 and overlay_pixels(page, (90, 90, 109, 109)) > 50
         assert session_info(page)["objects"][0]["prompts"][0]["mask"] is True
-        # 409 is the page's question to the user, not a failure.
-        assert [problem for problem in problems if not problem.startswith("409 ") and "409" not in problem] == []
+        # 409 is the page's question to the user, 412 the stale tab's refusal (answered above): not failures.
+        assert [problem for problem in problems if not any(code in problem for code in ("409", "412"))] == []
         page.close()
 
 

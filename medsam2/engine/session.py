@@ -271,8 +271,9 @@ class Session:
         """Follow every prompted object (or those in `obj_ids`) from its anchors through the stack,
         recomputing only the runs that prompts since the last call have changed.
 
-        `progress` shows a bar on the terminal; `on_progress(done, total)` is called after each
-        slice (for front ends that report progress their own way); `on_slice(obj_id, index, logits)`
+        `progress` shows a bar on the terminal; `on_progress(done, total)` is called once before
+        the first slice, which can take a while (its batch is encoded first), and after each slice
+        (for front ends that report progress their own way); `on_slice(obj_id, index, logits)`
         receives each slice's (H, W) float32 logits as soon as they are computed (object where > 0)."""
         if direction not in STEPS:
             raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
@@ -296,6 +297,8 @@ class Session:
         total = sum(left.values())
         # Nothing to propagate (one slice, or every slice prompted) shows no bar rather than an empty one.
         with tqdm(total=total, desc="propagating", unit="slice", disable=not progress or not total, leave=leave_finished_bar()) as bar:
+            if on_progress is not None:
+                on_progress(0, total)
             for done, (run, index, logits) in enumerate(self.tracker.follow(runs), start=1):
                 tracked = self.objects[run.obj_id]
                 if logits is not None:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
@@ -64,12 +64,29 @@ def viewer_session(session_id: str, request: Request) -> ViewerSession:
     return server_state(request).sessions.get(client_id(request), session_id)
 
 
-async def on_worker(session: ViewerSession, job: Callable[[object], T]) -> T:
+def if_match(
+    if_match: str | None = Header(
+        None,
+        description="the session's `revision` this change was made on (optionally quoted, as an ETag): "
+        "a 412 if the session has changed since. Without it, the change applies to whatever the session holds.",
+    ),
+) -> int | None:
+    if if_match is None:
+        return None
+    value = if_match.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise InputError(f"If-Match {if_match!r}: give the session's revision, a whole number")
+    return int(value)
+
+
+async def on_worker(session: ViewerSession, job: Callable[[object], T], revision: int | None = None) -> T:
     """Run `job(predictor)` on the session's device worker, after the jobs queued before it (not
-    at all if the session is closed by then)."""
+    at all if the session is closed by then, or changed since `revision`: changes run one at a time
+    on the worker, so the check and the change see the same state)."""
 
     def run(predictor: object) -> T:
         session.check_open()
+        session.check_revision(revision)
         return job(predictor)
 
     return await asyncio.wrap_future(session.worker.submit(run))
@@ -221,9 +238,11 @@ def get_slice(
 
 
 @router.post("/sessions/{session_id}/prompts", response_model=PromptResult, summary="Prompt an object on a slice")
-async def add_prompt(body: PromptIn, session: ViewerSession = Depends(viewer_session)) -> dict:
+async def add_prompt(
+    body: PromptIn, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
+) -> dict:
     prompt = body.to_prompt(session.slices.shape[1:3])
-    mask = await on_worker(session, lambda predictor: session.add_prompt(predictor, prompt))
+    mask = await on_worker(session, lambda predictor: session.add_prompt(predictor, prompt), revision)
     return {"mask": rle.encode(mask), "session": session.info()}
 
 
@@ -231,27 +250,34 @@ async def add_prompt(body: PromptIn, session: ViewerSession = Depends(viewer_ses
     "/sessions/{session_id}/prompts/{index}", response_model=SessionInfo, summary="Remove an object's prompts on a slice"
 )
 async def remove_prompts(
-    index: int, obj_id: int = Query(1, ge=1), session: ViewerSession = Depends(viewer_session)
+    index: int,
+    obj_id: int = Query(1, ge=1),
+    session: ViewerSession = Depends(viewer_session),
+    revision: int | None = Depends(if_match),
 ) -> dict:
-    await on_worker(session, lambda predictor: session.remove_prompts(predictor, index, obj_id))
+    await on_worker(session, lambda predictor: session.remove_prompts(predictor, index, obj_id), revision)
     return session.info()
 
 
 @router.post("/sessions/{session_id}/undo", response_model=SessionInfo, summary="Take back the latest prompt")
-async def undo(session: ViewerSession = Depends(viewer_session)) -> dict:
-    await on_worker(session, session.undo)
+async def undo(session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)) -> dict:
+    await on_worker(session, session.undo, revision)
     return session.info()
 
 
 @router.patch("/sessions/{session_id}/objects/{obj_id}", response_model=SessionInfo, summary="Rename an object")
-async def rename_object(obj_id: int, body: RenameIn, session: ViewerSession = Depends(viewer_session)) -> dict:
-    await on_worker(session, lambda predictor: session.rename_object(predictor, obj_id, body.name))
+async def rename_object(
+    obj_id: int, body: RenameIn, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
+) -> dict:
+    await on_worker(session, lambda predictor: session.rename_object(predictor, obj_id, body.name), revision)
     return session.info()
 
 
 @router.delete("/sessions/{session_id}/objects/{obj_id}", response_model=SessionInfo, summary="Delete an object")
-async def delete_object(obj_id: int, session: ViewerSession = Depends(viewer_session)) -> dict:
-    await on_worker(session, lambda predictor: session.delete_object(predictor, obj_id))
+async def delete_object(
+    obj_id: int, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
+) -> dict:
+    await on_worker(session, lambda predictor: session.delete_object(predictor, obj_id), revision)
     return session.info()
 
 
@@ -262,14 +288,16 @@ async def delete_object(obj_id: int, session: ViewerSession = Depends(viewer_ses
     description="Answers when propagation is done; meanwhile GET /api/sessions/{session_id} reports its progress.",
 )
 async def propagate(
-    body: PropagateIn | None = Body(None), session: ViewerSession = Depends(viewer_session)
+    body: PropagateIn | None = Body(None),
+    session: ViewerSession = Depends(viewer_session),
+    revision: int | None = Depends(if_match),
 ) -> dict:
     body = body or PropagateIn()
     previous = session.progress
     if not session.busy:
         session.progress = Progress("queued")
     try:
-        await on_worker(session, lambda predictor: session.propagate(predictor, body.direction, body.obj_ids))
+        await on_worker(session, lambda predictor: session.propagate(predictor, body.direction, body.obj_ids), revision)
     finally:
         if session.progress.state == "queued":  # never ran (cancelled, or refused before starting): as it was
             session.progress = previous
@@ -348,10 +376,11 @@ async def upload_mask(
     name: str = Query(..., description="file name with its format suffix, e.g. mask.nii.gz"),
     session: ViewerSession = Depends(viewer_session),
     state: ServerState = Depends(server_state),
+    revision: int | None = Depends(if_match),
 ) -> dict:
     suffix = session.mask_upload_suffix(name)
     async with received_file(request, name, suffix, state) as staged:
-        await on_worker(session, lambda predictor: session.load_mask(predictor, staged, name))
+        await on_worker(session, lambda predictor: session.load_mask(predictor, staged, name), revision)
     return session.info()
 
 
@@ -361,8 +390,10 @@ async def upload_mask(
     summary="Load a mask saved beside the case",
     description="As PUT mask-file, for one of the session's `saved_masks`.",
 )
-async def load_saved(body: LoadIn, session: ViewerSession = Depends(viewer_session)) -> dict:
-    await on_worker(session, lambda predictor: session.load_saved_mask(predictor, body.file))
+async def load_saved(
+    body: LoadIn, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
+) -> dict:
+    await on_worker(session, lambda predictor: session.load_saved_mask(predictor, body.file), revision)
     return session.info()
 
 

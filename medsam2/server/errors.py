@@ -28,6 +28,10 @@ class Conflict(InputError):
     status_code = 409
 
 
+class StaleRevision(InputError):
+    status_code = 412  # Precondition Failed: the request's If-Match names an older revision
+
+
 class PayloadTooLarge(InputError):
     status_code = 413
 

@@ -31,6 +31,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         (404, "no such case, session, slice or object (for this client)"),
         (413, "the upload is over the size limit"),
         (409, "a save that would overwrite a mask saved earlier"),
+        (412, "a change sent with If-Match naming a revision the session has moved on from"),
         (415, "a body of the wrong type or format"),
         (422, "a request that does not match the schema"),
         (503, "too many sessions open, or the device is busy"),
@@ -197,6 +198,10 @@ class SessionInfo(BaseModel):
     saved_masks: list[str] = Field(description="masks saved beside the case earlier (POST .../save replaces one only with replace)")
     objects: list[ObjectInfo]
     undo_steps: int
+    revision: int = Field(
+        description="counts the session's changes (prompts, undos, propagations, objects renamed or deleted, masks loaded); "
+        "send it as `If-Match` with a change to have it refused (412) when the session changed meanwhile, e.g. in another tab"
+    )
     progress: Progress
 
 

@@ -36,7 +36,7 @@ from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video, load_v
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
 from medsam2.server.cases import Case, check_plain_name, saved_mask_path
-from medsam2.server.errors import Busy, Conflict, NotFound, UnsupportedMedia
+from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
 
 CaseKind = Literal["volume", "video", "image"]
@@ -146,6 +146,7 @@ class ViewerSession:
         self.history: list[Step] = []  # prompts in force, oldest first, for undo
         self.progress = Progress()
         self.last_used = time.monotonic()
+        self.revision = 0  # counts the changes to objects and prompts, for `check_revision`
         self._static = self._describe()
         self._summary = self._summarise()
 
@@ -198,7 +199,11 @@ class ViewerSession:
                     "needs_propagation": self.engine.needs_propagation(obj_id),
                 }
             )
-        return {"objects": objects, "undo_steps": len(self.history)}
+        return {"objects": objects, "undo_steps": len(self.history), "revision": self.revision}
+
+    def _changed(self) -> None:
+        self.revision += 1
+        self._summary = self._summarise()
 
     def info(self) -> dict:
         return {**self._static, **self._summary, "progress": asdict(self.progress), "saved_masks": self.saved_masks()}
@@ -232,7 +237,7 @@ class ViewerSession:
             before = engine.snapshot(prompt.obj_id)
             mask = engine.apply(prompt)
             self.history.append(Step(prompt, before))
-            self._summary = self._summarise()
+            self._changed()
         return mask
 
     def remove_prompts(self, predictor, slice_index: int, obj_id: int) -> None:
@@ -243,7 +248,7 @@ class ViewerSession:
             engine.remove_prompt(slice_index, obj_id)
             # The object's earlier states all hold the prompts just removed: undo cannot go back past this.
             self.history = [step for step in self.history if step.prompt.obj_id != obj_id]
-            self._summary = self._summarise()
+            self._changed()
 
     def undo(self, predictor) -> Prompt:
         """Take back the latest prompt: its object is put back as it was before it (its masks, those
@@ -258,7 +263,7 @@ class ViewerSession:
             engine.restore(obj_id, last.before)
             if obj_id in engine.objects:
                 engine.objects[obj_id].name = name
-            self._summary = self._summarise()
+            self._changed()
         return last.prompt
 
     def delete_object(self, predictor, obj_id: int) -> None:
@@ -267,14 +272,14 @@ class ViewerSession:
             self._check_object(engine, obj_id)
             engine.reset_object(obj_id)
             self.history = [step for step in self.history if step.prompt.obj_id != obj_id]
-            self._summary = self._summarise()
+            self._changed()
 
     def rename_object(self, predictor, obj_id: int, name: str) -> None:
         with self.lock:
             engine = self._engine(predictor)
             self._check_object(engine, obj_id)
             engine.objects[obj_id].name = name
-            self._summary = self._summarise()
+            self._changed()
 
     @staticmethod
     def _check_object(engine: Session, obj_id: int, slice_index: int | None = None) -> None:
@@ -303,7 +308,7 @@ class ViewerSession:
                 self.progress = Progress("failed", message=first_line(error))
                 raise
             finally:
-                self._summary = self._summarise()
+                self._changed()
             self.progress = Progress("done", self.progress.total, self.progress.total)
 
     def load_mask(self, predictor, path: Path, name: str) -> list[int]:
@@ -328,7 +333,7 @@ class ViewerSession:
             except InputError as error:
                 raise InputError(f"{name}: {error}") from None
             self.history = []
-            self._summary = self._summarise()
+            self._changed()
         return ids
 
     def mask_upload_suffix(self, name: str) -> str:
@@ -350,6 +355,15 @@ class ViewerSession:
     def check_open(self) -> None:
         if self.closed.is_set():
             raise NotFound(f"session {self.id!r} was closed")
+
+    def check_revision(self, expected: int | None) -> None:
+        """Refuse a change made on a view of the session older than its current state (a second tab
+        changed it meanwhile): applied, it would merge into, or undo, work that view never showed."""
+        if expected is not None and expected != self.revision:
+            raise StaleRevision(
+                f"the session changed since revision {expected} (now {self.revision}), in another tab or by "
+                "another client: look at its current state before changing it"
+            )
 
     # -- reads -------------------------------------------------------------------------------------
 

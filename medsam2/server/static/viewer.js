@@ -44,6 +44,21 @@ function sessionPath(suffix = "") {
   return `/api/sessions/${state.session.id}${suffix}`;
 }
 
+// A change to the session, made on the state this page shows (its `revision`, sent as If-Match):
+// when the session changed meanwhile (in another tab), the server refuses it (412) and the page takes
+// up the session as it now is, rather than merge into or undo work it never showed.
+async function change(suffix, options = {}, session = state.session) {
+  try {
+    return await api(`/api/sessions/${session.id}${suffix}`, { ...options, headers: { ...options.headers, "If-Match": `"${session.revision}"` } });
+  } catch (error) {
+    if (error.status !== 412 || state.session?.id !== session.id) throw error;
+    applySession(await api(sessionPath()));
+    await refreshMasks();
+    draw();
+    throw new Error("Not done: this session was changed in another tab meanwhile. It now shows the session as it is: repeat the action if it is still wanted.");
+  }
+}
+
 function status(message, isError = false) {
   const line = $("status");
   line.textContent = message;
@@ -56,7 +71,8 @@ function act(action) {
     try {
       await action(...args);
     } catch (error) {
-      status(error.message, true);
+      const gone = error.status === 404 && /^(no session|session .* was closed)/.test(error.message);
+      status(gone ? "This session is closed (another case was opened in a tab showing it, or it was idle for an hour): open the case again." : error.message, true);
     }
   };
 }
@@ -98,6 +114,11 @@ function canvasToImage(cx, cy) {
 function eventToImage(event) {
   const rect = canvas.getBoundingClientRect();
   return canvasToImage(event.clientX - rect.left, event.clientY - rect.top);
+}
+
+function insideSlice(x, y) {
+  const { rows, columns } = sliceSize();
+  return x >= 0 && y >= 0 && x < columns && y < rows;
 }
 
 function pixelOf(x, y) {
@@ -435,7 +456,7 @@ function renderPrompted() {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
-    const kinds = [prompt.box && "box", prompt.points.length && `${prompt.points.length} point(s)`, prompt.mask && (prompt.erased ? "erased" : "mask")];
+    const kinds = [prompt.box && "box", prompt.points.length && `${prompt.points.length} point${prompt.points.length === 1 ? "" : "s"}`, prompt.mask && (prompt.erased ? "erased" : "mask")];
     const name = state.objects.find((entry) => entry.id === object.id)?.name || `Object ${object.id}`;
     button.textContent = `${prompt.slice}: ${name} (${kinds.filter(Boolean).join(", ")})`;
     button.style.borderLeftColor = `rgb(${colourOf(object.id).join(",")})`;
@@ -483,13 +504,16 @@ function onServer(object) {
 async function renameObject(object, name) {
   if (!name) return renderObjects(); // an emptied name field shows the name kept
   object.name = name;
-  if (onServer(object)) applySession(await api(sessionPath(`/objects/${object.id}`), { method: "PATCH", json: { name } }));
+  if (onServer(object)) applySession(await change(`/objects/${object.id}`, { method: "PATCH", json: { name } }));
   renderPrompted();
 }
 
 async function deleteObject(object) {
   if (onServer(object)) {
-    applySession(await api(sessionPath(`/objects/${object.id}`), { method: "DELETE" }));
+    const slices = state.session.objects.find((entry) => entry.id === object.id).slices.length;
+    const what = slices ? ` and its masks on ${slices} ${state.session.kind === "video" ? "frame" : "slice"}${slices === 1 ? "" : "s"}` : "";
+    if (!confirm(`Delete ${object.name}${what}? This cannot be undone.`)) return;
+    applySession(await change(`/objects/${object.id}`, { method: "DELETE" }));
     await refreshMasks();
   }
   state.objects = state.objects.filter((entry) => entry.id !== object.id);
@@ -503,7 +527,7 @@ async function sendPrompt(fields, done = `segmented on slice ${state.slice}. Pre
   const object = activeObject();
   const slice = state.slice;
   status(`Segmenting ${object.name} on slice ${slice}…`);
-  const result = await api(sessionPath("/prompts"), {
+  const result = await change("/prompts", {
     method: "POST",
     json: { slice, obj_id: object.id, name: object.name, ...fields },
   });
@@ -536,8 +560,8 @@ async function propagate() {
     status("Nothing to propagate yet: draw a box (or click) on the object first.", true);
     return;
   }
-  const session = state.session.id;
-  const current = () => state.session && state.session.id === session; // another case may be opened meanwhile
+  const session = state.session;
+  const current = () => state.session && state.session.id === session.id; // another case may be opened meanwhile
   status("Propagating…");
   $("propagate").disabled = true;
   const poll = setInterval(async () => {
@@ -548,7 +572,7 @@ async function propagate() {
     }
   }, 300);
   try {
-    const info = await api(`/api/sessions/${session}/propagate`, { method: "POST" });
+    const info = await change("/propagate", { method: "POST" }, session);
     if (!current()) return;
     await refreshMasks();
     applySession(info);
@@ -573,13 +597,13 @@ function showProgress(progress) {
   const bar = $("progress");
   bar.max = Math.max(progress.total, 1);
   bar.value = progress.state === "done" ? bar.max : progress.done;
-  const words = { idle: "", queued: "waiting for the model…", running: `${progress.done} / ${progress.total} slices`, done: "done", failed: progress.message };
+  const words = { idle: "", queued: "waiting for the model…", running: progress.total ? `${progress.done} / ${progress.total} ${state.session?.kind === "video" ? "frames" : "slices"}` : "starting…", done: "done", failed: progress.message };
   $("progress-text").textContent = words[progress.state] ?? "";
 }
 
 async function undo() {
   if (!state.session || state.session.undo_steps === 0) return;
-  applySession(await api(sessionPath("/undo"), { method: "POST" }));
+  applySession(await change("/undo", { method: "POST" }));
   await refreshMasks();
   status("Took back the latest prompt.");
   draw();
@@ -609,14 +633,23 @@ async function openCase() {
   const caseId = $("case-select").value;
   if (!caseId) return;
   status("Opening…");
-  stopPlaying();
   const previous = state.session;
+  const worked = previous ? previous.objects.filter((object) => object.prompts.length).length : 0;
+  const name = $("case-select").selectedOptions[0].text;
+  const objects = worked === 1 ? "1 object" : `${worked} objects`;
+  if (worked && !confirm(`Open ${name}? The work on ${previous.case.name} (${objects}) closes: Download or Save its mask first to keep it.`)) {
+    $("case-select").value = previous.case.id;
+    status(`Still on ${previous.case.name}.`);
+    return;
+  }
+  stopPlaying();
   const opening = { case: caseId, axis: $("axis").value };
   if (state.server.memory_banks.length) opening.memory = $("memory").value;
   const info = await api("/api/sessions", { method: "POST", json: opening });
   if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
   showSession(info, startSlice(info));
-  const what = `${info.case.name}: ${info.shape[0]} ${info.kind === "video" ? "frames" : "slices"} of ${info.shape[2]}×${info.shape[1]}.`;
+  const unit = info.kind === "video" ? "frame" : "slice";
+  const what = `${info.case.name}: ${info.shape[0]} ${unit}${info.shape[0] === 1 ? "" : "s"} of ${info.shape[2]}×${info.shape[1]}.`;
   const next = !opensAtKeySlice(info)
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
@@ -640,12 +673,15 @@ async function resumeSession() {
   $("axis").value = info.axis;
   const prompted = info.objects.flatMap((object) => object.prompts.map((prompt) => prompt.slice));
   showSession(info, prompted.length ? prompted[0] : startSlice(info));
-  await refreshMasks();
-  draw();
-  status(`${info.case.name}: back to this session's work.`);
   const busy = (progress) => ["queued", "running"].includes(progress.state);
-  if (!busy(info.progress)) return true;
-  status("Propagating (started before the page was reloaded)…");
+  if (!busy(info.progress)) {
+    await refreshMasks();
+    draw();
+    status(`${info.case.name}: back to this session's work.`);
+    return true;
+  }
+  // The masks are read once the propagation is done (reading them waits for it meanwhile).
+  status(`${info.case.name}: propagating (started before the page was reloaded); the masks show when it is done…`);
   $("propagate").disabled = true;
   try {
     while (busy(info.progress)) {
@@ -797,12 +833,12 @@ async function loadMask(name, send) {
 
 function loadSaved() {
   const file = $("saved-mask").value;
-  return loadMask(file, () => api(sessionPath("/load"), { method: "POST", json: { file } }));
+  return loadMask(file, () => change("/load", { method: "POST", json: { file } }));
 }
 
 function loadFile(file) {
   return loadMask(file.name, () =>
-    api(sessionPath(`/mask-file?name=${encodeURIComponent(file.name)}`), {
+    change(`/mask-file?name=${encodeURIComponent(file.name)}`, {
       method: "PUT",
       body: file,
       headers: { "Content-Type": "application/octet-stream" },
@@ -909,8 +945,9 @@ canvas.addEventListener("pointerup", act(async (event) => {
     else status("No box: drag from one corner of the object to the opposite one (for a click, choose + or − first).");
   } else if (gesture.mode === "positive" || gesture.mode === "negative") {
     const positive = gesture.mode === "positive" && !gesture.negative;
-    if (moved <= CLICK_SLOP) await sendPrompt({ points: [pixelOf(...gesture.image)], labels: [positive ? 1 : 0] });
-    else status("No click: the pointer moved while pressed. Click without dragging (to draw a box, press B).");
+    if (moved > CLICK_SLOP) status("No click: the pointer moved while pressed. Click without dragging (to draw a box, press B).");
+    else if (!insideSlice(...gesture.image)) status("No click: the pointer was outside the image.");
+    else await sendPrompt({ points: [pixelOf(...gesture.image)], labels: [positive ? 1 : 0] });
   }
   draw();
 }));
@@ -1011,7 +1048,10 @@ for (const id of ["window-width", "window-level"]) {
   $(id).addEventListener("change", () => {
     const width = Number($("window-width").value);
     const level = Number($("window-level").value);
-    if (width > 0 && Number.isFinite(level)) return setWindow({ width, level });
+    if (width > 0 && Number.isFinite(level)) {
+      setWindow({ width, level });
+      return status(`Window W${Math.round(width)} L${Math.round(level)}.`);
+    }
     const shown = state.window || modelWindow();
     $("window-width").value = String(Math.round(shown.width));
     $("window-level").value = String(Math.round(shown.level));
