@@ -424,7 +424,7 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
 def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) -> None:
     """A prompt with nothing in it (also on a slice prompted before), propagating an object that
     does not exist (404, the progress untouched), saving through a link that leads out of the data
-    folder; a session offers only the mask formats its case can be written in, and says when the
+    folder, saving or downloading before any mask; a session offers only the mask formats its case can be written in, and says when the
     model would see a blank image."""
     _, client = server
     session = open_case(client, f"data/ct/{CASE_2}")
@@ -434,6 +434,8 @@ def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) 
     assert nothing.status_code == 400 and nothing.json()["error"] == "nothing to propagate: prompt an object on a slice first"
     empty_save = client.post(f"{base}/save", json={"format": "nii.gz"})
     assert empty_save.status_code == 400 and empty_save.json()["error"].startswith("nothing to save: no object has a mask yet")
+    empty_download = client.get(f"{base}/mask-file", params={"format": "nii.gz"})  # a file of zeros would pass for a result
+    assert empty_download.status_code == 400 and empty_download.json()["error"].startswith("nothing to download: no object has a mask yet")
     assert client.post(f"{base}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
     for request in ({"slice": 6}, {"slice": 6, "obj_id": 1, "name": "renamed?"}):
         empty = client.post(f"{base}/prompts", json=request)
@@ -496,7 +498,7 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     (obj,) = response.json()["session"]["objects"]
     assert obj["name"] == "lesion" and obj["slices"] == [prompt.slice_index] and obj["needs_propagation"]
     outside = client.post(f"{base}/prompts", json={"slice": 2, "box": [500, 500, 600, 600]})
-    assert outside.status_code == 400 and "lies outside the 512x512 slice" in outside.json()["error"]
+    assert outside.status_code == 400 and "reaches outside the 512x512 slice" in outside.json()["error"]
     # Every error about a prompt names its slice and object, a mask's size among them.
     for mask, error in [
         ({"size": [10, 10], "counts": [100]}, "mask size [10, 10] differs from the slice's [512, 512]"),

@@ -68,7 +68,7 @@ class ServerInfo(BaseModel):
 
 
 class OpenSession(BaseModel):
-    case: str = Field(description="a case id from GET /api/cases", examples=["data/ct_lesion/CT_Lesion_000002_03_01_035-047.npz"])
+    case: str = Field(description="a case id from GET /api/cases", examples=["data/CT_Lesion_000002_03_01_035-047.npz"])
     axis: Literal["axial", "coronal", "sagittal"] = "axial"
     window: str | None = Field(
         None, description="CT window for the model's input: a preset (soft_tissue, lung...) or 'W,L'; default by modality"

@@ -402,6 +402,13 @@ class ViewerSession:
             labels = self.engine.result() if self.engine else np.zeros(self.slices.shape[:3], dtype=np.uint16)
         return np.ascontiguousarray(from_slices(labels, self.axis_index))
 
+    def _labels_to_write(self, what: str) -> np.ndarray:
+        """`label_volume`, refused while it is empty: a file of zeros would pass for a segmentation."""
+        labels = self.label_volume()
+        if not labels.any():
+            raise InputError(f"nothing to {what}: no object has a mask yet (prompt a slice first)")
+        return labels
+
     def _write_mask(self, path: Path, labels: np.ndarray) -> Path:
         """`labels` (`label_volume`) written to `path`: in the scan's geometry, or as a video's mask sequence."""
         if self.video is None:
@@ -430,7 +437,7 @@ class ViewerSession:
         name = f"{mask_file_stem(self.case.path)}_mask{mask_suffix(format_name, self.mask_formats)}"
         with tempfile.TemporaryDirectory(prefix="medsam2-mask-") as folder:
             target = Path(folder) / name
-            self._write_mask_as_named(target, self.label_volume())
+            self._write_mask_as_named(target, self._labels_to_write("download"))
             return name, target.read_bytes()
 
     def saved_masks(self) -> list[str]:
@@ -448,9 +455,7 @@ class ViewerSession:
         target = saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats))
         if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
             raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
-        labels = self.label_volume()
-        if not labels.any():
-            raise InputError("nothing to save: no object has a mask yet (prompt a slice first)")
+        labels = self._labels_to_write("save")
         if target.exists() and not replace:
             raise Conflict(f"{target.name} was saved earlier; save with replace to overwrite it")
         return self._write_mask_as_named(target, labels)
