@@ -40,7 +40,7 @@ REAL_CASES = ("c01", "c02", "c15")
 SLABS = {"c01": (2, 3), "c02": (2, 2), "c15": (3, 3)}
 BAD_CASES = {
     "missing": "no such file or folder",
-    "badbox": "lies outside the 512x512 slice",
+    "badbox": "reaches outside the 512x512 slice",
     "badgt": "shape (Z, Y, X) differs",  # ground truth of another scan
 }
 TIMEOUT_S = 600

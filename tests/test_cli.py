@@ -113,7 +113,7 @@ def test_info_describes_image_and_mask(lesion_nifti) -> None:
 
 def test_info_reads_npz_masks_and_says_when_a_file_gives_no_spacing(tmp_path: Path, lesion_case: Path) -> None:
     """An npz's labels are its gts (beside imgs) or its segs (a mask medsam2 wrote: no imgs at all);
-    a picture's spacing is unknown, not 1 mm."""
+    a picture's spacing is unknown, not 1 mm, and its orientation too."""
     truth = np.load(lesion_case)["gts"]
     voxels = int(np.count_nonzero(truth))
     assert json.loads(run("info", lesion_case, "--json").stdout)["labels (gts)"] == {"1": voxels}
@@ -122,7 +122,9 @@ def test_info_reads_npz_masks_and_says_when_a_file_gives_no_spacing(tmp_path: Pa
     assert shown.exit_code == 0, shown.output
     assert f"labels: {{'1': {voxels}}}" in shown.stdout and "spacing_xyz_mm: unknown" in shown.stdout
     Image.fromarray(truth[6] * 255).save(tmp_path / "slice.png")
-    assert json.loads(run("info", tmp_path / "slice.png", "--json").stdout)["spacing_xyz_mm"] is None
+    picture = json.loads(run("info", tmp_path / "slice.png", "--json").stdout)
+    # Nor is it placed in a patient: no origin, orientation or direction (not DICOM's LPS by default).
+    assert [picture[key] for key in ("spacing_xyz_mm", "origin_xyz_mm", "orientation", "direction")] == [None] * 4
 
 
 def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:
@@ -197,6 +199,10 @@ def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path
     pixels = int(np.count_nonzero(np.asarray(Image.open(tmp_path / "seg.png"))))
     assert result.stdout.splitlines()[-1] == f"object 1: {pixels} pixels (the image file gives no spacing: no size in mL)"
     assert "propagating" not in result.stderr, result.stderr  # one slice: nothing to propagate, no empty bar
+    # One picture has no coronal or sagittal slices (each would be a line of pixels): refused, nothing written.
+    sideways = run("segment", tmp_path / "slice.png", "--axis", "coronal", "--box", f"0,{x1},{y1},{x2},{y2}", "-o", tmp_path / "side.png")
+    assert_one_line_error(sideways, f"--axis coronal: {tmp_path / 'slice.png'} is one 2D image, segmented in its own plane (leave --axis out)")
+    assert not (tmp_path / "side.png").exists()
     scored = run("eval", tmp_path / "seg.png", tmp_path / "truth.png")
     assert scored.exit_code == 0, scored.output
     assert "1 ground truth without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: truth" in scored.stdout
@@ -416,8 +422,9 @@ def test_eval_with_mismatched_shape_or_geometry(tmp_path: Path, lesion_nifti) ->
     "flags, fragment",
     [
         (["--box", "6,10,10,5.5,40"], "box [10, 10, 5.5, 40] is inverted or empty"),
-        (["--box", "6,10,10,900,40"], "box [10, 10, 900, 40] lies outside the 512x512 slice"),
+        (["--box", "6,10,10,900,40"], "box [10, 10, 900, 40] reaches outside the 512x512 slice"),
         (["--box", "40,10,10,50,50"], "slice out of range"),
+        (["--axis", "coronal", "--box", "6,10,2,50,40"], "prompt on coronal slice 6 (object 1): box [10, 2, 50, 40] reaches outside the 512x13 coronal slice (x 0..511, y 0..12)"),
         (["--box", "6,10,10"], "--box"),
         (["--point", "6,x,3"], "--point"),
         (["--axis", "oblique", "--box", "6,10,10,50,50"], "--axis"),

@@ -125,7 +125,7 @@ def test_bad_references_and_targets_give_one_line_errors(predictor, synthetic):
         with pytest.raises(InputError) as error:
             OnePromptSegmenter(image, mask, predictor).segment(images, progress=False)
         assert message in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(InputError, match="lies outside the 256x256 image"):
+    with pytest.raises(InputError, match="reaches outside the 256x256 image"):
         reference_mask_from_box(reference, (200, 10, 300, 60), predictor)
 
 
@@ -190,7 +190,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, case), "give exactly one of --reference-mask and --reference-box"),
         (("--reference", case, "--reference-mask", case, "--reference-box", "6,1,1,9,9", case), "give exactly one"),
         (("--reference", case, "--reference-mask", empty, case), "the mask prompt is empty"),
-        (("--reference", case, "--reference-box", "6,400,10,600,60", case), "lies outside the 512x512 slice"),
+        (("--reference", case, "--reference-box", "6,400,10,600,60", case), "reaches outside the 512x512 slice"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "9-3"), "9-3 runs backwards; write it 3-9"),

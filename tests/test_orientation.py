@@ -14,7 +14,7 @@ from PIL import Image
 
 from medsam2.engine.api import prepare_slices
 from medsam2.io import load_image, slicing_axis_index, to_slices
-from medsam2.io.overlay import LABEL_COLOURS, save_overlay_montage
+from medsam2.io.overlay import LABEL_COLOURS, montage_slices, save_overlay_montage
 from medsam2.io.samples import mni152_brain
 from medsam2.io.volume import (
     SliceDisplay,
@@ -155,3 +155,52 @@ def test_a_blank_image_or_a_window_outside_it_is_warned_about(caplog: pytest.Log
         prepare_slices(ramp.with_array(np.zeros_like(ramp.array)), "axial")
     assert [record.getMessage().split(":")[0] for record in caplog.records] == ["ramp.nii.gz", "ramp.nii.gz"]
     assert "the model sees one grey level everywhere" in caplog.text
+
+
+def rotation(degrees_about_x: float, degrees_about_y: float, degrees_about_z: float) -> np.ndarray:
+    """The rotation about x, then y, then z (fixed axes, right-handed), as a 3x3 direction matrix."""
+    turns = []
+    for axis, degrees in enumerate((degrees_about_x, degrees_about_y, degrees_about_z)):
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        i, j = (axis + 1) % 3, (axis + 2) % 3  # right-handed: x turns y to z, y turns z to x
+        turn = np.eye(3)
+        turn[i, i], turn[i, j], turn[j, i], turn[j, j] = c, -s, s, c
+        turns.append(turn)
+    return turns[2] @ turns[1] @ turns[0]
+
+
+def test_a_strongly_oblique_scan_still_has_three_distinct_slicing_axes(tmp_path: Path) -> None:
+    """Tilted 50, 30 and 20 degrees, the scan's y and z axes are both nearest world y (anterior to
+    posterior): taken one by one, they would both be coronal and none axial. Each index axis gets a
+    world axis of its own, so the three views step through three different array axes, and a file
+    of it reads back with the same answers."""
+    direction = rotation(50, 30, 20)
+    nearest = np.argmax(np.abs(direction), axis=0)
+    assert nearest.tolist() == [0, 1, 1]  # the trap: index axes y and z nearest the same world axis
+    oblique = Volume(array=marked_scan().array, spacing=(0.8, 0.9, 2.5), direction=tuple(direction.ravel()))
+    assert orientation_code(oblique) == "LPS"
+    assert sorted(slicing_axis_index(oblique, axis) for axis in AXES) == [0, 1, 2]
+    assert slicing_axis_index(oblique, "axial") == 0 and slicing_axis_index(oblique, "coronal") == 1
+
+    image = sitk.GetImageFromArray(oblique.array)
+    image.SetSpacing(oblique.spacing)
+    image.SetDirection(oblique.direction)
+    sitk.WriteImage(image, str(tmp_path / "oblique.nii.gz"))
+    read = load_image(tmp_path / "oblique.nii.gz")
+    assert [slicing_axis_index(read, axis) for axis in AXES] == [0, 1, 2]
+    assert [reading_step(read, axis) for axis in AXES] == [reading_step(oblique, axis) for axis in AXES]
+    # Tilted 20 degrees the other way round, the same scan is still a coronal acquisition's order.
+    coronal = Volume(array=oblique.array, direction=tuple((rotation(0, 0, 20) @ np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]])).ravel()))
+    assert orientation_code(coronal) == "LIP" and slicing_axis_index(coronal, "coronal") == 0
+
+
+def test_the_montage_always_shows_the_prompted_slices() -> None:
+    """40 slices with a mask, 16 tiles: evenly picked they would skip slice 7, where the box was
+    drawn; the boxed slices are kept and the rest spread over what is left."""
+    labels = np.zeros((50, 4, 4), np.uint8)
+    labels[5:45, 1, 1] = 1
+    assert montage_slices(labels, [], 16)[:4] == [5, 8, 10, 13]  # 7 is not among 16 evenly picked
+    shown = montage_slices(labels, [7, 30], 16)
+    assert len(shown) == 16 and {7, 30} <= set(shown) and shown[0] == 5 and shown[-1] == 44
+    assert montage_slices(labels, list(range(0, 50, 2)), 4) == [0, 16, 32, 48]  # more boxes than tiles: boxes only
+    assert montage_slices(np.zeros((9, 4, 4), np.uint8), [], 16) == [4]

@@ -169,6 +169,27 @@ def test_jpeg_frame_folder_reads_close_to_its_source(tmp_path: Path) -> None:
     errors = np.abs(frames[:, None].astype(int) - clip[None]).mean(axis=(2, 3))
     assert errors.argmin(axis=1).tolist() == list(range(10)) and errors.diagonal().max() < 3
 
+    # A frame cut short (a copy broken off) is named in the error, not only the folder.
+    cut = (folder / "4.jpg").read_bytes()
+    (folder / "4.jpg").write_bytes(cut[: len(cut) // 2])
+    with pytest.raises(InputError) as error:
+        read_all(folder)
+    assert str(error.value).startswith(f"{folder / '4.jpg'}: cannot read (image file is truncated")
+
+
+def test_a_picture_is_read_upright_as_its_exif_orientation_says(tmp_path: Path) -> None:
+    """A phone or scanner stores a JPEG sideways with an EXIF orientation tag; viewers show it turned,
+    and so does medsam2 (a mask drawn on what it read fits what the user sees)."""
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:5, :5] = 255  # top left as stored
+    picture = Image.fromarray(stored)
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    picture.save(tmp_path / "sideways.jpg", exif=exif, quality=100)
+    upright = load_image(tmp_path / "sideways.jpg").array[0]
+    assert upright.shape == (40, 20)
+    assert upright[:5, -5:].mean() > 200 and upright[:5, :5].mean() < 50  # the mark is now top right
+
 
 @pytest.mark.parametrize("colour", [False, True])
 def test_cine_dicom_round_trip_with_frame_time_and_region_spacing(tmp_path: Path, colour: bool) -> None:

@@ -465,6 +465,7 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
 
     # Coronal slices of the 13-section CT case are 13 rows high: the page says so on opening.
     page.select_option("#case-select", f"data/{CASE}")
+    page.once("dialog", lambda dialog: dialog.accept())  # the block's box closes with its session
     page.click("#open-case")
     page.wait_for_function(f"document.querySelector('#status').textContent.includes('too narrow') && {IDLE}")
     assert "coronal slices are 13 x 512 pixels: too narrow for the model" in page.inner_text("#status")

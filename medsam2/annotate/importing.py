@@ -25,7 +25,7 @@ from medsam2.annotate.images import voxels_sha256
 from medsam2.annotate.store import store_mask
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.errors import InputError
-from medsam2.io import Volume, check_same_geometry, load_image, slicing_axis_index
+from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.dicom import is_dicom_file
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
@@ -161,11 +161,10 @@ def import_cases(
 def _read_case(project: Project, name: str, image: Path, mask: Path | None, prompts: PromptSources | None) -> tuple[CaseRow, tuple[np.ndarray, Volume] | None]:
     """The case's row, and its mask (checked) with the image, for the caller to store."""
     volume = load_image(image)
-    axis_index = slicing_axis_index(volume, project.settings.axis)
     sources = prompts or PromptSources()
     has_hints = sources != PromptSources() or stored_array(volume, "recist") is not None
     try:
-        hints = [prompt_to_json(p) for p in gather_prompts(volume, axis_index, sources)] if has_hints else None
+        hints = [prompt_to_json(p) for p in gather_prompts(volume, project.settings.axis, sources)] if has_hints else None
     except InputError as error:
         raise InputError(f"{image}: {error}") from None
     if hints is not None and any("box" not in h and "points" not in h for h in hints):

@@ -12,7 +12,7 @@ import typer
 from medsam2.cli.errors import reports_input_errors
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_segmentation
-from medsam2.io.masks import NPZ_MASK_KEYS, stored_array
+from medsam2.io.masks import NPZ_MASK_KEYS, states_geometry, stored_array
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
@@ -34,15 +34,16 @@ def mask_labels(volume: Volume) -> list[int] | None:
 def describe(volume: Volume) -> dict:
     """The facts `medsam2 info` prints, as a JSON-ready dict."""
     array = volume.array
+    placed = states_geometry(volume)  # a picture, or an npz without geometry, is placed nowhere in a patient
     facts = {
         "file": str(volume.source) if volume.source else None,
         "shape_zyx": list(volume.shape),
         "channels": int(array.shape[3]) if volume.is_color else 1,
         "dtype": str(array.dtype),
         "spacing_xyz_mm": [round(float(s), 6) for s in volume.spacing] if volume.has_spacing else None,
-        "origin_xyz_mm": [round(float(o), 4) for o in volume.origin],
-        "orientation": orientation_code(volume),
-        "direction": [round(float(d), 6) for d in volume.direction],
+        "origin_xyz_mm": [round(float(o), 4) for o in volume.origin] if placed else None,
+        "orientation": orientation_code(volume) if placed else None,
+        "direction": [round(float(d), 6) for d in volume.direction] if placed else None,
         "intensity_min": float(array.min()),
         "intensity_max": float(array.max()),
         "modality": guess_modality(volume),

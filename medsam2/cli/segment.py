@@ -23,7 +23,7 @@ from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_output
 from medsam2.io.video import is_video
-from medsam2.io.volume import SliceAxis, Volume, slice_display, slice_pixel_spacing, slicing_axis_index, to_slices
+from medsam2.io.volume import SliceAxis, Volume, slice_display, slice_pixel_spacing, to_slices
 from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.wording import counted
 
@@ -137,10 +137,11 @@ def segment(
         check_overlay_output(overlay)
     check_output_paths([image, prompts_file, mask_prompt, edit], [output, overlay])
     volume = load_image(image)
+    if axis != "axial" and volume.shape[0] == 1:
+        raise InputError(f"--axis {axis}: {image} is one 2D image, segmented in its own plane (leave --axis out)")
     check_mask_output(output, volume)
-    axis_index = slicing_axis_index(volume, axis)  # type: ignore[arg-type]
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
-    prompts = gather_prompts(volume, axis_index, sources)
+    prompts = gather_prompts(volume, axis, sources)  # type: ignore[arg-type]
     start = None
     if edit is not None:
         start = load_mask(edit, like=volume)

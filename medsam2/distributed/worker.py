@@ -21,7 +21,7 @@ from medsam2.engine.prompt_sources import gather_prompts
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError, first_line
-from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask, slicing_axis_index
+from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
 from medsam2.io.readers import PICTURE_SUFFIXES
@@ -126,7 +126,7 @@ class CaseRunner:
         volume = load_image(case.image)
         output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
         check_mask_output(settings.out_dir / output, volume)  # a DICOM-SEG of a NIfTI, a PNG of a scan
-        prompts = gather_prompts(volume, slicing_axis_index(volume, settings.axis), case.prompts, MANIFEST_PROMPTS)
+        prompts = gather_prompts(volume, settings.axis, case.prompts, MANIFEST_PROMPTS)
         truth = self._ground_truth(case.gt, volume) if case.gt is not None else None
         # Bad input fails above without loading a model; a model's first load is not the case's time.
         loading = time.perf_counter()

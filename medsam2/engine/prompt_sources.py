@@ -16,7 +16,7 @@ from medsam2.engine.prompt_files import load_prompt_file
 from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box
 from medsam2.errors import InputError
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
-from medsam2.io.volume import Volume, to_slices
+from medsam2.io.volume import SliceAxis, Volume, slicing_axis_index, to_slices
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,11 @@ def written_prompts(sources: PromptSources, height: int, width: int, names: Prom
     return prompts
 
 
-def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
-    """The prompts of every source, in slice coordinates along `axis_index`; an npz with a `recist`
+def gather_prompts(volume: Volume, axis: SliceAxis, sources: PromptSources, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
+    """The prompts of every source, in the coordinates of `axis` slices; an npz with a `recist`
     marker and no other prompt is prompted from that marker. No prompt at all, or one that does not
-    fit the slices, is an `InputError`, found before any model runs."""
+    fit the slices, is an `InputError` (naming a view other than axial), found before any model runs."""
+    axis_index = slicing_axis_index(volume, axis)
     depth, height, width = to_slices(np.empty(volume.shape, dtype=np.uint8), axis_index).shape
     prompts = written_prompts(sources, height, width, names)
     if sources.mask_prompt is not None:
@@ -142,5 +143,5 @@ def gather_prompts(volume: Volume, axis_index: int, sources: PromptSources, name
     if not prompts:
         raise InputError(f"{volume.source}: no prompt given ({names.all_sources})")
     for prompt in prompts:
-        prompt.validate(depth, height, width)
+        prompt.validate(depth, height, width, unit="slice" if axis == "axial" else f"{axis} slice")
     return check_one_region_each(prompts)

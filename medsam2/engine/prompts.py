@@ -59,7 +59,7 @@ class Prompt:
             if x2 <= x1 or y2 <= y1:
                 raise InputError(f"{where}: box {_shown(self.box)} is inverted or empty (need x1<x2, y1<y2)")
             if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
-                raise InputError(f"{where}: box {_shown(self.box)} lies outside the {width}x{height} {unit}")
+                raise InputError(f"{where}: box {_shown(self.box)} reaches outside the {width}x{height} {unit} (x 0..{width - 1}, y 0..{height - 1})")
         if len(self.points) != len(self.labels):
             raise InputError(f"{where}: {counted(len(self.points), 'point')} but {counted(len(self.labels), 'label')}")
         if len(self.points) > MAX_CLICKS:

@@ -66,6 +66,24 @@ def as_shown(tile: Image.Image, display: SliceDisplay, pixel_spacing: tuple[floa
     return turned.resize(size, Image.Resampling.NEAREST)
 
 
+def _evenly(items: list[int], count: int) -> list[int]:
+    """At most `count` of `items`, evenly spread from the first to the last."""
+    if len(items) <= count:
+        return items
+    return [items[int(round(i))] for i in np.linspace(0, len(items) - 1, count)] if count else []
+
+
+def montage_slices(labels: np.ndarray, boxed: list[int], max_tiles: int) -> list[int]:
+    """The slices a montage shows: those that hold an object or a box, at most `max_tiles` of them,
+    every boxed one first (what the user gave is always shown), the others evenly picked; the
+    middle slice when there is none."""
+    shown = sorted({int(k) for k in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))} | set(boxed))
+    if not shown:
+        return [labels.shape[0] // 2]
+    kept = _evenly(boxed, max_tiles)
+    return sorted(set(kept) | set(_evenly([k for k in shown if k not in kept], max_tiles - len(kept))))
+
+
 def save_overlay_montage(
     slices: np.ndarray,
     labels: np.ndarray,
@@ -76,17 +94,14 @@ def save_overlay_montage(
     max_tiles: int = 16,
     tile_size: int = 256,
 ) -> Path:
-    """Write a grid of the slices that hold an object or a box (at most `max_tiles`, evenly picked),
+    """Write a grid of the slices that hold an object or a box (at most `max_tiles`: every boxed
+    one, the others evenly picked),
     each turned as `display` says (`slice_display`), stretched to square millimetres
     (`pixel_spacing`: mm between the slices' columns, between their rows) and captioned with its
     index, as a PNG."""
     check_overlay_output(path)
     boxes = boxes or {}
-    shown = sorted({int(k) for k in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))} | set(boxes))
-    if not shown:
-        shown = [slices.shape[0] // 2]
-    if len(shown) > max_tiles:
-        shown = [shown[int(round(i))] for i in np.linspace(0, len(shown) - 1, max_tiles)]
+    shown = montage_slices(labels, sorted(boxes), max_tiles)
     columns = int(np.ceil(np.sqrt(len(shown))))
     rows = int(np.ceil(len(shown) / columns))
     montage = Image.new("RGB", (columns * tile_size, rows * tile_size))

@@ -26,7 +26,7 @@ from typing import get_args
 import nibabel as nib
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
@@ -283,12 +283,20 @@ def _read_picture(path: Path) -> Volume:
 
 
 def read_picture(path: Path) -> np.ndarray:
-    """One 2D picture as (H, W) grey or (H, W, 3) RGB; palette, alpha and CMYK pictures become RGB."""
-    with Image.open(path) as picture:
-        if getattr(picture, "n_frames", 1) > 1:
-            raise InputError(f"{path}: {picture.n_frames} pages; only single 2D images are supported")
-        if picture.mode in ("1", "LA"):
-            picture = picture.convert("L")
-        elif picture.mode not in ("L", "I", "I;16", "F", "RGB"):  # palette, alpha, CMYK...
-            picture = picture.convert("RGB")
-        return np.asarray(picture)
+    """One 2D picture as (H, W) grey or (H, W, 3) RGB, upright as its EXIF orientation says (as
+    viewers show it); palette, alpha and CMYK pictures become RGB. A damaged file is an error naming
+    it (one frame of a folder, say)."""
+    try:
+        with Image.open(path) as picture:
+            if getattr(picture, "n_frames", 1) > 1:
+                raise InputError(f"{path}: {picture.n_frames} pages; only single 2D images are supported")
+            picture = ImageOps.exif_transpose(picture)
+            if picture.mode in ("1", "LA"):
+                picture = picture.convert("L")
+            elif picture.mode not in ("L", "I", "I;16", "F", "RGB"):  # palette, alpha, CMYK...
+                picture = picture.convert("RGB")
+            return np.asarray(picture)
+    except InputError:
+        raise
+    except _LIBRARY_READ_ERRORS as error:  # PIL's UnidentifiedImageError is an OSError
+        raise InputError(f"{path}: cannot read ({library_reason(error)})") from error

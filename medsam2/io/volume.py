@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from nibabel.orientations import io_orientation
 
 from medsam2.errors import InputError
 
@@ -107,19 +108,37 @@ def _geometry_text(volume: Volume, name: str, values: np.ndarray) -> object:
     return "none in its file" if name == "spacing" and not volume.has_spacing else np.round(values, 4).tolist()
 
 
+_WORLD_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def index_axes_in_world(volume: Volume) -> np.ndarray:
+    """For each index axis d (x, y, z): the LPS world axis it runs along and its sign, as rows of
+    (world axis, +1 or -1).
+
+    Each index axis gets a world axis of its own (nibabel's `io_orientation`: the closest match
+    first), so even a strongly oblique scan, whose axes are each nearest the same world axis, has
+    one axial, one coronal and one sagittal slicing axis.
+    """
+    affine = np.eye(4)
+    affine[:3, :3] = volume.direction_matrix
+    orientation = io_orientation(affine)
+    return np.column_stack([orientation[:, 0].astype(int), orientation[:, 1].astype(int)])
+
+
 def slicing_axis_index(volume: Volume, axis: SliceAxis) -> int:
     """Which array axis (0, 1 or 2) to step through to get `axis` slices.
 
     Chosen from the direction cosines, so an image stored sagittally still gives axial slices
     when asked for axial: axial slices are stacked along world z (LPS S), coronal along world y (P),
-    sagittal along world x (L).
+    sagittal along world x (L). One slice (a picture, a single DICOM image) is always taken in its
+    own plane: across it, every slice would be a line of pixels.
     """
-    world_axes = {"sagittal": 0, "coronal": 1, "axial": 2}
-    if axis not in world_axes:
-        raise InputError(f"axis must be one of {', '.join(world_axes)}, not {axis!r}")
-    world_axis = world_axes[axis]
-    # direction[:, d] is the world direction of index axis d (x, y, z); array axis = 2 - d.
-    index_axis_xyz = int(np.argmax(np.abs(volume.direction_matrix[world_axis, :])))
+    if axis not in _WORLD_AXES:
+        raise InputError(f"axis must be one of {', '.join(_WORLD_AXES)}, not {axis!r}")
+    if volume.shape[0] == 1:
+        return 0
+    # Index axis d (x, y, z) is array axis 2 - d.
+    index_axis_xyz = int(np.flatnonzero(index_axes_in_world(volume)[:, 0] == _WORLD_AXES[axis])[0])
     return 2 - index_axis_xyz
 
 
@@ -168,22 +187,24 @@ def slice_display(volume: Volume, axis: SliceAxis) -> SliceDisplay:
     axial slices are transposed. Slices without patient geometry (videos, pictures) are shown as stored."""
     axis_index = slicing_axis_index(volume, axis)
     rows_axis, columns_axis = (a for a in range(3) if a != axis_index)
-    # direction[:, d] is the world direction of index axis d (x, y, z); array axis a is index axis 2 - a.
-    along_rows, along_columns = volume.direction_matrix[:, 2 - rows_axis], volume.direction_matrix[:, 2 - columns_axis]
-    (down, down_sign), (right, right_sign) = _SCREEN_DOWN_AND_RIGHT[axis]
-    transpose = bool(abs(along_columns[down]) > abs(along_rows[down]))
+    # Array axis a is index axis 2 - a.
+    world = index_axes_in_world(volume)
+    (_, rows_sign), (columns_world, columns_sign) = world[2 - rows_axis], world[2 - columns_axis]
+    (down, down_sign), (_, right_sign) = _SCREEN_DOWN_AND_RIGHT[axis]
+    transpose = bool(columns_world == down)
     if transpose:
-        along_rows, along_columns = along_columns, along_rows
+        rows_sign, columns_sign = columns_sign, rows_sign
     return SliceDisplay(
         transpose=transpose,
-        flip_rows=bool(along_rows[down] * down_sign < 0),
-        flip_columns=bool(along_columns[right] * right_sign < 0),
+        flip_rows=bool(rows_sign * down_sign < 0),
+        flip_columns=bool(columns_sign * right_sign < 0),
     )
 
 
-# The order radiologists step through slices in (LPS world axis, sign of the next slice): axial from
-# head to feet, coronal from front to back, sagittal from the patient's right to his left.
-_READING_ORDER = {"axial": (2, -1), "coronal": (1, +1), "sagittal": (0, +1)}
+# The order radiologists step through slices in, as the sign of the next slice along the LPS world
+# axis: axial from head to feet (-S), coronal from front to back (+P), sagittal from the patient's
+# right to his left (+L).
+_READING_SIGN = {"axial": -1, "coronal": +1, "sagittal": +1}
 
 
 def reading_step(volume: Volume, axis: SliceAxis) -> int:
@@ -191,9 +212,8 @@ def reading_step(volume: Volume, axis: SliceAxis) -> int:
     the file stores them the other way (a RAS NIfTI's or a DICOM series' axial slices run from the
     feet up). Viewers step by it, so that the same key goes the same way through the patient
     whatever the file's order; the numbers stay the file's, as prompts use them."""
-    world_axis, sign = _READING_ORDER[axis]
-    along_slices = volume.direction_matrix[world_axis, 2 - slicing_axis_index(volume, axis)]
-    return 1 if along_slices * sign > 0 else -1
+    _, along_slices = index_axes_in_world(volume)[2 - slicing_axis_index(volume, axis)]
+    return 1 if along_slices * _READING_SIGN[axis] > 0 else -1
 
 
 def orient_for_display(image: np.ndarray, display: SliceDisplay) -> np.ndarray:
@@ -210,14 +230,9 @@ def orient_for_display(image: np.ndarray, display: SliceDisplay) -> np.ndarray:
 def orientation_code(volume: Volume) -> str:
     """Three letters naming where each index axis (x, y, z) points, e.g. "LPS" or "RAS".
 
-    Each index axis takes the world axis it is most aligned with; LPS letters for positive world
-    directions, RAI for negative ones (the DICOM/ITK convention of naming the direction an axis
-    increases towards).
+    Each index axis takes a world axis of its own (`index_axes_in_world`); LPS letters for positive
+    world directions, RAI for negative ones (the DICOM/ITK convention of naming the direction an
+    axis increases towards).
     """
     positive, negative = "LPS", "RAI"
-    letters = []
-    for d in range(3):
-        column = volume.direction_matrix[:, d]
-        world = int(np.argmax(np.abs(column)))
-        letters.append(positive[world] if column[world] > 0 else negative[world])
-    return "".join(letters)
+    return "".join((positive if sign > 0 else negative)[world] for world, sign in index_axes_in_world(volume))
