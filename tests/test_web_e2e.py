@@ -357,8 +357,11 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         other.keyboard.press("b")
         drag(other, (10, 10), (30, 30))
         wait_prompts(other, 2)
+        view_top = "document.querySelector('main').getBoundingClientRect().top"
+        top_before = page.evaluate(view_top)
         drag(page, (80, 80), (100, 100))
         page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.startsWith('Not done: this session was changed in another tab')")
+        assert page.evaluate(view_top) == top_before  # a long message does not push the view down
         assert page.locator("#prompted li").count() == 2 and [p["slice"] for p in session_info(page)["objects"][0]["prompts"]] == [0]
         assert [problem for problem in problems if problem.startswith("412 ")] and other_problems == []
         other.close()

@@ -65,8 +65,13 @@ def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
 def _segmentation_on(path: Path, like: Volume | None) -> Volume:
     # A SEG holds only the non-empty frames of a series it references: its slices are known only
     # through that series.
-    if like is None or "dicom_files" not in like.meta:
+    if like is None:
         raise InputError(f"{path}: a DICOM-SEG is read against the DICOM series it segments, and none is given with it here")
+    if "dicom_files" not in like.meta:
+        raise InputError(
+            f"{path}: a DICOM-SEG is read against the DICOM series it segments, not {like.source or 'an image'} "
+            "(not read from DICOM files)"
+        )
     labels, names = read_segmentation(path, dicom_headers(like, "to read the DICOM-SEG on"))
     if labels.shape != like.shape:
         raise InputError(f"{path}: shape (Z, Y, X) {labels.shape} differs from the image's {like.shape}")

@@ -62,6 +62,7 @@ async function change(suffix, options = {}, session = state.session) {
 function status(message, isError = false) {
   const line = $("status");
   line.textContent = message;
+  line.title = message; // the whole of a message longer than the line's two rows
   line.classList.toggle("error", isError);
 }
 
