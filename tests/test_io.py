@@ -25,6 +25,7 @@ from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import label_names, load_mask
+from medsam2.io.readers import _native_stderr_held_back
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
 ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -587,3 +588,17 @@ def test_nifti_mask_keeps_the_images_qform_and_sform(
     check_same_geometry(image, mask, f"{mask_path.name} vs {image_path.name}")
     np.testing.assert_array_equal(mask.array, gts)
     assert not [name for name in visible_files(tmp_path) if name.startswith(".")]
+
+
+def test_a_failed_metaimage_read_drops_only_metaio_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """MetaIO prints its complaints to file descriptor 2 itself; holding them back must not swallow
+    what another thread (a server's log) printed in that moment."""
+    capfd.readouterr()
+    with pytest.raises(RuntimeError), _native_stderr_held_back():
+        os.write(2, b"INFO: a request of another session\n")
+        os.write(2, b"MetaImage: M_ReadElementsData: data not read completely\n   ideal = 8000 : actual = 7500\n")
+        raise RuntimeError("the read failed")
+    assert capfd.readouterr().err == "INFO: a request of another session\n"
+    with _native_stderr_held_back():  # a read that succeeds keeps everything
+        os.write(2, b"MetaImage: a note\n")
+    assert capfd.readouterr().err == "MetaImage: a note\n"

@@ -94,11 +94,9 @@ def save_overlay_montage(
     max_tiles: int = 16,
     tile_size: int = 256,
 ) -> Path:
-    """Write a grid of the slices that hold an object or a box (at most `max_tiles`: every boxed
-    one, the others evenly picked),
-    each turned as `display` says (`slice_display`), stretched to square millimetres
-    (`pixel_spacing`: mm between the slices' columns, between their rows) and captioned with its
-    index, as a PNG."""
+    """Write a grid of the slices that hold an object or a box (`montage_slices`), each turned as
+    `display` says (`slice_display`), stretched to square millimetres (`pixel_spacing`: mm between
+    the slices' columns, between their rows) and captioned with its index, as a PNG."""
     check_overlay_output(path)
     boxes = boxes or {}
     shown = montage_slices(labels, sorted(boxes), max_tiles)

@@ -178,13 +178,17 @@ def _read_sitk_file(path: Path) -> Volume:
     return _volume_from_sitk(image, path, meta=meta)
 
 
+# MetaIO's complaints: "MetaImage: M_ReadElementsData: data not read completely", then
+# "   ideal = 8000 : actual = 7500".
+_METAIO_LINE = re.compile(rb"^(Meta\w*: .*|\s+ideal = \d+ : actual = \d+)$")
+
+
 @contextlib.contextmanager
 def _native_stderr_held_back() -> Iterator[None]:
     """MetaIO, SimpleITK's MetaImage library, prints its complaints about a damaged file to the
-    process's standard error itself ("M_ReadElementsData: data not read completely"), in lines
-    beside the one-line error the failed read becomes. What the block writes to file descriptor 2
-    is held back: written out after it succeeds, dropped when it fails (along with anything another
-    thread printed in that moment, which a command line does not have)."""
+    process's standard error itself, in lines beside the one-line error the failed read becomes.
+    What the block writes to file descriptor 2 is held back and written out after it, less MetaIO's
+    lines when the read failed: what other threads (a server's log) printed meanwhile is kept."""
     sys.stderr.flush()
     saved = os.dup(2)
     succeeded = False
@@ -196,9 +200,10 @@ def _native_stderr_held_back() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            if succeeded:
-                held.seek(0)
-                os.write(2, held.read())
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = lines if succeeded else [line for line in lines if not _METAIO_LINE.match(line.rstrip(b"\r\n"))]
+            os.write(2, b"".join(kept))
 
 
 def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
