@@ -501,6 +501,19 @@ def test_outputs_land_together_or_not_at_all(tmp_path: Path, ct_case: Volume, mo
     assert [p.name for p in (tmp_path / "export").iterdir()] == ["manifest.json"]
     np.testing.assert_array_equal(load_image(tmp_path / "mask.mhd").array, gts)
 
+    # A folder where a file output goes: refused before any work unless that output is a folder,
+    # and, should one appear meanwhile, before any output of the group lands.
+    (tmp_path / "table.csv").mkdir()
+    with pytest.raises(InputError, match="^table.csv: a folder is there, and this output is a file"):
+        check_output_paths([], [Path("mask.nii.gz"), Path("table.csv")])
+    check_output_paths([], [Path("table.csv")], folders=[tmp_path / "table.csv"])
+    with pytest.raises(InputError, match="table.csv: a folder is there, and this output is a file"):
+        with outputs_together([tmp_path / "new.mhd", tmp_path / "table.csv"]) as (mask, table):
+            save_mask(gts, ct_case, mask)
+            table.write_text("a,b\n")
+    assert not (tmp_path / "new.mhd").exists() and not list((tmp_path / "table.csv").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mask.mhd", "mask.zraw", "report.csv", "table.csv"]
+
 
 def test_atomic_outputs_get_the_umasks_permissions(tmp_path: Path) -> None:
     # A shared project folder needs its reports and exports readable by the group, as any file

@@ -208,6 +208,13 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
     result = run("--reference", case, "--reference-mask", case, targets, "-o", targets)
     assert result.exit_code == 2 and "scan.npz: writing there would replace the input" in result.stderr
     assert (targets / "scan.npz").read_bytes() == case.read_bytes()
+    # A folder in the place of the table or of a mask: refused before the model runs, nothing lands.
+    for blocked in ("one_prompt.csv", LESION):
+        out = tmp_path / f"blocked_{len(blocked)}"
+        (out / blocked).mkdir(parents=True)
+        result = run("--reference", case, "--reference-mask", case, case, "-o", out)
+        assert result.exit_code == 2 and f"{blocked}: a folder is there, and this output is a file" in result.stderr
+        assert "Traceback" not in result.output and [p.name for p in out.iterdir()] == [blocked]
     result = run("--reference", case, "--reference-mask", case, case, "-o", tmp_path / "masks.nii.gz")
     assert result.exit_code == 2 and "the output is a folder (one mask per target in it), not an image file" in result.stderr
 

@@ -21,7 +21,7 @@ from medsam2.io import load_image, save_mask
 from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
-from medsam2.io.writers import check_mask_output
+from medsam2.io.writers import check_mask_name, check_mask_output
 from medsam2.io.video import is_video
 from medsam2.io.volume import SliceAxis, Volume, slice_display, slice_pixel_spacing, to_slices
 from medsam2.preprocess import WINDOW_PRESETS
@@ -135,6 +135,7 @@ def segment(
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     if overlay is not None:
         check_overlay_output(overlay)
+    check_mask_name(output, None)
     check_output_paths([image, prompts_file, mask_prompt, edit], [output, overlay])
     volume = load_image(image)
     if axis != "axial" and volume.shape[0] == 1:

@@ -73,8 +73,8 @@ class VideoRequest:
 
 def check_outputs(request: VideoRequest) -> None:
     """Refuse unwritable output kinds and places before any work."""
-    check_output_paths(request.inputs(), request.outputs())
-    mask_sequence_kind(request.output)
+    folders = [request.output] if mask_sequence_kind(request.output) == "folder" else []
+    check_output_paths(request.inputs(), request.outputs(), folders=folders)
     if request.overlay is not None:
         check_overlay_path(request.overlay)
     if request.areas is not None and request.areas.suffix.lower() != ".csv":

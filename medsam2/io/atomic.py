@@ -173,9 +173,16 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
         except OSError as error:  # a full disk, a file-size limit...
             where = _as_named(str(error.filename), named) if error.filename else ", ".join(named.values())
             raise InputError(f"{where}: cannot write ({error.strerror or error})") from None
-        for final, staging in stagings.items():
-            for written in sorted(staging.iterdir(), key=lambda entry: entry.name == final.name):
-                _move_into_place(written, final.parent / written.name)
+        moves = [
+            (written, final.parent / written.name)
+            for final, staging in stagings.items()
+            for written in sorted(staging.iterdir(), key=lambda entry: entry.name == final.name)
+        ]
+        for written, path in moves:  # checked for all before any lands
+            if not written.is_dir() and path.is_dir():
+                raise _folder_in_the_way(path)
+        for written, path in moves:
+            _move_into_place(written, path)
         for descriptor, written in streams:
             _write_to_descriptor(descriptor, written)
         landed = True
@@ -186,6 +193,10 @@ def outputs_together(paths: Sequence[Path | str | None]) -> Iterator[list[Path |
             for folder in reversed(made):  # deepest first; only while empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _folder_in_the_way(path: Path) -> InputError:
+    return InputError(f"{path}: a folder is there, and this output is a file; remove the folder or name another file")
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -208,13 +219,19 @@ def make_output_folder(path: Path) -> Path:
     return path
 
 
-def check_output_paths(inputs: Sequence[Path | str | None], outputs: Sequence[Path | str | None]) -> None:
+def check_output_paths(
+    inputs: Sequence[Path | str | None], outputs: Sequence[Path | str | None], folders: Sequence[Path | str] = ()
+) -> None:
     """Refuse, before any work, outputs that would replace an input (or, as a folder, hold one) or
-    each other, and outputs in a place that cannot be written: a one-line `InputError`."""
+    each other, a file output where a folder is (only `folders` are written as folders), and outputs
+    in a place that cannot be written: a one-line `InputError`."""
     sources = [Path(path).resolve() for path in inputs if path is not None]
+    folder_outputs = {Path(folder).resolve() for folder in folders}
     seen: dict[Path, Path] = {}
     for path in (Path(output) for output in outputs if output is not None):
         resolved = path.resolve()
+        if resolved.is_dir() and resolved not in folder_outputs:
+            raise _folder_in_the_way(path)
         for source in sources:
             if source == resolved or source.is_relative_to(resolved):
                 raise InputError(f"{path}: writing there would replace the input {source}; choose another output")
