@@ -4,6 +4,10 @@ independence, confidence, bad inputs, and the command line on a real CT lesion c
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +194,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, case), "give exactly one of --reference-mask and --reference-box"),
         (("--reference", case, "--reference-mask", case, "--reference-box", "6,1,1,9,9", case), "give exactly one"),
         (("--reference", case, "--reference-mask", empty, case), "the mask prompt is empty"),
+        (("--reference", case, "--reference-box", "6,246,273,276,322", "--label", "1", case), "--label chooses a label of --reference-mask"),
         (("--reference", case, "--reference-box", "6,400,10,600,60", case), "reaches outside the 512x512 slice"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
@@ -217,6 +222,24 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         assert "Traceback" not in result.output and [p.name for p in out.iterdir()] == [blocked]
     result = run("--reference", case, "--reference-mask", case, case, "-o", tmp_path / "masks.nii.gz")
     assert result.exit_code == 2 and "the output is a folder (one mask per target in it), not an image file" in result.stderr
+
+
+def test_a_run_stopped_by_sigterm_leaves_no_staged_outputs(shared_data: Path, tmp_path: Path):
+    """`kill` while the masks are being written (their staging folders exist) unwinds as Ctrl-C
+    does: status 143 and no output folder, no hidden staging folder."""
+    case = shared_data / "ct_lesion" / LESION
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "medsam2.cli", "one-prompt", "--reference", case, "--reference-mask", case, case, "-o", out]
+    run = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out.is_dir() and any(out.iterdir())):
+        assert run.poll() is None, run.communicate()[0]
+        assert time.monotonic() < deadline, "no staging folder in time"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output and not out.exists()
 
 
 def test_segment_memory_option_bad_values_are_one_line_errors(shared_data: Path, tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -77,9 +78,16 @@ def with_plain_value_labels(command: typer.core.TyperCommand) -> typer.core.Type
     return command
 
 
+def exit_on_terminate(signum: int, _frame: object) -> None:
+    """SIGTERM (`kill`, a job scheduler's stop) unwinds the command as Ctrl-C does, so outputs being
+    staged are deleted instead of left behind as hidden folders; the status is the usual 128+15."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """The `medsam2` command: the app, with a mistyped command line (a missing option, a value of the
     wrong type) reported in one line too, as every other bad input is."""
+    signal.signal(signal.SIGTERM, exit_on_terminate)  # commands with a stop of their own (batch, serve) replace it
     try:
         status = with_plain_value_labels(typer.main.get_command(app)).main(prog_name="medsam2", standalone_mode=False)
     except typer.Abort:

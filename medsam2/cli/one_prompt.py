@@ -92,6 +92,8 @@ def reference_prompt(
     volume = load_image(image_path)
     slices, axis_index = prepare_slices(volume, axis, window)
     if box is not None:
+        if label is not None:
+            raise InputError("--label chooses a label of --reference-mask; a --reference-box marks one structure already")
         z, x1, y1, x2, y2 = parse_numbers(box, "--reference-box", (5,))
         prompt = Prompt(as_index(z, "--reference-box", "slice"), 1, box=(x1, y1, x2, y2))
         prompt.validate(*slices.shape[:3])
