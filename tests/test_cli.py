@@ -15,12 +15,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import click.testing
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from medsam2.cli import segment as segment_command
 from medsam2.cli import video as video_command
-from medsam2.cli.main import app
+from medsam2.cli.main import app, with_plain_value_labels
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import Volume, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
@@ -99,6 +101,20 @@ def test_version_and_help_through_the_installed_command() -> None:
     wide = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "200"}).output
     assert "X,Y pixel column and row in that slice (as medsam2 info and most viewers count from 0)." in wide
     assert "$MEDSAM2_MODEL_<NAME>" in wide
+
+
+def test_every_help_shows_whole_option_names_at_80_columns() -> None:
+    """No option name is cut (`--freeze-image-en…`) on an 80-column terminal, and bounded numbers
+    are labelled as typed (`<int> [x>=1]`)."""
+    command = with_plain_value_labels(typer.main.get_command(app))
+    commands = [[name] for name in command.commands if name != "annotate"]
+    commands += [["annotate", name] for name in command.commands["annotate"].commands]
+    for words in commands:
+        shown = click.testing.CliRunner().invoke(command, [*words, "--help"], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0 and "Options" in shown.output, words
+        assert "…" not in shown.output and " range>" not in shown.output, (words, shown.output)
+        assert max(map(len, shown.output.splitlines())) <= 80, words
+    assert len(commands) > 10
 
 
 def test_info_describes_image_and_mask(lesion_nifti) -> None:

@@ -64,15 +64,18 @@ app.add_typer(annotate_app, name="annotate")
 
 def with_plain_value_labels(command: typer.core.TyperCommand) -> typer.core.TyperCommand:
     """`command` and its subcommands, their help labelling values as they are typed: typer labels a
-    flag `<bool>` though it takes no value, and a repeatable option `<list[str]>` though it takes
-    one `<str>` each time."""
+    flag `<bool>` though it takes no value, a repeatable option `<list[str]>` though it takes one
+    `<str>` each time, and a bounded number `<int range> [x>=1]`, whose width squeezes the help
+    text at 80 columns (`<int> [x>=1]` says the same)."""
     context = typer.Context(command)
     for param in command.get_params(context):  # with --help, made (and kept) on first ask
         if isinstance(param, typer.core.TyperOption) and param.metavar is None:
             if param.is_flag:
                 param.metavar = ""
             elif param.multiple:
-                param.metavar = param.display_type(context).replace("list[", "").replace("]", "")
+                param.metavar = param.display_type(context).replace("list[", "").replace("]", "").lower()
+            elif param.display_type(context).endswith(" range>"):
+                param.metavar = param.display_type(context).replace(" range>", ">")
     for subcommand in getattr(command, "commands", {}).values():
         with_plain_value_labels(subcommand)
     return command

@@ -73,7 +73,7 @@ def train_command(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Samples per process and micro-batch."),
     accumulate: int | None = typer.Option(None, "--accumulate", min=1, help="Micro-batches per optimizer step."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
-    freeze_image_encoder: bool | None = typer.Option(None, "--freeze-image-encoder/--train-image-encoder", help="Keep the image encoder fixed (much faster; embeddings are computed once)."),
+    freeze_image_encoder: bool | None = typer.Option(None, "--freeze-encoder/--train-encoder", help="Keep the image encoder fixed (much faster; embeddings are computed once)."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share of cases held out for validation."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of the split, the samples and the prompts."),
@@ -98,7 +98,7 @@ def train_command(
 
       medsam2 train finetune.yaml
 
-      medsam2 train --images imagesTr/ --masks labelsTr/ --out runs/liver --steps 2000 --freeze-image-encoder
+      medsam2 train --images imagesTr/ --masks labelsTr/ --out runs/liver --steps 2000 --freeze-encoder
 
       medsam2 segment scan.nii.gz --box 42,120,88,160,131 --model runs/liver/model.pt -o liver.nii.gz
     """
