@@ -155,6 +155,12 @@ def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, unint
     assert all(torch.equal(ours[key], reference[key]) for key in ours)
     assert [r["train_loss"] for r in log_rows(out)] == [r["train_loss"] for r in log_rows(uninterrupted.out_dir)]
 
+    # Resuming the finished run again has nothing to do and touches none of its files.
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    again = runner.invoke(app, ["train", str(config), "--resume", "--no-progress"])
+    assert again.exit_code == 0 and f"nothing to do: the run in {out} finished at step" in again.stdout, again.output
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+
     image = dataset / "images" / "val0.nii.gz"
     truth = load_image(dataset / "masks" / "val0.nii.gz").array > 0
     x1, y1, x2, y2 = box_from_mask(truth[0])

@@ -138,9 +138,11 @@ def train(
             if not data.val:
                 report(f"no validation: {no_validation_reason(config.data, len(data.train) + len(data.skipped))}; "
                        f"{BEST_NAME} is not written, {FINAL_NAME} is the model after the last step")
+        stop = stop_at or config.training.steps
+        if distribution.is_main and loop.step < stop:  # a finished run's files stay as they are
             atomic_write_text(out_dir / CONFIG_NAME, yaml.safe_dump(config.to_dict(), sort_keys=False))
             atomic_write_text(out_dir / DATA_MANIFEST_NAME, json.dumps(data.manifest, indent=1) + "\n")
-        return loop.run(stop_at or config.training.steps)
+        return loop.run(stop)
 
 
 def no_validation_reason(config: DataConfig, cases: int) -> str:
@@ -198,17 +200,19 @@ class _Loop:
             if distribution.is_main:
                 report(f"resuming {self.out_dir / STATE_NAME} at step {self.step} of {config.training.steps}")
         self.start_step = self.step
+        self.resumed = state is not None
         self.train_loss: float | None = None
         self.val_dsc: float | None = None
-        self.log = None
-        if distribution.is_main:
-            columns = [f"train_{term}" for term in self.task.loss_terms] + ["lr", "grad_norm", "samples_per_s", "val_dsc"]
-            self.log = RunLog(self.out_dir, columns, self.step if state is not None else None, config.output.tensorboard)
+        self.log: RunLog | None = None
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, stop: int) -> TrainingSummary:
+        """Train up to step `stop`; logs are opened only when there is a step to take."""
         config = self.config
+        if self.distribution.is_main and self.step < stop:
+            columns = [f"train_{term}" for term in self.task.loss_terms] + ["lr", "grad_norm", "samples_per_s", "val_dsc"]
+            self.log = RunLog(self.out_dir, columns, self.step if self.resumed else None, config.output.tensorboard)
         try:
             self.module.train()
             if config.output.validate_at_start and self.step == 0:
