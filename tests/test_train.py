@@ -290,7 +290,9 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
 @pytest.mark.parametrize(
     "how, fragments",
     [
-        ("missing", ["nowhere", "no such folder"]),
+        ("missing", ["images source", "nowhere: no such folder"]),
+        ("relative npz", ["npz source /", "/npz/missing: no such file or folder"]),  # resolved from the config's folder, tidied
+        ("unknown val case", ["no case with id 'nope' (ids: case0, case1, val0)"]),
         ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs: (2, 64, 60) vs"]),  # the mask's first, as named
         ("empty", ["no training case has a labelled voxel (2 training cases read): nothing to learn from"]),
         ("unpaired", ["case1.nii.gz: no mask named case1"]),
@@ -310,6 +312,10 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
     extra: list[str] = []
     if how == "missing":
         document["data"] = {"sources": [{"images": str(tmp_path / "nowhere"), "masks": str(tmp_path)}]}
+    elif how == "relative npz":
+        document["data"] = {"sources": [{"npz": "sub/../npz/missing"}]}
+    elif how == "unknown val case":
+        document["data"]["val_cases"] = ["nope"]
     elif how in ("shape", "empty", "unpaired"):
         document["data"] = break_dataset(tmp_path, dataset, how)["data"]
     elif how == "unknown key":
@@ -336,6 +342,7 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert "/../" not in lines[0]
     assert (sorted(out.rglob("*")) if out.is_dir() else []) == before  # nothing written
     assert out.exists() == (how in ("existing run", "changed settings", "output is a file"))  # no folder made either
 

@@ -115,7 +115,7 @@ def one_prompt(
     label: int | None = typer.Option(None, "--label", help="Which label of a multi-label reference mask is the structure."),
     output: Path = typer.Option(..., "-o", "--output", help=f"Output folder: one mask per target file, in its geometry and format (NIfTI where it cannot be written back), and {CSV_NAME}."),
     slices: str | None = typer.Option(None, "--slices", help="Segment only these slices of 3D targets, e.g. 3-9,12 (the rest stays empty)."),
-    min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0, help="Leave a target's mask empty when its confidence is lower (0-1; see README)."),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0, help="Leave the mask of a target slice (or 2D image) empty when its confidence is lower (0-1; see README)."),
     refine: bool = typer.Option(OnePromptConfig.refine, "--refine/--no-refine", help="LiteMedSAM: decode each mask once more from its own box grown by 10%."),
     bank_size: int = typer.Option(ConfidenceBankConfig.capacity, "--bank-size", min=1, help="SAM 2 / MedSAM2: confident predictions kept as memories (K)."),
     bank_threshold: float = typer.Option(ConfidenceBankConfig.min_confidence, "--bank-threshold", min=0.0, max=1.0, help="SAM 2 / MedSAM2: confidence (predicted IoU x object probability) a prediction needs to become a memory."),

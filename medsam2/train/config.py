@@ -166,7 +166,7 @@ def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
     """The config with relative data, checkpoint and output paths taken from `base`."""
 
     def absolute(value: str | None) -> str | None:
-        return None if value is None else str(base / Path(value).expanduser())
+        return None if value is None else str((base / Path(value).expanduser()).resolve())
 
     sources = tuple(
         DataSource(**{k: absolute(v) for k, v in dataclasses.asdict(source).items()}) for source in config.data.sources

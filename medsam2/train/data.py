@@ -100,7 +100,7 @@ def _manifest_cases(source: DataSource) -> list[CaseFiles]:
 def _npz_cases(source: DataSource) -> list[CaseFiles]:
     path = Path(source.npz)
     if not path.exists():
-        raise InputError(f"{path}: no such npz file or folder")
+        raise InputError(f"npz source {path}: no such file or folder")
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
     if not files:
         raise InputError(f"{path}: no .npz files in this folder")
@@ -113,7 +113,7 @@ def _folder_cases(source: DataSource) -> list[CaseFiles]:
     images_dir, masks_dir = Path(source.images), Path(source.masks)
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise InputError(f"{folder}: no such folder")
+            raise InputError(f"{'images' if folder == images_dir else 'masks'} source {folder}: no such folder")
     images = list_image_files(images_dir) + sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     masks = {mask_file_stem(mask): mask for mask in list_image_files(masks_dir)}
     if not images:
@@ -172,7 +172,9 @@ def split_cases(cases: list[CaseFiles], config: DataConfig, seed: int) -> tuple[
     if config.val_cases:
         known = {case.id for case in cases}
         if missing := [name for name in config.val_cases if name not in known]:
-            raise InputError(f"data.val_cases: no case with id {missing[0]!r} (ids: {', '.join(sorted(known)[:8])}...)")
+            shown = sorted(known)[:8]
+            more = f", and {len(known) - len(shown)} more" if len(known) > len(shown) else ""
+            raise InputError(f"data.val_cases: no case with id {missing[0]!r} (ids: {', '.join(shown)}{more})")
         val = [case for case in cases if case.id in config.val_cases]
     elif config.val_fraction > 0 and len(cases) >= 2:
         count = min(max(1, round(config.val_fraction * len(cases))), len(cases) - 1)
