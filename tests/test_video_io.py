@@ -375,8 +375,18 @@ def test_dicom_without_pixel_data_and_mismatched_frames(tmp_path: Path) -> None:
     folder.mkdir()
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(folder / "f0.png")
     Image.fromarray(np.zeros((20, 31), np.uint8)).save(folder / "f1.png")
+    # Sizes are checked on opening (before a run prints or computes anything), upright by EXIF.
+    one_line_error(lambda: load_video(folder), "f1.png", "frame of shape (20, 31), but the first frame's is (20, 30)")
+    sideways = Image.fromarray(np.zeros((30, 20), np.uint8))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # viewed turned a quarter: 20 rows of 30
+    sideways.save(folder / "f1.png", exif=exif)
     with load_video(folder) as video:
-        one_line_error(lambda: video.read(), "f1.png", "first frame")
+        assert video.read().shape == (2, 20, 30)
+    # A colour frame among grey ones has their size: found when it is read.
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "f1.png")
+    with load_video(folder) as video:
+        one_line_error(lambda: video.read(), "f1.png", "frame of shape (20, 30, 3), but the first frame's is (20, 30)")
 
 
 def test_mask_sequences_must_be_label_maps(tmp_path: Path) -> None:

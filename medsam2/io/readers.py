@@ -26,7 +26,7 @@ from typing import get_args
 import nibabel as nib
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from pydicom.errors import InvalidDicomError
 
 from medsam2.errors import InputError
@@ -285,6 +285,17 @@ def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path
 
 def _read_picture(path: Path) -> Volume:
     return Volume(array=read_picture(path)[None], source=path, has_spacing=False, meta={"is_2d": True})
+
+
+def picture_size(path: Path) -> tuple[int, int]:
+    """(H, W) of the picture `read_picture` gives, from the file's header (no pixels decoded)."""
+    try:
+        with Image.open(path) as picture:
+            width, height = picture.size
+            turned = picture.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # a quarter turn
+    except _LIBRARY_READ_ERRORS as error:
+        raise InputError(f"{path}: cannot read ({library_reason(error)})") from error
+    return (width, height) if turned else (height, width)
 
 
 def read_picture(path: Path) -> np.ndarray:

@@ -44,6 +44,7 @@ from medsam2.io.readers import (
     PICTURE_SUFFIXES,
     file_suffix,
     library_reason,
+    picture_size,
     read_picture,
 )
 from medsam2.io.volume import Modality
@@ -243,13 +244,17 @@ class _FolderFrames:
         frames = np.empty((stop - start, *self.first.shape), dtype=self.first.dtype)
         for position, file in enumerate(self.files[start:stop]):
             frame = read_picture(file)
-            if frame.shape != self.first.shape:
-                raise InputError(f"{file}: frame of shape {frame.shape}, but the first frame's is {self.first.shape}")
+            if frame.shape != self.first.shape:  # grey among colour frames: sizes were checked on opening
+                raise _unlike_first(file, frame.shape, self.first.shape)
             frames[position] = frame
         return frames
 
     def close(self) -> None:
         pass
+
+
+def _unlike_first(file: Path, shape: tuple[int, ...], first: tuple[int, ...]) -> InputError:
+    return InputError(f"{file}: frame of shape {shape}, but the first frame's is {first}")
 
 
 def _open_frame_folder(folder: Path) -> Video:
@@ -259,6 +264,9 @@ def _open_frame_folder(folder: Path) -> Video:
     first = read_picture(files[0])
     if first.ndim == 3 and first.shape[-1] != 3:
         raise InputError(f"{files[0]}: {first.shape[-1]} channels per pixel; expected grey or RGB")
+    for file in files[1:]:  # before any work: a frame of another size would stop a run midway
+        if (size := picture_size(file)) != first.shape[:2]:
+            raise _unlike_first(file, size, first.shape[:2])
     return Video(
         frames=_FolderFrames(files, first),
         num_frames=len(files),
