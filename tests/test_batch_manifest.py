@@ -149,6 +149,28 @@ def test_missing_manifest_and_busy_output_folder(tmp_path: Path) -> None:
     assert_one_line_error(result, "another `medsam2 batch` is writing to this folder")
 
 
+def test_output_places_that_cannot_be_written_are_refused_before_any_case(tmp_path: Path) -> None:
+    """A file where the masks folder goes, a folder where the table goes: one line, status 2, no
+    case run (the manifest's image does not even exist: a case would fail, not stop the run)."""
+    manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
+    write(tmp_path / "o1" / "masks", "a file")
+    (tmp_path / "o2" / "results.csv").mkdir(parents=True)
+    for out, fragment in (("o1", "masks: cannot use as the output folder (a file is there)"), ("o2", "results.csv: a folder is there")):
+        result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / out), "--no-progress"])
+        assert_one_line_error(result, fragment)
+        assert not (tmp_path / out / "results.jsonl").exists()
+
+
+def test_a_journal_line_torn_by_a_kill_is_passed_over_and_the_next_record_stands_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write(out / "results.jsonl", json.dumps({"case_id": "a", "status": "ok"}) + "\n" + '{"case_id": "b", "sta')
+    with ResultsStore(out) as store:
+        assert list(store.latest) == ["a"]
+        store._journal.write(json.dumps({"case_id": "c", "status": "ok"}) + "\n")
+    with ResultsStore(out) as store:
+        assert list(store.latest) == ["a", "c"]
+
+
 def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
     tmp_path: Path, ct_lesion_cases: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.worker import MASKS_FOLDER, BatchSettings, CaseResult
 from medsam2.errors import InputError
-from medsam2.io.atomic import atomic_write_text, make_output_folder
+from medsam2.io.atomic import atomic_write_text, check_output_paths, make_output_folder
 
 JOURNAL = "results.jsonl"
 TABLE = "results.csv"
@@ -79,9 +79,15 @@ class ResultsStore:
         except BlockingIOError:
             self._lock_handle.close()
             raise InputError(f"{self.out_dir}: another `medsam2 batch` is writing to this folder") from None
+        # What would stop the run after its cases were segmented is refused before the first one.
+        check_output_paths([], [self.journal_path, self.table_path])
+        make_output_folder(self.out_dir / MASKS_FOLDER)
         self.latest = self._read_journal()
         self._remove_staging_leftovers()
+        torn = self.journal_path.exists() and not self.journal_path.read_bytes().endswith(b"\n")
         self._journal = self.journal_path.open("a", encoding="utf-8")
+        if torn and self.journal_path.stat().st_size:  # a kill mid-write: the next record starts a line of its own
+            self._journal.write("\n")
         return self
 
     def _remove_staging_leftovers(self) -> None:
