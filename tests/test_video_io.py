@@ -244,6 +244,13 @@ def test_scans_and_series_folders_are_not_videos(tmp_path: Path, ct_lesion_cases
     assert not is_video(tmp_path / "series")
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.int16)), str(tmp_path / "scan.nii.gz"))
     assert not is_video(tmp_path / "scan.nii.gz")
+    # ... and a video read as a scan (a batch row, say) is told apart from a damaged scan.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(frames / "f0.png")
+    one_line_error(lambda: load_image(frames), "frames: a folder of video frames, not a scan; `medsam2 segment` reads videos")
+    write_container(tmp_path / "clip.mp4", moving_square_clip(), "libx264", "yuv420p", Fraction(25))
+    one_line_error(lambda: load_image(tmp_path / "clip.mp4"), "clip.mp4: a video, not a scan")
 
 
 # -- outputs -----------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ def _reader_for(path: Path, npz_array_keys: tuple[str, ...]) -> Callable[[Path],
     if suffix == ".dcm" or dicom.is_dicom_file(path):
         return _read_dicom_file
     if suffix in VIDEO_SUFFIXES:
-        raise InputError(f"{path}: a video, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
+        raise _video_not_scan(path, "a video")
     raise InputError(
         f"{path}: unsupported file type '{suffix or 'no extension'}' "
         f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder; videos: {' '.join(VIDEO_SUFFIXES)})"
@@ -229,7 +229,14 @@ def _read_dicom_file(path: Path) -> Volume:
     return _volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]})
 
 
+def _video_not_scan(path: Path, what: str) -> InputError:
+    return InputError(f"{path}: {what}, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
+
+
 def _read_dicom_folder(path: Path) -> Volume:
+    entries = [entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith(".")]
+    if any(file_suffix(entry) in PICTURE_SUFFIXES for entry in entries) and not any(map(dicom.is_dicom_file, entries)):
+        raise _video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
     return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})
 
