@@ -305,7 +305,9 @@ def test_rerun_is_idempotent_and_reruns_only_changed_or_retried_rows(local_run: 
     (staging / "c01.npz").write_bytes(b"half a mask")
     runner = CliRunner()
     unchanged = runner.invoke(app, batch_args(manifests.csv, out, "--workers", "1"))
-    assert unchanged.exit_code == 1 and "all 6 cases were done by earlier runs" in unchanged.output
+    failed = sum(record["status"] == "failed" for record in {r["case_id"]: r for r in before}.values())
+    assert unchanged.exit_code == 1 and failed > 0
+    assert f"all 6 cases were run by earlier runs ({failed} failed: --retry-failed runs them again)" in unchanged.output
     assert read_journal(out / "results.jsonl") == before
     assert not staging.exists()
     # Point the missing row at another missing file: only that row runs again; the other

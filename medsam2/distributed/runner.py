@@ -88,7 +88,9 @@ def run_batch(
         report = BatchReport(cases=len(cases), done_before=len(cases) - len(todo))
         try:
             if not todo:
-                announce(f"all {len(cases)} cases were done by earlier runs")
+                failed = sum(store.latest[case.case_id].get("status") == "failed" for case in cases)
+                retry = f" ({failed} failed: --retry-failed runs them again)" if failed else ""
+                announce(f"all {len(cases)} cases were run by earlier runs{retry}")
             else:
                 engine = make_engine(len(todo))
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
