@@ -358,6 +358,10 @@ def _truncated_dicom_file(tmp: Path, _: Path) -> Path:
     return _truncated(Path(get_testdata_file("CT_small.dcm")), tmp / "truncated.dcm")
 
 
+def _rt_structure_set(tmp: Path, _: Path) -> Path:
+    return Path(get_testdata_file("rtstruct.dcm"))
+
+
 def _not_an_nrrd(tmp: Path, _: Path) -> Path:
     (tmp / "garbage.nrrd").write_text("this is not an image\n")
     return tmp / "garbage.nrrd"
@@ -413,6 +417,7 @@ def _empty_folder(tmp: Path, _: Path) -> Path:
         _not_an_nrrd,
         _unsupported_suffix, _nifti_4d,
         _nifti_with_nan, _npz_with_inf, _npz_with_a_flat_direction, _npz_without_imgs, _folder_without_dicom, _empty_folder,
+        _rt_structure_set,
     ],
 )
 def test_bad_input_raises_a_one_line_input_error(
@@ -429,6 +434,8 @@ def test_bad_input_raises_a_one_line_input_error(
         assert "a truncated or damaged npz archive" in message, message
     if make_bad_input is _truncated_dicom_file:
         assert "a DICOM file that cannot be read, damaged or cut short" in message, message
+    if make_bad_input is _rt_structure_set:  # intact, but of a class without images: not called damaged
+        assert message.endswith(": a DICOM RT Structure Set, which holds no image"), message
     if make_bad_input is _nifti_with_nan:
         assert message.endswith(": NaN or infinite values in 1 voxel"), message
     if make_bad_input is _nifti_4d:  # the shape in the package's (Z, Y, X) order, as everywhere else

@@ -225,8 +225,23 @@ def _read_dicom_file(path: Path) -> Volume:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # GDCM turns down a file cut short as of no format it knows
+        if (kind := _imageless_dicom_kind(path)) is not None:
+            raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
         raise InputError(f"{path}: a DICOM file that cannot be read, damaged or cut short ({library_reason(error)})") from None
     return _volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]})
+
+
+def _imageless_dicom_kind(path: Path) -> str | None:
+    """What a DICOM file of a class without images is (an RT structure set, a structured report...),
+    from its SOP class; None for an image class (one without pixels is cut short) or an unreadable file."""
+    try:  # force: old files (some RT structure sets) lack the preamble
+        header = pydicom.dcmread(path, defer_size="1 KB", force=True)
+        kind = str(header.SOPClassUID.name).removesuffix(" Storage")
+    except Exception:  # noqa: BLE001 - damaged: the caller says so
+        return None
+    if "Image" in kind or any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return None
+    return kind
 
 
 def _video_not_scan(path: Path, what: str) -> InputError:
