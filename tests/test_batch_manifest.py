@@ -89,7 +89,8 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
     [
         ("m.csv", "image,boxes\na.nii.gz,\"1,2,3,4,5\"\n", ("unknown column(s) 'boxes'", "known: id, image")),
         ("m.csv", "id,image\nx,a.nii.gz\nx,b.nii.gz\n", ("line 3", "case id 'x' repeats line 2")),
-        ("m.csv", "id,image\nbad/id,a.nii.gz\n", ("line 2", "case id 'bad/id'")),
+        ("m.csv", "id,image\nbad/id,a.nii.gz\n", ("line 2", "case id 'bad/id' must be letters")),
+        ("m.csv", "image\nmy scans/c 1.nii.gz\n", ("line 2", "case id 'c 1', taken from the image's name (give the row an id column)")),
         ("m.csv", "id,box\nx,\"1,2,3,4,5\"\n", ("line 2: no image",)),
         ("m.csv", "image,box\na.nii.gz,1,2,3,4,5\n", ("line 2: more cells than columns",)),
         ("m.csv", "image\n", ("lists no cases",)),

@@ -150,7 +150,8 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
     image = _resolve(manifest, text["image"])
     case_id = text.get("id", mask_file_stem(image))
     if not CASE_ID.match(case_id):
-        raise InputError(f"{where}: case id {case_id!r} must be letters, digits, '.', '_' or '-' (it names the mask file)")
+        given = "" if "id" in text else ", taken from the image's name (give the row an id column)"
+        raise InputError(f"{where}: case id {case_id!r}{given} must be letters, digits, '.', '_' or '-' (it names the mask file)")
     model = text.get("model")
     if model is not None and (manifest.parent / model).is_file():
         model = str(_resolve(manifest, model))
