@@ -49,7 +49,7 @@ def test_csv_and_jsonl_manifests_describe_the_same_cases(tmp_path: Path) -> None
         json.dumps({"id": "a", "image": "../scans/a.nii.gz", "box": [[3, 10, 10, 40, 40], "5,12,12,38,38,2"],
                     "point": [4, 20, 20, 0], "prompts": "a.json", "gt": "../labels/a.nii.gz", "format": "npz"})
         + "\n\n"
-        + json.dumps({"id": "b.2", "image": "/data/b.nrrd", "recist": "7,1,2,30,40", "model": "lite-medsam"})
+        + json.dumps({"ID": "b.2", "Image": "/data/b.nrrd", "recist": "7,1,2,30,40", "model": "lite-medsam"})  # names as in a CSV header: any case
         + "\n",
     )
     from_csv, from_jsonl = read_manifest(csv_manifest), read_manifest(jsonl_manifest)

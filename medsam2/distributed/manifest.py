@@ -120,6 +120,7 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
             raise InputError(f"{path} line {number}: not valid JSON ({error.msg})") from None
         if not isinstance(values, dict):
             raise InputError(f"{path} line {number}: expected a JSON object, got {type(values).__name__}")
+        values = {key.strip().lower(): value for key, value in values.items()}  # as a CSV header's names
         _check_columns(list(values), path, f"line {number}")
         rows.append((number, {key: value for key, value in values.items() if value not in (None, "", [])}))
     return rows
