@@ -70,6 +70,9 @@ class ResultsStore:
 
     def __enter__(self) -> ResultsStore:
         make_output_folder(self.out_dir)
+        # What would stop the run after its cases were segmented is refused before the first one.
+        check_output_paths([], [self.journal_path, self.table_path])
+        make_output_folder(self.out_dir / MASKS_FOLDER)
         try:
             self._lock_handle = (self.out_dir / LOCK).open("w")
         except OSError as error:
@@ -79,14 +82,11 @@ class ResultsStore:
         except BlockingIOError:
             self._lock_handle.close()
             raise InputError(f"{self.out_dir}: another `medsam2 batch` is writing to this folder") from None
-        # What would stop the run after its cases were segmented is refused before the first one.
-        check_output_paths([], [self.journal_path, self.table_path])
-        make_output_folder(self.out_dir / MASKS_FOLDER)
-        self.latest = self._read_journal()
+        journal = self.journal_path.read_text(encoding="utf-8") if self.journal_path.exists() else ""
+        self.latest = _latest_records(journal)
         self._remove_staging_leftovers()
-        torn = self.journal_path.exists() and not self.journal_path.read_bytes().endswith(b"\n")
         self._journal = self.journal_path.open("a", encoding="utf-8")
-        if torn and self.journal_path.stat().st_size:  # a kill mid-write: the next record starts a line of its own
+        if journal and not journal.endswith("\n"):  # torn by a kill mid-write: the next record starts a line of its own
             self._journal.write("\n")
         return self
 
@@ -102,18 +102,6 @@ class ResultsStore:
             self._journal.close()
         if self._lock_handle is not None:
             self._lock_handle.close()  # releases the lock
-
-    def _read_journal(self) -> dict[str, dict]:
-        latest: dict[str, dict] = {}
-        if not self.journal_path.exists():
-            return latest
-        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill mid-write; its case was never recorded
-            latest[record["case_id"]] = record
-        return latest
 
     def is_done(self, case: Case, case_fingerprint: str, retry_failed: bool = False) -> bool:
         record = self.latest.get(case.case_id)
@@ -150,6 +138,18 @@ class ResultsStore:
                 record = {"case_id": case.case_id, "status": "pending", "image": str(case.image)}
             writer.writerow({key: _cell(record.get(key)) for key in TABLE_COLUMNS})
         return atomic_write_text(self.table_path, buffer.getvalue())
+
+
+def _latest_records(journal: str) -> dict[str, dict]:
+    """Each case's last record in the journal's text (a line torn by a kill mid-write passed over)."""
+    latest: dict[str, dict] = {}
+    for line in journal.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-write; its case was never recorded
+        latest[record["case_id"]] = record
+    return latest
 
 
 def _cell(value: object) -> object:
