@@ -244,13 +244,23 @@ def _imageless_dicom_kind(path: Path) -> str | None:
     return kind
 
 
+def is_picture_file(path: Path) -> bool:
+    """A picture (PNG, JPEG...) by its name; hidden files (a system's ._ or .DS_Store) are not."""
+    return not path.name.startswith(".") and file_suffix(path) in PICTURE_SUFFIXES
+
+
+def is_frame_folder(folder: Path) -> bool:
+    """A folder holding pictures and no DICOM file: a video's frames (read by medsam2.io.video)."""
+    entries = [entry for entry in folder.iterdir() if entry.is_file()]
+    return any(map(is_picture_file, entries)) and not any(map(dicom.is_dicom_file, entries))
+
+
 def _video_not_scan(path: Path, what: str) -> InputError:
     return InputError(f"{path}: {what}, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
 
 
 def _read_dicom_folder(path: Path) -> Volume:
-    entries = [entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith(".")]
-    if any(file_suffix(entry) in PICTURE_SUFFIXES for entry in entries) and not any(map(dicom.is_dicom_file, entries)):
+    if is_frame_folder(path):
         raise _video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
     return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})

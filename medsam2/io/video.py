@@ -43,6 +43,8 @@ from medsam2.io.paths import VIDEO_SUFFIXES
 from medsam2.io.readers import (
     PICTURE_SUFFIXES,
     file_suffix,
+    is_frame_folder,
+    is_picture_file,
     library_reason,
     picture_size,
     read_picture,
@@ -151,8 +153,7 @@ def is_video(path: str | Path) -> bool:
     ``*_half_sequence``). Unreadable files are not videos (the scan reader then says what is wrong)."""
     path = Path(path)
     if path.is_dir():
-        entries = [entry for entry in path.iterdir() if entry.is_file()]
-        return any(_is_picture(entry) for entry in entries) and not any(dicom.is_dicom_file(e) for e in entries)
+        return is_frame_folder(path)
     suffix = file_suffix(path)
     if suffix in VIDEO_SUFFIXES:
         return True
@@ -227,10 +228,6 @@ class _ArrayFrames:
 # -- folders of pictures -----------------------------------------------------------------------------
 
 
-def _is_picture(path: Path) -> bool:
-    return not path.name.startswith(".") and file_suffix(path) in PICTURE_SUFFIXES
-
-
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
@@ -258,7 +255,7 @@ def _unlike_first(file: Path, shape: tuple[int, ...], first: tuple[int, ...]) ->
 
 
 def _open_frame_folder(folder: Path) -> Video:
-    files = sorted((entry for entry in folder.iterdir() if entry.is_file() and _is_picture(entry)), key=_natural_key)
+    files = sorted((entry for entry in folder.iterdir() if entry.is_file() and is_picture_file(entry)), key=_natural_key)
     if not files:
         raise InputError(f"{folder}: no frames in this folder (expected {', '.join(PICTURE_SUFFIXES)} pictures)")
     first = read_picture(files[0])

@@ -111,9 +111,9 @@ def _folder_cases(source: DataSource) -> list[CaseFiles]:
     """Images (files, or DICOM series folders) paired with the mask file of the same name; an
     image named CASE_0000 also pairs with mask CASE (nnU-Net's layout)."""
     images_dir, masks_dir = Path(source.images), Path(source.masks)
-    for folder in (images_dir, masks_dir):
+    for kind, folder in (("images", images_dir), ("masks", masks_dir)):
         if not folder.is_dir():
-            raise InputError(f"{'images' if folder == images_dir else 'masks'} source {folder}: no such folder")
+            raise InputError(f"{kind} source {folder}: no such folder")
     images = list_image_files(images_dir) + sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     masks = {mask_file_stem(mask): mask for mask in list_image_files(masks_dir)}
     if not images:
