@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,6 +163,26 @@ def test_output_places_that_cannot_be_written_are_refused_before_any_case(tmp_pa
         result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / out), "--no-progress"])
         assert_one_line_error(result, fragment)
         assert not (tmp_path / out / "results.jsonl").exists()
+
+
+def test_a_run_whose_output_reader_leaves_stops_as_a_unix_tool_does_and_a_rerun_goes_on(tmp_path: Path) -> None:
+    """`medsam2 batch ... | head -1`: when the reader of stdout is gone the run stops (its workers with
+    it), says why in one line and exits 128+SIGPIPE, not 1 ("some case failed"); the table holds every
+    row and the same command run again finishes the cases."""
+    manifest = write(tmp_path / "m.csv", "id,image,box\na,a.nii.gz,\"1,2,3,4,5\"\nb,b.nii.gz,\"1,2,3,4,5\"\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "medsam2.cli", "batch", str(manifest), "-o", str(out), "--workers", "1", "--no-progress"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()  # the reader is gone before the first line is written
+    errors = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal.SIGPIPE, errors
+    assert errors.strip().splitlines() == ["error: stopped: standard output was closed by the program reading it"]
+    with (out / "results.csv").open() as table:
+        assert [(row["case_id"], row["status"]) for row in csv.DictReader(table)] == [("a", "pending"), ("b", "pending")]
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 1, rerun.stderr  # both images are missing: both cases fail, as recorded
+    assert "2 of 2 cases to run (0 done earlier)" in rerun.stdout
+    assert rerun.stderr.count("failed: ") == 2 and "Traceback" not in rerun.stderr
 
 
 def test_a_journal_line_torn_by_a_kill_is_passed_over_and_the_next_record_stands_alone(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -21,8 +22,24 @@ from medsam2.cli.segment import segment
 from medsam2.cli.serve import serve
 from medsam2.cli.train import train_command
 
+class MedsamGroup(typer.core.TyperGroup):
+    """The command group, ending a command whose standard output was closed (`medsam2 batch ... | head`)
+    as a Unix tool killed by SIGPIPE ends, with status 128+13 and a line saying why, instead of click's
+    status 1, which `batch` uses for "some case failed"."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Python flushes stdout again on exit, and would print a second BrokenPipeError.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            say_error("stopped: standard output was closed by the program reading it")
+            raise typer.Exit(128 + signal.SIGPIPE) from None
+
+
 app = typer.Typer(
     name="medsam2",
+    cls=MedsamGroup,
     help=(
         "Promptable segmentation of 3D medical images and medical videos.\n\n"
         "Give one prompt (a box, clicks or a mask) on one slice and get the object through the whole "

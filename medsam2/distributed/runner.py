@@ -10,6 +10,7 @@ lost or redone.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -94,11 +95,7 @@ def run_batch(
             else:
                 engine = make_engine(len(todo))
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
-                announce(
-                    f"{len(todo)} of {len(cases)} cases to run ({report.done_before} done earlier) on "
-                    f"{engine.workers} {engine.name} worker(s), {engine.threads} thread(s) each"
-                )
-                _stream(todo, engine, store, fingerprints, settings, report, progress)
+                _stream(todo, engine, store, fingerprints, settings, report, progress, announce)
         finally:
             store.write_table(cases, fingerprints)
             report.latest = {
@@ -118,19 +115,24 @@ def _stream(
     settings: BatchSettings,
     report: BatchReport,
     progress: bool,
+    announce: Callable[[str], None],
 ) -> None:
     queue, by_id = deque(todo), {case.case_id: case for case in todo}
     failed = 0
-    bar = tqdm(total=len(todo), unit="case", bar_format=PROGRESS_FORMAT, disable=not progress, dynamic_ncols=True)
     try:
-        with _stop_requests() as stop:
+        announce(  # inside the try: an announcement that fails (stdout closed) still closes the engine
+            f"{len(todo)} of {report.cases} cases to run ({report.done_before} done earlier) on "
+            f"{engine.workers} {engine.name} worker(s), {engine.threads} thread(s) each"
+        )
+        progress_bar = tqdm(total=len(todo), unit="case", bar_format=PROGRESS_FORMAT, disable=not progress, dynamic_ncols=True)
+        with progress_bar as bar, _stop_requests() as stop:
             while queue or engine.busy:
                 while queue and engine.has_room() and stop.signum is None:
                     engine.submit(queue.popleft())
                 if stop.signum is not None and not engine.busy:
                     break
                 if stop.signum is not None and not stop.announced:
-                    bar.write("stopping: finishing the cases running now (signal again to stop at once)")
+                    bar.write("stopping: finishing the cases running now (signal again to stop at once)", file=sys.stderr)
                     stop.announced = True
                 for result in engine.wait(POLL_SECONDS):
                     case = by_id[result.case_id]
@@ -138,15 +140,13 @@ def _stream(
                     report.records.append(store.record(result, case, fingerprints[case.case_id], model))
                     if result.status != "ok":
                         failed += 1
-                        bar.write(f"{case.case_id}: failed: {result.error}")
+                        bar.write(f"{case.case_id}: failed: {result.error}", file=sys.stderr)
                     bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=False)
                     bar.update()
             report.stopped_by = stop.signum if queue else None
     except BaseException:
         engine.close(now=True)
         raise
-    finally:
-        bar.close()
     engine.close()
 
 
