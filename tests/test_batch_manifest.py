@@ -198,19 +198,31 @@ def test_a_journal_line_torn_by_a_kill_is_passed_over_and_the_next_record_stands
 def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
     tmp_path: Path, ct_lesion_cases: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A DICOM-SEG of an npz, a PNG of a 3D scan, a row without prompts: each fails in a moment,
-    not after a segmentation, and says what to change in the row's terms."""
+    """A DICOM-SEG of an npz, a PNG of a 3D scan, a row without prompts, a mask whose place is taken
+    by a folder or by the row's own image: each fails in a moment, not after a segmentation, and says
+    what to change in the row's terms (the image is left as it was)."""
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for a case that could not be written or prompted")
 
     monkeypatch.setattr(worker, "load_predictor", no_model)
+    out = tmp_path / "out"
+    (out / "masks" / "taken.npz").mkdir(parents=True)
+    own_image = out / "masks" / "own.npz"
+    own_image.write_bytes(ct_lesion_cases[1].read_bytes())
     scan, box = ct_lesion_cases[1], '"3,246,273,276,322"'
-    manifest = write(tmp_path / "m.csv", f"id,image,box,format\nseg,{scan},{box},dcm\npicture,{scan},{box},png\nnone,{scan},,\n")
-    results = [CaseRunner(BatchSettings(out_dir=tmp_path / "out")).run(case) for case in read_manifest(manifest)]
-    assert [(r.status, r.traceback) for r in results] == [("failed", None)] * 3
+    manifest = write(
+        tmp_path / "m.csv",
+        f"id,image,box,format\nseg,{scan},{box},dcm\npicture,{scan},{box},png\nnone,{scan},,\n"
+        f"taken,{scan},{box},\nown,{own_image},{box},npz\n",
+    )
+    results = [CaseRunner(BatchSettings(out_dir=out)).run(case) for case in read_manifest(manifest)]
+    assert [(r.status, r.traceback) for r in results] == [("failed", None)] * 5
     assert "seg.dcm: DICOM-SEG output needs a DICOM input image" in results[0].error
     assert "picture.png: PNG holds one 2D slice but the image has" in results[1].error
     assert results[2].error.endswith("no prompt given (give a box, point, recist or prompts column)")
+    assert results[3].error.endswith("taken.npz: a folder is there, and this output is a file; remove the folder or name another file")
+    assert "own.npz: writing there would replace the input" in results[4].error
+    assert own_image.read_bytes() == ct_lesion_cases[1].read_bytes()
 
 
 def test_help_teaches_with_an_example() -> None:

@@ -22,6 +22,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError, first_line
 from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask
+from medsam2.io.atomic import check_output_paths
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
 from medsam2.io.readers import PICTURE_SUFFIXES
@@ -125,7 +126,9 @@ class CaseRunner:
         suffix = mask_suffix(check_format(case.output_format or settings.output_format, "format"), case.image)
         volume = load_image(case.image)
         output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
-        check_mask_output(settings.out_dir / output, volume)  # a DICOM-SEG of a NIfTI, a PNG of a scan
+        # A mask that would replace the row's image or ground truth, a folder in its place...
+        check_output_paths([case.image, case.gt], [settings.out_dir / output])
+        check_mask_output(settings.out_dir / output, volume)  # ... a DICOM-SEG of a NIfTI, a PNG of a scan
         prompts = gather_prompts(volume, settings.axis, case.prompts, MANIFEST_PROMPTS)
         truth = self._ground_truth(case.gt, volume) if case.gt is not None else None
         # Bad input fails above without loading a model; a model's first load is not the case's time.
