@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.data import get_testdata_file
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from medsam2.errors import InputError
@@ -86,12 +87,17 @@ def test_npz_mask_keeps_the_npz_layout(tmp_path: Path, ct_case: Volume) -> None:
 
 def test_an_image_is_not_taken_for_a_label_map_but_many_touching_organs_are(tmp_path: Path, ct_case: Volume) -> None:
     """A uint8 CT read as a mask (the wrong file picked) is refused: its texture makes most neighbouring
-    voxels differ. A map of 117 labels that fill the volume and all touch others (a Voronoi partition,
+    voxels differ; so is the CT smoothed and in 32 grey levels, where fewer do, but with that many values. A map of 117 labels that fill the volume and all touch others (a Voronoi partition,
     harder than any organ atlas) is a label map: only its borders differ."""
     assert ct_case.array.dtype == np.uint8
     save_mask(ct_case.array, ct_case, tmp_path / "ct.nii.gz")
     with pytest.raises(InputError, match=r"ct.nii.gz: an image, not a label map \(9\d% of neighbouring labelled voxels differ"):
         load_mask(tmp_path / "ct.nii.gz")
+    smooth = (ndimage.gaussian_filter(ct_case.array.astype(float), (0, 1, 1)) // 8).astype(np.uint8)
+    assert len(np.unique(smooth)) == 32
+    save_mask(smooth, ct_case, tmp_path / "ct32.nii.gz")
+    with pytest.raises(InputError, match=r"ct32.nii.gz: an image, not a label map \([2-4]\d% of neighbouring"):
+        load_mask(tmp_path / "ct32.nii.gz")
     coarse = (ct_case.shape[0], 64, 64)  # built coarse, then each voxel 8x8 (as a resampled atlas would be)
     seeds = np.random.default_rng(0).uniform(0, 1, (117, 3)) * coarse
     grid = np.stack(np.meshgrid(*map(np.arange, coarse), indexing="ij"), axis=-1)
