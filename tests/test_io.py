@@ -235,6 +235,7 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     # Its frames are the series' non-empty slices: read back against the series, it is the label map.
     read_back = load_mask(tmp_path / "seg.dcm", like=series)
     np.testing.assert_array_equal(read_back.array, labels)
+    assert read_back.array.dtype == np.uint8  # as compact as the map written
     assert label_names(read_back) == {2: names[2][:64]}  # the placeholder of an unnamed one is no name
     assert (read_back.spacing, read_back.origin, read_back.direction) == (series.spacing, series.origin, series.direction)
     with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG is read against the DICOM series it segments, and none is given"):

@@ -140,7 +140,9 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> tuple[np.ndarra
         raise InputError(f"{path}: this DICOM-SEG segments another series than the image given with it")
     # Slices a SEG does not reference hold no segment (tools that write SEGs referencing only the
     # slices they segment leave the others out).
-    options = {"combine_segments": True, "skip_overlap_checks": True, "assert_missing_frames_are_empty": True, "dtype": np.uint16}
+    largest = max((int(segment.SegmentNumber) for segment in segmentation.SegmentSequence), default=0)
+    dtype = np.uint8 if largest <= np.iinfo(np.uint8).max else np.uint16  # a label map's usual size
+    options = {"combine_segments": True, "skip_overlap_checks": True, "assert_missing_frames_are_empty": True, "dtype": dtype}
     try:
         if len(sources) == 1 and int(sources[0].get("NumberOfFrames") or 1) > 1:
             frames = range(1, int(sources[0].NumberOfFrames) + 1)
