@@ -156,6 +156,16 @@ def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:
     assert facts["segments_series"] == str(pydicom.dcmread(scan).SeriesInstanceUID) and "labels" not in facts
 
 
+def test_info_on_dicom_files_with_header_quirks_prints_only_the_facts() -> None:
+    """pydicom reads past a value of the wrong form or an unexpected VR encoding, warning in lines
+    that name its own source file; the command prints the facts and nothing on stderr."""
+    for name in ("badVR.dcm", "SC_rgb_jpeg.dcm"):
+        file = packaged_file("pydicom", f"pydicom/data/test_files/{name}", "pip install pydicom")
+        shown = subprocess.run([sys.executable, "-m", "medsam2.cli", "info", str(file), "--json"], capture_output=True, text=True)
+        assert shown.returncode == 0 and shown.stderr == "", (name, shown.stderr)
+        assert json.loads(shown.stdout)["shape_zyx"][0] == 1
+
+
 def test_eval_file_pair_and_folders(tmp_path: Path, lesion_nifti) -> None:
     image, gt = lesion_nifti
     truth = load_image(gt)

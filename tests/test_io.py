@@ -26,7 +26,7 @@ from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import label_names, load_mask
-from medsam2.io.readers import _native_stderr_held_back
+from medsam2.io.native_stderr import METAIO_COMPLAINTS, native_lines_dropped
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
 ITK_SUFFIXES = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
@@ -617,15 +617,32 @@ def test_nifti_mask_keeps_the_images_qform_and_sform(
     assert not [name for name in visible_files(tmp_path) if name.startswith(".")]
 
 
+def test_jpeg_compressed_dicom_reads_without_the_decoders_chatter(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """GDCM tries a 12-bit JPEG with its 8-bit decoder first, which prints why it turns it down (six
+    lines, C level); the image then reads right, as a file and as a one-file series, and nothing is
+    printed. A JPEG 2000 file OpenJPEG cannot decode is one error, without OpenJPEG's lines."""
+    lossy = Path(get_testdata_file("JPEG-lossy.dcm"))
+    (tmp_path / "series").mkdir()
+    shutil.copy(lossy, tmp_path / "series" / "slice.dcm")
+    capfd.readouterr()
+    for source in (lossy, tmp_path / "series"):
+        image = load_image(source)
+        assert image.shape == (1, 1024, 256) and image.array.max() > 0
+    assert capfd.readouterr().err == ""
+    with pytest.raises(InputError, match="a DICOM file that cannot be read, damaged or cut short"):
+        load_image(Path(get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm")))
+    assert capfd.readouterr().err == ""
+
+
 def test_a_failed_metaimage_read_drops_only_metaio_lines(capfd: pytest.CaptureFixture[str]) -> None:
     """MetaIO prints its complaints to file descriptor 2 itself; holding them back must not swallow
     what another thread (a server's log) printed in that moment."""
     capfd.readouterr()
-    with pytest.raises(RuntimeError), _native_stderr_held_back():
+    with pytest.raises(RuntimeError), native_lines_dropped(on_failure=METAIO_COMPLAINTS):
         os.write(2, b"INFO: a request of another session\n")
         os.write(2, b"MetaImage: M_ReadElementsData: data not read completely\n   ideal = 8000 : actual = 7500\n")
         raise RuntimeError("the read failed")
     assert capfd.readouterr().err == "INFO: a request of another session\n"
-    with _native_stderr_held_back():  # a read that succeeds keeps everything
+    with native_lines_dropped(on_failure=METAIO_COMPLAINTS):  # a read that succeeds keeps everything
         os.write(2, b"MetaImage: a note\n")
     assert capfd.readouterr().err == "MetaImage: a note\n"

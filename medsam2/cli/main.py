@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 import typer
 from typer.exceptions import TyperException
@@ -108,6 +109,9 @@ def main() -> None:
     """The `medsam2` command: the app, with a mistyped command line (a missing option, a value of the
     wrong type) reported in one line too, as every other bad input is."""
     signal.signal(signal.SIGTERM, exit_on_terminate)  # commands with a stop of their own (batch, serve) replace it
+    # pydicom warns of header quirks it reads past (a value of the wrong form, an unexpected VR
+    # encoding), in lines naming its own source: noise to a user whose file was read.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
     try:
         status = with_plain_value_labels(typer.main.get_command(app)).main(prog_name="medsam2", standalone_mode=False)
     except typer.Abort:

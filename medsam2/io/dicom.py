@@ -15,6 +15,7 @@ from pydicom.sr.codedict import codes
 
 from medsam2.errors import InputError, first_line
 from medsam2.io.lazy_import import lazy_module
+from medsam2.io.native_stderr import GDCM_JPEG_PROBES, OPENJPEG_COMPLAINTS, native_lines_dropped
 from medsam2.io.volume import Modality
 
 # Loaded when first used: only reading or writing DICOM needs them.
@@ -44,7 +45,7 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         raise InputError(f"{folder}: no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)")
     # ITK's own warnings (no series found, uneven sampling) would print, in its format, beside the
     # one-line errors below that say the same.
-    with _itk_warnings_off():
+    with _itk_warnings_off(), native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         if not series_ids:
             raise InputError(f"{folder}: no DICOM image series in this folder")

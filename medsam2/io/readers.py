@@ -11,13 +11,10 @@ What each reader leaves in ``Volume.meta`` (used by the writers to mirror the in
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import sys
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -32,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from medsam2.errors import InputError
 from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
+from medsam2.io.native_stderr import GDCM_JPEG_PROBES, METAIO_COMPLAINTS, OPENJPEG_COMPLAINTS, native_lines_dropped
 from medsam2.io.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
 from medsam2.wording import counted
@@ -173,37 +171,9 @@ def _read_sitk_file(path: Path) -> Volume:
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
     metaimage = file_suffix(path) in (".mha", ".mhd")
-    with _native_stderr_held_back() if metaimage else contextlib.nullcontext():
+    with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else contextlib.nullcontext():
         image = sitk.ReadImage(str(path))
     return _volume_from_sitk(image, path, meta=meta)
-
-
-# MetaIO's complaints: "MetaImage: M_ReadElementsData: data not read completely", then
-# "   ideal = 8000 : actual = 7500".
-_METAIO_LINE = re.compile(rb"^(Meta\w*: .*|\s+ideal = \d+ : actual = \d+)$")
-
-
-@contextlib.contextmanager
-def _native_stderr_held_back() -> Iterator[None]:
-    """MetaIO, SimpleITK's MetaImage library, prints its complaints about a damaged file to the
-    process's standard error itself, in lines beside the one-line error the failed read becomes.
-    What the block writes to file descriptor 2 is held back and written out after it, less MetaIO's
-    lines when the read failed: what other threads (a server's log) printed meanwhile is kept."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    succeeded = False
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-            succeeded = True
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().splitlines(keepends=True)
-            kept = lines if succeeded else [line for line in lines if not _METAIO_LINE.match(line.rstrip(b"\r\n"))]
-            os.write(2, b"".join(kept))
 
 
 def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
@@ -223,7 +193,8 @@ def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
 
 def _read_dicom_file(path: Path) -> Volume:
     try:
-        image = sitk.ReadImage(str(path))
+        with native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # GDCM turns down a file cut short as of no format it knows
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
