@@ -634,6 +634,16 @@ def test_jpeg_compressed_dicom_reads_without_the_decoders_chatter(tmp_path: Path
     assert capfd.readouterr().err == ""
 
 
+def test_losslessly_compressed_dicom_reads_as_the_uncompressed_file() -> None:
+    """JPEG 2000 lossless, JPEG-LS lossless and RLE copies of one MR slice read to the same voxels
+    and geometry as the uncompressed file."""
+    plain = load_image(Path(get_testdata_file("MR_small.dcm")))
+    for name in ("MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm"):
+        compressed = load_image(Path(get_testdata_file(name)))
+        np.testing.assert_array_equal(compressed.array, plain.array, err_msg=name)
+        check_same_geometry(compressed, plain, name)
+
+
 def test_a_failed_metaimage_read_drops_only_metaio_lines(capfd: pytest.CaptureFixture[str]) -> None:
     """MetaIO prints its complaints to file descriptor 2 itself; holding them back must not swallow
     what another thread (a server's log) printed in that moment."""
