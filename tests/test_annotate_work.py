@@ -294,6 +294,48 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert np.array_equal(load_image(case.image_path(root)).array, load_image(scan).array)
 
 
+def test_commands_after_one_that_computed_the_case_reuse_its_result_unless_the_record_moved_on(
+    tmp_path: Path, draw_recist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`show -o`, `correct` and `accept` after `prompt` run no model: they take the model's mask the
+    prompt kept for that very state of the record, and give the same masks as a replay. Once the
+    record has moved on without a result kept (a browser's prompt), the case is replayed again."""
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    for command in (("init", project, "--label", "1=lesion"), ("import", project, scan), ("queue", project, "-a", "alice")):
+        assert run(*command).exit_code == 0
+    prompted = run("prompt", project, "disc", "--box", "0,30,34,58,62", "-a", "alice", "-o", tmp_path / "after.nii.gz")
+    assert prompted.exit_code == 0, prompted.output
+    after = load_mask(tmp_path / "after.nii.gz").array
+    models_built = []
+    build = Predictors.get
+    monkeypatch.setattr(Predictors, "get", lambda self, round_row: models_built.append(round_row.number) or build(self, round_row))
+
+    assert run("show", project, "disc", "-o", tmp_path / "shown.nii.gz").exit_code == 0
+    np.testing.assert_array_equal(load_mask(tmp_path / "shown.nii.gz").array, after)
+    edited = after.copy()
+    edited[2] = 0  # the last slice erased by hand
+    save_mask(edited, load_image(scan), tmp_path / "edited.nii.gz")
+    corrected = run("correct", project, "disc", "-a", "alice", "--mask", tmp_path / "edited.nii.gz", "-o", tmp_path / "corrected.nii.gz")
+    assert corrected.exit_code == 0 and "recorded 1 correction(s)" in corrected.output, corrected.output
+    np.testing.assert_array_equal(load_mask(tmp_path / "corrected.nii.gz").array, edited)
+    assert models_built == []
+
+    opened = open_project(project)
+    WorkSession(opened, "disc", "alice", Predictors()).add_prompt(1, 1, points=[(44, 48)], labels=[1])  # kept nothing
+    assert models_built == [1]
+    with opened.transaction() as session:
+        snapshot = read_snapshot(opened, session, opened.case(session, "disc"))
+    replayed = CaseModel(opened, snapshot, Predictors()).labels()
+    assert models_built == [1, 1]
+    accepted = run("accept", project, "disc", "-a", "alice")
+    assert accepted.exit_code == 0, accepted.output
+    assert models_built == [1, 1, 1]  # the record had moved on: replayed
+    (row,) = open_project(project).cases()
+    np.testing.assert_array_equal(load_stored_mask(opened.folder, row.mask, row.mask_sha256), replayed)
+
+
 def test_presegment_exits_non_zero_when_a_case_fails(tmp_path: Path, draw_recist) -> None:
     scan = tmp_path / "disc.npz"
     write_disc_case(scan, draw_recist)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -50,3 +51,37 @@ def stored_path(project_folder: Path, relative: str, sha256: str) -> Path:
 def load_stored_mask(project_folder: Path, relative: str, sha256: str) -> np.ndarray:
     """The (Z, Y, X) label map of a stored mask."""
     return load_mask(stored_path(project_folder, relative, sha256)).array
+
+
+# The model's label map of a case as of one state of its record, kept by the command that computed
+# it: one file per case, replaced by the next.
+RESULTS_FOLDER = "results"
+
+
+def _result_file(project_folder: Path, case_id: int) -> Path:
+    return project_folder / RESULTS_FOLDER / f"case-{case_id}.npz"
+
+
+def remember_result(project_folder: Path, case_id: int, last_event: int | None, round_id: int, labels: np.ndarray) -> None:
+    """Keep `labels` as the model's label map of case `case_id` once its latest interaction is
+    `last_event` in round `round_id`; silently nothing where the folder cannot take it."""
+    path = _result_file(project_folder, case_id)
+    incoming = path.with_name(f".{uuid.uuid4().hex}.npz")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        np.savez_compressed(incoming, labels=labels, event=-1 if last_event is None else last_event, round=round_id)
+        os.replace(incoming, path)
+    except OSError:
+        incoming.unlink(missing_ok=True)
+
+
+def recall_result(project_folder: Path, case_id: int, last_event: int | None, round_id: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The label map `remember_result` kept for exactly this state of the case's record (latest
+    interaction, round, slices' shape), else None."""
+    try:
+        with np.load(_result_file(project_folder, case_id), allow_pickle=False) as kept:
+            same_state = int(kept["event"]) == (-1 if last_event is None else last_event) and int(kept["round"]) == round_id
+            labels = kept["labels"] if same_state else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none kept, or a damaged file: replay
+        return None
+    return labels if labels is not None and labels.shape == shape else None

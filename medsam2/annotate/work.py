@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from sqlalchemy import func, select
@@ -38,7 +39,7 @@ from medsam2.annotate.schema import (
     RoundRow,
 )
 from medsam2.annotate.images import load_case_image
-from medsam2.annotate.store import load_stored_mask, store_mask
+from medsam2.annotate.store import load_stored_mask, recall_result, remember_result, store_mask
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.session import Session
@@ -92,11 +93,16 @@ class CaseSnapshot:
     round: RoundRow
     active: list[InteractionRow]  # prompts and corrections in force, oldest first
     last_event: int | None  # id of the case's latest interaction of any kind
+    last_effort: int | None  # ... of its latest prompt, correction or undo: with the round, what the masks depend on
 
 
 class CaseModel:
     """A case's image, engine session and slice overrides, rebuilt from its record (no lease
-    needed: it only computes). Coordinates are those of the project's slicing axis."""
+    needed: it only computes). Coordinates are those of the project's slicing axis.
+
+    The engine session is replayed on first use: reading the case's mask takes the model's part of
+    it from the result remembered for this very record (`remember`), when there is one, so that the
+    commands that only look, correct or accept run no model."""
 
     def __init__(
         self, project: Project, snapshot: CaseSnapshot, predictors: Predictors, progress: bool = False, volume: Volume | None = None
@@ -109,31 +115,66 @@ class CaseModel:
         self.slices, self.axis_index = prepare_slices(self.volume, project.settings.axis, project.settings.window)
         self.display = slice_display(self.volume, project.settings.axis)  # how people see the slices
         self.slice_step = reading_step(self.volume, project.settings.axis) if states_geometry(self.volume) else 1
-        self.session = Session(self.slices, predictors.get(self.round))
+        self._predictors = predictors
         self.base: dict[Override, np.ndarray] = {}
         if self.case.preseg_source == PresegSource.MASK.value:
             imported = to_slices(load_stored_mask(project.folder, self.case.preseg_mask, self.case.preseg_sha256), self.axis_index)
             self.base = split_by_slice(imported)
-        self.hints = []
+        self.active = list(snapshot.active)
+        self.overrides = self.current_overrides()
+        self.last_effort = snapshot.last_effort  # kept up to date by the work session's actions
+        self._remembered = recall_result(project.folder, self.case.id, self.last_effort, self.round.id, self.slices.shape[:3])
+
+    @cached_property
+    def _replayed(self) -> tuple[Session, list[Prompt]]:
+        """The engine session the record leaves (the hints the model takes, then every prompt in
+        force, as live), and those hints."""
+        session = Session(self.slices, self._predictors.get(self.round))
+        hints = []
         for hint in (prompt_from_json(h) for h in self.case.hints or []):
             try:
-                self.session.apply(hint)
+                session.apply(hint)
             except InputError:  # the model finds nothing from this hint; the annotator starts by hand
                 continue
-            self.hints.append(hint)
-        self.active = list(snapshot.active)
+            hints.append(hint)
         for interaction in self.active:
             if interaction.kind == InteractionKind.PROMPT.value:
                 prompt = stored_prompt(interaction)
-                if self.session.refines_propagated_mask(prompt):  # live, every prompt was followed by a propagation
-                    self.propagate()
-                self.session.apply(prompt)
-        self.propagate()
-        self.overrides = self.current_overrides()
+                if session.refines_propagated_mask(prompt):  # live, every prompt was followed by a propagation
+                    self._propagate(session)
+                session.apply(prompt)
+        self._propagate(session)
+        self._remembered = None  # the session is what the record says from now on
+        return session, hints
+
+    @property
+    def session(self) -> Session:
+        return self._replayed[0]
+
+    @property
+    def hints(self) -> list[Prompt]:
+        return self._replayed[1]
 
     def propagate(self) -> None:
-        if self.session.objects:
-            self.session.propagate(progress=self.progress)
+        self._propagate(self.session)
+
+    def _propagate(self, session: Session) -> None:
+        if session.objects:
+            session.propagate(progress=self.progress)
+
+    def model_labels(self) -> np.ndarray:
+        """(slices, H, W) the model's label map, before the overrides."""
+        if self._remembered is not None:
+            return self._remembered.copy()
+        prompted = self.case.hints or any(i.kind == InteractionKind.PROMPT.value for i in self.active)
+        if not prompted and "_replayed" not in self.__dict__:  # an imported mask, hand corrections: no model
+            return np.zeros(self.slices.shape[:3], dtype=np.uint16)
+        return self.session.result()
+
+    def remember(self) -> None:
+        """Keep the model's label map for the record as it stands (best effort: a project folder
+        that cannot take it only costs the next command a replay)."""
+        remember_result(self.project.folder, self.case.id, self.last_effort, self.round.id, self.model_labels())
 
     def current_overrides(self) -> dict[Override, np.ndarray]:
         """The slice overrides the active interactions leave: the imported mask's and corrections',
@@ -149,11 +190,11 @@ class CaseModel:
 
     @property
     def slice_hw(self) -> tuple[int, int]:
-        return self.session.slice_hw
+        return self.slices.shape[1], self.slices.shape[2]
 
     def slice_labels(self) -> np.ndarray:
         """(slices, H, W) label map in slice coordinates."""
-        labels = self.session.result()
+        labels = self.model_labels()
         for (index, obj_id), mask in self.overrides.items():
             plane = labels[index]
             plane[plane == obj_id] = 0
@@ -195,7 +236,8 @@ def read_snapshot(project: Project, session: DBSession, case: CaseRow) -> CaseSn
     )
     undone = {i.undoes_id for i in interactions if i.undoes_id is not None}
     active = [i for i in interactions if i.kind != InteractionKind.UNDO.value and i.id not in undone]
-    return CaseSnapshot(case, session.get(RoundRow, round_id), active, last_event(session, case))
+    last_effort = interactions[-1].id if interactions else None
+    return CaseSnapshot(case, session.get(RoundRow, round_id), active, last_event(session, case), last_effort)
 
 
 def last_event(session: DBSession, case: CaseRow) -> int | None:
@@ -220,7 +262,7 @@ class WorkSession:
         self.model = CaseModel(project, snapshot, predictors, progress, volume)
         self.seen = snapshot.last_event
         self.lost: str | None = None
-        if self.case.preseg_mask is None and self.model.hints and not self.model.active:
+        if self.case.preseg_mask is None and self.case.hints and not self.model.active and self.model.hints:
             self._presegment_from_hints()
 
     @property
@@ -392,6 +434,7 @@ class WorkSession:
         else:
             self.model.active.append(row)
         self.model.overrides = self.model.current_overrides()
+        self.model.last_effort = row.id
         return row
 
     def _presegment_from_hints(self) -> None:

@@ -268,6 +268,7 @@ def queue_command(
     case = leased.case
     typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
     if isinstance(leased.opened, WorkSession):
+        leased.opened.model.remember()
         typer.echo(describe(leased.opened.model))
         show_views(leased.opened.model, output, overlay)
 
@@ -307,6 +308,7 @@ def show_command(
         typer.echo(f"  #{item.id} {item.created_at:%Y-%m-%d %H:%M:%S} {item.annotator}: {item.kind}{where}{undone}{interaction_details(item.data)}")
     if output is not None or overlay is not None:
         model = CaseModel(opened, snapshot, Predictors(device), progress=True)
+        model.remember()
         typer.echo(describe(model))
         show_views(model, output, overlay)
 
@@ -354,6 +356,7 @@ def prompt_command(
     work = work_session(opened, case, annotator, device, image)
     for prompt in prompts:
         work.add_prompt(prompt.slice_index, prompt.obj_id, box=prompt.box, points=list(prompt.points), labels=list(prompt.labels))
+    work.model.remember()
     typer.echo(f"{case}: recorded {len(prompts)} prompt(s); {describe(work.model)}")
     show_views(work.model, output, overlay)
 
@@ -382,6 +385,7 @@ def correct_command(
     edited = edited_mask(opened, image, mask)
     work = work_session(opened, case, annotator, device, image)
     recorded = work.apply_edit(edited, slice_ or None)
+    work.model.remember()
     typer.echo(f"{case}: recorded {recorded} correction(s); {describe(work.model)}")
     if not recorded:
         where = f"{mask}, {'slice' if len(slice_) == 1 else 'slices'} {', '.join(map(str, slice_))}" if slice_ else str(mask)
@@ -406,6 +410,7 @@ def undo_command(
     check_views(output, overlay)
     work = work_session(open_project(project), case, annotator, device)
     undone = work.undo()
+    work.model.remember()
     typer.echo(f"{case}: undid a {undone.data['undoes']} on slice {undone.slice_index}; {describe(work.model)}")
     show_views(work.model, output, overlay)
 
