@@ -265,6 +265,28 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
         )
 
 
+def test_a_dicom_seg_of_images_stating_no_slice_thickness_reads_back(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A series whose SliceThickness an anonymiser blanked (a type 2 attribute) and a secondary
+    capture that has none: their SEGs state the slice spacing as thickness, and read back (a SEG
+    without one is opened by no reader, highdicom's own included)."""
+    for file in write_dicom_series(ct_case, tmp_path / "blanked"):
+        header = pydicom.dcmread(file)
+        header.SliceThickness = None
+        header.save_as(file)
+    series = load_image(tmp_path / "blanked")
+    labels = ct_case.meta["npz"]["gts"]
+    read_back = load_mask(save_mask(labels, series, tmp_path / "series_seg.dcm"), like=series)
+    np.testing.assert_array_equal(read_back.array, labels)
+    measures = pydicom.dcmread(tmp_path / "series_seg.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(series.spacing[2])
+    capture = load_image(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
+    square = np.zeros(capture.shape, np.uint8)
+    square[0, 10:40, 20:60] = 1
+    np.testing.assert_array_equal(load_mask(save_mask(square, capture, tmp_path / "capture_seg.dcm"), like=capture).array, square)
+
+
 def test_single_dicom_file_loads_with_modality_and_rescale(tmp_path: Path) -> None:
     path = Path(get_testdata_file("CT_small.dcm"))
     dataset = pydicom.dcmread(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import get_args
@@ -161,12 +162,18 @@ def unnamed_segment(label: int) -> str:
     return f"label {label}"
 
 
-def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Mapping[int, str | None] | None = None) -> hd.seg.Segmentation:
+def build_segmentation(
+    labels: np.ndarray,
+    sources: Sequence[Dataset],
+    names: Mapping[int, str | None] | None = None,
+    slice_thickness: float = 1.0,
+) -> hd.seg.Segmentation:
     """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`; a segment's label
     is the object's name in `names` (the first 64 characters, as DICOM allows), else "label N".
 
     `labels[k]` must overlay the k-th frame of the sources: the k-th file of a series in the order of
     `read_largest_series`, or the k-th frame of a single (possibly multi-frame) file.
+    `slice_thickness` (mm) is stated where the sources state none.
     """
     from medsam2 import __version__  # here, not at import time: the package root may import io
 
@@ -186,7 +193,7 @@ def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Ma
         for label in range(1, max(int(labels.max()), 1) + 1)
     ]
     return hd.seg.Segmentation(
-        source_images=sources,
+        source_images=_stating_slice_thickness(sources, slice_thickness),
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -199,3 +206,18 @@ def build_segmentation(labels: np.ndarray, sources: Sequence[Dataset], names: Ma
         software_versions=__version__,
         device_serial_number="none",
     )
+
+
+
+def _stating_slice_thickness(sources: Sequence[Dataset], slice_thickness: float) -> Sequence[Dataset]:
+    """`sources`, or copies of their headers stating `slice_thickness` where single-frame sources
+    state none (an anonymiser's blank, a secondary capture): highdicom copies their pixel measures
+    into the SEG, and no reader, highdicom's own included, opens a SEG whose measures lack it."""
+    if "SharedFunctionalGroupsSequence" in sources[0] or all(source.get("SliceThickness") for source in sources):
+        return sources
+    stated = []
+    for source in sources:
+        header = copy.deepcopy(source)
+        header.SliceThickness = header.get("SliceThickness") or pydicom.valuerep.DS(slice_thickness, auto_format=True)
+        stated.append(header)
+    return stated

@@ -163,7 +163,7 @@ def _write_png(labels: np.ndarray, like: Volume, target: Path) -> None:
 def _dicom_seg(labels: np.ndarray, like: Volume, names: Mapping[int, str | None] | None = None) -> Dataset:
     sources = dicom_headers(like, "for the DICOM-SEG")
     try:
-        return dicom.build_segmentation(labels, sources, names)
+        return dicom.build_segmentation(labels, sources, names, slice_thickness=like.spacing[2])
     except (ValueError, AttributeError, KeyError) as error:
         # Attributes a SEG must copy from its sources (patient, study, frame of reference, an
         # enhanced multi-frame image's functional groups) missing or malformed.
