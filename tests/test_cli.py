@@ -158,12 +158,15 @@ def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:
 
 def test_info_on_dicom_files_with_header_quirks_prints_only_the_facts() -> None:
     """pydicom reads past a value of the wrong form or an unexpected VR encoding, warning in lines
-    that name its own source file; the command prints the facts and nothing on stderr."""
-    for name in ("badVR.dcm", "SC_rgb_jpeg.dcm"):
+    that name its own source file; the command prints the facts and nothing on stderr. A colour
+    image's channel values are not listed as labels."""
+    for name, channels in (("badVR.dcm", 1), ("SC_rgb_jpeg.dcm", 3), ("SC_rgb_jpeg_dcmtk.dcm", 3)):  # the last: colour bars
         file = packaged_file("pydicom", f"pydicom/data/test_files/{name}", "pip install pydicom")
         shown = subprocess.run([sys.executable, "-m", "medsam2.cli", "info", str(file), "--json"], capture_output=True, text=True)
         assert shown.returncode == 0 and shown.stderr == "", (name, shown.stderr)
-        assert json.loads(shown.stdout)["shape_zyx"][0] == 1
+        facts = json.loads(shown.stdout)
+        assert facts["shape_zyx"][0] == 1 and facts["channels"] == channels
+    assert "labels" not in facts
 
 
 def test_eval_file_pair_and_folders(tmp_path: Path, lesion_nifti) -> None:

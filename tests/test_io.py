@@ -333,6 +333,24 @@ def test_grey_and_colour_pictures(tmp_path: Path, ct_case: Volume) -> None:
     np.testing.assert_array_equal(mask.array, gts)
 
 
+def test_palette_and_one_bit_pictures_are_label_maps_as_masks_and_shown_colours_as_images(tmp_path: Path, ct_case: Volume) -> None:
+    """A palette PNG (PASCAL VOC's, CVAT's label maps) stores labels as palette indices, a 1-bit
+    PNG as 0/1: read as masks, those are the labels; read as images, what they show."""
+    gts = ct_case.meta["npz"]["gts"][6]
+    labels = np.where(gts > 0, 1, 0).astype(np.uint8)
+    labels[:20, :20] = 2
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "voc.png")
+    Image.fromarray(gts > 0).save(tmp_path / "one_bit.png")
+    assert Image.open(tmp_path / "one_bit.png").mode == "1"
+    np.testing.assert_array_equal(load_mask(tmp_path / "voc.png").array[0], labels)
+    np.testing.assert_array_equal(load_mask(tmp_path / "one_bit.png").array[0], gts > 0)
+    shown = load_image(tmp_path / "voc.png")
+    assert shown.is_color and (shown.array[0][labels == 2] == (0, 255, 0)).all()
+    assert set(np.unique(load_image(tmp_path / "one_bit.png").array)) == {0, 255}
+
+
 # --- geometry check -------------------------------------------------------------------------------
 
 

@@ -22,8 +22,9 @@ MAX_LABELS_FOR_MASK = 64
 
 
 def mask_labels(volume: Volume) -> list[int] | None:
-    """The non-zero labels if the volume looks like a label map, else None."""
-    if not np.issubdtype(volume.array.dtype, np.integer) and volume.array.dtype != bool:
+    """The non-zero labels if the volume looks like a label map, else None (a colour picture's
+    channel values are no labels)."""
+    if volume.is_color or (not np.issubdtype(volume.array.dtype, np.integer) and volume.array.dtype != bool):
         return None
     values = np.unique(volume.array)
     if values.size > MAX_LABELS_FOR_MASK or values.min() < 0:

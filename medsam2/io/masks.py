@@ -60,7 +60,7 @@ def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
     geometry. Other formats carry their own geometry: `check_mask_fits` compares it with an image."""
     if is_segmentation(Path(path)):
         return _segmentation_on(Path(path), like)
-    volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS)
+    volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS, picture_values=True)
     if volume.is_color:
         raise InputError(f"{path}: a colour image is not a label map")
     labels = as_label_map(volume.array, path)

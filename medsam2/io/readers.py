@@ -75,19 +75,25 @@ def library_reason(error: BaseException) -> str:
 
 
 def load_image(
-    path: str | Path, *, modality: str | None = None, npz_array_keys: tuple[str, ...] = ("imgs",)
+    path: str | Path,
+    *,
+    modality: str | None = None,
+    npz_array_keys: tuple[str, ...] = ("imgs",),
+    picture_values: bool = False,
 ) -> Volume:
     """Read an image file or a DICOM series folder into a `Volume` (see the module doc for formats).
 
     `modality` (CT, MR, PT, US, XA, OT or unknown; any case) overrides the DICOM Modality tag; files
     without one get "unknown", left to the preprocess layer to guess from the intensities.
     `npz_array_keys`: the npz arrays the volume is read from, the first one present.
+    `picture_values`: a palette or 1-bit picture as the values it stores (a label map's: palette
+    indices, 0/1), not the colours or grey levels they show.
     """
     path = Path(path)
     override = _parse_modality(modality, path) if modality is not None else None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    read = _read_dicom_folder if path.is_dir() else _reader_for(path, npz_array_keys)
+    read = _read_dicom_folder if path.is_dir() else _reader_for(path, npz_array_keys, picture_values)
     try:
         volume = read(path)
     except InputError:  # a ValueError too: let ours through unchanged
@@ -108,14 +114,14 @@ def _parse_modality(value: str, path: Path) -> Modality:
     return normalised  # type: ignore[return-value]
 
 
-def _reader_for(path: Path, npz_array_keys: tuple[str, ...]) -> Callable[[Path], Volume]:
+def _reader_for(path: Path, npz_array_keys: tuple[str, ...], picture_values: bool) -> Callable[[Path], Volume]:
     suffix = file_suffix(path)
     if suffix in SITK_SUFFIXES:
         return _read_sitk_file
     if suffix == ".npz":
         return partial(_read_npz, array_keys=npz_array_keys)
     if suffix in PICTURE_SUFFIXES:
-        return _read_picture
+        return partial(_read_picture, stored_values=picture_values)
     if suffix == ".dcm" or dicom.is_dicom_file(path):
         return _read_dicom_file
     if suffix in VIDEO_SUFFIXES:
@@ -286,8 +292,8 @@ def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path
     return tuple(values.tolist())
 
 
-def _read_picture(path: Path) -> Volume:
-    return Volume(array=read_picture(path)[None], source=path, has_spacing=False, meta={"is_2d": True})
+def _read_picture(path: Path, stored_values: bool = False) -> Volume:
+    return Volume(array=read_picture(path, stored_values)[None], source=path, has_spacing=False, meta={"is_2d": True})
 
 
 def picture_size(path: Path) -> tuple[int, int]:
@@ -301,15 +307,18 @@ def picture_size(path: Path) -> tuple[int, int]:
     return (width, height) if turned else (height, width)
 
 
-def read_picture(path: Path) -> np.ndarray:
+def read_picture(path: Path, stored_values: bool = False) -> np.ndarray:
     """One 2D picture as (H, W) grey or (H, W, 3) RGB, upright as its EXIF orientation says (as
-    viewers show it); palette, alpha and CMYK pictures become RGB. A damaged file is an error naming
-    it (one frame of a folder, say)."""
+    viewers show it); palette, alpha and CMYK pictures become RGB. With `stored_values`, a palette
+    picture is its (H, W) palette indices and a 1-bit one 0/1, as label maps are stored (PASCAL VOC,
+    CVAT). A damaged file is an error naming it (one frame of a folder, say)."""
     try:
         with Image.open(path) as picture:
             if getattr(picture, "n_frames", 1) > 1:
                 raise InputError(f"{path}: {picture.n_frames} pages; only single 2D images are supported")
             picture = ImageOps.exif_transpose(picture)
+            if stored_values and picture.mode in ("P", "1"):
+                return np.asarray(picture).astype(np.uint8)
             if picture.mode in ("1", "LA"):
                 picture = picture.convert("L")
             elif picture.mode not in ("L", "I", "I;16", "F", "RGB"):  # palette, alpha, CMYK...
