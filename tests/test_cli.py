@@ -595,4 +595,4 @@ def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, les
     assert scored.exit_code == 0, scored.output
     [row] = json.loads((tmp_path / "s.json").read_text())["cases"]
     assert row["dice"] == pytest.approx(dice(seg, truth)) and row["gt_voxels"] == int(truth.sum())
-    assert_one_line_error(run("eval", tmp_path / "seg.dcm", tmp_path / "truth.dcm"), "seg.dcm: a DICOM-SEG is read against the DICOM series")
+    assert_one_line_error(run("eval", tmp_path / "seg.dcm", tmp_path / "truth.dcm"), "seg.dcm: a DICOM-SEG, read against the DICOM series it segments: give the series with --image SERIES")

@@ -668,6 +668,7 @@ def test_jpeg_compressed_dicom_reads_without_the_decoders_chatter(tmp_path: Path
     for source in (lossy, tmp_path / "series"):
         image = load_image(source)
         assert image.shape == (1, 1024, 256) and image.array.max() > 0
+        assert image.modality == "NM"  # nuclear medicine, from its tag
     assert capfd.readouterr().err == ""
     with pytest.raises(InputError, match="a DICOM file that cannot be read, damaged or cut short"):
         load_image(Path(get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm")))

@@ -38,7 +38,7 @@ def batch(
     memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank for rows without a memory column: recent or confidence (as `medsam2 segment --memory`)."),
     output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, DICOM-SEG (.dcm) for DICOM, PNG for pictures, else nii.gz."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (with --engine ray, each actor gets one GPU)."),
-    axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
+    axis: str = typer.Option("axial", "--axis", help="Slicing axis of 3D images: axial, coronal or sagittal (a row's 2D picture is segmented in its own plane)."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     keep_largest: bool = typer.Option(False, "--keep-largest", help="Keep only the largest 3D connected component per object."),
     fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill holes in each slice's mask."),

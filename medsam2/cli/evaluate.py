@@ -17,6 +17,7 @@ from rich.table import Table
 from medsam2.cli.errors import reports_input_errors
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
+from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.atomic import check_output_paths, outputs_together
@@ -238,6 +239,10 @@ def eval_command(
         if report is not None and report.is_dir():
             raise InputError(f"{option} {report}: is a folder; name the report file, e.g. {report / ('scores' + option.replace('--', '.'))}")
     check_output_paths([pred, gt, image], [json_out, csv_out])
+    if image is None and not pred.is_dir():
+        for path in (pred, gt):
+            if is_segmentation(path):
+                raise InputError(f"{path}: a DICOM-SEG, read against the DICOM series it segments: give the series with --image SERIES")
     scan = load_image(image) if image is not None else None
     pairs, ignored = pair_folders(pred, gt) if pred.is_dir() else ([(pred, gt)], [])
     cases = [

@@ -83,7 +83,7 @@ def load_image(
 ) -> Volume:
     """Read an image file or a DICOM series folder into a `Volume` (see the module doc for formats).
 
-    `modality` (CT, MR, PT, US, XA, OT or unknown; any case) overrides the DICOM Modality tag; files
+    `modality` (CT, MR, PT, NM, US, XA, CR, DX, MG, ES, OT or unknown; any case) overrides the DICOM Modality tag; files
     without one get "unknown", left to the preprocess layer to guess from the intensities.
     `npz_array_keys`: the npz arrays the volume is read from, the first one present.
     `picture_values`: a palette or 1-bit picture as the values it stores (a label map's: palette

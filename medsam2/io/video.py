@@ -404,7 +404,7 @@ def _open_dicom(path: Path) -> Video:
         is_color=color,
         frame_rate=_dicom_frame_rate(dataset),
         pixel_spacing=_dicom_pixel_spacing(dataset),
-        modality=modality if modality in ("US", "XA", "OT") else "unknown",  # type: ignore[arg-type]
+        modality=modality if modality in ("US", "XA", "ES", "OT") else "unknown",  # type: ignore[arg-type]
         source=path,
     )
 

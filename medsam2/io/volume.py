@@ -28,7 +28,9 @@ from nibabel.orientations import io_orientation
 
 from medsam2.errors import InputError
 
-Modality = Literal["CT", "MR", "PT", "US", "XA", "OT", "unknown"]
+# DICOM Modality values: CT, MR, PET, nuclear medicine (SPECT), ultrasound, angiography, radiography
+# (computed, digital, mammography), endoscopy, other.
+Modality = Literal["CT", "MR", "PT", "NM", "US", "XA", "CR", "DX", "MG", "ES", "OT", "unknown"]
 SliceAxis = Literal["axial", "coronal", "sagittal"]
 
 

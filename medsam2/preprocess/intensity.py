@@ -52,8 +52,14 @@ _MODALITY_ALIASES: dict[str, Modality] = {
     "MRI": "MR",
     "PT": "PT",
     "PET": "PT",
+    "NM": "NM",
+    "SPECT": "NM",
     "US": "US",
     "XA": "XA",
+    "CR": "CR",
+    "DX": "DX",
+    "MG": "MG",
+    "ES": "ES",
     "OT": "OT",
     "UNKNOWN": "unknown",
 }
@@ -199,7 +205,7 @@ def _parse_modality(name: str) -> Modality:
     try:
         return _MODALITY_ALIASES[name.strip().upper()]
     except KeyError:
-        raise InputError(f"modality {name!r}: expected one of CT, MR, PET, US") from None
+        raise InputError(f"modality {name!r}: expected one of {', '.join(_MODALITY_ALIASES)}") from None
 
 
 def _name(volume: Volume) -> str:
