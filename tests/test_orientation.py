@@ -114,14 +114,15 @@ def test_the_overlay_montage_turns_its_tiles(tmp_path: Path) -> None:
     labels = (slices == 200).astype(np.uint8)
     path = save_overlay_montage((labels * 120).astype(np.uint8), labels, tmp_path / "montage.png", display=slice_display(stored, "coronal"))
     montage = np.asarray(Image.open(path).convert("RGB"))
-    first_tile = montage[:40, :60]  # (Z, X) of a coronal slice, not enlarged
+    first_tile = montage[:160, :240]  # (Z, X) of a coronal slice, 40 x 60 enlarged 4 times to fill its 256-pixel cell
     outline = np.argwhere((first_tile == LABEL_COLOURS[0]).all(axis=-1))
-    assert len(outline) > 20
-    assert outline[:, 0].max() < 10 and outline[:, 1].max() < 12
+    assert len(outline) > 80
+    assert outline[:, 0].max() < 4 * 10 and outline[:, 1].max() < 4 * 12
 
 
 def test_montage_tiles_are_in_square_millimetres(tmp_path: Path) -> None:
-    """A coronal slice of 5 mm sections is shown five times taller than its 8 rows of pixels."""
+    """A coronal slice of 5 mm sections is shown five times taller than its 8 rows of pixels (and
+    then, 40 x 30, enlarged 6 times to fill its 256-pixel cell)."""
     scan = Volume(array=np.full((8, 20, 30), 100, np.uint8), spacing=(1.0, 1.0, 5.0))
     axis_index = slicing_axis_index(scan, "coronal")
     slices = to_slices(scan.array, axis_index)
@@ -132,7 +133,7 @@ def test_montage_tiles_are_in_square_millimetres(tmp_path: Path) -> None:
     )
     assert slice_pixel_spacing(scan, axis_index) == (1.0, 5.0)
     grey = np.argwhere((np.asarray(Image.open(path).convert("RGB")) == 100).all(axis=-1))
-    assert grey[:, 0].max() + 1 == 40 and grey[:, 1].max() + 1 == 30  # 8 rows x 5 mm, 30 columns x 1 mm
+    assert grey[:, 0].max() + 1 == 6 * 40 and grey[:, 1].max() + 1 == 6 * 30  # 8 rows x 5 mm, 30 columns x 1 mm
 
 
 def test_slices_too_narrow_for_the_model_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:

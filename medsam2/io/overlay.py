@@ -96,7 +96,8 @@ def save_overlay_montage(
 ) -> Path:
     """Write a grid of the slices that hold an object or a box (`montage_slices`), each turned as
     `display` says (`slice_display`), stretched to square millimetres (`pixel_spacing`: mm between
-    the slices' columns, between their rows) and captioned with its index, as a PNG."""
+    the slices' columns, between their rows), fitted to `tile_size` (a small one enlarged by a whole
+    factor) and captioned with its index, as a PNG."""
     check_overlay_output(path)
     boxes = boxes or {}
     shown = montage_slices(labels, sorted(boxes), max_tiles)
@@ -105,6 +106,8 @@ def save_overlay_montage(
     montage = Image.new("RGB", (columns * tile_size, rows * tile_size))
     for position, index in enumerate(shown):
         tile = as_shown(overlay_slice(slices[index], labels[index], boxes.get(index)), display, pixel_spacing)
+        if (scale := tile_size // max(tile.size)) > 1:  # a small slice (a coronal view of a slab) enlarged to be read
+            tile = tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
         tile.thumbnail((tile_size, tile_size))
         ImageDraw.Draw(tile).text((4, 4), f"{index}", fill=(255, 255, 0))
         montage.paste(tile, ((position % columns) * tile_size, (position // columns) * tile_size))
