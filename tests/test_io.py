@@ -268,12 +268,15 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
 def test_a_dicom_seg_of_images_stating_no_slice_thickness_reads_back(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
 ) -> None:
-    """A series whose SliceThickness an anonymiser blanked (a type 2 attribute) and a secondary
-    capture that has none: their SEGs state the slice spacing as thickness, and read back (a SEG
+    """A series whose SliceThickness an anonymiser blanked or removed (a type 2 attribute) and a
+    secondary capture that has none: their SEGs state the slice spacing as thickness, and read back (a SEG
     without one is opened by no reader, highdicom's own included)."""
-    for file in write_dicom_series(ct_case, tmp_path / "blanked"):
+    for index, file in enumerate(write_dicom_series(ct_case, tmp_path / "blanked")):
         header = pydicom.dcmread(file)
-        header.SliceThickness = None
+        if index % 2:
+            header.SliceThickness = None
+        else:
+            del header.SliceThickness  # left out altogether
         header.save_as(file)
     series = load_image(tmp_path / "blanked")
     labels = ct_case.meta["npz"]["gts"]
