@@ -336,6 +336,58 @@ def test_commands_after_one_that_computed_the_case_reuse_its_result_unless_the_r
     np.testing.assert_array_equal(load_stored_mask(opened.folder, row.mask, row.mask_sha256), replayed)
 
 
+def test_an_undone_prompt_leaves_the_case_as_a_replay_of_its_record(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:
+    """Undoing the latest of two clicks on a slice leaves the case as any process rebuilding it from
+    the record sees it (taken out of the live session instead, the click left was given without the
+    propagation a replay runs first: 115 voxels differed on this case), and that is what is accepted."""
+    project = init_project(tmp_path / "project")
+    import_cases(project, [ct_lesion_cases[1]], progress=False)
+    case = lease_next(project, "alice")
+    work = WorkSession(project, case.name, "alice", predictors)
+    work.add_prompt(6, 1, box=(246, 273, 276, 322))
+    work.add_prompt(8, 1, points=[(259, 291)], labels=[1])
+    work.add_prompt(8, 1, points=[(262, 300)], labels=[1])
+    work.undo()
+    with project.transaction() as session:
+        snapshot = read_snapshot(project, session, project.case(session, case.name))
+    replayed = CaseModel(project, snapshot, predictors).labels()
+    np.testing.assert_array_equal(work.labels(), replayed)
+    row = work.accept()
+    np.testing.assert_array_equal(load_stored_mask(project.folder, row.mask, row.mask_sha256), replayed)
+    project.close()
+
+
+def test_a_kept_result_is_never_taken_for_another_project_or_read_from_a_damaged_file(tmp_path: Path, draw_recist) -> None:
+    """A project made anew in the same folder starts its ids again: the result kept for its
+    predecessor's case 1 is not its case 1's. A kept file left empty by a crash, or a file in the
+    place of the results folder, only costs a replay."""
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)  # its RECIST marker: a hint the model segments the disc from
+    project = tmp_path / "project"
+    for command in (("init", project, "--label", "1=lesion"), ("import", project, scan)):
+        assert run(*command).exit_code == 0
+    assert "object 1: slices" in run("show", project, "disc", "-o", tmp_path / "hinted.nii.gz").output
+    assert (project / "results" / "case-1.npz").is_file()
+    (project / "project.db").unlink()
+    (project / "medsam2-project.json").unlink()
+    unmarked = tmp_path / "unmarked.npz"
+    np.savez(unmarked, **{key: value for key, value in np.load(scan).items() if key != "recist"})
+    for command in (("init", project, "--label", "1=lesion"), ("import", project, unmarked)):
+        assert run(*command).exit_code == 0
+    shown = run("show", project, "unmarked", "-o", tmp_path / "new.nii.gz")
+    assert shown.exit_code == 0 and "empty mask" in shown.output, shown.output
+
+    replay = run("show", project, "unmarked", "-o", tmp_path / "replay.nii.gz")
+    (project / "results" / "case-1.npz").write_bytes(b"")
+    emptied = run("show", project, "unmarked", "-o", tmp_path / "emptied.nii.gz")
+    shutil.rmtree(project / "results")
+    (project / "results").write_text("notes")
+    in_the_way = run("show", project, "unmarked", "-o", tmp_path / "in_the_way.nii.gz")
+    for result, name in ((replay, "replay"), (emptied, "emptied"), (in_the_way, "in_the_way")):
+        assert result.exit_code == 0, (name, result.output)
+        np.testing.assert_array_equal(load_mask(tmp_path / f"{name}.nii.gz").array, load_mask(tmp_path / "new.nii.gz").array)
+
+
 def test_presegment_exits_non_zero_when_a_case_fails(tmp_path: Path, draw_recist) -> None:
     scan = tmp_path / "disc.npz"
     write_disc_case(scan, draw_recist)

@@ -7,9 +7,9 @@ missing or half-written one; storing the same mask twice is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -62,26 +62,27 @@ def _result_file(project_folder: Path, case_id: int) -> Path:
     return project_folder / RESULTS_FOLDER / f"case-{case_id}.npz"
 
 
-def remember_result(project_folder: Path, case_id: int, last_event: int | None, round_id: int, labels: np.ndarray) -> None:
-    """Keep `labels` as the model's label map of case `case_id` once its latest interaction is
-    `last_event` in round `round_id`; silently nothing where the folder cannot take it."""
+def remember_result(project_folder: Path, case_id: int, stamp: str, labels: np.ndarray) -> None:
+    """Keep `labels` as the model's label map of case `case_id` in the state of its record that
+    `stamp` names; silently nothing where the folder cannot take it (read-only, a file in its place)."""
     path = _result_file(project_folder, case_id)
     incoming = path.with_name(f".{uuid.uuid4().hex}.npz")
     try:
         path.parent.mkdir(exist_ok=True)
-        np.savez_compressed(incoming, labels=labels, event=-1 if last_event is None else last_event, round=round_id)
+        np.savez_compressed(incoming, labels=labels, stamp=np.array(stamp))
         os.replace(incoming, path)
     except OSError:
-        incoming.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            incoming.unlink(missing_ok=True)
 
 
-def recall_result(project_folder: Path, case_id: int, last_event: int | None, round_id: int, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The label map `remember_result` kept for exactly this state of the case's record (latest
-    interaction, round, slices' shape), else None."""
+def recall_result(project_folder: Path, case_id: int, stamp: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The label map `remember_result` kept for exactly the state `stamp` names, of `shape`; else None."""
     try:
         with np.load(_result_file(project_folder, case_id), allow_pickle=False) as kept:
-            same_state = int(kept["event"]) == (-1 if last_event is None else last_event) and int(kept["round"]) == round_id
-            labels = kept["labels"] if same_state else None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none kept, or a damaged file: replay
+            if str(kept["stamp"]) != stamp:
+                return None
+            labels = kept["labels"]
+    except Exception:  # noqa: BLE001 - none kept, or damaged in any way (empty, cut short, not an npz): replay
         return None
-    return labels if labels is not None and labels.shape == shape else None
+    return labels if labels.shape == shape else None

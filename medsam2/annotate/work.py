@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 
 import numpy as np
@@ -93,7 +94,7 @@ class CaseSnapshot:
     round: RoundRow
     active: list[InteractionRow]  # prompts and corrections in force, oldest first
     last_event: int | None  # id of the case's latest interaction of any kind
-    last_effort: int | None  # ... of its latest prompt, correction or undo: with the round, what the masks depend on
+    last_effort: InteractionRow | None  # its latest prompt, correction or undo: with the round, what the masks depend on
 
 
 class CaseModel:
@@ -123,7 +124,7 @@ class CaseModel:
         self.active = list(snapshot.active)
         self.overrides = self.current_overrides()
         self.last_effort = snapshot.last_effort  # kept up to date by the work session's actions
-        self._remembered = recall_result(project.folder, self.case.id, self.last_effort, self.round.id, self.slices.shape[:3])
+        self._remembered = recall_result(project.folder, self.case.id, self.record_stamp(), self.slices.shape[:3])
 
     @cached_property
     def _replayed(self) -> tuple[Session, list[Prompt]]:
@@ -174,7 +175,25 @@ class CaseModel:
     def remember(self) -> None:
         """Keep the model's label map for the record as it stands (best effort: a project folder
         that cannot take it only costs the next command a replay)."""
-        remember_result(self.project.folder, self.case.id, self.last_effort, self.round.id, self.model_labels())
+        remember_result(self.project.folder, self.case.id, self.record_stamp(), self.model_labels())
+
+    def record_stamp(self) -> str:
+        """What names the state of the case's record the model's mask depends on, across projects
+        too (ids start again in a project made anew in the same folder, or a database restored):
+        the case's import, its round's model and its latest prompt, correction or undo, with times."""
+        def moment(at: datetime) -> str:  # as written or as read back (a database may drop the time zone)
+            return at.replace(tzinfo=None).isoformat()
+
+        effort = "none" if self.last_effort is None else f"{self.last_effort.id} at {moment(self.last_effort.created_at)}"
+        return (
+            f"case {self.case.id} imported {moment(self.case.imported_at)} voxels {self.case.voxels_sha256}; "
+            f"round {self.round.id} model {self.round.model_sha256}; latest effort {effort}"
+        )
+
+    def forget_session(self) -> None:
+        """Drop the engine session: the next use replays the record as it now stands."""
+        self.__dict__.pop("_replayed", None)
+        self._remembered = None
 
     def current_overrides(self) -> dict[Override, np.ndarray]:
         """The slice overrides the active interactions leave: the imported mask's and corrections',
@@ -236,7 +255,7 @@ def read_snapshot(project: Project, session: DBSession, case: CaseRow) -> CaseSn
     )
     undone = {i.undoes_id for i in interactions if i.undoes_id is not None}
     active = [i for i in interactions if i.kind != InteractionKind.UNDO.value and i.id not in undone]
-    last_effort = interactions[-1].id if interactions else None
+    last_effort = interactions[-1] if interactions else None
     return CaseSnapshot(case, session.get(RoundRow, round_id), active, last_event(session, case), last_effort)
 
 
@@ -353,16 +372,12 @@ class WorkSession:
             raise InputError(f"case {self.name}: nothing to undo")
         undone = self.model.active[-1]
         key = (undone.slice_index, undone.obj_id)
+        row = self._record_effort(InteractionKind.UNDO, *key, {"undoes": undone.kind}, None, False, undoes=undone)
         if undone.kind == InteractionKind.PROMPT.value:
-            # The engine forgets every prompt on the slice; those still in force are given again.
-            self.model.session.remove_prompt(*key)
-            remaining = [i for i in self.model.active[:-1] if i.kind == InteractionKind.PROMPT.value]
-            for prompt in [h for h in self.model.hints if (h.slice_index, h.obj_id) == key] + [
-                stored_prompt(i) for i in remaining if (i.slice_index, i.obj_id) == key
-            ]:
-                self.model.session.apply(prompt)
-            self.model.propagate()
-        return self._record_effort(InteractionKind.UNDO, *key, {"undoes": undone.kind}, None, False, undoes=undone)
+            # Replayed, as any later process will rebuild the case: taking the prompt out of the live
+            # session would leave the others on its slice given without the propagation before them.
+            self.model.forget_session()
+        return row
 
     def accept(self, labels: np.ndarray | None = None) -> CaseRow:
         """Accept the current mask, or `labels` (a (Z, Y, X) label map edited elsewhere: every slice
@@ -434,7 +449,7 @@ class WorkSession:
         else:
             self.model.active.append(row)
         self.model.overrides = self.model.current_overrides()
-        self.model.last_effort = row.id
+        self.model.last_effort = row
         return row
 
     def _presegment_from_hints(self) -> None:
