@@ -208,7 +208,6 @@ def build_segmentation(
     )
 
 
-
 def _stating_slice_thickness(sources: Sequence[Dataset], slice_thickness: float) -> Sequence[Dataset]:
     """`sources`, or copies of their headers stating `slice_thickness` where single-frame sources
     state none (an anonymiser's blank, a secondary capture): highdicom copies their pixel measures
