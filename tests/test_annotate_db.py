@@ -48,6 +48,7 @@ from medsam2.annotate.schema import Base, InteractionRow
 from medsam2.annotate.store import stored_path
 from medsam2.errors import InputError
 from medsam2.io import check_same_geometry, load_image, save_mask
+from medsam2.engine import models as engine_models
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import file_sha256, read_manifest
@@ -417,15 +418,20 @@ def test_effort_report_compares_rounds(tmp_path: Path, synthetic_cases: Path, pr
     project.close()
 
 
-def test_a_round_records_its_checkpoint_and_refuses_it_changed(tmp_path: Path, synthetic_cases: Path) -> None:
+def test_a_round_records_its_checkpoint_and_refuses_it_changed(tmp_path: Path, synthetic_cases: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = Path(shutil.copy(bundled_lite_medsam_checkpoint(), tmp_path / "finetuned.pth"))
     project = init_project(tmp_path / "project")
     round_two = project.start_round(str(checkpoint))
     assert (round_two.number, round_two.model) == (2, str(checkpoint.resolve()))
     assert round_two.model_version == f"finetuned.pth@{LITE_MEDSAM_SHA256[:12]}" and round_two.model_sha256 == LITE_MEDSAM_SHA256
+    builds = []
+    build = engine_models.load_predictor
+    monkeypatch.setattr(engine_models, "load_predictor", lambda spec, **options: builds.append(spec) or build(spec, **options))
+    Predictors().get(round_two)
+    assert builds == [str(checkpoint.resolve())]  # its checksum checked, the model built once, from its path
     import_cases(project, [synthetic_cases / "images" / "case_05.nii.gz"], masks=synthetic_cases / "masks" / "case_05.nii.gz", progress=False)
     case = lease_next(project, "alice")
-    work = WorkSession(project, case.name, "alice", Predictors())  # the round's checkpoint, loaded from its path
+    work = WorkSession(project, case.name, "alice", Predictors())
     assert work.model.round.number == 2 and np.array_equal(work.labels(), load_mask(synthetic_cases / "masks" / "case_05.nii.gz").array)
     with open(checkpoint, "ab") as handle:
         handle.write(b"\0")  # the file changes after the round began

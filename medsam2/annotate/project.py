@@ -117,9 +117,10 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def model_identity(spec: str) -> ModelIdentity:
+def model_identity(spec: str, check_builds: bool = True) -> ModelIdentity:
     """The identity of `--model SPEC`: the embedded LiteMedSAM, a preset or a checkpoint file. A
-    file is built into its model once here, so that a round never starts on one that cannot run."""
+    file is built into its model once here (unless the caller builds it next: `check_builds`), so
+    that a round never starts on one that cannot run."""
     if spec == DEFAULT_MODEL:
         from medsam2.models.weights import LITE_MEDSAM_SHA256
 
@@ -129,7 +130,8 @@ def model_identity(spec: str) -> ModelIdentity:
     from medsam2.engine.models import load_predictor
 
     choice = resolve_model(spec)
-    load_predictor(spec)
+    if check_builds:
+        load_predictor(spec)
     digest = file_sha256(choice.path)
     # A preset is stored by name (each machine configures its own path); a file by absolute path.
     stored = choice.preset.name if choice.preset is not None and spec == choice.preset.name else str(choice.path.resolve())

@@ -76,7 +76,7 @@ class Predictors:
                     f"{round_row.model}: the checkpoint of round {round_row.number} is not there (if it moved, point the "
                     "project at its new place: medsam2 annotate relocate PROJECT OLD_FOLDER NEW_FOLDER)"
                 )
-            identity = model_identity(round_row.model)
+            identity = model_identity(round_row.model, check_builds=False)  # built just below
             if identity.sha256 != round_row.model_sha256:
                 raise InputError(
                     f"round {round_row.number}: model {round_row.model} has changed since the round began "
