@@ -167,14 +167,23 @@ class CaseModel:
         """(slices, H, W) the model's label map, before the overrides."""
         if self._remembered is not None:
             return self._remembered.copy()
-        prompted = self.case.hints or any(i.kind == InteractionKind.PROMPT.value for i in self.active)
-        if not prompted and "_replayed" not in self.__dict__:  # an imported mask, hand corrections: no model
+        if self._unprompted:
             return np.zeros(self.slices.shape[:3], dtype=np.uint16)
         return self.session.result()
 
+    @property
+    def _unprompted(self) -> bool:
+        """No hint, no prompt in force and no session yet (an imported mask, hand corrections): the
+        model's part of the mask is empty, known without the model."""
+        prompted = self.case.hints or any(i.kind == InteractionKind.PROMPT.value for i in self.active)
+        return not prompted and "_replayed" not in self.__dict__
+
     def remember(self) -> None:
         """Keep the model's label map for the record as it stands (best effort: a project folder
-        that cannot take it only costs the next command a replay)."""
+        that cannot take it only costs the next command a replay). An unprompted case has nothing to
+        keep: it is rebuilt without the model."""
+        if self._unprompted:
+            return
         remember_result(self.project.folder, self.case.id, self.record_stamp(), self.model_labels())
 
     def record_stamp(self) -> str:
