@@ -141,6 +141,16 @@ def test_info_reads_npz_masks_and_says_when_a_file_gives_no_spacing(tmp_path: Pa
     picture = json.loads(run("info", tmp_path / "slice.png", "--json").stdout)
     # Nor is it placed in a patient: no origin, orientation or direction (not DICOM's LPS by default).
     assert [picture[key] for key in ("spacing_xyz_mm", "origin_xyz_mm", "orientation", "direction")] == [None] * 4
+    # A palette PNG label map (PASCAL VOC's) shows colours; its labels are its indices, as masks are read.
+    labels = truth[6].copy()
+    labels[:5, :5] = 2
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "voc.png")
+    voc = json.loads(run("info", tmp_path / "voc.png", "--json").stdout)
+    assert voc["channels"] == 3 and voc["labels (palette indices)"] == {"1": int(np.count_nonzero(labels == 1)), "2": 25}
+    Image.fromarray(truth[6] > 0).save(tmp_path / "one_bit.png")  # 0/1 as masks read it, not 0/255
+    assert json.loads(run("info", tmp_path / "one_bit.png", "--json").stdout)["labels"] == {"1": int(np.count_nonzero(truth[6]))}
 
 
 def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:

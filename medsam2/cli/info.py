@@ -13,6 +13,7 @@ from medsam2.cli.errors import reports_input_errors
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import NPZ_MASK_KEYS, states_geometry, stored_array
+from medsam2.io.readers import is_picture_file
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
@@ -32,8 +33,9 @@ def mask_labels(volume: Volume) -> list[int] | None:
     return [int(v) for v in values if v != 0]
 
 
-def describe(volume: Volume) -> dict:
-    """The facts `medsam2 info` prints, as a JSON-ready dict."""
+def describe(volume: Volume, stored: Volume | None = None) -> dict:
+    """The facts `medsam2 info` prints, as a JSON-ready dict. `stored`: a picture's values as masks
+    read them (a palette PNG's indices, a 1-bit PNG's 0/1), where its labels are listed from."""
     array = volume.array
     placed = states_geometry(volume)  # a picture, or an npz without geometry, is placed nowhere in a patient
     facts = {
@@ -50,8 +52,13 @@ def describe(volume: Volume) -> dict:
         "modality": guess_modality(volume),
     }
     # An npz's mask (gts, segs) beside its image is what its labels are.
-    stored = next(((key, mask) for key in NPZ_MASK_KEYS if (mask := stored_array(volume, key)) is not None), None)
-    key, labelled = (f"labels ({stored[0]})", volume.with_array(stored[1])) if stored else ("labels", volume)
+    npz_mask = next(((key, mask) for key in NPZ_MASK_KEYS if (mask := stored_array(volume, key)) is not None), None)
+    if npz_mask:
+        key, labelled = f"labels ({npz_mask[0]})", volume.with_array(npz_mask[1])
+    elif stored is not None and stored.is_color != volume.is_color:
+        key, labelled = "labels (palette indices)", stored
+    else:
+        key, labelled = "labels", stored if stored is not None else volume
     labels = mask_labels(labelled)
     if labels is not None:
         facts[key] = {str(label): int(np.count_nonzero(labelled.array == label)) for label in labels}
@@ -105,7 +112,8 @@ def info(
     elif is_segmentation(image):
         facts = describe_segmentation(image)
     else:
-        facts = describe(load_image(image, npz_array_keys=("imgs", *NPZ_MASK_KEYS)))  # a mask npz too
+        volume = load_image(image, npz_array_keys=("imgs", *NPZ_MASK_KEYS))  # a mask npz too
+        facts = describe(volume, load_image(image, picture_values=True) if is_picture_file(image) else None)
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return
