@@ -12,10 +12,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_annotate_work import write_disc_case
 
-from medsam2.annotate import import_cases, init_project
+from medsam2.annotate import import_cases, init_project, open_project
+from medsam2.annotate.work import CaseModel, Predictors, covered_slices, read_snapshot
 from medsam2.annotate.routes import annotation_router
 from medsam2.server import ServerSettings, create_app
 from medsam2.server.rle import encode
+
+
+class NoModel(Predictors):
+    def get(self, round_row):
+        raise AssertionError("a model was built")
 
 
 def client_for(folder: Path | None) -> TestClient:
@@ -48,6 +54,13 @@ def test_an_annotator_works_a_case_over_http(tmp_path: Path, draw_recist) -> Non
         assert corrected.json()["masked_slices"] == [0, 1] and corrected.json()["interactions"] == 2
         undone = client.post("/api/annotate/cases/disc/undo", json={"annotator": "alice"})
         assert undone.json()["masked_slices"] == [0, 1, 2] and undone.json()["interactions"] == 1
+        # What the page shows is kept for the commands: `annotate show -o` then builds no model.
+        opened = open_project(tmp_path / "project")
+        with opened.transaction() as session:
+            snapshot = read_snapshot(opened, session, opened.case(session, "disc"))
+        kept = CaseModel(opened, snapshot, NoModel()).labels()
+        assert [int(i) for i in covered_slices(kept)] == [0, 1, 2]
+        opened.close()
         # Every action renews the lease, and its answer says until when.
         assert undone.json()["lease_expires"] > corrected.json()["lease_expires"] > prompted.json()["lease_expires"]
 

@@ -299,7 +299,7 @@ def test_commands_after_one_that_computed_the_case_reuse_its_result_unless_the_r
 ) -> None:
     """`show -o`, `correct` and `accept` after `prompt` run no model: they take the model's mask the
     prompt kept for that very state of the record, and give the same masks as a replay. Once the
-    record has moved on without a result kept (a browser's prompt), the case is replayed again."""
+    record has moved on without a result kept (a prompt through the Python API), the case is replayed again."""
     scan = tmp_path / "disc.npz"
     write_disc_case(scan, draw_recist)
     project = tmp_path / "project"

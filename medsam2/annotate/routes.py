@@ -236,6 +236,7 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
             if any(len(p) != 2 for p in points):
                 raise InputError("points: each click needs two numbers [x, y]")
             work.add_prompt(body.slice, body.obj_id, box=tuple(body.box) if body.box else None, points=points, labels=body.labels)
+            work.model.remember()  # the commands then need no model for this state of the case
             return svc.describe(work.case, work)
 
     @router.post("/api/annotate/cases/{name}/corrections", response_model=CaseOut, summary="A slice drawn by hand")
@@ -245,6 +246,7 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
         with svc.case_lock(name):
             work = svc.work(name, body.annotator)
             work.add_correction(body.slice, body.obj_id, decode(body.mask, work.model.slice_hw))
+            work.model.remember()  # the commands then need no model for this state of the case
             return svc.describe(work.case, work)
 
     @router.post("/api/annotate/cases/{name}/undo", response_model=CaseOut, summary="Take back the latest prompt or correction")
@@ -252,6 +254,7 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
         with svc.case_lock(name):
             work = svc.work(name, body.annotator)
             work.undo()
+            work.model.remember()  # the commands then need no model for this state of the case
             return svc.describe(work.case, work)
 
     @router.post("/api/annotate/cases/{name}/accept", response_model=CaseOut, summary="Accept the current mask")
