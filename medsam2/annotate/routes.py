@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -125,6 +125,15 @@ class AnnotationService:
                 self._open.popitem(last=False)
         return work
 
+    def act(self, name: str, annotator: str, action: Callable[[WorkSession], object]) -> CaseOut:
+        """Do `action` on the annotator's session of the case, and keep the model's mask it leaves:
+        the commands then need no model for this state of the case."""
+        with self.case_lock(name):
+            work = self.work(name, annotator)
+            action(work)
+            work.model.remember()
+            return self.describe(work.case, work)
+
     def forget(self, name: str) -> None:
         with self._guard:
             for key in [k for k in self._open if k[0] == name]:
@@ -230,32 +239,21 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
 
     @router.post("/api/annotate/cases/{name}/prompts", response_model=CaseOut, summary="A box and/or clicks; re-propagates")
     def prompt(name: str, body: PromptIn, svc: AnnotationService = Depends(service)) -> CaseOut:
-        with svc.case_lock(name):
-            work = svc.work(name, body.annotator)
-            points = [tuple(p) for p in body.points]
-            if any(len(p) != 2 for p in points):
-                raise InputError("points: each click needs two numbers [x, y]")
-            work.add_prompt(body.slice, body.obj_id, box=tuple(body.box) if body.box else None, points=points, labels=body.labels)
-            work.model.remember()  # the commands then need no model for this state of the case
-            return svc.describe(work.case, work)
+        points = [tuple(p) for p in body.points]
+        if any(len(p) != 2 for p in points):
+            raise InputError("points: each click needs two numbers [x, y]")
+        box = tuple(body.box) if body.box else None
+        return svc.act(name, body.annotator, lambda work: work.add_prompt(body.slice, body.obj_id, box=box, points=points, labels=body.labels))
 
     @router.post("/api/annotate/cases/{name}/corrections", response_model=CaseOut, summary="A slice drawn by hand")
     def correction(name: str, body: CorrectionIn, svc: AnnotationService = Depends(service)) -> CaseOut:
         from medsam2.server.rle import decode
 
-        with svc.case_lock(name):
-            work = svc.work(name, body.annotator)
-            work.add_correction(body.slice, body.obj_id, decode(body.mask, work.model.slice_hw))
-            work.model.remember()  # the commands then need no model for this state of the case
-            return svc.describe(work.case, work)
+        return svc.act(name, body.annotator, lambda work: work.add_correction(body.slice, body.obj_id, decode(body.mask, work.model.slice_hw)))
 
     @router.post("/api/annotate/cases/{name}/undo", response_model=CaseOut, summary="Take back the latest prompt or correction")
     def undo(name: str, body: AnnotatorIn, svc: AnnotationService = Depends(service)) -> CaseOut:
-        with svc.case_lock(name):
-            work = svc.work(name, body.annotator)
-            work.undo()
-            work.model.remember()  # the commands then need no model for this state of the case
-            return svc.describe(work.case, work)
+        return svc.act(name, body.annotator, WorkSession.undo)
 
     @router.post("/api/annotate/cases/{name}/accept", response_model=CaseOut, summary="Accept the current mask")
     def accept(name: str, body: AnnotatorIn, svc: AnnotationService = Depends(service)) -> CaseOut:
