@@ -21,6 +21,7 @@ from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
 from medsam2.distributed import worker
 from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
+from medsam2.engine.registry import pinned_spec
 from medsam2.errors import InputError
 
 runner = CliRunner()
@@ -75,6 +76,35 @@ def test_csv_and_jsonl_manifests_describe_the_same_cases(tmp_path: Path) -> None
     before = fingerprint(first, settings)
     write(tmp_path / "lists" / "a.json", '{"objects": []}')
     assert fingerprint(first, settings) != before
+
+
+def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_the_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's checkpoint path, alone or after PRESET=, is taken from the manifest's folder; a
+    preset pointed at another file, or a file rewritten, reruns the cases it ran (the table records
+    the file a preset named)."""
+    weights = write(tmp_path / "models" / "tuned.pt", "weights, first version")
+    manifest = write(
+        tmp_path / "lists" / "cases.csv",
+        "id,image,box,model\n"
+        "path,/data/a.nii.gz,\"3,10,10,40,40\",../models/tuned.pt\n"
+        "preset_path,/data/a.nii.gz,\"3,10,10,40,40\",medsam2=../models/tuned.pt\n"
+        "preset,/data/a.nii.gz,\"3,10,10,40,40\",medsam2\n",
+    )
+    cases = read_manifest(manifest)
+    assert [case.model for case in cases] == [str(weights.resolve()), f"medsam2={weights.resolve()}", "medsam2"]
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(weights))
+    settings = BatchSettings(out_dir=tmp_path / "out")
+    first = [fingerprint(case, settings) for case in cases]
+    assert pinned_spec("medsam2") == f"medsam2={weights.resolve()}" and pinned_spec(cases[0].model) == cases[0].model
+
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(write(tmp_path / "models" / "other.pt", "other weights")))
+    second = [fingerprint(case, settings) for case in cases]
+    assert [a == b for a, b in zip(first, second)] == [True, True, False]
+    write(weights, "weights, second version, retrained")
+    third = [fingerprint(case, settings) for case in cases]
+    assert [a == b for a, b in zip(second, third)] == [False, False, True]
 
 
 def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:

@@ -161,6 +161,8 @@ def test_a_server_session_opens_with_the_chosen_bank(tmp_path: Path, model: str,
                 assert opened.json()["memory"] == "confidence"
                 session = app.state.server.sessions.get(client_id, opened.json()["id"])
                 assert session.engine is not None and session.engine.config.memory == "confidence"
+                described = client.get("/api/info").json()["model_description"]  # once loaded: what the preset came to
+                assert described == f"SAM 2.1 hiera-tiny at 512 px with medsam2's settings, from {model.partition('=')[2]}"
                 continue
             # LiteMedSAM has no memory: it refuses when the case is opened, in one line.
             refused = client.post("/api/sessions", json=opening)

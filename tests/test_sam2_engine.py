@@ -170,15 +170,35 @@ def test_presets_resolve_through_the_environment_or_the_config_file(tmp_path: Pa
         resolve_model("medsam2")
 
 
-def test_a_bare_sam2_file_runs_with_metas_settings_and_a_preset_with_its_own(tmp_path: Path) -> None:
+def test_a_bare_sam2_file_runs_with_metas_settings_and_a_preset_with_its_own(tmp_path: Path, caplog) -> None:
+    """A bare file: Meta's settings, or those `medsam2 train` recorded in it; a preset's own
+    otherwise, with a warning where the file is another variant or was trained otherwise. Each
+    predictor says what it runs."""
     path = tmp_path / "finetuned.pt"
-    torch.save({"model": random_sam2(64).state_dict()}, path)
+    state = random_sam2(64).state_dict()
+    torch.save({"model": state}, path)
     bare = load_predictor(str(path))
     assert isinstance(bare, SAM2Predictor)
     assert (bare.model.config.variant, bare.model.image_size, bare.transform.resample) == ("tiny", 1024, "bicubic")
+    assert bare.description == f"SAM 2.1 hiera-tiny at 1024 px with Meta's settings, from {path}"
     medsam2 = load_predictor(f"medsam2={path}")
     assert (medsam2.model.image_size, medsam2.transform.resample) == (512, "bilinear")
-    assert medsam2.precision == "fp32"
+    assert medsam2.precision == "fp32" and "at 512 px with medsam2's settings" in medsam2.description
+    assert not caplog.records
+    load_predictor(f"sam2.1-large={path}")
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert f"{path}: a SAM 2.1 hiera-tiny checkpoint; --model sam2.1-large is hiera-large" in warning
+
+    caplog.clear()
+    trained = tmp_path / "trained.pt"  # as `medsam2 train` writes it
+    torch.save({"model": state, "model_name": "sam2", "config": {"model": {"sam2_preset": "medsam2", "sam2_image_size": 128}}}, trained)
+    for spec in (str(trained), f"medsam2={trained}"):
+        predictor = load_predictor(spec)
+        assert (predictor.model.image_size, predictor.transform.resample) == (128, "bilinear"), spec
+    assert not caplog.records
+    assert load_predictor(f"sam2.1-tiny={trained}").model.image_size == 1024  # as asked, with a word
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert "trained with medsam2's settings at 128 px; running it with --model sam2.1-tiny's (1024 px) as asked" in warning
 
 
 # -- propagation -------------------------------------------------------------------------------------
@@ -392,6 +412,7 @@ def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion
     command = ["segment", str(case), "--model", "medsam2", "--box", f"1,{x1:g},{y1:g},{x2:g},{y2:g}", "-o", str(output)]
     result = CliRunner().invoke(app, command, env={"MEDSAM2_MODEL_MEDSAM2": str(path)})
     assert result.exit_code == 0, result.output
+    assert f"model: SAM 2.1 hiera-tiny at 512 px with medsam2's settings, from {path}\n" in result.stderr
     scan, written = load_image(case), load_image(output)
     assert written.spacing == pytest.approx(scan.spacing) and written.origin == pytest.approx(scan.origin)
     labels = written.array

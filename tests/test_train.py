@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from medsam2.cli.main import app
+from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
 from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
@@ -398,6 +399,9 @@ def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path) 
             losses.append(float(task.step_module.train()(clips)["loss"]))
     assert losses[1] < losses[0], losses
     assert checkpoint["model_name"] == "sam2" and checkpoint["config"]["model"]["clip_length"] == 2
+    # `--model FILE` runs it as it was trained: MedSAM2's settings (the default preset) at 128 px.
+    trained = load_predictor(str(summary.model_path))
+    assert (trained.model.image_size, trained.transform.resample) == (128, "bilinear")
 
 
 def test_every_kind_of_source_is_read_and_split_by_case(dataset: Path, ct_lesion_cases, tmp_path: Path) -> None:

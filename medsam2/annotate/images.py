@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from medsam2.annotate.project import Project
 from medsam2.annotate.schema import CaseRow, RoundRow
+from medsam2.engine.registry import split_preset
 from medsam2.errors import InputError
 from medsam2.io import Volume, load_image
 from medsam2.io.training_set import file_sha256
@@ -90,7 +91,7 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
         rounds = session.scalars(select(RoundRow).where(RoundRow.project_id == project.id).order_by(RoundRow.number)).all()
     moves: list[Relocation] = []
     case_updates: dict[int, tuple[str, str]] = {}  # case id -> (new image path, voxels SHA-256)
-    round_updates: dict[int, str] = {}  # round id -> new checkpoint path
+    round_updates: dict[int, str] = {}  # round id -> its model with the new checkpoint path
     for case in tqdm(cases, desc="checking images", unit="case", disable=not progress, leave=leave_finished_bar()):
         target = moved(case.image, old_folder, new_folder)
         if target is None:
@@ -104,15 +105,16 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
         case_updates[case.id] = target, check_same_image(case, volume, target)
         moves.append(Relocation("case", case.name, case.image, target))
     for round_row in rounds:
-        target = moved(round_row.model, old_folder, new_folder) if os.path.isabs(round_row.model) else None
+        preset, checkpoint = split_preset(round_row.model)  # kept: the settings the round runs its file with
+        target = moved(checkpoint, old_folder, new_folder) if os.path.isabs(checkpoint) else None
         if target is None:
             continue
         if not os.path.isfile(target):
-            raise InputError(f"{target}: no such file (the checkpoint of round {round_row.number}, recorded at {round_row.model})")
+            raise InputError(f"{target}: no such file (the checkpoint of round {round_row.number}, recorded at {checkpoint})")
         if file_sha256(Path(target)) != round_row.model_sha256:
             raise InputError(f"{target}: not the checkpoint round {round_row.number} began with (its SHA-256 differs)")
-        round_updates[round_row.id] = target
-        moves.append(Relocation("round", f"round {round_row.number}", round_row.model, target))
+        round_updates[round_row.id] = preset + target
+        moves.append(Relocation("round", f"round {round_row.number}", checkpoint, target))
     if not moves:
         raise InputError(f"{old}: no case image or round checkpoint of the project is recorded under this folder")
     if not dry_run:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from medsam2.annotate import db
 from medsam2.annotate.schema import CaseRow, CaseState, ProjectRow, RoundRow
 from medsam2.engine.prompts import MAX_OBJECT_ID
+from medsam2.engine.registry import DEFAULT_MODEL
 from medsam2.errors import InputError
 from medsam2.io import SliceAxis
 from medsam2.io.atomic import atomic_write_text
@@ -32,7 +33,6 @@ from medsam2.io.training_set import file_sha256
 
 PROJECT_FILE = "medsam2-project.json"
 DEFAULT_DB = "project.db"
-DEFAULT_MODEL = "lite-medsam"
 AXES = ("axial", "coronal", "sagittal")
 # Annotator names and case names appear in file names, URLs and command lines.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
@@ -133,8 +133,12 @@ def model_identity(spec: str, check_builds: bool = True) -> ModelIdentity:
     if check_builds:
         load_predictor(spec)
     digest = file_sha256(choice.path)
-    # A preset is stored by name (each machine configures its own path); a file by absolute path.
-    stored = choice.preset.name if choice.preset is not None and spec == choice.preset.name else str(choice.path.resolve())
+    # A preset is stored by name (each machine configures its own path); a file by absolute path,
+    # with the preset whose settings it was given (without them a SAM 2.1 file runs as Meta's).
+    if choice.preset is not None and spec == choice.preset.name:
+        stored = spec
+    else:
+        stored = f"{choice.preset.name}={choice.path.resolve()}" if choice.preset is not None else str(choice.path.resolve())
     name = choice.preset.name if choice.preset is not None else choice.path.name
     return ModelIdentity(stored, f"{name}@{digest[:12]}", digest)
 

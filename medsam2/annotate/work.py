@@ -70,10 +70,12 @@ class Predictors:
     def _load(self, round_row: RoundRow):
         if round_row.model_version not in self._loaded:
             from medsam2.engine.models import load_predictor
+            from medsam2.engine.registry import split_preset
 
-            if os.path.isabs(round_row.model) and not os.path.exists(round_row.model):
+            checkpoint = split_preset(round_row.model)[1]
+            if os.path.isabs(checkpoint) and not os.path.exists(checkpoint):
                 raise InputError(
-                    f"{round_row.model}: the checkpoint of round {round_row.number} is not there (if it moved, point the "
+                    f"{checkpoint}: the checkpoint of round {round_row.number} is not there (if it moved, point the "
                     "project at its new place: medsam2 annotate relocate PROJECT OLD_FOLDER NEW_FOLDER)"
                 )
             identity = model_identity(round_row.model, check_builds=False)  # built just below

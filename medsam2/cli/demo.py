@@ -8,9 +8,10 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.models import MODEL_HELP, loaded_predictor
 from medsam2.cli.segment import PRECISION_OPTION, write_result
 from medsam2.engine.api import segment_volume
-from medsam2.engine.models import check_precision, load_predictor
+from medsam2.engine.models import check_precision
 from medsam2.engine.prompt_sources import as_index, parse_numbers
 from medsam2.engine.prompts import Prompt, box_from_mask
 from medsam2.errors import InputError
@@ -46,7 +47,7 @@ def demo(
     box: str | None = typer.Option(None, "--box", help="Box Z,X1,Y1,X2,Y2 on axial slice Z. Default: the reference's box on its largest slice."),
     reference: Path | None = typer.Option(None, "--reference", help="Reference mask for the Dice score (npz cases use their `gts`)."),
     out: Path = typer.Option(Path("demo_output"), "--out", help="Folder for the mask and the overlay."),
-    model: str = typer.Option("lite-medsam", "--model", help="lite-medsam (embedded) or a checkpoint path."),
+    model: str = typer.Option("lite-medsam", "--model", help=MODEL_HELP),
     precision: str | None = PRECISION_OPTION,
 ) -> None:
     """Segment a real scan from one box, write the mask and an overlay, and print the Dice score.
@@ -79,7 +80,7 @@ def demo(
         raise InputError(f"--out {out}: a file is there; the demo writes its mask and overlay into a folder")
     check_output_paths([case, reference], [mask_path, overlay_path])
     typer.echo(f"{name}: box {[round(v) for v in prompt.box]} on slice {prompt.slice_index} of {volume.shape[0]}")
-    result = segment_volume(volume, [prompt], load_predictor(model, precision=checked_precision))
+    result = segment_volume(volume, [prompt], loaded_predictor(model, precision=checked_precision))
     write_result(result, volume, "axial", mask_path, overlay_path)
     typer.echo(f"wrote {mask_path} and {overlay_path}")
     if truth is not None:

@@ -11,12 +11,13 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.models import loaded_predictor
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed.manifest import AUTO_FORMAT
 from medsam2.distributed.worker import mask_suffix
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.memory_policy import ConfidenceBankConfig
-from medsam2.engine.models import DEFAULT_MODEL, load_predictor
+from medsam2.engine.models import DEFAULT_MODEL
 from medsam2.engine.one_prompt import (
     OnePromptConfig,
     OnePromptSegmenter,
@@ -150,7 +151,7 @@ def one_prompt(
     check_output_paths(
         [reference, reference_mask, *(target.path for target in files)], [*(target.output for target in files), output / CSV_NAME]
     )
-    predictor = load_predictor(model, device=device)
+    predictor = loaded_predictor(model, device=device)
     ref_image = ref_slices[prompt.slice_index]
     ref_mask = prompt.mask if prompt.mask is not None else reference_mask_from_box(ref_image, prompt.box, predictor)
     segmenter = OnePromptSegmenter(ref_image, ref_mask, predictor, config)

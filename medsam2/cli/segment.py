@@ -8,9 +8,10 @@ import numpy as np
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.cli.models import MODEL_HELP, loaded_predictor
 from medsam2.cli.video import VideoRequest, segment_video_command
 from medsam2.engine.api import Result, segment_volume
-from medsam2.engine.models import check_precision, load_predictor
+from medsam2.engine.models import check_precision
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
@@ -88,13 +89,7 @@ def segment(
     edit: Path | None = typer.Option(None, "--edit", help="Correct this label map (an earlier result, another tool's) instead of starting empty: its masks are kept on every slice, the prompts redo the slices they are on, and past an object's first or last slice propagation goes on from there. Not for videos."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
-    model: str = typer.Option(
-        "lite-medsam",
-        "--model",
-        help="lite-medsam (embedded); medsam2, sam2.1-tiny, sam2.1-small, sam2.1-base-plus or sam2.1-large "
-        "(checkpoint from `$MEDSAM2_MODEL_<NAME>` or the config file, see README); PRESET=FILE.pt for a preset's "
-        "settings with your file; or a LiteMedSAM / SAM 2.1 checkpoint path (SAM 2.1 variant detected, 1024 px).",
-    ),
+    model: str = typer.Option("lite-medsam", "--model", help=MODEL_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str | None = PRECISION_OPTION,
     memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank each slice (frame) attends to: recent (SAM 2's: the ones just before) or confidence (the most confident earlier ones, weighted by image similarity; see README)."),
@@ -148,7 +143,7 @@ def segment(
         start = load_mask(edit, like=volume)
         check_mask_fits(volume, start)
         check_labels_to_edit(edit, start.array, prompts)
-    predictor = load_predictor(model, device=device, precision=checked_precision)
+    predictor = loaded_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes,  # type: ignore[arg-type]
         start=start,

@@ -104,6 +104,7 @@ def serve(
     try:
         typer.echo(f"loading {model} on {', '.join(device)}" + (" and compiling it" if compiled else "") + "...")
         app.state.server.inference.load()
+        typer.echo(f"model: {app.state.server.inference.description}")
         app.state.server.catalog.list()  # builds the sample lesion (once per machine) before the page asks for it
         offered = "sample scans (pass --data FOLDER for your own)" if data is None else f"the scans in {data}" + (" and the samples" if samples else "")
         url = page_url(host, listener.getsockname()[1], settings.token)

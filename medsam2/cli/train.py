@@ -145,6 +145,5 @@ def train_command(
     else:
         typer.echo(f"no validation case, so no {summary.best_path.name}: the model is {summary.model_path.name}")
     window = f" --window {config.data.window}" if config.data.window else ""
-    # A SAM 2.1 file alone runs with Meta's settings: name the preset it was trained with.
-    model_spec = f"{config.model.sam2_preset}={summary.model_path}" if config.model.name == "sam2" else summary.model_path
-    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {model_spec}{window}")
+    # The checkpoint records the settings it was trained with (a SAM 2.1 one its preset and input size).
+    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {summary.model_path}{window}")

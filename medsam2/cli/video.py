@@ -15,7 +15,7 @@ import numpy as np
 import typer
 from tqdm.auto import tqdm
 
-from medsam2.engine.models import load_predictor
+from medsam2.cli.models import loaded_predictor
 from medsam2.engine.prompt_sources import VIDEO_FLAGS, PromptSources, check_one_region_each, prompts_from_mask, written_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import Precision
@@ -114,7 +114,7 @@ def segment_video_command(request: VideoRequest) -> None:
         check_prompt_frames(video, prompts)
         if request.echo and LV_OBJECT not in {prompt.obj_id for prompt in prompts}:
             raise InputError(f"--echo measures object {LV_OBJECT} (the left-ventricle cavity), which has no prompt")
-        predictor = load_predictor(request.model, device=request.device, precision=request.precision)
+        predictor = loaded_predictor(request.model, device=request.device, precision=request.precision)
         describe(video)
         with segment_video(video, prompts, predictor, request.config) as segmentation:
             write_outputs(segmentation, request)

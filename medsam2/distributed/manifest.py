@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam2.engine.prompt_sources import PromptNames, PromptSources, check_prompt_texts
+from medsam2.engine.registry import with_files_from
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.io.paths import mask_file_stem
@@ -154,8 +155,8 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
         given = "" if "id" in text else ", taken from the image's name (give the row an id column)"
         raise InputError(f"{where}: case id {case_id!r}{given} must be letters, digits, '.', '_' or '-' (it names the mask file)")
     model = text.get("model")
-    if model is not None and (manifest.parent / model).is_file():
-        model = str(_resolve(manifest, model))
+    if model is not None:
+        model = with_files_from(model, manifest.parent)
     memory = text.get("memory")
     if memory is not None and memory not in MEMORY_POLICIES:
         raise InputError(f"{where}: memory {memory!r}: choose {' or '.join(MEMORY_POLICIES)}")

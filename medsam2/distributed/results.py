@@ -25,6 +25,7 @@ from pathlib import Path
 
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.worker import MASKS_FOLDER, BatchSettings, CaseResult
+from medsam2.engine.registry import checkpoint_identity
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_write_text, check_output_paths, make_output_folder
 
@@ -36,13 +37,14 @@ TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image"
 
 def fingerprint(case: Case, settings: BatchSettings) -> str:
     """A digest of everything the case's result depends on: its row (line number aside) and its
-    prompts file's content, its effective model, memory bank and format, and the batch settings that shape masks
+    prompts file's content, its effective model (the checkpoint file a preset names now, its size and
+    modification time), memory bank and format, and the batch settings that shape masks
     and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
     prompts_file = case.prompts.prompts_file
     described = {
         "case": {key: value for key, value in asdict(case).items() if key != "line"},
         "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
-        "model": case.model or settings.model,
+        "model": checkpoint_identity(case.model or settings.model),
         "memory": case.memory or settings.memory,
         "format": case.output_format or settings.output_format,
         "settings": settings.result_defining(),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.results import ResultsStore, fingerprint
 from medsam2.distributed.worker import BatchSettings, CaseResult
+from medsam2.engine.registry import pinned_spec
 
 # How often the driver wakes, at most, to notice a stop request while cases run.
 POLL_SECONDS = 0.5
@@ -136,7 +137,7 @@ def _stream(
                     stop.announced = True
                 for result in engine.wait(POLL_SECONDS):
                     case = by_id[result.case_id]
-                    model = case.model or settings.model
+                    model = pinned_spec(case.model or settings.model)  # the file a preset named when it ran
                     report.records.append(store.record(result, case, fingerprints[case.case_id], model))
                     if result.status != "ok":
                         failed += 1

@@ -17,17 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from medsam2.engine.predictor import SlicePrediction
-from medsam2.engine.registry import is_lite_medsam_state, resolve_model, sam2_predictor
+from medsam2.engine.registry import DEFAULT_MODEL, is_lite_medsam_state, resolve_model, sam2_predictor
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
 from medsam2.errors import InputError
 from medsam2.models.lite_medsam import fused_parts
-from medsam2.models.weights import read_state_dict
+from medsam2.models.weights import LITE_MEDSAM_DISTRIBUTION, LITE_MEDSAM_VERSION, read_checkpoint, read_state_dict
 from medsam2.preprocess.resize import LongestSideResize
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "lite-medsam"
 # Logits a user-given mask stands for, as SAM 2 turns a mask prompt into output logits.
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0
 
@@ -58,9 +57,16 @@ class LiteMedSAMPredictor:
     """
 
     def __init__(
-        self, model, device: torch.device, encode_batch: int = 8, fuse: bool = True, precision: Precision = "fp32"
+        self,
+        model,
+        device: torch.device,
+        encode_batch: int = 8,
+        fuse: bool = True,
+        precision: Precision = "fp32",
+        description: str = "LiteMedSAM",
     ):
         self.model = model
+        self.description = description  # what runs, in words for people (the command line says it before a run)
         self.device = device
         self.encode_batch = encode_batch
         self.precision = effective_precision(precision, device)
@@ -204,15 +210,17 @@ def load_predictor(
     target = resolve_device(device)
     if model == DEFAULT_MODEL:
         lite_medsam = load_lite_medsam(device=target)
+        description = f"LiteMedSAM (embedded: {LITE_MEDSAM_DISTRIBUTION} {LITE_MEDSAM_VERSION})"
     else:
         choice = resolve_model(model)
-        state = read_state_dict(choice.path)
+        state, recorded = read_checkpoint(choice.path)
         if choice.preset is not None or not is_lite_medsam_state(state):
-            return sam2_predictor(choice, state, target, precision, compiled)
+            return sam2_predictor(choice, state, target, precision, compiled, recorded)
         lite_medsam = lite_medsam_from_state(state, choice.path, target)
+        description = f"LiteMedSAM from {choice.path}"
     if compiled:
         raise InputError("--compile: LiteMedSAM has no memory step to compile; it is for SAM 2.1 / MedSAM2 models")
-    return LiteMedSAMPredictor(lite_medsam, target, precision=precision or "fp32")
+    return LiteMedSAMPredictor(lite_medsam, target, precision=precision or "fp32", description=description)
 
 
 def memory_banks(model: str = DEFAULT_MODEL) -> tuple[MemoryPolicy, ...]:

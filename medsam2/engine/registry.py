@@ -19,9 +19,11 @@ import difflib
 import os
 import re
 import tomllib
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -30,6 +32,9 @@ from medsam2.errors import InputError, first_line
 from medsam2.models.sam2 import SAM2Config, is_sam2_state, sam2_from_state
 
 
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "lite-medsam"
 LITE_MEDSAM_PREFIXES = {"image_encoder", "prompt_encoder", "mask_decoder"}
 
 
@@ -39,6 +44,7 @@ class SAM2Preset:
 
     name: str
     description: str
+    variant: str  # the trunk its file holds (`medsam2.models.sam2.VARIANTS`)
     image_size: int
     resample: Literal["bicubic", "bilinear"]  # how slices are stretched to the square input
     file_name: str  # the published file
@@ -49,8 +55,8 @@ class SAM2Preset:
         """The environment variable giving the checkpoint's path."""
         return "MEDSAM2_MODEL_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
 
-    def config(self) -> SAM2Config:
-        return SAM2Config(image_size=self.image_size)
+    def config(self, image_size: int | None = None) -> SAM2Config:
+        return SAM2Config(image_size=image_size or self.image_size)
 
 
 _META = "https://github.com/facebookresearch/sam2 (checkpoints/download_ckpts.sh)"
@@ -60,17 +66,18 @@ PRESETS: dict[str, SAM2Preset] = {
         SAM2Preset(
             "medsam2",
             "MedSAM2: SAM 2.1 hiera-tiny fine-tuned on 3D medical images and videos, 512 px",
+            "tiny",
             512,
             "bilinear",
             "MedSAM2_latest.pt",
             "https://huggingface.co/wanglab/MedSAM2",
         ),
-        SAM2Preset("sam2.1-tiny", "Meta's SAM 2.1 hiera-tiny, 1024 px", 1024, "bicubic", "sam2.1_hiera_tiny.pt", _META),
-        SAM2Preset("sam2.1-small", "Meta's SAM 2.1 hiera-small, 1024 px", 1024, "bicubic", "sam2.1_hiera_small.pt", _META),
+        SAM2Preset("sam2.1-tiny", "Meta's SAM 2.1 hiera-tiny, 1024 px", "tiny", 1024, "bicubic", "sam2.1_hiera_tiny.pt", _META),
+        SAM2Preset("sam2.1-small", "Meta's SAM 2.1 hiera-small, 1024 px", "small", 1024, "bicubic", "sam2.1_hiera_small.pt", _META),
         SAM2Preset(
-            "sam2.1-base-plus", "Meta's SAM 2.1 hiera-base+, 1024 px", 1024, "bicubic", "sam2.1_hiera_base_plus.pt", _META
+            "sam2.1-base-plus", "Meta's SAM 2.1 hiera-base+, 1024 px", "base-plus", 1024, "bicubic", "sam2.1_hiera_base_plus.pt", _META
         ),
-        SAM2Preset("sam2.1-large", "Meta's SAM 2.1 hiera-large, 1024 px", 1024, "bicubic", "sam2.1_hiera_large.pt", _META),
+        SAM2Preset("sam2.1-large", "Meta's SAM 2.1 hiera-large, 1024 px", "large", 1024, "bicubic", "sam2.1_hiera_large.pt", _META),
     )
 }
 # A bare SAM 2.1 file gets the settings of Meta's checkpoints.
@@ -170,6 +177,45 @@ def resolve_model(spec: str) -> ModelChoice:
     return ModelChoice(path)
 
 
+def split_preset(spec: str) -> tuple[str, str]:
+    """`spec` as the `PRESET=` it opens with (or "") and the rest: the checkpoint's path, if any."""
+    name, separator, file = spec.partition("=")
+    return (f"{name}=", file) if separator and name in PRESETS else ("", spec)
+
+
+def with_files_from(spec: str, folder: Path) -> str:
+    """`spec` with its checkpoint path (alone, or after `PRESET=`) taken from `folder` where it is
+    relative and names a file there (a manifest's paths are relative to the manifest)."""
+    prefix, path = split_preset(spec)
+    found = folder / Path(path).expanduser()
+    return f"{prefix}{found.resolve()}" if path and found.is_file() else spec
+
+
+def pinned_spec(spec: str) -> str:
+    """`spec` with a preset's name replaced by `PRESET=FILE` of the file configured for it now
+    (what runs the same weights whatever the configuration says later); any other spec, or one that
+    does not resolve, as given."""
+    if spec not in PRESETS:
+        return spec
+    try:
+        return f"{spec}={resolve_model(spec).path.resolve()}"
+    except InputError:  # its use fails and says why
+        return spec
+
+
+def checkpoint_identity(spec: str) -> str:
+    """What names the weights `--model SPEC` runs, for a record that must notice a change:
+    `pinned_spec`, and for a file its size and modification time."""
+    pinned = pinned_spec(spec)
+    if spec == DEFAULT_MODEL:
+        return spec
+    try:
+        stat = resolve_model(pinned).path.stat()
+    except (InputError, OSError):
+        return pinned
+    return f"{pinned} ({stat.st_size} bytes, modified {stat.st_mtime_ns})"
+
+
 def is_lite_medsam_state(state: dict[str, torch.Tensor]) -> bool:
     """Whether a state dict has LiteMedSAM's top-level layout (its shapes are checked on loading)."""
     return bool(state) and {key.split(".")[0] for key in state} == LITE_MEDSAM_PREFIXES and not is_sam2_state(state)
@@ -181,10 +227,13 @@ def sam2_predictor(
     device: torch.device,
     precision: Precision | None = None,
     compiled: bool = False,
+    recorded: Mapping[str, Any] | None = None,
 ) -> SAM2Predictor:
     """The SAM 2.1 predictor for a checkpoint already read (LiteMedSAM files are told apart
-    before); a one-line error if it is not SAM 2.1. `precision` None: bf16 on CUDA, else fp32.
-    `compiled`: compiled (see `SAM2Predictor`), and warmed up here."""
+    before); a one-line error if it is not SAM 2.1. `recorded`: the checkpoint document's other
+    entries, where `medsam2 train` keeps the settings it trained with (used for a bare path, or
+    with the same preset named). `precision` None: bf16 on CUDA, else fp32. `compiled`: compiled
+    (see `SAM2Predictor`), and warmed up here. Settings that do not fit the file are warned about."""
     if not is_sam2_state(state):
         if choice.preset is not None:
             raise InputError(f"{choice.path}: not a SAM 2.1 / MedSAM2 checkpoint, which --model {choice.preset.name} needs")
@@ -192,9 +241,42 @@ def sam2_predictor(
         raise InputError(
             f"{choice.path}: neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint ({len(state)} tensors, e.g. {example})"
         )
-    settings = choice.preset or META_SETTINGS
-    model = sam2_from_state(state, choice.path, settings.config(), device)
-    predictor = SAM2Predictor(model, device, resample=settings.resample, precision=precision, compiled=compiled)
+    trained = trained_settings(recorded or {})
+    settings = choice.preset or (trained[0] if trained else META_SETTINGS)
+    image_size = settings.image_size
+    if trained and trained[0] is settings:
+        image_size = trained[1]
+    elif trained:
+        log.warning(
+            "%s: trained with %s's settings at %d px; running it with --model %s's (%d px) as asked",
+            choice.path, trained[0].name, trained[1], settings.name, settings.image_size,
+        )
+    model = sam2_from_state(state, choice.path, settings.config(image_size), device)
+    variant = model.config.variant
+    if choice.preset is not None and variant != choice.preset.variant:
+        log.warning(
+            "%s: a SAM 2.1 hiera-%s checkpoint; --model %s is hiera-%s (%s): running it with that preset's settings",
+            choice.path, variant, choice.preset.name, choice.preset.variant, choice.preset.file_name,
+        )
+    named = "Meta's" if settings is META_SETTINGS and choice.preset is None else f"{settings.name}'s"
+    description = f"SAM 2.1 hiera-{variant} at {image_size} px with {named} settings, from {choice.path}"
+    predictor = SAM2Predictor(
+        model, device, resample=settings.resample, precision=precision, compiled=compiled, description=description
+    )
     if compiled:
         predictor.warm_up()
     return predictor
+
+
+def trained_settings(recorded: Mapping[str, Any]) -> tuple[SAM2Preset, int] | None:
+    """The preset and input size a SAM 2.1 checkpoint written by `medsam2 train` was trained with
+    (its document's "config"), or None for any other file."""
+    if recorded.get("model_name") != "sam2":
+        return None
+    config = recorded.get("config")
+    model = config.get("model") if isinstance(config, Mapping) else None
+    preset = PRESETS.get(model.get("sam2_preset")) if isinstance(model, Mapping) else None
+    if preset is None:
+        return None
+    size = model.get("sam2_image_size")
+    return preset, size if isinstance(size, int) and size > 0 else preset.image_size

@@ -108,9 +108,12 @@ class SAM2Predictor:
         encode_batch: int | None = None,
         output_chunk: int = 8,
         compiled: bool = False,
+        description: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # what runs, in words for people (the command line says it before a run)
+        self.description = description or f"SAM 2.1 hiera-{model.config.variant} at {model.image_size} px"
         self.transform = SquareResize(model.image_size, resample=resample)
         on_gpu = self.device.type == "cuda"
         self.precision: Precision = precision or ("bf16" if on_gpu else "fp32")

@@ -14,6 +14,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,6 +93,13 @@ GIT_LFS_POINTER = b"version https://git-lfs"
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint saved as a plain state dict or as {"model": state_dict}."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's tensors (a plain state dict, or {"model": state_dict}) and the document's
+    other entries (what `medsam2 train` records beside its model: "model_name", "config"...; empty
+    for a plain state dict)."""
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     with path.open("rb") as file:
@@ -116,11 +124,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a PyTorch checkpoint of tensors only ({reason})") from None
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as error:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({first_line(error)})") from None
+    recorded: dict[str, Any] = {}
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        recorded = {key: value for key, value in checkpoint.items() if key != "model"}
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise InputError(f"{path}: not a state dict (expected a dict of tensors, or one under 'model')")
-    return checkpoint
+    return checkpoint, recorded
 
 
 def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -106,6 +106,7 @@ def info(state: ServerState = Depends(server_state)) -> dict:
     return {
         "version": __version__,
         "model": state.settings.model,
+        "model_description": state.inference.description,
         "devices": list(state.settings.devices),
         "max_upload_bytes": state.settings.max_upload_bytes,
         "upload_formats": [suffix.lstrip(".") for suffix in UPLOAD_SUFFIXES],

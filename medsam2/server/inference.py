@@ -32,6 +32,11 @@ class DeviceWorker:
         self._pending_lock = threading.Lock()
 
     @property
+    def description(self) -> str | None:
+        """What this device runs, in words (None until the model is loaded)."""
+        return None if self._predictor is None else self._predictor.description
+
+    @property
     def pending(self) -> int:
         """Jobs queued or running."""
         return self._pending
@@ -67,6 +72,11 @@ class InferencePool:
         """Load every device's model now (the CLI does, so a bad --model fails before the server starts)."""
         for future in [worker.submit(lambda predictor: None) for worker in self.workers]:
             future.result()
+
+    @property
+    def description(self) -> str | None:
+        """What the server runs, in words (None until a device has loaded its model)."""
+        return next((worker.description for worker in self.workers if worker.description), None)
 
     def close(self) -> None:
         for worker in self.workers:

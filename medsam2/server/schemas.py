@@ -56,7 +56,10 @@ class CaseInfo(BaseModel):
 
 class ServerInfo(BaseModel):
     version: str
-    model: str
+    model: str = Field(description="the --model the server was started with")
+    model_description: str | None = Field(
+        None, description="what that model is (family, variant, input size, settings, file); null until it is loaded"
+    )
     devices: list[str]
     max_upload_bytes: int
     upload_formats: list[str] = Field(description="the file suffixes POST /api/cases takes (without the dot)")
