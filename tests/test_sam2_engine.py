@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -347,7 +348,7 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(dev
     serve --compile`): built from a checkpoint's state and warmed up there (MedSAM2's settings, at
     64 px so that it compiles in under a minute on a CPU). Compiled means inductor's CPU code here;
     on a GPU CUDA graphs, the encoder compiled too. After the warm-up a propagation of two objects
-    both ways compiles nothing more and gives the eager step's masks (fused kernels may round
+    both ways, and a correction's, compiles nothing more and gives the eager step's masks (fused kernels may round
     differently: on the CPU a boundary pixel in a thousand may flip; in bfloat16 on a GPU more). On
     a GPU it records no CUDA graph either: the encoder is given full batches only, the prompted
     frames' and the runs' last ones included."""
@@ -359,12 +360,18 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(dev
         session.add_prompt(10, 1, box=(8, 18, 36, 46))
         session.add_prompt(3, 2, points=[(20.0, 30.0)], labels=[1])
         session.propagate("both", progress=False)
+        # A correction between two prompted slices: runs there attend to both, one of them ahead.
+        session.add_prompt(14, 1, points=[(30.0, 30.0)], labels=[0])
+        session.propagate("both", progress=False)
         return session.result()
 
     eager = propagate(SAM2Predictor(model, device))
     graphs = dynamo_counters["stats"]["unique_graphs"]
     small_medsam2 = ModelChoice(Path("random_medsam2.pt"), dataclasses.replace(PRESETS["medsam2"], image_size=64))
-    compiled = sam2_predictor(small_medsam2, model.state_dict(), torch.device(device), compiled=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = sam2_predictor(small_medsam2, model.state_dict(), torch.device(device), compiled=True)
+    assert not [w.message for w in caught if "complex" in str(w.message)]  # the rotary encoding compiled in real arithmetic
     assert compiled.compiled and dynamo_counters["stats"]["unique_graphs"] > graphs
     graphs = dynamo_counters["stats"]["unique_graphs"]
     recorded = dynamo_counters["inductor"]["cudagraph_recorded_non_static_inputs"]
@@ -377,9 +384,9 @@ def test_a_compiled_step_compiles_in_the_warm_up_and_tracks_as_the_eager_one(dev
 
 def test_the_rotary_encoding_compiled_rotates_as_the_eager_one() -> None:
     """Compiled, the rotary encoding runs in real arithmetic (inductor generates no code for complex
-    numbers): the same rotations as the eager complex product, on one grid of queries and on the
-    keys of several memory frames."""
-    rotations = axial_rope_frequencies(256, 8, 8)
+    numbers, and warns where it meets them): the same rotations as the eager complex product, on one
+    grid of queries and on the keys of several memory frames."""
+    rotations = torch.view_as_real(axial_rope_frequencies(256, 8, 8))
     compiled = torch.compile(apply_rope, fullgraph=True)
     for frames in (1, 3):
         tokens = torch.randn(2, 1, frames * 64, 256)

@@ -148,17 +148,26 @@ class SAM2Predictor:
 
     def warm_up(self, num_frames: int | None = None) -> None:
         """Propagate a box through blank frames of the model's size, long enough for the memory bank
-        to fill (`max_obj_ptrs` + 1 frames by default): compiles the step and loads every kernel a
-        propagation needs, so that the first real one runs at full speed. Twice when compiled for a
-        GPU: a CUDA graph is recorded on the second call of each shape, the first runs it plainly
-        (a CPU has no graphs to record, and the second pass would only cost encodings)."""
+        to fill (`max_obj_ptrs` + 1 frames by default), then back from a second prompted frame at the
+        end, as a correction's run between two prompts goes (the one ahead is in the memory without
+        its pointer: a bank shape the first run never has): compiles the step for every shape and
+        loads every kernel a propagation needs, so that the first real one, and the first
+        correction, run at full speed. Twice when compiled for a GPU: a CUDA graph is recorded on
+        the second call of each shape, the first runs it plainly (a CPU has no graphs to record, and
+        the second pass would only cost encodings)."""
         frames = num_frames or self.model.config.max_obj_ptrs + 1
         size = self.model.image_size
+        box = (size / 4, size / 4, 3 * size / 4, 3 * size / 4)
         records_graphs = self.compiled and self.device.type == "cuda"
         for _ in range(2 if records_graphs else 1):
             tracker = self.tracker(np.zeros((frames, size, size), dtype=np.uint8))
-            _, anchor = tracker.segment_anchor(Prompt(0, box=(size / 4, size / 4, 3 * size / 4, 3 * size / 4)), None, None)
-            for _ in tracker.follow([Run(obj_id=1, anchor=0, step=1, slices=range(1, frames), conditioning={0: anchor})]):
+            _, first = tracker.segment_anchor(Prompt(0, box=box), None, None)
+            _, last = tracker.segment_anchor(Prompt(frames - 1, box=box), None, None)
+            runs = [
+                Run(obj_id=1, anchor=0, step=1, slices=range(1, frames), conditioning={0: first}),
+                Run(obj_id=1, anchor=frames - 1, step=-1, slices=range(frames - 2, frames // 2, -1), conditioning={frames - 1: last, 0: first}),
+            ]
+            for _ in tracker.follow(runs):
                 pass
 
     def autocast(self) -> contextlib.AbstractContextManager:

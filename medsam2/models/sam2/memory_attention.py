@@ -27,8 +27,10 @@ class RoPEAttention(Attention):
 
     def __init__(self, embedding_dim: int, feature_size: int, kv_in_dim: int | None = None, dropout: float = 0.1):
         super().__init__(embedding_dim, num_heads=1, kv_in_dim=kv_in_dim, fused=True, dropout=dropout)
-        rotations = axial_rope_frequencies(embedding_dim, feature_size, feature_size)
-        self.register_buffer("rotations", rotations, persistent=False)
+        # stored as real pairs: a complex buffer, even only viewed as real, makes a compiled step
+        # lower a complex operator (inductor warns that it generates no code for one)
+        rotations = torch.view_as_real(axial_rope_frequencies(embedding_dim, feature_size, feature_size))
+        self.register_buffer("rotations", rotations.contiguous(), persistent=False)  # (N, C/2, 2)
         self.split_keys = True  # compiled on a GPU in half precision, attend to many keys in blocks (False: in one piece)
 
     def forward(  # type: ignore[override]

@@ -61,19 +61,20 @@ def axial_rope_frequencies(dim: int, width: int, height: int, theta: float = 100
 
 
 def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs of x (B, heads, N, C) by rotations (M, C/2), repeated along
-    the tokens when N is a multiple of M (keys of several memory frames share the query grid)."""
+    """Rotate consecutive channel pairs of x (B, heads, N, C) by rotations (M, C/2, 2) (complex
+    numbers as `torch.view_as_real` lays them out), repeated along the tokens when N is a multiple of
+    M (keys of several memory frames share the query grid)."""
     if x.shape[-2] == 0:
         return x
     repeats = x.shape[-2] // rotations.shape[0]
     if repeats > 1:
-        rotations = rotations.unsqueeze(0).expand(repeats, -1, -1).flatten(0, 1)
+        rotations = rotations.unsqueeze(0).expand(repeats, *rotations.shape).flatten(0, 1)
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, heads, N, C/2, 2)
     if torch.compiler.is_compiling():
         # inductor generates no code for complex numbers (each product would be a kernel of its
         # own): the same rotation in real arithmetic fuses with the work around it
-        cos, sin = torch.view_as_real(rotations).unbind(-1)  # (N, C/2) each
+        cos, sin = rotations.unbind(-1)  # (N, C/2) each
         real, imag = pairs.unbind(-1)
         rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
         return rotated.flatten(3).type_as(x)
-    return torch.view_as_real(torch.view_as_complex(pairs) * rotations).flatten(3).type_as(x)
+    return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotations)).flatten(3).type_as(x)
