@@ -1,7 +1,8 @@
-"""Shared by the benchmark scripts: where the shared sample data lives."""
+"""Shared by the benchmark scripts: where the shared sample data lives, and their common options."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -19,3 +20,14 @@ def shared_data() -> Path:
 
 def ct_lesion_cases() -> list[Path]:
     return sorted((shared_data() / "ct_lesion").glob("CT_Lesion_*.npz"))
+
+
+def image_size(text: str) -> int:
+    """An argparse `type` for a SAM 2.1 input size: a positive multiple of 32."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0 or value % 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive multiple of 32 (512 for MedSAM2, 1024 for Meta's)")
+    return value

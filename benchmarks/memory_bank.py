@@ -19,7 +19,7 @@ import argparse
 import time
 
 import numpy as np
-from common import ct_lesion_cases
+from common import ct_lesion_cases, image_size
 from one_prompt import random_sam2
 
 from medsam2.engine.api import segment_volume
@@ -36,7 +36,7 @@ BANKS = ("recent", "confidence")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a SAM 2.1 / MedSAM2 preset or checkpoint; default: random weights")
-    parser.add_argument("--image-size", type=int, default=512, help="input size of the random-weight model")
+    parser.add_argument("--image-size", type=image_size, default=512, help="input size of the random-weight model")
     parser.add_argument("--cases", type=int, default=0, help="only the first N cases (0: all)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -29,6 +29,7 @@ from sam2_step import full_bank, measure
 
 from medsam2.engine.sam2_predictor import frozen_compile
 from medsam2.models.sam2 import SAM2Config, SAM2Model
+from common import image_size
 
 BATCH = 8  # frames per encoder batch and per chunk of steps, as the predictor on a GPU
 
@@ -50,7 +51,7 @@ def capture(function: Callable[[], object]) -> torch.cuda.CUDAGraph:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=image_size, default=512)
     parser.add_argument("--chunks", type=int, default=50, help="timed chunks of 8 frames (default 50)")
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from common import image_size
 
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 VIDEO_SIZE = 512  # frames of 512 x 512 pixels, whatever the model's image size
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[200, 800], help="sequence lengths")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], help="default: bf16 and fp32 on CUDA, fp32 on CPU")
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=image_size, default=512)
     parser.add_argument("--variant", choices=list(META_CONFIGS), default="tiny")
     parser.add_argument(
         "--encode-batch", type=int, help="frames our encoder takes at once (default: the predictor's, 8 on CUDA, 1 on CPU); "

@@ -34,6 +34,7 @@ from sam2_speed import build_meta
 
 from medsam2.engine.sam2_predictor import frozen_compile
 from medsam2.models.sam2 import SAM2Config, SAM2Model, SelectedMemory
+from common import image_size
 
 Step = Callable[[], object]
 
@@ -108,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, else fp32")
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=image_size, default=512)
     parser.add_argument("--steps", type=int, default=200, help="timed steps per form (default 200)")
     parser.add_argument("--top-kernels", type=int, default=15, help="on a GPU, list the compiled frozen step's N costliest kernels (0: none)")
     args = parser.parse_args()
