@@ -9,6 +9,7 @@ only the decoder.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 from medsam2.cli.main import app
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import box_from_mask
+from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.io.training_set import TrainingCase, file_sha256, write_manifest
 from medsam2.metrics import dice
@@ -371,7 +373,7 @@ def test_config_files_flags_and_the_example(tmp_path: Path) -> None:
     assert no_data.exit_code == 2 and "neither a training-set manifest" in no_data.stderr
 
 
-def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path) -> None:
+def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A random-weight SAM 2.1 (hiera-tiny at 128 px) fine-tuned on 2-slice clips: the prompted
     slice and one tracked through the memory; the loss on the clips it trained on goes down and
     the checkpoint loads into a SAM 2.1 model (strictly)."""
@@ -399,6 +401,14 @@ def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path) 
             losses.append(float(task.step_module.train()(clips)["loss"]))
     assert losses[1] < losses[0], losses
     assert checkpoint["model_name"] == "sam2" and checkpoint["config"]["model"]["clip_length"] == 2
+    # The starting weights may be named as --model names them: a preset (its configured file) or PRESET=FILE.
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(start))
+    for given in ("medsam2", f"medsam2={start}"):
+        named = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=given))
+        torch.testing.assert_close(SAM2Task(named, data.train, torch.device("cpu")).network.state_dict(), torch.load(start)["model"])
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=f"sam2.1-tiny={start}"))
+    with pytest.raises(InputError, match="names preset sam2.1-tiny, model.sam2_preset is medsam2 .*: set model.sam2_preset: sam2.1-tiny"):
+        SAM2Task(other, data.train, torch.device("cpu"))
     # `--model FILE` runs it as it was trained: MedSAM2's settings (the default preset) at 128 px.
     trained = load_predictor(str(summary.model_path))
     assert (trained.model.image_size, trained.transform.resample) == (128, "bilinear")

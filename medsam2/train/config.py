@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medsam2.engine.registry import PRESETS
+from medsam2.engine.registry import PRESETS, split_preset
 from medsam2.errors import InputError, first_line
 from medsam2.preprocess import parse_window
 
@@ -67,7 +67,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: ModelName = setting("lite-medsam", "lite-medsam or sam2 (SAM 2.1 / MedSAM2)")
-    checkpoint: str | None = setting(None, "starting weights; null: the embedded LiteMedSAM (sam2 needs one)")
+    checkpoint: str | None = setting(None, "starting weights; null: the embedded LiteMedSAM (sam2 needs one: a file, a preset's name or PRESET=FILE)")
     sam2_preset: str = setting("medsam2", "sam2: the settings the checkpoint was made for (medsam2, sam2.1-tiny, ...)")
     sam2_image_size: int | None = setting(None, "sam2: input size instead of the preset's (512 for medsam2, 1024 for Meta's)")
     freeze_image_encoder: bool = setting(False, "keep the image encoder fixed (faster; its embeddings are computed once)")
@@ -168,13 +168,19 @@ def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
     def absolute(value: str | None) -> str | None:
         return None if value is None else str((base / Path(value).expanduser()).resolve())
 
+    def starting_weights(value: str | None) -> str | None:  # as --model: a preset's name, PRESET=FILE or a file
+        if value is None or value in PRESETS:
+            return value
+        preset, path = split_preset(value)
+        return preset + absolute(path)
+
     sources = tuple(
         DataSource(**{k: absolute(v) for k, v in dataclasses.asdict(source).items()}) for source in config.data.sources
     )
     return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, sources=sources),
-        model=dataclasses.replace(config.model, checkpoint=absolute(config.model.checkpoint)),
+        model=dataclasses.replace(config.model, checkpoint=starting_weights(config.model.checkpoint)),
         output=dataclasses.replace(config.output, dir=absolute(config.output.dir)),
     )
 

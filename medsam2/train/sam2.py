@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.prompts import box_from_mask
-from medsam2.engine.registry import PRESETS
+from medsam2.engine.registry import PRESETS, resolve_model, split_preset
+from medsam2.errors import InputError
 from medsam2.engine.sam2_predictor import BOX_CORNER_LABELS, SAM2Predictor
 from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model, load_sam2
 from medsam2.preprocess.resize import SquareResize
@@ -97,6 +99,21 @@ class SAM2Step(StepModule):
         return terms
 
 
+def starting_checkpoint(config: TrainConfig) -> Path:
+    """The file `model.checkpoint` names: a path, or as `--model` takes them a preset's name (its
+    configured file) or PRESET=FILE, whose preset must be the one `model.sam2_preset` trains with."""
+    given = config.model.checkpoint
+    if given not in PRESETS and not split_preset(given)[0]:
+        return Path(given)
+    choice = resolve_model(given)
+    if choice.preset.name != config.model.sam2_preset:
+        raise InputError(
+            f"model.checkpoint {given!r} names preset {choice.preset.name}, model.sam2_preset is "
+            f"{config.model.sam2_preset} (the settings it trains with): set model.sam2_preset: {choice.preset.name}"
+        )
+    return choice.path
+
+
 class SAM2Task:
     """`TrainingTask` of a SAM 2.1 or MedSAM2 checkpoint."""
 
@@ -111,7 +128,7 @@ class SAM2Task:
         settings = self.preset.config()
         if config.model.sam2_image_size is not None:
             settings = dataclasses.replace(settings, image_size=config.model.sam2_image_size)
-        self.network = load_sam2(config.model.checkpoint, settings, device)
+        self.network = load_sam2(starting_checkpoint(config), settings, device)
         self.transform = SquareResize(self.network.image_size, resample=self.preset.resample)
         self.frozen = config.model.freeze_image_encoder
         if self.frozen:
