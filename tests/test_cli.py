@@ -20,8 +20,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from medsam2.cli import segment as segment_command
-from medsam2.cli import video as video_command
+from medsam2.cli import models as command_models
 from medsam2.cli.main import app, with_plain_value_labels
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import Volume, load_image, save_mask
@@ -499,7 +498,7 @@ def test_unwritable_outputs_are_refused_before_the_model_runs(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output names were checked")
 
-    monkeypatch.setattr(segment_command, "load_predictor", no_model)
+    monkeypatch.setattr(command_models, "load_predictor", no_model)
     flags = ["--overlay", tmp_path / overlay] if overlay else []
     result = run("segment", lesion_case, "-o", tmp_path / output, "--box", "6,246,273,276,322", *flags)
     assert_one_line_error(result, output if overlay is None else overlay, fragment)
@@ -513,7 +512,7 @@ def test_a_dicom_seg_its_image_cannot_have_is_refused_before_the_model_runs(tmp_
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the DICOM-SEG was tried")
 
-    monkeypatch.setattr(segment_command, "load_predictor", no_model)
+    monkeypatch.setattr(command_models, "load_predictor", no_model)
     dose = packaged_file("pydicom", "pydicom/data/test_files/rtdose.dcm", "pip install pydicom")
     result = run("segment", dose, "-o", tmp_path / "seg.dcm", "--box", "7,2,2,8,8")
     assert_one_line_error(
@@ -528,8 +527,7 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the outputs and prompts were checked")
 
-    monkeypatch.setattr(segment_command, "load_predictor", no_model)
-    monkeypatch.setattr(video_command, "load_predictor", no_model)
+    monkeypatch.setattr(command_models, "load_predictor", no_model)
     image, gt = lesion_nifti
     box = ["--box", "6,246,273,276,322"]
     (tmp_path / "a_file").write_text("not a folder")

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
-from medsam2.cli.models import MODEL_HELP
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
 from medsam2.distributed.ray_engine import check_ray_address, import_ray
@@ -35,7 +34,7 @@ def batch(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes or Ray actors. Default: one per CPU (local), one per GPU or CPU slot (ray)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch threads per worker. Default: CPUs / workers (local), 1 (ray)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join: HOST:PORT, auto, or ray://HOST:PORT. Default: $RAY_ADDRESS, else a local Ray."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help=f"Model for rows without one: {MODEL_HELP}"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model for rows without one, as segment --model takes it: lite-medsam (embedded), a preset (medsam2, sam2.1-tiny, ...), PRESET=FILE.pt or a checkpoint path."),
     memory: str = typer.Option("recent", "--memory", help="SAM 2.1 / MedSAM2: the memory bank for rows without a memory column: recent or confidence (as `medsam2 segment --memory`)."),
     output_format: str = typer.Option("auto", "--format", help=f"Mask format for rows without one: {', '.join(FORMATS)}. auto: the image's own format where masks can be written in it, DICOM-SEG (.dcm) for DICOM, PNG for pictures, else nii.gz."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (with --engine ray, each actor gets one GPU)."),
