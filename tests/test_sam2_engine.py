@@ -442,6 +442,29 @@ def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion
     assert missing.stderr.count("\n") == 1 and "MEDSAM2_MODEL_SAM2_1_BASE_PLUS=" in missing.stderr
 
 
+def test_info_tells_what_a_checkpoint_is_and_how_it_runs(tmp_path: Path) -> None:
+    """`medsam2 info FILE.pt`: the family and variant from the tensors, the settings `--model FILE`
+    runs it with (those `medsam2 train` recorded, else Meta's), without building the network."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medsam2.cli.main import app
+
+    state = random_sam2(64).state_dict()
+    torch.save({"model": state, "model_name": "sam2", "step": 3, "config": {"model": {"sam2_preset": "medsam2", "sam2_image_size": 128}}}, tmp_path / "trained.pt")
+    torch.save(state, tmp_path / "plain.pth")
+    described = {name: CliRunner().invoke(app, ["info", str(tmp_path / name), "--json"]) for name in ("trained.pt", "plain.pth")}
+    trained, plain = (json.loads(result.stdout) for result in described.values())
+    assert (trained["family"], trained["variant"], trained["memory_slots"]) == ("SAM 2.1 / MedSAM2", "hiera-tiny", 7)
+    assert trained["parameters"] == sum(t.numel() for t in state.values()) and trained["trained"] == {"model_name": "sam2", "step": 3}
+    assert trained["runs_as"].startswith("hiera-tiny at 128 px with medsam2's settings as --model FILE")
+    assert plain["runs_as"].startswith("hiera-tiny at 1024 px with Meta's settings") and "trained" not in plain
+    torch.save({"model": {"backbone.weight": torch.zeros(1)}}, tmp_path / "other.pt")
+    foreign = CliRunner().invoke(app, ["info", str(tmp_path / "other.pt")])
+    assert foreign.exit_code == 2 and "neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint (1 tensor, e.g. backbone.weight)" in foreign.stderr
+
+
 def test_a_loaded_label_map_conditions_propagation_as_mask_prompts_do(small_predictor: SAM2Predictor) -> None:
     """Slices of a loaded label map act as mask prompts whose memory is made only when a run needs it:
     a box past the map's last slice propagates as it would from mask prompts given one by one."""

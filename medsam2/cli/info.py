@@ -10,14 +10,16 @@ import pydicom
 import typer
 
 from medsam2.cli.errors import reports_input_errors
+from medsam2.engine.registry import describe_checkpoint
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import NPZ_MASK_KEYS, states_geometry, stored_array
-from medsam2.io.readers import is_picture_file
+from medsam2.io.readers import file_suffix, is_picture_file
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.io.volume import orientation_code
 from medsam2.preprocess import guess_modality
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
 # A file whose values are few non-negative integers is shown as a label map.
 MAX_LABELS_FOR_MASK = 64
 
@@ -96,17 +98,20 @@ def describe_video(video: Video) -> dict:
 
 @reports_input_errors
 def info(
-    image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, DICOM-SEG, npz, PNG/JPEG/TIFF/BMP; or a video."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Scan or mask: NIfTI, NRRD, MHA/MHD, DICOM file or folder, DICOM-SEG, npz, PNG/JPEG/TIFF/BMP; a video; or a model checkpoint (.pt, .pth)."),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what IMAGE is: its geometry, intensities and labels, or a video's frames.
 
     A scan or mask: shape, spacing, orientation, intensities, modality guess, labels. A video (as
-    `medsam2 segment` reads it): frames, frame size, frame rate, pixel spacing.
+    `medsam2 segment` reads it): frames, frame size, frame rate, pixel spacing. A checkpoint: its
+    model family and variant, and how `--model FILE` runs it.
 
     Example: medsam2 info scan.nii.gz
     """
-    if is_video(image):
+    if file_suffix(image) in CHECKPOINT_SUFFIXES:
+        facts = describe_checkpoint(image)
+    elif is_video(image):
         with load_video(image) as video:
             facts = describe_video(video)
     elif is_segmentation(image):

@@ -29,7 +29,10 @@ import torch
 
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError, first_line
-from medsam2.models.sam2 import SAM2Config, is_sam2_state, sam2_from_state
+from medsam2.models.sam2 import SAM2Config, detect_variant, is_sam2_state, sam2_from_state
+from medsam2.models.sam2.config import detect_num_maskmem
+from medsam2.models.weights import read_checkpoint
+from medsam2.wording import counted
 
 
 log = logging.getLogger(__name__)
@@ -237,10 +240,7 @@ def sam2_predictor(
     if not is_sam2_state(state):
         if choice.preset is not None:
             raise InputError(f"{choice.path}: not a SAM 2.1 / MedSAM2 checkpoint, which --model {choice.preset.name} needs")
-        example = ", ".join(list(state)[:3]) or "none"
-        raise InputError(
-            f"{choice.path}: neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint ({len(state)} tensors, e.g. {example})"
-        )
+        raise of_neither_family(choice.path, state)
     trained = trained_settings(recorded or {})
     settings = choice.preset or (trained[0] if trained else META_SETTINGS)
     image_size = settings.image_size
@@ -266,6 +266,37 @@ def sam2_predictor(
     if compiled:
         predictor.warm_up()
     return predictor
+
+
+def describe_checkpoint(path: Path) -> dict[str, Any]:
+    """What a checkpoint file is, read without building its network (`medsam2 info FILE.pt`): its
+    family, a SAM 2.1 file's variant and memory slots, its size, what `medsam2 train` recorded in
+    it, and how `--model FILE` runs it. A one-line error for a file of neither family."""
+    state, recorded = read_checkpoint(path)
+    facts: dict[str, Any] = {"file": str(path), "kind": "checkpoint"}
+    if is_lite_medsam_state(state):
+        facts |= {"family": "LiteMedSAM", "runs_as": "LiteMedSAM (256 px)"}
+    elif is_sam2_state(state) and (variant := detect_variant(state)) is not None:
+        trained = trained_settings(recorded)
+        settings, size = trained or (META_SETTINGS, META_SETTINGS.image_size)
+        named = f"{settings.name}'s" if trained else "Meta's"
+        facts |= {
+            "family": "SAM 2.1 / MedSAM2",
+            "variant": f"hiera-{variant}",
+            "memory_slots": detect_num_maskmem(state),
+            "runs_as": f"hiera-{variant} at {size} px with {named} settings as --model FILE (PRESET=FILE: a preset's)",
+        }
+    else:
+        raise of_neither_family(path, state)
+    facts["parameters"] = sum(tensor.numel() for tensor in state.values())
+    if "model_name" in recorded:  # written by medsam2 train
+        facts["trained"] = {key: recorded[key] for key in ("model_name", "step", "medsam2_version", "data_sha256") if key in recorded}
+    return facts
+
+
+def of_neither_family(path: Path, state: dict[str, torch.Tensor]) -> InputError:
+    example = ", ".join(list(state)[:3]) or "none"
+    return InputError(f"{path}: neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint ({counted(len(state), 'tensor')}, e.g. {example})")
 
 
 def trained_settings(recorded: Mapping[str, Any]) -> tuple[SAM2Preset, int] | None:
