@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tomllib
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,9 +209,9 @@ def pinned_spec(spec: str) -> str:
 def checkpoint_identity(spec: str) -> str:
     """What names the weights `--model SPEC` runs, for a record that must notice a change:
     `pinned_spec`, and for a file its size and modification time."""
-    pinned = pinned_spec(spec)
     if spec == DEFAULT_MODEL:
         return spec
+    pinned = pinned_spec(spec)
     try:
         stat = resolve_model(pinned).path.stat()
     except (InputError, OSError):
@@ -240,7 +240,7 @@ def sam2_predictor(
     if not is_sam2_state(state):
         if choice.preset is not None:
             raise InputError(f"{choice.path}: not a SAM 2.1 / MedSAM2 checkpoint, which --model {choice.preset.name} needs")
-        raise of_neither_family(choice.path, state)
+        raise neither_family_error(choice.path, state)
     trained = trained_settings(recorded or {})
     settings = choice.preset or (trained[0] if trained else META_SETTINGS)
     image_size = settings.image_size
@@ -258,8 +258,8 @@ def sam2_predictor(
             "%s: a SAM 2.1 hiera-%s checkpoint; --model %s is hiera-%s (%s): running it with that preset's settings",
             choice.path, variant, choice.preset.name, choice.preset.variant, choice.preset.file_name,
         )
-    named = "Meta's" if settings is META_SETTINGS and choice.preset is None else f"{settings.name}'s"
-    description = f"SAM 2.1 hiera-{variant} at {image_size} px with {named} settings, from {choice.path}"
+    named = choice.preset or (trained[0] if trained else None)
+    description = f"SAM 2.1 {settings_in_words(variant, image_size, named)}, from {choice.path}"
     predictor = SAM2Predictor(
         model, device, resample=settings.resample, precision=precision, compiled=compiled, description=description
     )
@@ -278,23 +278,28 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         facts |= {"family": "LiteMedSAM", "runs_as": "LiteMedSAM (256 px)"}
     elif is_sam2_state(state) and (variant := detect_variant(state)) is not None:
         trained = trained_settings(recorded)
-        settings, size = trained or (META_SETTINGS, META_SETTINGS.image_size)
-        named = f"{settings.name}'s" if trained else "Meta's"
+        preset, size = trained or (None, META_SETTINGS.image_size)
         facts |= {
             "family": "SAM 2.1 / MedSAM2",
             "variant": f"hiera-{variant}",
             "memory_slots": detect_num_maskmem(state),
-            "runs_as": f"hiera-{variant} at {size} px with {named} settings as --model FILE (PRESET=FILE: a preset's)",
+            "runs_as": f"{settings_in_words(variant, size, preset)} as --model FILE (PRESET=FILE: a preset's)",
         }
     else:
-        raise of_neither_family(path, state)
+        raise neither_family_error(path, state)
     facts["parameters"] = sum(tensor.numel() for tensor in state.values())
     if "model_name" in recorded:  # written by medsam2 train
         facts["trained"] = {key: recorded[key] for key in ("model_name", "step", "medsam2_version", "data_sha256") if key in recorded}
     return facts
 
 
-def of_neither_family(path: Path, state: dict[str, torch.Tensor]) -> InputError:
+def settings_in_words(variant: str, image_size: int, preset: SAM2Preset | None) -> str:
+    """'hiera-tiny at 512 px with medsam2's settings' (no preset: Meta's, as a bare file runs)."""
+    whose = f"{preset.name}'s" if preset else "Meta's"
+    return f"hiera-{variant} at {image_size} px with {whose} settings"
+
+
+def neither_family_error(path: Path, state: dict[str, torch.Tensor]) -> InputError:
     example = ", ".join(list(state)[:3]) or "none"
     return InputError(f"{path}: neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint ({counted(len(state), 'tensor')}, e.g. {example})")
 
