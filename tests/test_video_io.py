@@ -126,6 +126,19 @@ def test_containers_round_trip_frames_and_frame_rate(tmp_path: Path, name, codec
             assert np.array_equal(video.read(start, stop), clip[start:stop]), (start, stop)
 
 
+@pytest.mark.parametrize(("name", "codec"), [("clip.mpg", "mpeg2video"), ("clip.avi", "mpeg4")])
+def test_b_frame_streams_read_any_range_as_decoded_in_order(tmp_path: Path, name: str, codec: str) -> None:
+    """MPEG program streams and AVI (MPEG-4 Part 2) with B-frames: a seek lands a key frame or
+    more past the one asked for; every range still reads the frames a decode from the start gives."""
+    path = write_container(tmp_path / name, moving_square_clip(30), codec, "yuv420p", Fraction(25), bf="2", g="6")
+    with av.open(str(path)) as container:
+        decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    with load_video(path) as video:
+        assert video.num_frames == len(decoded) == 30
+        for start, stop in ((0, 30), (20, 30), (8, 16), (0, 5), (13, 14), (27, 30), (1, 2)):
+            np.testing.assert_array_equal(video.read(start, stop), decoded[start:stop], err_msg=f"{start}:{stop}")
+
+
 def test_grey_container_stays_grey(tmp_path: Path) -> None:
     clip = moving_square_clip(colour=False)
     path = write_container(tmp_path / "grey.avi", clip, "ffv1", "gray", Fraction(25))

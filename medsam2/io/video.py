@@ -21,6 +21,7 @@ Frames are ``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB in the file's own dtype, r
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from medsam2.io.volume import Modality
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CAMUS_SEQUENCE = re.compile(r"^(?P<patient>.+)_(?P<view>[^_]+)_half_sequence\.nii(\.gz)?$", re.IGNORECASE)
 GREY_PIXEL_FORMATS = ("gray", "ya8", "monob", "monow")  # prefixes of FFmpeg's grey formats
+SEEK_ATTEMPTS = 3  # key frames tried before a frame (latest first) before decoding from the start
 # Units of the ultrasound region's Physical Delta X/Y (DICOM PS3.3 C.8.5.5.1.15): 3 = cm.
 US_UNITS_CM = 3
 # NIfTI xyzt_units time codes, in seconds.
@@ -292,10 +294,12 @@ class _ContainerFrames:
             if not self.container.streams.video:
                 raise InputError(f"{path}: no video stream in this file")
             self.stream = self.container.streams.video[0]
-            self.timestamps = sorted(self._packet_timestamps())
+            packets = self._packet_timestamps()
         except BaseException:
             self.container.close()
             raise
+        self.timestamps = sorted(timestamp for timestamp, _ in packets)
+        self.key_timestamps = sorted(timestamp for timestamp, key in packets if key)
         self.index_of = {timestamp: index for index, timestamp in enumerate(self.timestamps)}
         pixel_format = self.stream.codec_context.pix_fmt or ""
         self.format = "gray" if pixel_format.startswith(GREY_PIXEL_FORMATS) else "rgb24"
@@ -303,17 +307,18 @@ class _ContainerFrames:
         self.next_index = 0
         self.last: tuple[int, np.ndarray] | None = None
 
-    def _packet_timestamps(self) -> list[int]:
-        timestamps = []
+    def _packet_timestamps(self) -> list[tuple[int, bool]]:
+        """(timestamp, is it a key frame) of every packet, in decoding order."""
+        packets = []
         for packet in self.container.demux(self.stream):
             if packet.size == 0:  # the flushing packet at the end
                 continue
             timestamp = packet.pts if packet.pts is not None else packet.dts
             if timestamp is None:
                 raise InputError(f"{self.path}: video packets without timestamps; re-encode it (e.g. ffmpeg -i IN OUT.mp4)")
-            timestamps.append(timestamp)
+            packets.append((timestamp, packet.is_keyframe))
         self.container.seek(0)
-        return timestamps
+        return packets
 
     def read(self, start: int, stop: int) -> np.ndarray:
         frames = []
@@ -337,9 +342,26 @@ class _ContainerFrames:
         return np.stack(frames)
 
     def _seek(self, index: int) -> None:
-        self.container.seek(self.timestamps[index], stream=self.stream, backward=True, any_frame=False)
-        self.decoded = iter(self.container.decode(self.stream))
-        self.next_index = index
+        """Decode from a key frame at or before frame `index`. Containers seek differently (MPEG
+        program and transport streams, AVI with B-frames land a key frame or more late): where
+        decoding starts past the frame, seek to the key frame before, and at last to the start."""
+        wanted = self.timestamps[index]
+        earlier_keys = [timestamp for timestamp in self.key_timestamps if timestamp <= wanted][::-1][:SEEK_ATTEMPTS]
+        for key in [*earlier_keys, None]:
+            if key is None:
+                self.container.seek(0)  # the file's start, in any container
+            else:
+                self.container.seek(key, stream=self.stream, backward=True, any_frame=False)
+            decoded = iter(self.container.decode(self.stream))
+            first = next(decoded, None)
+            if first is None:
+                continue
+            first_index = self.index_of.get(first.pts if first.pts is not None else first.dts)
+            if first_index is not None and first_index <= index:
+                self.decoded = itertools.chain([first], decoded)
+                self.next_index = first_index
+                return
+        raise InputError(f"{self.path}: frame {index} cannot be reached by seeking (damaged file?)")
 
     def close(self) -> None:
         self.container.close()
