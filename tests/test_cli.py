@@ -560,6 +560,9 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
     frame_box = ["--frame-box", "0,5,5,20,20"]
     assert_one_line_error(run("segment", frames, "-o", tmp_path / "results", *frame_box), "holds other files (notes.txt)")
     assert_one_line_error(run("segment", frames, "-o", frames, *frame_box), "would replace the input")
+    # Nor does a picture go among the frames (the --areas plot beside its table, named like a frame).
+    among = run("segment", frames, "-o", tmp_path / "masks.npz", "--areas", frames / "f1.csv", *frame_box)
+    assert_one_line_error(among, "f1.png: a picture in the input folder", "would be read as one of its frames")
     assert (tmp_path / "results" / "notes.txt").read_text() == "keep me" and len(list(frames.iterdir())) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "frames", "other_spacing.nii.gz", "results"]
 

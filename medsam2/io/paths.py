@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# 2D pictures: images, or the frames of a video when a folder holds them.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Longest first, so ".nii.gz" wins over ".gz".
-IMAGE_SUFFIXES = (
-    ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz",
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
-)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", *PICTURE_SUFFIXES)
 # Containers read as videos (through FFmpeg); folders of frames, cine DICOM and 2D+t NIfTI are
 # recognised by their content (`medsam2.io.video.is_video`).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")

@@ -30,7 +30,7 @@ from medsam2.errors import InputError
 from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.native_stderr import GDCM_JPEG_PROBES, METAIO_COMPLAINTS, OPENJPEG_COMPLAINTS, native_lines_dropped
-from medsam2.io.paths import IMAGE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
+from medsam2.io.paths import IMAGE_SUFFIXES, PICTURE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
 from medsam2.wording import counted
 
@@ -38,7 +38,6 @@ sitk = lazy_module("SimpleITK")
 
 SUPPORTED_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # plus DICOM series folders and DICOM files of any name
 SITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 # What the libraries raise on unreadable, truncated or malformed files.
 _LIBRARY_READ_ERRORS = (
