@@ -428,6 +428,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     write_container(tmp_path / "empty.mp4", clip[:0], "libx264", "yuv420p", Fraction(25))
     header_only = write_cine_dicom(tmp_path / "header_only.dcm", None, frame_time_ms=40)
+    np.savez(tmp_path / "sequence.npz", segs=np.zeros((4, 160, 192), np.uint8))
     out = tmp_path / "out"
     box = "50,40,110,150"
     cases = [
@@ -442,6 +443,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         (["segment", good, "--frame-box", f"1,{box}", "--axis", "coronal"], ["--axis"]),
         (["segment", good, "--frame-box", f"1,{box}", "--overlay", out / "overlay.gif"], ["overlay.gif", ".mp4"]),
         (["segment", good], ["no prompt"]),
+        (["segment", good, "--mask-prompt", f"2:{tmp_path / 'sequence.npz'}"], ["holds 4 frames, not one frame's labels"]),
     ]
     for arguments, fragments in cases:
         result = run(*arguments, "-o", out / "masks.nii.gz")

@@ -99,6 +99,11 @@ def mask_prompts(spec: str, video: Video) -> list[Prompt]:
     one_frame = bool(separator) and frame_text.strip().isdigit() and not Path(spec).exists()
     path = Path(file_text if one_frame else spec)
     labels = load_video_mask(path)
+    if one_frame and len(labels) > 1:
+        raise InputError(
+            f"--mask-prompt {spec}: {path} holds {len(labels)} frames, not one frame's labels "
+            f"(give --mask-prompt {path} for a sequence: each label on the frame where it is largest)"
+        )
     shape, wanted = (labels.shape[1:], video.frame_shape) if one_frame else (labels.shape, video.shape)
     if shape != wanted:
         raise InputError(f"{path}: a mask of shape {shape} does not fit the video's {'frames' if one_frame else '(T, H, W)'} {wanted}")
