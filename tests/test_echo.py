@@ -74,6 +74,16 @@ def test_a_half_cycle_from_ed_to_es_as_camus_stores_it() -> None:
     assert measurement.ejection_fraction == pytest.approx(analytic, abs=2.0)
 
 
+def test_a_clip_ending_in_systole_after_its_last_ed_reports_the_frames_its_beat_uses() -> None:
+    """No ES after the ED (frame 3; the trough at 1 comes before it): the fallback beat pairs the
+    largest and smallest area, and those frames are the ED and ES the table and plot mark."""
+    area = np.array([20, 15, 25, 34, 30, 22, 12], dtype=float)
+    measurement = measure_echo(area, lambda frame: area[frame] * 10)
+    assert [(beat.ed_frame, beat.es_frame) for beat in measurement.beats] == [(3, 6)]
+    assert (measurement.ed_frames, measurement.es_frames) == ([3], [1, 6])
+    assert measurement.ejection_fraction == pytest.approx(100 * (34 - 12) / 34)
+
+
 def test_noise_is_not_a_beat() -> None:
     t = np.arange(60)
     area = 1000 + 300 * np.cos(2 * np.pi * (t - 10) / 25) + np.random.default_rng(3).normal(0, 15, t.size)

@@ -125,9 +125,10 @@ def measure_echo(
         es = next((frame for frame in es_frames if ed < frame < following), None)
         if es is not None:
             pairs.append((ed, es))
-    if not pairs:  # no ES after an ED (a clip from ES to ED): the largest and smallest area
+    if not pairs:  # no ES after an ED (a clip from ES to ED): the largest and smallest area, reported as ED and ES too
         pairs.append((int(np.argmax(area)), int(np.argmin(area))))
-    measured = sorted({*ed_frames, *es_frames, *(frame for pair in pairs for frame in pair)})
+        ed_frames, es_frames = sorted({*ed_frames, pairs[0][0]}), sorted({*es_frames, pairs[0][1]})
+    measured = sorted({*ed_frames, *es_frames})
     missing = [frame for frame in measured if area[frame] <= 0]
     if missing:
         raise InputError(f"the left ventricle is missing on frame(s) {missing}, where its ED/ES would be")
