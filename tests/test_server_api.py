@@ -384,6 +384,11 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
     app = create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads, max_upload_bytes=60_000))
     scan = nifti_bytes((np.arange(8 * 32 * 32).reshape(8, 32, 32) % 251).astype(np.uint8))
     raw = {"Content-Type": "application/octet-stream"}
+    write_clip(tmp_path / "clip.mp4", fps=10)
+    damaged = bytearray((tmp_path / "clip.mp4").read_bytes())  # its header and first frame intact: the last ones zeroed
+    start, end = damaged.find(b"mdat"), damaged.find(b"moov")
+    at = start + (end - start) * 9 // 10
+    damaged[at : at + 60] = bytes(60)
     with TestClient(app, base_url=LOCAL) as client:
 
         def upload(name: str, content, headers=raw):
@@ -394,6 +399,7 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
             "scan.exe": (upload("scan.exe", scan), 415, "uploads must be one of"),
             "pretend.nii.gz": (upload("pretend.nii.gz", b"<html>" * 1000), 415, "not a .nii.gz file"),
             "cut.nii.gz": (upload("cut.nii.gz", scan[: len(scan) // 2]), 400, "cut.nii.gz: "),
+            "damaged.mp4": (upload("damaged.mp4", bytes(damaged)), 400, "damaged.mp4: "),  # every frame is decoded
             "empty.png": (upload("empty.png", b""), 400, "the upload is empty"),
             "scan_mask.nii.gz": (upload("scan_mask.nii.gz", scan), 400, "names ending in _mask are the server's saved masks"),
             "line\n.nii.gz": (upload("line\n.nii.gz", scan), 400, "give a plain file name"),
@@ -419,6 +425,14 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
         shouting = upload("LOUD.NII.GZ", scan)
         assert shouting.status_code == 201 and shouting.json()["id"] == "upload/LOUD.nii.gz"
         assert open_case(client, "upload/LOUD.nii.gz")["shape"] == [8, 32, 32]
+
+    # Among the data (not read until opened), it is named as the case when it fails to open, not by its path.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "damaged.mp4").write_bytes(bytes(damaged))
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path / "data")), base_url=LOCAL) as client:
+        opened = client.post("/api/sessions", json={"case": "data/damaged.mp4"})
+        assert opened.status_code == 400 and opened.json()["error"].startswith("damaged.mp4: "), opened.text
+        assert str(tmp_path) not in opened.json()["error"]
 
 
 def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) -> None:

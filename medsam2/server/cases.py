@@ -19,12 +19,12 @@ from typing import Literal
 
 from medsam2.engine.prompt_sources import prompts_from_mask
 from medsam2.errors import InputError
-from medsam2.io import load_image
+from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_dicom_file
 from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem
 from medsam2.io.readers import file_suffix
 from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
-from medsam2.io.video import is_video, load_video
+from medsam2.io.video import Video, is_video, load_video
 from medsam2.models.weights import cache_dir
 from medsam2.resources import packaged_file
 from medsam2.server.errors import NotFound, UnsupportedMedia
@@ -291,7 +291,7 @@ class CaseCatalog:
         try:
             try:
                 if is_video(staged):
-                    load_video(staged).close()
+                    load_frames(staged)  # every frame decodes, as opening the case will need
                 else:
                     load_image(staged)
             except InputError as error:
@@ -317,3 +317,20 @@ class CaseCatalog:
         if self._temporary_upload_dir is not None:
             shutil.rmtree(self._temporary_upload_dir, ignore_errors=True)
             self._temporary_upload_dir = None
+
+
+# A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
+MAX_VIDEO_FRAMES = 2000
+
+
+def load_frames(path: Path) -> tuple[Volume, Video]:
+    """A video's frames as a stack of slices (frame rate and pixel spacing kept), and the video."""
+    with load_video(path) as video:
+        if video.num_frames > MAX_VIDEO_FRAMES:
+            raise InputError(
+                f"{path}: {video.num_frames} frames; the web app opens clips of up to {MAX_VIDEO_FRAMES} "
+                "(segment longer ones with `medsam2 segment`)"
+            )
+        frames = video.read()
+    spacing = (*(video.pixel_spacing or (1.0, 1.0)), 1.0)
+    return Volume(array=frames, spacing=spacing, modality=video.modality, source=path, has_spacing=video.pixel_spacing is not None), video

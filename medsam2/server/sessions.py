@@ -32,10 +32,10 @@ from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
 from medsam2.io.masks import check_mask_fits, label_names, load_mask, states_geometry
-from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video, load_video_mask
+from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
-from medsam2.server.cases import Case, check_plain_name, saved_mask_path
+from medsam2.server.cases import Case, check_plain_name, load_frames, saved_mask_path
 from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
 
@@ -45,8 +45,6 @@ ProgressState = Literal["idle", "queued", "running", "done", "failed"]
 MASK_FORMATS = tuple(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES if suffix not in (".mhd", ".nhdr"))
 # A video's masks are a sequence: npz (key segs) or NIfTI 2D+t, as `medsam2 segment` writes them.
 VIDEO_MASK_FORMATS = ("npz", *(suffix.lstrip(".") for suffix in NIFTI_SUFFIXES))
-# A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
-MAX_VIDEO_FRAMES = 2000
 
 
 @dataclass(frozen=True)
@@ -97,19 +95,6 @@ def scan_mask_formats(volume: Volume) -> tuple[str, ...]:
     return tuple(name for name in MASK_FORMATS if fits(name))
 
 
-def load_frames(path: Path) -> tuple[Volume, Video]:
-    """A video's frames as a stack of slices (frame rate and pixel spacing kept), and the video."""
-    with load_video(path) as video:
-        if video.num_frames > MAX_VIDEO_FRAMES:
-            raise InputError(
-                f"{path.name}: {video.num_frames} frames; the web app opens clips of up to {MAX_VIDEO_FRAMES} "
-                "(segment longer ones with `medsam2 segment`)"
-            )
-        frames = video.read()
-    spacing = (*(video.pixel_spacing or (1.0, 1.0)), 1.0)
-    return Volume(array=frames, spacing=spacing, modality=video.modality, source=path, has_spacing=video.pixel_spacing is not None), video
-
-
 class ViewerSession:
     """One case opened by one client, with its engine session (made on the worker, on first use)."""
 
@@ -123,10 +108,11 @@ class ViewerSession:
         self.case = case
         self.worker = worker
         self.video: Video | None = None  # closed once its frames are read; kept for writing masks
-        if is_video(case.path):
-            self.volume, self.video = load_frames(case.path)
-        else:
-            self.volume = load_image(case.path)
+        with self._named_for_client(case.path, case.name):
+            if is_video(case.path):
+                self.volume, self.video = load_frames(case.path)
+            else:
+                self.volume = load_image(case.path)
         # The page's View choice stays set from case to case; a video or a picture has one view.
         self.view_warnings: list[str] = []
         if axis != "axial" and (self.video is not None or self.volume.shape[0] == 1):
