@@ -139,6 +139,26 @@ def test_b_frame_streams_read_any_range_as_decoded_in_order(tmp_path: Path, name
             np.testing.assert_array_equal(video.read(start, stop), decoded[start:stop], err_msg=f"{start}:{stop}")
 
 
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_a_clip_with_a_display_rotation_reads_upright_as_players_show_it(tmp_path: Path, rotation: int) -> None:
+    """A phone's portrait clip is stored landscape with a display rotation (FFmpeg's angle,
+    counter-clockwise): its frames, and so the masks and overlays, come turned as players show them."""
+    clip = moving_square_clip()
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "rgb24", {"qp": "0"}
+        stream.set_display_rotation(rotation)
+        for frame in clip:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    upright = np.rot90(clip, rotation // 90, axes=(1, 2))
+    with load_video(path) as video:
+        assert video.frame_shape == upright.shape[1:3]
+        np.testing.assert_array_equal(video.read(), upright)
+        np.testing.assert_array_equal(video.read(5, 7), upright[5:7])
+
+
 def test_grey_container_stays_grey(tmp_path: Path) -> None:
     clip = moving_square_clip(colour=False)
     path = write_container(tmp_path / "grey.avi", clip, "ffv1", "gray", Fraction(25))

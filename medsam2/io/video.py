@@ -303,9 +303,19 @@ class _ContainerFrames:
         self.index_of = {timestamp: index for index, timestamp in enumerate(self.timestamps)}
         pixel_format = self.stream.codec_context.pix_fmt or ""
         self.format = "gray" if pixel_format.startswith(GREY_PIXEL_FORMATS) else "rgb24"
+        self.quarter_turns = self._display_quarter_turns() if self.timestamps else 0
         self.decoded: Iterator[av.VideoFrame] | None = None
         self.next_index = 0
         self.last: tuple[int, np.ndarray] | None = None
+
+    def _display_quarter_turns(self) -> int:
+        """Quarter turns (counter-clockwise, as `np.rot90` counts) that show the frames as players
+        do: a phone's portrait clip is stored landscape with a display rotation in its header
+        (FFmpeg's angle, counter-clockwise; read from the first frame's side data)."""
+        first = next(iter(self.container.decode(self.stream)), None)
+        self.container.seek(0)
+        angle = float(getattr(first, "rotation", 0) or 0)
+        return round(angle / 90) % 4
 
     def _packet_timestamps(self) -> list[tuple[int, bool]]:
         """(timestamp, is it a key frame) of every packet, in decoding order."""
@@ -336,7 +346,7 @@ class _ContainerFrames:
                 continue
             if index != start + len(frames):
                 raise InputError(f"{self.path}: frame {start + len(frames)} does not decode (damaged file?)")
-            frames.append(frame.to_ndarray(format=self.format))
+            frames.append(np.ascontiguousarray(np.rot90(frame.to_ndarray(format=self.format), self.quarter_turns)))
             self.next_index = index + 1
         self.last = (stop - 1, frames[-1])
         return np.stack(frames)
@@ -374,10 +384,11 @@ def _open_container(path: Path) -> Video:
         raise InputError(f"{path}: the video has no frames")
     context = frames.stream.codec_context
     rate = frames.stream.average_rate or frames.stream.guessed_rate
+    stored = (context.height, context.width)
     return Video(
         frames=frames,
         num_frames=len(frames.timestamps),
-        frame_shape=(context.height, context.width),
+        frame_shape=stored[::-1] if frames.quarter_turns % 2 else stored,  # as shown, turned upright
         is_color=frames.format == "rgb24",
         frame_rate=float(rate) if rate else None,
         source=path,
