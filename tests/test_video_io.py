@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -241,7 +242,13 @@ def test_cine_dicom_pixel_spacing_and_cine_rate(tmp_path: Path) -> None:
     path = write_cine_dicom(tmp_path / "cine", clip, cine_rate=50, pixel_spacing=(0.4, 0.2))  # no .dcm suffix
     video, frames = read_all(path)
     assert video.frame_rate == 50 and video.pixel_spacing == pytest.approx((0.2, 0.4))
-    assert np.array_equal(frames, clip)
+    assert np.array_equal(frames, clip) and video.frame_times is None and video.time_of(3) == pytest.approx(0.06)
+    # A Frame Time Vector (ms since the previous frame) times each frame, unevenly if it says so.
+    dataset = pydicom.dcmread(path)
+    dataset.FrameTimeVector = [0] + [20] * 5 + [40] * 6
+    dataset.save_as(path)
+    with load_video(path) as timed:
+        assert timed.time_of(5) == pytest.approx(0.1) and timed.time_of(11) == pytest.approx(0.34)
 
 
 def test_nifti_2d_t_round_trip(tmp_path: Path) -> None:
@@ -373,6 +380,30 @@ def test_overlay_video_has_every_frame_at_the_input_rate_with_contours(tmp_path:
     contour = frames[:, 10 * scale, 25 * scale].astype(int)  # top edge of object 1
     expected = np.asarray(LABEL_COLOURS[0])
     assert np.all(np.abs(contour - expected).max(axis=1) < 60), contour  # orange through limited-range 4:2:0
+
+
+def test_a_variable_frame_rate_keeps_each_frames_time_through_to_the_overlay(tmp_path: Path) -> None:
+    """A clip whose frames come at uneven times (a phone's recording, a paused stream): each frame
+    keeps its time from the timestamps, and the overlay shows each at that time."""
+    clip = moving_square_clip(frames=6)
+    times = [0.0, 0.04, 0.08, 0.2, 0.4, 1.0]
+    path = tmp_path / "uneven.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "rgb24", {"qp": "0"}
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame, seconds in zip(clip, times):
+            encoded = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            encoded.pts = round(seconds * 1000)
+            container.mux(stream.encode(encoded))
+        container.mux(stream.encode())
+    with load_video(path) as video:
+        assert video.frame_times == pytest.approx(times) and [video.time_of(i) for i in (3, 5)] == pytest.approx([0.2, 1.0])
+        with overlay_video_writer(tmp_path / "overlay.mp4", video, {1: None}) as write:
+            write(0, video.read(), labels_for(clip[..., 0]))
+    with load_video(tmp_path / "overlay.mp4") as overlay:
+        assert overlay.frame_times == pytest.approx(times)
+    assert video_from_array(clip, frame_rate=12.5).time_of(5) == pytest.approx(0.4)  # untimed frames: by the rate
 
 
 def test_area_table_and_plot(tmp_path: Path) -> None:

@@ -188,8 +188,8 @@ def write_area_outputs(
     frames = np.arange(video.num_frames)
     pixel_area = float(np.prod(video.pixel_spacing)) if video.pixel_spacing else None
     columns: dict[str, list] = {"frame": frames.tolist()}
-    if video.frame_rate:
-        columns["time_s"] = [round(frame / video.frame_rate, 4) for frame in frames]
+    if video.time_of(0) is not None:
+        columns["time_s"] = [round(video.time_of(frame), 4) for frame in frames]
     for obj_id, area in areas.items():
         columns[f"area_px_{obj_id}"] = area.tolist()
         if pixel_area is not None:
@@ -200,7 +200,7 @@ def write_area_outputs(
         columns["phase"] = [phases.get(frame, "") for frame in frames]
         columns[f"lv_volume_{unit.lower()}"] = [round(echo.volumes[frame] * scale, 3) if frame in phases else "" for frame in frames]
     write_table(path, columns)
-    x, x_label = (frames / video.frame_rate, "time (s)") if video.frame_rate else (frames, "frame")
+    x, x_label = (np.array([video.time_of(f) for f in frames]), "time (s)") if video.time_of(0) is not None else (frames, "frame")
     curves = {
         segmentation.names.get(obj_id) or f"object {obj_id}": area * (pixel_area or 1.0) for obj_id, area in areas.items()
     }

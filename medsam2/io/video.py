@@ -87,7 +87,10 @@ class Video:
     num_frames: int
     frame_shape: tuple[int, int]  # (H, W): rows, columns
     is_color: bool
-    frame_rate: float | None = None  # frames per second; None when the input does not say
+    frame_rate: float | None = None  # frames per second (the mean, for a variable rate); None when the input does not say
+    # Seconds of each frame from the first, where the input times each frame (a container's
+    # timestamps, a DICOM Frame Time Vector): a variable frame rate's frames keep their times.
+    frame_times: tuple[float, ...] | None = field(default=None, repr=False)
     pixel_spacing: tuple[float, float] | None = None  # (sx, sy) mm between columns, between rows
     modality: Modality = "unknown"
     source: Path | None = None
@@ -102,6 +105,12 @@ class Video:
     @property
     def name(self) -> str:
         return str(self.source) if self.source is not None else "video"
+
+    def time_of(self, index: int) -> float | None:
+        """Seconds from the first frame to frame `index`; None when the input gives no timing."""
+        if self.frame_times is not None:
+            return self.frame_times[index]
+        return index / self.frame_rate if self.frame_rate else None
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames ``start`` to ``stop`` (exclusive; default: to the end)."""
@@ -385,9 +394,12 @@ def _open_container(path: Path) -> Video:
     context = frames.stream.codec_context
     rate = frames.stream.average_rate or frames.stream.guessed_rate
     stored = (context.height, context.width)
+    base = frames.stream.time_base
+    times = tuple(float((timestamp - frames.timestamps[0]) * base) for timestamp in frames.timestamps) if base else None
     return Video(
         frames=frames,
         num_frames=len(frames.timestamps),
+        frame_times=times,
         frame_shape=stored[::-1] if frames.quarter_turns % 2 else stored,  # as shown, turned upright
         is_color=frames.format == "rgb24",
         frame_rate=float(rate) if rate else None,
@@ -436,6 +448,7 @@ def _open_dicom(path: Path) -> Video:
         frame_shape=(int(dataset.Rows), int(dataset.Columns)),
         is_color=color,
         frame_rate=_dicom_frame_rate(dataset),
+        frame_times=_dicom_frame_times(dataset, count),
         pixel_spacing=_dicom_pixel_spacing(dataset),
         modality=modality if modality in ("US", "XA", "ES", "OT") else "unknown",  # type: ignore[arg-type]
         source=path,
@@ -452,6 +465,15 @@ def _dicom_frame_rate(dataset: pydicom.Dataset) -> float | None:
         if float(dataset.get(tag, 0) or 0) > 0:
             return float(dataset.get(tag))
     return None
+
+
+def _dicom_frame_times(dataset: pydicom.Dataset, count: int) -> tuple[float, ...] | None:
+    """Each frame's seconds from the first, from a Frame Time Vector (ms since the previous frame)
+    where no single Frame Time is given and the vector times every frame."""
+    vector = [float(v) for v in dataset.get("FrameTimeVector", []) or []]
+    if float(dataset.get("FrameTime", 0) or 0) > 0 or len(vector) != count or min(vector[1:], default=1.0) <= 0:
+        return None
+    return tuple(float(t) for t in np.cumsum([0.0, *vector[1:]]) / 1000.0)
 
 
 def _dicom_pixel_spacing(dataset: pydicom.Dataset) -> tuple[float, float] | None:

@@ -14,6 +14,7 @@ import io
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import nibabel as nib
@@ -36,6 +37,8 @@ OVERLAY_CODEC, OVERLAY_FALLBACK_CODEC = "libx264", "mpeg4"
 # Overlay frames are enlarged by a whole factor to at least this many rows: contours are then drawn
 # 2 pixels wide (`overlay_slice`), which keeps their colour through 4:2:0 chroma, and names are legible.
 OVERLAY_MIN_ROWS = 512
+# Ticks per second of the overlay's timestamps where the input times its frames (MPEG's 90 kHz clock).
+OVERLAY_TIME_SCALE = 90_000
 
 LabelWriter = Callable[[np.ndarray], None]  # takes the next (n, H, W) chunk of label maps
 OverlayWriter = Callable[[int, np.ndarray, np.ndarray], None]  # first frame index, frames, label maps
@@ -185,14 +188,19 @@ def overlay_video_writer(path: Path, video: Video, names: Mapping[int, str | Non
             stream.width, stream.height = width + width % 2, height + height % 2
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": "20", "preset": "veryfast"} if codec == OVERLAY_CODEC else {"qscale": "3"}
+            if video.frame_times is not None:  # each frame at its input's time: fine enough for any rate
+                stream.codec_context.time_base = Fraction(1, OVERLAY_TIME_SCALE)
 
             def write(start: int, frames: np.ndarray, labels: np.ndarray) -> None:
                 for offset, (frame, plane) in enumerate(zip(frames, labels)):
                     frame, plane = (np.repeat(np.repeat(a, scale, axis=0), scale, axis=1) for a in (frame, plane))
-                    picture = _overlay_frame(frame, plane, start + offset, video.frame_rate, names)
+                    picture = _overlay_frame(frame, plane, start + offset, video.time_of(start + offset), names)
                     canvas = Image.new("RGB", (stream.width, stream.height))
                     canvas.paste(picture)
-                    for packet in stream.encode(av.VideoFrame.from_image(canvas)):
+                    encoded = av.VideoFrame.from_image(canvas)
+                    if video.frame_times is not None:  # shown when the input's frame is (a variable rate kept)
+                        encoded.pts = round(video.frame_times[start + offset] * OVERLAY_TIME_SCALE)
+                    for packet in stream.encode(encoded):
                         container.mux(packet)
 
             yield write
@@ -203,11 +211,11 @@ def overlay_video_writer(path: Path, video: Video, names: Mapping[int, str | Non
 
 
 def _overlay_frame(
-    frame: np.ndarray, labels: np.ndarray, index: int, frame_rate: float | None, names: Mapping[int, str | None]
+    frame: np.ndarray, labels: np.ndarray, index: int, seconds: float | None, names: Mapping[int, str | None]
 ) -> Image.Image:
     picture = overlay_slice(frame, labels)
     draw = ImageDraw.Draw(picture)
-    caption = f"frame {index}" + (f"  {index / frame_rate:.2f} s" if frame_rate else "")
+    caption = f"frame {index}" + (f"  {seconds:.2f} s" if seconds is not None else "")
     draw.text((4, 4), caption, fill=(255, 255, 0))
     for label in np.unique(labels):
         if label == 0:
