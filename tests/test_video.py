@@ -127,6 +127,7 @@ def test_echo_clip_from_an_inner_frame_through_the_cli(tmp_path: Path) -> None:
     assert min(scores) >= 0.9, np.round(scores, 3)
     assert nib.load(out / "lv.nii.gz").header.get_zooms() == pytest.approx((0.3, 0.3, 1.0, 0.04))
     assert "ED frames [2], ES frames [8]" in result.stdout
+    assert "frame/s" in result.stderr and "slice/s" not in result.stderr  # the progress bars count frames
     with open(out / "lv.csv", newline="") as table:
         rows = list(csv.DictReader(table))
     assert [int(row["frame"]) for row in rows] == list(range(11))

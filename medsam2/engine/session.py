@@ -58,6 +58,7 @@ class Session:
         slices: np.ndarray,
         predictor: SlicePredictor | TrackingPredictor,
         config: PropagationConfig | None = None,
+        unit: str = "slice",
     ):
         if not isinstance(slices, np.ndarray) or slices.dtype != np.uint8 or not is_slice_stack(slices):
             got = f"{slices.dtype} {slices.shape}" if isinstance(slices, np.ndarray) else type(slices).__name__
@@ -67,6 +68,7 @@ class Session:
             )
         self.slices = slices
         self.predictor = predictor
+        self.unit = unit  # what a slice is called on the progress bar ("frame": a video's)
         if isinstance(predictor, TrackingPredictor):
             self.tracker = predictor.tracker(slices, config)
         elif config is not None and config.memory != "recent":
@@ -296,7 +298,7 @@ class Session:
         left = {(run.obj_id, run.anchor, run.step): len(run.slices) for run in runs}
         total = sum(left.values())
         # Nothing to propagate (one slice, or every slice prompted) shows no bar rather than an empty one.
-        with tqdm(total=total, desc="propagating", unit="slice", disable=not progress or not total, leave=leave_finished_bar()) as bar:
+        with tqdm(total=total, desc="propagating", unit=self.unit, disable=not progress or not total, leave=leave_finished_bar()) as bar:
             if on_progress is not None:
                 on_progress(0, total)
             for done, (run, index, logits) in enumerate(self.tracker.follow(runs), start=1):

@@ -242,7 +242,7 @@ class _Sweeps:
     def _session(self, k: int) -> Session:
         start, stop = self.windows[k]
         frames = self.segmentation.mapper(self.video.read(start, stop))
-        return Session(np.ascontiguousarray(frames), self.predictor, self.config.propagation)
+        return Session(np.ascontiguousarray(frames), self.predictor, self.config.propagation, unit="frame")
 
     def _forward(self, k: int) -> None:
         start, stop = self.windows[k]
