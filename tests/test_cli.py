@@ -472,6 +472,7 @@ def test_eval_with_mismatched_shape_or_geometry(tmp_path: Path, lesion_nifti) ->
         (["--prompts", "."], ".: is a folder; the prompts are a JSON file"),
         (["--box", "6,10,10,50,50", "--box", "6,20,20,60,60"], "object 1 has two boxes or masks on slice 6"),
         (["--box", "6,10,10,50,50", "--recist", "6,20,20,60,60"], "object 1 has two boxes or masks on slice 6 (a RECIST line is a box)"),
+        (["--box", "6,10,10,50,50", "--point", "7,20,20,0,2"], "object 2: background clicks alone mark no object"),  # before the model
     ],
 )
 def test_bad_prompts_and_options(tmp_path: Path, lesion_case: Path, flags: list[str], fragment: str) -> None:

@@ -12,7 +12,7 @@ from medsam2.cli.models import MODEL_HELP, loaded_predictor
 from medsam2.cli.video import VideoRequest, segment_video_command
 from medsam2.engine.api import Result, segment_volume
 from medsam2.engine.models import check_precision
-from medsam2.engine.prompt_sources import PromptSources, gather_prompts
+from medsam2.engine.prompt_sources import PromptSources, check_objects_marked, gather_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import object_ids
@@ -139,7 +139,9 @@ def segment(
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
     prompts = gather_prompts(volume, axis, sources)  # type: ignore[arg-type]
     start = None
-    if edit is not None:
+    if edit is None:  # nothing to correct: each object needs something on it
+        check_objects_marked(prompts)
+    else:
         start = load_mask(edit, like=volume)
         check_mask_fits(volume, start)
         check_labels_to_edit(edit, start.array, prompts)

@@ -16,7 +16,14 @@ import typer
 from tqdm.auto import tqdm
 
 from medsam2.cli.models import loaded_predictor
-from medsam2.engine.prompt_sources import VIDEO_FLAGS, PromptSources, check_one_region_each, prompts_from_mask, written_prompts
+from medsam2.engine.prompt_sources import (
+    VIDEO_FLAGS,
+    PromptSources,
+    check_objects_marked,
+    check_one_region_each,
+    prompts_from_mask,
+    written_prompts,
+)
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import Precision
 from medsam2.engine.video import (
@@ -89,7 +96,7 @@ def video_prompts(video: Video, request: VideoRequest) -> list[Prompt]:
         prompts += mask_prompts(request.mask_prompt, video)
     if not prompts:
         raise InputError(f"{video.name}: no prompt given ({VIDEO_FLAGS.all_sources})")
-    return check_one_region_each(prompts, "frame")
+    return check_objects_marked(check_one_region_each(prompts, "frame"), "frame")
 
 
 def mask_prompts(spec: str, video: Video) -> list[Prompt]:

@@ -119,6 +119,18 @@ def check_one_region_each(prompts: list[Prompt], frame: str = "slice") -> list[P
     return prompts
 
 
+def check_objects_marked(prompts: list[Prompt], frame: str = "slice") -> list[Prompt]:
+    """`prompts` as they are, where every object has a box, a mask or a click on it somewhere:
+    background clicks alone mark nothing to segment (where no mask is there to correct)."""
+    marked = {p.obj_id for p in prompts if p.box is not None or p.mask is not None or 1 in p.labels}
+    unmarked = sorted({prompt.obj_id for prompt in prompts} - marked)
+    if unmarked:
+        raise InputError(
+            f"object {unmarked[0]}: background clicks alone mark no object; add a box or a click on the object on some {frame}"
+        )
+    return prompts
+
+
 def written_prompts(sources: PromptSources, height: int, width: int, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
     """The prompts given as text: the box, point and RECIST flags, then the prompts file."""
     prompts = prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), height, width, names)
