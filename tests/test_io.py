@@ -195,6 +195,20 @@ def test_dicom_series_npz_and_nifti_of_one_case_load_identically(
     assert_same_volume(load_image(nifti_path), series)
 
 
+def test_a_monochrome1_ct_keeps_its_hounsfield_units(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """MONOCHROME1 says how to show the pixels (high values dark), not what they measure: GDCM's
+    inversion is undone for CT, so the series (and one of its files) reads as the MONOCHROME2 one."""
+    plain, inverted = write_dicom_series(ct_case, tmp_path / "plain"), write_dicom_series(ct_case, tmp_path / "mono1")
+    for file in inverted:
+        dataset = pydicom.dcmread(file)
+        dataset.PhotometricInterpretation = "MONOCHROME1"
+        dataset.save_as(file)
+    np.testing.assert_array_equal(load_image(tmp_path / "mono1").array, load_image(tmp_path / "plain").array)
+    np.testing.assert_array_equal(load_image(inverted[5]).array, load_image(plain[5]).array)
+
+
 def test_dicom_series_with_a_damaged_slice_is_refused(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]], capfd: pytest.CaptureFixture[str]
 ) -> None:

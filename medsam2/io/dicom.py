@@ -111,6 +111,29 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
         )
 
 
+# Modalities whose rescaled values are measurements (HU, activity), not only grey levels to show.
+MEASURING_MODALITIES = ("CT", "PT", "NM")
+
+
+def measured_values(array: np.ndarray, files: list[str], modality: Modality) -> np.ndarray:
+    """`array` (read by GDCM from `files`, one slice each) with a MONOCHROME1 CT, PET or NM image's
+    values as its Modality LUT gives them. GDCM inverts MONOCHROME1 pixels (high values shown dark)
+    before rescaling, which suits a radiograph (its bone comes out bright, as models learnt it) but
+    turns Hounsfield units into numbers near 65,000: undone per slice, (2^bits - 1) * slope +
+    2 * intercept - value."""
+    if modality not in MEASURING_MODALITIES:
+        return array
+    first = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PhotometricInterpretation"])
+    if first.get("PhotometricInterpretation") != "MONOCHROME1":  # a series has one photometric interpretation
+        return array
+    headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]
+    measured = array.astype(np.float64)
+    for index, header in enumerate(headers):
+        slope, intercept = float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
+        measured[index] = (2 ** int(header.get("BitsStored", 16)) - 1) * slope + 2 * intercept - measured[index]
+    return measured.astype(array.dtype) if np.array_equal(measured, np.round(measured)) else measured.astype(np.float32)
+
+
 def read_modality(path: str | Path) -> Modality:
     """The Modality tag (0008,0060) when it is one medsam2 knows, else "unknown"."""
     dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])

@@ -204,7 +204,7 @@ def _read_dicom_file(path: Path) -> Volume:
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
         raise InputError(f"{path}: a DICOM file that cannot be read, damaged or cut short ({library_reason(error)})") from None
-    return _volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]})
+    return _measured(_volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]}))
 
 
 def _imageless_dicom_kind(path: Path) -> str | None:
@@ -239,7 +239,11 @@ def _read_dicom_folder(path: Path) -> Volume:
     if is_frame_folder(path):
         raise _video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
-    return _volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files})
+    return _measured(_volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files}))
+
+
+def _measured(volume: Volume) -> Volume:
+    return volume.with_array(dicom.measured_values(volume.array, volume.meta["dicom_files"], volume.modality))
 
 
 def dicom_headers(volume: Volume, purpose: str) -> list[pydicom.Dataset]:
