@@ -25,6 +25,8 @@ sitk = lazy_module("SimpleITK")
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: a DICOM file with no series
 SEGMENT_LABEL_LENGTH = 64  # characters: DICOM's LO value representation
+# How far (mm) slice positions may stray from the line along the slice normal (position text rounding).
+MAX_SIDEWAYS_MM = 0.1
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -102,7 +104,18 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
         return
     positions = np.array([[float(v) for v in reader.GetMetaData(k, position_tag).split("\\")] for k in range(count)])
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
-    gaps = np.abs(np.diff(positions @ normal))
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    # A gantry-tilted CT's slices are stacked obliquely to their planes: ITK's grid, square to
+    # them, would misplace the last slices by centimetres (the mask, not the SEG's per-slice positions).
+    if sideways.max() > MAX_SIDEWAYS_MM:
+        tilt = np.degrees(np.arctan2(sideways[-1], abs(along[-1])))
+        raise InputError(
+            f"{folder}: a gantry-tilted series (its slices stack {tilt:.1f} degrees off their normal); medsam2 needs slices "
+            "stacked square to their planes: correct the tilt first (e.g. dcm2niix does)"
+        )
+    gaps = np.abs(np.diff(along))
     # 10 %: rounding of the position text and scanner jitter are far smaller; a missing slice doubles a gap.
     if gaps.min() <= 0 or gaps.max() > 1.1 * gaps.min():
         raise InputError(
