@@ -645,6 +645,42 @@ def test_outputs_through_links_and_devices(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "run.log", "target.csv"]
 
 
+@pytest.mark.parametrize("layout", ["sform and qform apart", "sform only, pixdim 1", "negative pixdim"])
+def test_a_nifti_is_placed_where_nibabel_and_fsl_place_it(tmp_path: Path, ct_case: Volume, layout: str) -> None:
+    """The sform when set (else the qform), as nibabel, FSL and the mask writer (which copies the
+    header) read it: SimpleITK took the qform, dropped an sform whose scales differ from pixdim, and
+    flipped a negative pixdim's axis the other way. Masks in any format then read back in place."""
+    affine = np.diag([*ct_case.spacing, 1.0])
+    affine[:3, 3] = [-124.0, -150.0, -100.0]
+    image = nib.Nifti1Image(ct_case.array.T.astype(np.int16), None)
+    if layout == "sform and qform apart":  # as a registration leaves it
+        image.set_qform(affine, code="scanner")
+        moved = affine.copy()
+        moved[:3, 3] += [10.0, -20.0, 30.0]
+        image.set_sform(moved, code="aligned")
+        affine = moved
+    elif layout == "sform only, pixdim 1":
+        image.set_sform(affine, code="scanner")
+        image.header.set_zooms((1.0, 1.0, 1.0))
+        image.header["qform_code"] = 0
+    else:
+        affine[0, 0] = -affine[0, 0]
+        image.set_sform(affine, code="aligned")
+        image.header["pixdim"][1] = -ct_case.spacing[0]
+    path = tmp_path / "scan.nii.gz"
+    nib.save(image, path)
+    volume = load_image(path)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(volume.spacing, np.abs(np.diag(affine)[:3]), atol=1e-5)
+    np.testing.assert_allclose(volume.origin, lps @ affine[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(volume.direction_matrix, lps @ np.diag(np.sign(np.diag(affine)[:3])), atol=1e-6)
+    mask = (ct_case.meta["npz"]["gts"] > 0).astype(np.uint8)
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        back = load_image(save_mask(mask, volume, tmp_path / f"mask{suffix}"))
+        check_same_geometry(back, volume, suffix)
+        np.testing.assert_array_equal(back.array, mask)
+
+
 @pytest.mark.parametrize(
     ("image_suffix", "mask_suffix"), [(".nii.gz", ".nii.gz"), (".nii", ".nii.gz"), (".nii.gz", ".nii")]
 )

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import get_args
 
@@ -16,7 +15,7 @@ from pydicom.sr.codedict import codes
 
 from medsam2.errors import InputError, first_line
 from medsam2.io.lazy_import import lazy_module
-from medsam2.io.native_stderr import GDCM_JPEG_PROBES, OPENJPEG_COMPLAINTS, native_lines_dropped
+from medsam2.io.native_stderr import GDCM_JPEG_PROBES, OPENJPEG_COMPLAINTS, itk_warnings_off, native_lines_dropped
 from medsam2.io.volume import Modality
 
 # Loaded when first used: only reading or writing DICOM needs them.
@@ -48,7 +47,7 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         raise InputError(f"{folder}: no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)")
     # ITK's own warnings (no series found, uneven sampling) would print, in its format, beside the
     # one-line errors below that say the same.
-    with _itk_warnings_off(), native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
+    with itk_warnings_off(), native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
         if not series_ids:
             raise InputError(f"{folder}: no DICOM image series in this folder")
@@ -82,17 +81,6 @@ def _check_no_file_left_out(entries: list[Path], in_series: set[Path], reader: s
             raise InputError(f"{entry}: a damaged DICOM file in {folder.name}/ (its header ends early); restore or remove it")
         if uid and uid == series_uid:
             raise InputError(f"{entry}: a file of the series that cannot be read (damaged or cut short); restore or remove it")
-
-
-@contextlib.contextmanager
-def _itk_warnings_off() -> Iterator[None]:
-    """ITK's warning display (a process-wide switch) off for the block, then as it was."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:

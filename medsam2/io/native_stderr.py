@@ -39,3 +39,16 @@ def native_lines_dropped(always: re.Pattern[bytes] | None = None, on_failure: re
             dropped = [pattern for pattern in (always, on_failure if failed else None) if pattern is not None]
             lines = held.read().splitlines(keepends=True)
             os.write(2, b"".join(line for line in lines if not any(p.match(line.rstrip(b"\r\n")) for p in dropped)))
+
+
+@contextlib.contextmanager
+def itk_warnings_off() -> Iterator[None]:
+    """ITK's warning display (a process-wide switch) off for the block, then as it was."""
+    import SimpleITK as sitk  # only where SimpleITK reads (this module is for any C library)
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)

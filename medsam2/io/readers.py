@@ -10,7 +10,7 @@ What each reader leaves in ``Volume.meta`` (used by the writers to mirror the in
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import re
 import zipfile
 import zlib
@@ -29,7 +29,13 @@ from pydicom.errors import InvalidDicomError
 from medsam2.errors import InputError
 from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
-from medsam2.io.native_stderr import GDCM_JPEG_PROBES, METAIO_COMPLAINTS, OPENJPEG_COMPLAINTS, native_lines_dropped
+from medsam2.io.native_stderr import (
+    GDCM_JPEG_PROBES,
+    METAIO_COMPLAINTS,
+    OPENJPEG_COMPLAINTS,
+    itk_warnings_off,
+    native_lines_dropped,
+)
 from medsam2.io.paths import IMAGE_SUFFIXES, PICTURE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
 from medsam2.io.volume import Modality, Volume
 from medsam2.wording import counted
@@ -168,17 +174,58 @@ def _volume_from_sitk(
     )
 
 
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])  # NIfTI's world axes (RAS) to ITK's and DICOM's (LPS)
+
+
 def _read_sitk_file(path: Path) -> Volume:
     meta = {}
+    nifti = None
     if file_suffix(path) in (".nii", ".nii.gz"):
-        nifti = nib.load(path)
+        nifti = load_nifti(path)
         _check_nifti_voxels(nifti, path)
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
     metaimage = file_suffix(path) in (".mha", ".mhd")
-    with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else contextlib.nullcontext():
+    # ITK's warnings on NIfTI transforms it reads past: the placement is nibabel's (below)
+    with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else itk_warnings_off():
         image = sitk.ReadImage(str(path))
+    if nifti is not None and image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    placed = nifti is not None and (int(nifti.header["qform_code"]) > 0 or int(nifti.header["sform_code"]) > 0)
+    if placed and image.GetDimension() == 3:  # (a file with neither transform keeps ITK's plain grid)
+        _place_as_nibabel(image, nifti, path)
     return _volume_from_sitk(image, path, meta=meta)
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """`nib.load` without its notes on header quirks it reads past (a negative pixdim...), which it
+    logs process-wide: the logger's level is raised for the call, then set back."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return nib.load(path)
+    finally:
+        logger.setLevel(level)
+
+
+def _place_as_nibabel(image: sitk.Image, nifti: nib.Nifti1Image, path: Path) -> None:
+    """Give `image` the placement nibabel (and FSL, and the mask writer, which copies the header)
+    takes from the NIfTI: its sform when set, else its qform. SimpleITK may prefer the qform, drop
+    an sform whose scales differ from pixdim, or keep a negative pixdim's flip on the wrong axis.
+    An sform with shear (registration output) has no orthogonal grid: the qform places it, as in
+    SimpleITK (the mask still carries both)."""
+    for affine in (nifti.affine, nifti.get_qform() if int(nifti.header["qform_code"]) > 0 else None):
+        if affine is None:
+            return  # no orthogonal transform: SimpleITK's approximation stays
+        axes = LPS_FROM_RAS @ affine[:3, :3]  # columns: the voxel axes i, j, k in LPS millimetres
+        spacing = np.linalg.norm(axes, axis=0)
+        direction = axes / np.where(spacing > 0, spacing, 1.0)
+        if spacing.all() and np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+            image.SetSpacing(spacing.tolist())
+            image.SetOrigin((LPS_FROM_RAS @ affine[:3, 3]).tolist())
+            image.SetDirection(direction.flatten().tolist())
+            return
 
 
 def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:

@@ -47,6 +47,7 @@ from medsam2.io.readers import (
     is_frame_folder,
     is_picture_file,
     library_reason,
+    load_nifti,
     picture_size,
     read_picture,
 )
@@ -170,7 +171,7 @@ def is_video(path: str | Path) -> bool:
         return True
     try:
         if suffix in NIFTI_SUFFIXES:
-            return CAMUS_SEQUENCE.match(path.name) is not None or _is_nifti_2d_t(nib.load(path).shape)
+            return CAMUS_SEQUENCE.match(path.name) is not None or _is_nifti_2d_t(load_nifti(path).shape)
         if dicom.is_dicom_file(path):
             return _is_cine(pydicom.dcmread(path, stop_before_pixels=True))
     except _READ_ERRORS:
@@ -508,7 +509,7 @@ class _NiftiFrames:
 
 
 def _open_nifti(path: Path) -> Video:
-    image = nib.load(path)
+    image = load_nifti(path)
     shape = image.shape
     if not (len(shape) == 3 or _is_nifti_2d_t(shape)):
         raise InputError(f"{path}: shape {shape} is not a 2D+t sequence (expected (x, y, t) or (x, y, 1, t))")
