@@ -83,6 +83,11 @@ def test_npz_mask_keeps_the_npz_layout(tmp_path: Path, ct_case: Volume) -> None:
     np.testing.assert_array_equal(written["segs"], gts)
     for key in ("spacing", "origin", "direction"):
         np.testing.assert_array_equal(written[key], raw[key])
+    # An npz without geometry gets a mask without any: no 1 mm spacing or placement made up.
+    np.savez(tmp_path / "bare.npz", imgs=raw["imgs"])
+    bare = load_image(tmp_path / "bare.npz")
+    assert set(np.load(save_mask(gts, bare, tmp_path / "bare_segs.npz")).files) == {"segs"}
+    assert not load_mask(tmp_path / "bare_segs.npz").has_spacing
 
 
 def test_an_image_is_not_taken_for_a_label_map_but_many_touching_organs_are(tmp_path: Path, ct_case: Volume) -> None:

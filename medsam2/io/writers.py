@@ -147,12 +147,15 @@ def _mask_header(template: nib.Nifti1Header, dtype: np.dtype) -> nib.Nifti1Heade
 
 
 def _write_npz(labels: np.ndarray, like: Volume, target: Path) -> None:
+    """`segs`, and the geometry the image's file stated (an npz's own keys; none for a picture):
+    the mask claims no spacing or placement its image did not have."""
+    geometry = {"spacing": like.spacing, "origin": like.origin, "direction": like.direction}
+    if "npz" in like.meta:
+        geometry = {key: value for key, value in geometry.items() if key in like.meta["npz"]}
+    elif not like.has_spacing:
+        geometry = {}
     np.savez_compressed(
-        target,
-        segs=labels[0] if like.meta.get("is_2d") else labels,
-        spacing=np.asarray(like.spacing),
-        origin=np.asarray(like.origin),
-        direction=np.asarray(like.direction),
+        target, segs=labels[0] if like.meta.get("is_2d") else labels, **{key: np.asarray(value) for key, value in geometry.items()}
     )
 
 
