@@ -214,6 +214,25 @@ def test_a_monochrome1_ct_keeps_its_hounsfield_units(
     np.testing.assert_array_equal(load_image(inverted[5]).array, load_image(plain[5]).array)
 
 
+def test_a_disc_export_with_its_dicomdir_names_the_series_folder_to_give(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A CD/USB export: a DICOMDIR index beside PT*/ST*/SE* folders. The export's folder, or the
+    DICOMDIR, names a series folder to give (were 'no DICOM image series' / 'damaged or cut short')."""
+    from pydicom.fileset import FileSet
+
+    export = FileSet()
+    for file in write_dicom_series(ct_case, tmp_path / "series"):
+        export.add(str(file))
+    export.write(str(tmp_path / "disc"))
+    series = next(path.parent for path in (tmp_path / "disc").rglob("*") if path.is_file() and path.name != "DICOMDIR")
+    with pytest.raises(InputError, match=f"disc: its DICOM images are in sub-folders; give a series folder, e.g. {series}"):
+        load_image(tmp_path / "disc")
+    with pytest.raises(InputError, match="DICOMDIR: a DICOMDIR, the index of a disc's or drive's images; give a series folder"):
+        load_image(tmp_path / "disc" / "DICOMDIR")
+    np.testing.assert_array_equal(load_image(series).array, ct_case.array)
+
+
 def test_a_gantry_tilted_series_is_refused(tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]) -> None:
     """Slices stacked obliquely to their planes (a CT gantry tilted 15 degrees): ITK's grid, square to
     the planes, would place the last slice a centimetre off; refused in one line, not misplaced."""

@@ -33,6 +33,26 @@ def is_dicom_file(path: Path) -> bool:
     return path.is_file() and pydicom.misc.is_dicom(path)
 
 
+def is_dicomdir(path: Path) -> bool:
+    """A DICOMDIR: the index a CD, DVD or USB export keeps of its images, which lie in sub-folders
+    (the standard names the file DICOMDIR, which spares reading every other file)."""
+    if path.name.upper() != "DICOMDIR":
+        return False
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["DirectoryRecordSequence"]).file_meta
+    except Exception:  # noqa: BLE001 - not a readable DICOM file: not a DICOMDIR either
+        return False
+    return meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS
+
+
+def dicom_subfolder(folder: Path) -> Path | None:
+    """The first folder below `folder` (depth first, by name) that holds DICOM files, if any."""
+    for below in sorted(p for p in folder.rglob("*") if p.is_dir() and not p.name.startswith(".")):
+        if any(is_dicom_file(entry) and not is_dicomdir(entry) for entry in below.iterdir()):
+            return below
+    return None
+
+
 def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     """The series with the most files in `folder`, and its files in slice order.
 
@@ -43,7 +63,11 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
     if not entries:
         raise InputError(f"{folder}: the folder is empty (a scan's folder holds its DICOM files; a video's, its frames as pictures)")
-    if not any(is_dicom_file(entry) for entry in entries):
+    images = [entry for entry in entries if is_dicom_file(entry) and not is_dicomdir(entry)]
+    if not images:
+        below = dicom_subfolder(folder)
+        if below is not None:  # a DICOMDIR export, or a patient/study/series tree
+            raise InputError(f"{folder}: its DICOM images are in sub-folders; give a series folder, e.g. {below}")
         raise InputError(f"{folder}: no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)")
     # ITK's own warnings (no series found, uneven sampling) would print, in its format, beside the
     # one-line errors below that say the same.

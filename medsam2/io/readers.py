@@ -248,6 +248,9 @@ def _read_dicom_file(path: Path) -> Volume:
         with native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # GDCM turns down a file cut short as of no format it knows
+        if dicom.is_dicomdir(path):
+            below = dicom.dicom_subfolder(path.parent)
+            raise InputError(f"{path}: a DICOMDIR, the index of a disc's or drive's images; give a series folder{f', e.g. {below}' if below else ''}") from None
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
         raise InputError(f"{path}: a DICOM file that cannot be read, damaged or cut short ({library_reason(error)})") from None

@@ -20,7 +20,7 @@ from typing import Literal
 from medsam2.engine.prompt_sources import prompts_from_mask
 from medsam2.errors import InputError
 from medsam2.io import Volume, load_image
-from medsam2.io.dicom import is_dicom_file
+from medsam2.io.dicom import is_dicom_file, is_dicomdir
 from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem
 from medsam2.io.readers import file_suffix
 from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
@@ -104,7 +104,7 @@ def _is_saved_mask(path: Path) -> bool:
 
 def _is_case_file(path: Path) -> bool:
     """A scan or video file by its suffix (or, for DICOM files of any name, by its preamble)."""
-    known = image_suffix(path) is not None or file_suffix(path) in VIDEO_SUFFIXES or is_dicom_file(path)
+    known = image_suffix(path) is not None or file_suffix(path) in VIDEO_SUFFIXES or (is_dicom_file(path) and not is_dicomdir(path))
     return known and not path.name.startswith(".") and not _is_saved_mask(path)
 
 
