@@ -233,6 +233,26 @@ def test_a_disc_export_with_its_dicomdir_names_the_series_folder_to_give(
     np.testing.assert_array_equal(load_image(series).array, ct_case.array)
 
 
+def test_two_equal_series_or_two_echoes_in_one_folder_are_named_not_guessed_between(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """Two reconstructions of a scan (as many images each) are refused naming both, not picked by
+    UID order; a dual-echo series is named as such (was 'slices are missing, damaged or repeated')."""
+    write_dicom_series(ct_case, tmp_path / "tie")
+    write_dicom_series(ct_case, tmp_path / "tie", seed=1)
+    with pytest.raises(InputError, match=r"tie: 2 series of 13 images each \(series 1 \(CT\); series 1 \(CT\)\); put the one"):
+        load_image(tmp_path / "tie")
+    first, second = write_dicom_series(ct_case, tmp_path / "echoes"), write_dicom_series(ct_case, tmp_path / "echoes", seed=1)
+    series = pydicom.dcmread(first[0]).SeriesInstanceUID
+    for echo, files in ((1, first), (2, second)):
+        for file in files:
+            dataset = pydicom.dcmread(file)
+            dataset.SeriesInstanceUID, dataset.EchoNumbers = series, echo
+            dataset.save_as(file)
+    with pytest.raises(InputError, match=r"echoes: the series holds 2 echoes \(1, 2\) over the same positions; put one echo's files"):
+        load_image(tmp_path / "echoes")
+
+
 def test_a_gantry_tilted_series_is_refused(tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]) -> None:
     """Slices stacked obliquely to their planes (a CT gantry tilted 15 degrees): ITK's grid, square to
     the planes, would place the last slice a centimetre off; refused in one line, not misplaced."""

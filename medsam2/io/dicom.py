@@ -17,6 +17,7 @@ from medsam2.errors import InputError, first_line
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.native_stderr import GDCM_JPEG_PROBES, OPENJPEG_COMPLAINTS, itk_warnings_off, native_lines_dropped
 from medsam2.io.volume import Modality
+from medsam2.wording import counted
 
 # Loaded when first used: only reading or writing DICOM needs them.
 hd = lazy_module("highdicom")
@@ -26,6 +27,12 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: a DICOM 
 SEGMENT_LABEL_LENGTH = 64  # characters: DICOM's LO value representation
 # How far (mm) slice positions may stray from the line along the slice normal (position text rounding).
 MAX_SIDEWAYS_MM = 0.1
+# Tags whose values tell images at the same positions in one series apart: (what one is, several).
+STACKED_IN_ONE_SERIES = {
+    "0018|0086": ("echo", "echoes"),
+    "0020|0100": ("temporal position", "temporal positions"),
+    "0020|0012": ("acquisition", "acquisitions"),
+}
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -77,6 +84,13 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
             raise InputError(f"{folder}: no DICOM image series in this folder")
         all_series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id) for series_id in series_ids]
         files = max(all_series, key=len)
+        tied = [series for series in all_series if len(series) == len(files)]
+        if len(tied) > 1:  # two reconstructions of one scan, say: which one is not for medsam2 to guess
+            named = "; ".join(_series_in_words(series[0]) for series in tied)
+            raise InputError(
+                f"{folder}: {len(tied)} series of {counted(len(files), 'image')} each ({named}); "
+                "put the one to segment in a folder of its own"
+            )
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
@@ -130,10 +144,24 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
     gaps = np.abs(np.diff(along))
     # 10 %: rounding of the position text and scanner jitter are far smaller; a missing slice doubles a gap.
     if gaps.min() <= 0 or gaps.max() > 1.1 * gaps.min():
+        for tag, (one, several) in STACKED_IN_ONE_SERIES.items():  # several echoes or phases at each position
+            values = sorted({reader.GetMetaData(k, tag).strip() for k in range(count) if reader.HasMetaDataKey(k, tag)})
+            if len(values) > 1:
+                raise InputError(
+                    f"{folder}: the series holds {len(values)} {several} ({', '.join(values)}) over the same positions; "
+                    f"put one {one}'s files in a folder of their own"
+                )
         raise InputError(
             f"{folder}: slice gaps range from {gaps.min():.3g} to {gaps.max():.3g} mm across the {count} readable "
             "files of the series; slices are missing, damaged or repeated (evenly spaced slices are needed)"
         )
+
+
+def _series_in_words(file: str) -> str:
+    """'series 3 "Bone 1.0" (CT)': how a viewer lists a series."""
+    header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesNumber", "SeriesDescription", "Modality"])
+    description = str(header.get("SeriesDescription", "")).strip()
+    return f"series {header.get('SeriesNumber', '?')}" + (f' "{description}"' if description else "") + f" ({header.get('Modality', '?')})"
 
 
 # Modalities whose rescaled values are measurements (HU, activity), not only grey levels to show.
