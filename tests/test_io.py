@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -20,12 +21,15 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+from typer.testing import CliRunner
 
+from medsam2.cli.main import app
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import label_names, load_mask
+from medsam2.io.volume import in_storage_order_of
 from medsam2.io.native_stderr import METAIO_COMPLAINTS, native_lines_dropped
 
 IN_PLANE_SPACING = {"000001": 0.314, "000002": 0.977, "000015": 0.938}
@@ -425,6 +429,24 @@ def test_palette_and_one_bit_pictures_are_label_maps_as_masks_and_shown_colours_
 
 
 # --- geometry check -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["RAS", "PIR", "SLP", "LPI"])
+def test_a_mask_stored_in_another_axis_order_is_rearranged_into_the_images(tmp_path: Path, ct_case: Volume, code: str) -> None:
+    """The same voxels stored in another order (SimpleITK's DICOMOrient, as a tool saving RAS does)
+    are put back in the image's order, voxel for voxel and placed the same; eval scores such a
+    pair (was 'origin differs')."""
+    mask = Volume((ct_case.meta["npz"]["gts"] > 0).astype(np.uint8), ct_case.spacing, ct_case.origin, ct_case.direction)
+    reordered = sitk.DICOMOrient(to_sitk(mask), code)
+    stored = Volume(sitk.GetArrayFromImage(reordered), reordered.GetSpacing(), reordered.GetOrigin(), reordered.GetDirection())
+    back = in_storage_order_of(stored, mask)
+    assert back is not None
+    assert_same_volume(back, mask, atol=1e-6)
+    sitk.WriteImage(reordered, str(tmp_path / "gt.nii.gz"))
+    save_mask(mask.array, ct_case, tmp_path / "pred.nii.gz")
+    scored = CliRunner().invoke(app, ["eval", str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "--json", str(tmp_path / "s.json")])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "s.json").read_text())["cases"][0]["dice"] == 1.0
 
 
 def test_check_same_geometry(ct_case: Volume) -> None:

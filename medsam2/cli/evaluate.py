@@ -17,6 +17,7 @@ from rich.table import Table
 from medsam2.cli.errors import reports_input_errors
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
+from medsam2.io.volume import in_storage_order_of
 from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
@@ -41,6 +42,8 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
     if image is not None:
         check_mask_fits(image, gt)
+    if not np.allclose(pred.direction, gt.direction, atol=1e-3):  # the same grid stored in another order, maybe
+        gt = in_storage_order_of(gt, pred) or gt
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
     return CaseScores(mask_file_stem(gt_path), scores, in_pixels=not gt.has_spacing)

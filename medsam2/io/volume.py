@@ -105,6 +105,34 @@ def check_same_geometry(a: Volume, b: Volume, what: str, tolerance: float = 1e-3
             raise InputError(f"{what}: {name} differs: {_geometry_text(a, name, ours)} vs {_geometry_text(b, name, theirs)}")
 
 
+def in_storage_order_of(volume: Volume, like: Volume) -> Volume | None:
+    """`volume` with its voxels rearranged (axes swapped, flipped) into the storage order of `like`,
+    where its axes are `like`'s in another order or sense (a mask saved as RAS for an LPS scan): the
+    same voxels in the same places. None where no such rearrangement lines the axes up."""
+    relation = volume.direction_matrix.T @ like.direction_matrix  # [b, a]: volume index axis b . like axis a
+    if not np.allclose(np.abs(relation), np.eye(3)[np.argmax(np.abs(relation), axis=0)].T, atol=1e-3):
+        return None
+    source = np.argmax(np.abs(relation), axis=0)  # like's index axis a (x, y, z) is volume's axis source[a]
+    if len(set(source.tolist())) != 3 or volume.array.ndim != 3:
+        return None
+    signs = np.sign(relation[source, np.arange(3)])
+    # array axes run (z, y, x): array axis k holds index axis 2 - k
+    array = np.transpose(volume.array, [2 - source[2 - k] for k in range(3)])
+    sizes = np.asarray(volume.shape[::-1])  # along index axes x, y, z
+    start = np.zeros(3)  # the volume's index that becomes the first voxel
+    for axis in range(3):
+        if signs[axis] < 0:
+            array = np.flip(array, axis=2 - axis)
+            start[source[axis]] = sizes[source[axis]] - 1
+    spacing = np.asarray(volume.spacing)
+    origin = np.asarray(volume.origin) + volume.direction_matrix @ (start * spacing)
+    direction = volume.direction_matrix[:, source] * signs
+    return replace(
+        volume, array=np.ascontiguousarray(array), spacing=tuple(spacing[source].tolist()),
+        origin=tuple(origin.tolist()), direction=tuple(direction.flatten().tolist()),
+    )
+
+
 def _geometry_text(volume: Volume, name: str, values: np.ndarray) -> object:
     # The 1 mm a file without spacing gets is not its spacing: saying so names the real difference.
     return "none in its file" if name == "spacing" and not volume.has_spacing else np.round(values, 4).tolist()
