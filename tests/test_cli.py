@@ -519,6 +519,11 @@ def test_a_dicom_seg_its_image_cannot_have_is_refused_before_the_model_runs(tmp_
     assert_one_line_error(
         result, "rtdose.dcm: cannot make a DICOM-SEG from this image (its files lack the DICOM attribute SharedFunctionalGroupsSequence (5200,9229))"
     )
+    # A two-frame secondary capture without plane positions: highdicom makes one frame for two marked
+    # ones, a SEG that reads back empty; refused too (was written, 'on 2 of 2 slices').
+    capture = packaged_file("pydicom", "pydicom/data/test_files/SC_rgb_rle_2frame.dcm", "pip install pydicom")
+    result = run("segment", capture, "-o", tmp_path / "seg.dcm", "--box", "0,10,10,40,40")
+    assert_one_line_error(result, "its 1 frame would not map onto the 2 marked frames of the image; write the mask in another format (.nii.gz)")
     assert not any(tmp_path.iterdir())
 
 

@@ -268,7 +268,7 @@ def build_segmentation(
         )
         for label in range(1, max(int(labels.max()), 1) + 1)
     ]
-    return hd.seg.Segmentation(
+    segmentation = hd.seg.Segmentation(
         source_images=_stating_slice_thickness(sources, slice_thickness),
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -282,6 +282,15 @@ def build_segmentation(
         software_versions=__version__,
         device_serial_number="none",
     )
+    # One frame per segment and source frame it marks: highdicom makes fewer for some multi-frame
+    # images (frames without plane positions), a SEG that reads back empty.
+    wanted = sum(int((labels == label).reshape(len(labels), -1).any(axis=1).sum()) for label in range(1, int(labels.max()) + 1))
+    if int(segmentation.NumberOfFrames) != wanted:
+        raise ValueError(
+            f"its {counted(int(segmentation.NumberOfFrames), 'frame')} would not map onto the {wanted} marked frames of the image; "
+            "write the mask in another format (.nii.gz)"
+        )
+    return segmentation
 
 
 def _stating_slice_thickness(sources: Sequence[Dataset], slice_thickness: float) -> Sequence[Dataset]:

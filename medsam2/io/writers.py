@@ -54,11 +54,12 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
 def check_mask_output(path: Path, like: Volume | None = None) -> None:
     """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
     Front ends call it before the segmentation, so that a wrong output name fails at once: a
-    DICOM-SEG is tried on `like`'s DICOM files with one marked voxel (not written)."""
+    DICOM-SEG is tried on `like`'s DICOM files with a voxel marked on the first and last slices
+    (not written)."""
     check_mask_name(path, like)
     if like is not None and file_suffix(path) == ".dcm":
         probe = np.zeros(like.shape, np.uint8)
-        probe.flat[0] = 1
+        probe[[0, -1], 0, 0] = 1
         _dicom_seg(probe, like)
 
 
