@@ -4,6 +4,7 @@ independence, confidence, bad inputs, and the command line on a real CT lesion c
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from medsam2.engine.one_prompt import (
     segment_one_prompt,
 )
 from medsam2.errors import InputError
+from medsam2.resources import packaged_file
 from medsam2.engine.api import prepare_slices
 from medsam2.io import Volume, load_image
 from medsam2.io.masks import load_mask, stored_array
@@ -199,8 +201,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "9-3"), "9-3 runs backwards; write it 3-9"),
-        # A target that cannot be read after another was segmented: no mask of the first is left.
+        # A target that cannot be read, listed after another: found before any is segmented.
         (("--reference", case, "--reference-mask", case, case, broken, "--slices", "6"), "broken.nii.gz: cannot read"),
+        # Options of the other model family would be ignored without a word.
+        (("--reference", case, "--reference-mask", case, case, "--bank-size", "4"), "--bank-size/--bank-threshold: for SAM 2.1 / MedSAM2 models"),
     ]:
         result = run(*args, "-o", out)
         assert result.exit_code == 2, result.output
@@ -256,7 +260,7 @@ def test_segment_memory_option_bad_values_are_one_line_errors(shared_data: Path,
         assert not out.exists()
 
 
-def test_targets_are_files_and_the_image_files_of_folders_each_with_its_own_mask_file(tmp_path: Path):
+def test_targets_are_files_and_the_image_files_of_folders_each_with_its_own_mask_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("b.png", "a.jpg", "notes.txt"):
@@ -269,3 +273,12 @@ def test_targets_are_files_and_the_image_files_of_folders_each_with_its_own_mask
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(InputError, match="its mask would overwrite that of"):
         target_files([folder, tmp_path / "a.png"], out)
+    # A DICOM file among the pictures would be left out without a word: refused.
+    shutil.copy(packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom"), folder / "ct_slice")
+    with pytest.raises(InputError, match="photos: holds both image files and DICOM files; give its DICOM series as a target of its own"):
+        target_files([folder], out)
+    # A series given as "." is named after its folder (was a hidden ".dcm").
+    series = tmp_path / "series_7"
+    series.mkdir()
+    monkeypatch.chdir(series)
+    assert target_files([Path(".")], out)[0].output.name == "series_7.dcm"

@@ -17,7 +17,7 @@ from medsam2.distributed.manifest import AUTO_FORMAT
 from medsam2.distributed.worker import mask_suffix
 from medsam2.engine.api import prepare_slices
 from medsam2.engine.memory_policy import ConfidenceBankConfig
-from medsam2.engine.models import DEFAULT_MODEL
+from medsam2.engine.models import DEFAULT_MODEL, memory_banks
 from medsam2.engine.one_prompt import (
     OnePromptConfig,
     OnePromptSegmenter,
@@ -27,10 +27,12 @@ from medsam2.engine.prompt_sources import as_index, parse_numbers, prompts_from_
 from medsam2.engine.prompts import Prompt
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
+from medsam2.io.dicom import is_dicom_file
+from medsam2.io.writers import check_mask_output
 from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
-from medsam2.io.volume import SliceAxis, from_slices
+from medsam2.io.volume import SliceAxis, from_slices, slicing_axis_index, to_slices
 from medsam2.preprocess import parse_window
 from medsam2.wording import counted
 
@@ -51,14 +53,14 @@ def target_files(paths: list[Path], out_dir: Path) -> list[TargetFile]:
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        inside = list_image_files(path) if path.is_dir() else []
-        if any(image_suffix(file) != ".dcm" for file in inside):
-            found += [file for file in inside if image_suffix(file) != ".dcm"]
-        else:
-            found.append(path)
+        inside = [file for file in list_image_files(path) if image_suffix(file) != ".dcm"] if path.is_dir() else []
+        if inside and any(is_dicom_file(entry) for entry in path.iterdir()):
+            raise InputError(f"{path}: holds both image files and DICOM files; give its DICOM series as a target of its own (in a folder of its own)")
+        found += inside or [path]
     files, taken = [], {}
     for path in found:
-        output = out_dir / (mask_file_stem(path) + mask_suffix(AUTO_FORMAT, path))
+        named = path.resolve() if path.is_dir() else path  # a series given as "." is named after its folder
+        output = out_dir / (mask_file_stem(named) + mask_suffix(AUTO_FORMAT, path))
         if output in taken:
             raise InputError(f"{path}: its mask would overwrite that of {taken[output]} ({output}); rename one of them")
         taken[output] = path
@@ -107,8 +109,36 @@ def reference_prompt(
     return slices, prompts[label if label is not None else next(iter(prompts))]
 
 
+def check_family_options(ctx: typer.Context, model: str) -> None:
+    """Refuse options given for the other model family, which it would silently ignore."""
+    # typer's own click names where each value came from (COMMANDLINE, DEFAULT...)
+    given = {name for name in ("refine", "bank_size", "bank_threshold") if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    memory_model = bool(memory_banks(model))  # builds no model
+    if memory_model and "refine" in given:
+        raise InputError("--refine/--no-refine: for LiteMedSAM; a SAM 2.1 / MedSAM2 model decodes each mask once, from its memory")
+    if not memory_model and given & {"bank_size", "bank_threshold"}:
+        raise InputError("--bank-size/--bank-threshold: for SAM 2.1 / MedSAM2 models; LiteMedSAM keeps no memory bank")
+
+
+def check_targets(files: list[TargetFile], slices: str | None, axis: str) -> None:
+    """What would stop the run at a later target, found before any is segmented: an unreadable
+    image, --slices outside a 3D target, a mask its format cannot hold (a DICOM-SEG the image cannot
+    have). Each target is read here and again when its turn comes, rather than all held at once."""
+    three_d = 0
+    for target in files:
+        volume = load_image(target.path)
+        check_mask_output(target.output, volume)
+        depth = to_slices(np.empty(volume.shape, np.uint8), slicing_axis_index(volume, axis)).shape[0]  # type: ignore[arg-type]
+        if slices and depth > 1:
+            parse_slices(slices, depth, target.path)
+            three_d += 1
+    if slices and not three_d:
+        typer.echo(f"warning: --slices {slices}: no target is 3D, so every target is segmented whole", err=True)
+
+
 @reports_input_errors
 def one_prompt(
+    ctx: typer.Context,
     targets: list[Path] = typer.Argument(..., metavar="TARGETS", help="Images to segment: files, folders of image files, or DICOM series folders. Every slice of a 3D image is a target of its own."),
     reference: Path = typer.Option(..., "--reference", help="The annotated example image (any format `medsam2 info` reads)."),
     reference_mask: Path | None = typer.Option(None, "--reference-mask", help="Mask of the structure on the reference, in its geometry; the slice where it is largest is used. An npz's gts array works."),
@@ -146,11 +176,13 @@ def one_prompt(
     )
     if image_suffix(output) is not None:
         raise InputError(f"-o {output}: the output is a folder (one mask per target in it), not an image file")
+    check_family_options(ctx, model)
     ref_slices, prompt = reference_prompt(reference, reference_mask, reference_box, label, axis, window)  # type: ignore[arg-type]
     files = target_files(targets, output)
     check_output_paths(
         [reference, reference_mask, *(target.path for target in files)], [*(target.output for target in files), output / CSV_NAME]
     )
+    check_targets(files, slices, axis)
     predictor = loaded_predictor(model, device=device)
     ref_image = ref_slices[prompt.slice_index]
     ref_mask = prompt.mask if prompt.mask is not None else reference_mask_from_box(ref_image, prompt.box, predictor)
