@@ -189,12 +189,9 @@ def _read_sitk_file(path: Path) -> Volume:
     # ITK's warnings on NIfTI transforms it reads past: the placement is nibabel's (below)
     with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else itk_warnings_off():
         image = sitk.ReadImage(str(path))
-    if nifti is not None and image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-    placed = nifti is not None and (int(nifti.header["qform_code"]) > 0 or int(nifti.header["sform_code"]) > 0)
-    if placed and image.GetDimension() == 3:  # (a file with neither transform keeps ITK's plain grid)
-        _place_as_nibabel(image, nifti, path)
-    return _volume_from_sitk(image, path, meta=meta)
+    volume = _volume_from_sitk(image, path, meta=meta)
+    placement = _nibabel_placement(nifti) if nifti is not None and not volume.meta["is_2d"] else None
+    return volume if placement is None else replace(volume, **placement)
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
@@ -209,23 +206,26 @@ def load_nifti(path: Path) -> nib.Nifti1Image:
         logger.setLevel(level)
 
 
-def _place_as_nibabel(image: sitk.Image, nifti: nib.Nifti1Image, path: Path) -> None:
-    """Give `image` the placement nibabel (and FSL, and the mask writer, which copies the header)
-    takes from the NIfTI: its sform when set, else its qform. SimpleITK may prefer the qform, drop
-    an sform whose scales differ from pixdim, or keep a negative pixdim's flip on the wrong axis.
-    An sform with shear (registration output) has no orthogonal grid: the qform places it, as in
-    SimpleITK (the mask still carries both)."""
-    for affine in (nifti.affine, nifti.get_qform() if int(nifti.header["qform_code"]) > 0 else None):
+def _nibabel_placement(nifti: nib.Nifti1Image) -> dict[str, tuple[float, ...]] | None:
+    """The spacing, origin and direction nibabel (and FSL, and the mask writer, which copies the
+    header) takes from a NIfTI: its sform when set, else its qform. SimpleITK may prefer the qform,
+    drop an sform whose scales differ from pixdim, or keep a negative pixdim's flip on the wrong
+    axis. An sform with shear (registration output) has no orthogonal grid: the qform places it, as
+    in SimpleITK (the mask still carries both). None where SimpleITK's grid stays: a file with
+    neither transform, or none orthogonal."""
+    header = nifti.header
+    if int(header["qform_code"]) <= 0 and int(header["sform_code"]) <= 0:
+        return None
+    for affine in (nifti.affine, nifti.get_qform() if int(header["qform_code"]) > 0 else None):
         if affine is None:
-            return  # no orthogonal transform: SimpleITK's approximation stays
+            return None
         axes = LPS_FROM_RAS @ affine[:3, :3]  # columns: the voxel axes i, j, k in LPS millimetres
         spacing = np.linalg.norm(axes, axis=0)
         direction = axes / np.where(spacing > 0, spacing, 1.0)
         if spacing.all() and np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-            image.SetSpacing(spacing.tolist())
-            image.SetOrigin((LPS_FROM_RAS @ affine[:3, 3]).tolist())
-            image.SetDirection(direction.flatten().tolist())
-            return
+            origin = LPS_FROM_RAS @ affine[:3, 3]
+            return {"spacing": tuple(spacing.tolist()), "origin": tuple(origin.tolist()), "direction": tuple(direction.flatten().tolist())}
+    return None
 
 
 def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
