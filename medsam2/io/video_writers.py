@@ -37,8 +37,9 @@ OVERLAY_CODEC, OVERLAY_FALLBACK_CODEC = "libx264", "mpeg4"
 # Overlay frames are enlarged by a whole factor to at least this many rows: contours are then drawn
 # 2 pixels wide (`overlay_slice`), which keeps their colour through 4:2:0 chroma, and names are legible.
 OVERLAY_MIN_ROWS = 512
-# Ticks per second of the overlay's timestamps where the input times its frames (MPEG's 90 kHz clock).
-OVERLAY_TIME_SCALE = 90_000
+# Ticks per second of the overlay's timestamps where the input times its frames: a multiple of the
+# usual frame rates (24, 25, 30, 50, 60) within MPEG-4 Part 2's limit (65535) for the fallback codec.
+OVERLAY_TIME_SCALE = 60_000
 
 LabelWriter = Callable[[np.ndarray], None]  # takes the next (n, H, W) chunk of label maps
 OverlayWriter = Callable[[int, np.ndarray, np.ndarray], None]  # first frame index, frames, label maps
