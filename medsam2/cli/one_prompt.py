@@ -27,12 +27,12 @@ from medsam2.engine.prompt_sources import as_index, parse_numbers, prompts_from_
 from medsam2.engine.prompts import Prompt
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
-from medsam2.io.dicom import is_dicom_file
-from medsam2.io.writers import check_mask_output
 from medsam2.io.atomic import check_output_paths, outputs_together
+from medsam2.io.dicom import is_dicom_file
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.volume import SliceAxis, from_slices, slicing_axis_index, to_slices
+from medsam2.io.writers import check_mask_output
 from medsam2.preprocess import parse_window
 from medsam2.wording import counted
 
