@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
 from medsam2.engine.registry import pinned_spec
 from medsam2.errors import InputError
+from medsam2.resources import packaged_file
 
 runner = CliRunner()
 
@@ -114,6 +116,11 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
     assert mask_suffix("auto", Path("x/case.npz")) == ".npz"
     assert mask_suffix("auto", Path("x/photo.jpg")) == ".png"
     assert mask_suffix("auto", tmp_path) == ".dcm"  # a DICOM series folder gets a DICOM-SEG
+    # so does a DICOM file named without a suffix (by its UID, say), and its case id keeps its dots
+    unnamed = tmp_path / "1.2.840.113619.7"
+    shutil.copy(packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom"), unnamed)
+    assert mask_suffix("auto", unnamed) == ".dcm"
+    assert [case.case_id for case in read_manifest(write(tmp_path / "u.csv", f"image\n{unnamed}\n"))] == ["1.2.840.113619.7"]
     assert mask_suffix("nrrd", Path("x/case.npz")) == ".nrrd"
 
 

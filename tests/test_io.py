@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from medsam2.cli.main import app
 from medsam2.errors import InputError
+from medsam2.resources import packaged_file
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
 from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
@@ -246,6 +247,13 @@ def test_two_equal_series_or_two_echoes_in_one_folder_are_named_not_guessed_betw
     write_dicom_series(ct_case, tmp_path / "tie", seed=1)
     with pytest.raises(InputError, match=r"tie: 2 series of 13 images each \(series 1 \(CT\); series 1 \(CT\)\); put the one"):
         load_image(tmp_path / "tie")
+    # Separate images (a radiograph per file) are not a scan: one file is to be given.
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(packaged_file("pydicom", f"pydicom/data/test_files/{name}", "pip install pydicom"), stills / name)
+    with pytest.raises(InputError, match=f"stills: 2 separate DICOM images, each a series of its own; give one file, e.g. {stills}/"):
+        load_image(stills)
     first, second = write_dicom_series(ct_case, tmp_path / "echoes"), write_dicom_series(ct_case, tmp_path / "echoes", seed=1)
     series = pydicom.dcmread(first[0]).SeriesInstanceUID
     for echo, files in ((1, first), (2, second)):

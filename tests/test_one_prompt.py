@@ -277,8 +277,17 @@ def test_targets_are_files_and_the_image_files_of_folders_each_with_its_own_mask
     shutil.copy(packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom"), folder / "ct_slice")
     with pytest.raises(InputError, match="photos: holds both image files and DICOM files; give its DICOM series as a target of its own"):
         target_files([folder], out)
-    # A series given as "." is named after its folder (was a hidden ".dcm").
-    series = tmp_path / "series_7"
+    # DICOM files that are each a series of their own are each a target, with a DICOM-SEG named in
+    # full after it (UID file names have dots); copies of one series are that series.
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for name, copy in (("CT_small.dcm", "1.2.840.1"), ("MR_small.dcm", "1.2.840.2")):
+        shutil.copy(packaged_file("pydicom", f"pydicom/data/test_files/{name}", "pip install pydicom"), stills / copy)
+    assert [(t.path.name, t.output.name) for t in target_files([stills], out)] == [("1.2.840.1", "1.2.840.1.dcm"), ("1.2.840.2", "1.2.840.2.dcm")]
+    shutil.copy(stills / "1.2.840.1", stills / "1.2.840.3")
+    assert [(t.path, t.output.name) for t in target_files([stills], out)] == [(stills, "stills.dcm")]
+    # A series given as "." is named after its folder (was a hidden ".dcm"), dots and all.
+    series = tmp_path / "series.7"
     series.mkdir()
     monkeypatch.chdir(series)
-    assert target_files([Path(".")], out)[0].output.name == "series_7.dcm"
+    assert target_files([Path(".")], out)[0].output.name == "series.7.dcm"

@@ -28,7 +28,7 @@ from medsam2.engine.prompts import Prompt
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.atomic import check_output_paths, outputs_together
-from medsam2.io.dicom import is_dicom_file
+from medsam2.io.dicom import is_dicom_file, separate_images
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.volume import SliceAxis, from_slices, slicing_axis_index, to_slices
@@ -47,8 +47,9 @@ class TargetFile:
 
 
 def target_files(paths: list[Path], out_dir: Path) -> list[TargetFile]:
-    """Every target image with the mask file it gets. A folder holding images other than DICOM is
-    a folder of targets (each image file in it); any other folder is read as one DICOM series."""
+    """Every target image with the mask file it gets. A folder of images other than DICOM, or of
+    DICOM files that are each a series of their own, is a folder of targets (each file in it); any
+    other folder is read as one DICOM series."""
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -56,7 +57,7 @@ def target_files(paths: list[Path], out_dir: Path) -> list[TargetFile]:
         inside = [file for file in list_image_files(path) if image_suffix(file) != ".dcm"] if path.is_dir() else []
         if inside and any(is_dicom_file(entry) for entry in path.iterdir()):
             raise InputError(f"{path}: holds both image files and DICOM files; give its DICOM series as a target of its own (in a folder of its own)")
-        found += inside or [path]
+        found += inside or (separate_images(path) if path.is_dir() else []) or [path]
     files, taken = [], {}
     for path in found:
         named = path.resolve() if path.is_dir() else path  # a series given as "." is named after its folder
@@ -139,7 +140,7 @@ def check_targets(files: list[TargetFile], slices: str | None, axis: str) -> Non
 @reports_input_errors
 def one_prompt(
     ctx: typer.Context,
-    targets: list[Path] = typer.Argument(..., metavar="TARGETS", help="Images to segment: files, folders of image files, or DICOM series folders. Every slice of a 3D image is a target of its own."),
+    targets: list[Path] = typer.Argument(..., metavar="TARGETS", help="Images to segment: files, folders of image files (separate DICOM images too), or DICOM series folders. Every slice of a 3D image is a target of its own."),
     reference: Path = typer.Option(..., "--reference", help="The annotated example image (any format `medsam2 info` reads)."),
     reference_mask: Path | None = typer.Option(None, "--reference-mask", help="Mask of the structure on the reference, in its geometry; the slice where it is largest is used. An npz's gts array works."),
     reference_box: str | None = typer.Option(None, "--reference-box", help="Box Z,X1,Y1,X2,Y2 around the structure on reference slice Z, instead of a mask (the model segments inside it first)."),

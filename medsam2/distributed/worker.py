@@ -23,6 +23,7 @@ from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError, first_line
 from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.atomic import check_output_paths
+from medsam2.io.dicom import is_dicom_file
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
 from medsam2.io.readers import PICTURE_SUFFIXES
@@ -85,7 +86,7 @@ def mask_suffix(output_format: str, image: Path) -> str:
     if output_format != AUTO_FORMAT:
         return f".{output_format}"
     suffix = image_suffix(image)
-    if image.is_dir() or suffix == ".dcm":
+    if image.is_dir() or suffix == ".dcm" or (suffix is None and is_dicom_file(image)):
         return ".dcm"
     if suffix in PICTURE_SUFFIXES:
         return ".png"

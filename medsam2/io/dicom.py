@@ -60,6 +60,25 @@ def dicom_subfolder(folder: Path) -> Path | None:
     return None
 
 
+def separate_images(folder: Path) -> list[Path]:
+    """The DICOM files in `folder` when there are several and each is a series of its own (a
+    radiograph, ultrasound still or screenshot per file: images that share no geometry), sorted by
+    name; otherwise none (a series to read as one volume, or no DICOM at all)."""
+    files = sorted(e for e in folder.iterdir() if not e.name.startswith(".") and is_dicom_file(e) and not is_dicomdir(e))
+    if len(files) < 2:
+        return []
+    series = set()
+    for file in files:
+        try:
+            uid = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID")
+        except Exception:  # noqa: BLE001 - a damaged file: reading the folder as a series says which
+            return []
+        if uid is None or uid in series:
+            return []
+        series.add(uid)
+    return files
+
+
 def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     """The series with the most files in `folder`, and its files in slice order.
 
@@ -86,6 +105,8 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         files = max(all_series, key=len)
         tied = [series for series in all_series if len(series) == len(files)]
         if len(tied) > 1:  # two reconstructions of one scan, say: which one is not for medsam2 to guess
+            if len(files) == 1:  # not a scan: separate images, each a series of its own
+                raise InputError(f"{folder}: {len(tied)} separate DICOM images, each a series of its own; give one file, e.g. {tied[0][0]}")
             named = "; ".join(_series_in_words(series[0]) for series in tied)
             raise InputError(
                 f"{folder}: {len(tied)} series of {counted(len(files), 'image')} each ({named}); "

@@ -20,9 +20,10 @@ def image_suffix(path: Path) -> str | None:
 
 
 def mask_file_stem(path: Path) -> str:
-    """The file name without its image suffix: "case_01.nii.gz" -> "case_01"."""
+    """The file name without its image suffix: "case_01.nii.gz" -> "case_01". A name with none (a
+    series folder, a DICOM file named by its UID) is kept whole: its dots are not a suffix's."""
     suffix = image_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.stem
+    return path.name[: -len(suffix)] if suffix else path.name
 
 
 def list_image_files(folder: Path) -> list[Path]:
