@@ -251,6 +251,15 @@ def test_cine_dicom_pixel_spacing_and_cine_rate(tmp_path: Path) -> None:
         assert timed.time_of(5) == pytest.approx(0.1) and timed.time_of(11) == pytest.approx(0.34)
 
 
+def test_cine_dicom_cut_short_is_refused_at_open(tmp_path: Path) -> None:
+    """A broken-off copy was found only when propagation reached its last frames (after the model loaded)."""
+    whole = write_cine_dicom(tmp_path / "echo.dcm", moving_square_clip(colour=False)).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[: len(whole) - 3000])
+    with pytest.raises(InputError, match=r"cut.dcm: frame 12 of 12 cannot be read, the file is cut short or damaged \("):
+        load_video(cut)
+
+
 def test_nifti_2d_t_round_trip(tmp_path: Path) -> None:
     clip = moving_square_clip(colour=False)
     data = clip.transpose(2, 1, 0)[:, :, None, :]  # (t, y, x) -> (x, y, 1, t)

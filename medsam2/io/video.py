@@ -443,7 +443,7 @@ def _open_dicom(path: Path) -> Video:
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     color = int(dataset.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR"
     modality = str(dataset.get("Modality", "")).upper()
-    return Video(
+    video = Video(
         frames=_DicomFrames(path, photometric, int(dataset.get("BitsStored", 8))),
         num_frames=count,
         frame_shape=(int(dataset.Rows), int(dataset.Columns)),
@@ -454,6 +454,13 @@ def _open_dicom(path: Path) -> Video:
         modality=modality if modality in ("US", "XA", "ES", "OT") else "unknown",  # type: ignore[arg-type]
         source=path,
     )
+    # A file cut short (a copy or transfer broken off) is found at open, before any model loads,
+    # not when propagation reaches its end: its last frame is decoded now.
+    try:
+        video.frames.read(count - 1, count)
+    except _READ_ERRORS as error:
+        raise InputError(f"{path}: frame {count} of {count} cannot be read, the file is cut short or damaged ({library_reason(error)})") from None
+    return video
 
 
 def _dicom_frame_rate(dataset: pydicom.Dataset) -> float | None:
