@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from medsam2.cli.main import app
 from medsam2.distributed import BatchSettings, read_manifest
-from medsam2.distributed.results import ResultsStore, fingerprint
+from medsam2.distributed.results import ResultsStore, fingerprints
 from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
 from medsam2.distributed import worker
 from medsam2.distributed.worker import CaseRunner, mask_suffix
@@ -72,12 +72,12 @@ def test_csv_and_jsonl_manifests_describe_the_same_cases(tmp_path: Path) -> None
     assert from_csv[1].model == "lite-medsam" and from_csv[1].gt is None
     settings = BatchSettings(out_dir=tmp_path / "out")
     # Same content, different files and lines: the same fingerprints, so either resumes the other.
-    assert [fingerprint(c, settings) for c in from_csv] == [fingerprint(c, settings) for c in from_jsonl]
-    assert fingerprint(first, settings) != fingerprint(first, BatchSettings(out_dir=tmp_path, keep_largest=True))
+    assert fingerprints(from_csv, settings) == fingerprints(from_jsonl, settings)
+    assert fingerprints([first], settings) != fingerprints([first], BatchSettings(out_dir=tmp_path, keep_largest=True))
     # Editing the prompts file the row names counts as editing the row.
-    before = fingerprint(first, settings)
+    before = fingerprints([first], settings)
     write(tmp_path / "lists" / "a.json", '{"objects": []}')
-    assert fingerprint(first, settings) != before
+    assert fingerprints([first], settings) != before
 
 
 def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_the_fingerprint(
@@ -98,14 +98,14 @@ def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_t
     assert [case.model for case in cases] == [str(weights.resolve()), f"medsam2={weights.resolve()}", "medsam2"]
     monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(weights))
     settings = BatchSettings(out_dir=tmp_path / "out")
-    first = [fingerprint(case, settings) for case in cases]
+    first = fingerprints(cases, settings)
     assert pinned_spec("medsam2") == f"medsam2={weights.resolve()}" and pinned_spec(cases[0].model) == cases[0].model
 
     monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(write(tmp_path / "models" / "other.pt", "other weights")))
-    second = [fingerprint(case, settings) for case in cases]
+    second = fingerprints(cases, settings)
     assert [a == b for a, b in zip(first, second)] == [True, True, False]
     write(weights, "weights, second version, retrained")
-    third = [fingerprint(case, settings) for case in cases]
+    third = fingerprints(cases, settings)
     assert [a == b for a, b in zip(second, third)] == [False, False, True]
 
 

@@ -23,7 +23,7 @@ from test_video_io import write_container
 from test_web_e2e import IDLE, browser, serving, session_info, start_page  # noqa: F401 (browser: a fixture)
 
 from medsam2.distributed import BatchSettings, read_manifest
-from medsam2.distributed.results import fingerprint
+from medsam2.distributed.results import fingerprints
 from medsam2.distributed.worker import CaseRunner
 from medsam2.engine.models import memory_banks
 from medsam2.engine.prompts import box_from_mask
@@ -120,7 +120,7 @@ def test_batch_takes_the_bank_from_the_manifest_or_the_command(
     assert (sam2.memory, lite.memory, default.memory) == ("confidence", "confidence", None)
     settings = BatchSettings(out_dir=tmp_path / "out", model=model)
     # The bank shapes the masks: a row's result is recorded under it.
-    assert fingerprint(default, settings) != fingerprint(default, BatchSettings(out_dir=tmp_path / "out", model=model, memory="confidence"))
+    assert fingerprints([default], settings) != fingerprints([default], BatchSettings(out_dir=tmp_path / "out", model=model, memory="confidence"))
 
     runner = CaseRunner(settings)
     done = runner.run(sam2)

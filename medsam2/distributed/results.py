@@ -35,21 +35,26 @@ LOCK = ".batch.lock"
 TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image", "model", "worker", "error")
 
 
-def fingerprint(case: Case, settings: BatchSettings) -> str:
-    """A digest of everything the case's result depends on: its row (line number aside) and its
+def fingerprints(cases: list[Case], settings: BatchSettings) -> list[str]:
+    """A digest per case of everything its result depends on: its row (line number aside) and its
     prompts file's content, its effective model (the checkpoint file a preset names now, its size and
-    modification time), memory bank and format, and the batch settings that shape masks
-    and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
-    prompts_file = case.prompts.prompts_file
-    described = {
-        "case": {key: value for key, value in asdict(case).items() if key != "line"},
-        "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
-        "model": checkpoint_identity(case.model or settings.model),
-        "memory": case.memory or settings.memory,
-        "format": case.output_format or settings.output_format,
-        "settings": settings.result_defining(),
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    modification time: looked up once per model), memory bank and format, and the batch settings
+    that shape masks and scores. (Not the images' content: reading every scan to check for edits
+    would cost a run.)"""
+    models = {spec: checkpoint_identity(spec) for spec in {case.model or settings.model for case in cases}}
+    digests = []
+    for case in cases:
+        prompts_file = case.prompts.prompts_file
+        described = {
+            "case": {key: value for key, value in asdict(case).items() if key != "line"},
+            "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
+            "model": models[case.model or settings.model],
+            "memory": case.memory or settings.memory,
+            "format": case.output_format or settings.output_format,
+            "settings": settings.result_defining(),
+        }
+        digests.append(hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16])
+    return digests
 
 
 def _file_digest(path: Path) -> str | None:

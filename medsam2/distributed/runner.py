@@ -22,7 +22,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from medsam2.distributed.manifest import Case
-from medsam2.distributed.results import ResultsStore, fingerprint
+from medsam2.distributed.results import ResultsStore, fingerprints
 from medsam2.distributed.worker import BatchSettings, CaseResult
 from medsam2.engine.registry import pinned_spec
 
@@ -83,10 +83,10 @@ def run_batch(
 ) -> BatchReport:
     """Run every case of `cases` not done yet in `settings.out_dir` on the engine
     ``make_engine(number of cases to run)`` makes, recording each as it finishes."""
-    fingerprints = {case.case_id: fingerprint(case, settings) for case in cases}
+    by_case = dict(zip((case.case_id for case in cases), fingerprints(cases, settings)))
     started = time.perf_counter()
     with ResultsStore(settings.out_dir) as store:
-        todo = [case for case in cases if not store.is_done(case, fingerprints[case.case_id], retry_failed)]
+        todo = [case for case in cases if not store.is_done(case, by_case[case.case_id], retry_failed)]
         report = BatchReport(cases=len(cases), done_before=len(cases) - len(todo))
         try:
             if not todo:
@@ -96,13 +96,13 @@ def run_batch(
             else:
                 engine = make_engine(len(todo))
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
-                _stream(todo, engine, store, fingerprints, settings, report, progress, announce)
+                _stream(todo, engine, store, by_case, settings, report, progress, announce)
         finally:
-            store.write_table(cases, fingerprints)
+            store.write_table(cases, by_case)
             report.latest = {
                 case.case_id: store.latest[case.case_id]
                 for case in cases
-                if store.is_done(case, fingerprints[case.case_id])
+                if store.is_done(case, by_case[case.case_id])
             }
             report.seconds = time.perf_counter() - started
     return report
@@ -112,7 +112,7 @@ def _stream(
     todo: list[Case],
     engine: Engine,
     store: ResultsStore,
-    fingerprints: dict[str, str],
+    by_case: dict[str, str],
     settings: BatchSettings,
     report: BatchReport,
     progress: bool,
@@ -138,7 +138,7 @@ def _stream(
                 for result in engine.wait(POLL_SECONDS):
                     case = by_id[result.case_id]
                     model = pinned_spec(case.model or settings.model)  # the file a preset named when it ran
-                    report.records.append(store.record(result, case, fingerprints[case.case_id], model))
+                    report.records.append(store.record(result, case, by_case[case.case_id], model))
                     if result.status != "ok":
                         failed += 1
                         bar.write(f"{case.case_id}: failed: {result.error}", file=sys.stderr)
