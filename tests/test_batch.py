@@ -310,18 +310,23 @@ def test_rerun_is_idempotent_and_reruns_only_changed_or_retried_rows(local_run: 
     assert f"all 6 cases were run by earlier runs ({failed} failed: --retry-failed runs them again)" in unchanged.output
     assert read_journal(out / "results.jsonl") == before
     assert not staging.exists()
-    # Point the missing row at another missing file: only that row runs again; the other
-    # failures stay recorded until --retry-failed.
-    edited = manifests.csv.read_text().replace("not_there.nii.gz", "still_not_there.nii.gz")
+    # Point the missing row at another missing file and give c01 a box outside its slices: only
+    # those rows run again; the other failures stay recorded until --retry-failed. c01's earlier
+    # mask goes (the masks folder holds what the table lists: it stayed, beside a failed row).
+    assert (out / "masks" / "c01.npz").exists()
+    c01 = next(row for row in csv.DictReader(manifests.csv.open()) if row["id"] == "c01")
+    edited = manifests.csv.read_text().replace("not_there.nii.gz", "still_not_there.nii.gz").replace(c01["box"], "0,100,100,600,200")
     manifest = manifests.folder / "edited.csv"
     manifest.write_text(edited)
     changed = runner.invoke(app, batch_args(manifest, out, "--workers", "1"))
     assert changed.exit_code == 1, changed.output
-    assert [r["case_id"] for r in read_journal(out / "results.jsonl")[len(before):]] == ["missing"]
+    assert sorted(r["case_id"] for r in read_journal(out / "results.jsonl")[len(before):]) == ["c01", "missing"]
     assert "still_not_there.nii.gz" in results_table(out)["missing"]["error"]
+    assert results_table(out)["c01"]["status"] == "failed" and not (out / "masks" / "c01.npz").exists()
+    assert sorted(path.name for path in (out / "masks").iterdir()) == ["c02.nii.gz", "c15.npz"]
     retried = runner.invoke(app, batch_args(manifest, out, "--workers", "1", "--retry-failed"))
     assert retried.exit_code == 1, retried.output
-    assert sorted(r["case_id"] for r in read_journal(out / "results.jsonl")[len(before) + 1 :]) == sorted(BAD_CASES)
+    assert sorted(r["case_id"] for r in read_journal(out / "results.jsonl")[len(before) + 2 :]) == sorted([*BAD_CASES, "c01"])
 
 
 def test_masks_identical_to_segment_command(local_run: StoppedAndResumed, manifests: Manifests, tmp_path: Path) -> None:

@@ -136,6 +136,9 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
         ("m.csv", "image\n", ("lists no cases",)),
         ("m.jsonl", '{"image": "a.nii.gz"}\n{"image": \n', ("line 2: not valid JSON",)),
         ("m.jsonl", '["a.nii.gz"]\n', ("line 1: expected a JSON object",)),
+        ("m.jsonl", '{"image": "a.nii.gz", "box": "1,2,3,4,5", "box": "1,2,3,9,9"}\n', ("line 1: key 'box' given twice in one object",)),
+        ("m.jsonl", '{"image": "a.nii.gz", "Box": "1,2,3,4,5", "box": "1,2,3,9,9"}\n', ("line 1: column(s) 'box' given twice",)),
+        ("m.csv", "image,box,Box\na.nii.gz,\"1,2,3,4,5\",\"1,2,3,9,9\"\n", ("line 1: column(s) 'box' given twice",)),
         ("m.jsonl", '{"image": "a.nii.gz", "box": {"z": 1}}\n', ("line 1: box must be text",)),
         ("m.txt", "image\na.nii.gz\n", ("a manifest is a .csv or .jsonl file",)),
         ("m.csv", "image,format\na.nii.gz,txt\n", ("line 2: format 'txt': unknown mask format",)),
@@ -144,6 +147,12 @@ def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:
         ("m.csv", "image,box\na.nii.gz,\"3,246,273\"\n", ("line 2: box '3,246,273': expected 5 or 6 numbers, got 3",)),
         ("m.csv", "image,point\na.nii.gz,\"2.5,40,40\"\n", ("line 2: point: slice must be a whole number, got 2.5",)),
         ("m.jsonl", '{"image": "a.nii.gz", "recist": [3, 5, 5, 5, 5]}\n', ("line 1: RECIST line (5, 5)-(5, 5) has no length",)),
+        # and so is what no image would take (found by the workers before)
+        ("m.csv", "image,point\na.nii.gz,\"2,5,5,7\"\n", ("line 2: prompt on slice 2 (object 1): point label 7 must be 1 (object) or 0 (background)",)),
+        ("m.csv", "image,box\na.nii.gz,\"2,9,9,1,1\"\n", ("line 2: prompt on slice 2 (object 1): box [9, 9, 1, 1] is inverted or empty",)),
+        ("m.csv", "image,box\na.nii.gz,\"-1,1,1,9,9\"\n", ("line 2: prompt on slice -1 (object 1): slice indices start at 0",)),
+        ("m.csv", "image,box\na.nii.gz,\"2,1,1,9,9,0\"\n", ("line 2: prompt on slice 2 (object 0): object ids run from 1 to 65535",)),
+        ("m.csv", "image,point\na.nii.gz,\"2,-4,5\"\n", ("line 2: prompt on slice 2 (object 1): point (-4, 5) lies outside the slice (coordinates start at 0)",)),
     ],
 )
 def test_malformed_manifests_are_one_line_errors(tmp_path: Path, name: str, text: str, fragments: tuple[str, ...]) -> None:

@@ -345,6 +345,10 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
         change(broken["objects"])
         (tmp_path / "broken.json").write_text(json.dumps(broken))
         assert_one_line_error(run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "broken.json"), message)
+    # A key given twice: JSON parsers keep the last value without a word.
+    twice = json.dumps(prompts).replace('"objects":', '"objects": [], "objects":', 1)
+    (tmp_path / "twice.json").write_text(twice)
+    assert_one_line_error(run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "twice.json"), "twice.json: key 'objects' given twice in one object")
 
 
 @pytest.mark.parametrize(

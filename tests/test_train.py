@@ -307,6 +307,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("model option", ["--model 'sam3': choose lite-medsam or sam2"]),
         ("foreign checkpoint", ["foreign.pt: not a LiteMedSAM checkpoint"]),
         ("config is a folder", ["is a folder; CONFIG is a YAML file"]),
+        ("key twice", ["train.yaml: not valid YAML (key 'training' given twice (line"]),  # the last one won
     ],
 )
 def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
@@ -340,6 +341,8 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
         extra = ["--checkpoint", str(tmp_path / "foreign.pt")]
     before = sorted(out.rglob("*")) if out.is_dir() else []
     config = tmp_path if how == "config is a folder" else write_config(tmp_path / "train.yaml", document)
+    if how == "key twice":
+        config.write_text(config.read_text() + "training: {steps: 3}\n")
     result = runner.invoke(app, ["train", str(config), "--no-progress", *extra])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsam2.documents import keys_once
 from medsam2.engine.prompt_sources import PromptNames, PromptSources, check_prompt_texts
 from medsam2.engine.registry import with_files_from
 from medsam2.engine.tracking import MEMORY_POLICIES, MemoryPolicy
@@ -116,13 +117,16 @@ def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
         if not text.strip():
             continue
         try:
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=keys_once)
         except json.JSONDecodeError as error:
             raise InputError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+        except InputError as error:
+            raise InputError(f"{path} line {number}: {error}") from None
         if not isinstance(values, dict):
             raise InputError(f"{path} line {number}: expected a JSON object, got {type(values).__name__}")
-        values = {key.strip().lower(): value for key, value in values.items()}  # as a CSV header's names
-        _check_columns(list(values), path, f"line {number}")
+        names = [key.strip().lower() for key in values]  # as a CSV header's names
+        _check_columns(names, path, f"line {number}")
+        values = dict(zip(names, values.values()))
         rows.append((number, {key: value for key, value in values.items() if value not in (None, "", [])}))
     return rows
 
@@ -131,6 +135,9 @@ def _check_columns(names: list[str], path: Path, where: str) -> None:
     unknown = [name for name in names if name not in COLUMNS]
     if unknown:
         raise InputError(f"{path} {where}: unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # the reader would keep the last one's value without a word
+        raise InputError(f"{path} {where}: column(s) {', '.join(map(repr, repeated))} given twice (upper and lower case are one name)")
 
 
 def check_format(value: str, where: str) -> str:

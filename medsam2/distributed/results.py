@@ -119,8 +119,11 @@ class ResultsStore:
         return not retry_failed
 
     def record(self, result: CaseResult, case: Case, case_fingerprint: str, model: str) -> dict:
-        """Append the result to the journal and sync it to disk before returning."""
+        """Append the result to the journal and sync it to disk before returning; then delete the
+        mask an earlier run recorded for the case if this result does not replace it (the case
+        failed now, or its format changed), so the masks folder holds only what the table lists."""
         assert self._journal is not None, "use ResultsStore as a context manager"
+        previous = self.latest.get(result.case_id, {}).get("output")
         record = {
             **asdict(result),
             "image": str(case.image),
@@ -132,6 +135,8 @@ class ResultsStore:
         self._journal.flush()
         os.fsync(self._journal.fileno())
         self.latest[result.case_id] = record
+        if previous and previous != record.get("output"):
+            (self.out_dir / previous).unlink(missing_ok=True)
         return record
 
     def write_table(self, cases: list[Case], fingerprints: dict[str, str]) -> Path:

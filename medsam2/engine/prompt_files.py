@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medsam2.documents import keys_once
 from medsam2.engine.prompts import Prompt, recist_to_box
 from medsam2.errors import InputError
 
@@ -24,7 +25,7 @@ PROMPT_KEYS = {"slice", "box", "points", "labels", "recist"}
 def load_prompt_file(path: Path, height: int, width: int) -> list[Prompt]:
     """Read a prompts JSON file (layout in this module's docstring)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(), object_pairs_hook=keys_once)
     except FileNotFoundError:
         raise InputError(f"{path}: no such prompts file") from None
     except IsADirectoryError:
@@ -33,6 +34,8 @@ def load_prompt_file(path: Path, height: int, width: int) -> list[Prompt]:
         raise InputError(f"{path}: cannot read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid JSON ({error})") from None
+    except InputError as error:  # a key given twice
+        raise InputError(f"{path}: {error}") from None
     try:
         return prompts_from_dict(data, height, width)
     except (KeyError, TypeError, ValueError) as error:

@@ -83,9 +83,11 @@ def prompts_from_flags(
 
 
 def check_prompt_texts(sources: PromptSources, names: PromptNames) -> None:
-    """The one-line error `written_prompts` would give for text that is not a prompt, found before
-    the image is read (its size only clips RECIST boxes, so any size does)."""
-    prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), 2**31, 2**31, names)
+    """The one-line error `written_prompts` or the session would give for text that is no prompt on
+    any image (not numbers, an inverted box, a label not 0/1...), found before the image is read
+    (its size only clips RECIST boxes, so any size does there)."""
+    for prompt in prompts_from_flags(list(sources.boxes), list(sources.points), list(sources.recists), 2**31, 2**31, names):
+        prompt.validate(None, None, None, names.unit)
 
 
 def prompts_from_mask(mask: Volume, image: Volume, axis_index: int) -> list[Prompt]:

@@ -37,19 +37,24 @@ class Prompt:
         """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
         return self.mask is not None and not self.mask.any() and self.box is None and not self.points
 
-    def validate(self, num_slices: int, height: int, width: int, unit: str = "slice") -> None:
+    def validate(self, num_slices: int | None, height: int | None, width: int | None, unit: str = "slice") -> None:
         """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack
-        (of video frames when `unit` is ``"frame"``)."""
+        (of video frames when `unit` is ``"frame"``). None for the sizes: not known yet (a manifest
+        checked before its images are read), so only what holds for any size is checked."""
         where = f"prompt on {unit} {self.slice_index} (object {self.obj_id})"
         for number, what in ((self.slice_index, f"the {unit} index"), (self.obj_id, "the object id")):
             if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
                 raise InputError(f"{where}: {what} must be a whole number, not {type(number).__name__}")
-        if not 0 <= self.slice_index < num_slices:
+        if num_slices is None and self.slice_index < 0:
+            raise InputError(f"{where}: {unit} indices start at 0")
+        if num_slices is not None and not 0 <= self.slice_index < num_slices:
             raise InputError(f"{where}: {unit} out of range 0..{num_slices - 1}")
         if not 1 <= self.obj_id <= MAX_OBJECT_ID:
             raise InputError(f"{where}: object ids run from 1 to {MAX_OBJECT_ID}")
         if self.box is None and not self.points and self.mask is None:
             raise InputError(f"{where}: give a box, points or a mask")
+        size_known = height is not None and width is not None
+        extent = f"{width}x{height} {unit} (x 0..{width - 1}, y 0..{height - 1})" if size_known else f"{unit} (coordinates start at 0)"  # type: ignore[operator]
         if self.box is not None:
             if len(self.box) != 4:
                 raise InputError(f"{where}: a box needs 4 numbers x1,y1,x2,y2, got {len(self.box)}")
@@ -58,8 +63,8 @@ class Prompt:
             x1, y1, x2, y2 = self.box
             if x2 <= x1 or y2 <= y1:
                 raise InputError(f"{where}: box {_shown(self.box)} is inverted or empty (need x1<x2, y1<y2)")
-            if x1 < 0 or y1 < 0 or x2 > width - 1 or y2 > height - 1:
-                raise InputError(f"{where}: box {_shown(self.box)} reaches outside the {width}x{height} {unit} (x 0..{width - 1}, y 0..{height - 1})")
+            if x1 < 0 or y1 < 0 or (size_known and (x2 > width - 1 or y2 > height - 1)):  # type: ignore[operator]
+                raise InputError(f"{where}: box {_shown(self.box)} reaches outside the {extent}")
         if len(self.points) != len(self.labels):
             raise InputError(f"{where}: {counted(len(self.points), 'point')} but {counted(len(self.labels), 'label')}")
         if len(self.points) > MAX_CLICKS:
@@ -67,12 +72,12 @@ class Prompt:
         if any(len(point) != 2 for point in self.points):
             raise InputError(f"{where}: each point needs 2 numbers x,y")
         for (x, y), label in zip(self.points, self.labels):
-            if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-                raise InputError(f"{where}: point ({x:g}, {y:g}) lies outside the {width}x{height} {unit}")
+            if x < 0 or y < 0 or (size_known and (x > width - 1 or y > height - 1)):  # type: ignore[operator]
+                raise InputError(f"{where}: point ({x:g}, {y:g}) lies outside the {extent}")
             if label not in (0, 1):
                 raise InputError(f"{where}: point label {label} must be 1 (object) or 0 (background)")
         if self.mask is not None:
-            if self.mask.shape != (height, width):
+            if size_known and self.mask.shape != (height, width):
                 raise InputError(f"{where}: mask shape {self.mask.shape} differs from the {unit}'s {(height, width)}")
             if not self.mask.any() and not self.erases:
                 raise InputError(f"{where}: an empty mask goes alone (it takes the object off the slice), not with a box or clicks")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from medsam2.engine.registry import PRESETS, split_preset
+from medsam2.documents import load_yaml
 from medsam2.errors import InputError, first_line
 from medsam2.preprocess import parse_window
 
@@ -143,7 +144,7 @@ def load_config(path: Path | str) -> TrainConfig:
     against the file's folder."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
+        document = load_yaml(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such config file") from None
     except IsADirectoryError:
