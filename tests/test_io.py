@@ -596,9 +596,10 @@ def test_bad_input_raises_a_one_line_input_error(
         assert message.endswith(": no DICOM files in this folder (a video's frames would be PNG/JPEG/BMP/TIFF pictures)"), message
 
 
-def test_unknown_modality_is_an_input_error(ct_lesion_cases: list[Path]) -> None:
-    with pytest.raises(InputError, match="unknown modality 'xray'"):
+def test_unknown_modality_is_an_input_error_and_names_people_say_are_known(ct_lesion_cases: list[Path]) -> None:
+    with pytest.raises(InputError, match=f"{ct_lesion_cases[0].name}: modality 'xray': choose one of CT, MR, MRI, PT, PET"):
         load_image(ct_lesion_cases[0], modality="xray")
+    assert [load_image(ct_lesion_cases[0], modality=name).modality for name in ("pet", "MRI", "spect")] == ["PT", "MR", "NM"]
 
 
 def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, write_dicom_series: Callable) -> None:

@@ -308,6 +308,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("foreign checkpoint", ["foreign.pt: not a LiteMedSAM checkpoint"]),
         ("config is a folder", ["is a folder; CONFIG is a YAML file"]),
         ("key twice", ["train.yaml: not valid YAML (key 'training' given twice (line"]),  # the last one won
+        ("modality", ["train.yaml: data.modality 'PETT': choose one of CT, MR, MRI, PT, PET"]),  # named a data file
     ],
 )
 def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
@@ -326,6 +327,8 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
         document["optimizer"]["learning_rate"] = 1e-3
     elif how == "bad value":
         document["training"]["steps"] = 0
+    elif how == "modality":
+        document["data"]["modality"] = "PETT"
     elif how in ("existing run", "changed settings"):
         out = uninterrupted.out_dir
         document["output"]["dir"] = str(out)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import get_args
 
 import nibabel as nib
 import numpy as np
@@ -37,7 +36,7 @@ from medsam2.io.native_stderr import (
     native_lines_dropped,
 )
 from medsam2.io.paths import IMAGE_SUFFIXES, PICTURE_SUFFIXES, VIDEO_SUFFIXES, image_suffix
-from medsam2.io.volume import Modality, Volume
+from medsam2.io.volume import Modality, Volume, parse_modality
 from medsam2.wording import counted
 
 sitk = lazy_module("SimpleITK")
@@ -88,14 +87,17 @@ def load_image(
 ) -> Volume:
     """Read an image file or a DICOM series folder into a `Volume` (see the module doc for formats).
 
-    `modality` (CT, MR, PT, NM, US, XA, CR, DX, MG, ES, OT or unknown; any case) overrides the DICOM Modality tag; files
+    `modality` (CT, MR, PT, NM, US, XA, CR, DX, MG, ES, OT or unknown; any case; PET, MRI, SPECT too) overrides the DICOM Modality tag; files
     without one get "unknown", left to the preprocess layer to guess from the intensities.
     `npz_array_keys`: the npz arrays the volume is read from, the first one present.
     `picture_values`: a palette or 1-bit picture as the values it stores (a label map's: palette
     indices, 0/1), not the colours or grey levels they show.
     """
     path = Path(path)
-    override = _parse_modality(modality, path) if modality is not None else None
+    try:
+        override = parse_modality(modality) if modality is not None else None
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     read = _read_dicom_folder if path.is_dir() else _reader_for(path, npz_array_keys, picture_values)
@@ -107,16 +109,6 @@ def load_image(
         raise InputError(f"{path}: cannot read ({library_reason(error)})") from error
     _check_values(volume.array, path)
     return replace(volume, modality=override) if override else volume
-
-
-def _parse_modality(value: str, path: Path) -> Modality:
-    known = get_args(Modality)
-    normalised = value.strip().upper()
-    if normalised == "UNKNOWN":
-        return "unknown"
-    if normalised not in known:
-        raise InputError(f"{path}: unknown modality '{value}' (choose from {', '.join(known)})")
-    return normalised  # type: ignore[return-value]
 
 
 def _reader_for(path: Path, npz_array_keys: tuple[str, ...], picture_values: bool) -> Callable[[Path], Volume]:

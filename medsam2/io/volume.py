@@ -31,6 +31,19 @@ from medsam2.errors import InputError
 # DICOM Modality values: CT, MR, PET, nuclear medicine (SPECT), ultrasound, angiography, radiography
 # (computed, digital, mammography), endoscopy, other.
 Modality = Literal["CT", "MR", "PT", "NM", "US", "XA", "CR", "DX", "MG", "ES", "OT", "unknown"]
+# What users write for them: DICOM's codes, and the names people say.
+MODALITY_NAMES: dict[str, Modality] = {
+    "CT": "CT", "MR": "MR", "MRI": "MR", "PT": "PT", "PET": "PT", "NM": "NM", "SPECT": "NM", "US": "US",
+    "XA": "XA", "CR": "CR", "DX": "DX", "MG": "MG", "ES": "ES", "OT": "OT", "UNKNOWN": "unknown",
+}  # fmt: skip
+
+
+def parse_modality(name: str) -> Modality:
+    """A modality as a user wrote it (any case; "PET", "MRI" and "SPECT" too), or a one-line error."""
+    try:
+        return MODALITY_NAMES[name.strip().upper()]
+    except KeyError:
+        raise InputError(f"modality {name!r}: choose one of {', '.join(MODALITY_NAMES)}") from None
 SliceAxis = Literal["axial", "coronal", "sagittal"]
 
 

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from medsam2.errors import InputError
-from medsam2.io.volume import Modality, Volume
+from medsam2.io.volume import Modality, Volume, parse_modality
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +46,6 @@ FOREGROUND_PERCENTILES = (0.5, 99.5)
 HU_AIR_THRESHOLD = -500.0
 
 _CUSTOM_WINDOW = re.compile(r"^\s*w?\s*(-?\d+(?:\.\d*)?)\s*,\s*l?\s*(-?\d+(?:\.\d*)?)\s*$", re.IGNORECASE)
-_MODALITY_ALIASES: dict[str, Modality] = {
-    "CT": "CT",
-    "MR": "MR",
-    "MRI": "MR",
-    "PT": "PT",
-    "PET": "PT",
-    "NM": "NM",
-    "SPECT": "NM",
-    "US": "US",
-    "XA": "XA",
-    "CR": "CR",
-    "DX": "DX",
-    "MG": "MG",
-    "ES": "ES",
-    "OT": "OT",
-    "UNKNOWN": "unknown",
-}
 
 
 @dataclass(frozen=True)
@@ -159,7 +142,7 @@ def to_uint8(volume: Volume, window: str | Window | None = None, modality: str |
         raise InputError(f"{_name(volume)}: intensities of type {array.dtype} are not numbers")
     if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
         raise InputError(f"{_name(volume)}: the image contains NaN or infinite values")
-    chosen = _parse_modality(modality) if modality is not None else guess_modality(volume)
+    chosen = parse_modality(modality) if modality is not None else guess_modality(volume)
 
     if window is None and is_8bit(array):
         return MappedImage(array.astype(np.uint8, copy=False), IntensityMapping("passthrough", 0.0, 255.0, chosen))
@@ -199,13 +182,6 @@ def _rescale(array: np.ndarray, low: float, high: float) -> np.ndarray:
         scaled = (np.clip(array[index].astype(np.float64), low, high) - low) / span * 255.0
         out[index] = scaled.astype(np.uint8)
     return out
-
-
-def _parse_modality(name: str) -> Modality:
-    try:
-        return _MODALITY_ALIASES[name.strip().upper()]
-    except KeyError:
-        raise InputError(f"modality {name!r}: expected one of {', '.join(_MODALITY_ALIASES)}") from None
 
 
 def _name(volume: Volume) -> str:

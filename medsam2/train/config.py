@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
-from medsam2.engine.registry import PRESETS, split_preset
 from medsam2.documents import load_yaml
+from medsam2.engine.registry import PRESETS, split_preset
 from medsam2.errors import InputError, first_line
+from medsam2.io.volume import MODALITY_NAMES
 from medsam2.preprocess import parse_window
 
 ModelName = Literal["lite-medsam", "sam2"]
@@ -61,7 +62,7 @@ class DataConfig:
     val_cases: tuple[str, ...] = setting((), "ids of the validation cases (instead of val_fraction)")
     axis: SliceAxisName = setting("axial", "slicing axis, as segment --axis: axial, coronal or sagittal")
     window: str | None = setting(None, "CT window as segment --window (a preset or W,L); null: by modality")
-    modality: str | None = setting(None, "override the files' modality: CT, MR, PET, US; null: from the files")
+    modality: str | None = setting(None, "override the files' modality: CT, MR (MRI), PT (PET), US...; null: from the files")
     embedding_cache_slices: int = setting(512, "frozen image encoder: slice embeddings kept in memory (4 MiB each for LiteMedSAM)")
 
 
@@ -206,6 +207,8 @@ def validate(config: TrainConfig, where: str = "config") -> None:
     need(config.data.embedding_cache_slices >= 0, "data.embedding_cache_slices", "must be >= 0")
     if config.data.window is not None:
         parse_window(config.data.window)
+    modality = config.data.modality
+    need(modality is None or modality.strip().upper() in MODALITY_NAMES, "data.modality", f"{modality!r}: choose one of {', '.join(MODALITY_NAMES)}")
     need(config.model.clip_length >= 2, "model.clip_length", "must be at least 2 (a prompted slice and one to track)")
     size = config.model.sam2_image_size
     need(size is None or (size > 0 and size % 32 == 0), "model.sam2_image_size", "must be a positive multiple of 32")
