@@ -22,7 +22,7 @@ from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
 from medsam2.distributed import worker
 from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
-from medsam2.engine.registry import pinned_spec
+from medsam2.engine.registry import pinned_spec, resolve_model
 from medsam2.errors import InputError
 from medsam2.resources import packaged_file
 
@@ -96,6 +96,12 @@ def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_t
     )
     cases = read_manifest(manifest)
     assert [case.model for case in cases] == [str(weights.resolve()), f"medsam2={weights.resolve()}", "medsam2"]
+    # A missing file is shown where it was looked for; a mistyped name stays a name (and gets a suggestion).
+    missing, typo = read_manifest(write(tmp_path / "lists" / "bad.csv", "id,image,box,model\nm,a.nii.gz,\"1,2,3,4,5\",none.pt\nt,a.nii.gz,\"1,2,3,4,5\",medsam\n"))
+    with pytest.raises(InputError, match=f"^model column '{tmp_path / 'lists' / 'none.pt'}': neither a known model"):
+        resolve_model(missing.model, given_as="model column")
+    with pytest.raises(InputError, match="^model column 'medsam': neither a known model .* did you mean 'medsam2'"):
+        resolve_model(typo.model, given_as="model column")
     monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(weights))
     settings = BatchSettings(out_dir=tmp_path / "out")
     first = fingerprints(cases, settings)

@@ -18,6 +18,7 @@ from medsam2.engine.api import segment_volume
 from medsam2.engine.models import DEFAULT_MODEL, load_predictor
 from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompt_sources import gather_prompts
+from medsam2.engine.registry import resolve_model
 from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError, first_line
@@ -132,6 +133,8 @@ class CaseRunner:
         check_mask_output(settings.out_dir / output, volume)  # ... a DICOM-SEG of a NIfTI, a PNG of a scan
         prompts = gather_prompts(volume, settings.axis, case.prompts, MANIFEST_PROMPTS)
         truth = self._ground_truth(case.gt, volume) if case.gt is not None else None
+        if case.model not in (None, DEFAULT_MODEL):  # named as the row gives it (load_predictor says --model)
+            resolve_model(case.model, given_as="model column")  # type: ignore[arg-type]
         # Bad input fails above without loading a model; a model's first load is not the case's time.
         loading = time.perf_counter()
         predictor = self.predictor(case.model or settings.model)

@@ -145,37 +145,38 @@ def checkpoint_file(path: Path, where: str) -> Path:
     raise InputError(f"{where}: {path} {what}")
 
 
-def preset_path(preset: SAM2Preset) -> Path:
+def preset_path(preset: SAM2Preset, given_as: str = "--model") -> Path:
     """The configured checkpoint of a preset; a one-line error says how to configure it."""
     config = config_file()
     if value := os.environ.get(preset.variable):
-        return checkpoint_file(Path(value).expanduser(), f"--model {preset.name} (from ${preset.variable})")
+        return checkpoint_file(Path(value).expanduser(), f"{given_as} {preset.name} (from ${preset.variable})")
     path = configured_models(config).get(preset.name)
     if path is None:
         raise InputError(
-            f"--model {preset.name}: no checkpoint configured; get {preset.file_name} from {preset.source}, then set "
+            f"{given_as} {preset.name}: no checkpoint configured; get {preset.file_name} from {preset.source}, then set "
             f"{preset.variable}=/path/to/{preset.file_name} or add '\"{preset.name}\" = \"/path/to/{preset.file_name}\"' "
             f"under [models] in {config}"
         )
-    return checkpoint_file(path, f"--model {preset.name} (from {config} [models] {preset.name})")
+    return checkpoint_file(path, f"{given_as} {preset.name} (from {config} [models] {preset.name})")
 
 
-def resolve_model(spec: str) -> ModelChoice:
-    """The checkpoint `--model SPEC` names (any value but the embedded `lite-medsam`)."""
+def resolve_model(spec: str, given_as: str = "--model") -> ModelChoice:
+    """The checkpoint `--model SPEC` names (any value but the embedded `lite-medsam`); errors name
+    the spec as `given_as` (where it was given: the option, a manifest's column)."""
     if spec in PRESETS:
-        return ModelChoice(preset_path(PRESETS[spec]), PRESETS[spec])
+        return ModelChoice(preset_path(PRESETS[spec], given_as), PRESETS[spec])
     name, separator, file = spec.partition("=")
     if separator and name in PRESETS:
         if not file:
-            raise InputError(f"--model {spec!r}: give the checkpoint file after '=' ({name}=/path/to/{PRESETS[name].file_name})")
-        return ModelChoice(checkpoint_file(Path(file).expanduser(), f"--model {spec!r}"), PRESETS[name])
+            raise InputError(f"{given_as} {spec!r}: give the checkpoint file after '=' ({name}=/path/to/{PRESETS[name].file_name})")
+        return ModelChoice(checkpoint_file(Path(file).expanduser(), f"{given_as} {spec!r}"), PRESETS[name])
     path = Path(spec).expanduser()
     if path.is_dir():
-        raise InputError(f"--model {spec!r}: a folder, not a checkpoint file")
+        raise InputError(f"{given_as} {spec!r}: a folder, not a checkpoint file")
     if not path.is_file():
         known = ["lite-medsam", *PRESETS]
         raise InputError(
-            f"--model {spec!r}: neither a known model ({', '.join(known)}) nor an existing checkpoint file{suggestion(spec, known)}"
+            f"{given_as} {spec!r}: neither a known model ({', '.join(known)}) nor an existing checkpoint file{suggestion(spec, known)}"
         )
     return ModelChoice(path)
 
@@ -187,11 +188,15 @@ def split_preset(spec: str) -> tuple[str, str]:
 
 
 def with_files_from(spec: str, folder: Path) -> str:
-    """`spec` with its checkpoint path (alone, or after `PRESET=`) taken from `folder` where it is
-    relative and names a file there (a manifest's paths are relative to the manifest)."""
+    """`spec` with its checkpoint path (alone, or after `PRESET=`) taken from `folder` (a
+    manifest's paths are relative to the manifest), so an error shows the file looked for. A bare
+    word names a model (and a mistyped one gets a suggestion) unless a file there has that name."""
     prefix, path = split_preset(spec)
+    if not path or spec in (DEFAULT_MODEL, *PRESETS):
+        return spec
     found = folder / Path(path).expanduser()
-    return f"{prefix}{found.resolve()}" if path and found.is_file() else spec
+    looks_like_a_path = bool(prefix) or "/" in path or bool(Path(path).suffix)
+    return f"{prefix}{found.resolve()}" if looks_like_a_path or found.is_file() else spec
 
 
 def pinned_spec(spec: str) -> str:
