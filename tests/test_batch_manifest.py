@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medsam2.cli.main import app
+from medsam2.cli import batch as batch_cli
+from medsam2.cli.main import app, exit_on_terminate
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.results import ResultsStore, fingerprints
-from medsam2.distributed.runner import StoppedAtOnce, _stop_requests
+from medsam2.distributed.runner import StoppedAtOnce, stop_requests
 from medsam2.distributed import worker
 from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
@@ -288,9 +289,29 @@ def test_first_stop_signal_is_noted_and_a_second_stops_at_once() -> None:
     """The driver's handling of SIGTERM/SIGINT (real signals to this process): the first only asks
     the run to stop, the second raises; the previous handlers are back afterwards."""
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(StoppedAtOnce) as stopped, _stop_requests() as stop:
+    with pytest.raises(StoppedAtOnce) as stopped, stop_requests() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM
         os.kill(os.getpid(), signal.SIGINT)
     assert stopped.value.signum == signal.SIGINT
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == previous
+
+
+def test_a_stop_signal_after_the_last_case_leaves_the_summary_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM while the summary is printed (the run's cases all recorded) ended the command
+    silently with 143 (the command's own handler was back); now it is noted and the run ends as it would have."""
+    manifest = write(tmp_path / "m.csv", f'id,image,box\nlost,{tmp_path / "lost.nii.gz"},"1,2,3,9,9"\n')
+    summary = batch_cli.print_summary
+
+    def signalled_summary(report, console):
+        os.kill(os.getpid(), signal.SIGTERM)
+        summary(report, console)
+
+    monkeypatch.setattr(batch_cli, "print_summary", signalled_summary)
+    previous = signal.signal(signal.SIGTERM, exit_on_terminate)  # as the medsam2 command sets it
+    try:
+        result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 1, result.output  # the failed case's status, not 143
+    assert "Batch summary" in result.output and f"wrote {tmp_path / 'out' / 'results.csv'}" in result.output

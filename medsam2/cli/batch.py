@@ -13,7 +13,7 @@ from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
 from medsam2.distributed.ray_engine import check_ray_address, import_ray
-from medsam2.distributed.runner import StoppedAtOnce
+from medsam2.distributed.runner import StoppedAtOnce, stop_requests
 from medsam2.distributed.manifest import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
 from medsam2.engine.sam2_predictor import memory_propagation
@@ -105,14 +105,17 @@ def batch(
             return RayEngine(settings, workers, threads, ray_address, cases=cases_to_run)
         return LocalEngine(settings, workers, threads, cases=cases_to_run)
 
-    try:
-        report = run_batch(cases, settings, make_engine, retry_failed=retry_failed, progress=progress, announce=typer.echo)
-    except StoppedAtOnce as stop:
-        typer.echo(f"stopped at once by {signal.Signals(stop.signum).name}, dropping the running cases: "
-                   "rerun the same command to go on", err=True)
-        raise typer.Exit(128 + stop.signum) from None
-    print_summary(report, Console())
-    typer.echo(f"wrote {out / 'results.csv'}")
+    # Held until the summary is out: a signal after the last case was recorded only ends the run
+    # as it would have ended (it silently cut the summary off).
+    with stop_requests() as stop:
+        try:
+            report = run_batch(cases, settings, make_engine, retry_failed=retry_failed, progress=progress, announce=typer.echo, stop=stop)
+        except StoppedAtOnce as stopped:
+            typer.echo(f"stopped at once by {signal.Signals(stopped.signum).name}, dropping the running cases: "
+                       "rerun the same command to go on", err=True)
+            raise typer.Exit(128 + stopped.signum) from None
+        print_summary(report, Console())
+        typer.echo(f"wrote {out / 'results.csv'}")
     if report.stopped_by is not None:
         typer.echo(f"stopped by {signal.Signals(report.stopped_by).name}: rerun the same command to go on", err=True)
         raise typer.Exit(128 + report.stopped_by)

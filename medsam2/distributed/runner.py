@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,9 +80,12 @@ def run_batch(
     retry_failed: bool = False,
     progress: bool = True,
     announce: Callable[[str], None] = print,
+    stop: StopRequest | None = None,
 ) -> BatchReport:
     """Run every case of `cases` not done yet in `settings.out_dir` on the engine
-    ``make_engine(number of cases to run)`` makes, recording each as it finishes."""
+    ``make_engine(number of cases to run)`` makes, recording each as it finishes. Stop signals
+    are noted in `stop` (from `stop_requests`, which a caller holds to cover what it does after,
+    e.g. printing the summary), or in a request of the run's own."""
     by_case = dict(zip((case.case_id for case in cases), fingerprints(cases, settings)))
     started = time.perf_counter()
     with ResultsStore(settings.out_dir) as store:
@@ -96,7 +99,7 @@ def run_batch(
             else:
                 engine = make_engine(len(todo))
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
-                _stream(todo, engine, store, by_case, settings, report, progress, announce)
+                _stream(todo, engine, store, by_case, settings, report, progress, announce, stop)
         finally:
             store.write_table(cases, by_case)
             report.latest = {
@@ -117,6 +120,7 @@ def _stream(
     report: BatchReport,
     progress: bool,
     announce: Callable[[str], None],
+    stop_request: StopRequest | None,
 ) -> None:
     queue, by_id = deque(todo), {case.case_id: case for case in todo}
     failed = 0
@@ -126,7 +130,7 @@ def _stream(
             f"{engine.workers} {engine.name} worker(s), {engine.threads} thread(s) each"
         )
         progress_bar = tqdm(total=len(todo), unit="case", bar_format=PROGRESS_FORMAT, disable=not progress, dynamic_ncols=True)
-        with progress_bar as bar, _stop_requests() as stop:
+        with progress_bar as bar, (nullcontext(stop_request) if stop_request else stop_requests()) as stop:
             while queue or engine.busy:
                 while queue and engine.has_room() and stop.signum is None:
                     engine.submit(queue.popleft())
@@ -160,19 +164,19 @@ class StoppedAtOnce(KeyboardInterrupt):
 
 
 @dataclass
-class _StopRequest:
+class StopRequest:
     signum: int | None = None
     announced: bool = False
 
 
 @contextmanager
-def _stop_requests() -> Iterator[_StopRequest]:
+def stop_requests() -> Iterator[StopRequest]:
     """Note the first SIGINT/SIGTERM in the yielded request; raise `StoppedAtOnce` on a second.
 
     Signal handlers can only be set from the main thread; elsewhere (a driver run from a server's
     worker thread) signals keep their usual effect.
     """
-    stop = _StopRequest()
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
