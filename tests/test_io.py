@@ -28,7 +28,7 @@ from medsam2.errors import InputError
 from medsam2.resources import packaged_file
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
-from medsam2.io.atomic import atomic_folder, atomic_write_text, check_output_paths, outputs_together
+from medsam2.io.atomic import atomic_folder, atomic_new_path, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import label_names, load_mask
 from medsam2.io.volume import in_storage_order_of
 from medsam2.io.native_stderr import METAIO_COMPLAINTS, native_lines_dropped
@@ -600,6 +600,21 @@ def test_unknown_modality_is_an_input_error_and_names_people_say_are_known(ct_le
     with pytest.raises(InputError, match=f"{ct_lesion_cases[0].name}: modality 'xray': choose one of CT, MR, MRI, PT, PET"):
         load_image(ct_lesion_cases[0], modality="xray")
     assert [load_image(ct_lesion_cases[0], modality=name).modality for name in ("pet", "MRI", "spect")] == ["PT", "MR", "NM"]
+
+
+def test_a_new_file_is_never_written_over_one_that_arrived_meanwhile(tmp_path: Path) -> None:
+    target = tmp_path / "case_mask.nii.gz"
+    with atomic_new_path(target) as staged:
+        assert staged.name.endswith(".nii.gz") and staged.name.startswith(".")
+        staged.write_text("mine")
+    assert target.read_text() == "mine"
+    with pytest.raises(FileExistsError), atomic_new_path(target) as staged:
+        staged.write_text("second")
+    other = tmp_path / "other_mask.nii.gz"
+    with pytest.raises(FileExistsError), atomic_new_path(other) as staged:
+        staged.write_text("late")
+        other.write_text("another writer's, saved while this one wrote")
+    assert other.read_text().startswith("another writer's") and sorted(p.name for p in tmp_path.iterdir()) == ["case_mask.nii.gz", "other_mask.nii.gz"]
 
 
 def test_failed_writes_leave_nothing_behind(tmp_path: Path, ct_case: Volume, write_dicom_series: Callable) -> None:

@@ -586,6 +586,24 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert client.get(base).json()["saved_masks"] == [saved["file"]]
     other_session = open_case(client, f"data/ct/{CASE_2}")
     assert other_session["saved_masks"] == [saved["file"]] and other_session["objects"] == []
+    # Two clients saving the case at once: one lands, the other is told (both were told it landed,
+    # the later file replacing the earlier without a word).
+    other = {CLIENT_HEADER: "another-saver-0123456789"}
+    rival = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}"}, headers=other).json()
+    rival_prompt = {"slice": prompt.slice_index, "box": list(prompt.box), "obj_id": 3}
+    assert client.post(f"/api/sessions/{rival['id']}/prompts", json=rival_prompt, headers=other).status_code == 200
+    start = threading.Barrier(2)
+
+    def save(url: str, headers: dict | None) -> int:
+        start.wait()
+        return client.post(url, json={"format": "nrrd"}, headers=headers).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        statuses = sorted(pool.map(save, [f"{base}/save", f"/api/sessions/{rival['id']}/save"], [None, other]))
+    assert statuses == [200, 409]
+    assert not [path.name for path in (data_dir / "ct").iterdir() if path.name.startswith(".")]
+    (data_dir / "ct" / "CT_Lesion_000002_03_01_035-047_mask.nrrd").unlink()
+    assert client.delete(f"/api/sessions/{rival['id']}", headers=other).status_code == 204
     assert client.delete(f"/api/sessions/{other_session['id']}").status_code == 204
 
     # Corrections: a click adds to the slice; undo takes back the click only; rename; delete.

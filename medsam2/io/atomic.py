@@ -95,6 +95,24 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_new_path(path: Path) -> Iterator[Path]:
+    """`atomic_path` for a file that must not be there yet: what is written is linked in under
+    `path`, never over a file. `FileExistsError` when one is there, even one another writer put
+    there since the caller looked (two requests saving at once: the first one wins, the other learns it)."""
+    temporary = _create_beside(path, _new_file, suffix="".join(path.suffixes) or ".tmp")
+    try:
+        yield temporary
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise
+        except OSError as error:
+            raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path | str, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text)

@@ -28,6 +28,7 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.session import Direction, Session, TrackedObject
 from medsam2.errors import InputError, first_line
 from medsam2.io import SUPPORTED_MASK_SUFFIXES, SliceAxis, Volume, from_slices, load_image, save_mask, to_slices
+from medsam2.io.atomic import atomic_new_path
 from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
@@ -442,9 +443,17 @@ class ViewerSession:
         if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
             raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
         labels = self._labels_to_write("save")
-        if target.exists() and not replace:
-            raise Conflict(f"{target.name} was saved earlier; save with replace to overwrite it")
-        return self._write_mask_as_named(target, labels)
+        conflict = Conflict(f"{target.name} was saved earlier; save with replace to overwrite it")
+        if replace:
+            return self._write_mask_as_named(target, labels)
+        if target.exists():
+            raise conflict
+        try:  # another session may save the same case meanwhile: only one of them lands
+            with atomic_new_path(target) as staged, self._named_for_client(staged, target.name):
+                self._write_mask(staged, labels)
+        except FileExistsError:
+            raise conflict from None
+        return target
 
 
 class SessionStore:
