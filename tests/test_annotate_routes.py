@@ -93,6 +93,12 @@ def test_without_a_project_the_status_says_so_and_the_other_routes_answer_404(tm
         script = client.get("/annotate/panel.js")
         assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
         assert 'from "/static/api.js"' in script.text
+        # The schema documents the error bodies and statuses these routes answer (was FastAPI's
+        # default 422 only), as the core API's.
+        responses = client.get("/openapi.json").json()["paths"]["/api/annotate/cases/{name}/prompts"]["post"]["responses"]
+        assert {"400", "404", "409", "422"} <= set(responses)
+        assert responses["409"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+        assert responses["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
 
 
 def test_slices_are_shown_turned_and_prompted_in_their_own_pixels(tmp_path: Path) -> None:

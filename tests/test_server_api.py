@@ -920,7 +920,7 @@ def test_a_change_made_on_an_older_revision_is_refused(server, data_dir: Path) -
     stale = client.post(f"{base}/prompts", json={**box, "obj_id": 2}, headers={"If-Match": "1"})
     assert stale.status_code == 412
     assert stale.json()["error"] == (
-        "the session changed since revision 1 (now 2), in another tab or by another client: "
+        "the session changed since revision 1 (now 2), by another tab or request of this client: "
         "look at its current state before changing it"
     )
     assert client.post(f"{base}/undo", headers={"If-Match": "0"}).status_code == 412

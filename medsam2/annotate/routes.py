@@ -34,9 +34,17 @@ from medsam2.engine.prompts import MAX_CLICKS, MAX_OBJECT_ID
 from medsam2.errors import InputError
 from medsam2.io.overlay import as_shown, overlay_slice
 from medsam2.io.volume import SliceDisplay, slice_pixel_spacing
+from medsam2.server.schemas import error_responses
 
 PANEL_SCRIPT = Path(__file__).parent / "static" / "panel.js"
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+ANNOTATION_ERRORS = error_responses({
+    400: "bad input: a prompt, a mask or a value the project cannot use",
+    404: "no annotation project on this server, no such case, or nothing finished yet",
+    409: "the case is leased to another annotator, or already accepted or rejected",
+    415: "a body of the wrong type",
+    422: "a request that does not match the schema",
+})  # fmt: skip
 
 
 class NoProject(InputError):
@@ -174,7 +182,7 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
             if opened is not None:
                 opened.project.close()
 
-    router = APIRouter(tags=["annotation"], lifespan=lifespan)
+    router = APIRouter(tags=["annotation"], lifespan=lifespan, responses=ANNOTATION_ERRORS)
 
     def service() -> AnnotationService:
         if opened is None:

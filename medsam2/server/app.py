@@ -37,7 +37,10 @@ Promptable segmentation of 3D medical images and videos over HTTP.
 Open a case (`POST /api/sessions`), prompt an object on a slice (`POST .../prompts` with a box,
 clicks or a mask), propagate (`POST .../propagate`), then fetch the masks (`GET .../masks` as RLE,
 `GET .../mask-file` as NIfTI and other formats) or save them next to the case (`POST .../save`).
-With a token, send `Authorization: Bearer TOKEN` on every request. Errors are `{"error": "..."}`.
+With a token, send `Authorization: Bearer TOKEN` on every request. Sessions belong to the client
+that opened them: a script keeps the cookie the first answer sets (as an httpx or requests session
+does) or sends `X-Medsam2-Client: ID` (16 to 64 letters, digits, '-' or '_', an id of its own) on
+every request. Errors are `{"error": "..."}`.
 """
 
 

@@ -23,20 +23,23 @@ class ErrorOut(BaseModel):
     error: str = Field(description="what was wrong, naming the value or file", examples=["no object 99 in this session (prompt it first)"])
 
 
-# What every route may answer besides its success (FastAPI's default 422 schema is not what is sent).
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorOut, "description": description}
-    for status, description in (
-        (400, "bad input: a value, a file or a prompt the server cannot use"),
-        (404, "no such case, session, slice or object (for this client)"),
-        (413, "the upload is over the size limit"),
-        (409, "a save that would overwrite a mask saved earlier"),
-        (412, "a change sent with If-Match naming a revision the session has moved on from"),
-        (415, "a body of the wrong type or format"),
-        (422, "a request that does not match the schema"),
-        (503, "too many sessions open, or the device is busy"),
-    )
-}
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict]:
+    """OpenAPI responses for the error statuses a router's routes may answer, each an `ErrorOut`
+    (FastAPI's default 422 schema is not what is sent)."""
+    return {status: {"model": ErrorOut, "description": description} for status, description in descriptions.items()}
+
+
+# What every /api route may answer besides its success.
+ERROR_RESPONSES = error_responses({
+    400: "bad input: a value, a file or a prompt the server cannot use",
+    404: "no such case, session, slice or object (for this client)",
+    413: "the upload is over the size limit",
+    409: "a save that would overwrite a mask saved earlier",
+    412: "a change sent with If-Match naming a revision the session has moved on from",
+    415: "a body of the wrong type or format",
+    422: "a request that does not match the schema",
+    503: "too many sessions open, or the device is busy",
+})  # fmt: skip
 
 
 class MaskRLE(BaseModel):

@@ -348,8 +348,8 @@ class ViewerSession:
         changed it meanwhile): applied, it would merge into, or undo, work that view never showed."""
         if expected is not None and expected != self.revision:
             raise StaleRevision(
-                f"the session changed since revision {expected} (now {self.revision}), in another tab or by "
-                "another client: look at its current state before changing it"
+                f"the session changed since revision {expected} (now {self.revision}), by another tab or "
+                "request of this client: look at its current state before changing it"
             )
 
     # -- reads -------------------------------------------------------------------------------------
