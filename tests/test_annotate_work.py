@@ -248,6 +248,10 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     # before the case is rebuilt (no replay's progress bar).
     wrong_object = run("prompt", project, "disc", "--box", f"{box},2", "-a", "alice")
     assert_one_line_error(wrong_object, "label 2 is not one of the project's labels (1=lesion)")
+    for bad_box, message in (("9,30,34,58,62", "slice out of range 0..2"), ("0,58,34,30,62", "is inverted or empty")):  # as are prompts that cannot fit
+        refused = run("prompt", project, "disc", "--box", bad_box, "-a", "alice")
+        assert_one_line_error(refused, message)
+        assert "propagating" not in refused.stderr
     save_mask(np.where(after > 0, 7, 0), load_image(scan), tmp_path / "label7.nii.gz")
     wrong_label = run("correct", project, "disc", "-a", "alice", "--mask", tmp_path / "label7.nii.gz")
     assert_one_line_error(wrong_label, "label 7 is not one of")

@@ -347,11 +347,12 @@ def prompt_command(
     check_views(output, overlay)
     opened = open_project(project)
     image = case_image(opened, case)
-    _, height, width = to_slices(np.empty(image.shape, np.uint8), slicing_axis_index(image, opened.settings.axis)).shape
+    depth, height, width = to_slices(np.empty(image.shape, np.uint8), slicing_axis_index(image, opened.settings.axis)).shape
     prompts = check_one_region_each(prompts_from_flags(box, point, recist, height, width))
     if not prompts:
         raise InputError("give at least one --box, --point or --recist")
-    for prompt in prompts:
+    for prompt in prompts:  # before the case is replayed (minutes on a large scan), not after
+        prompt.validate(depth, height, width)
         opened.settings.check_label(prompt.obj_id, f"prompt on slice {prompt.slice_index}")
     work = work_session(opened, case, annotator, device, image)
     for prompt in prompts:
