@@ -36,6 +36,7 @@ from medsam2.models.weights import bundled_lite_medsam_checkpoint
 from medsam2.train import config_from_dict, example_config, load_config, train
 from medsam2.train.config import DataConfig
 from medsam2.train.data import prepare_data
+from medsam2.train import trainer
 from medsam2.train.trainer import no_validation_reason
 from medsam2.train.lite_medsam import LiteMedSAMTask
 from medsam2.train.sam2 import SAM2Task
@@ -204,6 +205,28 @@ def test_a_resumed_run_logs_each_step_once(dataset: Path, uninterrupted, tmp_pat
         logged = [(int(r["step"]), float(r[column])) for r in rows if r[column]]
         assert [step for step, _ in scalars[tag]] == [step for step, _ in logged], tag
         assert [value for _, value in scalars[tag]] == pytest.approx([value for _, value in logged], rel=1e-6), tag
+
+
+@pytest.mark.parametrize(("interrupted_at", "said"), [(3, "stopped at step 2 of 4: {out}/last.pt holds step 2; continue with --resume"),
+                                                       (1, "stopped at step 0 of 4, before the first checkpoint (every 2 steps, output.checkpoint_every): nothing to resume, run it again")])
+def test_a_run_stopped_by_a_signal_says_what_it_keeps(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted_at: int, said: str) -> None:
+    """Ctrl-C or a SIGTERM (SystemExit in the medsam2 command) mid-run ended it without a word on
+    what last.pt held or how to go on."""
+    steps = 0
+    optimizer_step = trainer._Loop._optimizer_step
+
+    def interrupted(loop):
+        nonlocal steps
+        steps += 1
+        if steps == interrupted_at:
+            raise SystemExit(143)
+        return optimizer_step(loop)
+
+    monkeypatch.setattr(trainer._Loop, "_optimizer_step", interrupted)
+    out, lines = tmp_path / "run", []
+    with pytest.raises(SystemExit):
+        train(config_from_dict(settings(dataset, out)), progress=False, report=lines.append)
+    assert lines[-1] == said.format(out=out)
 
 
 def test_training_the_image_encoder_moves_it_and_lowers_the_loss(dataset: Path, tmp_path: Path) -> None:

@@ -201,6 +201,8 @@ class _Loop:
                 report(f"resuming {self.out_dir / STATE_NAME} at step {self.step} of {config.training.steps}")
         self.start_step = self.step
         self.resumed = state is not None
+        self.saved_step = self.step if self.resumed else None  # the step last.pt holds
+        self.report = report
         self.train_loss: float | None = None
         self.val_dsc: float | None = None
         self.log: RunLog | None = None
@@ -248,6 +250,10 @@ class _Loop:
                         self._save_state()
                     if last:
                         self._save_model(FINAL_NAME)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (a job's time limit): say what is kept
+            if self.distribution.is_main:
+                self.report(self._stopped_in_words())
+            raise
         finally:
             if self.log is not None:
                 self.log.close()
@@ -334,6 +340,13 @@ class _Loop:
             )
             save(document, self.out_dir / name)
 
+    def _stopped_in_words(self) -> str:
+        stopped = f"stopped at step {self.step} of {self.config.training.steps}"
+        if self.saved_step is None:
+            return (f"{stopped}, before the first checkpoint (every {self.config.output.checkpoint_every} steps, "
+                    "output.checkpoint_every): nothing to resume, run it again")
+        return f"{stopped}: {self.out_dir / STATE_NAME} holds step {self.saved_step}; continue with --resume"
+
     def _save_state(self) -> None:
         rng = self.distribution.gather(rng_state(self.device))  # every process's, collected on all
         if not self.distribution.is_main:
@@ -351,3 +364,4 @@ class _Loop:
             "world_size": self.distribution.world_size,
         }
         save(document, self.out_dir / STATE_NAME)
+        self.saved_step = self.step
