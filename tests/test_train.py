@@ -438,6 +438,10 @@ def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path, 
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=f"sam2.1-tiny={start}"))
     with pytest.raises(InputError, match="names preset sam2.1-tiny, model.sam2_preset is medsam2 .*: set model.sam2_preset: sam2.1-tiny"):
         SAM2Task(other, data.train, torch.device("cpu"))
+    # A checkpoint this command wrote goes on with the preset it was trained with, not silently another's.
+    tuned_again = dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(summary.model_path), sam2_preset="sam2.1-tiny"))
+    with pytest.raises(InputError, match="model.pt: trained by medsam2 train with preset medsam2, model.sam2_preset is sam2.1-tiny: set model.sam2_preset: medsam2"):
+        SAM2Task(tuned_again, data.train, torch.device("cpu"))
     # `--model FILE` runs it as it was trained: MedSAM2's settings (the default preset) at 128 px.
     trained = load_predictor(str(summary.model_path))
     assert (trained.model.image_size, trained.transform.resample) == (128, "bilinear")

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.prompts import box_from_mask
-from medsam2.engine.registry import PRESETS, resolve_model, split_preset
+from medsam2.engine.registry import PRESETS, resolve_model, split_preset, trained_settings
 from medsam2.errors import InputError
 from medsam2.engine.sam2_predictor import BOX_CORNER_LABELS, SAM2Predictor
-from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model, load_sam2
+from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model, sam2_from_state
+from medsam2.models.weights import read_checkpoint
 from medsam2.preprocess.resize import SquareResize
 from medsam2.train.config import TrainConfig
 from medsam2.train.data import CaseData
@@ -128,7 +129,15 @@ class SAM2Task:
         settings = self.preset.config()
         if config.model.sam2_image_size is not None:
             settings = dataclasses.replace(settings, image_size=config.model.sam2_image_size)
-        self.network = load_sam2(starting_checkpoint(config), settings, device)
+        path = starting_checkpoint(config)
+        state, recorded = read_checkpoint(path)
+        trained = trained_settings(recorded)
+        if trained is not None and trained[0] is not self.preset:  # trained at its input size and resampling
+            raise InputError(
+                f"{path}: trained by medsam2 train with preset {trained[0].name}, model.sam2_preset is "
+                f"{self.preset.name}: set model.sam2_preset: {trained[0].name}"
+            )
+        self.network = sam2_from_state(state, path, settings, device)
         self.transform = SquareResize(self.network.image_size, resample=self.preset.resample)
         self.frozen = config.model.freeze_image_encoder
         if self.frozen:
