@@ -13,7 +13,7 @@ from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import Prompt, box_from_mask, recist_line_from_marker, recist_to_box
 from medsam2.engine.session import PropagationConfig, Session
 from medsam2.errors import InputError
-from medsam2.io import Volume, load_image
+from medsam2.io import Volume, load_image, save_mask
 from medsam2.io.masks import stored_array
 from medsam2.metrics import dice
 
@@ -171,6 +171,7 @@ def test_two_objects_get_their_own_labels(predictor, lesion):
         (Prompt(3, 1, points=((20.0, 20.0),), labels=(0,)), "background clicks alone mark no object"),
         (Prompt(3.0, 1, box=(10, 10, 50, 50)), "the slice index must be a whole number, not float"),
         (Prompt(3, True, box=(10, 10, 50, 50)), "the object id must be a whole number, not bool"),
+        (Prompt(3, 1, points=((float("nan"), 20.0),), labels=(1,)), r"point \(nan, 20\) holds a number that is not finite"),  # reached the model
     ],
 )
 def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):
@@ -193,11 +194,32 @@ def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, 
         (lambda: segment_volume(volume, [], predictor, axis="axail"), "axis must be one of sagittal, coronal, axial, not 'axail'"),
         (lambda: Session(volume.array.astype(np.float32), predictor), r"uint8 stack of slices, not float32 \(13, 512, 512\)"),
         (lambda: Session(volume.array[0], predictor), r"not uint8 \(512, 512\)"),
+        # geometry and values no image has: a file with NaN geometry was written from them
+        (lambda: Volume(volume.array, spacing=(float("nan"), 1, 1)), r"Volume: 'spacing' should be 3 finite numbers > 0, got \(nan, 1, 1\)"),
+        (lambda: Volume(volume.array, spacing=(0, 1, 1)), "'spacing' should be 3 finite numbers > 0"),
+        (lambda: Volume(volume.array, spacing="1,1,1"), "'spacing' should be 3 finite numbers > 0, got '1,1,1'"),
+        (lambda: Volume(volume.array, origin=(float("nan"), 0, 0)), "'origin' should be 3 finite numbers"),
+        (lambda: Volume(volume.array, direction=(1, 0, 0, 1, 0, 0, 0, 0, 1)), "'direction' should be a rotation"),
+        (lambda: Volume(volume.array, modality="XYZ"), "Volume: modality 'XYZ': choose one of CT, MR"),
+        (lambda: Volume(volume.array.astype(complex)), "intensities of type complex128 are not real numbers"),
+        (lambda: save_mask(volume.array > 0, None, "x.nii.gz"), "x.nii.gz: save_mask needs like=, the Volume the mask belongs to"),
+        # labels that are not object ids: a fraction lost its object, a negative crashed result()
+        (lambda: Session(volume.array, predictor).load_labels(np.full(volume.shape, 1.5)), "Session.load_labels: not a label map .non-integer values"),
+        (lambda: Session(volume.array, predictor).load_labels(np.full(volume.shape, -1, np.int16)), "not a label map .negative values"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, box=("a", 10, 50, 50)), "a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20, 1)], labels=[1]), "a point 2 numbers x,y"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[1.5]), "a label 1 .object. or 0"),
     ]
     for mistake, message in mistakes:
         with pytest.raises(medsam2.InputError, match=message) as raised:
             mistake()
         assert "\n" not in str(raised.value)
+    # A numpy index is kept as a Python int (messages listed np.int64(4)); volumes compare as objects.
+    session = Session(volume.array, predictor)
+    session.add_prompt(np.int64(6), box=(246, 273, 276, 322))
+    with pytest.raises(medsam2.InputError, match=r"object 1 has no prompt on slice 3 \(prompted: \[6\]\)"):
+        session.remove_prompt(3, 1)
+    assert volume != Volume(volume.array.copy()) and volume == volume and len({volume, volume}) == 1  # was a ValueError
 
 
 def test_embedding_cache_is_bounded(predictor, lesion):

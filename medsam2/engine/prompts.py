@@ -32,6 +32,12 @@ class Prompt:
     mask: np.ndarray | None = None  # (H, W) bool
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        # numpy's integers as Python's: they show as np.int64(4) in messages and lists of slices
+        for name in ("slice_index", "obj_id"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+
     @property
     def erases(self) -> bool:
         """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
@@ -72,6 +78,8 @@ class Prompt:
         if any(len(point) != 2 for point in self.points):
             raise InputError(f"{where}: each point needs 2 numbers x,y")
         for (x, y), label in zip(self.points, self.labels):
+            if not np.isfinite((x, y)).all():
+                raise InputError(f"{where}: point ({x:g}, {y:g}) holds a number that is not finite")
             if x < 0 or y < 0 or (size_known and (x > width - 1 or y > height - 1)):  # type: ignore[operator]
                 raise InputError(f"{where}: point ({x:g}, {y:g}) lies outside the {extent}")
             if label not in (0, 1):

@@ -24,6 +24,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
+from medsam2.io.masks import as_label_map
 from medsam2.io.volume import is_slice_stack
 from medsam2.progress import leave_finished_bar
 
@@ -106,15 +107,21 @@ class Session:
         replaces everything (an empty one takes the object off the slice, and propagation starts
         nothing from there). Nothing else is recomputed until `propagate`.
         """
-        prompt = Prompt(
-            slice_index=slice_index,
-            obj_id=obj_id,
-            box=tuple(float(v) for v in box) if box is not None else None,
-            points=tuple((float(x), float(y)) for x, y in (points or ())),
-            labels=tuple(int(v) for v in (labels or ())),
-            mask=None if mask is None else np.asarray(mask, dtype=bool),
-            name=name,
-        )
+        try:
+            prompt = Prompt(
+                slice_index=slice_index,
+                obj_id=obj_id,
+                box=tuple(float(v) for v in box) if box is not None else None,
+                points=tuple((float(x), float(y)) for x, y in (points or ())),
+                labels=tuple(whole_number(v) for v in (labels or ())),
+                mask=None if mask is None else np.asarray(mask, dtype=bool),
+                name=name,
+            )
+        except (TypeError, ValueError):
+            raise InputError(
+                f"prompt on slice {slice_index} (object {obj_id}): a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y, "
+                "a label 1 (object) or 0 (background)"
+            ) from None
         return self.apply(prompt)
 
     def apply(self, prompt: Prompt) -> np.ndarray:
@@ -166,6 +173,7 @@ class Session:
         Returns the object ids. No model runs here: a slice's memory is made when a run first needs it."""
         if labels.shape != (self.num_slices, *self.slice_hw):
             raise InputError(f"label map of shape {labels.shape} does not fit the {(self.num_slices, *self.slice_hw)} slices")
+        labels = as_label_map(labels, "Session.load_labels")  # a fraction or a negative would lose its object
         ids = object_ids(labels)
         objects = {obj_id: TrackedObject(name=(names or {}).get(obj_id)) for obj_id in ids}
         for index, plane in enumerate(labels):  # slice by slice: a map of many labels is never copied whole per label
@@ -337,6 +345,14 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
+
+
+def whole_number(value: object) -> int:
+    """`value` as an int when it is one (1, 1.0, np.int64(1)); a ValueError for 1.5 (int() would make it 1)."""
+    number = float(value)  # type: ignore[arg-type]
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
 
 
 def object_ids(labels: np.ndarray) -> list[int]:

@@ -315,26 +315,10 @@ def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:
     is_2d = imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[-1] == 3)
     if not is_2d and imgs.ndim != 3:
         raise InputError(f"{path}: '{key}' has shape {imgs.shape}; expected (D, H, W), (H, W) or (H, W, 3)")
-    geometry = {
-        key: values
-        for key, length in (("spacing", 3), ("origin", 3), ("direction", 9))
-        if (values := _npz_vector(arrays, key, length, path)) is not None
-    }
+    geometry = {key: arrays[key] for key in ("spacing", "origin", "direction") if key in arrays}  # checked by Volume
     return Volume(
         array=imgs[None] if is_2d else imgs, source=path, has_spacing="spacing" in geometry, meta={"is_2d": is_2d, "npz": arrays}, **geometry
     )
-
-
-def _npz_vector(arrays: dict[str, np.ndarray], key: str, length: int, path: Path) -> tuple[float, ...] | None:
-    if key not in arrays:
-        return None
-    values = np.asarray(arrays[key], dtype=float).ravel()
-    positive = key == "spacing"
-    if values.size != length or not np.isfinite(values).all() or (positive and (values <= 0).any()):
-        raise InputError(f"{path}: '{key}' should be {length} finite numbers{' > 0' if positive else ''}, got {values}")
-    if key == "direction" and not np.allclose(values.reshape(3, 3) @ values.reshape(3, 3).T, np.eye(3), atol=1e-3):
-        raise InputError(f"{path}: 'direction' should be a rotation (orthonormal 3x3 direction cosines), got {values}")
-    return tuple(values.tolist())
 
 
 def _read_picture(path: Path, stored_values: bool = False) -> Volume:

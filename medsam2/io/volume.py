@@ -31,6 +31,7 @@ from medsam2.errors import InputError
 # DICOM Modality values: CT, MR, PET, nuclear medicine (SPECT), ultrasound, angiography, radiography
 # (computed, digital, mammography), endoscopy, other.
 Modality = Literal["CT", "MR", "PT", "NM", "US", "XA", "CR", "DX", "MG", "ES", "OT", "unknown"]
+SliceAxis = Literal["axial", "coronal", "sagittal"]
 # What users write for them: DICOM's codes, and the names people say.
 MODALITY_NAMES: dict[str, Modality] = {
     "CT": "CT", "MR": "MR", "MRI": "MR", "PT": "PT", "PET": "PT", "NM": "NM", "SPECT": "NM", "US": "US",
@@ -44,10 +45,26 @@ def parse_modality(name: str) -> Modality:
         return MODALITY_NAMES[name.strip().upper()]
     except KeyError:
         raise InputError(f"modality {name!r}: choose one of {', '.join(MODALITY_NAMES)}") from None
-SliceAxis = Literal["axial", "coronal", "sagittal"]
 
 
-@dataclass(frozen=True)
+def geometry_vector(values: object, name: str, length: int) -> tuple[float, ...]:
+    """`values` as `length` finite floats (spacing: > 0; direction: the 9 cosines of a rotation), or
+    a one-line error naming `name` and what was given."""
+    try:
+        vector = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        vector = np.array([np.nan])
+    positive = name == "spacing"
+    if vector.size != length or not np.isfinite(vector).all() or (positive and (vector <= 0).any()):
+        raise InputError(f"'{name}' should be {length} finite numbers{' > 0' if positive else ''}, got {values!r}")
+    if name == "direction" and not np.allclose(vector.reshape(3, 3) @ vector.reshape(3, 3).T, np.eye(3), atol=1e-3):
+        raise InputError(f"'direction' should be a rotation (orthonormal 3x3 direction cosines, row-major), got {values!r}")
+    return tuple(vector.tolist())
+
+
+# eq=False: arrays do not compare as one truth value; volumes are compared by what they hold
+# (`check_same_geometry`, np.array_equal on their arrays), == and hash are the object's identity.
+@dataclass(frozen=True, eq=False)
 class Volume:
     """An image (3D, or 2D as one slice) and the geometry that places it in the patient."""
 
@@ -64,7 +81,8 @@ class Volume:
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Readers make only these; a Volume built in Python with another array would fail deep in the model.
+        # Readers make only these; a Volume built in Python with anything else would fail deep in
+        # the model, or be written as a file with NaN geometry.
         if not isinstance(self.array, np.ndarray):
             raise InputError(f"Volume.array must be a numpy array, not {type(self.array).__name__}")
         if not is_slice_stack(self.array):
@@ -72,6 +90,17 @@ class Volume:
                 f"Volume.array has shape {self.array.shape}; a Volume holds (Z, Y, X), or (Z, Y, X, 3) in colour "
                 "(a 2D image is one slice: array[None])"
             )
+        where = f"{self.source}: " if self.source is not None else "Volume: "
+        numeric = np.issubdtype(self.array.dtype, np.number) and not np.issubdtype(self.array.dtype, np.complexfloating)
+        if not (numeric or self.array.dtype == bool):
+            raise InputError(f"{where}intensities of type {self.array.dtype} are not real numbers")
+        try:
+            for name, length in (("spacing", 3), ("origin", 3), ("direction", 9)):
+                object.__setattr__(self, name, geometry_vector(getattr(self, name), name, length))
+            object.__setattr__(self, "modality", parse_modality(str(self.modality)))
+        except InputError as error:
+            raise InputError(f"{where}{error}") from None
+
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -37,6 +37,8 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
     uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
     path = Path(path)
+    if not isinstance(like, Volume):
+        raise InputError(f"{path}: save_mask needs like=, the Volume the mask belongs to (its geometry), not {type(like).__name__}")
     check_mask_name(path, like)
     mask = np.asarray(mask)
     if mask.shape != like.shape:

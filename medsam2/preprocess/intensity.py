@@ -137,9 +137,7 @@ def to_uint8(volume: Volume, window: str | Window | None = None, modality: str |
     sees: Dice 0.837 -> 0.720 on a MedSAM CT lesion npz with the soft-tissue window); `modality`
     overrides the file's tag and the guess (``CT``, ``MR``/``MRI``, ``PT``/``PET``, ``US``...).
     """
-    array = volume.array
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
-        raise InputError(f"{_name(volume)}: intensities of type {array.dtype} are not numbers")
+    array = volume.array  # real numbers (a Volume holds nothing else)
     if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
         raise InputError(f"{_name(volume)}: the image contains NaN or infinite values")
     chosen = parse_modality(modality) if modality is not None else guess_modality(volume)
