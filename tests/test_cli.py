@@ -570,9 +570,9 @@ def test_outputs_never_replace_inputs_and_mismatched_masks_are_refused(
     frame_box = ["--frame-box", "0,5,5,20,20"]
     assert_one_line_error(run("segment", frames, "-o", tmp_path / "results", *frame_box), "holds other files (notes.txt)")
     assert_one_line_error(run("segment", frames, "-o", frames, *frame_box), "would replace the input")
-    # Nor does a picture go among the frames (the --areas plot beside its table, named like a frame).
+    # Nor does an output go among the frames (the --areas table and its plot, named like a frame).
     among = run("segment", frames, "-o", tmp_path / "masks.npz", "--areas", frames / "f1.csv", *frame_box)
-    assert_one_line_error(among, "f1.png: a picture in the input folder", "would be read as one of its frames")
+    assert_one_line_error(among, f"in the input folder {frames}, among the images it holds")
     assert (tmp_path / "results" / "notes.txt").read_text() == "keep me" and len(list(frames.iterdir())) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder", "frames", "other_spacing.nii.gz", "results"]
 
@@ -590,6 +590,12 @@ def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, les
     (tmp_path / "prompts.json").write_text(json.dumps(named))
     first = run("segment", tmp_path / "series", "-o", tmp_path / "seg.dcm", "--prompts", tmp_path / "prompts.json")
     assert first.exit_code == 0, first.output
+    # A SEG among the series' files replaced a slice (or joined the series): refused, the series untouched.
+    slice_file = sorted((tmp_path / "series").iterdir())[0]
+    before = slice_file.read_bytes()
+    for inside in (slice_file, tmp_path / "series" / "seg.dcm"):
+        assert_one_line_error(run("segment", tmp_path / "series", "-o", inside, "--prompts", tmp_path / "prompts.json"), "in the input folder")
+    assert slice_file.read_bytes() == before and not (tmp_path / "series" / "seg.dcm").exists()
     assert [segment.SegmentLabel for segment in pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence] == ["liver lesion"]
     edited = run("segment", tmp_path / "series", "--edit", tmp_path / "seg.dcm", "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "edited.dcm")
     assert edited.exit_code == 0 and "object 1 (liver lesion):" in edited.stdout, edited.output

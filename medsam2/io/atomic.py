@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from medsam2.errors import InputError
-from medsam2.io.paths import PICTURE_SUFFIXES, image_suffix
 
 
 def _create_beside(path: Path, create: Callable[[Path], None], infix: str = "", suffix: str = "") -> Path:
@@ -242,7 +241,7 @@ def check_output_paths(
     inputs: Sequence[Path | str | None], outputs: Sequence[Path | str | None], folders: Sequence[Path | str] = ()
 ) -> None:
     """Refuse, before any work, outputs that would replace an input (or, as a folder, hold one; or,
-    as a picture in an input folder, join its frames) or each other, a file output where a folder is (only `folders` are written as folders), and outputs
+    in an input folder, join its images) or each other, a file output where a folder is (only `folders` are written as folders), and outputs
     in a place that cannot be written: a one-line `InputError`."""
     sources = [Path(path).resolve() for path in inputs if path is not None]
     folder_outputs = {Path(folder).resolve() for folder in folders}
@@ -254,8 +253,8 @@ def check_output_paths(
         for source in sources:
             if source == resolved or source.is_relative_to(resolved):
                 raise InputError(f"{path}: writing there would replace the input {source}; choose another output")
-            if resolved.parent == source and image_suffix(resolved) in PICTURE_SUFFIXES:
-                raise InputError(f"{path}: a picture in the input folder {source} would be read as one of its frames; choose another place")
+            if resolved.parent == source:  # a SEG among a series' files replaced a slice, or joined the series; a picture, the frames
+                raise InputError(f"{path}: in the input folder {source}, among the images it holds (a series' files, a video's frames); choose another place")
         if resolved in seen:
             raise InputError(f"{path}: named for two outputs (also as {seen[resolved]})")
         seen[resolved] = path
