@@ -157,11 +157,11 @@ def test_info_describes_a_dicom_seg_by_its_segments(tmp_path: Path) -> None:
     series (it used to read the frames as an image: "labels: {'255': ...}", orientation and all)."""
     scan = packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom")
     image = load_image(scan)
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    labels[0, 10:20, 10:20], labels[0, 30:40, 30:40] = 1, 2
-    save_mask(labels, like=image, path=tmp_path / "seg.dcm", names={2: "spinal canal"})
+    labels = np.zeros(image.shape, dtype=np.uint16)
+    labels[0, 10:20, 10:20], labels[0, 30:40, 30:40] = 1, 500  # by object id: segments 1 and 2, not 500
+    save_mask(labels, like=image, path=tmp_path / "seg.dcm", names={500: "spinal canal"})
     facts = json.loads(run("info", tmp_path / "seg.dcm", "--json").stdout)
-    assert facts["segments"] == {"1": "label 1", "2": "spinal canal"} and facts["frames"] == 2
+    assert facts["segments"] == {"1": "label 1", "500": "spinal canal"} and facts["frames"] == 2
     assert facts["segments_series"] == str(pydicom.dcmread(scan).SeriesInstanceUID) and "labels" not in facts
 
 

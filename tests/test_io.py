@@ -329,6 +329,14 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.meta["dicom_files"]]
     build_segmentation(labels[segmented], [headers[k] for k in segmented]).save_as(tmp_path / "partial.dcm")
     np.testing.assert_array_equal(load_mask(tmp_path / "partial.dcm", like=series).array, labels)
+    # Objects 1 and 3 are two segments (numbered 1 and 2, each naming its object in its Tracking ID),
+    # not three with an empty "label 2" between them; they read back as objects 1 and 3.
+    gapped = np.where(labels == 2, 3, labels).astype(np.uint8)
+    two = hd.seg.segread(save_mask(gapped, series, tmp_path / "gapped.dcm", names={3: "right"}))
+    assert [(s.SegmentNumber, s.SegmentLabel, s.TrackingID) for s in two.SegmentSequence] == [(1, "label 1", "object 1"), (2, "right", "object 3")]
+    gapped_back = load_mask(tmp_path / "gapped.dcm", like=series)
+    np.testing.assert_array_equal(gapped_back.array, gapped)
+    assert label_names(gapped_back) == {3: "right"}
     write_dicom_series(ct_case, tmp_path / "other", seed=1)  # the same pixels, other instances
     with pytest.raises(InputError, match="seg.dcm: this DICOM-SEG segments another series"):
         load_mask(tmp_path / "seg.dcm", like=load_image(tmp_path / "other"))

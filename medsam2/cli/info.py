@@ -12,7 +12,7 @@ import typer
 from medsam2.cli.errors import reports_input_errors
 from medsam2.engine.registry import describe_checkpoint
 from medsam2.io import Volume, load_image
-from medsam2.io.dicom import is_segmentation
+from medsam2.io.dicom import is_segmentation, tracked_object
 from medsam2.io.masks import NPZ_MASK_KEYS, states_geometry, stored_array
 from medsam2.io.readers import file_suffix, is_picture_file
 from medsam2.io.video import Video, is_video, load_video
@@ -75,7 +75,7 @@ def describe_segmentation(path: Path) -> dict:
     return {
         "file": str(path),
         "kind": "DICOM-SEG (read against the series it segments)",
-        "segments": {str(int(s.SegmentNumber)): str(s.get("SegmentLabel", "")) for s in dataset.get("SegmentSequence", [])},
+        "segments": {str(tracked_object(s)): str(s.get("SegmentLabel", "")) for s in dataset.get("SegmentSequence", [])},  # by object id
         "frames": int(dataset.get("NumberOfFrames") or 0),
         "frame_shape_yx": [int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)],
         "segments_series": str(referenced[0].get("SeriesInstanceUID", "")) or None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import get_args
@@ -25,6 +26,7 @@ sitk = lazy_module("SimpleITK")
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: a DICOM file with no series
 SEGMENT_LABEL_LENGTH = 64  # characters: DICOM's LO value representation
+TRACKING_PREFIX = "object "  # a segment's Tracking ID: "object 3" is the label map's object 3
 # How far (mm) slice positions may stray from the line along the slice normal (position text rounding).
 MAX_SIDEWAYS_MM = 0.1
 # Tags whose values tell images at the same positions in one series apart: (what one is, several).
@@ -237,10 +239,13 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> tuple[np.ndarra
     ours = [str(source.SOPInstanceUID) for source in sources]
     if not referenced & set(ours):
         raise InputError(f"{path}: this DICOM-SEG segments another series than the image given with it")
+    # A segment is the object its Tracking ID names ("object 3", as `build_segmentation` writes),
+    # else the object of its number (other tools' SEGs).
+    label_of = {int(segment.SegmentNumber): tracked_object(segment) for segment in segmentation.SegmentSequence}
+    largest = max(label_of.values(), default=0)
+    dtype = np.uint8 if largest <= np.iinfo(np.uint8).max else np.uint16  # a label map's usual size
     # Slices a SEG does not reference hold no segment (tools that write SEGs referencing only the
     # slices they segment leave the others out).
-    largest = max((int(segment.SegmentNumber) for segment in segmentation.SegmentSequence), default=0)
-    dtype = np.uint8 if largest <= np.iinfo(np.uint8).max else np.uint16  # a label map's usual size
     options = {"combine_segments": True, "skip_overlap_checks": True, "assert_missing_frames_are_empty": True, "dtype": dtype}
     try:
         if len(sources) == 1 and int(sources[0].get("NumberOfFrames") or 1) > 1:
@@ -250,8 +255,18 @@ def read_segmentation(path: Path, sources: Sequence[Dataset]) -> tuple[np.ndarra
             labels = segmentation.get_pixels_by_source_instance(ours, **options)
     except (ValueError, KeyError, RuntimeError) as error:
         raise InputError(f"{path}: its frames do not map onto the image's ({first_line(error)})") from error
-    segments = ((int(segment.SegmentNumber), str(segment.get("SegmentLabel", "")).strip()) for segment in segmentation.SegmentSequence)
-    return labels, {number: name for number, name in segments if name and name != unnamed_segment(number)}
+    if any(number != label for number, label in label_of.items()):
+        to_label = np.zeros(max(label_of) + 1, dtype=dtype)
+        to_label[list(label_of)] = list(label_of.values())
+        labels = to_label[labels]
+    segments = ((label_of[int(segment.SegmentNumber)], str(segment.get("SegmentLabel", "")).strip()) for segment in segmentation.SegmentSequence)
+    return labels, {label: name for label, name in segments if name and name != unnamed_segment(label)}
+
+
+def tracked_object(segment: Dataset) -> int:
+    """The object id a segment's Tracking ID names, else its segment number."""
+    match = re.fullmatch(rf"{TRACKING_PREFIX}(\d+)", str(segment.get("TrackingID", "")).strip())
+    return int(match.group(1)) if match else int(segment.SegmentNumber)
 
 
 def unnamed_segment(label: int) -> str:
@@ -265,8 +280,11 @@ def build_segmentation(
     names: Mapping[int, str | None] | None = None,
     slice_thickness: float = 1.0,
 ) -> hd.seg.Segmentation:
-    """A BINARY DICOM-SEG with one segment per label 1..max, referencing `sources`; a segment's label
-    is the object's name in `names` (the first 64 characters, as DICOM allows), else "label N".
+    """A BINARY DICOM-SEG with one segment per label present, referencing `sources`; a segment's
+    label is the object's name in `names` (the first 64 characters, as DICOM allows), else "label N".
+    Segments are numbered 1..N, as DICOM wants them, and each names its object's id in its Tracking
+    ID ("object 3"), which `read_segmentation` maps back: a map of objects 1 and 3 makes two
+    segments, not an empty "label 2" between them (nor 499 for an object 500).
 
     `labels[k]` must overlay the k-th frame of the sources: the k-th file of a series in the order of
     `read_largest_series`, or the k-th frame of a single (possibly multi-frame) file.
@@ -277,18 +295,23 @@ def build_segmentation(
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medsam2", family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
-    # Label-map style input: highdicom needs a description for every value 1..max, present or not.
+    objects = [int(label) for label in np.unique(labels) if label != 0] or [1]  # an empty map: one empty segment
+    numbered = np.zeros(max(objects) + 1, dtype=np.uint16 if len(objects) > 255 else np.uint8)
+    numbered[objects] = np.arange(1, len(objects) + 1)
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=label,
+            segment_number=number,
             segment_label=((names or {}).get(label) or unnamed_segment(label))[:SEGMENT_LABEL_LENGTH],
             segmented_property_category=codes.SCT.Tissue,
             segmented_property_type=codes.SCT.Tissue,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
+            tracking_id=f"{TRACKING_PREFIX}{label}",
+            tracking_uid=hd.UID(),
         )
-        for label in range(1, max(int(labels.max()), 1) + 1)
+        for number, label in enumerate(objects, start=1)
     ]
+    labels = numbered[labels]
     segmentation = hd.seg.Segmentation(
         source_images=_stating_slice_thickness(sources, slice_thickness),
         pixel_array=labels,
@@ -305,7 +328,7 @@ def build_segmentation(
     )
     # One frame per segment and source frame it marks: highdicom makes fewer for some multi-frame
     # images (frames without plane positions), a SEG that reads back empty.
-    wanted = sum(int((labels == label).reshape(len(labels), -1).any(axis=1).sum()) for label in range(1, int(labels.max()) + 1))
+    wanted = sum(int((labels == number).reshape(len(labels), -1).any(axis=1).sum()) for number in range(1, int(labels.max()) + 1))
     if int(segmentation.NumberOfFrames) != wanted:
         raise ValueError(
             f"its {counted(int(segmentation.NumberOfFrames), 'frame')} would not map onto the {wanted} marked frames of the image; "
