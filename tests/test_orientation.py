@@ -143,7 +143,7 @@ def test_slices_too_narrow_for_the_model_are_warned_about(caplog: pytest.LogCapt
         assert prepare_slices(scan, "axial")[0].shape == (13, 64, 80)
         assert not caplog.records
         assert prepare_slices(scan, "coronal")[0].shape == (64, 13, 80)
-    assert "coronal slices are 13 x 80 pixels: too narrow for the model" in caplog.text
+    assert "coronal slices are 80×13 pixels (wide×high): too narrow for the model" in caplog.text
 
 
 def test_a_blank_image_or_a_window_outside_it_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:

@@ -691,7 +691,9 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     np.testing.assert_array_equal(frame, decoded[2])
     response = client.post(f"{base}/prompts", json={"slice": 0, "box": [18, 28, 51, 61]})
     mask = rle.decode(response.json()["mask"], (96, 96))
-    sequence = np.load(io.BytesIO(client.get(f"{base}/mask-file", params={"format": "npz"}).content))
+    downloaded = client.get(f"{base}/mask-file", params={"format": "npz"})
+    assert downloaded.headers["content-disposition"].endswith("''clip_mask.npz")  # was clip.mp4_mask.npz
+    sequence = np.load(io.BytesIO(downloaded.content))
     assert sequence["segs"].shape == (6, 96, 96) and float(sequence["frame_rate"]) == 10
     np.testing.assert_array_equal(sequence["segs"][0] > 0, mask)
     refused = client.get(f"{base}/mask-file", params={"format": "nrrd"})
@@ -731,7 +733,7 @@ def test_a_coronal_session_says_how_to_show_its_slices(server, data_dir: Path) -
     info = opened.json()
     assert info["shape"] == [512, 13, 512] and info["axis"] == "coronal"
     assert info["display"] == {"transpose": False, "flip_rows": False, "flip_columns": False}
-    assert info["warnings"] == ["coronal slices are 13 x 512 pixels: too narrow for the model to segment reliably; choose the axis across the scan's thin dimension"]
+    assert info["warnings"] == ["coronal slices are 512×13 pixels (wide×high): too narrow for the model to segment reliably; choose the axis across the scan's thin dimension"]
     axial = client.post("/api/sessions", json={"case": f"data/ct/{CASE_2}"}).json()
     assert axial["display"] == {"transpose": True, "flip_rows": False, "flip_columns": False}  # its rows run left, columns back
     assert axial["warnings"] == []

@@ -471,7 +471,7 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     page.once("dialog", lambda dialog: dialog.accept())  # the block's box closes with its session
     page.click("#open-case")
     page.wait_for_function(f"document.querySelector('#status').textContent.includes('too narrow') && {IDLE}")
-    assert "coronal slices are 13 x 512 pixels: too narrow for the model" in page.inner_text("#status")
+    assert "coronal slices are 512×13 pixels (wide×high): too narrow for the model" in page.inner_text("#status")
 
     # The View choice stays coronal for the next case; a picture has one view and opens as it is.
     picture = tmp_path / "flat.png"

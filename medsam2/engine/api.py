@@ -69,7 +69,7 @@ def narrow_slices_warning(slice_hw: tuple[int, int], axis: SliceAxis) -> str | N
     rows, columns = slice_hw
     if min(rows, columns) < MIN_SLICE_SIDE <= max(rows, columns):
         return (
-            f"{axis} slices are {rows} x {columns} pixels: too narrow for the model to segment reliably; "
+            f"{axis} slices are {columns}×{rows} pixels (wide×high): too narrow for the model to segment reliably; "
             "choose the axis across the scan's thin dimension"
         )
     return None

@@ -20,9 +20,11 @@ def image_suffix(path: Path) -> str | None:
 
 
 def mask_file_stem(path: Path) -> str:
-    """The file name without its image suffix: "case_01.nii.gz" -> "case_01". A name with none (a
-    series folder, a DICOM file named by its UID) is kept whole: its dots are not a suffix's."""
-    suffix = image_suffix(path)
+    """The file name without its image or video suffix: "case_01.nii.gz" -> "case_01", "echo.mp4"
+    -> "echo". A name with none (a series folder, a DICOM file named by its UID) is kept whole: its
+    dots are not a suffix's."""
+    name = path.name.lower()
+    suffix = image_suffix(path) or next((video for video in VIDEO_SUFFIXES if name.endswith(video)), None)
     return path.name[: -len(suffix)] if suffix else path.name
 
 

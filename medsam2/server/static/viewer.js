@@ -512,7 +512,7 @@ async function renameObject(object, name) {
 async function deleteObject(object) {
   if (onServer(object)) {
     const slices = state.session.objects.find((entry) => entry.id === object.id).slices.length;
-    const what = slices ? ` and its masks on ${slices} ${state.session.kind === "video" ? "frame" : "slice"}${slices === 1 ? "" : "s"}` : "";
+    const what = slices ? ` and its masks on ${slices} ${caseWords().part}${slices === 1 ? "" : "s"}` : "";
     if (!confirm(`Delete ${object.name}${what}? This cannot be undone.`)) return;
     applySession(await change(`/objects/${object.id}`, { method: "DELETE" }));
     await refreshMasks();
@@ -524,10 +524,15 @@ async function deleteObject(object) {
   draw();
 }
 
-async function sendPrompt(fields, done = `segmented on slice ${state.slice}. Press Propagate (G) to follow it through the scan.`) {
+// What the case is made of, and what of it one is, in the words of its kind.
+function caseWords() {
+  return state.session?.kind === "video" ? { part: "frame", whole: "clip" } : { part: "slice", whole: "scan" };
+}
+
+async function sendPrompt(fields, done = `segmented on ${caseWords().part} ${state.slice}. Press Propagate (G) to follow it through the ${caseWords().whole}.`) {
   const object = activeObject();
   const slice = state.slice;
-  status(`Segmenting ${object.name} on slice ${slice}…`);
+  status(`Segmenting ${object.name} on ${caseWords().part} ${slice}…`);
   const result = await change("/prompts", {
     method: "POST",
     json: { slice, obj_id: object.id, name: object.name, ...fields },
@@ -552,7 +557,8 @@ async function eraseHere() {
   }
   const [rows, columns] = state.session.shape.slice(1);
   const empty = { size: [rows, columns], counts: [rows * columns] };
-  await sendPrompt({ mask: empty }, `taken off slice ${state.slice}. Press Propagate (G) so the slices around follow.`);
+  const { part } = caseWords();
+  await sendPrompt({ mask: empty }, `taken off ${part} ${state.slice}. Press Propagate (G) so the ${part}s around follow.`);
 }
 
 async function propagate() {
@@ -650,7 +656,7 @@ async function openCase() {
   if (previous) api(`/api/sessions/${previous.id}`, { method: "DELETE" }).catch(() => {});
   showSession(info, startSlice(info));
   const unit = info.kind === "video" ? "frame" : "slice";
-  const what = `${info.case.name}: ${info.shape[0]} ${unit}${info.shape[0] === 1 ? "" : "s"} of ${info.shape[2]}×${info.shape[1]}.`;
+  const what = `${info.case.name}: ${info.shape[0]} ${unit}${info.shape[0] === 1 ? "" : "s"} of ${info.shape[2]}×${info.shape[1]} pixels (wide×high).`;
   const next = !opensAtKeySlice(info)
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
@@ -697,7 +703,7 @@ async function resumeSession() {
   applySession(info);
   await refreshMasks();
   draw();
-  status(info.progress.state === "failed" ? info.progress.message : "Propagated.", info.progress.state === "failed");
+  status(info.progress.state === "failed" ? info.progress.message : `Propagated. ${objectExtents(info)}`, info.progress.state === "failed");
   return true;
 }
 
@@ -971,7 +977,10 @@ canvas.addEventListener("wheel", (event) => {
 // -- keyboard ----------------------------------------------------------------------------------------
 
 document.addEventListener("keydown", act(async (event) => {
-  if (event.target.closest("input, select, textarea, dialog")) return;
+  // Typing goes to fields; the slider keeps only the keys it moves by (the shortcuts stay live after a drag).
+  const slider = event.target.matches?.("input[type=range]");
+  if (slider && ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "PageUp", "PageDown", "Home", "End"].includes(event.key)) return;
+  if (!slider && event.target.closest("input, select, textarea, dialog")) return;
   if (!state.session) return;
   const key = event.key;
   const presets = Object.keys(state.session.window_presets);
