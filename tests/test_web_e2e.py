@@ -444,6 +444,12 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '19' && {IDLE}")
     page.fill("#slice", "15")  # the slider's own value is the slice number
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '15' && {IDLE}")
+    # The slider keeps the focus (as after a drag): the shortcuts still work (they were swallowed).
+    assert page.evaluate("document.activeElement.id") == "slice"
+    shown = page.is_checked("#show-overlay")
+    page.keyboard.press("o")
+    assert page.is_checked("#show-overlay") != shown
+    page.keyboard.press("o")
 
     # Where the slice lies on the screen, and where the bright block is drawn within it.
     corners = [page.evaluate(f"medsam2Viewer.imageToClient({x}, {y})") for x, y in ((-0.5, -0.5), (55.5, 39.5))]
