@@ -238,6 +238,19 @@ def test_a_run_whose_output_reader_leaves_stops_as_a_unix_tool_does_and_a_rerun_
     assert rerun.stderr.count("failed: ") == 2 and "Traceback" not in rerun.stderr
 
 
+def test_a_reader_that_leaves_after_the_first_line_ends_the_run_with_sigpipe_status_not_1(tmp_path: Path) -> None:
+    """`| head -1`: the reader takes the run's first line and goes; the summary then finds the pipe
+    closed. rich's console exited 1 there without a word (read as "some case failed")."""
+    manifest = write(tmp_path / "m.csv", "id,image,box\na,a.nii.gz,\"1,2,3,4,5\"\n")
+    command = [sys.executable, "-m", "medsam2.cli", "batch", str(manifest), "-o", str(tmp_path / "out"), "--workers", "1", "--no-progress"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().startswith("1 of 1 cases to run")
+    run.stdout.close()
+    errors = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal.SIGPIPE, errors
+    assert errors.strip().splitlines()[-1] == "error: stopped: standard output was closed by the program reading it"
+
+
 def test_a_journal_line_torn_by_a_kill_is_passed_over_and_the_next_record_stands_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write(out / "results.jsonl", json.dumps({"case_id": "a", "status": "ok"}) + "\n" + '{"case_id": "b", "sta')

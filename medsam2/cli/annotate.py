@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.orm import defer
 from rich.table import Column, Table
@@ -35,6 +34,7 @@ from medsam2.annotate.images import load_case_image
 from medsam2.annotate.leases import lease_next_openable
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
+from medsam2.cli.console import StdoutConsole
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.engine.prompt_sources import PromptSources, check_one_region_each, prompts_from_flags
 from medsam2.engine.prompts import MAX_OBJECT_ID
@@ -484,7 +484,7 @@ def status_command(
     """
     opened = open_project(project)
     status = opened.status()
-    console = Console()
+    console = StdoutConsole()
     console.print(f"project {status.name} ({status.database})")
     counts = Table("state", "cases")
     for state, count in status.counts.items():
@@ -576,7 +576,7 @@ def report_command(
     for measure, shown in measures.items():
         table.add_row(measure, *(shown(r) for r in report.rounds))
     if report.rounds:
-        Console().print(table)
+        StdoutConsole().print(table)
     else:
         typer.echo("no case is accepted or rejected yet")
     for path in write_report(report, out):

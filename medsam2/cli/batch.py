@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medsam2.cli.console import StdoutConsole
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
@@ -114,7 +115,7 @@ def batch(
             typer.echo(f"stopped at once by {signal.Signals(stopped.signum).name}, dropping the running cases: "
                        "rerun the same command to go on", err=True)
             raise typer.Exit(128 + stopped.signum) from None
-        print_summary(report, Console())
+        print_summary(report, StdoutConsole())
         typer.echo(f"wrote {out / 'results.csv'}")
     if report.stopped_by is not None:
         typer.echo(f"stopped by {signal.Signals(report.stopped_by).name}: rerun the same command to go on", err=True)

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medsam2.cli.console import StdoutConsole
 from medsam2.cli.errors import reports_input_errors
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
@@ -255,7 +256,7 @@ def eval_command(
     rows = case_rows(cases, scored_labels(cases))
     summary = summarise(rows)
     missing = [case.name for case in cases if case.missing_prediction]
-    console = Console()
+    console = StdoutConsole()
     print_tables(rows, summary, console, distance_unit(cases))
     for note in pairing_notes(missing, ignored) + pixel_note(cases) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names

@@ -110,8 +110,9 @@ def main() -> None:
     wrong type) reported in one line too, as every other bad input is."""
     signal.signal(signal.SIGTERM, exit_on_terminate)  # commands with a stop of their own (batch, serve) replace it
     # pydicom warns of header quirks it reads past (a value of the wrong form, an unexpected VR
-    # encoding), in lines naming its own source: noise to a user whose file was read.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+    # encoding), highdicom of values it copies into a SEG as they are (a one-part patient name,
+    # common in anonymised exports), in lines naming their own source: noise to a user whose file was read.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|highdicom)\.")
     try:
         status = with_plain_value_labels(typer.main.get_command(app)).main(prog_name="medsam2", standalone_mode=False)
     except typer.Abort:
