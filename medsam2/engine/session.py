@@ -24,7 +24,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
-from medsam2.io.masks import as_label_map
+from medsam2.io.masks import check_label_values
 from medsam2.io.volume import is_slice_stack
 from medsam2.progress import leave_finished_bar
 
@@ -173,7 +173,7 @@ class Session:
         Returns the object ids. No model runs here: a slice's memory is made when a run first needs it."""
         if labels.shape != (self.num_slices, *self.slice_hw):
             raise InputError(f"label map of shape {labels.shape} does not fit the {(self.num_slices, *self.slice_hw)} slices")
-        labels = as_label_map(labels, "Session.load_labels")  # a fraction or a negative would lose its object
+        check_label_values(labels, "Session.load_labels")  # a fraction or a negative would lose its object
         ids = object_ids(labels)
         objects = {obj_id: TrackedObject(name=(names or {}).get(obj_id)) for obj_id in ids}
         for index, plane in enumerate(labels):  # slice by slice: a map of many labels is never copied whole per label

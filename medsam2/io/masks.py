@@ -88,12 +88,18 @@ def label_names(mask: Volume) -> dict[int, str]:
     return dict(mask.meta.get("label_names", {}))
 
 
-def as_label_map(array: np.ndarray, source: Path | str) -> np.ndarray:
-    """`array` if it holds labels (whole numbers >= 0; floats become int32), else a one-line error."""
+def check_label_values(array: np.ndarray, source: Path | str) -> None:
+    """A one-line error unless `array` holds whole numbers >= 0 (labels, if it is a label map at all)."""
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
         raise InputError(f"{source}: not a label map (non-integer values)")
     if array.size and array.min() < 0:
         raise InputError(f"{source}: not a label map (negative values)")
+
+
+def as_label_map(array: np.ndarray, source: Path | str) -> np.ndarray:
+    """`array` if it holds labels (whole numbers >= 0 not laid out as an image's intensities; floats
+    become int32), else a one-line error."""
+    check_label_values(array, source)
     changing, pairs = neighbour_change(array)
     if pairs >= MIN_NEIGHBOUR_PAIRS and (
         changing > IMAGE_LIKE_NEIGHBOUR_CHANGE * pairs
