@@ -110,10 +110,10 @@ def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_t
 
     monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(write(tmp_path / "models" / "other.pt", "other weights")))
     second = fingerprints(cases, settings)
-    assert [a == b for a, b in zip(first, second)] == [True, True, False]
+    assert [first[c.case_id] == second[c.case_id] for c in cases] == [True, True, False]
     write(weights, "weights, second version, retrained")
     third = fingerprints(cases, settings)
-    assert [a == b for a, b in zip(second, third)] == [False, False, True]
+    assert [second[c.case_id] == third[c.case_id] for c in cases] == [False, False, True]
 
 
 def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:

@@ -35,14 +35,14 @@ LOCK = ".batch.lock"
 TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image", "model", "worker", "error")
 
 
-def fingerprints(cases: list[Case], settings: BatchSettings) -> list[str]:
-    """A digest per case of everything its result depends on: its row (line number aside) and its
+def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
+    """Case id -> a digest of everything the case's result depends on: its row (line number aside) and its
     prompts file's content, its effective model (the checkpoint file a preset names now, its size and
     modification time: looked up once per model), memory bank and format, and the batch settings
     that shape masks and scores. (Not the images' content: reading every scan to check for edits
     would cost a run.)"""
     models = {spec: checkpoint_identity(spec) for spec in {case.model or settings.model for case in cases}}
-    digests = []
+    digests = {}
     for case in cases:
         prompts_file = case.prompts.prompts_file
         described = {
@@ -53,7 +53,7 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> list[str]:
             "format": case.output_format or settings.output_format,
             "settings": settings.result_defining(),
         }
-        digests.append(hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        digests[case.case_id] = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digests
 
 

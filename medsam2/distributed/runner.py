@@ -86,7 +86,7 @@ def run_batch(
     ``make_engine(number of cases to run)`` makes, recording each as it finishes. Stop signals
     are noted in `stop` (from `stop_requests`, which a caller holds to cover what it does after,
     e.g. printing the summary), or in a request of the run's own."""
-    by_case = dict(zip((case.case_id for case in cases), fingerprints(cases, settings)))
+    by_case = fingerprints(cases, settings)
     started = time.perf_counter()
     with ResultsStore(settings.out_dir) as store:
         todo = [case for case in cases if not store.is_done(case, by_case[case.case_id], retry_failed)]
