@@ -30,8 +30,10 @@ from test_annotate_work import write_disc_case
 from typer.testing import CliRunner
 
 from medsam2.annotate import import_cases, init_project, open_project
+from medsam2.annotate.leases import release
 from medsam2.annotate.routes import annotation_router
 from medsam2.annotate.schema import InteractionRow
+from medsam2.annotate.work import Predictors, WorkSession
 from medsam2.cli.demo import key_slice_box
 from medsam2.cli.main import app as cli_app
 from medsam2.cli.serve import listen
@@ -627,6 +629,14 @@ def test_the_annotation_panel_undoes_releases_and_rejects(annotation_server_url:
     assert (events[-1]["kind"], events[-1]["annotator"]) == ("release", "alice") and len(events) == 5
 
     take_next_case(page, "bob")  # the same page, another annotator: the released case with its record
+    # A reload mid-work opens the case bob holds again (the panel said "No case taken.").
+    page.reload()
+    page.wait_for_function(f"document.querySelector('#annotate-case')?.textContent.startsWith('disc: in review, yours until') && {IDLE}")
+    # Cancel in the reject dialog rejects nothing (it rejected with an empty reason).
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#annotate-panel [data-action=reject]")
+    wait_message(page, "not rejected")
+    assert stored_record(folder)[0]["state"] == "in_review"
     page.once("dialog", lambda dialog: dialog.accept("motion artefact"))
     page.click("#annotate-panel [data-action=reject]")
     wait_message(page, "rejected")
@@ -684,3 +694,33 @@ def test_the_annotation_panel_shows_a_ras_scan_turned_in_square_millimetres(tmp_
         # stored: rows 20..29 (anterior, as RAS rows run forwards), columns 28..39 (rightmost)
         assert (x1, y1, x2, y2) == (28, 20, 39, 29)
         assert problems == []
+
+
+def test_the_annotation_panel_follows_what_commands_change_meanwhile(annotation_server_url: str, browser: Browser, tmp_path: Path) -> None:
+    """A prompt recorded by a command while alice's panel is open: her next box goes on top of it
+    (was refused as "changed elsewhere", the view stale); the case released by a command: her
+    next action is refused and the panel shows the case as it now is, the box drawn gone."""
+    folder = tmp_path / "project"
+    page, problems = start_page(browser, annotation_server_url, f"document.querySelector('#annotate-counts') && {IDLE}")
+    take_next_case(page, "alice")
+    shown = int(page.input_value("#annotate-slice"))
+    project = open_project(folder)
+    try:
+        WorkSession(project, "disc", "alice", Predictors("cpu")).add_prompt(shown, box=(30, 30, 62, 66))
+    finally:
+        project.close()
+    box_the_disc(page)
+    assert [event["kind"] for event in stored_record(folder)[1]][-2:] == ["prompt", "prompt"]
+
+    project = open_project(folder)
+    try:
+        release(project, "disc", "alice")
+    finally:
+        project.close()
+    page.click("#annotate-panel [data-action=undo]")
+    page.wait_for_function(f"document.querySelector('#annotate-case').textContent === 'disc: presegmented' && {IDLE}")
+    assert "is not leased to alice; take a case (Next case in the web app" in page.inner_text("#annotate-message")
+    assert [event["kind"] for event in stored_record(folder)[1]][-1] == "release"  # the undo was not recorded
+    # nor is the case shown to her any longer (its slices were, from the session kept open)
+    assert page.evaluate("fetch('/api/annotate/cases/disc/slices/0.png?annotator=alice').then((r) => r.status)") == 409
+    assert [problem for problem in problems if "409" not in problem] == []

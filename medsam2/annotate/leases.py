@@ -121,14 +121,18 @@ def renew(session: Session, project: Project, name: str, annotator: str) -> Case
     return row
 
 
+# Said by the command line and the web panel alike.
+TAKE_A_CASE = "Next case in the web app, `medsam2 annotate queue` on the command line"
+
+
 def not_held_reason(row: CaseRow, annotator: str, now: datetime) -> str:
     if row.state in FINISHED_STATES:
         return f"case {row.name} is already {row.state} (by {row.finished_by})"
     if row.lease_owner and row.lease_owner != annotator and row.lease_expires > now:
         return f"case {row.name} is leased to {row.lease_owner} until {row.lease_expires:%Y-%m-%d %H:%M} UTC"
     if row.lease_owner == annotator:
-        return f"your lease on case {row.name} ran out at {row.lease_expires:%Y-%m-%d %H:%M} UTC; take it again with `medsam2 annotate queue`"
-    return f"case {row.name} is not leased to {annotator}; take a case with `medsam2 annotate queue`"
+        return f"your lease on case {row.name} ran out at {row.lease_expires:%Y-%m-%d %H:%M} UTC; take it again ({TAKE_A_CASE})"
+    return f"case {row.name} is not leased to {annotator}; take a case ({TAKE_A_CASE})"
 
 
 def release(project: Project, name: str, annotator: str) -> CaseRow:

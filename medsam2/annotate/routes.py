@@ -119,13 +119,17 @@ class AnnotationService:
             return self._case_locks.setdefault(name, threading.Lock())
 
     def work(self, name: str, annotator: str) -> WorkSession:
-        """The annotator's open session on a case (opened, and the lease checked, on first use)."""
+        """The annotator's open session on a case: the one kept while it still shows the record
+        (the lease held, nothing recorded elsewhere since), else opened anew from the record, which
+        checks the lease (a view of a case someone else now holds is refused, one a command changed
+        is rebuilt as it now stands)."""
         key = (name, annotator)
         with self._guard:
             work = self._open.get(key)
-            if work is not None and work.lost is None:
+        if work is not None and work.lost is None and work.is_current():
+            with self._guard:
                 self._open.move_to_end(key)
-                return work
+            return work
         work = WorkSession(self.project, name, annotator, self.predictors)
         with self._guard:
             self._open[key] = work

@@ -295,6 +295,14 @@ class WorkSession:
         if self.case.preseg_mask is None and self.case.hints and not self.model.active and self.model.hints:
             self._presegment_from_hints()
 
+    def is_current(self) -> bool:
+        """Whether this session still shows the record: its annotator holds the lease and nothing was
+        recorded on the case elsewhere since (a command, another tab). Read only: no lease renewed."""
+        with self.project.transaction() as session:
+            case = self.project.case(session, self.name)
+            held = case.state == CaseState.IN_REVIEW.value and case.lease_owner == self.annotator and case.lease_expires > self.project.clock()
+            return held and last_event(session, case) == self.seen
+
     @property
     def case(self) -> CaseRow:
         return self.model.case

@@ -75,11 +75,21 @@ async function start() {
     ui.message.classList.toggle("error", isError);
   };
   const refreshCounts = async () => showCounts(ui, await projectStatus());
+  // A case is the annotator's to work on while in review under their lease.
+  const mine = (caseInfo) => caseInfo.state === "in_review" && caseInfo.lease_owner === ui.who.value.trim();
+  // After a refusal (the lease gone to someone else, the case finished elsewhere), show the case as it is.
+  const refreshCase = async () => {
+    if (!current.case) return;
+    const { case: latest } = await call(`/cases/${encodeURIComponent(current.case.name)}`);
+    if (!mine(latest)) show(latest);
+  };
   const act = (action) => async () => {
     try {
       await action();
     } catch (error) {
       say(error.message, true);
+      draw(); // a box drawn for a refused prompt goes
+      if (error.status === 409) refreshCase().catch(() => {});
       refreshCounts().catch(() => {}); // the error may come of a change made elsewhere
     }
   };
@@ -103,10 +113,15 @@ async function start() {
   }
 
   function show(caseInfo) {
-    current.case = caseInfo.state === "in_review" ? caseInfo : null;
-    const lease = caseInfo.lease_expires ? `, yours until ${new Date(caseInfo.lease_expires).toLocaleTimeString()}` : "";
+    current.case = mine(caseInfo) ? caseInfo : null;
+    const until = caseInfo.lease_expires ? new Date(caseInfo.lease_expires).toLocaleTimeString() : "";
+    const lease = !until ? "" : current.case ? `, yours until ${until}` : `, leased to ${caseInfo.lease_owner} until ${until}`;
     ui.caseLine.textContent = `${caseInfo.name}: ${caseInfo.state.replace("_", " ")}${lease}`;
-    if (!current.case) return;
+    if (!current.case) {
+      current.image = new Image(); // nothing of a case that is not the annotator's stays on show
+      draw();
+      return;
+    }
     ui.slider.max = String(caseInfo.slices - 1);
     ui.slider.dir = caseInfo.slice_step < 0 ? "rtl" : "ltr"; // left to right in reading order, as the viewer's
     if (caseInfo.masked_slices.length && !caseInfo.masked_slices.includes(Number(ui.slider.value))) {
@@ -119,6 +134,10 @@ async function start() {
     if (!current.case) return;
     const path = `${API}/cases/${encodeURIComponent(current.case.name)}/slices/${ui.slider.value}.png`;
     current.image.onload = draw;
+    current.image.onerror = () => {
+      say(`slice ${ui.slider.value} could not be loaded`, true);
+      refreshCase().catch(() => {}); // most likely the case is no longer this annotator's
+    };
     current.image.src = `${path}?annotator=${encodeURIComponent(annotator())}&t=${Date.now()}`;
   }
 
@@ -129,7 +148,7 @@ async function start() {
     return caseInfo;
   }
 
-  ui.next.addEventListener("click", act(async () => {
+  const takeNext = act(async () => {
     say("taking the next case…");
     const caseInfo = await call("/queue", { method: "POST", json: { annotator: annotator() } });
     await refreshCounts();
@@ -137,7 +156,8 @@ async function start() {
     show(caseInfo);
     const passedOver = caseInfo.passed_over.map((line) => ` Passed over ${line}.`).join("");
     say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice.${passedOver}`, passedOver !== "");
-  }));
+  });
+  ui.next.addEventListener("click", takeNext);
   ui.slider.addEventListener("input", act(async () => loadSlice()));
 
   const toCanvas = (event) => {
@@ -193,7 +213,8 @@ async function start() {
   }));
   reject.addEventListener("click", act(async () => {
     if (!current.case) return;
-    const reason = prompt("Why reject this case?") ?? "";
+    const reason = prompt("Why reject this case?");
+    if (reason === null) return say("not rejected"); // Cancel
     await post("reject", { annotator: annotator(), reason });
     say("rejected");
   }));
@@ -202,6 +223,9 @@ async function start() {
     await post("release", { annotator: annotator() });
     say("released for the next annotator");
   }));
+
+  // A page reloaded mid-work opens the case its annotator holds (the queue gives a holder their case).
+  if (status.leases.some((lease) => lease.annotator === ui.who.value.trim())) await takeNext();
 }
 
 start();
