@@ -331,6 +331,10 @@ def test_token_is_required_on_every_route(data_dir: Path) -> None:
             response = client.get(path)
             assert response.status_code == 401, path
             assert "missing or wrong token" in response.json()["error"]
+        # A browser opening the page without it reads a page saying so (it showed the JSON).
+        page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})
+        assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+        assert "missing or wrong token: open the URL `medsam2 serve` printed" in page.text
         assert client.get("/api/cases", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
         assert client.get("/api/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert client.get("/api/cases", headers={"X-Medsam2-Token": token}).status_code == 200

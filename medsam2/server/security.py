@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import hmac
+import html
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse
 
 from medsam2.server.errors import error_response
 from medsam2.server.settings import ServerSettings, is_loopback
@@ -58,12 +60,14 @@ def install_security(app: FastAPI, settings: ServerSettings) -> None:
         if settings.token is not None and not (
             token is not None and hmac.compare_digest(token.encode(), settings.token.encode())
         ):
-            return error_response(
-                401,
+            refused = (
                 "missing or wrong token: open the URL `medsam2 serve` printed (it ends in ?token=...) "
-                "or send the header 'Authorization: Bearer TOKEN'",
-                {"WWW-Authenticate": "Bearer"},
+                "or send the header 'Authorization: Bearer TOKEN'"
             )
+            if "text/html" in request.headers.get("accept", ""):  # a browser opening the page: a page that says so
+                page = f"<!doctype html><meta charset=utf-8><title>medsam2: token needed</title><p>{html.escape(refused)}</p>"
+                return HTMLResponse(page, 401, {"WWW-Authenticate": "Bearer"})
+            return error_response(401, refused, {"WWW-Authenticate": "Bearer"})
         header = request.headers.get(CLIENT_HEADER)
         if header is not None and not _CLIENT_ID.match(header):
             # Replaced silently, it would open sessions the script could never reach again.
