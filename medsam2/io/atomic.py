@@ -83,15 +83,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     if _written_through(path):
         yield path
         return
-    path = _link_target(path)
-    temporary = _create_beside(path, _new_file, suffix="".join(path.suffixes) or ".tmp")
-    try:
+    with _staged_file(_link_target(path), new=False) as temporary:
         yield temporary
-        os.replace(temporary, path)
-    except OSError as error:  # a full disk, a file-size limit...
-        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -99,15 +92,24 @@ def atomic_new_path(path: Path) -> Iterator[Path]:
     """`atomic_path` for a file that must not be there yet: what is written is linked in under
     `path`, never over a file. `FileExistsError` when one is there, even one another writer put
     there since the caller looked (two requests saving at once: the first one wins, the other learns it)."""
+    with _staged_file(path, new=True) as temporary:
+        yield temporary
+
+
+@contextlib.contextmanager
+def _staged_file(path: Path, new: bool) -> Iterator[Path]:
+    """A temporary file beside `path` (same suffixes) to write to, put in place on success (renamed
+    over `path`, or when `new` linked in where no file is) and deleted in any case; an OSError (a
+    full disk, a file-size limit...) as a one-line InputError, but for `new` the FileExistsError
+    that says `path` was taken."""
     temporary = _create_beside(path, _new_file, suffix="".join(path.suffixes) or ".tmp")
     try:
         yield temporary
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
+        (os.link if new else os.replace)(temporary, path)
+    except OSError as error:
+        if new and isinstance(error, FileExistsError):
             raise
-        except OSError as error:
-            raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
         temporary.unlink(missing_ok=True)
 

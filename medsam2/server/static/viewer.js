@@ -604,7 +604,7 @@ function showProgress(progress) {
   const bar = $("progress");
   bar.max = Math.max(progress.total, 1);
   bar.value = progress.state === "done" ? bar.max : progress.done;
-  const words = { idle: "", queued: "waiting for the model…", running: progress.total ? `${progress.done} / ${progress.total} ${state.session?.kind === "video" ? "frames" : "slices"}` : "starting…", done: "done", failed: progress.message };
+  const words = { idle: "", queued: "waiting for the model…", running: progress.total ? `${progress.done} / ${progress.total} ${caseWords().part}s` : "starting…", done: "done", failed: progress.message };
   $("progress-text").textContent = words[progress.state] ?? "";
 }
 
