@@ -333,7 +333,7 @@ def test_segment_prompts_file_with_two_named_objects(tmp_path: Path, lesion_case
     prompts["objects"][0]["prompts"][0]["slice"] = key + 0.5
     (tmp_path / "fractional.json").write_text(json.dumps(prompts))
     fractional = run("segment", lesion_case, "-o", tmp_path / "other.npz", "--prompts", tmp_path / "fractional.json")
-    assert_one_line_error(fractional, f"object 1: slice {key + 0.5} is not a whole number")
+    assert_one_line_error(fractional, f"object 1: slice must be a whole number, got {key + 0.5}")
     # Two objects with one id would merge into one under the second's name; a box and a RECIST line
     # in one prompt are two boxes.
     prompts["objects"][0]["prompts"][0]["slice"] = key

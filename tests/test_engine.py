@@ -208,7 +208,9 @@ def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, 
         (lambda: Session(volume.array, predictor).load_labels(np.full(volume.shape, -1, np.int16)), "not a label map .negative values"),
         (lambda: Session(volume.array, predictor).add_prompt(3, box=("a", 10, 50, 50)), "a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y"),
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20, 1)], labels=[1]), "a point 2 numbers x,y"),
-        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[1.5]), "a label 1 .object. or 0"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[1.5]), r"slice 3 \(object 1\): point label must be a whole number, got 1.5"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=["1"]), r"point label must be a whole number, got \"1\""),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[True]), "point label must be a whole number, got true"),
     ]
     for mistake, message in mistakes:
         with pytest.raises(medsam2.InputError, match=message) as raised:

@@ -440,6 +440,8 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         (["segment", good, "--frame-point", "9,60,80"], ["frame 9", "outside the clip's frames 0..3"]),
         (["segment", good, "--frame-box", "1,50,40,110,400"], ["prompt on frame 1 (object 1): box", "reaches outside the 160x192 frame"]),
         (["segment", good, "--frame-box", "1.5,50,40,110,150"], ["--frame-box: frame must be a whole number, got 1.5"]),
+        (["segment", good, "--frame-box", "nan,50,40,110,150"], ["--frame-box: frame must be a whole number, got NaN"]),
+        (["segment", good, "--frame-point", "1,60,80,inf"], ["--frame-point: label must be a whole number, got Infinity"]),
         (["segment", good, "--frame-box", f"1,{box},2", "--echo"], ["--echo", "object 1"]),
         (["segment", good, "--frame-box", f"1,{box}", "--axis", "coronal"], ["--axis"]),
         (["segment", good, "--frame-box", f"1,{box}", "--overlay", out / "overlay.gif"], ["overlay.gif", ".mp4"]),

@@ -12,8 +12,8 @@ from medsam2.cli.models import MODEL_HELP, loaded_predictor
 from medsam2.cli.segment import PRECISION_OPTION, write_result
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import check_precision
-from medsam2.engine.prompt_sources import as_index, parse_numbers
-from medsam2.engine.prompts import Prompt, box_from_mask
+from medsam2.engine.prompt_sources import parse_numbers
+from medsam2.engine.prompts import Prompt, box_from_mask, whole_number
 from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
@@ -68,7 +68,7 @@ def demo(
         name = mask_file_stem(case)
     if box is not None:
         z, x1, y1, x2, y2 = parse_numbers(box, "--box", (5,))
-        prompt = Prompt(as_index(z, "--box", "slice"), 1, box=(x1, y1, x2, y2))
+        prompt = Prompt(whole_number(z, "--box: slice"), 1, box=(x1, y1, x2, y2))
     elif truth is not None:
         if not truth.array.any():
             raise InputError(f"{reference or case}: the reference mask is empty; give --box")

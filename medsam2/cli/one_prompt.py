@@ -23,8 +23,8 @@ from medsam2.engine.one_prompt import (
     OnePromptSegmenter,
     reference_mask_from_box,
 )
-from medsam2.engine.prompt_sources import as_index, parse_numbers, prompts_from_mask
-from medsam2.engine.prompts import Prompt
+from medsam2.engine.prompt_sources import parse_numbers, prompts_from_mask
+from medsam2.engine.prompts import Prompt, whole_number
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.atomic import check_output_paths, outputs_together
@@ -99,7 +99,7 @@ def reference_prompt(
         if label is not None:
             raise InputError("--label chooses a label of --reference-mask; a --reference-box marks one structure already")
         z, x1, y1, x2, y2 = parse_numbers(box, "--reference-box", (5,))
-        prompt = Prompt(as_index(z, "--reference-box", "slice"), 1, box=(x1, y1, x2, y2))
+        prompt = Prompt(whole_number(z, "--reference-box: slice"), 1, box=(x1, y1, x2, y2))
         prompt.validate(*slices.shape[:3])
         return slices, prompt
     prompts = {p.obj_id: p for p in prompts_from_mask(load_mask(mask_path, like=volume), volume, axis_index)}

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from medsam2.documents import keys_once
-from medsam2.engine.prompts import Prompt, recist_to_box
+from medsam2.engine.prompts import Prompt, recist_to_box, whole_number
 from medsam2.errors import InputError
 
 PROMPT_KEYS = {"slice", "box", "points", "labels", "recist"}
@@ -42,13 +42,6 @@ def load_prompt_file(path: Path, height: int, width: int) -> list[Prompt]:
         if isinstance(error, InputError):
             raise InputError(f"{path}: {error}") from None
         raise InputError(f"{path}: malformed prompts ({type(error).__name__}: {error})") from None
-
-
-def whole_number(value: object, what: str) -> int:
-    """`value` as an index or id: a JSON whole number (2.5, "2" or true are mistakes, not 2 or 1)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise InputError(f"{what} {json.dumps(value)} is not a whole number")
-    return int(value)
 
 
 def prompts_from_dict(data: object, height: int, width: int) -> list[Prompt]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam2.engine.prompt_files import load_prompt_file
-from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box
+from medsam2.engine.prompts import Prompt, recist_line_from_marker, recist_to_box, whole_number
 from medsam2.errors import InputError
 from medsam2.io.masks import check_mask_fits, load_mask, stored_array
 from medsam2.io.volume import SliceAxis, Volume, slicing_axis_index, to_slices
@@ -56,29 +56,23 @@ def parse_numbers(text: str, flag: str, counts: tuple[int, ...]) -> list[float]:
     return values
 
 
-def as_index(value: float, flag: str, what: str) -> int:
-    if value != int(value):
-        raise InputError(f"{flag}: {what} must be a whole number, got {value}")
-    return int(value)
-
-
 def prompts_from_flags(
     boxes: list[str], points: list[str], recists: list[str], height: int, width: int, names: PromptNames = SCAN_FLAGS
 ) -> list[Prompt]:
     prompts = []
     for text in boxes:
         z, x1, y1, x2, y2, *rest = parse_numbers(text, names.box, (5, 6))
-        obj_id = as_index(rest[0], names.box, "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, names.box, names.unit), obj_id, box=(x1, y1, x2, y2)))
+        obj_id = whole_number(rest[0], f"{names.box}: object id") if rest else 1
+        prompts.append(Prompt(whole_number(z, f"{names.box}: {names.unit}"), obj_id, box=(x1, y1, x2, y2)))
     for text in points:
         z, x, y, *rest = parse_numbers(text, names.point, (3, 4, 5))
-        label = as_index(rest[0], names.point, "label") if rest else 1
-        obj_id = as_index(rest[1], names.point, "object id") if len(rest) > 1 else 1
-        prompts.append(Prompt(as_index(z, names.point, names.unit), obj_id, points=((x, y),), labels=(label,)))
+        label = whole_number(rest[0], f"{names.point}: label") if rest else 1
+        obj_id = whole_number(rest[1], f"{names.point}: object id") if len(rest) > 1 else 1
+        prompts.append(Prompt(whole_number(z, f"{names.point}: {names.unit}"), obj_id, points=((x, y),), labels=(label,)))
     for text in recists:
         z, x1, y1, x2, y2, *rest = parse_numbers(text, names.recist, (5, 6))
-        obj_id = as_index(rest[0], names.recist, "object id") if rest else 1
-        prompts.append(Prompt(as_index(z, names.recist, names.unit), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
+        obj_id = whole_number(rest[0], f"{names.recist}: object id") if rest else 1
+        prompts.append(Prompt(whole_number(z, f"{names.recist}: {names.unit}"), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
     return prompts
 
 

@@ -6,6 +6,7 @@ axis); boxes are (x_min, y_min, x_max, y_max), inclusive pixel indices.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +90,16 @@ class Prompt:
                 raise InputError(f"{where}: mask shape {self.mask.shape} differs from the {unit}'s {(height, width)}")
             if not self.mask.any() and not self.erases:
                 raise InputError(f"{where}: an empty mask goes alone (it takes the object off the slice), not with a box or clicks")
+
+
+def whole_number(value: object, what: str) -> int:
+    """`value` as an index, id or label: 2, 2.0 or np.int64(2) are 2; 2.5, NaN, "2" or True are a
+    one-line error naming `what` (int() would make 2.5 slice 2, and True object 1)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise InputError(f"{what} must be a whole number, got {json.dumps(value, default=repr)}")
+    return int(value)
 
 
 def _shown(values: tuple[float, ...]) -> str:

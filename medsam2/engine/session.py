@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from medsam2.engine.box_chain import BoxChainTracker
 from medsam2.engine.postprocess import fill_holes_per_slice, largest_component
 from medsam2.engine.predictor import SlicePredictor
-from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
+from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt, whole_number
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.io.masks import check_label_values
@@ -107,20 +107,22 @@ class Session:
         replaces everything (an empty one takes the object off the slice, and propagation starts
         nothing from there). Nothing else is recomputed until `propagate`.
         """
+        where = f"prompt on slice {slice_index} (object {obj_id})"
         try:
             prompt = Prompt(
                 slice_index=slice_index,
                 obj_id=obj_id,
                 box=tuple(float(v) for v in box) if box is not None else None,
                 points=tuple((float(x), float(y)) for x, y in (points or ())),
-                labels=tuple(whole_number(v) for v in (labels or ())),
+                labels=tuple(whole_number(v, "point label") for v in (labels or ())),
                 mask=None if mask is None else np.asarray(mask, dtype=bool),
                 name=name,
             )
+        except InputError as error:
+            raise InputError(f"{where}: {error}") from None
         except (TypeError, ValueError):
             raise InputError(
-                f"prompt on slice {slice_index} (object {obj_id}): a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y, "
-                "a label 1 (object) or 0 (background)"
+                f"{where}: a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y, a label 1 (object) or 0 (background)"
             ) from None
         return self.apply(prompt)
 
@@ -345,14 +347,6 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
-
-
-def whole_number(value: object) -> int:
-    """`value` as an int when it is one (1, 1.0, np.int64(1)); a ValueError for 1.5 (int() would make it 1)."""
-    number = float(value)  # type: ignore[arg-type]
-    if not number.is_integer():
-        raise ValueError(value)
-    return int(number)
 
 
 def object_ids(labels: np.ndarray) -> list[int]:
