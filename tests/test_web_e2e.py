@@ -545,7 +545,8 @@ def take_next_case(page: Page, annotator: str) -> None:
     page.fill("#annotate-annotator", annotator)
     page.keyboard.press("Tab")  # the name is kept for the next visit
     page.click("#annotate-next")
-    page.wait_for_function(f"document.querySelector('#annotate-case').textContent.startsWith('disc: in review') && {IDLE}")
+    # the first take presegments the case (half a minute on a busy 2-core machine)
+    page.wait_for_function(f"document.querySelector('#annotate-case').textContent.startsWith('disc: in review') && {IDLE}", timeout=PROPAGATION_SECONDS * 1000)
 
 
 def box_the_disc(page: Page) -> None:
@@ -723,4 +724,16 @@ def test_the_annotation_panel_follows_what_commands_change_meanwhile(annotation_
     assert [event["kind"] for event in stored_record(folder)[1]][-1] == "release"  # the undo was not recorded
     # nor is the case shown to her any longer (its slices were, from the session kept open)
     assert page.evaluate("fetch('/api/annotate/cases/disc/slices/0.png?annotator=alice').then((r) => r.status)") == 409
+
+    # released again while she looks through the slices: the next slice reads the server's reason
+    # (an <img> could only say it failed to load)
+    take_next_case(page, "alice")
+    project = open_project(folder)
+    try:
+        release(project, "disc", "alice")
+    finally:
+        project.close()
+    page.eval_on_selector("#annotate-slice", "(s) => { s.value = String(Number(s.value) + 1); s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function(f"document.querySelector('#annotate-case').textContent === 'disc: presegmented' && {IDLE}")
+    assert "is not leased to alice; take a case (Next case in the web app" in page.inner_text("#annotate-message")
     assert [problem for problem in problems if "409" not in problem] == []

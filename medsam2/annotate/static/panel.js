@@ -3,7 +3,7 @@
 // /api/annotate (through the page's request helper, /static/api.js) and is recorded there; the panel
 // stays hidden when the server has no project (GET /api/annotate/status answers {"project": null}).
 
-import { api } from "/static/api.js";
+import { api, setPending } from "/static/api.js";
 import { shownSize, shownToSlice } from "/static/display.js";
 
 const API = "/api/annotate";
@@ -127,19 +127,35 @@ async function start() {
     if (caseInfo.masked_slices.length && !caseInfo.masked_slices.includes(Number(ui.slider.value))) {
       ui.slider.value = String(caseInfo.masked_slices[Math.floor(caseInfo.masked_slices.length / 2)]);
     }
-    loadSlice();
+    showSlice();
   }
 
-  function loadSlice() {
+  // Fetched rather than set as an <img> source, so that a refusal reads as the server's message.
+  async function loadSlice() {
     if (!current.case) return;
-    const path = `${API}/cases/${encodeURIComponent(current.case.name)}/slices/${ui.slider.value}.png`;
-    current.image.onload = draw;
-    current.image.onerror = () => {
-      say(`slice ${ui.slider.value} could not be loaded`, true);
-      refreshCase().catch(() => {}); // most likely the case is no longer this annotator's
-    };
-    current.image.src = `${path}?annotator=${encodeURIComponent(annotator())}&t=${Date.now()}`;
+    const [name, slice] = [current.case.name, ui.slider.value];
+    const query = `annotator=${encodeURIComponent(annotator())}&t=${Date.now()}`;
+    setPending(+1); // until the image is decoded: tests wait for quiet before reading the canvas
+    try {
+      const response = await call(`/cases/${encodeURIComponent(name)}/slices/${slice}.png?${query}`);
+      const image = new Image();
+      image.src = URL.createObjectURL(await response.blob());
+      try {
+        await image.decode();
+      } catch {
+        throw new Error(`slice ${slice} could not be shown: the server sent no readable image`);
+      } finally {
+        URL.revokeObjectURL(image.src);
+      }
+      if (current.case && current.case.name === name && ui.slider.value === slice) {
+        current.image = image; // a slower answer for a slice left behind is dropped
+        draw();
+      }
+    } finally {
+      setPending(-1);
+    }
   }
+  const showSlice = act(loadSlice);
 
   async function post(suffix, json) {
     const caseInfo = await call(`/cases/${encodeURIComponent(current.case.name)}/${suffix}`, { method: "POST", json });
@@ -158,7 +174,7 @@ async function start() {
     say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice.${passedOver}`, passedOver !== "");
   });
   ui.next.addEventListener("click", takeNext);
-  ui.slider.addEventListener("input", act(async () => loadSlice()));
+  ui.slider.addEventListener("input", showSlice);
 
   const toCanvas = (event) => {
     const rect = ui.canvas.getBoundingClientRect();
