@@ -315,6 +315,27 @@ def test_clicks_refine_a_prompted_slice_and_a_mask_prompt_is_kept_as_given(small
     assert not (session.result()[5] == 2).any() and 5 not in session.objects[2].masks
 
 
+def test_an_erased_frame_ends_the_object_past_it(small_predictor: SAM2Predictor) -> None:
+    """Taking the object off a frame (where propagation ran past its end) empties the frames beyond
+    it, as with LiteMedSAM: nothing is followed from there (the random model's memory of "absent"
+    did not stop it). Frames back towards the box are still tracked; taking the erasure back
+    restores everything."""
+    frames = moving_disk(12)
+    session = Session(frames, small_predictor)
+    session.add_prompt(3, 1, box=(8, 18, 36, 46))
+    session.propagate(progress=False)
+    before = session.result()
+    assert before.any(axis=(1, 2)).all()
+    session.add_prompt(8, 1, mask=np.zeros(frames.shape[1:], dtype=bool))
+    session.propagate(progress=False)
+    after = session.result()
+    assert not after[8:].any() and after[:8].any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(after[:4], before[:4])  # the box's backward run is untouched
+    session.remove_prompt(8, 1)
+    session.propagate(progress=False)
+    np.testing.assert_array_equal(session.result(), before)
+
+
 def test_bfloat16_autocast_runs_and_stays_close_to_float32() -> None:
     """The precision used on GPUs, run here through the CPU's autocast: every op must accept the
     mixed dtypes, and the masks must stay close to the float32 ones."""

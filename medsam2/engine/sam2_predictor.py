@@ -70,6 +70,7 @@ class SAM2Anchor:
 
     low_res_logits: torch.Tensor  # (1, 1, S/4, S/4) logits of the chosen mask
     memory: MemoryEntry  # its conditioning memory (binarised mask) and object pointer
+    erased: bool = False  # the object taken off the slice (an empty mask alone)
 
 
 def frozen_compile(function: Callable[P, R], mode: str | None) -> Callable[P, R]:
@@ -235,7 +236,7 @@ class SAM2Tracker:
                     model.use_multimask(True, points.shape[1]),
                 )
             memory = model.encode_memory(features.top, output.high_res_masks, output.object_score_logits, binarize=True)
-        anchor = SAM2Anchor(output.low_res_masks, self._entry(prompt.slice_index, output, memory))
+        anchor = SAM2Anchor(output.low_res_masks, self._entry(prompt.slice_index, output, memory), prompt.erases)
         if prompt.mask is not None and prompt.box is None and not prompt.points:
             return prompt.mask, anchor  # the user's mask is the answer on its slice
         logits = self.predictor.transform.logits_to_image(output.low_res_masks[0, 0].float(), self.slice_hw)
@@ -281,8 +282,17 @@ class SAM2Tracker:
     # -- runs ------------------------------------------------------------------------------------
 
     def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:
+        # A run from an erased slice with no object anchor ahead starts nothing, as the box chain's:
+        # the user marked where the object ends (the no-object memory would only make it likely).
+        # Towards an object anchor the run is tracked, both anchors in its memory.
+        def ended(run: Run) -> bool:
+            return all(anchor.erased for anchor in run.conditioning.values())
+
+        for run in filter(ended, runs):
+            for index in run.slices:
+                yield run, index, None
         for step in (1, -1):
-            chosen = [run for run in runs if run.step == step]
+            chosen = [run for run in runs if run.step == step and not ended(run)]
             if chosen:
                 yield from self._sweep(chosen, step)
 
