@@ -291,6 +291,23 @@ def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
     assert own_image.read_bytes() == ct_lesion_cases[1].read_bytes()
 
 
+def test_batch_says_which_models_the_rows_came_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As segment does for its one model, batch says on stderr what each model other than the
+    embedded one came to, and for how many cases (it said nothing: the workers load them)."""
+    weights = write(tmp_path / "tuned.pt", "weights")
+    monkeypatch.setenv("MEDSAM2_MODEL_MEDSAM2", str(weights))
+    missing = tmp_path / "absent.nii.gz"  # the cases fail at once: no model loads
+    manifest = write(
+        tmp_path / "m.csv",
+        f'id,image,box,model\na,{missing},"3,10,10,40,40",medsam2\nb,{missing},"3,10,10,40,40",medsam2\n'
+        f'c,{missing},"3,10,10,40,40",lite-medsam\nd,{missing},"3,10,10,40,40",tuned.pt\n',
+    )
+    result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    said = [line for line in result.stderr.splitlines() if line.startswith("model:")]
+    assert said == [f"model: medsam2={weights.resolve()} for 2 cases", f"model: {weights.resolve()} for 1 case"]
+
+
 def test_help_teaches_with_an_example() -> None:
     shown = runner.invoke(app, ["batch", "--help"], env={"COLUMNS": "120"})
     assert shown.exit_code == 0

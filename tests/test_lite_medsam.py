@@ -191,6 +191,14 @@ def test_fine_tuned_checkpoint_under_model_key_loads(
     assert not model.training
 
 
+def test_a_checkpoint_saved_from_a_wrapped_model_loads(tmp_path: Path, bundled_state: dict[str, torch.Tensor]) -> None:
+    """Names saved through DistributedDataParallel ("module.") and torch.compile ("_orig_mod.")
+    load as the network's own (were refused as neither family)."""
+    torch.save({"model": {f"module._orig_mod.{key}": tensor for key, tensor in bundled_state.items()}}, tmp_path / "ddp.pt")
+    model = load_lite_medsam(tmp_path / "ddp.pt", optimize=False)
+    assert all(torch.equal(tensor, bundled_state[key]) for key, tensor in model.state_dict().items())
+
+
 def _save(tmp_path: Path, content: object) -> Path:
     path = tmp_path / "checkpoint.pt"
     torch.save(content, path)
@@ -211,6 +219,8 @@ def _save(tmp_path: Path, content: object) -> Path:
         ),
         ("wrong_shape", r"mask_decoder\.iou_token\.weight has shape \(1, 128\), expected \(1, 256\)"),
         ("not_a_state_dict", "not a state dict"),
+        # torch's advice (allow-list the class in code) was passed on
+        ("pickled_module", r"holds a pickled torch\.nn\.modules\.linear\.Linear, not tensors only: save the weights alone, torch\.save\("),
     ],
 )
 def test_bad_checkpoint_is_a_one_line_input_error(
@@ -235,6 +245,8 @@ def test_bad_checkpoint_is_a_one_line_input_error(
     elif damage == "wrong_shape":
         state[key] = torch.zeros(1, 128)
         path = _save(tmp_path, {"model": state})
+    elif damage == "pickled_module":
+        path = _save(tmp_path, {"model": torch.nn.Linear(2, 2)})
     else:
         path = _save(tmp_path, [1, 2, 3])
     with pytest.raises(InputError, match=message) as error:

@@ -33,6 +33,8 @@ from medsam2.engine.tracking import Run
 from medsam2.errors import InputError
 from medsam2.io import load_image
 from medsam2.models.sam2 import VARIANTS, SAM2Config, SAM2Model, sam2_from_state
+from medsam2.models.sam2.checkpoint import SAM2_1_ONLY_KEYS
+from medsam2.models.weights import bundled_lite_medsam_checkpoint, read_state_dict
 from medsam2.models.sam2.position_encoding import apply_rope, axial_rope_frequencies
 
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
@@ -465,7 +467,8 @@ def test_cli_segments_a_ct_case_with_a_sam2_checkpoint(tmp_path: Path, ct_lesion
 
 def test_info_tells_what_a_checkpoint_is_and_how_it_runs(tmp_path: Path) -> None:
     """`medsam2 info FILE.pt`: the family and variant from the tensors, the settings `--model FILE`
-    runs it with (those `medsam2 train` recorded, else Meta's), without building the network."""
+    runs it with (those `medsam2 train` recorded, else Meta's); a file `--model` would refuse (SAM
+    2.0, a tensor short) is refused here too (was described as runnable)."""
     import json
 
     from typer.testing import CliRunner
@@ -484,6 +487,16 @@ def test_info_tells_what_a_checkpoint_is_and_how_it_runs(tmp_path: Path) -> None
     torch.save({"model": {"backbone.weight": torch.zeros(1)}}, tmp_path / "other.pt")
     foreign = CliRunner().invoke(app, ["info", str(tmp_path / "other.pt")])
     assert foreign.exit_code == 2 and "neither a LiteMedSAM nor a SAM 2.1 / MedSAM2 checkpoint (1 tensor, e.g. backbone.weight)" in foreign.stderr
+    sam2_0 = {key: tensor for key, tensor in state.items() if key not in SAM2_1_ONLY_KEYS}
+    short = {key: tensor for key, tensor in state.items() if key != "memory_encoder.fuser.layers.0.gamma"}
+    for name, tensors, message in [
+        ("sam2_0.pt", sam2_0, "a SAM 2.0 checkpoint (without SAM 2.1's no_obj_embed_spatial"),
+        ("short.pt", short, "not a SAM 2.1 / MedSAM2 checkpoint (1 missing key, e.g. memory_encoder.fuser.layers.0.gamma)"),
+        ("lite.pth", {**read_state_dict(bundled_lite_medsam_checkpoint()), "mask_decoder.extra": torch.zeros(1)}, "not a LiteMedSAM checkpoint (1 unexpected key, e.g. mask_decoder.extra)"),
+    ]:
+        torch.save({"model": tensors}, tmp_path / name)
+        refused = CliRunner().invoke(app, ["info", str(tmp_path / name)])
+        assert refused.exit_code == 2 and message in refused.stderr, refused.output
 
 
 def test_a_loaded_label_map_conditions_propagation_as_mask_prompts_do(small_predictor: SAM2Predictor) -> None:

@@ -690,6 +690,7 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     session = open_case(client, "data/video/clip.mp4")
     assert session["kind"] == "video" and session["fps"] == 10 and session["color"]
     assert session["shape"] == [6, 96, 96] and session["mask_formats"] == ["npz", "nii", "nii.gz"]
+    assert session["pixel_spacing"] is None and session["slice_spacing"] is None  # an MP4 has none (was [1, 1])
     base = f"/api/sessions/{session['id']}"
     frame = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/slices/2", params={"window": "lung"}).content)))
     np.testing.assert_array_equal(frame, decoded[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -18,9 +19,10 @@ from medsam2.distributed.runner import StoppedAtOnce, stop_requests
 from medsam2.distributed.manifest import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
 from medsam2.engine.sam2_predictor import memory_propagation
-from medsam2.engine.registry import resolve_model
+from medsam2.engine.registry import pinned_spec, resolve_model
 from medsam2.errors import InputError
 from medsam2.preprocess import parse_window
+from medsam2.wording import counted
 
 ENGINES = ("local", "ray")
 # Exit statuses beside 0 (all done) and 2 (bad command-line input).
@@ -100,6 +102,10 @@ def batch(
         memory=memory,  # type: ignore[arg-type]
     )
     cases = read_manifest(manifest)
+    # as segment says it, before the run (the workers load the models, each in its own process)
+    for spec, count in Counter(case.model or model for case in cases).items():
+        if spec != DEFAULT_MODEL:
+            typer.echo(f"model: {pinned_spec(spec)} for {counted(count, 'case')}", err=True)
 
     def make_engine(cases_to_run: int) -> LocalEngine | RayEngine:
         if engine == "ray":

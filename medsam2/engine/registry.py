@@ -29,8 +29,8 @@ import torch
 
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError, first_line
-from medsam2.models.sam2 import SAM2Config, detect_variant, is_sam2_state, sam2_from_state
-from medsam2.models.sam2.config import detect_num_maskmem
+from medsam2.models.lite_medsam import check_lite_medsam_state
+from medsam2.models.sam2 import SAM2Config, check_sam2_state, is_sam2_state, sam2_from_state
 from medsam2.models.weights import read_checkpoint
 from medsam2.wording import counted
 
@@ -274,20 +274,24 @@ def sam2_predictor(
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:
-    """What a checkpoint file is, read without building its network (`medsam2 info FILE.pt`): its
-    family, a SAM 2.1 file's variant and memory slots, its size, what `medsam2 train` recorded in
-    it, and how `--model FILE` runs it. A one-line error for a file of neither family."""
+    """What a checkpoint file is (`medsam2 info FILE.pt`): its family, a SAM 2.1 file's variant
+    and memory slots, its size, what `medsam2 train` recorded in it, and how `--model FILE` runs
+    it. Its tensors are checked against the network built without weights, so a file `--model`
+    would refuse is a one-line error here too."""
     state, recorded = read_checkpoint(path)
     facts: dict[str, Any] = {"file": str(path), "kind": "checkpoint"}
     if is_lite_medsam_state(state):
+        check_lite_medsam_state(state, path)
         facts |= {"family": "LiteMedSAM", "runs_as": "LiteMedSAM (256 px)"}
-    elif is_sam2_state(state) and (variant := detect_variant(state)) is not None:
+    elif is_sam2_state(state):
+        config = check_sam2_state(state, path)
         trained = trained_settings(recorded)
         preset, size = trained or (None, META_SETTINGS.image_size)
+        variant = config.variant
         facts |= {
             "family": "SAM 2.1 / MedSAM2",
             "variant": f"hiera-{variant}",
-            "memory_slots": detect_num_maskmem(state),
+            "memory_slots": config.num_maskmem,
             "runs_as": f"{settings_in_words(variant, size, preset)} as --model FILE (PRESET=FILE: a preset's)",
         }
     else:

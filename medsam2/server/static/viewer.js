@@ -92,9 +92,10 @@ function shownSize() {
   return shownSizeOf(state.session.display, rows, columns);
 }
 
-// Screen height of a shown row over screen width of a shown column, from the pixel spacing.
+// Screen height of a shown row over screen width of a shown column, from the pixel spacing (square
+// pixels where the file gives none).
 function rowAspect() {
-  const [columnStep, rowStep] = state.session.pixel_spacing;
+  const [columnStep, rowStep] = state.session.pixel_spacing || [1, 1];
   const [across, down] = state.session.display.transpose ? [rowStep, columnStep] : [columnStep, rowStep];
   return across > 0 && down > 0 ? down / across : 1;
 }
