@@ -19,7 +19,8 @@ from medsam2.cli import batch as batch_cli
 from medsam2.cli.main import app, exit_on_terminate
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.results import ResultsStore, fingerprints
-from medsam2.distributed.runner import StoppedAtOnce, stop_requests
+from medsam2.distributed import ray_engine
+from medsam2.distributed.runner import StoppedAtOnce, run_batch, stop_requests
 from medsam2.distributed import worker
 from medsam2.distributed.worker import CaseRunner, mask_suffix
 from medsam2.engine.prompt_sources import PromptSources
@@ -197,6 +198,42 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, options: list[str], fra
     assert not (tmp_path / "out").exists()
 
 
+def test_cluster_addresses_are_checked_before_ray_waits_on_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$RAY_ADDRESS, Ray's default, is checked as --ray-address is (Ray waited on a dead one for
+    minutes, deaf to SIGTERM), and a port where something other than a gRPC server listens (the
+    dashboard's, say) is refused (Ray retried it for minutes)."""
+    monkeypatch.setattr(ray_engine, "CONNECT_TIMEOUT_S", 1.0)
+    manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address", address])
+        assert_one_line_error(result, f"--ray-address {address}: something listens there, but not a Ray cluster's GCS")
+    monkeypatch.setenv("RAY_ADDRESS", address)  # closed now
+    result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), "--engine", "ray"])
+    assert_one_line_error(result, f"$RAY_ADDRESS {address}: no Ray cluster answers there")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_whose_engine_cannot_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    """No cluster, no GPU, too many workers: the folders, lock, journal and table of pending cases
+    the run had made are taken away again; an existing folder keeps what it held."""
+    manifest = write(tmp_path / "m.csv", "image,box\na.nii.gz,\"1,2,3,4,5\"\n")
+
+    def no_engine(cases: int):
+        raise InputError("the Ray cluster has 0 GPUs, too few for one worker of 1")
+
+    for out in (tmp_path / "new" / "out", tmp_path / "kept"):
+        with pytest.raises(InputError, match="too few for one worker"):
+            run_batch(read_manifest(manifest), BatchSettings(out_dir=out), no_engine, progress=False)
+    assert not (tmp_path / "new").exists()
+    write(tmp_path / "kept" / "notes.txt", "mine")
+    with pytest.raises(InputError):
+        run_batch(read_manifest(manifest), BatchSettings(out_dir=tmp_path / "kept"), no_engine, progress=False)
+    assert [path.name for path in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
+
 def test_missing_manifest_and_busy_output_folder(tmp_path: Path) -> None:
     assert_one_line_error(runner.invoke(app, ["batch", str(tmp_path / "none.csv"), "-o", str(tmp_path)]), "no such manifest")
     assert_one_line_error(runner.invoke(app, ["batch", str(tmp_path), "-o", str(tmp_path / "out")]), "is a folder; the manifest is a .csv or .jsonl file")
@@ -323,8 +360,24 @@ def test_first_stop_signal_is_noted_and_a_second_stops_at_once() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM
         os.kill(os.getpid(), signal.SIGINT)
-    assert stopped.value.signum == signal.SIGINT
+    assert stopped.value.signum == stop.at_once == signal.SIGINT  # noted too: Ray re-raises a plain KeyboardInterrupt
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == previous
+
+
+def test_starting_ray_leaves_the_batch_stop_handlers_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ray.init sets a SIGTERM handler of its own, which exited at once (a stack dump, the running
+    cases unrecorded, no summary); the engine puts the batch's back, so SIGTERM is a request to stop."""
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no report to Ray's servers from a test
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with stop_requests() as stop:
+        ours = signal.getsignal(signal.SIGTERM)
+        engine = ray_engine.RayEngine(BatchSettings(out_dir=tmp_path), workers=1, cases=1)
+        try:
+            assert signal.getsignal(signal.SIGTERM) is ours
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM
+        finally:
+            engine.close()
 
 
 def test_a_stop_signal_after_the_last_case_leaves_the_summary_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,8 @@ from medsam2.cli.console import StdoutConsole
 from medsam2.cli.errors import EXIT_SOME_FAILED, reports_input_errors
 from medsam2.cli.segment import WINDOW_PRESETS_TEXT
 from medsam2.distributed import BatchReport, BatchSettings, LocalEngine, RayEngine, read_manifest, run_batch
-from medsam2.distributed.ray_engine import check_ray_address, import_ray
-from medsam2.distributed.runner import StoppedAtOnce, stop_requests
+from medsam2.distributed.ray_engine import check_cluster_address, import_ray
+from medsam2.distributed.runner import stop_requests
 from medsam2.distributed.manifest import FORMATS, check_format
 from medsam2.engine.models import DEFAULT_MODEL, resolve_device
 from medsam2.engine.sam2_predictor import memory_propagation
@@ -87,8 +87,7 @@ def batch(
             resolve_model(model)  # ... and so may its checkpoints
     else:
         import_ray()
-        if ray_address is not None:
-            check_ray_address(ray_address)
+        check_cluster_address(ray_address)
     settings = BatchSettings(
         out_dir=out,
         model=model,
@@ -117,10 +116,12 @@ def batch(
     with stop_requests() as stop:
         try:
             report = run_batch(cases, settings, make_engine, retry_failed=retry_failed, progress=progress, announce=typer.echo, stop=stop)
-        except StoppedAtOnce as stopped:
-            typer.echo(f"stopped at once by {signal.Signals(stopped.signum).name}, dropping the running cases: "
+        except KeyboardInterrupt:
+            if stop.at_once is None:
+                raise
+            typer.echo(f"stopped at once by {signal.Signals(stop.at_once).name}, dropping the running cases: "
                        "rerun the same command to go on", err=True)
-            raise typer.Exit(128 + stopped.signum) from None
+            raise typer.Exit(128 + stop.at_once) from None
         print_summary(report, StdoutConsole())
         typer.echo(f"wrote {out / 'results.csv'}")
     if report.stopped_by is not None:

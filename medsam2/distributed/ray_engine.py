@@ -10,7 +10,11 @@ at the same place, as on a shared file system. Needs ``pip install 'medsam2[dist
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from medsam2.distributed.manifest import Case
@@ -31,17 +35,58 @@ def import_ray() -> Any:
     return ray
 
 
-def check_ray_address(address: str) -> None:
-    """An `InputError` unless something listens at a HOST:PORT address ("auto" and ray:// are Ray's)."""
+def check_cluster_address(address: str | None) -> None:
+    """Check the address Ray will connect to: `address` (--ray-address), else $RAY_ADDRESS (Ray's
+    default, which it would otherwise wait on for minutes); neither: a local Ray is started."""
+    if address is not None:
+        check_ray_address(address)
+    elif os.environ.get("RAY_ADDRESS"):
+        check_ray_address(os.environ["RAY_ADDRESS"], "$RAY_ADDRESS")
+
+
+def check_ray_address(address: str, given_as: str = "--ray-address") -> None:
+    """An `InputError` unless a gRPC server (a Ray head's GCS) answers at a HOST:PORT address ("auto"
+    and ray:// are Ray's)."""
     host, separator, port = address.rpartition(":")
     if address == "auto" or "://" in address:
         return
     if not separator or not port.isdigit():
-        raise InputError(f"--ray-address {address!r}: expected HOST:PORT (the head node's GCS port, 6379 by default), auto or ray://HOST:PORT")
+        raise InputError(f"{given_as} {address!r}: expected HOST:PORT (the head node's GCS port, 6379 by default), auto or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        raise InputError(f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error})") from None
+        raise InputError(f"{given_as} {address}: no Ray cluster answers there ({error.strerror or error})") from None
+    if not answers_grpc(address):
+        raise InputError(
+            f"{given_as} {address}: something listens there, but not a Ray cluster's GCS, which speaks gRPC "
+            "(give the head node's GCS port, 6379 by default; 8265 is its dashboard)"
+        )
+
+
+def answers_grpc(address: str) -> bool:
+    """Whether an HTTP/2 (gRPC) connection to `address` is set up within the connect timeout."""
+    import grpc  # a dependency of Ray
+
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def handlers_kept(init: Callable[[], None]) -> None:
+    """Run `init` (ray.init), then put back the SIGINT/SIGTERM handlers a caller had set: Ray sets
+    its own SIGTERM handler, which exits at once (the running cases unrecorded, no summary) where the
+    batch's finishes them. Default handlers are left to Ray, which shuts its local cluster down."""
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    init()
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in kept.items():
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(signum, handler)
 
 
 class RayEngine:
@@ -67,20 +112,26 @@ class RayEngine:
         ray = self._ray = import_ray()
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
-            if address is not None:
-                check_ray_address(address)
+            check_cluster_address(address)
             try:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+                handlers_kept(lambda: ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING))
             except (ConnectionError, ValueError, RuntimeError) as error:
-                raise InputError(f"--ray-address {address}: cannot connect to a Ray cluster ({error})") from None
+                given = f"--ray-address {address}" if address is not None else f"$RAY_ADDRESS {os.environ.get('RAY_ADDRESS')}"
+                raise InputError(f"{given}: cannot connect to a Ray cluster ({error})") from None
         self.threads = threads or 1
         gpus = 0 if settings.device == "cpu" else 1
         resource, per_worker = ("GPU", 1) if gpus else ("CPU", self.threads)
-        slots = int(ray.cluster_resources().get(resource, 0) // per_worker)
+        available = ray.cluster_resources().get(resource, 0)
+        slots = int(available // per_worker)
         self.workers = workers or min(slots, cases or slots)
         if not 0 < self.workers <= slots:
             if self._started_ray:
                 ray.shutdown()
+            if not slots:
+                raise InputError(
+                    f"the Ray cluster has {available:g} {resource}s, too few for one worker of {per_worker} "
+                    "(see --device and --threads)"
+                )
             raise InputError(
                 f"the Ray cluster has room for {slots} workers of {per_worker} {resource} each, "
                 f"not {self.workers} (see --workers and --threads)"

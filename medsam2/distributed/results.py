@@ -74,8 +74,12 @@ class ResultsStore:
         self.latest: dict[str, dict] = {}
         self._lock_handle: io.TextIOWrapper | None = None
         self._journal: io.TextIOWrapper | None = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> ResultsStore:
+        # what this run adds, taken away again by `abandon` (files first, then folders, deepest first)
+        folders = [self.out_dir / MASKS_FOLDER, self.out_dir, *self.out_dir.parents]
+        self._created = [path for path in (self.journal_path, self.out_dir / LOCK, *folders) if not path.exists()]
         make_output_folder(self.out_dir)
         # What would stop the run after its cases were segmented is refused before the first one.
         check_output_paths([], [self.journal_path, self.table_path])
@@ -109,6 +113,16 @@ class ResultsStore:
             self._journal.close()
         if self._lock_handle is not None:
             self._lock_handle.close()  # releases the lock
+
+    def abandon(self) -> None:
+        """Close, and remove the files and folders this run created (a run that could not start
+        leaves nothing behind: no half-made folder, no table of pending cases)."""
+        self.__exit__()
+        for path in self._created:
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
 
     def is_done(self, case: Case, case_fingerprint: str, retry_failed: bool = False) -> bool:
         record = self.latest.get(case.case_id)

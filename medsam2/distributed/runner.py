@@ -92,12 +92,16 @@ def run_batch(
         todo = [case for case in cases if not store.is_done(case, by_case[case.case_id], retry_failed)]
         report = BatchReport(cases=len(cases), done_before=len(cases) - len(todo))
         try:
-            if not todo:
+            engine = make_engine(len(todo)) if todo else None
+        except BaseException:  # no engine (a cluster not there, no GPU): nothing is written
+            store.abandon()
+            raise
+        try:
+            if engine is None:
                 failed = sum(store.latest[case.case_id].get("status") == "failed" for case in cases)
                 retry = f" ({failed} failed: --retry-failed runs them again)" if failed else ""
                 announce(f"all {len(cases)} cases were run by earlier runs{retry}")
             else:
-                engine = make_engine(len(todo))
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
                 _stream(todo, engine, store, by_case, settings, report, progress, announce, stop)
         finally:
@@ -167,6 +171,9 @@ class StoppedAtOnce(KeyboardInterrupt):
 class StopRequest:
     signum: int | None = None
     announced: bool = False
+    # the second signal's, once it came: `StoppedAtOnce` may reach the caller as a plain
+    # KeyboardInterrupt (Ray's wait re-raises one of its own), this says it was a stop at once
+    at_once: int | None = None
 
 
 @contextmanager
@@ -183,6 +190,7 @@ def stop_requests() -> Iterator[StopRequest]:
 
     def handle(signum: int, frame: object) -> None:
         if stop.signum is not None:
+            stop.at_once = signum
             raise StoppedAtOnce(signum)
         stop.signum = signum
 
