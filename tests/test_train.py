@@ -393,6 +393,7 @@ def test_config_files_flags_and_the_example(tmp_path: Path) -> None:
         ({"model": {"name": "sam2"}}, "model.checkpoint is required for sam2"),
         ({"optimizer": {"betas": [0.9]}}, "optimizer.betas must be a list of 2 values"),
         ({"training": {"batch_size": 2.5}}, "training.batch_size must be a whole number"),
+        *([({"training": {"device": "cuda"}}, "training.device (or --device) cuda: no CUDA GPU is available here")] if not torch.cuda.is_available() else []),
     ]:
         result = runner.invoke(app, ["train", str(write_config(tmp_path / "c.yaml", document))])
         assert result.exit_code == 2 and fragment in result.stderr, (fragment, result.stderr)

@@ -187,11 +187,12 @@ def effective_precision(precision: Precision, device: torch.device, capabilities
     return precision
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, given_as: str = "--device") -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:N") as torch's; a one-line error naming where it was given."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"--device {device!r}: choose cpu or cuda")
+        raise InputError(f"{given_as} {device!r}: choose cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+        raise InputError(f"{given_as} {device}: no CUDA GPU is available here (use cpu)")
     return torch.device(device)
 
 

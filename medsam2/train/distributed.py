@@ -61,7 +61,7 @@ def training_device(setting: str, distribution: Distribution) -> torch.device:
     """The device of this process: under torchrun with CUDA, its own GPU by LOCAL_RANK."""
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
-    device = resolve_device(setting)
+    device = resolve_device(setting, "training.device (or --device)")
     if device.type == "cuda" and distribution.active:
         if distribution.local_rank >= torch.cuda.device_count():
             raise InputError(
