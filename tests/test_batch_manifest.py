@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -328,7 +329,7 @@ def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
     assert own_image.read_bytes() == ct_lesion_cases[1].read_bytes()
 
 
-def test_batch_says_which_models_the_rows_came_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_says_which_models_the_rows_came_to_and_whose_results_the_folder_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As segment does for its one model, batch says on stderr what each model other than the
     embedded one came to, and for how many cases (it said nothing: the workers load them)."""
     weights = write(tmp_path / "tuned.pt", "weights")
@@ -343,6 +344,11 @@ def test_batch_says_which_models_the_rows_came_to(tmp_path: Path, monkeypatch: p
     assert result.exit_code == 1, result.output
     said = [line for line in result.stderr.splitlines() if line.startswith("model:")]
     assert said == [f"model: medsam2={weights.resolve()} for 2 cases", f"model: {weights.resolve()} for 1 case"]
+
+    # a later manifest of fewer cases: the summary says the folder holds results of others too
+    fewer = write(tmp_path / "fewer.csv", f'id,image,box\na,{missing},"3,10,10,40,40"\n')
+    result = runner.invoke(app, ["batch", str(fewer), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    assert re.search(r"cases not in this manifest \(kept\) +│ +3 │", result.stdout), result.stdout
 
 
 def test_help_teaches_with_an_example() -> None:

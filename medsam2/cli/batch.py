@@ -141,6 +141,8 @@ def print_summary(report: BatchReport, console: Console) -> None:
     table.add_row("done by earlier runs", str(report.done_before))
     table.add_row("run now", str(run_now))
     table.add_row("ok / failed / pending", f"{report.count('ok')} / {report.count('failed')} / {report.pending}")
+    if report.unlisted:
+        table.add_row("cases not in this manifest (kept)", str(report.unlisted))
     if run_now:
         table.add_row("engine", f"{report.engine}, {report.workers} worker(s) x {report.threads} thread(s)")
         table.add_row("wall time", f"{report.seconds:.1f} s ({run_now / report.seconds:.3f} cases/s)")

@@ -63,6 +63,8 @@ class BatchReport:
     engine: str = ""
     workers: int = 0
     threads: int = 0
+    # cases of earlier manifests the folder holds results of (their masks are kept, not in the table)
+    unlisted: int = 0
 
     def count(self, status: str) -> int:
         return sum(record["status"] == status for record in self.latest.values())
@@ -91,6 +93,7 @@ def run_batch(
     with ResultsStore(settings.out_dir) as store:
         todo = [case for case in cases if not store.is_done(case, by_case[case.case_id], retry_failed)]
         report = BatchReport(cases=len(cases), done_before=len(cases) - len(todo))
+        report.unlisted = len(store.latest.keys() - by_case.keys())
         try:
             engine = make_engine(len(todo)) if todo else None
         except BaseException:  # no engine (a cluster not there, no GPU): nothing is written
