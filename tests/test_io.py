@@ -591,7 +591,7 @@ def test_bad_input_raises_a_one_line_input_error(
     if make_bad_input is _truncated_npz:
         assert "a truncated or damaged npz archive" in message, message
     if make_bad_input is _truncated_dicom_file:
-        assert "a DICOM file that cannot be read, damaged or cut short" in message, message
+        assert "a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short" in message, message
     if make_bad_input is _rt_structure_set:  # intact, but of a class without images: not called damaged
         assert message.endswith(": a DICOM RT Structure Set, which holds no image"), message
     if make_bad_input is _nifti_with_nan:
@@ -833,7 +833,7 @@ def test_jpeg_compressed_dicom_reads_without_the_decoders_chatter(tmp_path: Path
         assert image.shape == (1, 1024, 256) and image.array.max() > 0
         assert image.modality == "NM"  # nuclear medicine, from its tag
     assert capfd.readouterr().err == ""
-    with pytest.raises(InputError, match="a DICOM file that cannot be read, damaged or cut short"):
+    with pytest.raises(InputError, match=r"a DICOM file ITK's reader \(GDCM\) cannot read: damaged, cut short or encoded"):
         load_image(Path(get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm")))
     assert capfd.readouterr().err == ""
 
@@ -846,6 +846,85 @@ def test_losslessly_compressed_dicom_reads_as_the_uncompressed_file() -> None:
         compressed = load_image(Path(get_testdata_file(name)))
         np.testing.assert_array_equal(compressed.array, plain.array, err_msg=name)
         check_same_geometry(compressed, plain, name)
+
+
+def test_pixel_encodings_gdcm_decodes_wrongly_are_refused_and_the_others_match_pydicom() -> None:
+    """16- and 32-bit colour RLE and 32-bit big-endian pixels came out of GDCM scrambled (red read as
+    green and blue; doses of 4e9), without an error; they are refused. Their neighbours (8-bit colour
+    RLE, 16-bit big endian) read as pydicom decodes them."""
+    for name, what in [
+        ("SC_rgb_rle_16bit.dcm", "RLE-compressed colour of more than 8 bits"),
+        ("SC_rgb_rle_32bit.dcm", "RLE-compressed colour of more than 8 bits"),
+        ("rtdose_expb.dcm", "big-endian 32-bit"),
+    ]:
+        with pytest.raises(InputError, match=rf"{name}: {what} pixel data, which ITK's DICOM reader \(GDCM\) decodes to wrong values"):
+            load_image(Path(get_testdata_file(name)))
+    for name in ("SC_rgb_rle.dcm", "MR_small_bigendian.dcm"):
+        dataset = pydicom.dcmread(get_testdata_file(name))
+        expected = pydicom.pixels.apply_modality_lut(dataset.pixel_array, dataset)
+        np.testing.assert_array_equal(load_image(Path(get_testdata_file(name))).array[0], expected, err_msg=name)
+
+
+def test_a_dicom_image_stating_no_pixel_spacing_has_none(tmp_path: Path) -> None:
+    """A secondary capture without PixelSpacing was measured at GDCM's made-up 1 mm (sizes in mL);
+    like a PNG it now has no spacing. One stating it keeps it."""
+    assert not load_image(Path(get_testdata_file("SC_rgb_jpeg.dcm"))).has_spacing
+    assert load_image(Path(get_testdata_file("CT_small.dcm"))).has_spacing
+    result = CliRunner().invoke(app, ["info", get_testdata_file("SC_rgb_jpeg.dcm"), "--json"])
+    assert json.loads(result.stdout)["spacing_xyz_mm"] is None, result.output
+
+
+def test_a_multi_frame_image_with_frames_missing_or_shuffled_is_refused(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """An enhanced multi-frame CT made of a series (highdicom's legacy conversion) reads with the
+    series' geometry; with a frame taken out, or two swapped, GDCM read it at 1 mm, unoriented and in
+    file order without a word: refused in one line, as a series with a gap is."""
+    small = Volume(ct_case.array[:6, :64, :64].copy(), spacing=ct_case.spacing, origin=ct_case.origin, direction=ct_case.direction, modality="CT")
+    headers = sorted(
+        (pydicom.dcmread(file) for file in write_dicom_series(small, tmp_path / "series")),
+        key=lambda header: -float(header.ImagePositionPatient[2]),
+    )
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        headers, series_instance_uid=hd.UID(), series_number=9, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    enhanced.save_as(tmp_path / "whole.dcm")
+    whole = load_image(tmp_path / "whole.dcm")
+    np.testing.assert_allclose(whole.spacing, small.spacing, rtol=1e-5)
+    frame_bytes = 64 * 64 * 2
+    for name, order, message in [
+        ("gap.dcm", [0, 1, 3, 4, 5], r"frame gaps range from 5 to 10 mm across its 5 frames"),
+        ("shuffled.dcm", [0, 2, 1, 3, 4, 5], r"frame positions go back and forth across its 6 frames"),
+    ]:
+        broken = pydicom.dcmread(tmp_path / "whole.dcm")
+        broken.PixelData = b"".join(broken.PixelData[k * frame_bytes : (k + 1) * frame_bytes] for k in order)
+        broken.PerFrameFunctionalGroupsSequence = [broken.PerFrameFunctionalGroupsSequence[k] for k in order]
+        broken.NumberOfFrames = len(order)
+        broken.save_as(tmp_path / name)
+        with pytest.raises(InputError, match=rf"{name}: {message}; frames are missing, repeated or out of order"):
+            load_image(tmp_path / name)
+
+
+def test_a_nifti_2_file_is_named_as_such(tmp_path: Path) -> None:
+    nib.save(nib.Nifti2Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), tmp_path / "n2.nii.gz")
+    with pytest.raises(InputError, match=r"n2.nii.gz: a NIfTI-2 file, which medsam2 does not read; save it as NIfTI-1"):
+        load_image(tmp_path / "n2.nii.gz")
+
+
+def test_the_mask_of_a_2d_nrrd_is_2d_with_its_geometry(tmp_path: Path) -> None:
+    """Was written as a 3D mask of one slice (a third spacing, origin and direction row of its own)."""
+    image = sitk.GetImageFromArray(np.arange(20 * 30, dtype=np.int16).reshape(20, 30))
+    image.SetSpacing((0.7, 0.9))
+    image.SetOrigin((4.0, -2.0))
+    image.SetDirection((0.6, -0.8, 0.8, 0.6))
+    sitk.WriteImage(image, str(tmp_path / "picture.nrrd"))
+    volume = load_image(tmp_path / "picture.nrrd")
+    save_mask(volume.array > 300, like=volume, path=tmp_path / "mask.nrrd")
+    mask = sitk.ReadImage(str(tmp_path / "mask.nrrd"))
+    assert mask.GetDimension() == 2 and mask.GetSize() == (30, 20)
+    for got, wanted in ((mask.GetSpacing(), image.GetSpacing()), (mask.GetOrigin(), image.GetOrigin()), (mask.GetDirection(), image.GetDirection())):
+        np.testing.assert_allclose(got, wanted, atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(image) > 300)
 
 
 def test_a_failed_metaimage_read_drops_only_metaio_lines(capfd: pytest.CaptureFixture[str]) -> None:

@@ -76,7 +76,7 @@ def describe_segmentation(path: Path) -> dict:
         "file": str(path),
         "kind": "DICOM-SEG (read against the series it segments)",
         "segments": {str(tracked_object(s)): str(s.get("SegmentLabel", "")) for s in dataset.get("SegmentSequence", [])},  # by object id
-        "frames": int(dataset.get("NumberOfFrames") or 0),
+        "frames": int(dataset.get("NumberOfFrames") or 1),  # absent: one frame (the attribute is Type 1, yet files omit it)
         "frame_shape_yx": [int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)],
         "segments_series": str(referenced[0].get("SeriesInstanceUID", "")) or None,
     }

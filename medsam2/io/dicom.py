@@ -153,6 +153,54 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
         return
     positions = np.array([[float(v) for v in reader.GetMetaData(k, position_tag).split("\\")] for k in range(count)])
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    problem = _stacking_problem(positions, normal, folder, "series")
+    if problem is None:
+        return
+    for tag, (one, several) in STACKED_IN_ONE_SERIES.items():  # several echoes or phases at each position
+        values = sorted({reader.GetMetaData(k, tag).strip() for k in range(count) if reader.HasMetaDataKey(k, tag)})
+        if len(values) > 1:
+            raise InputError(
+                f"{folder}: the series holds {len(values)} {several} ({', '.join(values)}) over the same positions; "
+                f"put one {one}'s files in a folder of their own"
+            )
+    raise InputError(
+        f"{folder}: slice {problem} across the {count} readable files of the series; slices are missing, damaged "
+        "or repeated (evenly spaced slices are needed)"
+    )
+
+
+def check_frame_positions(header: Dataset, path: Path) -> None:
+    """Refuse an enhanced multi-frame image whose frames do not follow each other evenly in order of
+    position (a frame missing, frames shuffled): GDCM then reads it at 1 mm with no orientation and the
+    frames in file order, without a word, where a series' files would be sorted and checked."""
+    frames = header.get("PerFrameFunctionalGroupsSequence") or []
+    positions = [item.get("PlanePositionSequence", [Dataset()])[0].get("ImagePositionPatient") for item in frames]
+    orientation = _frame_orientation(header)
+    if len(frames) < 3 or orientation is None or any(position is None for position in positions):
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    problem = _stacking_problem(np.array(positions, dtype=float), normal, path, "multi-frame image")
+    if problem is not None:
+        raise InputError(
+            f"{path}: frame {problem} across its {len(frames)} frames; frames are missing, repeated or out of "
+            "order (evenly spaced frames in order of position are needed)"
+        )
+
+
+def _frame_orientation(header: Dataset) -> np.ndarray | None:
+    """The row and column directions (6 numbers) of a multi-frame image's frames: shared, or the first frame's."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in (header.get(groups) or [])[:1]:
+            for plane in item.get("PlaneOrientationSequence", [])[:1]:
+                if "ImageOrientationPatient" in plane:
+                    return np.array(plane.ImageOrientationPatient, dtype=float)
+    return None
+
+
+def _stacking_problem(positions: np.ndarray, normal: np.ndarray, where: Path, what: str) -> str | None:
+    """What is wrong with planes at `positions` (N, 3) as a stack along `normal`: gaps uneven ("gaps
+    range from 5 to 10 mm"), or the order broken; None for evenly spaced planes in order. A stack
+    oblique to its planes (gantry tilt) is refused here."""
     offsets = positions - positions[0]
     along = offsets @ normal
     sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
@@ -161,23 +209,50 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
     if sideways.max() > MAX_SIDEWAYS_MM:
         tilt = np.degrees(np.arctan2(sideways[-1], abs(along[-1])))
         raise InputError(
-            f"{folder}: a gantry-tilted series (its slices stack {tilt:.1f} degrees off their normal); medsam2 needs slices "
+            f"{where}: a gantry-tilted {what} (its slices stack {tilt:.1f} degrees off their normal); medsam2 needs slices "
             "stacked square to their planes: correct the tilt first (e.g. dcm2niix does)"
         )
-    gaps = np.abs(np.diff(along))
+    steps = np.diff(along)
+    gaps = np.abs(steps)
+    if gaps.min() > 0 and not (np.all(steps > 0) or np.all(steps < 0)):
+        return "positions go back and forth"
     # 10 %: rounding of the position text and scanner jitter are far smaller; a missing slice doubles a gap.
     if gaps.min() <= 0 or gaps.max() > 1.1 * gaps.min():
-        for tag, (one, several) in STACKED_IN_ONE_SERIES.items():  # several echoes or phases at each position
-            values = sorted({reader.GetMetaData(k, tag).strip() for k in range(count) if reader.HasMetaDataKey(k, tag)})
-            if len(values) > 1:
-                raise InputError(
-                    f"{folder}: the series holds {len(values)} {several} ({', '.join(values)}) over the same positions; "
-                    f"put one {one}'s files in a folder of their own"
-                )
+        return f"gaps range from {gaps.min():.3g} to {gaps.max():.3g} mm"
+    return None
+
+
+# Pixel encodings GDCM (ITK's DICOM reader) decodes to wrong values without an error (found against
+# pydicom's decoders on its test files): transfer syntax -> the (bits allocated, samples per pixel) it gets wrong.
+RLE_LOSSLESS, EXPLICIT_BIG_ENDIAN = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.2"
+MISDECODED = {
+    RLE_LOSSLESS: ("RLE-compressed colour of more than 8 bits", lambda bits, samples: samples == 3 and bits > 8),
+    EXPLICIT_BIG_ENDIAN: ("big-endian 32-bit", lambda bits, samples: bits == 32),
+}
+
+
+def check_decoded_rightly(header: Dataset, path: Path) -> None:
+    """Refuse pixel data GDCM would give wrong values for (see `MISDECODED`)."""
+    syntax = str(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    what, applies = MISDECODED.get(syntax, ("", lambda bits, samples: False))
+    if applies(int(header.get("BitsAllocated") or 0), int(header.get("SamplesPerPixel") or 1)):
         raise InputError(
-            f"{folder}: slice gaps range from {gaps.min():.3g} to {gaps.max():.3g} mm across the {count} readable "
-            "files of the series; slices are missing, damaged or repeated (evenly spaced slices are needed)"
+            f"{path}: {what} pixel data, which ITK's DICOM reader (GDCM) decodes to wrong values; convert the file "
+            "to uncompressed little-endian DICOM first (DCMTK: dcmdrle for RLE, dcmconv +te for big endian)"
         )
+
+
+# Where a header gives the in-plane pixel spacing (GDCM takes 1 mm where none is).
+PIXEL_SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def states_pixel_spacing(header: Dataset) -> bool:
+    """Whether a DICOM header gives its pixels' spacing: a tag of `PIXEL_SPACING_TAGS`, or a
+    multi-frame image's pixel measures."""
+    if any(tag in header for tag in PIXEL_SPACING_TAGS):
+        return True
+    groups = [*(header.get("SharedFunctionalGroupsSequence") or []), *(header.get("PerFrameFunctionalGroupsSequence") or [])[:1]]
+    return any("PixelSpacing" in measures for item in groups for measures in item.get("PixelMeasuresSequence", []))
 
 
 def _series_in_words(file: str) -> str:
@@ -210,10 +285,9 @@ def measured_values(array: np.ndarray, files: list[str], modality: Modality) -> 
     return measured.astype(array.dtype) if np.array_equal(measured, np.round(measured)) else measured.astype(np.float32)
 
 
-def read_modality(path: str | Path) -> Modality:
-    """The Modality tag (0008,0060) when it is one medsam2 knows, else "unknown"."""
-    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-    value = str(dataset.get("Modality", "")).strip().upper()
+def modality_of(header: Dataset) -> Modality:
+    """The Modality tag (0008,0060) of a header when it is one medsam2 knows, else "unknown"."""
+    value = str(header.get("Modality", "")).strip().upper()
     return value if value in get_args(Modality) else "unknown"  # type: ignore[return-value]
 
 

@@ -139,7 +139,7 @@ def _check_values(array: np.ndarray, path: Path) -> None:
 
 
 def _volume_from_sitk(
-    image: sitk.Image, path: Path, modality: Modality = "unknown", meta: dict | None = None
+    image: sitk.Image, path: Path, modality: Modality = "unknown", meta: dict | None = None, has_spacing: bool = True
 ) -> Volume:
     size = image.GetSize()
     if image.GetDimension() == 4 and size[3] == 1:
@@ -162,6 +162,7 @@ def _volume_from_sitk(
         direction=image.GetDirection(),
         modality=modality,
         source=path,
+        has_spacing=has_spacing,
         meta={"is_2d": is_2d, **(meta or {})},
     )
 
@@ -174,6 +175,11 @@ def _read_sitk_file(path: Path) -> Volume:
     nifti = None
     if file_suffix(path) in (".nii", ".nii.gz"):
         nifti = load_nifti(path)
+        if isinstance(nifti, nib.Nifti2Image):  # ITK reads NIfTI-1 only ("Unable to determine ImageIO reader")
+            raise InputError(
+                f"{path}: a NIfTI-2 file, which medsam2 does not read; save it as NIfTI-1 "
+                "(nibabel: nib.save(nib.Nifti1Image(image.dataobj, image.affine), path))"
+            )
         _check_nifti_voxels(nifti, path)
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
@@ -245,8 +251,21 @@ def _read_dicom_file(path: Path) -> Volume:
             raise InputError(f"{path}: a DICOMDIR, the index of a disc's or drive's images; give a series folder{f', e.g. {below}' if below else ''}") from None
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
-        raise InputError(f"{path}: a DICOM file that cannot be read, damaged or cut short ({library_reason(error)})") from None
-    return _measured(_volume_from_sitk(image, path, dicom.read_modality(path), {"dicom_files": [str(path)]}))
+        raise InputError(
+            f"{path}: a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short or encoded in a way it does not "
+            f"know ({library_reason(error)})"
+        ) from None
+    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    dicom.check_frame_positions(header, path)
+    return _dicom_volume(image, path, header, [str(path)])
+
+
+def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files: list[str]) -> Volume:
+    """The volume GDCM read from `files` (`header`: the first one's), its pixel values checked for
+    encodings GDCM gets wrong; without spacing where the header gives none and GDCM made up 1 mm."""
+    dicom.check_decoded_rightly(header, Path(files[0]))
+    spaced = dicom.states_pixel_spacing(header) or not np.allclose(image.GetSpacing()[:2], 1.0)
+    return _measured(_volume_from_sitk(image, path, dicom.modality_of(header), {"dicom_files": files}, has_spacing=spaced))
 
 
 def _imageless_dicom_kind(path: Path) -> str | None:
@@ -281,7 +300,7 @@ def _read_dicom_folder(path: Path) -> Volume:
     if is_frame_folder(path):
         raise _video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
-    return _measured(_volume_from_sitk(image, path, dicom.read_modality(files[0]), {"dicom_files": files}))
+    return _dicom_volume(image, path, pydicom.dcmread(files[0], stop_before_pixels=True, force=True), files)
 
 
 def _measured(volume: Volume) -> Volume:

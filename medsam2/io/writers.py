@@ -120,6 +120,8 @@ def _write_sitk(labels: np.ndarray, like: Volume, target: Path) -> None:
     image.SetSpacing(like.spacing)
     image.SetOrigin(like.origin)
     image.SetDirection(like.direction)
+    if like.meta.get("is_2d"):  # the mask of a 2D image is 2D, as the image was before it became one slice
+        image = image[:, :, 0]
     sitk.WriteImage(image, str(target), useCompression=True)
 
 
