@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
 import pytest
 import SimpleITK as sitk
@@ -340,6 +341,44 @@ def test_commands_after_one_that_computed_the_case_reuse_its_result_unless_the_r
     assert models_built == [1, 1, 1]  # the record had moved on: replayed
     (row,) = open_project(project).cases()
     np.testing.assert_array_equal(load_stored_mask(opened.folder, row.mask, row.mask_sha256), replayed)
+
+
+def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_checked_before_recording(
+    tmp_path: Path, draw_recist, write_dicom_series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`presegment` keeps the model's mask as `prompt` does (the first to open the case waited for
+    the model again); a DICOM case's SEG names its segments as the project's labels (was "label 1");
+    an output its format cannot hold fails before the prompt or undo is recorded (was after: a rerun
+    with a better name recorded it twice)."""
+    write_disc_case(tmp_path / "disc.npz", draw_recist)
+    disc = load_image(tmp_path / "disc.npz")
+    series_files = write_dicom_series(Volume(disc.array.astype(np.int32), spacing=disc.spacing), tmp_path / "series")
+    project = tmp_path / "project"
+    for command in (("init", project, "--label", "1=lesion"), ("import", project, tmp_path / "series", "--box", "1,22,26,66,70")):
+        assert run(*command).exit_code == 0
+    assert run("presegment", project).exit_code == 0
+    models_built = []
+    build = Predictors.get
+    monkeypatch.setattr(Predictors, "get", lambda self, round_row: models_built.append(round_row.number) or build(self, round_row))
+    queued = run("queue", project, "-a", "alice", "-o", tmp_path / "current.dcm")
+    assert queued.exit_code == 0 and models_built == [], queued.output
+    assert [segment.SegmentLabel for segment in pydicom.dcmread(tmp_path / "current.dcm").SegmentSequence] == ["lesion"]
+
+    def interactions() -> list[str]:
+        return re.findall(r"alice: (\w+)", run("show", project, "series").stdout)
+
+    recorded = interactions()
+    for action in (("prompt", project, "series", "--box", "1,22,26,66,70"), ("undo", project, "series")):
+        refused = run(*action, "-a", "alice", "-o", tmp_path / "current.png")
+        assert_one_line_error(refused, "current.png: PNG holds one 2D slice")
+        assert interactions() == recorded, action
+
+    # a series that lost a file after its case was accepted: the export names the case
+    assert run("accept", project, "series", "-a", "alice").exit_code == 0
+    sorted(series_files)[1].unlink()
+    exported = run("export", project, tmp_path / "exported")
+    assert exported.exit_code == 2 and "case series cannot be exported: " in exported.stderr, exported.output
+    assert "not the image case series was imported from" in exported.stderr and not (tmp_path / "exported").exists()
 
 
 def test_an_undone_prompt_leaves_the_case_as_a_replay_of_its_record(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:

@@ -92,10 +92,14 @@ def check_export_folder(out: Path, project_folder: Path, overwrite: bool) -> Non
 
 
 def _export_case(project: Project, case: CaseRow, round_number: int, root: Path, layout: str) -> TrainingCase:
-    volume = load_case_image(case)
+    try:
+        volume = load_case_image(case)
+    except InputError as error:  # the reader's own line may not name the case
+        raise InputError(f"case {case.name} cannot be exported: {error}") from None
     mask_file = stored_path(project.folder, case.mask, case.mask_sha256)
     mask = load_mask(mask_file)
-    check_same_geometry(mask, volume, f"case {case.name}: accepted mask vs {case.image}")
+    # the mask took the image's geometry when accepted: a difference is the image's header changed since
+    check_same_geometry(mask, volume, f"case {case.name}: its image's placement changed since the mask was accepted (mask vs {case.image})")
     present = [int(v) for v in np.unique(mask.array) if v]
     labels = {str(v): project.settings.labels.get(str(v), f"object {v}") for v in present}
     if layout == "nifti":

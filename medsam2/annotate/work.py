@@ -528,6 +528,7 @@ def presegment(project: Project, predictors: Predictors, names: list[str] | None
                 if not labels.any():
                     raise InputError("the model found nothing from its hints")
                 stored = store_mask(project.folder, labels, model.volume)
+                model.remember()  # the annotator who opens the case first then waits for no model
             except InputError as error:
                 report.failed[case.name] = str(error)
                 _commit_presegmentation(project, case, worker, None, None)

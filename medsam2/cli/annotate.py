@@ -82,10 +82,12 @@ def annotator_name(value: str | None) -> str:
     return value or os.environ.get("MEDSAM2_ANNOTATOR") or getpass.getuser()
 
 
-def check_views(output: Path | None, overlay: Path | None) -> None:
-    """Refuse output names `show_views` cannot write before the case is replayed or changed."""
+def check_views(output: Path | None, overlay: Path | None, image: Volume | None = None) -> None:
+    """Refuse output names `show_views` cannot write before the case is looked up; again with the
+    case's `image`, also those its format cannot hold (a DICOM-SEG of a NIfTI, a PNG of a scan),
+    before an action is recorded (a rerun with a better name would record it twice)."""
     if output is not None:
-        check_mask_output(output)
+        check_mask_output(output, image)
     if overlay is not None:
         check_overlay_output(overlay)
 
@@ -94,7 +96,8 @@ def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> N
     """Write what the annotator looks at: the current mask and/or an overlay montage."""
     with outputs_together([output, overlay]) as (mask_target, overlay_target):
         if mask_target is not None:
-            save_mask(model.labels(), like=model.volume, path=mask_target)
+            names = {int(value): name for value, name in model.project.settings.labels.items()}  # a SEG's segment labels
+            save_mask(model.labels(), like=model.volume, path=mask_target, names=names)
         if overlay_target is not None:
             save_overlay_montage(
                 model.slices,
@@ -347,6 +350,7 @@ def prompt_command(
     check_views(output, overlay)
     opened = open_project(project)
     image = case_image(opened, case)
+    check_views(output, overlay, image)
     depth, height, width = to_slices(np.empty(image.shape, np.uint8), slicing_axis_index(image, opened.settings.axis)).shape
     prompts = check_one_region_each(prompts_from_flags(box, point, recist, height, width))
     if not prompts:
@@ -383,6 +387,7 @@ def correct_command(
     check_views(output, overlay)
     opened = open_project(project)
     image = case_image(opened, case)
+    check_views(output, overlay, image)
     edited = edited_mask(opened, image, mask)
     work = work_session(opened, case, annotator, device, image)
     recorded = work.apply_edit(edited, slice_ or None)
@@ -409,7 +414,10 @@ def undo_command(
     Example: medsam2 annotate undo lesions/ CT_Lesion_000002 -o current.nii.gz
     """
     check_views(output, overlay)
-    work = work_session(open_project(project), case, annotator, device)
+    opened = open_project(project)
+    image = case_image(opened, case)
+    check_views(output, overlay, image)
+    work = work_session(opened, case, annotator, device, image)
     undone = work.undo()
     work.model.remember()
     typer.echo(f"{case}: undid a {undone.data['undoes']} on slice {undone.slice_index}; {describe(work.model)}")
