@@ -380,6 +380,11 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
     assert exported.exit_code == 2 and "case series cannot be exported: " in exported.stderr, exported.output
     assert "not the image case series was imported from" in exported.stderr and not (tmp_path / "exported").exists()
 
+    # a PACS export's layout (patient/series folders) given one level too high: the error says where the series are
+    shutil.copytree(tmp_path / "series", tmp_path / "export" / "patient" / "CT")
+    deep = run("import", project, tmp_path / "export")
+    assert_one_line_error(deep, f"no images in this folder; DICOM series lie deeper, e.g. {tmp_path / 'export' / 'patient' / 'CT'}")
+
 
 def test_an_undone_prompt_leaves_the_case_as_a_replay_of_its_record(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:
     """Undoing the latest of two clicks on a slice leaves the case as any process rebuilding it from

@@ -26,7 +26,7 @@ from medsam2.annotate.store import store_mask
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
-from medsam2.io.dicom import is_dicom_file
+from medsam2.io.dicom import dicom_subfolder, is_dicom_file
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 
@@ -70,7 +70,9 @@ def find_images(path: Path) -> list[Path]:
     images = [p.resolve() for p in list_image_files(path) if image_suffix(p) != ".dcm"]
     images += [p.resolve() for p in sorted(path.iterdir()) if not p.name.startswith(".") and is_dicom_series(p)]
     if not images:
-        raise InputError(f"{path}: no images in this folder")
+        below = dicom_subfolder(path)  # a PACS export: patient/study/series folders
+        hint = f"; DICOM series lie deeper, e.g. {below}: give series folders, or folders that hold them" if below else ""
+        raise InputError(f"{path}: no images in this folder{hint}")
     return images
 
 
