@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import typer
+from tqdm import tqdm
 
 from medsam2.errors import InputError, first_line
 
@@ -17,7 +18,10 @@ EXIT_SOME_FAILED = 1  # the command ran, but some of its cases failed (each repo
 
 
 def say_error(message: str) -> None:
-    """Print `message` as the one-line error."""
+    """Print `message` as the one-line error, on a line of its own: a progress bar the error broke
+    off (left open while the exception holds its loop's frame) is closed first."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
     typer.echo(f"error: {message}", err=True)
 
 
