@@ -379,12 +379,17 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
     exported = run("export", project, tmp_path / "exported")
     assert exported.exit_code == 2 and not (tmp_path / "exported").exists()
     (said,) = [line for line in exported.stderr.splitlines() if "error" in line]  # on a line of its own, not after the bar
-    assert said.startswith("error: case series cannot be exported: ") and "not the image case series was imported from" in said
+    assert said.startswith("error: ") and said.endswith("series: not the image case series was imported from (shape (2, 96, 96), was (3, 96, 96))")
 
     # a PACS export's layout (patient/series folders) given one level too high: the error says where the series are
     shutil.copytree(tmp_path / "series", tmp_path / "export" / "patient" / "CT")
     deep = run("import", project, tmp_path / "export")
     assert_one_line_error(deep, f"no images in this folder; DICOM series lie deeper, e.g. {tmp_path / 'export' / 'patient' / 'CT'}")
+
+    for file in (tmp_path / "series").iterdir():  # no longer readable at all: the reader's line gets the case's name
+        file.write_bytes(b"not DICOM")
+    unreadable = run("export", project, tmp_path / "exported")
+    assert unreadable.exit_code == 2 and f"error: case series: {tmp_path / 'series'}: " in unreadable.stderr, unreadable.output
 
 
 def test_an_undone_prompt_leaves_the_case_as_a_replay_of_its_record(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:

@@ -90,10 +90,7 @@ def check_export_folder(out: Path, project_folder: Path, overwrite: bool) -> Non
 
 
 def _export_case(project: Project, case: CaseRow, round_number: int, root: Path, layout: str) -> TrainingCase:
-    try:
-        volume = load_case_image(case)
-    except InputError as error:  # the reader's own line may not name the case
-        raise InputError(f"case {case.name} cannot be exported: {error}") from None
+    volume = load_case_image(case)
     mask_file = stored_path(project.folder, case.mask, case.mask_sha256)
     mask = load_mask(mask_file)
     # the mask took the image's geometry when accepted: a difference is the image's header changed since

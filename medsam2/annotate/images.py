@@ -52,7 +52,10 @@ def load_case_image(case: CaseRow) -> Volume:
             f"{case.image}: the image of case {case.name} is not there (if the data moved, point the project at "
             "its new place: medsam2 annotate relocate PROJECT OLD_FOLDER NEW_FOLDER)"
         )
-    volume = load_image(case.image)
+    try:
+        volume = load_image(case.image)
+    except InputError as error:  # the reader's line names the file only
+        raise InputError(f"case {case.name}: {error}") from None
     check_same_image(case, volume)
     return volume
 
