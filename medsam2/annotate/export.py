@@ -59,9 +59,11 @@ def export_training_set(
     if not accepted:
         where = f" in round {', '.join(map(str, rounds))}" if rounds else ""
         raise InputError(f"project {project.name}: no accepted cases{where} to export")
-    # the bar as a context: one that a case's error ends is closed with its line, and the error has a line of its own
-    with atomic_folder(out) as staging, tqdm(accepted, desc="exporting", unit="case", disable=not progress) as bar:
-        cases = [_export_case(project, case, number, staging, layout) for case, number in bar]
+    with atomic_folder(out) as staging:
+        cases = [
+            _export_case(project, case, number, staging, layout)
+            for case, number in tqdm(accepted, desc="exporting", unit="case", disable=not progress)
+        ]
         write_manifest(staging, cases)
     return cases
 

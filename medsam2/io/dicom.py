@@ -222,24 +222,25 @@ def _stacking_problem(positions: np.ndarray, normal: np.ndarray, where: Path, wh
     return None
 
 
-# Pixel encodings GDCM (ITK's DICOM reader) decodes to wrong values without an error (found against
-# pydicom's decoders on its test files): transfer syntax -> the (bits allocated, samples per pixel) it gets wrong.
+# Transfer syntaxes of pixel encodings GDCM (ITK's DICOM reader) decodes to wrong values without an
+# error (found against pydicom's decoders on its test files).
 RLE_LOSSLESS, EXPLICIT_BIG_ENDIAN = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.2"
-MISDECODED = {
-    RLE_LOSSLESS: ("RLE-compressed colour of more than 8 bits", lambda bits, samples: samples == 3 and bits > 8),
-    EXPLICIT_BIG_ENDIAN: ("big-endian 32-bit", lambda bits, samples: bits == 32),
-}
 
 
 def check_decoded_rightly(header: Dataset, path: Path) -> None:
-    """Refuse pixel data GDCM would give wrong values for (see `MISDECODED`)."""
+    """Refuse pixel data GDCM would give wrong values for: RLE colour of more than 8 bits, 32-bit big endian."""
     syntax = str(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
-    what, applies = MISDECODED.get(syntax, ("", lambda bits, samples: False))
-    if applies(int(header.get("BitsAllocated") or 0), int(header.get("SamplesPerPixel") or 1)):
-        raise InputError(
-            f"{path}: {what} pixel data, which ITK's DICOM reader (GDCM) decodes to wrong values; convert the file "
-            "to uncompressed little-endian DICOM first (DCMTK: dcmdrle for RLE, dcmconv +te for big endian)"
-        )
+    bits, samples = int(header.get("BitsAllocated") or 0), int(header.get("SamplesPerPixel") or 1)
+    if syntax == RLE_LOSSLESS and samples == 3 and bits > 8:
+        what = "RLE-compressed colour of more than 8 bits"
+    elif syntax == EXPLICIT_BIG_ENDIAN and bits == 32:
+        what = "big-endian 32-bit"
+    else:
+        return
+    raise InputError(
+        f"{path}: {what} pixel data, which ITK's DICOM reader (GDCM) decodes to wrong values; convert the file "
+        "to uncompressed little-endian DICOM first (DCMTK: dcmdrle for RLE, dcmconv +te for big endian)"
+    )
 
 
 # Where a header gives the in-plane pixel spacing (GDCM takes 1 mm where none is).
@@ -266,15 +267,14 @@ def _series_in_words(file: str) -> str:
 MEASURING_MODALITIES = ("CT", "PT", "NM")
 
 
-def measured_values(array: np.ndarray, files: list[str], modality: Modality) -> np.ndarray:
-    """`array` (read by GDCM from `files`, one slice each) with a MONOCHROME1 CT, PET or NM image's
+def measured_values(array: np.ndarray, files: list[str], first: Dataset) -> np.ndarray:
+    """`array` (read by GDCM from `files`, one slice each; `first`: the first one's header) with a MONOCHROME1 CT, PET or NM image's
     values as its Modality LUT gives them. GDCM inverts MONOCHROME1 pixels (high values shown dark)
     before rescaling, which suits a radiograph (its bone comes out bright, as models learnt it) but
     turns Hounsfield units into numbers near 65,000: undone per slice, (2^bits - 1) * slope +
     2 * intercept - value."""
-    if modality not in MEASURING_MODALITIES:
+    if modality_of(first) not in MEASURING_MODALITIES:
         return array
-    first = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PhotometricInterpretation"])
     if first.get("PhotometricInterpretation") != "MONOCHROME1":  # a series has one photometric interpretation
         return array
     headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]

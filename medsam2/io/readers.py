@@ -265,7 +265,8 @@ def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files:
     encodings GDCM gets wrong; without spacing where the header gives none and GDCM made up 1 mm."""
     dicom.check_decoded_rightly(header, Path(files[0]))
     spaced = dicom.states_pixel_spacing(header) or not np.allclose(image.GetSpacing()[:2], 1.0)
-    return _measured(_volume_from_sitk(image, path, dicom.modality_of(header), {"dicom_files": files}, has_spacing=spaced))
+    volume = _volume_from_sitk(image, path, dicom.modality_of(header), {"dicom_files": files}, has_spacing=spaced)
+    return volume.with_array(dicom.measured_values(volume.array, files, header))
 
 
 def _imageless_dicom_kind(path: Path) -> str | None:
@@ -301,10 +302,6 @@ def _read_dicom_folder(path: Path) -> Volume:
         raise _video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
     return _dicom_volume(image, path, pydicom.dcmread(files[0], stop_before_pixels=True, force=True), files)
-
-
-def _measured(volume: Volume) -> Volume:
-    return volume.with_array(dicom.measured_values(volume.array, volume.meta["dicom_files"], volume.modality))
 
 
 def dicom_headers(volume: Volume, purpose: str) -> list[pydicom.Dataset]:
