@@ -42,7 +42,7 @@ from medsam2.annotate import (
     write_report,
 )
 from medsam2.annotate.db import alembic_config
-from medsam2.annotate.images import voxels_sha256
+from medsam2.annotate.images import placement_of, voxels_sha256
 from medsam2.annotate.project import utc_now
 from medsam2.annotate.schema import Base, InteractionRow
 from medsam2.annotate.store import stored_path
@@ -162,7 +162,7 @@ def test_migrations_create_the_schema_the_models_describe(tmp_path: Path, databa
     project = init_project(tmp_path / "project", database)
     with project.engine.connect() as connection:
         context = MigrationContext.configure(connection)
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         assert compare_metadata(context, Base.metadata) == []
     project.close()
     reopened = open_project(tmp_path / "project")  # an up-to-date database is left alone
@@ -509,27 +509,28 @@ def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthe
 def test_a_project_of_the_first_schema_upgrades_and_relocated_cases_get_their_voxels(
     tmp_path: Path, database: str, synthetic_cases: Path
 ) -> None:
-    """A database at revision 0001 (cases without a voxel digest) is brought up to date when opened;
-    moving its images elsewhere and relocating records their voxels then, as an import now does."""
+    """A database at revision 0001 (cases without a voxel digest or placement) is brought up to date
+    when opened; moving its images elsewhere and relocating records both then, as an import now does."""
     project = init_project(tmp_path / "project", database)
     images = synthetic_cases / "images"
     import_cases(project, [images / "case_00.nii.gz", images / "case_01.nii.gz"], progress=False)
-    recorded = {row.name: row.voxels_sha256 for row in project.cases()}
-    assert recorded["case_00"] == voxels_sha256(load_image(images / "case_00.nii.gz")) != recorded["case_01"]
+    recorded = {row.name: (row.voxels_sha256, row.placement) for row in project.cases()}
+    first = load_image(images / "case_00.nii.gz")
+    assert recorded["case_00"] == (voxels_sha256(first), placement_of(first)) and recorded["case_01"][0] != recorded["case_00"][0]
     config = alembic_config()
     with project.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0001")
     project.close()
 
-    project = open_project(tmp_path / "project")  # migrated to the head again: the digests are gone
+    project = open_project(tmp_path / "project")  # migrated to the head again: digests and placements are gone
     with project.engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0002"
-    assert {row.name: row.voxels_sha256 for row in project.cases()} == {"case_00": None, "case_01": None}
+        assert MigrationContext.configure(connection).get_current_revision() == "0003"
+    assert {row.name: (row.voxels_sha256, row.placement) for row in project.cases()} == {"case_00": (None, None), "case_01": (None, None)}
     moved_to = Path(shutil.copytree(images, tmp_path / "moved"))
     moves = relocate(project, images, moved_to, progress=False)
     assert [(move.kind, move.name, move.new) for move in moves] == [("case", name, str(moved_to / f"{name}.nii.gz")) for name in ("case_00", "case_01")]
-    assert {row.name: (row.image, row.voxels_sha256) for row in project.cases()} == {
-        name: (str(moved_to / f"{name}.nii.gz"), recorded[name]) for name in recorded
+    assert {row.name: (row.image, row.voxels_sha256, row.placement) for row in project.cases()} == {
+        name: (str(moved_to / f"{name}.nii.gz"), *recorded[name]) for name in recorded
     }
     project.close()

@@ -549,6 +549,28 @@ def test_the_queue_passes_over_a_case_whose_image_changed(tmp_path: Path) -> Non
     assert run("queue", project, "-a", "bob").exit_code == 1  # nothing free, and nothing passed over
 
 
+def test_a_case_whose_header_was_rewritten_is_refused_where_it_is_opened(tmp_path: Path) -> None:
+    """The voxels untouched but the spacing rewritten after import: the masks drawn so far would be
+    placed elsewhere, so the case is refused when leased and when relocated, naming what changed
+    (export alone noticed it before)."""
+    image = sitk.GetImageFromArray(np.random.default_rng(2).integers(0, 200, (3, 32, 32)).astype(np.int16))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "scan.nii.gz"))
+    project = tmp_path / "project"
+    assert run("init", project).exit_code == 0
+    assert run("import", project, tmp_path / "scan.nii.gz").exit_code == 0
+    image.SetSpacing((0.8, 0.8, 5.0))
+    sitk.WriteImage(image, str(tmp_path / "scan.nii.gz"))
+    changed = "the image of case scan was placed otherwise when it was imported (then vs now): spacing differs: [0.8, 0.8, 2.5] vs [0.8, 0.8, 5.0]"
+    assert_one_line_error(run("queue", project, "-a", "alice", "-o", tmp_path / "current.nii.gz"), changed)
+    assert [row.lease_owner for row in open_project(project).cases()] == [None]
+    moved = Path(shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}_moved", ignore=shutil.ignore_patterns("project")))
+    assert_one_line_error(run("relocate", project, tmp_path, moved, "--no-progress"), changed)
+    image.SetSpacing((0.8, 0.8, 2.5))  # restored: the case opens again
+    sitk.WriteImage(image, str(tmp_path / "scan.nii.gz"))
+    assert run("queue", project, "-a", "alice", "-o", tmp_path / "current.nii.gz").exit_code == 0
+
+
 def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     project = tmp_path / "project"
     assert_one_line_error(run("status", project), "not an annotation project")

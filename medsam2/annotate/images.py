@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,7 @@ from medsam2.annotate.project import Project
 from medsam2.annotate.schema import CaseRow, RoundRow
 from medsam2.engine.registry import split_preset
 from medsam2.errors import InputError
-from medsam2.io import Volume, load_image
+from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.training_set import file_sha256
 from medsam2.progress import leave_finished_bar
 
@@ -33,15 +33,27 @@ def voxels_sha256(volume: Volume) -> str:
     return digest.hexdigest()
 
 
+def placement_of(volume: Volume) -> dict:
+    """Where an image lies in the patient, as the annotation database records it (JSON): a header
+    rewritten with the voxels untouched changes it, and every mask drawn on the image with it."""
+    return {"spacing": list(volume.spacing), "origin": list(volume.origin), "direction": list(volume.direction), "has_spacing": volume.has_spacing}
+
+
 def check_same_image(case: CaseRow, volume: Volume, where: str | None = None) -> str:
     """`volume`'s `voxels_sha256`, or a one-line error unless it is the image `case` was imported
-    from (by its voxels; by its shape for a case imported before voxels were recorded)."""
+    from: by its voxels and placement (by its shape alone for a case imported before either was
+    recorded)."""
     shown = where or case.image
     if list(volume.shape) != list(case.shape):
         raise InputError(f"{shown}: not the image case {case.name} was imported from (shape {volume.shape}, was {tuple(case.shape)})")
     digest = voxels_sha256(volume)
     if case.voxels_sha256 is not None and digest != case.voxels_sha256:
         raise InputError(f"{shown}: not the image case {case.name} was imported from (its voxels differ)")
+    if case.placement is not None:
+        check_same_geometry(
+            replace(volume, **case.placement), volume,
+            f"{shown}: the image of case {case.name} was placed otherwise when it was imported (then vs now)",
+        )
     return digest
 
 
@@ -81,9 +93,9 @@ def moved(path: str, old: str, new: str) -> str | None:
 
 def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, progress: bool = True) -> list[Relocation]:
     """Point every case image and round checkpoint the record keeps under folder `old` (or at file
-    `old`) at the same place under `new`, after checking each is there and the same (a case's voxels, or its shape
-    for a case imported before they were recorded, whose voxels are recorded now; a checkpoint's
-    SHA-256). All or nothing: the first file missing or different is a one-line error and the record
+    `old`) at the same place under `new`, after checking each is there and the same (a case's voxels and
+    placement, or its shape for a case imported before they were recorded, whose voxels and placement
+    are recorded now; a checkpoint's SHA-256). All or nothing: the first file missing or different is a one-line error and the record
     is left as it was. Nothing is written with `dry_run`."""
     # Symbolic links resolved, as imports record paths.
     old_folder, new_folder = os.path.realpath(old), os.path.realpath(new)
@@ -93,7 +105,7 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
         cases = session.scalars(select(CaseRow).where(CaseRow.project_id == project.id).order_by(CaseRow.name)).all()
         rounds = session.scalars(select(RoundRow).where(RoundRow.project_id == project.id).order_by(RoundRow.number)).all()
     moves: list[Relocation] = []
-    case_updates: dict[int, tuple[str, str]] = {}  # case id -> (new image path, voxels SHA-256)
+    case_updates: dict[int, tuple[str, str, dict]] = {}  # case id -> (new image path, voxels SHA-256, placement)
     round_updates: dict[int, str] = {}  # round id -> its model with the new checkpoint path
     for case in tqdm(cases, desc="checking images", unit="case", disable=not progress, leave=leave_finished_bar()):
         target = moved(case.image, old_folder, new_folder)
@@ -105,7 +117,7 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
             volume = load_image(target)
         except InputError as error:
             raise InputError(f"{error} (read as the image of case {case.name}, recorded at {case.image})") from None
-        case_updates[case.id] = target, check_same_image(case, volume, target)
+        case_updates[case.id] = target, check_same_image(case, volume, target), placement_of(volume)
         moves.append(Relocation("case", case.name, case.image, target))
     for round_row in rounds:
         preset, checkpoint = split_preset(round_row.model)  # kept: the settings the round runs its file with
@@ -122,9 +134,9 @@ def relocate(project: Project, old: Path, new: Path, dry_run: bool = False, prog
         raise InputError(f"{old}: no case image or round checkpoint of the project is recorded under this folder")
     if not dry_run:
         with project.transaction() as session:
-            for case_id, (image, digest) in case_updates.items():
+            for case_id, (image, digest, placement) in case_updates.items():
                 row = session.get(CaseRow, case_id)
-                row.image, row.voxels_sha256 = image, digest
+                row.image, row.voxels_sha256, row.placement = image, digest, placement
             for round_id, model in round_updates.items():
                 session.get(RoundRow, round_id).model = model
     return moves

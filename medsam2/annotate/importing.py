@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from medsam2.annotate.project import Project
 from medsam2.annotate.prompts import prompt_to_json
 from medsam2.annotate.schema import CaseRow, CaseState, PresegSource
-from medsam2.annotate.images import voxels_sha256
+from medsam2.annotate.images import placement_of, voxels_sha256
 from medsam2.annotate.store import store_mask
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.errors import InputError
@@ -180,6 +180,7 @@ def _read_case(project: Project, name: str, image: Path, mask: Path | None, prom
         image=str(image),
         shape=list(volume.shape),
         voxels_sha256=voxels_sha256(volume),
+        placement=placement_of(volume),
         hints=hints,
         state=CaseState.NEW.value,
         imported_at=now,

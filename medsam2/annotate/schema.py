@@ -116,6 +116,7 @@ class CaseRow(Base):
     image: Mapped[str] = mapped_column(String(2000))  # absolute path of the file or DICOM folder
     shape: Mapped[list] = mapped_column()  # (Z, Y, X)
     voxels_sha256: Mapped[str | None] = mapped_column(String(64))  # `voxels_sha256`; None: imported before it was kept
+    placement: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))  # `placement_of`; None: imported before it was kept
     # Prompts to pre-segment from (`medsam2.annotate.prompts`); SQL NULL when there are none, so
     # queries can find the cases the model can pre-segment.
     hints: Mapped[list | None] = mapped_column(JSON(none_as_null=True))
