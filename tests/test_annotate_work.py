@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import torch
 import pytest
 import SimpleITK as sitk
@@ -390,6 +391,34 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
         file.write_bytes(b"not DICOM")
     unreadable = run("export", project, tmp_path / "exported")
     assert unreadable.exit_code == 2 and f"error: case series: {tmp_path / 'series'}: " in unreadable.stderr, unreadable.output
+
+
+def test_a_pacs_export_is_imported_recursively_with_cases_named_after_their_paths(tmp_path: Path, write_dicom_series) -> None:
+    """A PACS export (a DICOMDIR beside PATIENT/STUDY/SERIES folders whose series are all called CT):
+    named after the series folder alone the cases clash, and the line says what to do; --recursive
+    takes every series below the folder, named after its path, and a mask named so."""
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copy(pydicom.data.get_testdata_file("DICOMDIR"), export / "DICOMDIR")
+    rng = np.random.default_rng(3)
+    for patient in ("P1", "P2"):
+        write_dicom_series(Volume(rng.integers(-100, 100, (3, 24, 24)).astype(np.int32), spacing=(0.7, 0.7, 2.0)), export / patient / "STUDY" / "CT")
+    second = load_image(export / "P2" / "STUDY" / "CT")
+    save_mask((second.array > 0).astype(np.uint8), second, tmp_path / "P2_STUDY_CT.nii.gz")
+    project = tmp_path / "project"
+    assert run("init", project).exit_code == 0
+    assert_one_line_error(run("import", project, export), "DICOM series lie deeper, e.g. ")
+    clash = run("import", project, export / "P1" / "STUDY" / "CT", export / "P2" / "STUDY" / "CT")
+    assert_one_line_error(clash, "case name 'CT' is also that of ")
+    assert "import a folder holding both with --recursive" in clash.stderr
+    imported = run("import", project, export, "--recursive", "--masks", tmp_path, "--no-progress")
+    assert imported.exit_code == 0 and imported.stdout.startswith("imported 2 case(s)"), imported.output
+    assert "no mask in" in imported.stderr and "P1_STUDY_CT" in imported.stderr  # P2's mask was found
+    cases = {row.name: row for row in open_project(project).cases()}
+    assert sorted(cases) == ["P1_STUDY_CT", "P2_STUDY_CT"]
+    assert cases["P2_STUDY_CT"].state == "presegmented" and cases["P1_STUDY_CT"].state == "new"
+    assert cases["P1_STUDY_CT"].image == str(export / "P1" / "STUDY" / "CT")
+    assert run("import", project, export, "-r").stdout.startswith("imported 0 case(s), 2 already in the project")
 
 
 def test_an_undone_prompt_leaves_the_case_as_a_replay_of_its_record(tmp_path: Path, ct_lesion_cases, predictors: Predictors) -> None:

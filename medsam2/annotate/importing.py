@@ -26,7 +26,7 @@ from medsam2.annotate.store import store_mask
 from medsam2.engine.prompt_sources import PromptSources, gather_prompts
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
-from medsam2.io.dicom import dicom_subfolder, is_dicom_file
+from medsam2.io.dicom import dicom_subfolder, is_dicom_file, is_dicomdir
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 
@@ -50,35 +50,60 @@ def source_stem(path: Path) -> str:
     return path.name if path.is_dir() else mask_file_stem(path)
 
 
-def case_name(path: Path) -> str:
-    """A case's name: its `source_stem` with characters other than letters, digits and ``. _ - +``
-    replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", source_stem(path)).lstrip(".-_+") or "case"
+@dataclass(frozen=True)
+class FoundImage:
+    """An image to import and the stem its case and its mask are named after."""
+
+    path: Path  # absolute, links resolved: the path the case records
+    stem: str  # its `source_stem`; with --recursive, its path below the folder given, joined by "_"
+
+
+def case_name(stem: str) -> str:
+    """A case's name: `stem` with characters other than letters, digits and ``. _ - +`` replaced by
+    ``_``."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", stem).lstrip(".-_+") or "case"
 
 
 def is_dicom_series(folder: Path) -> bool:
-    return folder.is_dir() and any(is_dicom_file(entry) for entry in folder.iterdir())
+    # A DICOMDIR indexes a PACS export's folders; it is no image of the folder it lies in.
+    return folder.is_dir() and any(is_dicom_file(entry) and not is_dicomdir(entry) for entry in folder.iterdir())
 
 
-def find_images(path: Path) -> list[Path]:
+def find_images(path: Path, recursive: bool = False) -> list[FoundImage]:
     """The images `path` names: itself (a file or a DICOM series folder), or the image files and
-    DICOM series folders directly inside it."""
+    DICOM series folders directly inside it, or with `recursive` at any depth below it (each named
+    after its path below `path`: a PACS export's PATIENT/STUDY/SERIES folders give PATIENT_STUDY_SERIES)."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file() or is_dicom_series(path):
-        return [path.resolve()]
-    images = [p.resolve() for p in list_image_files(path) if image_suffix(p) != ".dcm"]
-    images += [p.resolve() for p in sorted(path.iterdir()) if not p.name.startswith(".") and is_dicom_series(p)]
-    if not images:
-        below = dicom_subfolder(path)  # a PACS export: patient/study/series folders
-        hint = f"; DICOM series lie deeper, e.g. {below}: give series folders, or folders that hold them" if below else ""
-        raise InputError(f"{path}: no images in this folder{hint}")
-    return images
+        return [FoundImage(path.resolve(), source_stem(path))]
+    found = []
+    for folder in _folders_below(path) if recursive else [path]:
+        inside = [p for p in list_image_files(folder) if image_suffix(p) != ".dcm"]
+        inside += [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and is_dicom_series(p)]
+        for image in inside:
+            below = image.relative_to(path).parts[:-1] if recursive else ()
+            found.append(FoundImage(image.resolve(), "_".join([*below, source_stem(image)])))
+    if not found:
+        below = None if recursive else dicom_subfolder(path)  # a PACS export: patient/study/series folders
+        hint = f"; DICOM series lie deeper, e.g. {below}: import the folder with --recursive, or give series folders" if below else ""
+        raise InputError(f"{path}: no images in this folder{' or below it' if recursive else ''}{hint}")
+    return found
 
 
-def match_masks(images: list[Path], masks: Path | None) -> dict[Path, Path]:
-    """Image -> its mask: `masks` itself for one image, else the file of the same name stem in the
-    folder `masks` (images without one are imported without a mask)."""
+def _folders_below(path: Path) -> list[Path]:
+    """`path` and every folder below it but those of DICOM series (their images) and hidden ones,
+    depth first by name."""
+    folders = [path]
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir() and not entry.name.startswith(".") and not is_dicom_series(entry):
+            folders += _folders_below(entry)
+    return folders
+
+
+def match_masks(images: list[FoundImage], masks: Path | None) -> dict[Path, Path]:
+    """Image -> its mask: `masks` itself for one image, else the file named after the image's stem
+    in the folder `masks` (images without one are imported without a mask)."""
     if masks is None:
         return {}
     if not masks.exists():
@@ -86,13 +111,13 @@ def match_masks(images: list[Path], masks: Path | None) -> dict[Path, Path]:
     if masks.is_file():
         if len(images) != 1:
             raise InputError(f"--masks {masks}: a single mask file goes with a single image; give a folder of masks")
-        return {images[0]: masks}
+        return {images[0].path: masks}
     by_stem = {mask_file_stem(p): p for p in list_image_files(masks)}
-    matched = {image: by_stem[source_stem(image)] for image in images if source_stem(image) in by_stem}
+    matched = {image.path: by_stem[image.stem] for image in images if image.stem in by_stem}
     if images and not matched:
         raise InputError(
-            f"--masks {masks}: no mask there is named like an image (the mask of {images[0].name} would be "
-            f"{source_stem(images[0])} with an image suffix, e.g. {source_stem(images[0])}.nii.gz)"
+            f"--masks {masks}: no mask there is named like an image (the mask of {images[0].path.name} would be "
+            f"{images[0].stem} with an image suffix, e.g. {images[0].stem}.nii.gz)"
         )
     return matched
 
@@ -103,20 +128,24 @@ def import_cases(
     masks: Path | None = None,
     prompts: PromptSources | None = None,
     progress: bool = True,
+    recursive: bool = False,
 ) -> ImportSummary:
     """Add the images of `paths` to the project as cases.
 
     A case with a mask starts pre-segmented (the mask is what the annotator reviews); a case with
     prompt hints (`prompts`, for a single image, or the RECIST marker of a MedSAM npz) can be
     pre-segmented by the model; any other starts from the annotator's first prompt."""
-    images = [image for path in paths for image in find_images(Path(path))]
+    images = [image for path in paths for image in find_images(Path(path), recursive)]
     if prompts is not None and prompts != PromptSources() and len(images) != 1:
         raise InputError("prompt hints (--box, --point, --recist, --prompts) go with a single image")
+    # Series folders of a PACS export are often all called CT or SE0001.
+    way_out = "" if recursive else ", or import a folder holding both with --recursive (cases named after their path below it)"
     names: dict[str, Path] = {}
     for image in images:
-        other = names.setdefault(case_name(image), image)
-        if other != image:
-            raise InputError(f"{image}: case name {case_name(image)!r} is also that of {other}; rename one of them")
+        name = case_name(image.stem)
+        other = names.setdefault(name, image.path)
+        if other != image.path:
+            raise InputError(f"{image.path}: case name {name!r} is also that of {other}; rename one of them{way_out}")
     mask_of = match_masks(images, masks)
     summary = ImportSummary()
     with project.transaction() as session:
@@ -129,7 +158,7 @@ def import_cases(
     moved = {name: voxels_sha256(load_image(image)) for name, image in names.items() if name in known and known[name] != str(image)}
     for name, digest in moved.items():
         if digest not in case_of_voxels:
-            raise InputError(f"{names[name]}: the project already has a case {name!r}, from {known[name]} (other voxels); rename one of them")
+            raise InputError(f"{names[name]}: the project already has a case {name!r}, from {known[name]} (other voxels); rename one of them{way_out}")
     given_hints = prompts is not None and prompts != PromptSources()
     for name, image in tqdm(names.items(), desc="importing", unit="case", disable=not progress):
         if name in known:

@@ -186,6 +186,11 @@ def import_command(
     point: list[str] = typer.Option([], "--point", help="Hint click Z,X,Y[,LABEL[,ID]] (one image only)."),
     recist: list[str] = typer.Option([], "--recist", help="Hint RECIST line Z,X1,Y1,X2,Y2[,ID] (one image only)."),
     prompts: Path | None = typer.Option(None, "--prompts", help="Hints as a prompts JSON file (one image only)."),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r",
+        help="Take images and DICOM series from every folder below each folder given (a PACS export), each case named "
+        "after its path below it: PATIENT/STUDY/CT becomes PATIENT_STUDY_CT (masks named so too).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Add cases to a project; importing the same images again adds only the new ones.
@@ -198,7 +203,7 @@ def import_command(
     Example: medsam2 annotate import lesions/ scans/ --masks old_masks/
     """
     sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts)
-    summary = import_cases(open_project(project), paths, masks=masks, prompts=sources, progress=progress)
+    summary = import_cases(open_project(project), paths, masks=masks, prompts=sources, progress=progress, recursive=recursive)
     typer.echo(f"imported {len(summary.imported)} case(s)" + (f", {len(summary.skipped)} already in the project" if summary.skipped else ""))
     if summary.without_mask:
         typer.echo(f"warning: no mask in {masks} for {len(summary.without_mask)} case(s), imported without one: {', '.join(summary.without_mask)}", err=True)
