@@ -119,6 +119,32 @@ def evaluate(
     return scores
 
 
+def evaluate_frames(
+    pred_labels: np.ndarray, gt_labels: np.ndarray, pixel_spacing: Sequence[float], tolerance_mm: float = 2.0
+) -> list[LabelScores]:
+    """Scores of a video's (T, H, W) label maps, `evaluate` frame by frame in 2D (frames are moments,
+    not slices: no distance runs between them), each label's averaged over the frames where either
+    map holds it (a frame where one misses it scores DSC 0, NSD 0, HD95 inf); `pixel_spacing` (sx, sy)."""
+    _check_pair(pred_labels, gt_labels)
+    if pred_labels.ndim != 3:
+        raise InputError(f"video masks must be (T, H, W), got shape {pred_labels.shape}")
+    by_label: dict[int, list[LabelScores]] = {}
+    for pred_frame, gt_frame in zip(pred_labels, gt_labels):
+        for scores in evaluate(pred_frame, gt_frame, pixel_spacing, tolerance_mm):
+            by_label.setdefault(scores.label, []).append(scores)
+    return [
+        LabelScores(
+            label=label,
+            dice=float(np.mean([s.dice for s in frames])),
+            nsd=float(np.mean([s.nsd for s in frames])),
+            hd95=float(np.mean([s.hd95 for s in frames])),
+            pred_voxels=sum(s.pred_voxels for s in frames),
+            gt_voxels=sum(s.gt_voxels for s in frames),
+        )
+        for label, frames in sorted(by_label.items())
+    ]
+
+
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
     if pred.shape != gt.shape:
         raise InputError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")

@@ -42,7 +42,8 @@ from medsam2.engine.video import (
 from medsam2.io import load_image
 from medsam2.io.masks import stored_array
 from medsam2.io.video import load_video, load_video_mask, video_from_array
-from medsam2.metrics import dice
+from medsam2.io.video_writers import mask_sequence_writer
+from medsam2.metrics import dice, hd95
 
 
 @pytest.fixture(scope="module")
@@ -453,3 +454,36 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         result = run(*arguments, "-o", out / "masks.nii.gz")
         assert_one_line_error(result, *fragments)
         assert not out.exists(), arguments
+
+
+def test_eval_scores_video_masks_frame_by_frame_in_the_plane(tmp_path: Path) -> None:
+    """A video's masks are scored frame by frame in 2D with the pixel spacing (0.5 mm here): a
+    prediction 3 px off on every frame is 1.5 mm off at most. Read as a volume, time counted as a
+    third axis 1 mm deep (as eval did with a video's npz; it refused a 2D+t NIfTI); masks of an
+    uncalibrated video are scored in pixels, and their NIfTI says no spacing rather than 1 mm."""
+    truth = (moving_disk(6) > 200).astype(np.uint8)
+    shifted = np.roll(truth, 3, axis=2)
+    calibrated = video_from_array(truth, frame_rate=25.0, pixel_spacing=(0.5, 0.5))
+    for path, video, labels in ((tmp_path / "gt.npz", calibrated, truth), (tmp_path / "pred.nii.gz", calibrated, shifted)):
+        with mask_sequence_writer(path, video, np.uint8) as write:
+            write(labels)
+    scored = run("eval", tmp_path / "pred.nii.gz", tmp_path / "gt.npz", "--json", tmp_path / "scores.json")
+    assert scored.exit_code == 0, scored.output
+    assert "1 video, scored frame by frame in 2D" in scored.stdout and "pixel units" not in scored.stdout
+    (row,) = json.loads((tmp_path / "scores.json").read_text())["cases"]
+    frames = [(dice(p, g), hd95(p, g, (0.5, 0.5))) for p, g in zip(shifted, truth)]
+    assert row["dice"] == pytest.approx(np.mean([d for d, _ in frames])) and row["hd95"] == pytest.approx(np.mean([h for _, h in frames]))
+    assert 1.0 < row["hd95"] <= 1.5 and row["gt_voxels"] == truth.sum()
+
+    uncalibrated = video_from_array(truth)
+    with mask_sequence_writer(tmp_path / "plain.nii.gz", uncalibrated, np.uint8) as write:
+        write(truth)
+    with load_video(tmp_path / "plain.nii.gz") as read_back:
+        assert read_back.pixel_spacing is None and read_back.num_frames == 6
+    in_pixels = run("eval", tmp_path / "pred.nii.gz", tmp_path / "plain.nii.gz", "--json", tmp_path / "pixels.json")
+    assert in_pixels.exit_code == 0 and "(pixel units)" in in_pixels.stdout, in_pixels.output
+    assert json.loads((tmp_path / "pixels.json").read_text())["cases"][0]["hd95"] == pytest.approx(2 * row["hd95"])
+    assert_one_line_error(run("eval", tmp_path / "pred.nii.gz", tmp_path / "scores.json"), "scores.json")
+    short = tmp_path / "short.npz"
+    np.savez(short, segs=truth[:4], pixel_spacing=np.array([0.5, 0.5]))
+    assert_one_line_error(run("eval", tmp_path / "pred.nii.gz", short), "6 frames of 64x64 vs 4 of 64x64")

@@ -22,9 +22,11 @@ from medsam2.io.volume import in_storage_order_of
 from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import check_mask_fits, load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
+from medsam2.io.video import is_video_mask, load_video_mask, video_mask_pixel_spacing
 from medsam2.io.atomic import check_output_paths, outputs_together
 from medsam2.metrics import LabelScores
 from medsam2.metrics import evaluate as evaluate_masks
+from medsam2.metrics import evaluate_frames
 from medsam2.wording import counted
 
 
@@ -36,10 +38,13 @@ class CaseScores:
     scores: list[LabelScores]
     missing_prediction: bool = False
     in_pixels: bool = False  # the ground truth gives no spacing: distances are in pixels, not mm
+    video: bool = False  # scored frame by frame (`evaluate_frames`)
 
 
 def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volume | None = None) -> CaseScores:
     """`image`: the scan both masks belong to, which DICOM-SEG masks are read against."""
+    if is_video_mask(pred_path) or is_video_mask(gt_path):
+        return score_video_pair(pred_path, gt_path, tolerance_mm)
     pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
     if image is not None:
         check_mask_fits(image, gt)
@@ -50,13 +55,28 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     return CaseScores(mask_file_stem(gt_path), scores, in_pixels=not gt.has_spacing)
 
 
+def score_video_pair(pred_path: Path, gt_path: Path, tolerance_mm: float) -> CaseScores:
+    """Masks of a video's frames (either file says so: a 2D+t NIfTI, a video's npz), scored frame by
+    frame in 2D with the ground truth's pixel spacing."""
+    pred, gt = load_video_mask(pred_path), load_video_mask(gt_path)
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"prediction {pred_path.name} and ground truth {gt_path.name}: {pred.shape[0]} frames of {pred.shape[2]}x{pred.shape[1]} "
+            f"vs {gt.shape[0]} of {gt.shape[2]}x{gt.shape[1]}"
+        )
+    spacing = video_mask_pixel_spacing(gt_path)
+    scores = evaluate_frames(pred, gt, spacing or (1.0, 1.0), tolerance_mm=tolerance_mm)
+    return CaseScores(mask_file_stem(gt_path), scores, in_pixels=spacing is None, video=True)
+
+
 def score_missing_prediction(gt_path: Path) -> CaseScores:
     """A ground truth with no prediction fails every label. Not scored as an empty prediction: a
     missing file is more often a run that crashed than a deliberate "nothing found", and an empty
     prediction would score it perfect on an empty case."""
-    labels, voxels = np.unique(load_mask(gt_path).array, return_counts=True)
+    video = is_video_mask(gt_path)
+    labels, voxels = np.unique(load_video_mask(gt_path) if video else load_mask(gt_path).array, return_counts=True)
     scores = [failed_label(int(label), int(count)) for label, count in zip(labels, voxels) if label != 0]
-    return CaseScores(mask_file_stem(gt_path), scores, missing_prediction=True)
+    return CaseScores(mask_file_stem(gt_path), scores, missing_prediction=True, video=video)
 
 
 def failed_label(label: int, gt_voxels: int = 0) -> LabelScores:
@@ -132,6 +152,13 @@ def pixel_note(cases: list[CaseScores]) -> list[str]:
     if not names:
         return []
     return [f"{counted(len(names), 'ground truth')} without a spacing (pixel units): HD95 and the NSD tolerance are in pixels there, not mm: {', '.join(names)}"]
+
+
+def video_note(cases: list[CaseScores]) -> list[str]:
+    names = [case.name for case in cases if case.video]
+    if not names:
+        return []
+    return [f"{counted(len(names), 'video')}, scored frame by frame in 2D, each label's scores the mean over the frames where either mask holds it: {', '.join(names)}"]
 
 
 def label_note(rows: list[dict]) -> list[str]:
@@ -215,7 +242,10 @@ def eval_command(
     """Score PRED against GT: Dice (DSC), normalised surface distance (NSD) and HD95, per label.
 
     Distances use the ground truth's voxel spacing (mm; pixels where its file
-    gives none, as in PNG, which a note says). Both empty: DSC 1,
+    gives none, as in PNG, which a note says). Masks of a video (as segment
+    writes them: a 2D+t NIfTI, an npz with the video's pixel_spacing) are
+    scored frame by frame in 2D, each label's scores averaged over the frames
+    where either mask holds it. Both empty: DSC 1,
     NSD 1, HD95 0; one empty: DSC 0, NSD 0, HD95 inf. Files must share shape
     and geometry. Every case is scored on every label found in any mask.
 
@@ -258,7 +288,7 @@ def eval_command(
     missing = [case.name for case in cases if case.missing_prediction]
     console = StdoutConsole()
     print_tables(rows, summary, console, distance_unit(cases))
-    for note in pairing_notes(missing, ignored) + pixel_note(cases) + label_note(rows):
+    for note in pairing_notes(missing, ignored) + video_note(cases) + pixel_note(cases) + label_note(rows):
         console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however many names
     report = {"cases": rows, "summary": summary, "missing_predictions": missing, "ignored_predictions": ignored}
     with outputs_together([json_out, csv_out]) as (json_target, csv_target):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -207,6 +208,36 @@ def load_video(path: str | Path) -> Video:
         video.close()
         raise
     return video
+
+
+def is_video_mask(path: str | Path) -> bool:
+    """Whether the mask file `path` labels a video's frames rather than a scan's slices: a 2D+t
+    NIfTI, or an npz as `segment` writes for a video (with its ``frame_rate`` or ``pixel_spacing``)."""
+    path = Path(path)
+    if file_suffix(path) == ".npz":
+        try:
+            with np.load(path) as archive:
+                return bool({"frame_rate", "pixel_spacing"} & set(archive.files))
+        except (*_READ_ERRORS, zipfile.BadZipFile):
+            return False  # the mask reader says what is wrong
+    return file_suffix(path) in NIFTI_SUFFIXES and is_video(path)
+
+
+def video_mask_pixel_spacing(path: str | Path) -> tuple[float, float] | None:
+    """(sx, sy) mm of a video mask file's pixels: an npz's ``pixel_spacing``, a NIfTI's pixdim;
+    None where the file gives none."""
+    path = Path(path)
+    if file_suffix(path) == ".npz":
+        with np.load(path) as archive:
+            if "pixel_spacing" not in archive.files:
+                return None
+            spacing = np.asarray(archive["pixel_spacing"], dtype=float).ravel()
+        if spacing.shape != (2,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+            raise InputError(f"{path}: pixel_spacing {spacing.tolist()} is not two positive numbers (sx, sy) in mm")
+        return float(spacing[0]), float(spacing[1])
+    if file_suffix(path) in NIFTI_SUFFIXES:
+        return _nifti_pixel_spacing(load_nifti(path).header)
+    return None
 
 
 def load_video_mask(path: str | Path) -> np.ndarray:
@@ -523,9 +554,8 @@ def _open_nifti(path: Path) -> Video:
     if image.get_data_dtype().names is not None:
         raise InputError(f"{path}: colour NIfTI sequences are not supported; store grey frames")
     header = image.header
-    space_unit, time_unit = header.get_xyzt_units()
+    time_unit = header.get_xyzt_units()[1]
     zooms = header.get_zooms()
-    scale = NIFTI_SPACE_UNITS.get(space_unit, 1.0)
     if len(shape) == 4:
         step = zooms[3] * NIFTI_TIME_UNITS[time_unit] if time_unit in NIFTI_TIME_UNITS and zooms[3] > 0 else None
         frame_rate = 1.0 / step if step else None
@@ -537,10 +567,21 @@ def _open_nifti(path: Path) -> Video:
         frame_shape=(shape[1], shape[0]),
         is_color=False,
         frame_rate=frame_rate,
-        pixel_spacing=(float(zooms[0]) * scale, float(zooms[1]) * scale),
+        pixel_spacing=_nifti_pixel_spacing(header),
         source=path,
         meta={"nifti_header": header.copy(), "nifti_affine": image.affine},
     )
+
+
+def _nifti_pixel_spacing(header: nib.Nifti1Header) -> tuple[float, float] | None:
+    """(sx, sy) mm from a 2D+t NIfTI's pixdim and space unit. An unknown unit is taken as mm (as
+    ITK does: nibabel leaves the unit unset), except with pixels of 1 x 1, which is how a file
+    without calibration reads (our masks of an uncalibrated video say so)."""
+    space_unit = header.get_xyzt_units()[0]
+    sx, sy = (float(zoom) for zoom in header.get_zooms()[:2])
+    if space_unit not in NIFTI_SPACE_UNITS or (space_unit == "unknown" and (sx, sy) == (1.0, 1.0)):
+        return None
+    return sx * NIFTI_SPACE_UNITS[space_unit], sy * NIFTI_SPACE_UNITS[space_unit]
 
 
 def _camus_frame_rate(path: Path) -> float | None:

@@ -112,7 +112,8 @@ def nifti_header(video: Video, dtype: np.dtype) -> nib.Nifti1Header:
         header = nib.Nifti1Header()
         header.set_data_shape((video.frame_shape[1], video.frame_shape[0], 1, video.num_frames))
         header.set_zooms((sx, sy, 1.0, step))
-        header.set_xyzt_units("mm", "sec" if video.frame_rate else "unknown")
+        # "unknown" 1 x 1 pixels: no calibration, rather than 1 mm the video never said
+        header.set_xyzt_units("mm" if video.pixel_spacing else "unknown", "sec" if video.frame_rate else "unknown")
         header.set_sform(np.diag([sx, sy, 1.0, 1.0]), code="scanner")
         header.set_qform(np.diag([sx, sy, 1.0, 1.0]), code="scanner")
     header.set_data_dtype(dtype)
