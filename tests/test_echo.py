@@ -96,6 +96,11 @@ def test_noise_is_not_a_beat() -> None:
 def test_measurement_errors() -> None:
     with pytest.raises(InputError, match="does not change"):
         measure_echo(np.full(10, 500.0), lambda frame: 9000.0)
+    # A still object whose segmentation wiggles by 1.3% (an audit's disc): no beats, EF -0.1% and 0.8%
+    # were reported from it.
+    wiggle = np.array([700, 692, 701, 695, 692, 700, 696, 693, 701, 694, 699, 692], dtype=float)
+    with pytest.raises(InputError, match=r"changes by 1\.3% over the clip, less than 5%: no cardiac cycle"):
+        measure_echo(wiggle, lambda frame: wiggle[frame] * 10)
     area = np.array([900, 800, 600, 0, 650, 850, 900], dtype=float)  # the LV lost at the ES frame
     with pytest.raises(InputError, match=r"missing on frame\(s\) \[3\]"):
         measure_echo(area, lambda frame: area[frame] * 10)

@@ -160,6 +160,7 @@ def write_outputs(segmentation: VideoSegmentation, request: VideoRequest) -> Non
             for obj_id in ids:
                 areas[obj_id][start : start + len(labels)] = np.count_nonzero(labels == obj_id, axis=(1, 2))
             bar.update(len(labels))
+        bar.close()  # before measure's warning: on a log (no terminal) it followed the bar on its line
         echo = measure(segmentation, areas[LV_OBJECT]) if request.echo else None
         if areas_target is not None:
             write_area_outputs(areas_target, segmentation, areas, echo)

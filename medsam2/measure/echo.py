@@ -5,7 +5,8 @@ Method (ASE/EACVI chamber quantification, single plane):
 
 - ED and ES are the frames where the LV cavity's area is largest and smallest within each beat:
   the interior peaks and troughs of the area curve whose prominence is at least `MIN_PROMINENCE` of
-  the curve's range. A clip without an interior peak (a half cycle, as CAMUS' ED-to-ES sequences)
+  the curve's range and `MIN_AREA_CHANGE` of its largest area (a curve that changes less than that
+  holds no cycle). A clip without an interior peak (a half cycle, as CAMUS' ED-to-ES sequences)
   takes its largest-area frame as ED; likewise for ES. A peak must stand out on both sides, so one in
   the last frames of a clip, before the area has fallen far enough, is not taken. Each ED is paired
   with the next ES (one beat); volumes are computed on the ED and ES frames only.
@@ -35,6 +36,9 @@ DISKS = 20
 # its share of every pixel it cuts through.
 SUBSAMPLES = 4
 MIN_PROMINENCE = 0.2  # of the area curve's range: smaller wiggles are not ED or ES
+# Of the largest area: a curve that changes less is segmentation noise, not a heartbeat (even a
+# severely failing ventricle changes its area by some 10% over a cycle).
+MIN_AREA_CHANGE = 0.05
 
 
 def simpson_volume(mask: np.ndarray, pixel_spacing: tuple[float, float] | None = None, disks: int = DISKS) -> float:
@@ -68,8 +72,14 @@ def cardiac_phases(area: np.ndarray, min_prominence: float = MIN_PROMINENCE) -> 
     span = float(area.max() - area.min()) if area.size else 0.0
     if area.size < 2 or span <= 0:
         raise InputError("the left ventricle's area does not change over the clip: no cardiac cycle to measure")
-    ed = find_peaks(area, prominence=min_prominence * span)[0].tolist() or [int(np.argmax(area))]
-    es = find_peaks(-area, prominence=min_prominence * span)[0].tolist() or [int(np.argmin(area))]
+    if span < MIN_AREA_CHANGE * area.max():
+        raise InputError(
+            f"the left ventricle's area changes by {100 * span / area.max():.1f}% over the clip, less than "
+            f"{100 * MIN_AREA_CHANGE:.0f}%: no cardiac cycle to measure (is the object the LV cavity?)"
+        )
+    prominence = max(min_prominence * span, MIN_AREA_CHANGE * float(area.max()))
+    ed = find_peaks(area, prominence=prominence)[0].tolist() or [int(np.argmax(area))]
+    es = find_peaks(-area, prominence=prominence)[0].tolist() or [int(np.argmin(area))]
     return ed, es
 
 
