@@ -107,6 +107,16 @@ def analytic_ef(a: np.ndarray, b: np.ndarray, ed: int, es: int) -> float:
     return 100 * (1 - (a[es] * b[es] ** 2) / (a[ed] * b[ed] ** 2))
 
 
+def test_echo_of_an_object_that_does_not_beat_is_a_warning_on_its_own_line(tmp_path: Path) -> None:
+    still = np.repeat(moving_disk(1), 4, axis=0)  # the same disc on every frame: no cycle
+    clip = write_container(tmp_path / "still.avi", still, "ffv1", "gray", Fraction(25))
+    result = run("segment", clip, "--frame-box", "1,14,20,36,44", "-o", tmp_path / "m.npz", "--areas", tmp_path / "a.csv", "--echo")
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stderr.replace("\r", "\n").splitlines() if "--echo" in line]
+    assert line.startswith("warning: --echo: the left ventricle's area ") and "no cardiac cycle to measure" in line
+    assert "EF" not in result.stdout and (tmp_path / "a.csv").exists()
+
+
 def test_window_bounds_share_one_frame() -> None:
     assert window_bounds(16, 6) == [(0, 6), (5, 11), (10, 16)]
     assert window_bounds(5, 128) == [(0, 5)]
