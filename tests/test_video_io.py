@@ -463,8 +463,10 @@ def test_dicom_without_pixel_data_and_mismatched_frames(tmp_path: Path) -> None:
     sideways.save(folder / "f1.png", exif=exif)
     with load_video(folder) as video:
         assert video.read().shape == (2, 20, 30)
-    # A colour frame among grey ones has their size: found when it is read.
+    # A colour frame among grey ones has their size: found when it is read (the last frame at open).
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "f1.png")
+    one_line_error(lambda: load_video(folder), "f1.png", "frame of shape (20, 30, 3), but the first frame's is (20, 30)")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(folder / "f2.png")
     with load_video(folder) as video:
         one_line_error(lambda: video.read(), "f1.png", "frame of shape (20, 30, 3), but the first frame's is (20, 30)")
 
@@ -482,3 +484,34 @@ def test_mask_sequences_must_be_label_maps(tmp_path: Path) -> None:
     colour_clip = write_container(tmp_path / "colour.avi", moving_square_clip(frames=2), "ffv1", "bgr0", Fraction(25))
     one_line_error(lambda: load_video_mask(colour_clip), "colour.avi", "colour video")
     one_line_error(lambda: load_video_mask(tmp_path / "missing.nii.gz"), "missing.nii.gz", "no such")
+
+
+@pytest.mark.parametrize(("name", "codec", "pixel_format"), [("clip.avi", "ffv1", "gray"), ("clip.avi", "mjpeg", "yuvj420p"), ("clip.mp4", "libx264", "yuv420p"), ("clip.mkv", "ffv1", "gray")])
+def test_a_video_cut_short_is_refused_at_open_or_read_whole(tmp_path: Path, name: str, codec: str, pixel_format: str) -> None:
+    """A copy broken off anywhere: the file is refused when opened, in one line saying it is cut
+    short or damaged (an AVI with its last frame cut passed `info` and failed mid-run; one without
+    its index lost frames silently; an MP4 without the header naming its codec was a traceback), or
+    every frame it says it has reads. A Matroska file keeps no frame count: cut short, it holds
+    fewer frames (it could not seek back: "Operation not permitted")."""
+    frames = np.random.default_rng(0).integers(0, 255, (12, 48, 64)).astype(np.uint8)
+    whole = write_container(tmp_path / name, frames if pixel_format == "gray" else np.repeat(frames[..., None], 3, -1), codec, pixel_format, Fraction(25))
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    refused, read_whole = [], []
+    for fraction in np.linspace(0.1, 0.99, 25):
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        try:
+            with load_video(cut) as video:
+                assert len(video.read()) == video.num_frames
+                read_whole.append(video.num_frames)
+        except InputError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(cut))
+            refused.append(str(error))
+    if name.endswith(".mkv"):
+        assert read_whole == sorted(read_whole) and 1 <= read_whole[len(read_whole) // 2] < 12
+    else:
+        # (an MP4 cut inside its index may keep no stream: it reads as the audio-only file it may be)
+        assert len(refused) >= 20 and all("cut short or damaged" in reason or "no video stream" in reason for reason in refused)
+        assert all(count == 12 for count in read_whole)
+    if name.endswith(".avi"):
+        assert any("holds 7 of the 12 frames its header declares" in reason for reason in refused)

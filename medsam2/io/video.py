@@ -201,13 +201,29 @@ def load_video(path: str | Path) -> Video:
     except InputError:
         raise
     except _READ_ERRORS as error:
-        raise InputError(f"{path}: cannot read ({library_reason(error)})") from error
+        # FFmpeg's "invalid data" is all it says of an MP4 whose index (at its end) was cut off
+        damaged = ", not a video or one cut short or damaged" if isinstance(error, av.InvalidDataError) else ""
+        raise InputError(f"{path}: cannot read{damaged} ({library_reason(error)})") from error
     try:
-        video.read(0, 1)  # a file whose first frame does not decode is damaged: say so now
+        _check_ends(video)
     except InputError:
         video.close()
         raise
     return video
+
+
+def _check_ends(video: Video) -> None:
+    """Decode the first and the last frame: a damaged file, or one cut short (a copy or transfer
+    broken off), is found at open, before any model loads, not when propagation reaches its end."""
+    for index in sorted({0, video.num_frames - 1}):
+        try:
+            video.frames.read(index, index + 1)
+        except InputError:
+            raise
+        except _READ_ERRORS as error:
+            raise InputError(
+                f"{video.name}: frame {index + 1} of {video.num_frames} cannot be read, the file is cut short or damaged ({library_reason(error)})"
+            ) from None
 
 
 def is_video_mask(path: str | Path) -> bool:
@@ -335,6 +351,8 @@ class _ContainerFrames:
             if not self.container.streams.video:
                 raise InputError(f"{path}: no video stream in this file")
             self.stream = self.container.streams.video[0]
+            if self.stream.codec_context is None:  # the header naming the codec is missing
+                raise InputError(f"{path}: the video stream's codec is unknown, the file is cut short or damaged")
             packets = self._packet_timestamps()
         except BaseException:
             self.container.close()
@@ -354,21 +372,36 @@ class _ContainerFrames:
         do: a phone's portrait clip is stored landscape with a display rotation in its header
         (FFmpeg's angle, counter-clockwise; read from the first frame's side data)."""
         first = next(iter(self.container.decode(self.stream)), None)
-        self.container.seek(0)
+        self._rewind()
         angle = float(getattr(first, "rotation", 0) or 0)
         return round(angle / 90) % 4
 
+    def _rewind(self) -> None:
+        """Back to the file's start. Reopened rather than sought: a Matroska/WebM file without its
+        index (one cut short) cannot seek, and FFmpeg says "Operation not permitted"."""
+        self.container.close()
+        self.container = av.open(str(self.path))
+        self.stream = self.container.streams.video[0]
+        self.decoded = None
+
     def _packet_timestamps(self) -> list[tuple[int, bool]]:
         """(timestamp, is it a key frame) of every packet, in decoding order."""
-        packets = []
+        packets, dropped = [], 0
         for packet in self.container.demux(self.stream):
-            if packet.size == 0:  # the flushing packet at the end
-                continue
             timestamp = packet.pts if packet.pts is not None else packet.dts
+            if packet.size == 0:  # the flushing packet at the end, or a frame an AVI marks dropped
+                dropped += timestamp is not None
+                continue
             if timestamp is None:
                 raise InputError(f"{self.path}: video packets without timestamps; re-encode it (e.g. ffmpeg -i IN OUT.mp4)")
             packets.append((timestamp, packet.is_keyframe))
-        self.container.seek(0)
+        declared = self.stream.frames  # the header's count (AVI, MP4), 0 where it keeps none
+        if declared and len(packets) + dropped < declared:
+            raise InputError(
+                f"{self.path}: holds {len(packets) + dropped} of the {declared} frames its header declares, the file is cut short "
+                "or damaged (to use the frames it holds, re-encode it: ffmpeg -i IN OUT.mp4)"
+            )
+        self._rewind()
         return packets
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -400,9 +433,12 @@ class _ContainerFrames:
         earlier_keys = [timestamp for timestamp in self.key_timestamps if timestamp <= wanted][::-1][:SEEK_ATTEMPTS]
         for key in [*earlier_keys, None]:
             if key is None:
-                self.container.seek(0)  # the file's start, in any container
+                self._rewind()  # the file's start, in any container
             else:
-                self.container.seek(key, stream=self.stream, backward=True, any_frame=False)
+                try:
+                    self.container.seek(key, stream=self.stream, backward=True, any_frame=False)
+                except (av.FFmpegError, OSError):  # a file without an index: decode from the start
+                    continue
             decoded = iter(self.container.decode(self.stream))
             first = next(decoded, None)
             if first is None:
@@ -485,12 +521,6 @@ def _open_dicom(path: Path) -> Video:
         modality=modality if modality in ("US", "XA", "ES", "OT") else "unknown",  # type: ignore[arg-type]
         source=path,
     )
-    # A file cut short (a copy or transfer broken off) is found at open, before any model loads,
-    # not when propagation reaches its end: its last frame is decoded now.
-    try:
-        video.frames.read(count - 1, count)
-    except _READ_ERRORS as error:
-        raise InputError(f"{path}: frame {count} of {count} cannot be read, the file is cut short or damaged ({library_reason(error)})") from None
     return video
 
 
