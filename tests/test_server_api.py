@@ -425,6 +425,17 @@ def test_uploads_are_checked_before_they_are_stored(data_dir: Path, tmp_path: Pa
         assert "upload/scan.nii.gz" in [case["id"] for case in client.get("/api/cases").json()]
         session = open_case(client, "upload/scan.nii.gz")
         assert session["shape"] == [8, 32, 32] and session["case"]["can_save"]
+        # MPEG program streams and Windows Media, which the command line reads, upload too.
+        for name, codec in (("clip.mpg", "mpeg1video"), ("clip.wmv", "wmv2")):
+            with av.open(str(tmp_path / name), "w") as container:
+                stream = container.add_stream(codec, rate=25)
+                stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+                for value in (40, 200):
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), value, np.uint8), format="rgb24")))
+                container.mux(stream.encode())
+            assert upload(name, (tmp_path / name).read_bytes()).status_code == 201
+            opened = open_case(client, f"upload/{name}")
+            assert opened["kind"] == "video" and opened["shape"] == [2, 64, 64] and opened["fps"] > 0
         # An upper-case suffix is stored as the readers know it, so the case opens.
         shouting = upload("LOUD.NII.GZ", scan)
         assert shouting.status_code == 201 and shouting.json()["id"] == "upload/LOUD.nii.gz"
@@ -694,6 +705,12 @@ def test_a_video_clip_opens_as_frames(server) -> None:
     base = f"/api/sessions/{session['id']}"
     frame = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/slices/2", params={"window": "lung"}).content)))
     np.testing.assert_array_equal(frame, decoded[2])
+    nothing = client.post(f"{base}/propagate", json={})
+    assert nothing.status_code == 400 and nothing.json()["error"] == "nothing to propagate: prompt an object on a frame first"
+    beyond = client.post(f"{base}/prompts", json={"slice": 6, "box": [18, 28, 51, 61]})
+    assert beyond.status_code == 404 and beyond.json()["error"] == "frame 6 is out of range 0..5"  # a video's messages say frame
+    outside = client.post(f"{base}/prompts", json={"slice": 0, "box": [18, 28, 151, 61]})
+    assert outside.status_code == 400 and "frame" in outside.json()["error"] and "slice" not in outside.json()["error"], outside.text
     response = client.post(f"{base}/prompts", json={"slice": 0, "box": [18, 28, 51, 61]})
     mask = rle.decode(response.json()["mask"], (96, 96))
     downloaded = client.get(f"{base}/mask-file", params={"format": "npz"})

@@ -200,6 +200,11 @@ class ViewerSession:
         self.last_used = time.monotonic()
 
     @property
+    def unit(self) -> str:
+        """What the session's stack is made of, as its messages name it."""
+        return "frame" if self.video is not None else "slice"
+
+    @property
     def busy(self) -> bool:
         return self.progress.state in ("queued", "running")
 
@@ -207,7 +212,7 @@ class ViewerSession:
 
     def _engine(self, predictor) -> Session:
         if self.engine is None:
-            self.engine = Session(self.slices, predictor, self.propagation)
+            self.engine = Session(self.slices, predictor, self.propagation, unit=self.unit)
         return self.engine
 
     def open_engine(self, predictor) -> None:
@@ -219,7 +224,7 @@ class ViewerSession:
     def add_prompt(self, predictor, prompt: Prompt) -> np.ndarray:
         """Apply a prompt; return the object's mask on that slice."""
         self.check_slice(prompt.slice_index)  # no such slice is a 404, as for reading it
-        prompt.validate(*self.slices.shape[:3])  # on its own: merged with earlier ones, an empty one would pass
+        prompt.validate(*self.slices.shape[:3], unit=self.unit)  # on its own: merged with earlier ones, an empty one would pass
         with self.lock:
             engine = self._engine(predictor)
             before = engine.snapshot(prompt.obj_id)
@@ -269,19 +274,18 @@ class ViewerSession:
             engine.objects[obj_id].name = name
             self._changed()
 
-    @staticmethod
-    def _check_object(engine: Session, obj_id: int, slice_index: int | None = None) -> None:
+    def _check_object(self, engine: Session, obj_id: int, slice_index: int | None = None) -> None:
         """An unknown object (or one not prompted on `slice_index`) is a resource not found: 404."""
         if obj_id not in engine.objects:
             raise NotFound(f"no object {obj_id} in this session (prompt it first)")
         if slice_index is not None and slice_index not in engine.objects[obj_id].prompts:
-            raise NotFound(f"object {obj_id} has no prompt on slice {slice_index}")
+            raise NotFound(f"object {obj_id} has no prompt on {self.unit} {slice_index}")
 
     def propagate(self, predictor, direction: Direction, obj_ids: list[int] | None) -> None:
         with self.lock:
             engine = self._engine(predictor)
             if not engine.objects:
-                raise InputError("nothing to propagate: prompt an object on a slice first")
+                raise InputError(f"nothing to propagate: prompt an object on a {self.unit} first")
             for obj_id in obj_ids or []:  # before the progress changes: a refused request is no run
                 self._check_object(engine, obj_id)
             self.progress = Progress("running")
@@ -357,7 +361,7 @@ class ViewerSession:
 
     def check_slice(self, index: int) -> None:
         if not 0 <= index < self.slices.shape[0]:
-            raise NotFound(f"slice {index} is out of range 0..{self.slices.shape[0] - 1}")
+            raise NotFound(f"{self.unit} {index} is out of range 0..{self.slices.shape[0] - 1}")
 
     def display_slice(self, index: int, window: str | None) -> np.ndarray:
         """Slice `index` as uint8 for display: as the model sees it, or through a window (a preset
@@ -394,7 +398,7 @@ class ViewerSession:
         """`label_volume`, refused while it is empty: a file of zeros would pass for a segmentation."""
         labels = self.label_volume()
         if not labels.any():
-            raise InputError(f"nothing to {what}: no object has a mask yet (prompt a slice first)")
+            raise InputError(f"nothing to {what}: no object has a mask yet (prompt a {self.unit} first)")
         return labels
 
     def _write_mask(self, path: Path, labels: np.ndarray) -> Path:
