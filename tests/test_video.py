@@ -441,6 +441,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
     write_container(tmp_path / "empty.mp4", clip[:0], "libx264", "yuv420p", Fraction(25))
     header_only = write_cine_dicom(tmp_path / "header_only.dcm", None, frame_time_ms=40)
     np.savez(tmp_path / "sequence.npz", segs=np.zeros((4, 160, 192), np.uint8))
+    Image.fromarray(np.zeros((192, 160), np.uint8)).save(tmp_path / "one_frame.png")
     out = tmp_path / "out"
     box = "50,40,110,150"
     cases = [
@@ -459,6 +460,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         (["segment", good], ["no prompt"]),
         (["segment", good, "--frame-point", "1,60,80,0"], ["object 1: background clicks alone mark no object", "on some frame"]),
         (["segment", good, "--mask-prompt", f"2:{tmp_path / 'sequence.npz'}"], ["holds 4 frames, not one frame's labels"]),
+        (["segment", good, "--mask-prompt", tmp_path / "one_frame.png"], ["does not fit the video's (T, H, W) (4, 192, 160)", "--mask-prompt T:"]),
     ]
     for arguments, fragments in cases:
         result = run(*arguments, "-o", out / "masks.nii.gz")

@@ -3,6 +3,7 @@ spacing), the mask and overlay writers read back, damaged input gives one-line e
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 
@@ -315,7 +316,8 @@ def labels_for(clip: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("target", ["masks.npz", "masks.nii.gz", "masks.nii", "mask_frames"])
 def test_mask_writers_stream_chunks_and_read_back(tmp_path: Path, target: str) -> None:
     clip = moving_square_clip(colour=False)
-    video = video_from_array(clip, frame_rate=25.0, pixel_spacing=(0.5, 0.25))
+    uneven = tuple(0.04 * t + 0.01 * (t % 3) for t in range(12))  # a variable frame rate's own times
+    video = dataclasses.replace(video_from_array(clip, frame_rate=25.0, pixel_spacing=(0.5, 0.25)), frame_times=uneven)
     labels = labels_for(clip)
     path = tmp_path / target
     with mask_sequence_writer(path, video, np.uint8) as write:
@@ -326,6 +328,7 @@ def test_mask_writers_stream_chunks_and_read_back(tmp_path: Path, target: str) -
     if target == "masks.npz":
         with np.load(path) as npz:
             assert npz["frame_rate"] == 25.0 and npz["pixel_spacing"].tolist() == [0.5, 0.25]
+            assert npz["frame_times"].tolist() == pytest.approx(uneven)
     if target.startswith("masks.nii"):
         header = nib.load(path).header
         assert nib.load(path).shape == (64, 48, 1, 12)

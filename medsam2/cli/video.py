@@ -113,7 +113,8 @@ def mask_prompts(spec: str, video: Video) -> list[Prompt]:
         )
     shape, wanted = (labels.shape[1:], video.frame_shape) if one_frame else (labels.shape, video.shape)
     if shape != wanted:
-        raise InputError(f"{path}: a mask of shape {shape} does not fit the video's {'frames' if one_frame else '(T, H, W)'} {wanted}")
+        one_frame_hint = f" (one frame's labels go with the frame they are on: --mask-prompt T:{path})" if not one_frame and shape[1:] == wanted[1:] and shape[0] == 1 else ""
+        raise InputError(f"{path}: a mask of shape {shape} does not fit the video's {'frames' if one_frame else '(T, H, W)'} {wanted}{one_frame_hint}")
     mask = Volume(array=labels, source=path)
     prompts = prompts_from_mask(mask, mask, 0)
     return [replace(prompt, slice_index=int(frame_text)) for prompt in prompts] if one_frame else prompts

@@ -91,7 +91,7 @@ def _npz_writer(path: Path, video: Video, dtype: np.dtype) -> Iterator[LabelWrit
         with archive.open("segs.npy", "w", force_zip64=True) as stream:
             np.lib.format.write_array_header_1_0(stream, header)
             yield lambda labels: stream.write(labels.tobytes())
-        extras = {"frame_rate": video.frame_rate, "pixel_spacing": video.pixel_spacing}
+        extras = {"frame_rate": video.frame_rate, "pixel_spacing": video.pixel_spacing, "frame_times": video.frame_times}
         for key, value in extras.items():
             if value is not None:
                 buffer = io.BytesIO()
