@@ -518,3 +518,13 @@ def test_a_video_cut_short_is_refused_at_open_or_read_whole(tmp_path: Path, name
         assert all(count == 12 for count in read_whole)
     if name.endswith(".avi"):
         assert any("holds 7 of the 12 frames its header declares" in reason for reason in refused)
+
+
+def test_an_animated_gif_reads_as_a_video(tmp_path: Path) -> None:
+    frames = [np.full((48, 64), 50 * t, np.uint8) for t in range(4)]
+    pictures = [Image.fromarray(frame) for frame in frames]
+    pictures[0].save(tmp_path / "loop.gif", save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    assert is_video(tmp_path / "loop.gif")
+    with load_video(tmp_path / "loop.gif") as video:
+        assert video.shape == (4, 48, 64) and video.frame_rate == 10
+        np.testing.assert_array_equal(np.asarray(video.read())[..., 0], np.stack(frames))  # palette colours: grey as RGB

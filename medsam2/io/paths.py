@@ -10,7 +10,7 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", *PICTURE_SUFFIXES)
 # Containers read as videos (through FFmpeg); folders of frames, cine DICOM and 2D+t NIfTI are
 # recognised by their content (`medsam2.io.video.is_video`).
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif")
 
 
 def image_suffix(path: Path) -> str | None:

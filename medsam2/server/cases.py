@@ -37,7 +37,7 @@ MAX_NAME_BYTES = 255  # a file name's limit on Linux file systems (NAME_MAX)
 # series folders and folders of frames cannot come in one request.
 UPLOAD_SUFFIXES = (
     ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".npz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
-    ".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".mpg", ".mpeg", ".wmv",
+    ".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".mpg", ".mpeg", ".wmv", ".gif",
 )
 SNIFF_BYTES = 4096
 # Where each format's signature sits: (offset, bytes); offset None = anywhere in the first SNIFF_BYTES.
@@ -63,6 +63,7 @@ SIGNATURES: dict[str, tuple[tuple[int | None, bytes], ...]] = {
     ".mpg": ((0, b"\x00\x00\x01\xba"), (0, b"\x00\x00\x01\xb3")),  # a program stream, or an elementary one
     ".mpeg": ((0, b"\x00\x00\x01\xba"), (0, b"\x00\x00\x01\xb3")),
     ".wmv": ((0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),),  # the ASF header object's GUID
+    ".gif": ((0, b"GIF8"),),
 }
 
 
