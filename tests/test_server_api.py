@@ -644,21 +644,32 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert stranger.get("/api/sessions").json() == []
     assert sid in [s["id"] for s in client.get("/api/sessions").json()]
     assert client.delete(base).status_code == 204
-    assert client.get(base).json() == {"error": f"no session {sid!r}"}
+    assert client.get(base).json() == {"error": f"session {sid!r} was closed: closed from a page showing it (another case was opened there)"}
+    assert client.get("/api/sessions/unknown-id").json() == {"error": "no session 'unknown-id'"}  # a restart forgot it
 
 
 def test_a_full_server_makes_room_from_the_opening_clients_oldest_session(data_dir: Path) -> None:
     """Tabs closed without closing their sessions would fill the server: a client opening one more
-    closes its own least recently used session; another client is told the server is full. A client
-    id header that is not a usable id is refused (replaced, its sessions would be out of reach)."""
+    closes one of its own, one without objects before one with work (the least recently used of
+    either kind), says so in the new session's warnings and tells a request still naming it why;
+    another client is told the server is full. A client id header that is not a usable id is
+    refused (replaced, its sessions would be out of reach)."""
     other = {CLIENT_HEADER: "another-client-0123456789"}
     case = {"case": f"data/ct/{CASE_1}"}
     with TestClient(create_app(ServerSettings(data_dir=data_dir, max_sessions=2)), base_url=LOCAL) as client:
         first, second = open_case(client, case["case"]), open_case(client, case["case"])
-        client.get(f"/api/sessions/{first['id']}")  # used lately: the second one is now the oldest
+        assert client.post(f"/api/sessions/{second['id']}/prompts", json={"slice": 0, "box": [10, 10, 40, 40]}).status_code == 200
+        client.get(f"/api/sessions/{second['id']}")
+        client.get(f"/api/sessions/{first['id']}")  # used lately, but with no work: it goes
         third = open_case(client, case["case"])
-        assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([first["id"], third["id"]])
-        assert client.get(f"/api/sessions/{second['id']}").status_code == 404
+        assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([second["id"], third["id"]])
+        limit = "the server holds at most 2 sessions"
+        assert third["warnings"] == [f"{limit}: this browser's session of ct/{CASE_1} was closed to open this one"]
+        gone = client.get(f"/api/sessions/{first['id']}")
+        assert gone.status_code == 404 and gone.json()["error"] == f"session {first['id']!r} was closed: {limit}, and this browser opened another case"
+        assert client.post(f"/api/sessions/{third['id']}/prompts", json={"slice": 0, "box": [10, 10, 40, 40]}).status_code == 200
+        fourth = open_case(client, case["case"])  # both with work now: the least recently used goes
+        assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([third["id"], fourth["id"]])
         full = client.post("/api/sessions", json=case, headers=other)
         assert full.status_code == 503 and "2 sessions open, its limit" in full.json()["error"]
         short = client.get("/api/cases", headers={CLIENT_HEADER: "abc"})
@@ -793,6 +804,11 @@ def test_closing_a_session_stops_its_propagation(server) -> None:
         while client.get(base).json()["progress"]["done"] < 1:
             assert time.monotonic() < deadline and not running.done(), "the propagation never started"
             time.sleep(0.05)
+        # Reads wait for no propagation: each would hold one of the server's threads all along.
+        started = time.monotonic()
+        busy = client.get(f"{base}/masks/6")
+        assert busy.status_code == 503 and busy.json()["error"].startswith("the session is propagating ("), busy.text
+        assert time.monotonic() - started < 5 and not running.done()
         assert client.delete(base).status_code == 204
         stopped = running.result(timeout=60)
     assert stopped.status_code == 404 and "was closed" in stopped.json()["error"]
@@ -953,6 +969,8 @@ def test_a_change_made_on_an_older_revision_is_refused(server, data_dir: Path) -
 
     bad = client.post(f"{base}/undo", headers={"If-Match": "latest"})
     assert bad.status_code == 400 and "If-Match 'latest'" in bad.json()["error"]
+    superscript = client.post(f"{base}/undo", headers={"If-Match": b"\xb2"})  # "²", a digit to str.isdigit: was a 500
+    assert superscript.status_code == 400 and "If-Match" in superscript.json()["error"]
     # Without If-Match a change applies to the session as it is.
     assert client.post(f"{base}/undo").json()["revision"] == 3
     assert client.delete(base).status_code == 204

@@ -409,6 +409,13 @@ def test_saving_asks_before_replacing_and_a_reload_comes_back_to_the_work(browse
         assert [problem for problem in problems if not any(code in problem for code in ("409", "412"))] == []
         page.close()
 
+        # An address naming a session the server no longer has (it restarted): the page says so and
+        # drops it from the address (it said nothing, and kept it).
+        stale, _ = start_page(browser, f"{url}#session=from-before-a-restart", "document.querySelector('#status').textContent.startsWith('This session')")
+        assert stale.inner_text("#status") == "This session is no longer on the server (it was restarted). Choose a case and press Open."
+        assert stale.evaluate("location.hash") == ""
+        stale.close()
+
 
 def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixels(server_url: str, browser: Browser, tmp_path: Path) -> None:
     """A RAS NIfTI (rows running up the patient, columns to his right) with a bright block where he

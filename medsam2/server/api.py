@@ -74,7 +74,7 @@ def if_match(
     if if_match is None:
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit to str.isdigit, not to int()
         raise InputError(f"If-Match {if_match!r}: give the session's revision, a whole number")
     return int(value)
 
@@ -196,16 +196,16 @@ def list_sessions(request: Request, state: ServerState = Depends(server_state)) 
 
 
 @router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Open a case")
-def open_session(body: OpenSession, request: Request, state: ServerState = Depends(server_state)) -> dict:
+async def open_session(body: OpenSession, request: Request, state: ServerState = Depends(server_state)) -> dict:
     case = state.catalog.get(body.case)
     worker = state.sessions.pick_worker(state.inference.workers)
     # A model without memory (LiteMedSAM) reports none for the default, and refuses another choice
     # when the case is opened, not at the first prompt.
     memory = None if not state.memory_banks and body.memory == "recent" else body.memory
-    session = ViewerSession(client_id(request), case, body.axis, body.window, worker, memory)
-    if memory not in (None, "recent"):
-        worker.submit(session.open_engine).result()
-    state.sessions.add(session)
+    session = await run_in_threadpool(ViewerSession, client_id(request), case, body.axis, body.window, worker, memory)
+    if memory not in (None, "recent"):  # waits behind other sessions' work on the worker, holding no thread
+        await asyncio.wrap_future(worker.submit(session.open_engine))
+    session.add_warnings(state.sessions.add(session))
     return session.info()
 
 

@@ -82,10 +82,14 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(415, f"send the request body as JSON with Content-Type: application/json, not {content_type}")
         return error_response(422, validation_message(error))
 
+    # A handler of its own: Starlette re-raises what the catch-all handler answers, and the server
+    # logged a client gone mid-upload as a traceback.
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(400, "the client disconnected before the request was complete")
+
     @app.exception_handler(Exception)
     async def bug(request: Request, error: Exception) -> JSONResponse:
-        if isinstance(error, ClientDisconnect):  # the client went away mid-request: nothing to answer
-            log.info("client disconnected during %s %s", request.method, request.url.path)
-            return error_response(400, "the client disconnected before the request was complete")
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error (the server's log has the details)")

@@ -14,6 +14,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ from medsam2.server.cases import Case, check_plain_name, load_frames, saved_mask
 from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
 
+CLOSED_KEPT = 1000  # closed sessions whose reason the store keeps
 CaseKind = Literal["volume", "video", "image"]
 ProgressState = Literal["idle", "queued", "running", "done", "failed"]
 # A download is one file: formats whose header names a second data file (.mhd, .nhdr) are left out.
@@ -129,7 +131,8 @@ class ViewerSession:
         self.kind = case_kind(self.volume, self.video)
         self.engine: Session | None = None
         self.lock = threading.Lock()
-        self.closed = threading.Event()  # set by the store: queued and running work stops
+        self.closed = threading.Event()  # set by `close`: queued and running work stops
+        self.closed_because: str | None = None
         self.history: list[Step] = []  # prompts in force, oldest first, for undo
         self.progress = Progress()
         self.last_used = time.monotonic()
@@ -195,6 +198,10 @@ class ViewerSession:
 
     def info(self) -> dict:
         return {**self._static, **self._summary, "progress": asdict(self.progress), "saved_masks": self.saved_masks()}
+
+    def add_warnings(self, lines: list[str]) -> None:
+        """Lines to show as the session opens, after those of its view."""
+        self._static["warnings"] = [*self._static["warnings"], *lines]
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -344,9 +351,29 @@ class ViewerSession:
             raise InputError(f"{name}: a symbolic link; the server reads saved masks only from its data folder (load the file itself instead)")
         return self.load_mask(predictor, path, name)
 
+    def close(self, reason: str) -> None:
+        """Stop the session's queued and running work; requests still naming it are told `reason`."""
+        self.closed_because = reason
+        self.closed.set()
+
     def check_open(self) -> None:
         if self.closed.is_set():
-            raise NotFound(f"session {self.id!r} was closed")
+            raise NotFound(f"session {self.id!r} was closed: {self.closed_because}")
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """The lock, for a read; refused at once while a propagation holds it. A read waiting out a
+        run of minutes would hold one of the server's request threads all along: enough of them
+        (a client asking for many slices' masks) and the server answered no one, other users too."""
+        while not self.lock.acquire(timeout=0.1):
+            if self.progress.state == "running":
+                done, total = self.progress.done, self.progress.total
+                where = f" ({done} of {total} {self.unit}s)" if total else ""
+                raise Busy(f"the session is propagating{where}: its masks can be read when it is done (its progress: GET the session)")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def check_revision(self, expected: int | None) -> None:
         """Refuse a change made on a view of the session older than its current state (a second tab
@@ -375,13 +402,13 @@ class ViewerSession:
     def slice_masks(self, index: int) -> dict[int, np.ndarray]:
         """Object id -> (H, W) mask of every object present on slice `index`."""
         self.check_slice(index)
-        with self.lock:
+        with self._reading():
             objects = self.engine.objects.items() if self.engine else ()
             return {obj_id: tracked.masks[index] for obj_id, tracked in sorted(objects) if index in tracked.masks}
 
     def all_masks(self) -> dict[int, dict[int, np.ndarray]]:
         """Slice -> object id -> mask, for every slice holding an object."""
-        with self.lock:
+        with self._reading():
             by_slice: dict[int, dict[int, np.ndarray]] = {}
             for obj_id, tracked in sorted(self.engine.objects.items() if self.engine else ()):
                 for index, mask in tracked.masks.items():
@@ -390,7 +417,7 @@ class ViewerSession:
 
     def label_volume(self) -> np.ndarray:
         """The label map in the scan's own (Z, Y, X) layout; where objects overlap the higher id wins."""
-        with self.lock:
+        with self._reading():
             labels = self.engine.result() if self.engine else np.zeros(self.slices.shape[:3], dtype=np.uint16)
         return np.ascontiguousarray(from_slices(labels, self.axis_index))
 
@@ -404,7 +431,7 @@ class ViewerSession:
     def _write_mask(self, path: Path, labels: np.ndarray) -> Path:
         """`labels` (`label_volume`) written to `path`: in the scan's geometry, or as a video's mask sequence."""
         if self.video is None:
-            with self.lock:
+            with self._reading():
                 names = {obj_id: tracked.name for obj_id, tracked in self.engine.objects.items()} if self.engine else {}
             return save_mask(labels, like=self.volume, path=path, names=names)
         with mask_sequence_writer(path, self.video, np.uint8 if labels.max(initial=0) < 256 else np.uint16) as write:
@@ -468,6 +495,9 @@ class SessionStore:
         self.max_sessions = max_sessions
         self.idle_seconds = idle_seconds
         self._sessions: dict[str, ViewerSession] = {}
+        # Why the sessions closed by the server closed (the latest CLOSED_KEPT), told to a client
+        # still naming one: (client, reason) by session id.
+        self._closed: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def pick_worker(self, workers: list[DeviceWorker]) -> DeviceWorker:
@@ -475,27 +505,39 @@ class SessionStore:
         with self._lock:
             return min(workers, key=lambda w: (sum(s.worker is w for s in self._sessions.values()), w.pending))
 
-    def add(self, session: ViewerSession) -> None:
-        """Keep `session`; when the server is full, the opening client's least recently used idle
-        session makes room (a browser's tabs closed without closing their sessions)."""
+    def add(self, session: ViewerSession) -> list[str]:
+        """Keep `session`; when the server is full, one of the opening client's idle sessions makes
+        room (a browser's tabs closed without closing their sessions): one without objects first,
+        else the least recently used. Returns a line for each session closed so."""
         with self._lock:
             now = time.monotonic()
             idle = [s for s in self._sessions.values() if not s.busy]
-            closing = {s.id: s for s in idle if now - s.last_used > self.idle_seconds}
-            own = [s for s in idle if s.client == session.client and s.id not in closing]
-            if len(self._sessions) - len(closing) >= self.max_sessions and own:
-                oldest = min(own, key=lambda s: s.last_used)
-                closing[oldest.id] = oldest
-            for closed in closing.values():
-                del self._sessions[closed.id]
-                closed.closed.set()
+            for expired in [s for s in idle if now - s.last_used > self.idle_seconds]:
+                self._close(expired, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
+            own = [s for s in idle if s.client == session.client and s.id in self._sessions]
+            made_room = []
+            if len(self._sessions) >= self.max_sessions and own:
+                chosen = min(own, key=lambda s: (bool(s.engine and s.engine.objects), s.last_used))
+                self._close(chosen, f"the server holds at most {self.max_sessions} sessions, and this browser opened another case")
+                made_room.append(f"the server holds at most {self.max_sessions} sessions: this browser's session of {chosen.case.name} was closed to open this one")
             if len(self._sessions) >= self.max_sessions:
                 raise Busy(f"the server already has {len(self._sessions)} sessions open, its limit; close one or try later")
             self._sessions[session.id] = session
+            return made_room
+
+    def _close(self, session: ViewerSession, reason: str) -> None:
+        self._sessions.pop(session.id, None)
+        session.close(reason)
+        self._closed[session.id] = (session.client, reason)
+        while len(self._closed) > CLOSED_KEPT:
+            self._closed.popitem(last=False)
 
     def get(self, client: str, session_id: str) -> ViewerSession:
         with self._lock:
             session = self._sessions.get(session_id)
+            closed = self._closed.get(session_id)
+        if closed is not None and closed[0] == client:
+            raise NotFound(f"session {session_id!r} was closed: {closed[1]}")
         if session is None or session.client != client:
             raise NotFound(f"no session {session_id!r}")
         session.touch()
@@ -508,5 +550,5 @@ class SessionStore:
     def remove(self, client: str, session_id: str) -> None:
         session = self.get(client, session_id)
         with self._lock:
-            self._sessions.pop(session_id, None)
-        session.closed.set()
+            if session_id in self._sessions:
+                self._close(session, "closed from a page showing it (another case was opened there)")

@@ -72,10 +72,20 @@ function act(action) {
     try {
       await action(...args);
     } catch (error) {
-      const gone = error.status === 404 && /^(no session|session .* was closed)/.test(error.message);
-      status(gone ? "This session is closed (another case was opened in a tab showing it, or it was idle for an hour): open the case again." : error.message, true);
+      const gone = error.status === 404 ? goneSessionMessage(error.message) : null;
+      status(gone ? `${gone} Open the case again.` : error.message, true);
     }
   };
+}
+
+// What to tell the user when the server no longer has the session a request named; null for any
+// other 404. The server says why it closed one (idle, its session limit, another case opened in a
+// page showing it); one it does not know it lost in a restart.
+function goneSessionMessage(message) {
+  const closed = /^session .* was closed: (.*)$/.exec(message);
+  if (closed) return `This session is closed: ${closed[1]}.`;
+  if (/^no session /.test(message)) return "This session is no longer on the server (it was restarted).";
+  return null;
 }
 
 // -- geometry ----------------------------------------------------------------------------------------
@@ -667,15 +677,20 @@ async function openCase() {
 }
 
 // The page's address names its session (#session=ID), so that a reload, even during a propagation,
-// comes back to the work instead of opening a new session.
+// comes back to the work instead of opening a new session. False when the address names none; true
+// when the page shows its session, or says it is gone.
 async function resumeSession() {
   const id = new URLSearchParams(location.hash.slice(1)).get("session");
   if (!id) return false;
   let info;
   try {
     info = await api(`/api/sessions/${encodeURIComponent(id)}`);
-  } catch {
-    return false; // closed, or the server restarted: start afresh
+  } catch (error) {
+    // Closed, or the server restarted: the address stops naming it, and the page says the work is gone.
+    history.replaceState(null, "", location.pathname);
+    const gone = error.status === 404 ? goneSessionMessage(error.message) : null;
+    status(gone ? `${gone} Choose a case and press Open.` : error.message, true);
+    return true;
   }
   $("case-select").value = info.case.id;
   $("axis").value = info.axis;
