@@ -494,8 +494,8 @@ def test_a_video_cut_short_is_refused_at_open_or_read_whole(tmp_path: Path, name
     """A copy broken off anywhere: the file is refused when opened, in one line saying it is cut
     short or damaged (an AVI with its last frame cut passed `info` and failed mid-run; one without
     its index lost frames silently; an MP4 without the header naming its codec was a traceback), or
-    every frame it says it has reads. A Matroska file keeps no frame count: cut short, it holds
-    fewer frames (it could not seek back: "Operation not permitted")."""
+    every frame it says it has reads. A Matroska file keeps no frame count: its duration tells (it
+    read the frames left, and could not seek back: "Operation not permitted")."""
     frames = np.random.default_rng(0).integers(0, 255, (12, 48, 64)).astype(np.uint8)
     whole = write_container(tmp_path / name, frames if pixel_format == "gray" else np.repeat(frames[..., None], 3, -1), codec, pixel_format, Fraction(25))
     data = whole.read_bytes()
@@ -510,14 +510,13 @@ def test_a_video_cut_short_is_refused_at_open_or_read_whole(tmp_path: Path, name
         except InputError as error:
             assert "\n" not in str(error) and str(error).startswith(str(cut))
             refused.append(str(error))
-    if name.endswith(".mkv"):
-        assert read_whole == sorted(read_whole) and 1 <= read_whole[len(read_whole) // 2] < 12
-    else:
-        # (an MP4 cut inside its index may keep no stream: it reads as the audio-only file it may be)
-        assert len(refused) >= 20 and all("cut short or damaged" in reason or "no video stream" in reason for reason in refused)
-        assert all(count == 12 for count in read_whole)
+    # (an MP4 cut inside its index may keep no stream: it reads as the audio-only file it may be)
+    assert len(refused) >= 20 and all("cut short or damaged" in reason or "no video stream" in reason for reason in refused)
+    assert all(count == 12 for count in read_whole) or name.endswith(".mkv") and min(read_whole) == 11  # one frame's loss: no telling
     if name.endswith(".avi"):
         assert any("holds 7 of the 12 frames its header declares" in reason for reason in refused)
+    if name.endswith(".mkv"):  # no frame count in its header: its duration tells
+        assert any("its frames end 0.20 s before the 0.48 s its header declares" in reason for reason in refused)
 
 
 def test_an_animated_gif_reads_as_a_video(tmp_path: Path) -> None:

@@ -395,14 +395,40 @@ class _ContainerFrames:
             if timestamp is None:
                 raise InputError(f"{self.path}: video packets without timestamps; re-encode it (e.g. ffmpeg -i IN OUT.mp4)")
             packets.append((timestamp, packet.is_keyframe))
+        held = len(packets) + dropped
         declared = self.stream.frames  # the header's count (AVI, MP4), 0 where it keeps none
-        if declared and len(packets) + dropped < declared:
-            raise InputError(
-                f"{self.path}: holds {len(packets) + dropped} of the {declared} frames its header declares, the file is cut short "
-                "or damaged (to use the frames it holds, re-encode it: ffmpeg -i IN OUT.mp4)"
-            )
+        if not held and (declared or self.container.duration):
+            self._cut_short("holds none of the frames its header declares")
+        if declared and held < declared:
+            self._cut_short(f"holds {held} of the {declared} frames its header declares")
+        elif not declared and (missing := self._seconds_missing(sorted(timestamp for timestamp, _ in packets))):
+            self._cut_short(f"its frames end {missing:.2f} s before the {self.container.duration / 1e6:.2f} s its header declares")
         self._rewind()
         return packets
+
+    def _seconds_missing(self, timestamps: list[int]) -> float | None:
+        """Seconds of a Matroska/WebM clip (no frame count in its header, only a duration) past its
+        last frame, where more than a frame and a half's time is missing (the last frame's own time
+        may be longer than the others' at a variable rate); None otherwise, or where the duration may
+        be another stream's (an audio track running on)."""
+        base, rate = self.stream.time_base, self.stream.average_rate or self.stream.guessed_rate
+        if not timestamps or not base or not self.container.duration or len(self.container.streams) != 1:
+            return None
+        if len(timestamps) > 1:  # a variable rate's last frames may be the slow ones
+            intervals = np.diff(timestamps)
+            step = float(max(np.median(intervals), intervals[-1]) * base)
+        elif rate:
+            step = 1 / float(rate)
+        else:
+            return None
+        covered = float((timestamps[-1] - timestamps[0]) * base) + step
+        missing = self.container.duration / 1e6 - covered
+        return missing if missing > 1.5 * step else None
+
+    def _cut_short(self, what: str) -> None:
+        raise InputError(
+            f"{self.path}: {what}, the file is cut short or damaged (to use the frames it holds, re-encode it: ffmpeg -i IN OUT.mp4)"
+        )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         frames = []
