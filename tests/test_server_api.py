@@ -703,6 +703,24 @@ def test_two_clients_at_once_get_their_own_right_masks(server, data_dir: Path) -
         assert dice(mask[prompt.slice_index :] > 0, truth[prompt.slice_index :]) > 0.7
 
 
+def test_a_case_whose_saved_mask_would_be_another_cases_is_not_saved(tmp_path: Path) -> None:
+    """clip.mp4 and clip.nii.gz side by side both save clip_mask.*: the server would pass one's mask
+    off as the other's (and a second save was "saved earlier, replace?"); it refuses and lists none."""
+    write_clip(tmp_path / "clip.mp4", fps=10)
+    (tmp_path / "clip.nii.gz").write_bytes(nifti_bytes(np.zeros((4, 32, 32), np.uint8)))
+    (tmp_path / "clip_mask.nii.gz").write_bytes(nifti_bytes(np.zeros((4, 32, 32), np.uint8)))
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path)), base_url=LOCAL) as client:
+        session = open_case(client, "data/clip.mp4")
+        assert session["case"]["can_save"] and session["saved_masks"] == []  # clip_mask.nii.gz: whose?
+        base = f"/api/sessions/{session['id']}"
+        assert client.post(f"{base}/prompts", json={"slice": 0, "box": [18, 28, 51, 61]}).status_code == 200
+        refused = client.post(f"{base}/save", json={"format": "npz"})
+        assert refused.status_code == 400 and refused.json()["error"] == (
+            "clip_mask.npz would also be the saved mask of clip.nii.gz beside this case: rename one of them, or download the mask instead"
+        )
+        assert not (tmp_path / "clip_mask.npz").exists()
+
+
 def test_a_video_clip_opens_as_frames(server) -> None:
     """An MP4 opens as a video: frames as decoded, its frame rate, a box giving exactly the engine's
     mask on the frame, masks written as a sequence."""

@@ -102,6 +102,18 @@ def saved_mask_path(case_path: Path, suffix: str) -> Path:
     return case_path.parent / f"{stem}{SAVED_MASK_MARK}{suffix}"
 
 
+def mask_name_rival(case_path: Path) -> Path | None:
+    """Another case beside `case_path` whose saved masks would have its masks' names (clip.mp4 and
+    clip.nii.gz both save clip_mask.*), if any."""
+    stem = case_path.name if case_path.is_dir() else mask_file_stem(case_path)
+    for other in sorted(case_path.parent.iterdir()):
+        if other == case_path or (other.name if other.is_dir() else mask_file_stem(other)) != stem:
+            continue
+        if other.is_dir() and any(is_dicom_file(entry) for entry in other.iterdir()) or other.is_file() and _is_case_file(other):
+            return other
+    return None
+
+
 def _is_saved_mask(path: Path) -> bool:
     return mask_file_stem(path).endswith(SAVED_MASK_MARK)
 

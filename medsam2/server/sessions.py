@@ -37,7 +37,7 @@ from medsam2.io.masks import check_mask_fits, label_names, load_mask, states_geo
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
-from medsam2.server.cases import Case, check_plain_name, load_frames, saved_mask_path
+from medsam2.server.cases import Case, check_plain_name, load_frames, mask_name_rival, saved_mask_path
 from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
 
@@ -461,7 +461,7 @@ class ViewerSession:
 
     def saved_masks(self) -> list[str]:
         """The names of masks saved beside the case earlier, in any of its formats."""
-        if not self.case.can_save:
+        if not self.case.can_save or mask_name_rival(self.case.path) is not None:  # whose would they be?
             return []
         paths = (saved_mask_path(self.case.path, mask_suffix(name, self.mask_formats)) for name in self.mask_formats)
         return [path.name for path in paths if path.exists() or path.is_symlink()]
@@ -472,6 +472,9 @@ class ViewerSession:
         if not self.case.can_save:
             raise InputError(f"{self.case.name}: masks of {self.case.source} cases are not saved on the server; download the mask instead")
         target = saved_mask_path(self.case.path, mask_suffix(format_name, self.mask_formats))
+        rival = mask_name_rival(self.case.path)
+        if rival is not None:
+            raise InputError(f"{target.name} would also be the saved mask of {rival.name} beside this case: rename one of them, or download the mask instead")
         if target.is_symlink():  # it may lead out of the data folder: the server writes only what is in it
             raise InputError(f"{target.name}: a symbolic link is there; the server does not save through links (download the mask instead)")
         labels = self._labels_to_write("save")
