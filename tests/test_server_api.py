@@ -719,6 +719,10 @@ def test_a_case_whose_saved_mask_would_be_another_cases_is_not_saved(tmp_path: P
             "clip_mask.npz would also be the saved mask of clip.nii.gz beside this case: rename one of them, or download the mask instead"
         )
         assert not (tmp_path / "clip_mask.npz").exists()
+        # Cases are listed in natural name order (frame_2 before frame_10), as a folder of frames is read.
+        for number in (10, 2):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"frame_{number}.png")
+        assert [case["id"] for case in client.get("/api/cases").json()] == ["data/clip.mp4", "data/clip.nii.gz", "data/frame_2.png", "data/frame_10.png"]
 
 
 def test_a_video_clip_opens_as_frames(server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # 2D pictures: images, or the frames of a video when a folder holds them.
@@ -11,6 +12,11 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", "
 # Containers read as videos (through FFmpeg); folders of frames, cine DICOM and 2D+t NIfTI are
 # recognised by their content (`medsam2.io.video.is_video`).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".gif")
+
+
+def natural_key(name: str) -> list:
+    """Sort key putting frame_2 before frame_10: runs of digits compare as numbers, the rest ignoring case."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def image_suffix(path: Path) -> str | None:

@@ -41,7 +41,7 @@ from medsam2.errors import InputError
 from medsam2.io import dicom
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.masks import as_label_map, load_mask
-from medsam2.io.paths import VIDEO_SUFFIXES
+from medsam2.io.paths import VIDEO_SUFFIXES, natural_key
 from medsam2.io.readers import (
     PICTURE_SUFFIXES,
     file_suffix,
@@ -287,10 +287,6 @@ class _ArrayFrames:
 # -- folders of pictures -----------------------------------------------------------------------------
 
 
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 class _FolderFrames:
     def __init__(self, files: list[Path], first: np.ndarray):
         self.files = files
@@ -314,7 +310,7 @@ def _unlike_first(file: Path, shape: tuple[int, ...], first: tuple[int, ...]) ->
 
 
 def _open_frame_folder(folder: Path) -> Video:
-    files = sorted((entry for entry in folder.iterdir() if entry.is_file() and is_picture_file(entry)), key=_natural_key)
+    files = sorted((entry for entry in folder.iterdir() if entry.is_file() and is_picture_file(entry)), key=lambda entry: natural_key(entry.name))
     if not files:
         raise InputError(f"{folder}: no frames in this folder (expected {', '.join(PICTURE_SUFFIXES)} pictures)")
     first = read_picture(files[0])

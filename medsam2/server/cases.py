@@ -21,7 +21,7 @@ from medsam2.engine.prompt_sources import prompts_from_mask
 from medsam2.errors import InputError
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_dicom_file, is_dicomdir
-from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem
+from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem, natural_key
 from medsam2.io.readers import file_suffix
 from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
 from medsam2.io.video import Video, is_video, load_video
@@ -208,10 +208,10 @@ class CaseCatalog:
         root = self.data_dir
         cases = []
         for folder, subfolders, files in os.walk(root):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=natural_key)
             here = Path(folder)
             series = self._dicom_series_files(here, files)
-            candidates = ([here] if series else []) + [here / name for name in sorted(files) if name not in series]
+            candidates = ([here] if series else []) + [here / name for name in sorted(files, key=natural_key) if name not in series]
             cases += [case for path in candidates if (case := self._data_case(path)) is not None]
         return cases
 
