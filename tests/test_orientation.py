@@ -205,3 +205,28 @@ def test_the_montage_always_shows_the_prompted_slices() -> None:
     assert len(shown) == 16 and {7, 30} <= set(shown) and shown[0] == 5 and shown[-1] == 44
     assert montage_slices(labels, list(range(0, 50, 2)), 4) == [0, 16, 32, 48]  # more boxes than tiles: boxes only
     assert montage_slices(np.zeros((9, 4, 4), np.uint8), [], 16) == [4]
+
+
+def test_a_mask_loaded_like_its_image_comes_on_the_images_grid(tmp_path: Path) -> None:
+    """`load_mask(path, like=image)`: a mask stored in another axis order (RAS for an LPS scan) comes
+    rearranged voxel for voxel onto the image's grid (it came in its file's order, and a Dice
+    against a prediction was silently wrong); a mask of another grid is a one-line error."""
+    from medsam2.errors import InputError
+    from medsam2.io import load_mask
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((6, 10, 12), np.uint8)
+    labels[1:4, 2:7, 3:5], labels[4, 6:9, 8:11] = 1, 2
+    image = Volume(array=rng.integers(0, 100, labels.shape).astype(np.int16), spacing=(0.7, 0.8, 2.5), origin=(5.0, -3.0, 12.0))
+    lps_image = stored_as(image, "LPS", tmp_path)
+    (tmp_path / "image").mkdir()
+    ras_mask = stored_as(image.with_array(labels), "RAS", tmp_path / "image")
+    assert not np.array_equal(ras_mask.array, labels)  # the file holds the voxels in another order
+    loaded = load_mask(tmp_path / "image" / "RAS.nii.gz", like=lps_image)
+    np.testing.assert_array_equal(loaded.array, labels)
+    assert loaded.direction == pytest.approx(lps_image.direction) and loaded.origin == pytest.approx(lps_image.origin)
+    other = sitk.GetImageFromArray(labels)
+    other.SetSpacing((0.7, 0.8, 5.0))
+    sitk.WriteImage(other, str(tmp_path / "other.nii.gz"))
+    with pytest.raises(InputError, match=r"other.nii.gz vs .*: spacing differs"):
+        load_mask(tmp_path / "other.nii.gz", like=lps_image)

@@ -20,7 +20,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.volume import in_storage_order_of
 from medsam2.io.dicom import is_segmentation
-from medsam2.io.masks import check_mask_fits, load_mask
+from medsam2.io.masks import load_mask
 from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.video import is_video_mask, load_video_mask, video_mask_pixel_spacing
 from medsam2.io.atomic import check_output_paths, outputs_together
@@ -46,8 +46,6 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     if is_video_mask(pred_path) or is_video_mask(gt_path):
         return score_video_pair(pred_path, gt_path, tolerance_mm)
     pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
-    if image is not None:
-        check_mask_fits(image, gt)
     if not np.allclose(pred.direction, gt.direction, atol=1e-3):  # the same grid stored in another order, maybe
         gt = in_storage_order_of(gt, pred) or gt
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")

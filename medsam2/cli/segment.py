@@ -20,7 +20,7 @@ from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
 from medsam2.io.atomic import check_output_paths, outputs_together
-from medsam2.io.masks import check_mask_fits, load_mask
+from medsam2.io.masks import load_mask
 from medsam2.io.overlay import check_overlay_output, save_overlay_montage
 from medsam2.io.writers import check_mask_name, check_mask_output
 from medsam2.io.video import is_video
@@ -143,7 +143,6 @@ def segment(
         check_objects_marked(prompts)
     else:
         start = load_mask(edit, like=volume)
-        check_mask_fits(volume, start)
         check_labels_to_edit(edit, start.array, prompts)
     predictor = loaded_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(

@@ -10,7 +10,7 @@ import numpy as np
 from medsam2.errors import InputError
 from medsam2.io.dicom import is_segmentation, read_segmentation
 from medsam2.io.readers import PICTURE_SUFFIXES, dicom_headers, file_suffix, load_image
-from medsam2.io.volume import Volume, check_same_geometry
+from medsam2.io.volume import Volume, check_same_geometry, in_storage_order_of
 
 # npz keys holding a label map, in order of preference: our output, then ground truth.
 NPZ_MASK_KEYS = ("segs", "gts")
@@ -56,15 +56,27 @@ def check_mask_fits(image: Volume, mask: Volume) -> None:
 
 def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
     """A label map from any image format; from an npz, its ``segs`` (else ``gts``) array; from a
-    DICOM-SEG, the labels it draws on `like`, the DICOM series (or file) it segments, in `like`'s
-    geometry. Other formats carry their own geometry: `check_mask_fits` compares it with an image."""
+    DICOM-SEG, the labels it draws on `like`, the DICOM series (or file) it segments. Given `like`
+    (the image the mask belongs to), the mask comes on its voxel grid (`on_grid_of`), or a one-line
+    error says why it cannot."""
     if is_segmentation(Path(path)):
         return _segmentation_on(Path(path), like)
     volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS, picture_values=True)
     if volume.is_color:
         raise InputError(f"{path}: a colour image is not a label map")
     labels = as_label_map(volume.array, path)
-    return volume if labels is volume.array else volume.with_array(labels)
+    mask = volume if labels is volume.array else volume.with_array(labels)
+    return mask if like is None else on_grid_of(mask, like)
+
+
+def on_grid_of(mask: Volume, image: Volume) -> Volume:
+    """`mask` voxel for voxel on `image`'s grid: as it is, or, stored in another axis order (a tool
+    saving RAS for an LPS scan), rearranged into the image's; a one-line error unless it then
+    overlays the image as far as its file says (`check_mask_fits`)."""
+    if states_geometry(mask) and not np.allclose(mask.direction, image.direction, atol=1e-3):
+        mask = in_storage_order_of(mask, image) or mask
+    check_mask_fits(image, mask)
+    return mask
 
 
 def _segmentation_on(path: Path, like: Volume | None) -> Volume:

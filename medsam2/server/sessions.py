@@ -33,7 +33,7 @@ from medsam2.io.atomic import atomic_new_path
 from medsam2.io.writers import check_mask_name
 from medsam2.io.volume import reading_step, slice_display, slice_pixel_spacing
 from medsam2.io.paths import mask_file_stem
-from medsam2.io.masks import check_mask_fits, label_names, load_mask, states_geometry
+from medsam2.io.masks import label_names, load_mask, states_geometry
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
@@ -323,7 +323,6 @@ class ViewerSession:
                     raise InputError(f"{path}: {labels.shape[0]} frames of {labels.shape[2]}x{labels.shape[1]}; the video has {self.slices.shape[0]} of {self.slices.shape[2]}x{self.slices.shape[1]}")
             else:
                 mask = load_mask(path, like=self.volume)
-                check_mask_fits(self.volume, mask)
                 labels, names = to_slices(mask.array, self.axis_index), label_names(mask)
         with self.lock:
             engine = self._engine(predictor)
