@@ -207,7 +207,11 @@ def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, 
         (lambda: Session(volume.array, predictor).load_labels(np.full(volume.shape, 1.5)), "Session.load_labels: not a label map .non-integer values"),
         (lambda: Session(volume.array, predictor).load_labels(np.full(volume.shape, -1, np.int16)), "not a label map .negative values"),
         (lambda: Session(volume.array, predictor).add_prompt(3, box=("a", 10, 50, 50)), "a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y"),
-        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20, 1)], labels=[1]), "a point 2 numbers x,y"),
+        (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20, 1)], labels=[1]), r"points are pairs x,y \(an \(N, 2\) array\), got shape \(1, 3\)"),
+        # a probability map was taken whole (every value above 0: the whole slice)
+        (lambda: Session(volume.array, predictor).add_prompt(3, mask=np.full(volume.shape[1:], 0.3)), "not fractions .threshold a probability map first"),
+        (lambda: Prompt(3, 1, box=(1, 2, None, 4)).validate(10, 64, 64), r"prompt on slice 3 \(object 1\): box \[1, 2, nan, 4\] holds a number that is not"),  # was a TypeError deep inside
+        (lambda: Prompt(3, 1, mask=[["a"]]), r"prompt on slice 3 \(object 1\): a mask is an \(H, W\) array of 0 and 1"),  # was an AttributeError
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[1.5]), r"slice 3 \(object 1\): point label must be a whole number, got 1.5"),
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=["1"]), r"point label must be a whole number, got \"1\""),
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[True]), "point label must be a whole number, got true"),
@@ -219,6 +223,9 @@ def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, 
     # A numpy index is kept as a Python int (messages listed np.int64(4)); volumes compare as objects.
     session = Session(volume.array, predictor)
     session.add_prompt(np.int64(6), box=(246, 273, 276, 322))
+    # Clicks as numpy arrays (an (N, 2) array was "not 2 numbers x,y"), as lists: the same prompt.
+    as_arrays = Prompt(6, 2, points=np.array([[260, 300], [265, 305]]), labels=np.array([1, 0]))
+    assert as_arrays == Prompt(6, 2, points=[(260, 300), (265, 305)], labels=[1, 0])
     with pytest.raises(medsam2.InputError, match=r"object 1 has no prompt on slice 3 \(prompted: \[6\]\)"):
         session.remove_prompt(3, 1)
     assert volume != Volume(volume.array.copy()) and volume == volume and len({volume, volume}) == 1  # was a ValueError

@@ -38,6 +38,22 @@ class Prompt:
         for name in ("slice_index", "obj_id"):
             if isinstance(getattr(self, name), np.integer):
                 object.__setattr__(self, name, int(getattr(self, name)))
+        # Lists, numpy arrays and tensors as the tuples and bool mask the engine reads.
+        where = f"prompt on slice {self.slice_index} (object {self.obj_id})"
+        try:
+            if self.box is not None:
+                object.__setattr__(self, "box", tuple(float(v) for v in np.asarray(self.box, dtype=float).ravel()))
+            points = np.asarray(self.points, dtype=float)
+            if points.size and (points.ndim != 2 or points.shape[1] != 2):
+                raise InputError(f"{where}: points are pairs x,y (an (N, 2) array), got shape {points.shape}")
+            object.__setattr__(self, "points", tuple((float(x), float(y)) for x, y in points.reshape(-1, 2)))
+            object.__setattr__(self, "labels", tuple(whole_number(v, "point label") for v in np.asarray(self.labels).ravel()))
+        except InputError as error:
+            raise InputError(error if str(error).startswith(where) else f"{where}: {error}") from None
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y, a label 1 (object) or 0 (background)") from None
+        if self.mask is not None:
+            object.__setattr__(self, "mask", _binary_mask(self.mask, where))
 
     @property
     def erases(self) -> bool:
@@ -100,6 +116,20 @@ def whole_number(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
         raise InputError(f"{what} must be a whole number, got {json.dumps(value, default=repr)}")
     return int(value)
+
+
+def _binary_mask(mask: object, where: str) -> np.ndarray:
+    """A mask prompt as bool: non-zero is the object; fractions (a probability map) are refused,
+    not taken whole (every value above 0 was the object: the whole slice)."""
+    try:
+        array = np.asarray(mask)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: a mask is an (H, W) array of 0 and 1") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{where}: a mask is an (H, W) array of 0 and 1, not of {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isin(array, (0.0, 1.0)).all():
+        raise InputError(f"{where}: a mask holds 0 and 1 only, not fractions (threshold a probability map first: probabilities > 0.5)")
+    return array != 0
 
 
 def _shown(values: tuple[float, ...]) -> str:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from medsam2.engine.box_chain import BoxChainTracker
 from medsam2.engine.postprocess import fill_holes_per_slice, largest_component
 from medsam2.engine.predictor import SlicePredictor
-from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt, whole_number
+from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.io.masks import check_label_values
@@ -95,35 +96,21 @@ class Session:
         slice_index: int,
         obj_id: int = 1,
         *,
-        box: tuple[float, float, float, float] | None = None,
-        points: list[tuple[float, float]] | None = None,
-        labels: list[int] | None = None,
-        mask: np.ndarray | None = None,
+        box: ArrayLike | None = None,
+        points: ArrayLike | None = None,
+        labels: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
         name: str | None = None,
     ) -> np.ndarray:
-        """Prompt object `obj_id` on one slice and return its mask there (H, W) bool.
+        """Prompt object `obj_id` on one slice and return its mask there (H, W) bool. A box is
+        x1,y1,x2,y2, points (N, 2) x,y with N labels (1 object, 0 background), a mask (H, W) of 0
+        and 1: lists, tuples, numpy arrays or tensors.
 
         Clicks add to the clicks already on that slice; a new box replaces the old box; a mask
         replaces everything (an empty one takes the object off the slice, and propagation starts
         nothing from there). Nothing else is recomputed until `propagate`.
         """
-        where = f"prompt on slice {slice_index} (object {obj_id})"
-        try:
-            prompt = Prompt(
-                slice_index=slice_index,
-                obj_id=obj_id,
-                box=tuple(float(v) for v in box) if box is not None else None,
-                points=tuple((float(x), float(y)) for x, y in (points or ())),
-                labels=tuple(whole_number(v, "point label") for v in (labels or ())),
-                mask=None if mask is None else np.asarray(mask, dtype=bool),
-                name=name,
-            )
-        except InputError as error:
-            raise InputError(f"{where}: {error}") from None
-        except (TypeError, ValueError):
-            raise InputError(
-                f"{where}: a box is 4 numbers x1,y1,x2,y2, a point 2 numbers x,y, a label 1 (object) or 0 (background)"
-            ) from None
+        prompt = Prompt(slice_index, obj_id, box=box, points=() if points is None else points, labels=() if labels is None else labels, mask=mask, name=name)
         return self.apply(prompt)
 
     def apply(self, prompt: Prompt) -> np.ndarray:
