@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from medsam2.errors import InputError
+from medsam2.io.masks import check_label_values
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 2.0) -> float:
     """Normalised surface distance (surface Dice) at `tolerance_mm`; `spacing` in (x, y, z) order."""
-    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+    if isinstance(tolerance_mm, bool) or not isinstance(tolerance_mm, int | float | np.number) or not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise InputError(f"NSD tolerance {tolerance_mm} mm: must be a finite number >= 0")
     pred_mask, gt_mask = _masks(pred, gt)
     axis_spacing = _axis_spacing(spacing, pred_mask.ndim)
@@ -100,7 +101,10 @@ def evaluate(
     pred_labels: np.ndarray, gt_labels: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 2.0
 ) -> list[LabelScores]:
     """Scores for every non-zero label present in either map, in increasing label order."""
+    pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
     _check_pair(pred_labels, gt_labels)
+    for labels, which in ((pred_labels, "prediction"), (gt_labels, "ground truth")):
+        check_label_values(labels, which)  # 0.5 was scored as label 0, and -1 as a label
     _axis_spacing(spacing, pred_labels.ndim)
     labels = np.union1d(np.unique(pred_labels), np.unique(gt_labels))
     scores = []
@@ -153,6 +157,7 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
 
 
 def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.asarray(pred), np.asarray(gt)  # lists too
     _check_pair(pred, gt)
     return pred != 0, gt != 0
 

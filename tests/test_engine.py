@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 import medsam2
+import medsam2.metrics
 
 from medsam2.engine.api import segment_volume
 from medsam2.engine.models import load_predictor
@@ -182,6 +184,16 @@ def test_bad_prompts_give_one_line_errors(predictor, lesion, prompt, message):
     assert "\n" not in str(raised.value)
 
 
+def test_loading_a_model_leaves_the_seeded_random_stream_alone() -> None:
+    """A seeded notebook's torch.rand is the same after a model is loaded (the network's random
+    initial weights were drawn from it)."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_predictor()
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, lesion):
     """What a script may get wrong when it builds its own inputs is said in one line, as an
     `InputError` (exported by `medsam2`), before anything reaches the model."""
@@ -212,6 +224,16 @@ def test_arrays_and_names_the_python_api_cannot_use_are_input_errors(predictor, 
         (lambda: Session(volume.array, predictor).add_prompt(3, mask=np.full(volume.shape[1:], 0.3)), "not fractions .threshold a probability map first"),
         (lambda: Prompt(3, 1, box=(1, 2, None, 4)).validate(10, 64, 64), r"prompt on slice 3 \(object 1\): box \[1, 2, nan, 4\] holds a number that is not"),  # was a TypeError deep inside
         (lambda: Prompt(3, 1, mask=[["a"]]), r"prompt on slice 3 \(object 1\): a mask is an \(H, W\) array of 0 and 1"),  # was an AttributeError
+        # settings out of their range stopped propagation at the anchor without a word, or failed deep inside
+        (lambda: PropagationConfig(min_score=2.0), "PropagationConfig.min_score 2 must lie within 0..1"),
+        (lambda: PropagationConfig(box_margin=float("nan")), "PropagationConfig.box_margin must be a finite number, got NaN"),
+        (lambda: PropagationConfig(cache_slices=0), "PropagationConfig.cache_slices 0 must lie within 1..1000000"),
+        (lambda: PropagationConfig(prefetch=2.5), "PropagationConfig.prefetch must be a whole number, got 2.5"),
+        (lambda: Session(volume.array, predictor, {"prefetch": 2}), "config must be a PropagationConfig"),
+        (lambda: segment_volume(volume.array, [], predictor), "segment_volume takes Volumes .* not ndarray"),  # an AttributeError
+        (lambda: Session(volume.array, predictor).load_labels(volume.array), r"Session.load_labels: an image, not a label map"),  # 255 objects
+        (lambda: medsam2.metrics.evaluate(np.full((4, 4), 0.5), np.ones((4, 4)), (1, 1)), "prediction: not a label map .non-integer"),  # scored as label 0
+        (lambda: Volume(volume.array, direction=np.eye(3) * 2), r"'direction' should be a rotation .*got \[2.0, 0.0"),  # the array's repr: three lines
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[1.5]), r"slice 3 \(object 1\): point label must be a whole number, got 1.5"),
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=["1"]), r"point label must be a whole number, got \"1\""),
         (lambda: Session(volume.array, predictor).add_prompt(3, points=[(20, 20)], labels=[True]), "point label must be a whole number, got true"),

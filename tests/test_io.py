@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -939,3 +940,19 @@ def test_a_failed_metaimage_read_drops_only_metaio_lines(capfd: pytest.CaptureFi
     with native_lines_dropped(on_failure=METAIO_COMPLAINTS):  # a read that succeeds keeps everything
         os.write(2, b"MetaImage: a note\n")
     assert capfd.readouterr().err == "MetaImage: a note\n"
+
+
+def test_a_path_from_home_and_a_float16_mask_are_taken_as_users_mean_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"~/mask.nii.gz" from Python is in the home folder (a folder named ~ was made in the working
+    one); a float16 mask of whole numbers is written without numpy's overflow warning."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    image = Volume(np.zeros((2, 8, 8), np.int16))
+    mask = np.zeros((2, 8, 8), np.float16)
+    mask[0, 2:4, 2:4] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = save_mask(mask, image, "~/mask.nii.gz")
+    assert written == tmp_path / "home" / "mask.nii.gz" and not (tmp_path / "~").exists()
+    assert load_image("~/mask.nii.gz").array.sum() == 4

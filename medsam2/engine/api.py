@@ -77,7 +77,7 @@ def narrow_slices_warning(slice_hw: tuple[int, int], axis: SliceAxis) -> str | N
 
 def segment_volume(
     volume: Volume,
-    prompts: list[Prompt],
+    prompts: Prompt | list[Prompt],
     predictor: SlicePredictor | TrackingPredictor,
     *,
     axis: SliceAxis = "axial",
@@ -94,6 +94,10 @@ def segment_volume(
     names its file gives its labels are the objects' names, unless a prompt names one.
     A blank image (one grey level for the model) is refused: the model would still draw a mask from
     a box, and it would mean nothing."""
+    if not isinstance(volume, Volume) or not (start is None or isinstance(start, Volume)):
+        given = type(volume if not isinstance(volume, Volume) else start).__name__
+        raise InputError(f"segment_volume takes Volumes (medsam2.io.load_image, or Volume(array)), not {given}")
+    prompts = [prompts] if isinstance(prompts, Prompt) else list(prompts)
     slices, axis_index = prepare_slices(volume, axis, window, refuse_blank=True)
     session = Session(slices, predictor, config)
     if start is not None:

@@ -205,10 +205,17 @@ def load_predictor(
     default: fp32 for LiteMedSAM, bf16 on CUDA and fp32 on the CPU for SAM 2.1. `compiled`
     compiles SAM 2.1's per-frame memory step (and on a GPU its image encoder) and pays the compilation
     now (see `SAM2Predictor`)."""
-    from medsam2.models.lite_medsam import lite_medsam_from_state, load_lite_medsam
-
     check_precision(precision)
     target = resolve_device(device)
+    # Building a network draws its initial weights at random before the checkpoint replaces them:
+    # from a stream of its own, so that a seeded notebook's torch.rand is the same after a load.
+    with torch.random.fork_rng(devices=[target.index or 0] if target.type == "cuda" else []):
+        return _built_predictor(model, target, precision, compiled)
+
+
+def _built_predictor(model: str, target: torch.device, precision: Precision | None, compiled: bool) -> LiteMedSAMPredictor | SAM2Predictor:
+    from medsam2.models.lite_medsam import lite_medsam_from_state, load_lite_medsam
+
     if model == DEFAULT_MODEL:
         lite_medsam = load_lite_medsam(device=target)
         description = f"LiteMedSAM (embedded: {LITE_MEDSAM_DISTRIBUTION} {LITE_MEDSAM_VERSION})"

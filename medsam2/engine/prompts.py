@@ -118,6 +118,23 @@ def whole_number(value: object, what: str) -> int:
     return int(value)
 
 
+def number_within(value: object, what: str, low: float, high: float = float("inf"), whole: bool = False) -> float:
+    """`value` (a setting) as a number from `low` to `high`, a whole one with `whole`; else a
+    one-line error naming `what` (NaN, "5", 2.5 slices)."""
+    if whole:
+        number: float = whole_number(value, what)
+    else:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise InputError(f"{what} must be a finite number, got {json.dumps(value, default=repr)}")
+        number = float(value)
+    if not low <= number <= high:
+        shown = [str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (number, low, high)]
+        raise InputError(f"{what} {shown[0]} must lie within {shown[1]}..{shown[2]}")
+    return number
+
+
 def _binary_mask(mask: object, where: str) -> np.ndarray:
     """A mask prompt as bool: non-zero is the object; fractions (a probability map) are refused,
     not taken whole (every value above 0 was the object: the whole slice)."""

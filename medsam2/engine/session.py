@@ -25,7 +25,7 @@ from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
-from medsam2.io.masks import check_label_values
+from medsam2.io.masks import as_label_map
 from medsam2.io.volume import is_slice_stack
 from medsam2.progress import leave_finished_bar
 
@@ -68,6 +68,8 @@ class Session:
                 f"a session takes a (Z, H, W) or (Z, H, W, 3) uint8 stack of slices, not {got} "
                 "(medsam2.engine.api.prepare_slices makes one from a Volume)"
             )
+        if config is not None and not isinstance(config, PropagationConfig):
+            raise InputError(f"config must be a PropagationConfig (medsam2.engine.tracking), not {type(config).__name__}")
         self.slices = slices
         self.predictor = predictor
         self.unit = unit  # what a slice is called on the progress bar ("frame": a video's)
@@ -160,9 +162,11 @@ class Session:
         masks are kept exactly and nothing waits for propagation; a correction on a slice then changes
         that slice (and, past an object's first or last slice, what propagation reaches from there).
         Returns the object ids. No model runs here: a slice's memory is made when a run first needs it."""
+        labels = np.asarray(labels)
         if labels.shape != (self.num_slices, *self.slice_hw):
             raise InputError(f"label map of shape {labels.shape} does not fit the {(self.num_slices, *self.slice_hw)} slices")
-        check_label_values(labels, "Session.load_labels")  # a fraction or a negative would lose its object
+        # a fraction or a negative would lose its object; an image (the scan itself) made 255 objects
+        labels = as_label_map(labels, "Session.load_labels")
         ids = object_ids(labels)
         objects = {obj_id: TrackedObject(name=(names or {}).get(obj_id)) for obj_id in ids}
         for index, plane in enumerate(labels):  # slice by slice: a map of many labels is never copied whole per label

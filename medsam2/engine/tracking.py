@@ -19,7 +19,7 @@ import numpy as np
 
 from medsam2.engine.cache import EmbeddingCache
 from medsam2.engine.memory_policy import ConfidenceBankConfig
-from medsam2.engine.prompts import Prompt
+from medsam2.engine.prompts import Prompt, number_within
 from medsam2.errors import InputError
 
 MemoryPolicy = Literal["recent", "confidence"]
@@ -49,6 +49,20 @@ class PropagationConfig:
     bank: ConfidenceBankConfig = field(default_factory=ConfidenceBankConfig)
 
     def __post_init__(self) -> None:
+        # (low, high, whole) of each number: a NaN margin or a score above 1 stopped propagation at
+        # its anchor without a word, a cache of 0 slices failed deep inside
+        limits = {
+            "box_margin": (0.0, 10.0, False), "min_box_margin": (0.0, 1e4, False), "min_area": (0, 1e9, True),
+            "min_score": (0.0, 1.0, False), "min_similarity": (-1.0, 1.0, False), "prefetch": (1, 1024, True),
+            "cache_slices": (1, 1e6, True),
+        }
+        for name, (low, high, whole) in limits.items():
+            number = number_within(getattr(self, name), f"PropagationConfig.{name}", low, high, whole)
+            object.__setattr__(self, name, int(number) if whole else number)
+        if not isinstance(self.use_mask_prompt, bool | np.bool_):
+            raise InputError(f"PropagationConfig.use_mask_prompt must be True or False, got {self.use_mask_prompt!r}")
+        if not isinstance(self.bank, ConfidenceBankConfig):
+            raise InputError(f"PropagationConfig.bank must be a ConfidenceBankConfig, not {type(self.bank).__name__}")
         if self.memory not in MEMORY_POLICIES:
             raise InputError(f"memory bank {self.memory!r}: choose {' or '.join(MEMORY_POLICIES)}")
 

@@ -93,7 +93,7 @@ def load_image(
     `picture_values`: a palette or 1-bit picture as the values it stores (a label map's: palette
     indices, 0/1), not the colours or grey levels they show.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/scan.nii.gz" from Python, as a shell would expand it
     try:
         override = parse_modality(modality) if modality is not None else None
     except InputError as error:

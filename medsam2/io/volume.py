@@ -55,10 +55,12 @@ def geometry_vector(values: object, name: str, length: int) -> tuple[float, ...]
     except (TypeError, ValueError):
         vector = np.array([np.nan])
     positive = name == "spacing"
+    # One line whatever was given (an array's repr spans several)
+    given = " ".join(repr(values).split()) if vector.size != length or not np.isfinite(vector).all() else str([round(v, 6) for v in vector.tolist()])
     if vector.size != length or not np.isfinite(vector).all() or (positive and (vector <= 0).any()):
-        raise InputError(f"'{name}' should be {length} finite numbers{' > 0' if positive else ''}, got {values!r}")
+        raise InputError(f"'{name}' should be {length} finite numbers{' > 0' if positive else ''}, got {given}")
     if name == "direction" and not np.allclose(vector.reshape(3, 3) @ vector.reshape(3, 3).T, np.eye(3), atol=1e-3):
-        raise InputError(f"'direction' should be a rotation (orthonormal 3x3 direction cosines, row-major), got {values!r}")
+        raise InputError(f"'direction' should be a rotation (orthonormal 3x3 direction cosines, row-major), got {given}")
     return tuple(vector.tolist())
 
 

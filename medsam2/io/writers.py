@@ -36,7 +36,7 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
     segments are labelled with the objects' `names`, label -> name). Labels are stored as uint8, or
     uint16 when a label exceeds 255. Nothing is left at `path` on failure.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/mask.nii.gz" from Python: was a folder named ~
     if not isinstance(like, Volume):
         raise InputError(f"{path}: save_mask needs like=, the Volume the mask belongs to (its geometry), not {type(like).__name__}")
     check_mask_name(path, like)
@@ -98,7 +98,7 @@ def _label_map(mask: np.ndarray, path: Path) -> np.ndarray:
     elif not np.issubdtype(mask.dtype, np.integer):
         raise InputError(f"{path}: mask must hold integer labels, got {mask.dtype}")
     low, high = (mask.min(), mask.max()) if mask.size else (0, 0)
-    if low < 0 or high > np.iinfo(np.uint16).max:
+    if float(low) < 0 or float(high) > np.iinfo(np.uint16).max:  # as floats: 65535 overflows float16
         raise InputError(f"{path}: mask labels must be within 0..65535, got {low}..{high}")
     return mask.astype(np.uint8 if high < 256 else np.uint16)
 
