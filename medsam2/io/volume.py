@@ -92,6 +92,8 @@ class Volume:
                 f"Volume.array has shape {self.array.shape}; a Volume holds (Z, Y, X), or (Z, Y, X, 3) in colour "
                 "(a 2D image is one slice: array[None])"
             )
+        if self.source is not None and not isinstance(self.source, Path):
+            object.__setattr__(self, "source", Path(self.source))  # a str given: the Path the hint says
         where = f"{self.source}: " if self.source is not None else "Volume: "
         numeric = np.issubdtype(self.array.dtype, np.number) and not np.issubdtype(self.array.dtype, np.complexfloating)
         if not (numeric or self.array.dtype == bool):
