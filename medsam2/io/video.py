@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -395,7 +395,7 @@ class _ContainerFrames:
         declared = self.stream.frames  # the header's count (AVI, MP4), 0 where it keeps none
         if not held and (declared or self.container.duration):
             self._cut_short("holds none of the frames its header declares")
-        if declared and held < declared:
+        elif declared and held < declared:
             self._cut_short(f"holds {held} of the {declared} frames its header declares")
         elif not declared and (missing := self._seconds_missing(sorted(timestamp for timestamp, _ in packets))):
             self._cut_short(f"its frames end {missing:.2f} s before the {self.container.duration / 1e6:.2f} s its header declares")
@@ -421,7 +421,7 @@ class _ContainerFrames:
         missing = self.container.duration / 1e6 - covered
         return missing if missing > 1.5 * step else None
 
-    def _cut_short(self, what: str) -> None:
+    def _cut_short(self, what: str) -> NoReturn:
         raise InputError(
             f"{self.path}: {what}, the file is cut short or damaged (to use the frames it holds, re-encode it: ffmpeg -i IN OUT.mp4)"
         )
