@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -116,6 +117,32 @@ def test_a_rows_checkpoint_is_found_from_the_manifest_and_its_weights_count_in_t
     write(weights, "weights, second version, retrained")
     third = fingerprints(cases, settings)
     assert [second[c.case_id] == third[c.case_id] for c in cases] == [False, False, True]
+
+
+def test_a_corrected_ground_truth_reruns_its_case(tmp_path: Path) -> None:
+    """The ground truth counts in the fingerprint (by size and time: cheap for every case), so a
+    corrected one is scored again (its stale DSC stayed)."""
+    truth = write(tmp_path / "gt" / "a.nii.gz", "first ground truth")
+    cases = read_manifest(write(tmp_path / "cases.csv", "id,image,box,gt\na,a.nii.gz,\"3,10,10,40,40\",gt/a.nii.gz\nb,b.nii.gz,\"3,10,10,40,40\",\n"))
+    settings = BatchSettings(out_dir=tmp_path / "out")
+    before = fingerprints(cases, settings)
+    write(truth, "the ground truth, corrected")
+    after = fingerprints(cases, settings)
+    assert [before[c.case_id] == after[c.case_id] for c in cases] == [False, True]
+
+
+def test_a_video_row_fails_as_a_video_whatever_its_kind(tmp_path: Path) -> None:
+    """A cine DICOM is a video as an MP4 is: its row fails saying so (it ran as a scan, its frames
+    propagated as slices), and the batch goes on."""
+    from test_video_io import write_cine_dicom
+
+    write_cine_dicom(tmp_path / "echo.dcm", np.zeros((4, 32, 40), np.uint8), frame_time_ms=40)
+    manifest = write(tmp_path / "m.csv", "id,image,box\necho,echo.dcm,\"1,2,3,20,20\"\n")
+    result = runner.invoke(app, ["batch", str(manifest), "-o", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    with (tmp_path / "out" / "results.csv").open() as table:
+        (row,) = csv.DictReader(table)
+    assert row["status"] == "failed" and row["error"].endswith("echo.dcm: a video, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
 
 
 def test_default_case_ids_and_mask_formats(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Columns (CSV header, or JSONL keys; only ``image`` is required)::
 
     id       the case's name: its mask is masks/<id>.<format>; default the image's file name
              without its suffix. Letters, digits, '.', '_' and '-' only, unique in the manifest.
-    image    the scan (any format `medsam2 segment` reads, or a DICOM folder)
+    image    the scan (any scan format `medsam2 segment` reads, or a DICOM folder; not a video)
     box      "Z,X1,Y1,X2,Y2[,ID]"        as `medsam2 segment --box`
     point    "Z,X,Y[,LABEL[,ID]]"         as `medsam2 segment --point`
     recist   "Z,X1,Y1,X2,Y2[,ID]"        as `medsam2 segment --recist`

@@ -37,10 +37,10 @@ TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image"
 
 def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
     """Case id -> a digest of everything the case's result depends on: its row (line number aside) and its
-    prompts file's content, its effective model (the checkpoint file a preset names now, its size and
-    modification time: looked up once per model), memory bank and format, and the batch settings
-    that shape masks and scores. (Not the images' content: reading every scan to check for edits
-    would cost a run.)"""
+    prompts file's content, its ground truth's size and modification time (a corrected one is scored
+    again), its effective model (the checkpoint file a preset names now, its size and modification
+    time: looked up once per model), memory bank and format, and the batch settings that shape masks
+    and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
     models = {spec: checkpoint_identity(spec) for spec in {case.model or settings.model for case in cases}}
     digests = {}
     for case in cases:
@@ -48,6 +48,7 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
         described = {
             "case": {key: value for key, value in asdict(case).items() if key != "line"},
             "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
+            "ground_truth": _file_identity(case.gt) if case.gt is not None else None,
             "model": models[case.model or settings.model],
             "memory": case.memory or settings.memory,
             "format": case.output_format or settings.output_format,
@@ -55,6 +56,15 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
         }
         digests[case.case_id] = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digests
+
+
+def _file_identity(path: Path) -> str | None:
+    """Size and modification time of a file (or a DICOM folder's newest file): cheap enough for every case."""
+    try:
+        stats = [path.stat()] if path.is_file() else [entry.stat() for entry in path.iterdir() if entry.is_file()]
+    except OSError:  # missing or unreadable: the case will fail and say why
+        return None
+    return f"{sum(stat.st_size for stat in stats)} bytes, modified {max((stat.st_mtime_ns for stat in stats), default=0)}"
 
 
 def _file_digest(path: Path) -> str | None:

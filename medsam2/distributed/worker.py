@@ -23,6 +23,8 @@ from medsam2.engine.sam2_predictor import memory_propagation
 from medsam2.engine.tracking import MemoryPolicy
 from medsam2.errors import InputError, first_line
 from medsam2.io import SliceAxis, Volume, check_same_geometry, load_image, save_mask
+from medsam2.io.readers import video_not_scan
+from medsam2.io.video import is_video
 from medsam2.io.atomic import check_output_paths
 from medsam2.io.dicom import is_dicom_file
 from medsam2.io.masks import load_mask
@@ -126,6 +128,8 @@ class CaseRunner:
     def _segment(self, case: Case, start: float) -> CaseResult:
         settings = self.settings
         suffix = mask_suffix(check_format(case.output_format or settings.output_format, "format"), case.image)
+        if is_video(case.image):  # a cine DICOM reads as a scan too: its frames were propagated as slices
+            raise video_not_scan(case.image, "a video")
         volume = load_image(case.image)
         output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
         # A mask that would replace the row's image or ground truth, a folder in its place...

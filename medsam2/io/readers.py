@@ -122,7 +122,7 @@ def _reader_for(path: Path, npz_array_keys: tuple[str, ...], picture_values: boo
     if suffix == ".dcm" or dicom.is_dicom_file(path):
         return _read_dicom_file
     if suffix in VIDEO_SUFFIXES:
-        raise _video_not_scan(path, "a video")
+        raise video_not_scan(path, "a video")
     raise InputError(
         f"{path}: unsupported file type '{suffix or 'no extension'}' "
         f"(supported: {' '.join(SUPPORTED_IMAGE_SUFFIXES)} or a DICOM folder; videos: {' '.join(VIDEO_SUFFIXES)})"
@@ -293,13 +293,13 @@ def is_frame_folder(folder: Path) -> bool:
     return any(map(is_picture_file, entries)) and not any(map(dicom.is_dicom_file, entries))
 
 
-def _video_not_scan(path: Path, what: str) -> InputError:
+def video_not_scan(path: Path, what: str) -> InputError:
     return InputError(f"{path}: {what}, not a scan; `medsam2 segment` reads videos (prompt a frame with --frame-box)")
 
 
 def _read_dicom_folder(path: Path) -> Volume:
     if is_frame_folder(path):
-        raise _video_not_scan(path, "a folder of video frames")
+        raise video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
     return _dicom_volume(image, path, pydicom.dcmread(files[0], stop_before_pixels=True, force=True), files)
 
