@@ -146,7 +146,7 @@ def _binary_mask(mask: object, where: str) -> np.ndarray:
         raise InputError(f"{where}: a mask is an (H, W) array of 0 and 1, not of {array.dtype}")
     if np.issubdtype(array.dtype, np.floating) and not np.isin(array, (0.0, 1.0)).all():
         raise InputError(f"{where}: a mask holds 0 and 1 only, not fractions (threshold a probability map first: probabilities > 0.5)")
-    return array != 0
+    return array if array.dtype == bool else array != 0  # a bool mask as it is: a loaded label map is not copied per slice
 
 
 def _shown(values: tuple[float, ...]) -> str:
