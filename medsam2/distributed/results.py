@@ -28,6 +28,7 @@ from medsam2.distributed.worker import MASKS_FOLDER, BatchSettings, CaseResult
 from medsam2.engine.registry import checkpoint_identity
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_write_text, check_output_paths, make_output_folder
+from medsam2.io.paths import file_identity
 
 JOURNAL = "results.jsonl"
 TABLE = "results.csv"
@@ -48,7 +49,7 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
         described = {
             "case": {key: value for key, value in asdict(case).items() if key != "line"},
             "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
-            "ground_truth": _file_identity(case.gt) if case.gt is not None else None,
+            "ground_truth": file_identity(case.gt) if case.gt is not None else None,  # missing: the case fails and says why
             "model": models[case.model or settings.model],
             "memory": case.memory or settings.memory,
             "format": case.output_format or settings.output_format,
@@ -56,15 +57,6 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
         }
         digests[case.case_id] = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digests
-
-
-def _file_identity(path: Path) -> str | None:
-    """Size and modification time of a file (or a DICOM folder's newest file): cheap enough for every case."""
-    try:
-        stats = [path.stat()] if path.is_file() else [entry.stat() for entry in path.iterdir() if entry.is_file()]
-    except OSError:  # missing or unreadable: the case will fail and say why
-        return None
-    return f"{sum(stat.st_size for stat in stats)} bytes, modified {max((stat.st_mtime_ns for stat in stats), default=0)}"
 
 
 def _file_digest(path: Path) -> str | None:

@@ -29,6 +29,7 @@ import torch
 
 from medsam2.engine.sam2_predictor import Precision, SAM2Predictor
 from medsam2.errors import InputError, first_line
+from medsam2.io.paths import file_identity
 from medsam2.models.lite_medsam import check_lite_medsam_state
 from medsam2.models.sam2 import SAM2Config, check_sam2_state, is_sam2_state, sam2_from_state
 from medsam2.models.weights import read_checkpoint
@@ -218,10 +219,10 @@ def checkpoint_identity(spec: str) -> str:
         return spec
     pinned = pinned_spec(spec)
     try:
-        stat = resolve_model(pinned).path.stat()
-    except (InputError, OSError):
+        identity = file_identity(resolve_model(pinned).path)
+    except InputError:
         return pinned
-    return f"{pinned} ({stat.st_size} bytes, modified {stat.st_mtime_ns})"
+    return pinned if identity is None else f"{pinned} ({identity})"
 
 
 def is_lite_medsam_state(state: dict[str, torch.Tensor]) -> bool:

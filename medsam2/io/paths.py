@@ -39,3 +39,14 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p)
     )
+
+
+def file_identity(path: Path) -> str | None:
+    """Size and modification time of a file, or of a folder's files (a DICOM series: their total
+    size, the newest time): what a record notices a file's change by without reading it. None
+    where it cannot be read."""
+    try:
+        stats = [path.stat()] if path.is_file() else [entry.stat() for entry in path.iterdir() if entry.is_file()]
+    except OSError:
+        return None
+    return f"{sum(stat.st_size for stat in stats)} bytes, modified {max((stat.st_mtime_ns for stat in stats), default=0)}"
