@@ -320,7 +320,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("relative npz", ["npz source /", "/npz/missing: no such file or folder"]),  # resolved from the config's folder, tidied
         ("unknown val case", ["no case with id 'nope' (ids: case0, case1, val0)"]),
         ("shape", ["case1.nii.gz", "shape (Z, Y, X) differs: (2, 64, 60) vs"]),  # the mask's first, as named
-        ("empty", ["no training case has a labelled voxel (2 training cases read): nothing to learn from"]),
+        ("empty", ["no training case has a labelled voxel (2 cases read): nothing to learn from"]),
         ("unpaired", ["case1.nii.gz: no mask named case1"]),
         ("unknown key", ["train.yaml", "unknown key 'optimizer.learning_rate'"]),
         ("bad value", ["train.yaml", "training.steps must be >= 1"]),
@@ -446,6 +446,23 @@ def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path, 
     # `--model FILE` runs it as it was trained: MedSAM2's settings (the default preset) at 128 px.
     trained = load_predictor(str(summary.model_path))
     assert (trained.model.image_size, trained.transform.resample) == (128, "bilinear")
+
+
+def test_cases_without_labels_are_left_out_before_the_split(tmp_path: Path) -> None:
+    """An empty mask is left out before the validation cases are drawn: whichever the seed, one of
+    the labelled cases validates (an empty case drawn for validation left none, and drawn for
+    training, with two cases, none to train on)."""
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+    for name, labelled, seed in (("empty", [], 0), ("first", [0, 1], 1), ("second", [1], 2)):
+        write_case(tmp_path, name, labelled, seed)
+    sources = [{"images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}]
+    for seed in range(4):
+        data = prepare_data(config_from_dict({"data": {"sources": sources, "val_fraction": 0.5}}).data, seed=seed, context=0, progress=False)
+        assert len(data.train) == len(data.val) == 1 and {c.id for c in data.train + data.val} == {"first", "second"}
+        assert data.skipped == [f"{tmp_path / 'masks' / 'empty.nii.gz'}: case empty has no labelled voxel; left out"]
+    with pytest.raises(InputError, match="data.val_cases: case 'empty' has no labelled voxel to validate on"):
+        prepare_data(config_from_dict({"data": {"sources": sources, "val_cases": ["empty"]}}).data, seed=0, context=0, progress=False)
 
 
 def test_every_kind_of_source_is_read_and_split_by_case(dataset: Path, ct_lesion_cases, tmp_path: Path) -> None:

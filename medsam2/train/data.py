@@ -25,6 +25,7 @@ from medsam2.engine.api import prepare_slices
 from medsam2.errors import InputError
 from medsam2.progress import leave_finished_bar
 from medsam2.io import check_same_geometry, load_image, to_slices
+from medsam2.io.dicom import is_segmentation
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.paths import image_suffix, list_image_files, mask_file_stem
 from medsam2.io.training_set import file_sha256, read_manifest
@@ -166,6 +167,17 @@ def load_case(files: CaseFiles, config: DataConfig, context: int | None) -> Case
     return CaseData(files.id, slices, labels, objects)
 
 
+def has_labels(files: CaseFiles) -> bool:
+    """Whether the case's label map holds a labelled voxel, reading the labels only (an npz's array
+    alone); True for a DICOM-SEG, which is read against its image (`load_case` then tells)."""
+    if files.npz_key is not None:
+        with np.load(files.image) as archive:
+            return files.npz_key not in archive.files or bool(np.any(archive[files.npz_key]))  # missing: load_case says so
+    if is_segmentation(files.mask):
+        return True
+    return bool(load_mask(files.mask).array.any())
+
+
 def split_cases(cases: list[CaseFiles], config: DataConfig, seed: int) -> tuple[list[CaseFiles], list[CaseFiles]]:
     """(train, validation), by case: the explicit `val_cases`, else a seeded random `val_fraction`
     of them (at least one case when the fraction is > 0 and there are two cases or more)."""
@@ -192,10 +204,18 @@ def prepare_data(config: DataConfig, seed: int, context: int, progress: bool = T
     """Find, split, read and check every case. `context`: slices kept around the objects of
     training cases (the clip samplers need the slices next to an object)."""
     files = discover_cases(config.sources)
-    train_files, val_files = split_cases(files, config, seed)
+    # Cases without a labelled voxel are left out before the split, so that which of them the seed
+    # drew did not decide whether a validation (or training) set remains.
+    empty = {case.id for case in files if not has_labels(case)}
+    if files and len(empty) == len(files):
+        raise InputError(f"no training case has a labelled voxel ({counted(len(files), 'case')} read): nothing to learn from")
+    if named := sorted(empty & set(config.val_cases)):
+        raise InputError(f"data.val_cases: case {named[0]!r} has no labelled voxel to validate on")
+    train_files, val_files = split_cases([case for case in files if case.id not in empty], config, seed)
     entries, skipped = [], []
     loaded: dict[str, list[CaseData]] = {"train": [], "val": []}
-    jobs = [("train", case) for case in train_files] + [("val", case) for case in val_files]
+    # The empty cases are read too, so that one whose mask does not fit its image says so.
+    jobs = [("train", case) for case in train_files] + [("val", case) for case in val_files] + [("empty", case) for case in files if case.id in empty]
     for split, case_files in tqdm(jobs, desc="reading cases", unit="case", disable=not progress, leave=leave_finished_bar()):
         case = load_case(case_files, config, context if split == "train" else None)
         if not case.objects:
