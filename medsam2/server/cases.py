@@ -96,22 +96,39 @@ class Case:
         return {"id": self.id, "name": self.name, "source": self.source, "can_save": self.can_save, "start_slice": self.start_slice}
 
 
+def _case_stem(path: Path) -> str:
+    """What a case's saved masks are named after: its file name without the suffix, or its folder's name."""
+    return path.name if path.is_dir() else mask_file_stem(path)
+
+
 def saved_mask_path(case_path: Path, suffix: str) -> Path:
     """``scans/a.nii.gz`` -> ``scans/a_mask<suffix>``; a DICOM folder ``ct/`` -> ``ct_mask<suffix>`` beside it."""
-    stem = case_path.name if case_path.is_dir() else mask_file_stem(case_path)
-    return case_path.parent / f"{stem}{SAVED_MASK_MARK}{suffix}"
+    return case_path.parent / f"{_case_stem(case_path)}{SAVED_MASK_MARK}{suffix}"
 
 
 def mask_name_rival(case_path: Path) -> Path | None:
     """Another case beside `case_path` whose saved masks would have its masks' names (clip.mp4 and
     clip.nii.gz both save clip_mask.*), if any."""
-    stem = case_path.name if case_path.is_dir() else mask_file_stem(case_path)
+    stem = _case_stem(case_path)
     for other in sorted(case_path.parent.iterdir()):
-        if other == case_path or (other.name if other.is_dir() else mask_file_stem(other)) != stem:
-            continue
-        if other.is_dir() and any(is_dicom_file(entry) for entry in other.iterdir()) or other.is_file() and _is_case_file(other):
+        if other != case_path and _case_stem(other) == stem and (_is_series_folder(other) if other.is_dir() else _is_case_file(other)):
             return other
     return None
+
+
+def dicom_series_files(folder: Path, files: list[str]) -> set[str]:
+    """The DICOM files of `folder` if they make a series (two or more); a lone one is a file case."""
+    dicom_files = {
+        name
+        for name in files
+        if not name.startswith(".")
+        and (name.lower().endswith(".dcm") or (image_suffix(Path(name)) is None and is_dicom_file(folder / name)))
+    }
+    return dicom_files if len(dicom_files) > 1 else set()
+
+
+def _is_series_folder(folder: Path) -> bool:
+    return bool(dicom_series_files(folder, [entry.name for entry in folder.iterdir() if entry.is_file()]))
 
 
 def _is_saved_mask(path: Path) -> bool:
@@ -210,21 +227,10 @@ class CaseCatalog:
         for folder, subfolders, files in os.walk(root):
             subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=natural_key)
             here = Path(folder)
-            series = self._dicom_series_files(here, files)
+            series = dicom_series_files(here, files)
             candidates = ([here] if series else []) + [here / name for name in sorted(files, key=natural_key) if name not in series]
             cases += [case for path in candidates if (case := self._data_case(path)) is not None]
         return cases
-
-    @staticmethod
-    def _dicom_series_files(folder: Path, files: list[str]) -> set[str]:
-        """The DICOM files of `folder` if they make a series (two or more); a lone one is a file case."""
-        dicom_files = {
-            name
-            for name in files
-            if not name.startswith(".")
-            and (name.lower().endswith(".dcm") or (image_suffix(Path(name)) is None and is_dicom_file(folder / name)))
-        }
-        return dicom_files if len(dicom_files) > 1 else set()
 
     def _data_case(self, path: Path) -> Case | None:
         root = self.data_dir
@@ -232,7 +238,7 @@ class CaseCatalog:
         if hidden or not path.exists() or not _inside(path, root):
             return None
         if path.is_dir():
-            if not self._dicom_series_files(path, [entry.name for entry in path.iterdir() if entry.is_file()]):
+            if not _is_series_folder(path):
                 return None
         elif not _is_case_file(path):
             return None
