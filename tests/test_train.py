@@ -498,3 +498,12 @@ def test_every_kind_of_source_is_read_and_split_by_case(dataset: Path, ct_lesion
     shutil.move(exported, moved)
     document["data"]["sources"][0] = {"manifest": str(moved / "manifest.json")}
     assert prepare_data(config_from_dict(document).data, seed=0, context=0, progress=False).sha256 == data.sha256
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 1), (3, 4), (3, 5), (2, 10)])
+def test_learning_rate_schedule_ends_at_its_floor(warmup, total):
+    # One step after the warmup used to keep the full rate: the schedule never decayed.
+    factors = [trainer.warmup_cosine(step, warmup, total, 0.1) for step in range(total)]
+    assert factors[-1] == pytest.approx(0.1)
+    assert all(earlier >= later for earlier, later in zip(factors[warmup:], factors[warmup + 1 :]))
+    assert all(0 < factor <= 1 for factor in factors)

@@ -80,7 +80,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     steps, then a cosine down to `min_ratio` at the last step."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup - 1)
+    decay_steps = total - warmup - 1
+    # One step after the warmup is the last step: it takes min_ratio, as any last step does.
+    progress = (step - warmup) / decay_steps if decay_steps > 0 else 1.0
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
