@@ -46,8 +46,7 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     if is_video_mask(pred_path) or is_video_mask(gt_path):
         return score_video_pair(pred_path, gt_path, tolerance_mm)
     pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
-    if not np.allclose(pred.direction, gt.direction, atol=1e-3):  # the same grid stored in another order, maybe
-        gt = in_storage_order_of(gt, pred) or gt
+    gt = in_storage_order_of(gt, pred)  # the same grid stored in another order, maybe
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
     return CaseScores(mask_file_stem(gt_path), scores, in_pixels=not gt.has_spacing)

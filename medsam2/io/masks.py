@@ -73,8 +73,8 @@ def on_grid_of(mask: Volume, image: Volume) -> Volume:
     """`mask` voxel for voxel on `image`'s grid: as it is, or, stored in another axis order (a tool
     saving RAS for an LPS scan), rearranged into the image's; a one-line error unless it then
     overlays the image as far as its file says (`check_mask_fits`)."""
-    if states_geometry(mask) and not np.allclose(mask.direction, image.direction, atol=1e-3):
-        mask = in_storage_order_of(mask, image) or mask
+    if states_geometry(mask):
+        mask = in_storage_order_of(mask, image)
     check_mask_fits(image, mask)
     return mask
 

@@ -151,16 +151,19 @@ def check_same_geometry(a: Volume, b: Volume, what: str, tolerance: float = 1e-3
             raise InputError(f"{what}: {name} differs: {_geometry_text(a, name, ours)} vs {_geometry_text(b, name, theirs)}")
 
 
-def in_storage_order_of(volume: Volume, like: Volume) -> Volume | None:
+def in_storage_order_of(volume: Volume, like: Volume) -> Volume:
     """`volume` with its voxels rearranged (axes swapped, flipped) into the storage order of `like`,
     where its axes are `like`'s in another order or sense (a mask saved as RAS for an LPS scan): the
-    same voxels in the same places. None where no such rearrangement lines the axes up."""
+    same voxels in the same places. As it is where its axes already run as `like`'s, or where no such
+    rearrangement lines them up (the geometry check that follows then says what differs)."""
+    if np.allclose(volume.direction, like.direction, atol=1e-3):
+        return volume
     relation = volume.direction_matrix.T @ like.direction_matrix  # [b, a]: volume index axis b . like axis a
     if not np.allclose(np.abs(relation), np.eye(3)[np.argmax(np.abs(relation), axis=0)].T, atol=1e-3):
-        return None
+        return volume
     source = np.argmax(np.abs(relation), axis=0)  # like's index axis a (x, y, z) is volume's axis source[a]
     if len(set(source.tolist())) != 3 or volume.array.ndim != 3:
-        return None
+        return volume
     signs = np.sign(relation[source, np.arange(3)])
     # array axes run (z, y, x): array axis k holds index axis 2 - k
     array = np.transpose(volume.array, [2 - source[2 - k] for k in range(3)])
