@@ -278,6 +278,29 @@ def test_a_gantry_tilted_series_is_refused(tmp_path: Path, ct_case: Volume, writ
         load_image(tmp_path / "tilt")
 
 
+def test_dicom_files_written_without_preamble_read_as_with_it(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """Older scanners and PACS exports write DICOM without the 128-byte preamble and file meta group,
+    often in files without a suffix: such a series reads as the same series written with them, and
+    a mask is written on it as a DICOM-SEG (they were "no DICOM files in this folder")."""
+    files = write_dicom_series(ct_case, tmp_path / "with")
+    bare = tmp_path / "without"
+    bare.mkdir()
+    for index, file in enumerate(files):
+        dataset = pydicom.dcmread(file)
+        dataset.preamble, dataset.file_meta = None, pydicom.dataset.FileMetaDataset()
+        dataset.save_as(bare / f"IM{index:04d}", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert not pydicom.misc.is_dicom(bare / "IM0000")
+    series = load_image(bare)
+    assert_same_volume(series, load_image(tmp_path / "with"))
+    assert series.modality == "CT"
+    assert_same_volume(load_image(bare / "IM0003"), load_image(files[3]))
+    mask = (series.array > 0).astype(np.uint8)
+    save_mask(mask, series, tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(load_mask(tmp_path / "seg.dcm", like=series).array, mask)
+
+
 def test_dicom_series_with_a_damaged_slice_is_refused(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]], capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -236,6 +236,12 @@ def test_cine_dicom_round_trip_with_frame_time_and_region_spacing(tmp_path: Path
     assert video.frame_rate == pytest.approx(30.0, rel=1e-5)
     assert video.pixel_spacing == pytest.approx((0.25, 0.3))  # cm -> mm, (x, y)
     assert np.array_equal(frames, clip)
+    # Written without preamble and file meta, in a file without a suffix, as older machines do.
+    dataset = pydicom.dcmread(path)
+    dataset.preamble, dataset.file_meta = None, FileMetaDataset()
+    dataset.save_as(tmp_path / "ECHO0001", implicit_vr=False, little_endian=True, enforce_file_format=False)
+    assert is_video(tmp_path / "ECHO0001")
+    assert np.array_equal(read_all(tmp_path / "ECHO0001")[1], clip)
 
 
 def test_cine_dicom_pixel_spacing_and_cine_rate(tmp_path: Path) -> None:

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import typer
 
 from medsam2.cli.errors import reports_input_errors
 from medsam2.engine.registry import describe_checkpoint
 from medsam2.io import Volume, load_image
-from medsam2.io.dicom import is_segmentation, tracked_object
+from medsam2.io.dicom import is_segmentation, read_header, tracked_object
 from medsam2.io.masks import NPZ_MASK_KEYS, states_geometry, stored_array
 from medsam2.io.readers import file_suffix, is_picture_file
 from medsam2.io.video import Video, is_video, load_video
@@ -70,7 +69,7 @@ def describe(volume: Volume, stored: Volume | None = None) -> dict:
 def describe_segmentation(path: Path) -> dict:
     """The facts of a DICOM-SEG: its segments and the series it segments (its voxels are read
     against that series, by `segment --mask-prompt/--edit` and `eval --image`)."""
-    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    dataset = read_header(path)
     referenced = dataset.get("ReferencedSeriesSequence") or [{}]
     return {
         "file": str(path),

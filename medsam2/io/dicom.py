@@ -38,8 +38,40 @@ STACKED_IN_ONE_SERIES = {
 
 
 def is_dicom_file(path: Path) -> bool:
-    """True for a file with the DICOM preamble ("DICM" at byte 128), whatever its name."""
-    return path.is_file() and pydicom.misc.is_dicom(path)
+    """True for a DICOM file, whatever its name: one with the preamble ("DICM" at byte 128), or one
+    written without it and without a file meta group, as older scanners and PACS exports (ACR-NEMA
+    style) write them, which then begins with a group 0008 data element, little endian."""
+    if not path.is_file():
+        return False
+    if pydicom.misc.is_dicom(path):
+        return True
+    with open(path, "rb") as file:
+        start = file.read(8)
+    if len(start) < 8 or start[:2] != b"\x08\x00":
+        return False
+    explicit_vr = start[4:6].decode("latin-1")
+    # Implicit VR: a 4-byte value length, which for the first elements (lengths, codes, dates) is small.
+    return explicit_vr in _VALUE_REPRESENTATIONS or int.from_bytes(start[4:], "little") < 2**16
+
+
+_VALUE_REPRESENTATIONS = frozenset(vr.value for vr in pydicom.valuerep.VR)
+
+
+def transfer_syntax(dataset: Dataset) -> pydicom.uid.UID:
+    """How `dataset`'s file is encoded: as its file meta says, or, in a file written without one
+    (`is_dicom_file`), as its elements were found to be when read."""
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return dataset.file_meta.TransferSyntaxUID
+    implicit, little = dataset.original_encoding
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+
+
+def read_header(path: Path | str, tags: Sequence[str] | None = None) -> Dataset:
+    """The header of a DICOM file (`is_dicom_file`: with or without its preamble), pixels unread;
+    only `tags` where given."""
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags, force=True)
 
 
 def is_dicomdir(path: Path) -> bool:
@@ -48,7 +80,7 @@ def is_dicomdir(path: Path) -> bool:
     if path.name.upper() != "DICOMDIR":
         return False
     try:
-        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["DirectoryRecordSequence"]).file_meta
+        meta = read_header(path, ["DirectoryRecordSequence"]).file_meta
     except Exception:  # noqa: BLE001 - not a readable DICOM file: not a DICOMDIR either
         return False
     return meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS
@@ -72,7 +104,7 @@ def separate_images(folder: Path) -> list[Path]:
     series = set()
     for file in files:
         try:
-            uid = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID")
+            uid = read_header(file, ["SeriesInstanceUID"]).get("SeriesInstanceUID")
         except Exception:  # noqa: BLE001 - a damaged file: reading the folder as a series says which
             return []
         if uid is None or uid in series:
@@ -134,7 +166,7 @@ def _check_no_file_left_out(entries: list[Path], in_series: set[Path], reader: s
         if not is_dicom_file(entry):
             continue
         try:
-            header = pydicom.dcmread(entry, stop_before_pixels=True)
+            header = read_header(entry)
         except Exception as error:  # pydicom raises many kinds for a damaged file
             raise InputError(f"{entry}: a damaged DICOM file in {folder.name}/ ({first_line(error)}); restore or remove it") from None
         uid = str(header.get("SeriesInstanceUID", "")).strip()
@@ -258,7 +290,7 @@ def states_pixel_spacing(header: Dataset) -> bool:
 
 def _series_in_words(file: str) -> str:
     """'series 3 "Bone 1.0" (CT)': how a viewer lists a series."""
-    header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesNumber", "SeriesDescription", "Modality"])
+    header = read_header(file, ["SeriesNumber", "SeriesDescription", "Modality"])
     description = str(header.get("SeriesDescription", "")).strip()
     return f"series {header.get('SeriesNumber', '?')}" + (f' "{description}"' if description else "") + f" ({header.get('Modality', '?')})"
 
@@ -277,7 +309,7 @@ def measured_values(array: np.ndarray, files: list[str], first: Dataset) -> np.n
         return array
     if first.get("PhotometricInterpretation") != "MONOCHROME1":  # a series has one photometric interpretation
         return array
-    headers = [pydicom.dcmread(file, stop_before_pixels=True) for file in files]
+    headers = [read_header(file) for file in files]
     measured = array.astype(np.float64)
     for index, header in enumerate(headers):
         slope, intercept = float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
@@ -295,7 +327,7 @@ def is_segmentation(path: Path) -> bool:
     """True for a DICOM-SEG file (Modality SEG)."""
     if not is_dicom_file(path):
         return False
-    dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    dataset = read_header(path, ["Modality"])
     return str(dataset.get("Modality", "")).strip().upper() == "SEG"
 
 

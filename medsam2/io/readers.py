@@ -255,7 +255,7 @@ def _read_dicom_file(path: Path) -> Volume:
             f"{path}: a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short or encoded in a way it does not "
             f"know ({library_reason(error)})"
         ) from None
-    header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    header = dicom.read_header(path)
     dicom.check_frame_positions(header, path)
     return _dicom_volume(image, path, header, [str(path)])
 
@@ -301,14 +301,14 @@ def _read_dicom_folder(path: Path) -> Volume:
     if is_frame_folder(path):
         raise video_not_scan(path, "a folder of video frames")
     image, files = dicom.read_largest_series(path)
-    return _dicom_volume(image, path, pydicom.dcmread(files[0], stop_before_pixels=True, force=True), files)
+    return _dicom_volume(image, path, dicom.read_header(files[0]), files)
 
 
 def dicom_headers(volume: Volume, purpose: str) -> list[pydicom.Dataset]:
     """The headers of the DICOM files `volume` was read from, in slice order (for a DICOM-SEG
     written on them or read against them: `purpose`); a one-line error if they cannot be re-read."""
     try:
-        return [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.meta["dicom_files"]]
+        return [dicom.read_header(file) for file in volume.meta["dicom_files"]]
     except (OSError, InvalidDicomError) as error:
         raise InputError(f"{volume.source}: cannot re-read its DICOM files {purpose} ({library_reason(error)})") from error
 

@@ -174,7 +174,7 @@ def is_video(path: str | Path) -> bool:
         if suffix in NIFTI_SUFFIXES:
             return CAMUS_SEQUENCE.match(path.name) is not None or _is_nifti_2d_t(load_nifti(path).shape)
         if dicom.is_dicom_file(path):
-            return _is_cine(pydicom.dcmread(path, stop_before_pixels=True))
+            return _is_cine(dicom.read_header(path))
     except _READ_ERRORS:
         return False
     return False
@@ -507,17 +507,18 @@ def _is_cine(dataset: pydicom.Dataset) -> bool:
 
 
 class _DicomFrames:
-    def __init__(self, path: Path, photometric: str, bits_stored: int):
+    def __init__(self, path: Path, photometric: str, bits_stored: int, encoding: pydicom.uid.UID):
         self.path = path
+        self.encoding = encoding
         self.photometric = photometric
         self.bits_stored = bits_stored
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        frames = np.stack(list(pydicom.pixels.iter_pixels(self.path, indices=range(start, stop))))
+        frames = np.stack(list(pydicom.pixels.iter_pixels(self.path, indices=range(start, stop), transfer_syntax_uid=self.encoding)))
         if self.photometric == "MONOCHROME1":  # low values are white
             frames = (2**self.bits_stored - 1) - frames
         elif self.photometric == "PALETTE COLOR":
-            frames = pydicom.pixels.apply_color_lut(frames, pydicom.dcmread(self.path, stop_before_pixels=True))
+            frames = pydicom.pixels.apply_color_lut(frames, dicom.read_header(self.path))
         return frames
 
     def close(self) -> None:
@@ -525,7 +526,7 @@ class _DicomFrames:
 
 
 def _open_dicom(path: Path) -> Video:
-    dataset = pydicom.dcmread(path, defer_size="1 KB")
+    dataset = pydicom.dcmread(path, defer_size="1 KB", force=True)
     if "PixelData" not in dataset:
         raise InputError(f"{path}: no pixel data in this DICOM file")
     count = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -533,7 +534,7 @@ def _open_dicom(path: Path) -> Video:
     color = int(dataset.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR"
     modality = str(dataset.get("Modality", "")).upper()
     video = Video(
-        frames=_DicomFrames(path, photometric, int(dataset.get("BitsStored", 8))),
+        frames=_DicomFrames(path, photometric, int(dataset.get("BitsStored", 8)), dicom.transfer_syntax(dataset)),
         num_frames=count,
         frame_shape=(int(dataset.Rows), int(dataset.Columns)),
         is_color=color,

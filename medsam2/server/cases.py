@@ -46,7 +46,7 @@ SIGNATURES: dict[str, tuple[tuple[int | None, bytes], ...]] = {
     ".nii": ((344, b"n+1\x00"), (4, b"n+2\x00")),
     ".nrrd": ((0, b"NRRD"),),
     ".mha": ((None, b"ElementDataFile"),),
-    ".dcm": ((128, b"DICM"),),
+    ".dcm": ((128, b"DICM"), (0, b"\x08\x00")),  # the preamble, or a file written without it (`is_dicom_file`)
     ".npz": ((0, b"PK\x03\x04"),),
     ".png": ((0, b"\x89PNG\r\n\x1a\n"),),
     ".jpg": ((0, b"\xff\xd8\xff"),),
