@@ -384,20 +384,26 @@ def test_a_dicom_seg_of_images_stating_no_slice_thickness_reads_back(
 ) -> None:
     """A series whose SliceThickness an anonymiser blanked or removed (a type 2 attribute) and a
     secondary capture that has none: their SEGs state the slice spacing as thickness, and read back (a SEG
-    without one is opened by no reader, highdicom's own included)."""
+    without one is opened by no reader, highdicom's own included). The patient and study attributes
+    of type 2 an anonymiser removed are left empty in the SEG (its writing failed: "its files lack
+    the DICOM attribute PatientBirthDate")."""
     for index, file in enumerate(write_dicom_series(ct_case, tmp_path / "blanked")):
         header = pydicom.dcmread(file)
         if index % 2:
             header.SliceThickness = None
         else:
             del header.SliceThickness  # left out altogether
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+            delattr(header, keyword)
         header.save_as(file)
     series = load_image(tmp_path / "blanked")
     labels = ct_case.meta["npz"]["gts"]
     read_back = load_mask(save_mask(labels, series, tmp_path / "series_seg.dcm"), like=series)
     np.testing.assert_array_equal(read_back.array, labels)
-    measures = pydicom.dcmread(tmp_path / "series_seg.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    seg = pydicom.dcmread(tmp_path / "series_seg.dcm")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SliceThickness) == pytest.approx(series.spacing[2])
+    assert (seg.PatientID, seg.PatientBirthDate, seg.StudyDate) == ("MEDSAM2-TEST", "", "")
     capture = load_image(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
     square = np.zeros(capture.shape, np.uint8)
     square[0, 10:40, 20:60] = 1

@@ -419,7 +419,7 @@ def build_segmentation(
     ]
     labels = numbered[labels]
     segmentation = hd.seg.Segmentation(
-        source_images=_stating_slice_thickness(sources, slice_thickness),
+        source_images=_completed_for_seg(sources, slice_thickness),
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -443,15 +443,26 @@ def build_segmentation(
     return segmentation
 
 
-def _stating_slice_thickness(sources: Sequence[Dataset], slice_thickness: float) -> Sequence[Dataset]:
-    """`sources`, or copies of their headers stating `slice_thickness` where single-frame sources
-    state none (an anonymiser's blank, a secondary capture): highdicom copies their pixel measures
-    into the SEG, and no reader, highdicom's own included, opens a SEG whose measures lack it."""
-    if "SharedFunctionalGroupsSequence" in sources[0] or all(source.get("SliceThickness") for source in sources):
+# Type 2 attributes of the patient and study modules that highdicom copies from the sources into a
+# SEG: DICOM lets them be empty, and anonymisers often remove them instead.
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
+
+
+def _completed_for_seg(sources: Sequence[Dataset], slice_thickness: float) -> Sequence[Dataset]:
+    """`sources`, or copies of their headers completed as a SEG needs them: stating `slice_thickness`
+    where single-frame sources state none (an anonymiser's blank, a secondary capture: highdicom
+    copies their pixel measures into the SEG, and no reader, highdicom's own included, opens a SEG
+    whose measures lack it), and with the patient and study attributes they lack present but empty."""
+    thickness_missing = "SharedFunctionalGroupsSequence" not in sources[0] and not all(source.get("SliceThickness") for source in sources)
+    absent = [keyword for keyword in PATIENT_STUDY_TYPE2 if keyword not in sources[0]]
+    if not thickness_missing and not absent:
         return sources
-    stated = []
+    completed = []
     for source in sources:
         header = copy.deepcopy(source)
-        header.SliceThickness = header.get("SliceThickness") or pydicom.valuerep.DS(slice_thickness, auto_format=True)
-        stated.append(header)
-    return stated
+        if thickness_missing:
+            header.SliceThickness = header.get("SliceThickness") or pydicom.valuerep.DS(slice_thickness, auto_format=True)
+        for keyword in absent:
+            setattr(header, keyword, "")
+        completed.append(header)
+    return completed
