@@ -29,8 +29,11 @@ import ray
 from typer.testing import CliRunner
 
 from medsam2.cli.main import app
+from medsam2.distributed import BatchSettings, read_manifest
+from medsam2.distributed.results import fingerprints
+from medsam2.distributed.worker import CaseRunner
 from medsam2.engine.prompts import box_from_mask
-from medsam2.io import check_same_geometry, load_image
+from medsam2.io import check_same_geometry, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice, nsd
 
@@ -338,6 +341,30 @@ def test_masks_identical_to_segment_command(local_run: StoppedAndResumed, manife
     batch_mask = written_mask(local_run.resumed.out / "masks" / "c02.nii.gz", manifests.images["c02"])
     segment_mask = written_mask(single, manifests.images["c02"])
     assert batch_mask.any() and np.array_equal(batch_mask, segment_mask)
+
+
+def test_a_mask_prompt_row_segments_as_the_segment_command_does_and_reruns_when_the_mask_changes(manifests: Manifests, tmp_path: Path) -> None:
+    """The manifest's mask_prompt column is segment's --mask-prompt (batch had no way to prompt from
+    a mask); a mask prompt edited since counts in the case's fingerprint."""
+    image = manifests.images["c01"]
+    prompt_mask = tmp_path / "prompt.nii.gz"
+    save_mask((stored_array(load_image(image), "gts") > 0).astype(np.uint8), load_image(image), prompt_mask)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"id,image,mask_prompt,gt\nc01,{image},prompt.nii.gz,{image}\n")
+    (case,) = read_manifest(manifest)
+    settings = BatchSettings(out_dir=tmp_path / "out", output_format="nii.gz")
+    result = CaseRunner(settings).run(case)
+    assert result.status == "ok", result.error
+    assert result.dsc is not None and result.dsc > 0.7
+    single = tmp_path / "single.nii.gz"
+    segmented = CliRunner().invoke(app, ["segment", str(image), "--mask-prompt", str(prompt_mask), "-o", str(single)])
+    assert segmented.exit_code == 0, segmented.output
+    batch_mask = written_mask(settings.out_dir / "masks" / "c01.nii.gz", image)
+    assert batch_mask.any() and np.array_equal(batch_mask, written_mask(single, image))
+    before = fingerprints([case], settings)
+    save_mask(np.zeros(load_image(image).shape, np.uint8), load_image(image), prompt_mask)
+    os.utime(prompt_mask, ns=(0, 0))  # a change the size alone might not show
+    assert fingerprints([case], settings) != before
 
 
 def test_ray_engine_retries_a_killed_worker_and_matches_the_local_engine(

@@ -350,7 +350,7 @@ def test_rows_that_cannot_be_written_or_prompted_fail_before_the_model_loads(
     assert [(r.status, r.traceback) for r in results] == [("failed", None)] * 5
     assert "seg.dcm: DICOM-SEG output needs a DICOM input image" in results[0].error
     assert "picture.png: PNG holds one 2D slice but the image has" in results[1].error
-    assert results[2].error.endswith("no prompt given (give a box, point, recist or prompts column)")
+    assert results[2].error.endswith("no prompt given (give a box, point, recist, prompts or mask_prompt column)")
     assert results[3].error.endswith("taken.npz: a folder is there, and this output is a file; remove the folder or name another file")
     assert "own.npz: writing there would replace the input" in results[4].error
     assert own_image.read_bytes() == ct_lesion_cases[1].read_bytes()

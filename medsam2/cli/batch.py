@@ -53,8 +53,9 @@ def batch(
 
     Manifest columns (CSV header or JSONL keys; only image is required): id, image, box, point,
     recist (the text of segment's --box/--point/--recist; several separated by ';'), prompts (a
-    prompts JSON file), gt (ground truth, for DSC and NSD), model, memory, format. Relative paths are taken
-    from the manifest's folder. An npz with a recist marker needs no prompt column.
+    prompts JSON file), mask_prompt (a mask file, as segment's --mask-prompt), gt (ground truth, for
+    DSC and NSD), model, memory, format. Relative paths are taken from the manifest's folder. An
+    npz with a recist marker needs no prompt column.
 
     Each case's mask is written atomically in the image's geometry and recorded in results.jsonl as
     it finishes; results.csv (status, error, seconds, DSC, NSD per case) is rebuilt at the end. A

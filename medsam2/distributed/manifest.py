@@ -9,6 +9,8 @@ Columns (CSV header, or JSONL keys; only ``image`` is required)::
     point    "Z,X,Y[,LABEL[,ID]]"         as `medsam2 segment --point`
     recist   "Z,X1,Y1,X2,Y2[,ID]"        as `medsam2 segment --recist`
     prompts  a prompts JSON file          as `medsam2 segment --prompts`
+    mask_prompt  a mask file in the image's geometry, each label an object prompted by its largest
+             slice, as `medsam2 segment --mask-prompt` (a DICOM-SEG of a DICOM series too)
     gt       a ground-truth mask in the image's geometry (an npz's own `gts` when it is the image)
     model    the model for this case (default: the command's --model)
     memory   a memory model's bank for this case: recent or confidence (default: the command's --memory)
@@ -38,10 +40,10 @@ from medsam2.io.writers import SUPPORTED_MASK_SUFFIXES
 
 AUTO_FORMAT = "auto"
 FORMATS = (AUTO_FORMAT, *(suffix.lstrip(".") for suffix in SUPPORTED_MASK_SUFFIXES))
-COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "gt", "model", "memory", "format")
+COLUMNS = ("id", "image", "box", "point", "recist", "prompts", "mask_prompt", "gt", "model", "memory", "format")
 PROMPT_COLUMNS = ("box", "point", "recist")
 # Messages about a row's prompts name its columns, not the options of `segment`.
-MANIFEST_PROMPTS = PromptNames("box", "point", "recist", "slice", "give a box, point, recist or prompts column")
+MANIFEST_PROMPTS = PromptNames("box", "point", "recist", "slice", "give a box, point, recist, prompts or mask_prompt column")
 # Ids become file names on every node of a cluster: keep them portable.
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -173,6 +175,7 @@ def _case(values: dict, line: int, manifest: Path) -> Case:
         points=_prompt_texts(values.get("point"), where, "point"),
         recists=_prompt_texts(values.get("recist"), where, "recist"),
         prompts_file=_resolve(manifest, prompts_file) if prompts_file else None,
+        mask_prompt=_resolve(manifest, text["mask_prompt"]) if "mask_prompt" in text else None,
     )
     try:
         check_prompt_texts(prompts, MANIFEST_PROMPTS)

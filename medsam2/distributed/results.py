@@ -38,8 +38,8 @@ TABLE_COLUMNS = ("case_id", "status", "dsc", "nsd", "seconds", "output", "image"
 
 def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
     """Case id -> a digest of everything the case's result depends on: its row (line number aside) and its
-    prompts file's content, its ground truth's size and modification time (a corrected one is scored
-    again), its effective model (the checkpoint file a preset names now, its size and modification
+    prompts file's content, its mask prompt's and ground truth's size and modification time (a
+    corrected one is run or scored again), its effective model (the checkpoint file a preset names now, its size and modification
     time: looked up once per model), memory bank and format, and the batch settings that shape masks
     and scores. (Not the images' content: reading every scan to check for edits would cost a run.)"""
     models = {spec: checkpoint_identity(spec) for spec in {case.model or settings.model for case in cases}}
@@ -49,6 +49,7 @@ def fingerprints(cases: list[Case], settings: BatchSettings) -> dict[str, str]:
         described = {
             "case": {key: value for key, value in asdict(case).items() if key != "line"},
             "prompts_file": _file_digest(prompts_file) if prompts_file is not None else None,
+            "mask_prompt": file_identity(case.prompts.mask_prompt) if case.prompts.mask_prompt is not None else None,
             "ground_truth": file_identity(case.gt) if case.gt is not None else None,  # missing: the case fails and says why
             "model": models[case.model or settings.model],
             "memory": case.memory or settings.memory,

@@ -133,7 +133,7 @@ class CaseRunner:
         volume = load_image(case.image)
         output = Path(MASKS_FOLDER) / f"{case.case_id}{suffix}"
         # A mask that would replace the row's image or ground truth, a folder in its place...
-        check_output_paths([case.image, case.gt], [settings.out_dir / output])
+        check_output_paths([case.image, case.gt, case.prompts.mask_prompt], [settings.out_dir / output])
         check_mask_output(settings.out_dir / output, volume)  # ... a DICOM-SEG of a NIfTI, a PNG of a scan
         prompts = gather_prompts(volume, settings.axis, case.prompts, MANIFEST_PROMPTS)
         truth = self._ground_truth(case.gt, volume) if case.gt is not None else None
