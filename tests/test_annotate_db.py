@@ -418,6 +418,40 @@ def test_effort_report_compares_rounds(tmp_path: Path, synthetic_cases: Path, pr
     project.close()
 
 
+def test_effort_counts_the_time_annotators_held_a_case_not_the_time_it_waited(tmp_path: Path, synthetic_cases: Path, predictors) -> None:
+    """alice works 2 minutes and leaves her lease to run out; bob takes the case 40 minutes in,
+    works 2 minutes and releases it; it waits in the queue an hour; carol accepts it 3 minutes after
+    taking it. The case cost 7 minutes of annotators' time (was 103: from the first lease on)."""
+    init_project(tmp_path / "project").close()
+    start = utc_now()
+    now = [start]
+    project = open_project(tmp_path / "project", clock=lambda: now[0])
+    import_cases(project, [synthetic_cases / "images" / "case_00.nii.gz"], masks=synthetic_cases / "masks" / "case_00.nii.gz", progress=False)
+
+    def at(minutes: float) -> None:
+        now[0] = start + timedelta(minutes=minutes)
+
+    def correct(work: WorkSession, index: int) -> None:
+        work.add_correction(index, 1, np.zeros(work.model.slice_hw, dtype=bool))
+
+    name = lease_next(project, "alice").name
+    at(2)
+    correct(WorkSession(project, name, "alice", predictors), 0)
+    at(40)
+    assert lease_next(project, "bob").name == name
+    at(41)
+    correct(WorkSession(project, name, "bob", predictors), 1)
+    at(42)
+    release(project, name, "bob")
+    at(100)
+    assert lease_next(project, "carol").name == name
+    at(103)
+    WorkSession(project, name, "carol", predictors).accept()
+    (effort,) = effort_report(project).cases
+    assert (effort.annotators, effort.interactions, effort.seconds) == ("alice,bob,carol", 2, 7 * 60.0)
+    project.close()
+
+
 def test_a_round_records_its_checkpoint_and_refuses_it_changed(tmp_path: Path, synthetic_cases: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = Path(shutil.copy(bundled_lite_medsam_checkpoint(), tmp_path / "finetuned.pth"))
     project = init_project(tmp_path / "project")

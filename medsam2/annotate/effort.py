@@ -5,7 +5,9 @@ For a finished case:
 - interactions: the annotator's prompts, hand corrections and undos (taking a case, accepting it
   and the model's pre-segmentation are not counted);
 - slices touched: the distinct slices those interactions were on;
-- seconds: from the first time the case was taken to the decision;
+- seconds: the time annotators held the case: each lease from its taking to its release or the
+  decision, and a lease left to run out to its holder's last action (a case back in the queue, or
+  held by nobody, costs no one effort; several annotators' leases add up);
 - initial Dice: between the pre-segmentation (the imported mask, the model's mask from the hints,
   or from the annotator's first prompt) and the accepted mask;
 - manual slices: the slices the accepted mask covers, i.e. the interactions fully manual
@@ -102,7 +104,6 @@ def effort_report(project: Project) -> EffortReport:
 def case_effort(case: CaseRow, round_number: int, history: list[InteractionRow]) -> CaseEffort:
     effort = [i for i in history if i.kind in {k.value for k in EFFORT_KINDS}]
     count = {kind: sum(i.kind == kind.value for i in effort) for kind in EFFORT_KINDS}
-    leases = [i.created_at for i in history if i.kind == InteractionKind.LEASE.value]
     return CaseEffort(
         case=case.name,
         round=round_number,
@@ -113,11 +114,37 @@ def case_effort(case: CaseRow, round_number: int, history: list[InteractionRow])
         corrections=count[InteractionKind.CORRECTION],
         undos=count[InteractionKind.UNDO],
         slices_touched=len({i.slice_index for i in effort}),
-        seconds=(case.finished_at - leases[0]).total_seconds() if leases else None,
+        seconds=held_seconds(history),
         initial_dice=case.initial_dice,
         preseg_source=case.preseg_source,
         manual_slices=case.mask_slices,
     )
+
+
+# What ends a lease on the spot; any other lease ends by running out.
+LEASE_ENDS = {InteractionKind.RELEASE.value, InteractionKind.ACCEPT.value, InteractionKind.REJECT.value}
+
+
+def held_seconds(history: list[InteractionRow]) -> float | None:
+    """Seconds annotators held the case, over the case's history in order (None: never leased).
+    A lease that ran out is only known to have lasted to its holder's last action: counting it to
+    its expiry would add a whole lease of nobody's work, and from the first lease to the decision
+    would add the time the case sat in the queue."""
+    total, leased, span = 0.0, False, None  # span: [holder, taken at, their latest action]
+    for event in history:
+        if event.kind == InteractionKind.LEASE.value:
+            if span is not None:  # the previous lease ran out before this one was taken
+                total += (span[2] - span[1]).total_seconds()
+            leased = True
+            span = [event.annotator, event.created_at, event.created_at]
+        elif span is not None and event.annotator == span[0]:
+            span[2] = event.created_at
+            if event.kind in LEASE_ENDS:
+                total += (span[2] - span[1]).total_seconds()
+                span = None
+    if span is not None:
+        total += (span[2] - span[1]).total_seconds()
+    return total if leased else None
 
 
 def round_effort(row: RoundRow, cases: list[CaseEffort]) -> RoundEffort:
