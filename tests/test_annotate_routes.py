@@ -4,6 +4,7 @@ the real LiteMedSAM, lease conflicts, errors, and the page's panel script."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_annotate_work import write_disc_case
 
-from medsam2.annotate import import_cases, init_project, open_project
+from medsam2.annotate import ProjectSettings, import_cases, init_project, open_project
 from medsam2.annotate.work import CaseModel, Predictors, covered_slices, read_snapshot
 from medsam2.annotate.routes import annotation_router
 from medsam2.server import ServerSettings, create_app
@@ -146,3 +147,22 @@ def test_a_case_that_cannot_be_opened_is_given_back_and_passed_over(tmp_path: Pa
         assert refused.json()["error"] == passed_over
         counts = client.get("/api/annotate/status").json()["project"]["counts"]
         assert counts["in_review"] == 1 and counts["new"] == 1, counts
+
+
+def test_a_lease_that_ran_out_is_not_shown_as_held(tmp_path: Path) -> None:
+    """alice's lease runs out with nobody taking the case: its record no longer names her as the
+    holder (the panel read her expired lease as hers, kept the case on show and said "yours until"
+    a time gone), her next action says why, and bob can take the case over."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 32, 32), 7, np.int16)), str(tmp_path / "plain.nii.gz"))
+    project = init_project(tmp_path / "project", settings=ProjectSettings(lease_minutes=1 / 60))
+    import_cases(project, [tmp_path / "plain.nii.gz"], progress=False)
+    project.close()
+    with client_for(tmp_path / "project") as client:
+        taken = client.post("/api/annotate/queue", json={"annotator": "alice"}).json()
+        assert taken["lease_owner"] == "alice" and taken["lease_expires"] is not None
+        time.sleep(1.5)
+        shown = client.get("/api/annotate/cases/plain").json()["case"]
+        assert (shown["state"], shown["lease_owner"], shown["lease_expires"]) == ("in_review", None, None)
+        refused = client.post("/api/annotate/cases/plain/undo", json={"annotator": "alice"})
+        assert refused.status_code == 409 and "your lease on case plain ran out" in refused.json()["error"]
+        assert client.post("/api/annotate/queue", json={"annotator": "bob"}).json()["lease_owner"] == "bob"

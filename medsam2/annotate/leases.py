@@ -34,6 +34,14 @@ def is_free(now: datetime):
     return or_(CaseRow.lease_owner.is_(None), CaseRow.lease_expires <= now)
 
 
+def running_lease(row: CaseRow, now: datetime) -> tuple[str, datetime] | None:
+    """Who holds case `row` and until when, or None: a lease that ran out stays on the row until
+    the case is taken again, and shown it would read as held (the case is free)."""
+    if row.lease_owner is None or row.lease_expires is None or row.lease_expires <= now:
+        return None
+    return row.lease_owner, row.lease_expires
+
+
 def lease_next(project: Project, annotator: str, passing_over: Collection[str] = ()) -> CaseRow | None:
     """Lease the next case to `annotator`, or None when none is free.
 

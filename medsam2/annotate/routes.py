@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from medsam2.annotate.effort import effort_report, render_rounds_png
-from medsam2.annotate.leases import lease_next_openable, reject, release
+from medsam2.annotate.leases import lease_next_openable, reject, release, running_lease
 from medsam2.annotate.project import Project, open_project
 from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
@@ -83,7 +83,7 @@ class CaseOut(BaseModel):
     shape: list[int]
     slices: int | None = Field(None, description="Slices along the project's axis (open work only).")
     axis: str
-    lease_owner: str | None
+    lease_owner: str | None = Field(description="Who holds the case now (none once a lease ran out).")
     lease_expires: str | None
     preseg_source: str | None
     model_version: str | None
@@ -152,13 +152,14 @@ class AnnotationService:
                 del self._open[key]
 
     def describe(self, row: CaseRow, work: WorkSession | None = None) -> CaseOut:
+        owner, expires = running_lease(row, self.project.clock()) or (None, None)
         out = CaseOut(
             name=row.name,
             state=row.state,
             shape=list(row.shape),
             axis=self.project.settings.axis,
-            lease_owner=row.lease_owner,
-            lease_expires=None if row.lease_expires is None else row.lease_expires.isoformat(),
+            lease_owner=owner,
+            lease_expires=None if expires is None else expires.isoformat(),
             preseg_source=row.preseg_source,
             model_version=row.model_version,
         )

@@ -31,7 +31,7 @@ from medsam2.annotate import (
     write_report,
 )
 from medsam2.annotate.images import load_case_image
-from medsam2.annotate.leases import lease_next_openable
+from medsam2.annotate.leases import lease_next_openable, running_lease
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.console import StdoutConsole
@@ -308,7 +308,8 @@ def show_command(
                 .options(defer(InteractionRow.mask))
             )
         )
-    lease = f", leased to {row.lease_owner} until {row.lease_expires:%Y-%m-%d %H:%M} UTC" if row.lease_owner else ""
+    held = running_lease(row, opened.clock())
+    lease = f", leased to {held[0]} until {held[1]:%Y-%m-%d %H:%M} UTC" if held else ""
     typer.echo(f"{row.name}: {row.state}{lease}; image {row.image}; pre-segmentation: {row.preseg_source or 'none'} ({row.model_version or '-'})")
     for item in history:
         where = f" slice {item.slice_index} object {item.obj_id}" if item.slice_index is not None else ""
