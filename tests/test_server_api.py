@@ -725,6 +725,27 @@ def test_a_case_whose_saved_mask_would_be_another_cases_is_not_saved(tmp_path: P
         assert [case["id"] for case in client.get("/api/cases").json()] == ["data/clip.mp4", "data/clip.nii.gz", "data/frame_2.png", "data/frame_10.png"]
 
 
+def test_a_folder_of_frames_is_one_video_case(tmp_path: Path) -> None:
+    """A sub-folder of pictures is a video's frames, one case, as `medsam2 segment` reads it (each
+    picture was a case of its own: a clip's frames, none of which propagates); the data folder's own
+    pictures stay cases of their own, and a scan beside the frames stays a case."""
+    write_clip(tmp_path / "clip.mp4", fps=10)
+    with load_video(tmp_path / "clip.mp4") as video:
+        decoded = video.read()
+    (tmp_path / "endo").mkdir()
+    for index, frame in enumerate(decoded):
+        Image.fromarray(frame).save(tmp_path / "endo" / f"frame_{index + 1}.png")
+    (tmp_path / "endo" / "notes.nii.gz").write_bytes(nifti_bytes(np.zeros((4, 32, 32), np.uint8)))
+    Image.fromarray(decoded[0]).save(tmp_path / "xray.png")
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path)), base_url=LOCAL) as client:
+        listed = [case["id"] for case in client.get("/api/cases").json()]
+        assert listed == ["data/clip.mp4", "data/xray.png", "data/endo", "data/endo/notes.nii.gz"]
+        session = open_case(client, "data/endo")
+        assert session["kind"] == "video" and session["shape"] == [6, 96, 96]
+        frame = np.asarray(Image.open(io.BytesIO(client.get(f"/api/sessions/{session['id']}/slices/2").content)))
+        np.testing.assert_array_equal(frame, decoded[2])
+
+
 def test_a_video_clip_opens_as_frames(server) -> None:
     """An MP4 opens as a video: frames as decoded, its frame rate, a box giving exactly the engine's
     mask on the frame, masks written as a sequence."""

@@ -1,7 +1,8 @@
 """The cases a server offers: scans under `--data`, uploads, and the samples installed packages ship.
 
-A case id is ``SOURCE/NAME``: ``data/<path relative to --data>`` (a scan file or a DICOM series
-folder), ``upload/<file name>`` or ``sample/<name>``. The samples are files of installed packages and
+A case id is ``SOURCE/NAME``: ``data/<path relative to --data>`` (a scan or video file, a DICOM
+series folder, or a sub-folder of pictures, which is a video's frames as `medsam2 segment` reads
+it), ``upload/<file name>`` or ``sample/<name>``. The samples are files of installed packages and
 a synthetic lesion in the MNI152 T1 template, built from them into the cache folder on first use,
 listed first (the page opens it on its key slice). Ids come from clients, so a path never leaves its root: ``..``, absolute paths, hidden names and symbolic links that resolve outside the root are
 all "no such case". Masks saved next to a case (``<name>_mask.<format>``) are not cases themselves.
@@ -22,7 +23,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_dicom_file, is_dicomdir
 from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem, natural_key
-from medsam2.io.readers import file_suffix
+from medsam2.io.readers import file_suffix, is_frame_folder, is_picture_file
 from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.models.weights import cache_dir
@@ -111,7 +112,7 @@ def mask_name_rival(case_path: Path) -> Path | None:
     clip.nii.gz both save clip_mask.*), if any."""
     stem = _case_stem(case_path)
     for other in sorted(case_path.parent.iterdir()):
-        if other != case_path and _case_stem(other) == stem and (_is_series_folder(other) if other.is_dir() else _is_case_file(other)):
+        if other != case_path and _case_stem(other) == stem and (_is_case_folder(other) if other.is_dir() else _is_case_file(other)):
             return other
     return None
 
@@ -129,6 +130,13 @@ def dicom_series_files(folder: Path, files: list[str]) -> set[str]:
 
 def _is_series_folder(folder: Path) -> bool:
     return bool(dicom_series_files(folder, [entry.name for entry in folder.iterdir() if entry.is_file()]))
+
+
+def _is_case_folder(folder: Path) -> bool:
+    """A DICOM series, or a folder of pictures: a video's frames, one case as `medsam2 segment`
+    reads it (listed picture by picture, an endoscopy clip's frames were hundreds of cases none of
+    which propagates)."""
+    return _is_series_folder(folder) or is_frame_folder(folder)
 
 
 def _is_saved_mask(path: Path) -> bool:
@@ -227,8 +235,10 @@ class CaseCatalog:
         for folder, subfolders, files in os.walk(root):
             subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=natural_key)
             here = Path(folder)
-            series = dicom_series_files(here, files)
-            candidates = ([here] if series else []) + [here / name for name in sorted(files, key=natural_key) if name not in series]
+            in_folder_case = dicom_series_files(here, files)
+            if not in_folder_case and here != root and is_frame_folder(here):
+                in_folder_case = {name for name in files if is_picture_file(here / name)}
+            candidates = ([here] if in_folder_case else []) + [here / name for name in sorted(files, key=natural_key) if name not in in_folder_case]
             cases += [case for path in candidates if (case := self._data_case(path)) is not None]
         return cases
 
@@ -238,7 +248,8 @@ class CaseCatalog:
         if hidden or not path.exists() or not _inside(path, root):
             return None
         if path.is_dir():
-            if not _is_series_folder(path):
+            # The data folder's own pictures are cases of their own; it may be one DICOM series.
+            if not (_is_series_folder(path) if path == root else _is_case_folder(path)):
                 return None
         elif not _is_case_file(path):
             return None
