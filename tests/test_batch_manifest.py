@@ -413,6 +413,21 @@ def test_starting_ray_leaves_the_batch_stop_handlers_in_place(tmp_path: Path, mo
             engine.close()
 
 
+def test_a_local_ray_cluster_starts_without_rays_notice_on_every_run(tmp_path: Path) -> None:
+    """Ray's WARNING that it turned token authentication on for the cluster it starts (its safe
+    default) came with every `--engine ray` run; the batch's own lines are all that remain."""
+    manifest = write(tmp_path / "m.csv", f'id,image,box\nlost,{tmp_path / "lost.nii.gz"},"1,2,3,9,9"\n')
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"  # no report to Ray's servers from a test
+    run = subprocess.run(
+        [sys.executable, "-m", "medsam2.cli", "batch", str(manifest), "-o", str(tmp_path / "out"), "--engine", "ray", "--workers", "1", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "lost: failed" in run.stdout + run.stderr
+    assert "Token authentication" not in run.stdout + run.stderr, run.stderr
+
+
 def test_a_stop_signal_after_the_last_case_leaves_the_summary_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SIGTERM while the summary is printed (the run's cases all recorded) ended the command
     silently with 143 (the command's own handler was back); now it is noted and the run ends as it would have."""

@@ -89,6 +89,15 @@ def handlers_kept(init: Callable[[], None]) -> None:
                 signal.signal(signum, handler)
 
 
+# Ray's notice, on each start of a cluster of its own, that it turned its token authentication on:
+# the safe default, told to a batch user on every run as a WARNING beside the batch's own lines.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
 class RayEngine:
     """Cases on Ray actors: `workers` of them; by default as many as the cluster has GPUs, for a CUDA
     device, or CPU slots of `threads` CPUs (default 1), and no more than the `cases` to run.
@@ -114,7 +123,12 @@ class RayEngine:
         if self._started_ray:
             check_cluster_address(address)
             try:
-                handlers_kept(lambda: ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING))
+                notices = logging.getLogger(RAY_AUTH_LOGGER)
+                notices.addFilter(_token_auth_notice)
+                try:
+                    handlers_kept(lambda: ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING))
+                finally:
+                    notices.removeFilter(_token_auth_notice)
             except (ConnectionError, ValueError, RuntimeError) as error:
                 given = f"--ray-address {address}" if address is not None else f"$RAY_ADDRESS {os.environ.get('RAY_ADDRESS')}"
                 raise InputError(f"{given}: cannot connect to a Ray cluster ({error})") from None
