@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -486,6 +490,30 @@ def test_presegment_exits_non_zero_when_a_case_fails(tmp_path: Path, draw_recist
         assert result.exit_code == 1 and "pre-segmented 0 case(s)" in result.stdout
         assert "not pre-segmented: disc: " in result.stderr and "not the image case disc was imported from" in result.stderr
     assert "(its voxels differ)" in result.stderr  # the same shape, other values
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_presegment_stopped_mid_case_gives_its_claim_back(tmp_path: Path, draw_recist, stop) -> None:
+    """Ctrl-C (or a scheduler's SIGTERM) while the model runs: the case is not left leased to the dead
+    process, where the rerun passed it over ("pre-segmented 0 case(s)") for the lease's 30 minutes."""
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion").exit_code == 0
+    assert run("import", project, scan).exit_code == 0
+    command = [sys.executable, "-m", "medsam2.cli", "annotate", "presegment", str(project)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (open_project(project).cases()[0].lease_owner or "").startswith("presegment@"):
+        assert process.poll() is None and time.monotonic() < deadline, "the case was never claimed"
+        time.sleep(0.02)
+    process.send_signal(stop)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    [case] = open_project(project).cases()
+    assert (case.state, case.lease_owner, case.lease_expires) == ("new", None, None)
+    rerun = run("presegment", project)
+    assert rerun.exit_code == 0 and "pre-segmented 1 case(s)" in rerun.stdout
 
 
 def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Path, draw_recist) -> None:

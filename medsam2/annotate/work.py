@@ -532,6 +532,11 @@ def presegment(project: Project, predictors: Predictors, names: list[str] | None
             except InputError as error:
                 report.failed[case.name] = str(error)
                 _commit_presegmentation(project, case, worker, None, None)
+            except BaseException:
+                # Ctrl-C or SIGTERM: the claim would keep the case from the next presegment run,
+                # and from every annotator, until its lease ran out, with nothing saying why.
+                _commit_presegmentation(project, case, worker, None, None)
+                raise
             else:
                 if _commit_presegmentation(project, case, worker, stored, snapshot.round):
                     report.done.append(case.name)
