@@ -516,6 +516,26 @@ def test_a_presegment_stopped_mid_case_gives_its_claim_back(tmp_path: Path, draw
     assert rerun.exit_code == 0 and "pre-segmented 1 case(s)" in rerun.stdout
 
 
+def test_a_case_presegment_failed_on_is_presegmented_by_the_round_started_since(tmp_path: Path, draw_recist) -> None:
+    """A failed (or stopped) pre-segmentation leaves the case in no round: after `round --model`, the
+    next presegment uses the new round's model and the report credits that round, not round 1."""
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion").exit_code == 0
+    assert run("import", project, scan).exit_code == 0
+    original = scan.read_bytes()
+    np.savez_compressed(scan, **{**dict(np.load(scan)), "imgs": np.zeros((3, 96, 96), np.uint8)})
+    assert run("presegment", project).exit_code == 1  # the scan changed since its import
+    scan.write_bytes(original)
+    checkpoint = shutil.copy(bundled_lite_medsam_checkpoint(), tmp_path / "finetuned.pth")
+    assert run("round", project, "--model", checkpoint).exit_code == 0
+    assert run("presegment", project).exit_code == 0
+    [case] = open_project(project).cases()
+    assert case.state == "presegmented" and case.model_version.startswith("finetuned.pth@")
+    assert [(row.number, row.cases) for row in open_project(project).status().rounds] == [(1, 0), (2, 1)]
+
+
 def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Path, draw_recist) -> None:
     """The record keeps absolute paths: after the data moved, `relocate` points the project at the
     new place, once every file there is checked to be the one recorded; otherwise nothing changes."""

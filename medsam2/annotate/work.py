@@ -555,6 +555,11 @@ def _commit_presegmentation(
             return False
         row.lease_owner = row.lease_expires = None
         if stored is None:
+            # The claim put the case in the current round; with nothing recorded on it, it is in
+            # none yet, so a `round` started before the next try pre-segments it with its new model
+            # (and the report credits that one), not with the model that failed or was stopped.
+            if session.scalar(select(func.count()).where(InteractionRow.case_id == row.id)) == 0:
+                row.round_id = None
             return False
         row.preseg_mask, row.preseg_sha256 = stored
         row.preseg_source = PresegSource.HINTS.value
