@@ -228,9 +228,11 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
     assert result.exit_code == 2 and "the output is a folder (one mask per target in it), not an image file" in result.stderr
 
 
-def test_a_run_stopped_by_sigterm_leaves_no_staged_outputs(shared_data: Path, tmp_path: Path):
-    """`kill` while the masks are being written (their staging folders exist) unwinds as Ctrl-C
-    does: status 143 and no output folder, no hidden staging folder."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_stopped_by_a_signal_leaves_no_staged_outputs_and_says_so(shared_data: Path, tmp_path: Path, stop: signal.Signals):
+    """`kill` or Ctrl-C while the masks are being written (their staging folders exist) unwinds:
+    status 128+N, a line saying what stopped the run (Ctrl-C ended it in silence), and no output
+    folder, no hidden staging folder."""
     case = shared_data / "ct_lesion" / LESION
     out = tmp_path / "out"
     command = [sys.executable, "-m", "medsam2.cli", "one-prompt", "--reference", case, "--reference-mask", case, case, "-o", out]
@@ -240,9 +242,10 @@ def test_a_run_stopped_by_sigterm_leaves_no_staged_outputs(shared_data: Path, tm
         assert run.poll() is None, run.communicate()[0]
         assert time.monotonic() < deadline, "no staging folder in time"
         time.sleep(0.05)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(stop)
     output = run.communicate(timeout=120)[0]
-    assert run.returncode == 128 + signal.SIGTERM, output
+    assert run.returncode == 128 + stop, output
+    assert output.splitlines()[-1] == f"error: stopped by {stop.name}{' (Ctrl-C)' if stop == signal.SIGINT else ''}", output
     assert "Traceback" not in output and not out.exists()
 
 

@@ -26,11 +26,19 @@ from medsam2.cli.train import train_command
 class MedsamGroup(typer.core.TyperGroup):
     """The command group, ending a command whose standard output was closed (`medsam2 batch ... | head`)
     as a Unix tool killed by SIGPIPE ends, with status 128+13 and a line saying why, instead of click's
-    status 1, which `batch` uses for "some case failed"."""
+    status 1, which `batch` uses for "some case failed"; one stopped by Ctrl-C or SIGTERM with 128+N
+    and a line saying so."""
 
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # typer would end the command with status 130 and not a word
+            say_error("stopped by SIGINT (Ctrl-C)")
+            raise typer.Exit(128 + signal.SIGINT) from None
+        except SystemExit as stop:
+            if stop.code == 128 + signal.SIGTERM:  # `exit_on_terminate`: say why, as Ctrl-C does
+                say_error("stopped by SIGTERM")
+            raise
         except BrokenPipeError:
             # Python flushes stdout again on exit, and would print a second BrokenPipeError.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
