@@ -212,9 +212,12 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     scan = tmp_path / "disc.npz"
     truth = write_disc_case(scan, draw_recist)
     project = tmp_path / "project"
-    assert run("init", project, "--label", "1=lesion", "--lease-minutes", "20").exit_code == 0
+    created = run("init", project, "--label", "1=lesion", "--lease-minutes", "20")
+    # Each step of a round names the next (the commands said what they did, not what comes after).
+    assert created.exit_code == 0 and created.stdout.splitlines()[-1] == f"next: medsam2 annotate import {project} SCANS... [--masks MASKS/]"
     imported = run("import", project, scan)
     assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
+    assert imported.stdout.splitlines()[-1] == f"next: medsam2 annotate presegment {project} (the cases with hints), then medsam2 annotate queue {project} -a NAME"
     assert "1 already in the project" in run("import", project, scan).output
     (tmp_path / "copy").mkdir()
     shutil.copy(scan, tmp_path / "copy" / "disc_again.npz")
@@ -235,6 +238,7 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert re.search(r"│ disc\s+│ new\s+│\s+│ /", run("status", project, "--cases").output)
     presegmented = run("presegment", project)
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
+    assert presegmented.stdout.splitlines()[-1] == f"next: medsam2 annotate queue {project} -a NAME (or, in a browser: medsam2 serve --annotate {project})"
 
     queued = run("queue", project, "-a", "alice")
     assert queued.exit_code == 0 and queued.output.startswith("disc: leased to alice"), queued.output
@@ -300,6 +304,9 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
 
     exported = run("export", project, tmp_path / "trainset", "--format", "npz", "--no-progress")
     assert exported.exit_code == 0, exported.output
+    assert exported.stdout.splitlines()[-1] == (
+        f"next: medsam2 train --data {tmp_path / 'trainset'} --out RUN/, then medsam2 annotate round {project} --model RUN/model.pt"
+    )
     root, (case,) = read_manifest(tmp_path / "trainset")
     assert case.labels == {"1": "lesion"} and case.round == 1 and case.model.startswith("lite-medsam@")
     assert np.array_equal(load_mask(case.mask_path(root)).array, before)

@@ -111,6 +111,11 @@ def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> N
             typer.echo(f"wrote {path}")
 
 
+def say_next(step: str) -> None:
+    """The command a round goes on with, so that each step's output teaches the next."""
+    typer.echo(f"next: {step}")
+
+
 def describe(model: CaseModel) -> str:
     labels = model.slice_labels()
     parts = []
@@ -174,6 +179,7 @@ def init_command(
     created = init_project(project, db, name, settings, model)
     status = created.status()
     typer.echo(f"created project {created.name} in {created.folder} (database {status.database}; round 1: {status.rounds[0].model_version})")
+    say_next(f"medsam2 annotate import {project} SCANS... [--masks MASKS/]")
 
 
 @app.command("import")
@@ -219,6 +225,8 @@ def import_command(
             f"prompt a case with `medsam2 annotate prompt`): {', '.join(summary.hints_not_used)}",
             err=True,
         )
+    if summary.imported:
+        say_next(f"medsam2 annotate presegment {project} (the cases with hints), then medsam2 annotate queue {project} -a NAME")
 
 
 @app.command("presegment")
@@ -239,6 +247,7 @@ def presegment_command(
     typer.echo(f"pre-segmented {len(report.done)} case(s)")
     for name, why in report.failed.items():
         typer.echo(f"not pre-segmented: {name}: {why}", err=True)
+    say_next(f"medsam2 annotate queue {project} -a NAME (or, in a browser: medsam2 serve --annotate {project})")
     if report.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -536,6 +545,7 @@ def round_command(
     """
     row = open_project(project).start_round(model)
     typer.echo(f"round {row.number} started with {row.model_version}")
+    say_next(f"medsam2 annotate import {project} SCANS... (the round's new cases), then medsam2 annotate presegment {project}")
 
 
 @app.command("relocate")
@@ -617,4 +627,5 @@ def export_command(
     """
     cases = export_training_set(open_project(project), out, layout, round_ or None, overwrite, progress)
     typer.echo(f"exported {len(cases)} case(s) to {out}")
+    say_next(f"medsam2 train --data {out} --out RUN/, then medsam2 annotate round {project} --model RUN/model.pt")
 
