@@ -47,6 +47,9 @@ from medsam2.io.masks import load_mask, stored_array
 from medsam2.io.training_set import read_manifest
 from medsam2.models.weights import bundled_lite_medsam_checkpoint
 from medsam2.metrics import dice
+from medsam2.engine.api import prepare_slices
+from medsam2.train.config import DataConfig, DataSource
+from medsam2.train.data import discover_cases, load_case
 from test_sam2_engine import random_sam2
 
 runner = CliRunner()
@@ -385,8 +388,8 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
         assert_one_line_error(refused, "current.png: PNG holds one 2D slice")
         assert interactions() == recorded, action
 
-    # a series that lost a file after its case was accepted: the export names the case
     assert run("accept", project, "series", "-a", "alice").exit_code == 0
+    # a series that lost a file after its case was accepted: the export names the case
     sorted(series_files)[1].unlink()
     exported = run("export", project, tmp_path / "exported")
     assert exported.exit_code == 2 and not (tmp_path / "exported").exists()
@@ -402,6 +405,34 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
         file.write_bytes(b"not DICOM")
     unreadable = run("export", project, tmp_path / "exported")
     assert unreadable.exit_code == 2 and f"error: case series: {tmp_path / 'series'}: " in unreadable.stderr, unreadable.output
+
+
+def test_a_nifti_export_of_a_dicom_ct_is_trained_on_as_ct(tmp_path: Path, ct_lesion_cases: list[Path], write_dicom_series) -> None:
+    """The manifest keeps a DICOM case's modality, which its NIfTI copy cannot hold: training read a
+    CT whose view holds no air (cropped to the body, values all above -500 HU) as an image of unknown
+    kind, scaled by percentiles, not through the CT window the project's model saw it with."""
+    scan = load_image(ct_lesion_cases[1])
+    truth = stored_array(scan, "gts")
+    # The npz holds 0-255 values (windowed); as HU, -100 to 410: soft tissue and bone, no air.
+    body = Volume(scan.array.astype(np.int32) * 2 - 100, scan.spacing, scan.origin, scan.direction)
+    write_dicom_series(body, tmp_path / "series")
+    save_mask(truth, load_image(tmp_path / "series"), tmp_path / "series_mask.nii.gz")
+    project = tmp_path / "project"
+    for command in (
+        ("init", project, "--label", "1=lesion"),
+        ("import", project, tmp_path / "series", "--masks", tmp_path / "series_mask.nii.gz"),
+        ("queue", project, "-a", "alice"),
+        ("accept", project, "series", "-a", "alice"),
+        ("export", project, tmp_path / "exported", "--no-progress"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 0, (command, result.output)
+    root, (exported,) = read_manifest(tmp_path / "exported")
+    assert exported.modality == "CT"
+    (from_export,) = discover_cases((DataSource(manifest=str(tmp_path / "exported")),))
+    as_trained = load_case(from_export, DataConfig(), context=None).slices
+    np.testing.assert_array_equal(as_trained, prepare_slices(load_image(tmp_path / "series"), "axial", None)[0])
+    assert not np.array_equal(as_trained, prepare_slices(load_image(exported.image_path(root)), "axial", None)[0])
 
 
 def test_a_pacs_export_is_imported_recursively_with_cases_named_after_their_paths(tmp_path: Path, write_dicom_series) -> None:

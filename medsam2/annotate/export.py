@@ -118,6 +118,7 @@ def _export_case(project: Project, case: CaseRow, round_number: int, root: Path,
         source=case.image,
         model=case.model_version,
         round=round_number,
+        modality=None if volume.modality == "unknown" else volume.modality,
     )
 
 

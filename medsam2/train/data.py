@@ -45,6 +45,7 @@ class CaseFiles:
     image: Path
     mask: Path  # the image itself for npz files holding both
     npz_key: str | None = None  # read the labels from this array of the image's npz
+    modality: str | None = None  # what a training-set manifest says the image is (its file may not)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def discover_cases(sources: tuple[DataSource, ...]) -> list[CaseFiles]:
 
 def _manifest_cases(source: DataSource) -> list[CaseFiles]:
     root, cases = read_manifest(Path(source.manifest))
-    return [CaseFiles(case.id, case.image_path(root), case.mask_path(root)) for case in cases]
+    return [CaseFiles(case.id, case.image_path(root), case.mask_path(root), modality=case.modality) for case in cases]
 
 
 def _npz_cases(source: DataSource) -> list[CaseFiles]:
@@ -138,7 +139,7 @@ def _folder_cases(source: DataSource) -> list[CaseFiles]:
 def load_case(files: CaseFiles, config: DataConfig, context: int | None) -> CaseData:
     """The case's slices along `config.axis` and labels; with `context`, only the slices from
     `context` before the first labelled slice to `context` after the last (None keeps all)."""
-    volume = load_image(files.image, modality=config.modality)
+    volume = load_image(files.image, modality=config.modality or files.modality)
     if files.npz_key is not None:
         labels = stored_array(volume, files.npz_key)
         if labels is None:
