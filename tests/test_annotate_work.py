@@ -407,10 +407,11 @@ def test_a_presegmented_dicom_case_opens_without_the_model_and_outputs_are_check
     assert unreadable.exit_code == 2 and f"error: case series: {tmp_path / 'series'}: " in unreadable.stderr, unreadable.output
 
 
-def test_a_nifti_export_of_a_dicom_ct_is_trained_on_as_ct(tmp_path: Path, ct_lesion_cases: list[Path], write_dicom_series) -> None:
-    """The manifest keeps a DICOM case's modality, which its NIfTI copy cannot hold: training read a
-    CT whose view holds no air (cropped to the body, values all above -500 HU) as an image of unknown
-    kind, scaled by percentiles, not through the CT window the project's model saw it with."""
+def test_a_nifti_export_of_a_dicom_ct_is_trained_on_as_the_project_saw_it(tmp_path: Path, ct_lesion_cases: list[Path], write_dicom_series) -> None:
+    """The manifest keeps a DICOM case's modality, which its NIfTI copy cannot hold, and the
+    project's window: training read a CT whose view holds no air (cropped to the body, values all
+    above -500 HU) as an image of unknown kind, scaled by percentiles, not through the CT window the
+    project's model saw it with."""
     scan = load_image(ct_lesion_cases[1])
     truth = stored_array(scan, "gts")
     # The npz holds 0-255 values (windowed); as HU, -100 to 410: soft tissue and bone, no air.
@@ -419,7 +420,7 @@ def test_a_nifti_export_of_a_dicom_ct_is_trained_on_as_ct(tmp_path: Path, ct_les
     save_mask(truth, load_image(tmp_path / "series"), tmp_path / "series_mask.nii.gz")
     project = tmp_path / "project"
     for command in (
-        ("init", project, "--label", "1=lesion"),
+        ("init", project, "--label", "1=lesion", "--window", "bone"),
         ("import", project, tmp_path / "series", "--masks", tmp_path / "series_mask.nii.gz"),
         ("queue", project, "-a", "alice"),
         ("accept", project, "series", "-a", "alice"),
@@ -428,11 +429,16 @@ def test_a_nifti_export_of_a_dicom_ct_is_trained_on_as_ct(tmp_path: Path, ct_les
         result = run(*command)
         assert result.exit_code == 0, (command, result.output)
     root, (exported,) = read_manifest(tmp_path / "exported")
-    assert exported.modality == "CT"
+    assert (exported.modality, exported.window) == ("CT", "bone")
     (from_export,) = discover_cases((DataSource(manifest=str(tmp_path / "exported")),))
     as_trained = load_case(from_export, DataConfig(), context=None).slices
-    np.testing.assert_array_equal(as_trained, prepare_slices(load_image(tmp_path / "series"), "axial", None)[0])
+    np.testing.assert_array_equal(as_trained, prepare_slices(load_image(tmp_path / "series"), "axial", "bone")[0])
+    assert not np.array_equal(as_trained, prepare_slices(load_image(tmp_path / "series"), "axial", None)[0])
     assert not np.array_equal(as_trained, prepare_slices(load_image(exported.image_path(root)), "axial", None)[0])
+    # A window in the training config is the one used.
+    np.testing.assert_array_equal(
+        load_case(from_export, DataConfig(window="lung"), context=None).slices, prepare_slices(load_image(tmp_path / "series"), "axial", "lung")[0]
+    )
 
 
 def test_a_pacs_export_is_imported_recursively_with_cases_named_after_their_paths(tmp_path: Path, write_dicom_series) -> None:

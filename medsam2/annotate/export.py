@@ -119,6 +119,7 @@ def _export_case(project: Project, case: CaseRow, round_number: int, root: Path,
         model=case.model_version,
         round=round_number,
         modality=None if volume.modality == "unknown" else volume.modality,
+        window=project.settings.window if layout == "nifti" else None,  # an npz's images are windowed already
     )
 
 

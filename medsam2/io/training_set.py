@@ -11,8 +11,10 @@ A training set is a folder holding images, their label maps and ``manifest.json`
 Paths are relative to the manifest's folder (POSIX separators), so the folder can be moved or copied
 to a training machine as a whole. An npz case may name the same file as image and mask (its ``imgs``
 and ``gts``/``segs`` arrays). ``labels`` maps label values to names; ``source``, ``model`` and
-``round`` record where the mask came from and are optional; so is ``modality``, the image's own
-(a DICOM's tag, which a NIfTI copy of it cannot hold), which training reads the image as.
+``round`` record where the mask came from and are optional; so are ``modality``, the image's own
+(a DICOM's tag, which a NIfTI copy of it cannot hold), which training reads the image as, and
+``window``, the CT window the model saw the image through (a preset or "W,L"), which training
+applies unless its config gives one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class TrainingCase:
     model: str | None = None
     round: int | None = None
     modality: str | None = None
+    window: str | None = None
 
     def image_path(self, root: Path) -> Path:
         return root / PurePosixPath(self.image)

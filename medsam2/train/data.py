@@ -46,6 +46,7 @@ class CaseFiles:
     mask: Path  # the image itself for npz files holding both
     npz_key: str | None = None  # read the labels from this array of the image's npz
     modality: str | None = None  # what a training-set manifest says the image is (its file may not)
+    window: str | None = None  # the CT window a training-set manifest says the model saw the image through
 
 
 @dataclass
@@ -96,7 +97,7 @@ def discover_cases(sources: tuple[DataSource, ...]) -> list[CaseFiles]:
 
 def _manifest_cases(source: DataSource) -> list[CaseFiles]:
     root, cases = read_manifest(Path(source.manifest))
-    return [CaseFiles(case.id, case.image_path(root), case.mask_path(root), modality=case.modality) for case in cases]
+    return [CaseFiles(case.id, case.image_path(root), case.mask_path(root), modality=case.modality, window=case.window) for case in cases]
 
 
 def _npz_cases(source: DataSource) -> list[CaseFiles]:
@@ -152,7 +153,7 @@ def load_case(files: CaseFiles, config: DataConfig, context: int | None) -> Case
         mask = load_mask(files.mask, like=volume)
         check_same_geometry(mask, volume, f"mask {files.mask} vs image {files.image}")
         labels = mask.array
-    slices, axis_index = prepare_slices(volume, config.axis, config.window)
+    slices, axis_index = prepare_slices(volume, config.axis, config.window or files.window)
     labels = to_slices(labels, axis_index)
     present = labels.reshape(labels.shape[0], -1).any(axis=1)
     keep = slice(None)
