@@ -744,3 +744,24 @@ def test_the_annotation_panel_follows_what_commands_change_meanwhile(annotation_
     page.wait_for_function(f"document.querySelector('#annotate-case').textContent === 'disc: presegmented' && {IDLE}")
     assert "is not leased to alice; take a case (Next case in the web app" in page.inner_text("#annotate-message")
     assert [problem for problem in problems if "409" not in problem] == []
+
+
+def test_a_name_typed_into_an_object_field_goes_to_it(server_url: str, browser: Browser) -> None:
+    """Clicking into an object's name field and typing names the object: the click had rebuilt the
+    list and dropped the focus, so the letters went to the shortcuts ("lesion": E erased its mask)."""
+    page, problems = start_page(browser, server_url)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    drag(page, (200, 200), (260, 260))
+    wait_prompts(page, 1)
+    page.click("#objects li input")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("lesion")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#prompted li').textContent.includes('lesion')")
+    (lesion,) = session_info(page)["objects"]
+    assert lesion["name"] == "lesion" and not lesion["prompts"][0]["erased"] and lesion["slices"]
+    assert page.is_checked("#show-overlay")  # O, among the letters, had hidden the masks
+    assert problems == []
+

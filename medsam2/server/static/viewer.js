@@ -451,7 +451,9 @@ function renderObjects() {
     item.addEventListener("click", (event) => {
       if (event.target === remove) return;
       state.activeObject = object.id;
-      renderObjects();
+      // Marked in place, not rebuilt: a rebuilt list drops the focus of the name field just clicked
+      // into, and the name typed then went to the shortcuts (its E erased the object from the slice).
+      for (const entry of list.children) entry.classList.toggle("active", entry === item);
     });
     list.append(item);
   }
