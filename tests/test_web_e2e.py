@@ -765,3 +765,27 @@ def test_a_name_typed_into_an_object_field_goes_to_it(server_url: str, browser: 
     assert page.is_checked("#show-overlay")  # O, among the letters, had hidden the masks
     assert problems == []
 
+
+def test_a_slice_that_cannot_load_is_not_shown_as_another_and_the_page_says_why(browser: Browser, tmp_path: Path) -> None:
+    """Scrolling to a slice once the session is closed (or the server stopped) leaves the view blank
+    and says why: the previous slice stayed on screen under the new slice's number, silently; and a
+    server that does not answer is said to be one, not "Failed to fetch"."""
+    data = tmp_path / "data"
+    data.mkdir()
+    volume = np.repeat(np.arange(10, dtype=np.int16)[:, None, None] * 20 + 40, 48, axis=1).repeat(48, axis=2)
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(data / "steps.nii.gz"))
+    with serving(ServerSettings(data_dir=data)) as url:
+        page, problems = start_page(browser, url, "document.querySelector('#case-select').options.length === 1")
+        page.click("#open-case")
+        page.wait_for_function(f"document.querySelector('#view').dataset.slice === '5' && {IDLE}")
+        middle = (20, 20, 27, 27)
+        assert view_pixels(page, middle)[12:-12, 12:-12].mean() > 40  # the slice, grey
+
+        page.evaluate(f"fetch('/api/sessions/{session_info(page)['id']}', {{method: 'DELETE'}})")
+        page.fill("#slice", "0")  # a slice not loaded ahead of time
+        page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.startsWith('This session')")
+        assert page.inner_text("#status").endswith("Open the case again.")
+        assert shown_slice(page) == 0 and view_pixels(page, middle)[12:-12, 12:-12].max() < 10  # blank, not slice 5
+    page.click("#open-case")
+    page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.startsWith('The server does not answer')")
+    assert [problem for problem in problems if not problem.startswith(("404 ", "Failed to load resource"))] == []

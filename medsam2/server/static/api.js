@@ -19,7 +19,13 @@ export async function api(path, { method = "GET", json, body, headers = {} } = {
     } else if (body !== undefined) {
       init.body = body;
     }
-    const response = await fetch(path, init);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch {
+      // No answer at all (the browser's own words are "Failed to fetch").
+      throw Object.assign(new Error("The server does not answer: it was stopped or the connection broke. Start it again (medsam2 serve) and reload the page."), { status: 0 });
+    }
     if (!response.ok) {
       let message = `${response.status} ${response.statusText}`;
       try {

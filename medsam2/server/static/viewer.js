@@ -72,10 +72,14 @@ function act(action) {
     try {
       await action(...args);
     } catch (error) {
-      const gone = error.status === 404 ? goneSessionMessage(error.message) : null;
-      status(gone ? `${gone} Open the case again.` : error.message, true);
+      reportError(error);
     }
   };
+}
+
+function reportError(error) {
+  const gone = error.status === 404 ? goneSessionMessage(error.message) : null;
+  status(gone ? `${gone} Open the case again.` : error.message, true);
 }
 
 // What to tell the user when the server no longer has the session a request named; null for any
@@ -248,7 +252,10 @@ function loadImage(slice) {
     () => image,
     () => null,
   );
-  loaded.finally(() => setPending(-1));
+  loaded.then((image) => {
+    // A failure is not kept: the slice is asked for again when next shown.
+    if (!image && state.images.get(key) === loaded) state.images.delete(key);
+  }).finally(() => setPending(-1));
   state.images.set(key, loaded);
   if (state.images.size > IMAGE_CACHE) state.images.delete(state.images.keys().next().value);
   return loaded;
@@ -257,9 +264,21 @@ function loadImage(slice) {
 async function showSlice(slice) {
   const sessionId = state.session.id;
   const image = await loadImage(slice);
-  if (image && state.session && state.session.id === sessionId && slice === state.slice) {
-    state.shownImage = image;
-    draw();
+  if (!state.session || state.session.id !== sessionId || slice !== state.slice) return;
+  // A slice that did not load leaves the view blank: the previous slice stayed there, under this
+  // slice's number, and nothing said why (a closed session, a stopped server).
+  state.shownImage = image;
+  draw();
+  if (!image) await whySliceMissing(slice);
+}
+
+// An <img> does not say why it failed; the session's own address does.
+async function whySliceMissing(slice) {
+  try {
+    await api(sessionPath());
+    status(`${state.session.kind === "video" ? "Frame" : "Slice"} ${slice} could not be loaded.`, true);
+  } catch (error) {
+    reportError(error);
   }
 }
 
