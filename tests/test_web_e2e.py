@@ -789,3 +789,17 @@ def test_a_slice_that_cannot_load_is_not_shown_as_another_and_the_page_says_why(
     page.click("#open-case")
     page.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.startsWith('The server does not answer')")
     assert [problem for problem in problems if not problem.startswith(("404 ", "Failed to load resource"))] == []
+
+
+def test_a_narrow_window_still_shows_the_status_line(server_url: str, browser: Browser) -> None:
+    """In an 800-pixel window the header's controls took the whole row and squeezed the status line
+    to nothing: what the page said (segmented, failed, closed) could not be seen."""
+    page, problems = start_page(browser, server_url)
+    page.set_viewport_size({"width": 800, "height": 500})
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    line = page.locator("#status").bounding_box()
+    assert line["width"] > 200 and line["x"] + line["width"] <= 800 and page.inner_text("#status").startswith(CASE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800 and page.locator("#view").bounding_box()["height"] > 250
+    assert problems == []
