@@ -803,3 +803,24 @@ def test_a_narrow_window_still_shows_the_status_line(server_url: str, browser: B
     assert line["width"] > 200 and line["x"] + line["width"] <= 800 and page.inner_text("#status").startswith(CASE)
     assert page.evaluate("document.documentElement.scrollWidth") <= 800 and page.locator("#view").bounding_box()["height"] > 250
     assert problems == []
+
+
+def test_drawing_a_box_stops_playing_so_it_lands_where_it_was_started(server_url: str, browser: Browser) -> None:
+    page, problems = start_page(browser, server_url)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    page.keyboard.press(" ")
+    page.wait_for_timeout(300)
+    start = page.evaluate("medsam2Viewer.imageToClient(200, 200)")
+    page.mouse.move(*start)
+    page.mouse.down()
+    pressed_on = int(page.get_attribute("#view", "data-slice"))
+    assert page.inner_text("#play") == "▶"
+    page.mouse.move(start[0] + 30, start[1] + 30, steps=4)
+    page.wait_for_timeout(400)  # playing, several slices would have gone by
+    page.mouse.move(*page.evaluate("medsam2Viewer.imageToClient(260, 260)"), steps=4)
+    page.mouse.up()
+    wait_prompts(page, 1)
+    assert [prompt["slice"] for prompt in session_info(page)["objects"][0]["prompts"]] == [pressed_on]
+    assert problems == []

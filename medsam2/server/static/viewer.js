@@ -936,6 +936,9 @@ canvas.addEventListener("pointerdown", (event) => {
   canvas.focus();
   canvas.setPointerCapture(event.pointerId);
   const mode = event.button === 1 ? "pan" : event.button === 2 ? "window" : state.tool;
+  // A prompt goes on the slice it was started on: playing on, the box landed on whichever slice
+  // showed when the button was released.
+  if (["box", "positive", "negative"].includes(mode)) stopPlaying();
   const image = eventToImage(event);
   state.gesture = {
     mode,
