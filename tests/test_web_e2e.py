@@ -451,6 +451,10 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '29' && {IDLE}")
     page.keyboard.press("PageDown")
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '19' && {IDLE}")
+    page.keyboard.press(" ")  # playing goes in reading order too (it went up from 19)
+    page.wait_for_function("document.querySelector('#view').dataset.slice !== '19'")
+    page.keyboard.press(" ")
+    assert 15 <= int(page.get_attribute("#view", "data-slice")) <= 18
     page.fill("#slice", "15")  # the slider's own value is the slice number
     page.wait_for_function(f"document.querySelector('#view').dataset.slice === '15' && {IDLE}")
     # The slider keeps the focus (as after a drag): the shortcuts still work (they were swallowed).
@@ -486,7 +490,8 @@ def test_a_coronal_view_of_a_ras_scan_is_shown_head_up_and_boxed_in_its_own_pixe
     page.once("dialog", lambda dialog: dialog.accept())  # the block's box closes with its session
     page.click("#open-case")
     page.wait_for_function(f"document.querySelector('#status').textContent.includes('too narrow') && {IDLE}")
-    assert "coronal slices are 512×13 pixels (wide×high): too narrow for the model" in page.inner_text("#status")
+    # The server's warning is a sentence of the status line (it was joined on as ". coronal slices ...").
+    assert "(wide×high). Coronal slices are 512×13 pixels (wide×high): too narrow for the model" in page.inner_text("#status")
 
     # The View choice stays coronal for the next case; a picture has one view and opens as it is.
     picture = tmp_path / "flat.png"
@@ -802,6 +807,31 @@ def test_a_narrow_window_still_shows_the_status_line(server_url: str, browser: B
     line = page.locator("#status").bounding_box()
     assert line["width"] > 200 and line["x"] + line["width"] <= 800 and page.inner_text("#status").startswith(CASE)
     assert page.evaluate("document.documentElement.scrollWidth") <= 800 and page.locator("#view").bounding_box()["height"] > 250
+    assert problems == []
+
+
+def test_resizing_the_window_keeps_the_zoom(server_url: str, browser: Browser) -> None:
+    """A resize refitted the slice to the view: the zoom a user had set was lost on every change of
+    the window's size. It stays, as large against the view as it was."""
+    page, problems = start_page(browser, server_url)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+
+    def shown_width() -> float:  # client pixels along 100 slice pixels
+        return page.evaluate("Math.hypot(...[0, 1].map((i) => medsam2Viewer.imageToClient(100, 0)[i] - medsam2Viewer.imageToClient(0, 0)[i]))")
+
+    fitted = shown_width()
+    page.keyboard.press("+")
+    page.keyboard.press("+")
+    page.wait_for_timeout(100)
+    assert shown_width() == pytest.approx(1.25**2 * fitted, rel=0.01)
+    page.set_viewport_size({"width": 1000, "height": 640})
+    page.wait_for_timeout(300)
+    zoomed = shown_width()
+    page.keyboard.press("0")  # fit to the view
+    page.wait_for_timeout(100)
+    assert zoomed / shown_width() == pytest.approx(1.25**2, rel=0.1)
     assert problems == []
 
 

@@ -37,6 +37,7 @@ from medsam2.io.masks import label_names, load_mask, states_geometry
 from medsam2.io.video import NIFTI_SUFFIXES, Video, is_video, load_video_mask
 from medsam2.io.video_writers import mask_sequence_writer
 from medsam2.preprocess import WINDOW_PRESETS, apply_window, parse_window, to_uint8
+from medsam2.wording import counted
 from medsam2.server.cases import Case, check_plain_name, load_frames, mask_name_rival, saved_mask_path
 from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, UnsupportedMedia
 from medsam2.server.inference import DeviceWorker
@@ -520,8 +521,9 @@ class SessionStore:
             made_room = []
             if len(self._sessions) >= self.max_sessions and own:
                 chosen = min(own, key=lambda s: (bool(s.engine and s.engine.objects), s.last_used))
-                self._close(chosen, f"the server holds at most {self.max_sessions} sessions, and this browser opened another case")
-                made_room.append(f"the server holds at most {self.max_sessions} sessions: this browser's session of {chosen.case.name} was closed to open this one")
+                limit = f"the server holds at most {counted(self.max_sessions, 'session')}"
+                self._close(chosen, f"{limit}, and this browser opened another case")
+                made_room.append(f"{limit}: this browser's session of {chosen.case.name} was closed to open this one")
             if len(self._sessions) >= self.max_sessions:
                 raise Busy(f"the server already has {len(self._sessions)} sessions open, its limit; close one or try later")
             self._sessions[session.id] = session

@@ -25,6 +25,7 @@ const state = {
   tool: "box",
   window: null, // null: the slice as the model sees it; else {width, level} in the scan's units
   view: { zoom: 1, panX: 0, panY: 0 },
+  viewSize: null, // {width, height} of the view in CSS pixels when last laid out
   pointer: null, // [x, y] slice pixel under the pointer, for the corner readout
   opacity: 0.45,
   showOverlay: true,
@@ -162,7 +163,19 @@ function resizeCanvas() {
   const ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(canvas.clientWidth * ratio);
   canvas.height = Math.round(canvas.clientHeight * ratio);
-  fitView();
+  const before = state.viewSize;
+  state.viewSize = { width: canvas.clientWidth, height: canvas.clientHeight };
+  if (state.session && before && before.width > 0 && before.height > 0) {
+    // Keep the user's zoom and pan (a refit lost them on every resize): what was at the view's
+    // centre stays there, as large against the view as it was.
+    const scale = Math.min(state.viewSize.width / before.width, state.viewSize.height / before.height);
+    const { zoom, panX, panY } = state.view;
+    state.view = {
+      zoom: zoom * scale,
+      panX: state.viewSize.width / 2 - (before.width / 2 - panX) * scale,
+      panY: state.viewSize.height / 2 - (before.height / 2 - panY) * scale,
+    };
+  } else fitView();
   draw();
 }
 
@@ -693,7 +706,9 @@ async function openCase() {
     ? "Draw a box around the object."
     : `Slice ${info.case.start_slice} shows the lesion at its largest: drag a box around it, then press Propagate.`;
   const saved = info.saved_masks.length ? ` Saved earlier beside this case: ${info.saved_masks.join(", ")}.` : "";
-  if (info.warnings.length) status(`${what} ${info.warnings.join(". ")}.${saved}`, true);
+  // The server's warnings are clauses ("the server holds at most ..."): each a sentence here.
+  const warned = info.warnings.map((line) => `${line[0].toUpperCase()}${line.slice(1)}.`).join(" ");
+  if (info.warnings.length) status(`${what} ${warned}${saved}`, true);
   else status(`${what} ${next}${saved}`);
 }
 
@@ -917,7 +932,9 @@ function togglePlay() {
   if (!state.session) return;
   if (state.player) return stopPlaying();
   const fps = state.session.fps || 10;
-  state.player = setInterval(() => goTo((state.slice + 1) % state.session.shape[0]), 1000 / fps);
+  const count = state.session.shape[0];
+  // In reading order, as the arrow keys and the slider go (`slice_step`), round and round.
+  state.player = setInterval(() => goTo((state.slice + state.session.slice_step + count) % count), 1000 / fps);
   $("play").textContent = "⏸";
 }
 
