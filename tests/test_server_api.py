@@ -672,6 +672,17 @@ def test_a_full_server_makes_room_from_the_opening_clients_oldest_session(data_d
         assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([third["id"], fourth["id"]])
         full = client.post("/api/sessions", json=case, headers=other)
         assert full.status_code == 503 and "2 sessions open, its limit" in full.json()["error"]
+        # A page that said it was closed gives its place to another client's case (it held it for
+        # the idle time, an hour); one reloaded since (a request after) keeps it.
+        assert client.post(f"/api/sessions/{third['id']}/leave").status_code == 204
+        client.get(f"/api/sessions/{third['id']}")  # the page reloaded
+        assert client.post("/api/sessions", json=case, headers=other).status_code == 503
+        assert client.post(f"/api/sessions/{fourth['id']}/leave").status_code == 204
+        assert client.post("/api/sessions/no-such-session/leave").status_code == 204  # a beacon's answer is not read
+        another = client.post("/api/sessions", json=case, headers=other)
+        assert another.status_code == 201 and another.json()["warnings"] == []  # another's case is not named to it
+        left = client.get(f"/api/sessions/{fourth['id']}")
+        assert left.status_code == 404 and left.json()["error"] == f"session {fourth['id']!r} was closed: {limit}, and its page had been closed when another case was opened"
         short = client.get("/api/cases", headers={CLIENT_HEADER: "abc"})
         assert short.status_code == 400 and "give 16 to 64 letters" in short.json()["error"]
 

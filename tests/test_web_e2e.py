@@ -796,6 +796,27 @@ def test_a_slice_that_cannot_load_is_not_shown_as_another_and_the_page_says_why(
     assert [problem for problem in problems if not problem.startswith(("404 ", "Failed to load resource"))] == []
 
 
+def test_a_closed_page_gives_its_sessions_place_to_another_browser(browser: Browser, tmp_path: Path) -> None:
+    """A browser tab closed with its case open held its place on a full server for the idle time
+    (an hour): another browser was told the server is full. The page says it is gone as it goes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 48, 48), 60, np.int16)), str(data / "flat.nii.gz"))
+    ready = "document.querySelector('#case-select').options.length === 1"
+    with serving(ServerSettings(data_dir=data, max_sessions=1)) as url:
+        first, problems = start_page(browser, url, ready)
+        first.click("#open-case")
+        first.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+        second, second_problems = start_page(browser, url, ready)  # a browser of its own (its own context)
+        second.click("#open-case")
+        second.wait_for_function(f"{IDLE} && document.querySelector('#status').textContent.includes('its limit')")
+        first.goto("about:blank")  # the tab goes
+        second.click("#open-case")
+        second.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+        assert second.inner_text("#status").startswith("flat.nii.gz: 4 slices")
+    assert problems == [] and [problem for problem in second_problems if not problem.startswith(("503 ", "Failed to load resource"))] == []
+
+
 def test_a_narrow_window_still_shows_the_status_line(server_url: str, browser: Browser) -> None:
     """In an 800-pixel window the header's controls took the whole row and squeezed the status line
     to nothing: what the page said (segmented, failed, closed) could not be seen."""

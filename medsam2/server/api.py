@@ -214,6 +214,13 @@ def get_session(session: ViewerSession = Depends(viewer_session)) -> dict:
     return session.info()
 
 
+@router.post("/sessions/{session_id}/leave", status_code=204, summary="Say the session's page was closed or reloaded")
+def leave_session(session_id: str, request: Request, state: ServerState = Depends(server_state)) -> Response:
+    # Sent by the page as it goes (a beacon: no answer is read), so any session id is taken quietly.
+    state.sessions.leave(client_id(request), session_id)
+    return Response(status_code=204)
+
+
 @router.delete("/sessions/{session_id}", status_code=204, summary="Close a session")
 def close_session(session_id: str, request: Request, state: ServerState = Depends(server_state)) -> Response:
     state.sessions.remove(client_id(request), session_id)

@@ -137,6 +137,7 @@ class ViewerSession:
         self.history: list[Step] = []  # prompts in force, oldest first, for undo
         self.progress = Progress()
         self.last_used = time.monotonic()
+        self.page_left = False  # its page said it was closed or reloaded (`leave`); any request since clears it
         self.revision = 0  # counts the changes to objects and prompts, for `check_revision`
         self._static = self._describe()
         self._summary = self._summarise()
@@ -206,6 +207,7 @@ class ViewerSession:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+        self.page_left = False
 
     @property
     def unit(self) -> str:
@@ -509,21 +511,29 @@ class SessionStore:
             return min(workers, key=lambda w: (sum(s.worker is w for s in self._sessions.values()), w.pending))
 
     def add(self, session: ViewerSession) -> list[str]:
-        """Keep `session`; when the server is full, one of the opening client's idle sessions makes
-        room (a browser's tabs closed without closing their sessions): one without objects first,
-        else the least recently used. Returns a line for each session closed so."""
+        """Keep `session`; when the server is full, an idle session makes room: one of the opening
+        client's (a browser's tabs closed without closing their sessions) or one whose page was
+        closed (`ViewerSession.page_left`, any client's: it would hold its place for the idle time);
+        one without objects first, the client's own before another's, a left page's first, then the
+        least recently used. Returns a line for each session closed so."""
         with self._lock:
             now = time.monotonic()
             idle = [s for s in self._sessions.values() if not s.busy]
             for expired in [s for s in idle if now - s.last_used > self.idle_seconds]:
                 self._close(expired, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
-            own = [s for s in idle if s.client == session.client and s.id in self._sessions]
+            closable = [s for s in idle if s.id in self._sessions and (s.client == session.client or s.page_left)]
             made_room = []
-            if len(self._sessions) >= self.max_sessions and own:
-                chosen = min(own, key=lambda s: (bool(s.engine and s.engine.objects), s.last_used))
+            if len(self._sessions) >= self.max_sessions and closable:
+                chosen = min(
+                    closable,
+                    key=lambda s: (bool(s.engine and s.engine.objects), s.client != session.client, not s.page_left, s.last_used),
+                )
                 limit = f"the server holds at most {counted(self.max_sessions, 'session')}"
-                self._close(chosen, f"{limit}, and this browser opened another case")
-                made_room.append(f"{limit}: this browser's session of {chosen.case.name} was closed to open this one")
+                if chosen.client == session.client:
+                    self._close(chosen, f"{limit}, and this browser opened another case")
+                    made_room.append(f"{limit}: this browser's session of {chosen.case.name} was closed to open this one")
+                else:  # not named to this client: another's case is none of its business
+                    self._close(chosen, f"{limit}, and its page had been closed when another case was opened")
             if len(self._sessions) >= self.max_sessions:
                 raise Busy(f"the server already has {len(self._sessions)} sessions open, its limit; close one or try later")
             self._sessions[session.id] = session
@@ -550,6 +560,14 @@ class SessionStore:
     def of_client(self, client: str) -> list[ViewerSession]:
         with self._lock:
             return [s for s in self._sessions.values() if s.client == client]
+
+    def leave(self, client: str, session_id: str) -> None:
+        """The session's page was closed or reloaded: its place may go to another case when the
+        server is full (`add`); a reloaded page's next request keeps it (`ViewerSession.touch`)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and session.client == client:
+                session.page_left = True
 
     def remove(self, client: str, session_id: str) -> None:
         session = self.get(client, session_id)

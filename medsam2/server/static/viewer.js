@@ -1135,6 +1135,11 @@ $("show-overlay").addEventListener("change", (event) => {
   draw();
 });
 new ResizeObserver(resizeCanvas).observe($("viewport"));
+// A page closed (or reloaded) tells the server, so that its session's place can go to another case
+// when the server is full: it held it for the whole idle time. A reload's next request keeps it.
+window.addEventListener("pagehide", () => {
+  if (state.session) navigator.sendBeacon(sessionPath("/leave"));
+});
 
 // For tests and scripts: where a slice pixel's centre is on the page, in CSS pixels.
 window.medsam2Viewer = {
