@@ -199,6 +199,7 @@ def test_every_route_is_in_the_openapi_schema(server) -> None:
         "/api/cases": {"get", "post"},
         "/api/sessions": {"get", "post"},
         "/api/sessions/{session_id}": {"get", "delete"},
+        "/api/sessions/{session_id}/leave": {"post"},
         "/api/sessions/{session_id}/slices/{index}": {"get"},
         "/api/sessions/{session_id}/prompts": {"post"},
         "/api/sessions/{session_id}/prompts/{index}": {"delete"},
