@@ -457,7 +457,8 @@ def test_a_round_records_its_checkpoint_and_refuses_it_changed(tmp_path: Path, s
     project = init_project(tmp_path / "project")
     round_two = project.start_round(str(checkpoint))
     assert (round_two.number, round_two.model) == (2, str(checkpoint.resolve()))
-    assert round_two.model_version == f"finetuned.pth@{LITE_MEDSAM_SHA256[:12]}" and round_two.model_sha256 == LITE_MEDSAM_SHA256
+    # named with its folder: train runs each write a model.pt
+    assert round_two.model_version == f"{tmp_path.name}/finetuned.pth@{LITE_MEDSAM_SHA256[:12]}" and round_two.model_sha256 == LITE_MEDSAM_SHA256
     builds = []
     build = engine_models.load_predictor
     monkeypatch.setattr(engine_models, "load_predictor", lambda spec, **options: builds.append(spec) or build(spec, **options))

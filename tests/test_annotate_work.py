@@ -576,7 +576,7 @@ def test_a_case_presegment_failed_on_is_presegmented_by_the_round_started_since(
     assert run("round", project, "--model", checkpoint).exit_code == 0
     assert run("presegment", project).exit_code == 0
     [case] = open_project(project).cases()
-    assert case.state == "presegmented" and case.model_version.startswith("finetuned.pth@")
+    assert case.state == "presegmented" and case.model_version.startswith(f"{tmp_path.name}/finetuned.pth@")
     assert [(row.number, row.cases) for row in open_project(project).status().rounds] == [(1, 0), (2, 1)]
 
 

@@ -117,6 +117,10 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+# Characters of a model's name kept in its version (the end, where the file's name is): the column holds 300.
+MODEL_NAME_KEPT = 280
+
+
 def model_identity(spec: str, check_builds: bool = True) -> ModelIdentity:
     """The identity of `--model SPEC`: the embedded LiteMedSAM, a preset or a checkpoint file. A
     file is built into its model once here (unless the caller builds it next: `check_builds`), so
@@ -139,8 +143,9 @@ def model_identity(spec: str, check_builds: bool = True) -> ModelIdentity:
         stored = spec
     else:
         stored = f"{choice.preset.name}={choice.path.resolve()}" if choice.preset is not None else str(choice.path.resolve())
-    name = choice.preset.name if choice.preset is not None else choice.path.name
-    return ModelIdentity(stored, f"{name}@{digest[:12]}", digest)
+    # A file with its folder: every `medsam2 train` run writes a model.pt, which alone tells rounds apart only by checksum.
+    name = choice.preset.name if choice.preset is not None else f"{choice.path.resolve().parent.name}/{choice.path.name}"
+    return ModelIdentity(stored, f"{name[-MODEL_NAME_KEPT:]}@{digest[:12]}", digest)
 
 
 class Project:
