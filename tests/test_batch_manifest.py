@@ -446,3 +446,16 @@ def test_a_stop_signal_after_the_last_case_leaves_the_summary_whole(tmp_path: Pa
         signal.signal(signal.SIGTERM, previous)
     assert result.exit_code == 1, result.output  # the failed case's status, not 143
     assert "Batch summary" in result.output and f"wrote {tmp_path / 'out' / 'results.csv'}" in result.output
+
+
+def test_the_summary_shows_an_error_with_brackets_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed case's error is printed word for word: the one-line error of an unconfigured preset
+    ends 'under [models] in CONFIG', which rich's markup read as a tag and dropped."""
+    from medsam2.cli.console import StdoutConsole
+    from medsam2.distributed.runner import BatchReport
+
+    error = "model column sam2.1-small: no checkpoint configured; add '\"sam2.1-small\" = \"/w.pt\"' under [models] in /c.toml"
+    record = {"case_id": "c[1]", "status": "failed", "error": error}
+    batch_cli.print_summary(BatchReport(cases=1, done_before=0, records=[record], latest={"c[1]": record}, seconds=1.0), StdoutConsole(width=400))
+    shown = capsys.readouterr().out
+    assert "under [models] in /c.toml" in shown and "c[1]" in shown
