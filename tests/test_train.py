@@ -448,6 +448,27 @@ def test_sam2_trains_through_the_memory_on_clips(dataset: Path, tmp_path: Path, 
     assert (trained.model.image_size, trained.transform.resample) == (128, "bilinear")
 
 
+def test_a_sam2_file_of_another_trunk_than_the_preset_is_trained_with_a_warning(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meta's hiera-small file under the default preset (MedSAM2's, hiera-tiny at 512 px) trains
+    with a warning naming both and the preset that fits the file; a tiny file, none."""
+    config = config_from_dict(settings(dataset, tmp_path / "run"))
+    data = prepare_data(config.data, seed=0, context=1, progress=False)
+    for variant, warned in (("small", True), ("tiny", False)):
+        torch.manual_seed(0)
+        start = tmp_path / f"sam2.1_hiera_{variant}.pt"
+        torch.save({"model": SAM2Model(SAM2Config(variant=variant, image_size=64)).state_dict()}, start)
+        model = {"name": "sam2", "checkpoint": str(start), "sam2_image_size": 64, "freeze_image_encoder": True}
+        caplog.clear()
+        SAM2Task(dataclasses.replace(config, model=config_from_dict({"model": model}).model), data.train, torch.device("cpu"))
+        expected = (
+            f"{start}: a SAM 2.1 hiera-small checkpoint; model.sam2_preset medsam2 is hiera-tiny (MedSAM2_latest.pt): "
+            "training it with that preset's settings (for its own: model.sam2_preset: sam2.1-small)"
+        )
+        assert [m for m in caplog.messages if "sam2_preset" in m] == ([expected] if warned else []), caplog.messages
+
+
 def test_cases_without_labels_are_left_out_before_the_split(tmp_path: Path) -> None:
     """An empty mask is left out before the validation cases are drawn: whichever the seed, one of
     the labelled cases validates (an empty case drawn for validation left none, and drawn for

@@ -259,11 +259,8 @@ def sam2_predictor(
         )
     model = sam2_from_state(state, choice.path, settings.config(image_size), device)
     variant = model.config.variant
-    if choice.preset is not None and variant != choice.preset.variant:
-        log.warning(
-            "%s: a SAM 2.1 hiera-%s checkpoint; --model %s is hiera-%s (%s): running it with that preset's settings",
-            choice.path, variant, choice.preset.name, choice.preset.variant, choice.preset.file_name,
-        )
+    if choice.preset is not None:
+        warn_if_other_variant(choice.path, variant, choice.preset, f"--model {choice.preset.name}", "running")
     named = choice.preset or (trained[0] if trained else None)
     description = f"SAM 2.1 {settings_in_words(variant, image_size, named)}, from {choice.path}"
     predictor = SAM2Predictor(
@@ -272,6 +269,17 @@ def sam2_predictor(
     if compiled:
         predictor.warm_up()
     return predictor
+
+
+def warn_if_other_variant(path: Path, variant: str, preset: SAM2Preset, named_by: str, doing: str, advice: str = "") -> None:
+    """Warn that a checkpoint's trunk is not the one `preset` was published with: its input size
+    and resizing were chosen for that file, and a variant mismatch is more often a wrong file or a
+    forgotten setting than a choice. `named_by`: what chose the preset (`--model medsam2`)."""
+    if variant != preset.variant:
+        log.warning(
+            "%s: a SAM 2.1 hiera-%s checkpoint; %s is hiera-%s (%s): %s it with that preset's settings%s",
+            path, variant, named_by, preset.variant, preset.file_name, doing, advice,
+        )
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from medsam2.engine.memory import MemoryBank, MemoryEntry
 from medsam2.engine.prompts import box_from_mask
-from medsam2.engine.registry import PRESETS, resolve_model, split_preset, trained_settings
+from medsam2.engine.registry import PRESETS, resolve_model, split_preset, trained_settings, warn_if_other_variant
 from medsam2.errors import InputError
 from medsam2.engine.sam2_predictor import BOX_CORNER_LABELS, SAM2Predictor
 from medsam2.models.sam2 import FrameFeatures, FrameOutput, SAM2Model, sam2_from_state
@@ -138,6 +138,13 @@ class SAM2Task:
                 f"{self.preset.name}: set model.sam2_preset: {trained[0].name}"
             )
         self.network = sam2_from_state(state, path, settings, device)
+        # The default preset is MedSAM2's (hiera-tiny, 512 px): fine-tuning Meta's large file
+        # under it went on at 512 px without a word, and `--model FILE` then ran it so.
+        matching = [name for name, preset in PRESETS.items() if preset.variant == self.network.config.variant]
+        warn_if_other_variant(
+            path, self.network.config.variant, self.preset, f"model.sam2_preset {self.preset.name}", "training",
+            f" (for its own: model.sam2_preset: {matching[0]})" if matching else "",
+        )
         self.transform = SquareResize(self.network.image_size, resample=self.preset.resample)
         self.frozen = config.model.freeze_image_encoder
         if self.frozen:
