@@ -485,6 +485,10 @@ def test_bad_projects_and_databases(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="connection"):
         init_project(tmp_path / "b", f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # a failed init leaves no folder
+    # The URL is stored in the shared project file: a password in it would be readable by all.
+    with pytest.raises(InputError, match=r"medsam2:\*\*\*@.*leave the password out of the URL.*PGPASSWORD") as refused:
+        init_project(tmp_path / "d", "postgresql://medsam2:s3cret@127.0.0.1:5432/x")
+    assert "s3cret" not in str(refused.value) and not (tmp_path / "d").exists()
     project = init_project(tmp_path / "c")
     with pytest.raises(InputError, match="no such file or folder"):
         import_cases(project, [tmp_path / "missing.nii.gz"], progress=False)

@@ -275,6 +275,12 @@ def init_project(
         parse_window(settings.window)
     identity = model_identity(model)
     url = db.database_url(database, folder)
+    if url.password is not None:
+        # The URL is stored as given in the project file, which everyone with the shared folder reads.
+        raise InputError(
+            f"--db {db.shown(url)}: leave the password out of the URL (it would be stored in {PROJECT_FILE}); "
+            "give it through PGPASSWORD or ~/.pgpass"
+        )
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
