@@ -546,7 +546,7 @@ def test_masks_named_unlike_the_images_are_said_at_import(tmp_path: Path, synthe
 
 
 def test_a_project_of_the_first_schema_upgrades_and_relocated_cases_get_their_voxels(
-    tmp_path: Path, database: str, synthetic_cases: Path
+    tmp_path: Path, database: str, synthetic_cases: Path, capsys
 ) -> None:
     """A database at revision 0001 (cases without a voxel digest or placement) is brought up to date
     when opened; moving its images elsewhere and relocating records both then, as an import now does."""
@@ -561,10 +561,15 @@ def test_a_project_of_the_first_schema_upgrades_and_relocated_cases_get_their_vo
         config.attributes["connection"] = connection
         command.downgrade(config, "0001")
     project.close()
+    capsys.readouterr()
 
     project = open_project(tmp_path / "project")  # migrated to the head again: digests and placements are gone
     with project.engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() == "0003"
+    # whoever upgrades a shared database is told, since older medsam2 installs can no longer open it
+    assert "upgraded the database's schema from revision 0001 to 0003" in capsys.readouterr().err
+    open_project(tmp_path / "project").close()
+    assert "upgraded" not in capsys.readouterr().err  # an up-to-date database: nothing said
     assert {row.name: (row.voxels_sha256, row.placement) for row in project.cases()} == {"case_00": (None, None), "case_01": (None, None)}
     moved_to = Path(shutil.copytree(images, tmp_path / "moved"))
     moves = relocate(project, images, moved_to, progress=False)

@@ -15,6 +15,7 @@ runs in WAL mode; a killed process loses nothing it committed.
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -110,6 +111,14 @@ def migrate(engine: Engine) -> None:
             command.upgrade(config, "head")
     except DBAPIError as error:
         raise InputError(f"{shown(engine.url)}: {reason(error)}") from None
+    if current is not None:
+        # A shared database upgraded by one annotator's newer medsam2 shuts out the others' older
+        # ones; whoever upgraded it should know, so they can tell the team.
+        print(
+            f"note: {shown(engine.url)}: upgraded the database's schema from revision {current} to {head} "
+            "(an older medsam2 can no longer open it)",
+            file=sys.stderr,
+        )
 
 
 def reason(error: DBAPIError) -> str:
