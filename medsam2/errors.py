@@ -12,6 +12,14 @@ class InputError(ValueError):
     """Bad user input: the message is one line, fit to show as is."""
 
 
+class UnavailableError(InputError):
+    """A service medsam2 works through did not answer (an annotation project's database): not a
+    mistake in the request, yet told in one line as bad input is; a server answers it with 503,
+    as a request to try again later, not to change."""
+
+    status_code = 503
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message, or its type's name when the message is empty: what a
     one-line report of an unexpected error shows."""

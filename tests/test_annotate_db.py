@@ -578,3 +578,31 @@ def test_a_project_of_the_first_schema_upgrades_and_relocated_cases_get_their_vo
         name: (str(moved_to / f"{name}.nii.gz"), *recorded[name]) for name in recorded
     }
     project.close()
+
+
+def test_a_database_gone_while_serving_is_a_503_not_a_bad_request(tmp_path: Path, postgres_server: str) -> None:
+    """The annotation routes answered 400 (the client's mistake) when the project's database went
+    away; the request was fine, the service was not there: 503, in one line, and the command line
+    says so in one line too."""
+    from fastapi.testclient import TestClient
+
+    from medsam2.annotate.routes import annotation_router
+    from medsam2.server import ServerSettings, create_app
+
+    name = f"gone_{os.getpid()}_{time.monotonic_ns()}"
+    admin = create_engine(f"{postgres_server.replace('postgresql://', 'postgresql+psycopg://')}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    init_project(tmp_path / "project", f"{postgres_server}/{name}").close()
+    with TestClient(create_app(ServerSettings(), routers=[annotation_router(tmp_path / "project")]), base_url="http://127.0.0.1") as client:
+        assert client.get("/api/annotate/status").status_code == 200
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        gone = client.get("/api/annotate/status")
+        assert gone.status_code == 503, gone.text
+        assert gone.json()["error"].startswith(f"{postgres_server.replace('postgresql://', 'postgresql+psycopg://')}/{name}")
+    admin.dispose()
+    result = subprocess.run(
+        [sys.executable, "-m", "medsam2.cli", "annotate", "status", str(tmp_path / "project")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr

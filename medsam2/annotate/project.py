@@ -26,7 +26,7 @@ from medsam2.annotate import db
 from medsam2.annotate.schema import CaseRow, CaseState, ProjectRow, RoundRow
 from medsam2.engine.prompts import MAX_OBJECT_ID
 from medsam2.engine.registry import DEFAULT_MODEL
-from medsam2.errors import InputError
+from medsam2.errors import InputError, UnavailableError
 from medsam2.io import SliceAxis
 from medsam2.io.atomic import atomic_write_text
 from medsam2.io.training_set import file_sha256
@@ -176,7 +176,7 @@ class Project:
             with self._sessions.begin() as session:
                 yield session
         except (OperationalError, InterfaceError) as error:  # the server went away, the file is locked...
-            raise InputError(f"{db.shown(self.url)}: {db.reason(error)}") from None
+            raise UnavailableError(f"{db.shown(self.url)}: {db.reason(error)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
