@@ -55,8 +55,8 @@ def database_url(spec: str, folder: Path) -> URL:
 
 
 def shown(url: URL) -> str:
-    """The URL for messages, password hidden."""
-    return url.render_as_string(hide_password=True)
+    """The URL for messages, password hidden, as users write it (without the driver chosen for them)."""
+    return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
 
 def connect(url: URL) -> Engine:
