@@ -601,6 +601,7 @@ def test_a_database_gone_while_serving_is_a_503_not_a_bad_request(tmp_path: Path
         gone = client.get("/api/annotate/status")
         assert gone.status_code == 503, gone.text
         assert gone.json()["error"].startswith(f"{postgres_server}/{name}: ")  # as the user wrote it, no driver name
+        assert gone.json()["error"].endswith("does not exist; create it first (createdb NAME), or name another")
     admin.dispose()
     result = subprocess.run(
         [sys.executable, "-m", "medsam2.cli", "annotate", "status", str(tmp_path / "project")], capture_output=True, text=True, timeout=120

@@ -15,6 +15,7 @@ runs in WAL mode; a killed process loses nothing it committed.
 
 from __future__ import annotations
 
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -121,7 +122,17 @@ def migrate(engine: Engine) -> None:
         )
 
 
+# What to do about the PostgreSQL refusals a new user meets first, added to the server's words.
+PG_ADVICE = {
+    r"password authentication failed|no password supplied": "give the password through PGPASSWORD or ~/.pgpass",
+    r'database ".*" does not exist': "create it first (createdb NAME), or name another",
+    r'role ".*" does not exist': "connect as an existing user, or create it (createuser NAME)",
+}
+
+
 def reason(error: DBAPIError) -> str:
-    """The driver's first message line, for a one-line error."""
+    """The driver's first message line, for a one-line error, with what to do where that is known."""
     lines = str(error.orig or error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    said = lines[0] if lines else type(error).__name__
+    advice = next((text for cause, text in PG_ADVICE.items() if re.search(cause, said)), None)
+    return f"{said}; {advice}" if advice else said
