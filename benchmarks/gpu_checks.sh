@@ -11,6 +11,10 @@
 # It installs the wheels `make device-wheels` put in .whl/dev (the machine reaches no registry).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
+    || { echo "gpu_checks.sh: no NVIDIA GPU here (nvidia-smi missing or finds none); run it on a lent GPU machine" >&2; exit 1; }
+compgen -G ".whl/dev/*.whl" >/dev/null \
+    || { echo "gpu_checks.sh: no wheels in .whl/dev; run 'make device-wheels' first and carry .whl/dev" >&2; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/dev/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
