@@ -22,6 +22,19 @@ def ct_lesion_cases() -> list[Path]:
     return sorted((shared_data() / "ct_lesion").glob("CT_Lesion_*.npz"))
 
 
+def checked_device(device: str) -> str:
+    """`device` ("cpu", "cuda", "cuda:N") if this machine has it; else exits with a one-line message
+    (e.g. cuda asked for on a machine without a GPU) instead of torch's traceback."""
+    from medsam2.engine.models import resolve_device
+    from medsam2.errors import InputError
+
+    try:
+        resolve_device(device)
+    except InputError as error:
+        sys.exit(f"{Path(sys.argv[0]).name}: {error}")
+    return device
+
+
 def image_size(text: str) -> int:
     """An argparse `type` for a SAM 2.1 input size: a positive multiple of 32."""
     try:

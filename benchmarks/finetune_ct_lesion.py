@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common import ct_lesion_cases
+from common import checked_device, ct_lesion_cases
 from medsam2.engine.models import load_predictor
 from medsam2.models.weights import bundled_lite_medsam_checkpoint, read_state_dict
 from medsam2.train import config_from_dict, train
@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
-
+    if args.device != "auto":
+        checked_device(args.device)
     cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     device = args.device if args.device.startswith("cuda") else "cuda" if cuda else "cpu"
     if cuda:

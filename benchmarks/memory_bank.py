@@ -19,7 +19,7 @@ import argparse
 import time
 
 import numpy as np
-from common import ct_lesion_cases, image_size
+from common import checked_device, ct_lesion_cases, image_size
 from one_prompt import random_sam2
 
 from medsam2.engine.api import segment_volume
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=0, help="only the first N cases (0: all)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    predictor = load_predictor(args.model, args.device) if args.model else random_sam2(args.image_size)
+    checked_device(args.device)
+    predictor = load_predictor(args.model, args.device) if args.model else random_sam2(args.image_size, args.device)
     if not isinstance(predictor, SAM2Predictor):
         parser.error(f"{args.model}: not a memory model; the banks are SAM 2.1 / MedSAM2's")
     described = args.model or f"random-weight SAM 2.1 hiera-tiny, {args.image_size} px"

@@ -38,14 +38,14 @@ from medsam2.metrics import dice
 from medsam2.models.sam2 import SAM2Config, SAM2Model
 
 
-def random_sam2(image_size: int = 512) -> SAM2Predictor:
+def random_sam2(image_size: int = 512, device: str = "cpu") -> SAM2Predictor:
     """SAM 2.1 hiera-tiny with random weights (seeded) whose object-score head says "present" (else
     it finds nothing anywhere), preprocessing as MedSAM2's."""
     torch.manual_seed(0)
     model = SAM2Model(SAM2Config(image_size=image_size))
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(5.0)
-    return SAM2Predictor(model.eval(), "cpu", resample="bilinear")
+    return SAM2Predictor(model.eval(), device, resample="bilinear")
 
 
 def main() -> None:

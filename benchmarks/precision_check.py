@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from common import ct_lesion_cases
+from common import checked_device, ct_lesion_cases
 from medsam2.engine.models import load_predictor
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import load_image
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    checked_device(args.device)
     predictors = {precision: load_predictor(device=args.device, precision=precision) for precision in ("fp32", "bf16")}
     cases = []
     for path in ct_lesion_cases():

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from common import image_size
+from common import checked_device, image_size
 
 META_CONFIGS = {"tiny": "t", "small": "s", "base-plus": "b+", "large": "l"}
 VIDEO_SIZE = 512  # frames of 512 x 512 pixels, whatever the model's image size
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--masks", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    checked_device(args.device)
     if args.implementation:
         args.precision = args.precision[0]
         worker(args)

@@ -34,7 +34,7 @@ from sam2_speed import build_meta
 
 from medsam2.engine.sam2_predictor import frozen_compile
 from medsam2.models.sam2 import SAM2Config, SAM2Model, SelectedMemory
-from common import image_size
+from common import checked_device, image_size
 
 Step = Callable[[], object]
 
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per form (default 200)")
     parser.add_argument("--top-kernels", type=int, default=15, help="on a GPU, list the compiled frozen step's N costliest kernels (0: none)")
     args = parser.parse_args()
+    checked_device(args.device)
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -36,6 +36,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from common import checked_device
 from PIL import Image
 from scipy import ndimage
 
@@ -160,6 +161,9 @@ def main() -> None:
         print(json.dumps(figures))
         return
     import torch
+
+    for device in args.device:
+        checked_device(device)
 
     print(
         f"{args.size}x{args.size} synthetic clip as {'H.264 MP4' if args.clip == 'mp4' else 'a PNG folder'}; chunk_frames "
