@@ -19,9 +19,11 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 from common import ct_lesion_cases
@@ -53,15 +55,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(data: str, port: int) -> subprocess.Popen:
+def start_server(data: str, port: int, log: IO[str]) -> subprocess.Popen:
+    """`medsam2 serve`, its standard error into `log` (shown when something fails: its last line,
+    "stopped by SIGTERM", when this script stops it, is no error)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "medsam2.cli", "serve", "--data", data, "--port", str(port), "--max-sessions", "64"],
         stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            sys.exit(f"medsam2 serve exited with status {server.returncode}")
+            sys.exit(f"medsam2 serve exited with status {server.returncode}: {server_log(log)}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", "/api/info")
@@ -71,6 +76,11 @@ def start_server(data: str, port: int) -> subprocess.Popen:
             time.sleep(0.5)
     server.kill()
     sys.exit(f"the server did not answer on port {port} within {START_SECONDS} s")
+
+
+def server_log(log: IO[str], lines: int = 10) -> str:
+    log.seek(0)
+    return "".join(log.readlines()[-lines:]).strip() or "(nothing on its standard error)"
 
 
 class Client:
@@ -154,7 +164,8 @@ def main() -> None:
         prompt = key_slice_box(stored_array(load_image(path), "gts") > 0)
         cases.append((f"data/{path.name}", {"slice": prompt.slice_index, "box": [float(v) for v in prompt.box]}))
     port = free_port()
-    server = start_server(str(paths[0].parent), port)
+    log = tempfile.TemporaryFile("w+")
+    server = start_server(str(paths[0].parent), port, log)
     try:
         alone, alone_wall = run(port, 1, args.requests, cases)
         loaded, loaded_wall = run(port, args.clients, args.requests, cases)
@@ -171,6 +182,8 @@ def main() -> None:
     print(f"errors: {len(errors)}")
     for error in errors[:10]:
         print(f"  {error}")
+    if errors:
+        print(f"the server's standard error, last lines:\n{server_log(log)}")
     sys.exit(1 if errors else 0)
 
 
