@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -1029,3 +1032,24 @@ def test_a_change_made_on_an_older_revision_is_refused(server, data_dir: Path) -
     # Without If-Match a change applies to the session as it is.
     assert client.post(f"{base}/undo").json()["revision"] == 3
     assert client.delete(base).status_code == 204
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stopped_by_its_usual_signals_ends_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    """Ctrl-C or a service manager's SIGTERM is how a server ends: status 0 and a line saying it
+    stopped (uvicorn raises the signal again once shut down, which ended the command as a failure)."""
+    (tmp_path / "data").mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medsam2.cli", "serve", "--data", str(tmp_path / "data"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "in a browser" in line:
+            break
+    assert process.poll() is None, "".join(lines)
+    process.send_signal(stop)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, "".join(lines) + rest
+    assert rest.strip().splitlines()[-1] == "stopped serving" and "error" not in rest, rest
