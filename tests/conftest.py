@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from pydicom.valuerep import format_number_as_ds
 from medsam2.io import Volume
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`subprocess.Popen`'s preexec_fn for a child that a test stops with SIGINT, as Ctrl-C stops a
+    command in a terminal: a suite run in the background (nohup, CI) ignores SIGINT, its children
+    inherit that, and Python then never raises KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,7 @@ from medsam2.metrics import dice
 from medsam2.engine.api import prepare_slices
 from medsam2.train.config import DataConfig, DataSource
 from medsam2.train.data import discover_cases, load_case
+from conftest import ctrl_c_as_in_a_terminal
 from test_sam2_engine import random_sam2
 
 runner = CliRunner()
@@ -546,7 +547,7 @@ def test_a_presegment_stopped_mid_case_gives_its_claim_back(tmp_path: Path, draw
     assert run("init", project, "--label", "1=lesion").exit_code == 0
     assert run("import", project, scan).exit_code == 0
     command = [sys.executable, "-m", "medsam2.cli", "annotate", "presegment", str(project)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not (open_project(project).cases()[0].lease_owner or "").startswith("presegment@"):
         assert process.poll() is None and time.monotonic() < deadline, "the case was never claimed"

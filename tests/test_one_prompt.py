@@ -32,6 +32,7 @@ from medsam2.engine.api import prepare_slices
 from medsam2.io import Volume, load_image
 from medsam2.io.masks import load_mask, stored_array
 from medsam2.metrics import dice
+from conftest import ctrl_c_as_in_a_terminal
 
 SIZE = 256
 RADIUS = 18
@@ -236,7 +237,7 @@ def test_a_run_stopped_by_a_signal_leaves_no_staged_outputs_and_says_so(shared_d
     case = shared_data / "ct_lesion" / LESION
     out = tmp_path / "out"
     command = [sys.executable, "-m", "medsam2.cli", "one-prompt", "--reference", case, "--reference-mask", case, case, "-o", out]
-    run = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 300
     while not (out.is_dir() and any(out.iterdir())):
         assert run.poll() is None, run.communicate()[0]

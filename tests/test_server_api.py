@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from medsam2.io.video import load_video
 from medsam2.metrics import dice
 from medsam2.server import ServerSettings, create_app, rle
 from medsam2.server.security import CLIENT_HEADER
+from conftest import ctrl_c_as_in_a_terminal
 
 LOCAL = "http://127.0.0.1"
 CASE_2 = "CT_Lesion_000002_03_01_035-047.npz"
@@ -1041,7 +1043,7 @@ def test_serve_stopped_by_its_usual_signals_ends_cleanly(tmp_path: Path, stop: s
     (tmp_path / "data").mkdir()
     process = subprocess.Popen(
         [sys.executable, "-m", "medsam2.cli", "serve", "--data", str(tmp_path / "data"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_as_in_a_terminal,
     )
     lines = []
     for line in process.stdout:
@@ -1049,6 +1051,15 @@ def test_serve_stopped_by_its_usual_signals_ends_cleanly(tmp_path: Path, stop: s
         if "in a browser" in line:
             break
     assert process.poll() is None, "".join(lines)
+    url = re.search(r"Open (http://\S+) in a browser", lines[-1]).group(1)
+    deadline = time.monotonic() + 60
+    while True:  # serving: stopped as a user stops it, not while it starts
+        try:
+            with urllib.request.urlopen(f"{url}api/info", timeout=5):
+                break
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+            time.sleep(0.1)
     process.send_signal(stop)
     rest = process.communicate(timeout=60)[0]
     assert process.returncode == 0, "".join(lines) + rest

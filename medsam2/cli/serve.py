@@ -110,13 +110,13 @@ def serve(
         offered = "sample scans (pass --data FOLDER for your own)" if data is None else f"the scans in {data}" + (" and the samples" if samples else "")
         url = page_url(host, listener.getsockname()[1], settings.token)
         typer.echo(f"medsam2 is serving {offered}. Open {url} in a browser; Ctrl+C stops it.")
-        try:
-            uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
-        except (KeyboardInterrupt, SystemExit) as stop:
-            # uvicorn shuts down on Ctrl-C or SIGTERM, then raises the signal again: for a server that is
-            # its usual end, not a failure (a service manager counts status 0 as a clean stop).
-            if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
-                raise
-            typer.echo("stopped serving")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Ctrl-C or SIGTERM is how a server ends, not a failure (a service manager counts status 0 as a
+        # clean stop): uvicorn shuts down, then raises the signal again; before uvicorn runs, the
+        # signal stops the start-up.
+        if isinstance(stop, SystemExit) and stop.code != 128 + signal.SIGTERM:
+            raise
+        typer.echo("stopped serving")
     finally:
         listener.close()
