@@ -463,6 +463,7 @@ def _completed_for_seg(sources: Sequence[Dataset], slice_thickness: float) -> Se
         if thickness_missing:
             header.SliceThickness = header.get("SliceThickness") or pydicom.valuerep.DS(slice_thickness, auto_format=True)
         for keyword in absent:
-            setattr(header, keyword, "")
+            if keyword not in header:  # only where missing: another source's value is kept
+                setattr(header, keyword, "")
         completed.append(header)
     return completed
