@@ -875,3 +875,38 @@ def test_drawing_a_box_stops_playing_so_it_lands_where_it_was_started(server_url
     wait_prompts(page, 1)
     assert [prompt["slice"] for prompt in session_info(page)["objects"][0]["prompts"]] == [pressed_on]
     assert problems == []
+
+
+def test_propagation_goes_only_the_way_chosen(server_url: str, browser: Browser, shared_data: Path) -> None:
+    """The page always propagated both ways, though the API takes a direction: a user who wants the
+    object followed only up (or down) from the key slice had to erase the other side afterwards. The
+    way is chosen in reading order, as the arrow keys step."""
+    truth = stored_array(load_image(shared_data / "ct_lesion" / CASE), "gts") > 0
+    prompt = key_slice_box(truth)
+    x1, y1, x2, y2 = (int(v) for v in prompt.box)
+    page, problems = start_page(browser, server_url)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    page.keyboard.press("Home")
+    for _ in range(prompt.slice_index):
+        page.keyboard.press("ArrowDown")
+    assert shown_slice(page) == prompt.slice_index
+    drag(page, (x1, y1), (x2, y2))
+    wait_prompts(page, 1)
+    step = session_info(page)["slice_step"]
+
+    def propagated(way: str) -> list[int]:
+        page.select_option("#propagate-direction", way)
+        page.click("#propagate")
+        page.wait_for_function(
+            f"document.querySelector('#status').textContent.startsWith('Propagated') && {IDLE}", timeout=PROPAGATION_SECONDS * 1000
+        )
+        page.evaluate("document.querySelector('#status').textContent = ''")
+        return [(slice_index - prompt.slice_index) * step for slice_index in session_info(page)["objects"][0]["slices"]]
+
+    back = propagated("back")
+    assert min(back) < 0 and max(back) == 0  # up from the key slice only
+    both = propagated("onward")
+    assert set(back) < set(both) and max(both) > 0
+    assert problems == []

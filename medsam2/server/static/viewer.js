@@ -624,7 +624,7 @@ async function propagate() {
     }
   }, 300);
   try {
-    const info = await change("/propagate", { method: "POST" }, session);
+    const info = await change("/propagate", { method: "POST", json: { direction: propagationDirection() } }, session);
     if (!current()) return;
     await refreshMasks();
     applySession(info);
@@ -637,6 +637,14 @@ async function propagate() {
     $("propagate").disabled = false;
   }
   draw();
+}
+
+// The chosen way in reading order (the arrow keys'), as the engine's way in slice numbers.
+function propagationDirection() {
+  const choice = $("propagate-direction").value;
+  if (choice === "both") return "both";
+  const onward = (choice === "onward" ? 1 : -1) * state.session.slice_step;
+  return onward > 0 ? "forward" : "backward";
 }
 
 // "Object 1: 12 slices; Object 2: 1 slice", for a session's objects.
