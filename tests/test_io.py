@@ -940,6 +940,46 @@ def test_a_nifti_2_file_is_named_as_such(tmp_path: Path) -> None:
         load_image(tmp_path / "n2.nii.gz")
 
 
+@pytest.mark.parametrize("layout", ["coronal slice, scaled", "sform only, pixdim 1"])
+def test_a_2d_nifti_is_placed_by_its_header_and_its_mask_keeps_it(tmp_path: Path, ct_case: Volume, layout: str) -> None:
+    """A one-slice NIfTI was read by ITK from the 2x2 in-plane part of its transform: a coronal
+    slice (singular 2x2) failed as "cannot read (-0 -0)", an sform whose scales differ from pixdim
+    gave pixdim's spacing (distances in eval off by that factor), and the slice's position was lost."""
+    slice_ = ct_case.array[6].T.astype(np.int16)  # NIfTI's (x, y)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    if layout == "coronal slice, scaled":  # x -> R-L, y -> I-S, the slice stacked along A-P
+        affine = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 0.0, -3.0, 20.0], [0.0, 0.8, 0.0, -30.0], [0.0, 0.0, 0.0, 1.0]])
+        image = nib.Nifti1Image(slice_, affine)
+        image.header.set_slope_inter(4.0, -1000.0)
+        expected = slice_.T * np.float32(4.0) - np.float32(1000.0)
+    else:
+        affine = np.diag([-0.5, -0.5, 5.0, 1.0])
+        affine[:3, 3] = [40.0, 50.0, -100.0]
+        image = nib.Nifti1Image(slice_, None)
+        image.set_sform(affine, code="scanner")
+        image.header["qform_code"] = 0
+        image.header["pixdim"][1:4] = 1.0
+        expected = slice_.T
+    path = tmp_path / "slice.nii.gz"
+    nib.save(image, path)
+    volume = load_image(path)
+    assert volume.meta["is_2d"] and volume.shape == (1, *slice_.T.shape)
+    np.testing.assert_allclose(volume.array[0], expected)
+    axes = lps @ affine[:3, :3]
+    np.testing.assert_allclose(volume.spacing, np.linalg.norm(axes, axis=0), atol=1e-6)
+    np.testing.assert_allclose(volume.direction_matrix, axes / np.linalg.norm(axes, axis=0), atol=1e-6)
+    np.testing.assert_allclose(volume.origin, lps @ affine[:3, 3], atol=1e-6)
+
+    mask = (ct_case.meta["npz"]["gts"][6:7] > 0).astype(np.uint8)
+    written = nib.load(save_mask(mask, volume, tmp_path / "mask.nii.gz"))
+    assert written.shape == slice_.shape
+    np.testing.assert_allclose(written.affine, nib.load(path).affine, atol=1e-6)
+    back = load_image(tmp_path / "mask.nii.gz")
+    check_same_geometry(back, volume, "2D NIfTI mask")
+    np.testing.assert_array_equal(back.array, mask)
+    assert sitk.ReadImage(str(save_mask(mask, volume, tmp_path / "mask.nrrd"))).GetDimension() == 2
+
+
 def test_the_mask_of_a_2d_nrrd_is_2d_with_its_geometry(tmp_path: Path) -> None:
     """Was written as a 3D mask of one slice (a third spacing, origin and direction row of its own)."""
     image = sitk.GetImageFromArray(np.arange(20 * 30, dtype=np.int16).reshape(20, 30))

@@ -184,12 +184,29 @@ def _read_sitk_file(path: Path) -> Volume:
         # SimpleITK keeps one transform of the two a NIfTI may hold; the mask writer needs both.
         meta["nifti_header"] = nifti.header
     metaimage = file_suffix(path) in (".mha", ".mhd")
-    # ITK's warnings on NIfTI transforms it reads past: the placement is nibabel's (below)
-    with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else itk_warnings_off():
-        image = sitk.ReadImage(str(path))
+    if nifti is not None and _is_grey_2d(nifti):
+        image = sitk.GetImageFromArray(_scaled_voxels(nifti).T)
+    else:
+        # ITK's warnings on NIfTI transforms it reads past: the placement is nibabel's (below)
+        with native_lines_dropped(on_failure=METAIO_COMPLAINTS) if metaimage else itk_warnings_off():
+            image = sitk.ReadImage(str(path))
     volume = _volume_from_sitk(image, path, meta=meta)
-    placement = _nibabel_placement(nifti) if nifti is not None and not volume.meta["is_2d"] else None
+    placement = _nibabel_placement(nifti) if nifti is not None else None
     return volume if placement is None else replace(volume, **placement)
+
+
+def _is_grey_2d(nifti: nib.Nifti1Image) -> bool:
+    """A NIfTI of one grey slice, whose voxels are read with nibabel: ITK keeps only the in-plane
+    2x2 of its transform, so it refuses a coronal or sagittal slice (a singular 2x2) and loses the
+    slice's position, and it places by pixdim where an sform's scales differ."""
+    return len(nifti.shape) == 2 and nifti.get_data_dtype().fields is None
+
+
+def _scaled_voxels(nifti: nib.Nifti1Image) -> np.ndarray:
+    """The voxels with the header's scl_slope/scl_inter applied, float32 where scaled, as ITK reads them."""
+    proxy = nifti.dataobj
+    voxels = np.asanyarray(proxy)
+    return voxels.astype(np.float32) if (float(proxy.slope), float(proxy.inter)) != (1.0, 0.0) else voxels
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
