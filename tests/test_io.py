@@ -980,6 +980,22 @@ def test_a_2d_nifti_is_placed_by_its_header_and_its_mask_keeps_it(tmp_path: Path
     assert sitk.ReadImage(str(save_mask(mask, volume, tmp_path / "mask.nrrd"))).GetDimension() == 2
 
 
+def test_an_itk_message_over_several_lines_is_given_whole(tmp_path: Path, ct_case: Volume) -> None:
+    """ITK writes a matrix row by row: the error named only its last row ("cannot read (0 0 1)")."""
+    header = (
+        "ObjectType = Image\nNDims = 3\nTransformMatrix = 1 0 0 0 0 0 0 0 1\nOffset = 0 0 0\n"
+        "ElementSpacing = 0.977 0.977 5\nDimSize = 512 512 1\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n"
+    )
+    path = tmp_path / "singular.mha"
+    path.write_bytes(header.encode() + ct_case.array[6].tobytes())
+    with pytest.raises(InputError) as error:
+        load_image(path)
+    assert str(error.value) == (
+        f"{path}: cannot read (Bad direction, determinant is 0. Refusing to change direction from 1 0 0 0 1 0 0 0 1 "
+        "to 1 0 0 0 0 0 0 0 1)"
+    )
+
+
 def test_the_mask_of_a_2d_nrrd_is_2d_with_its_geometry(tmp_path: Path) -> None:
     """Was written as a 3D mask of one slice (a third spacing, origin and direction row of its own)."""
     image = sitk.GetImageFromArray(np.arange(20 * 30, dtype=np.int16).reshape(20, 30))

@@ -55,7 +55,7 @@ _LIBRARY_READ_ERRORS = (
     InvalidDicomError,
     nib.filebasedimages.ImageFileError,
 )
-_ITK_PREFIX = re.compile(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: )")
+_ITK_PREFIX = re.compile(r"^(ITK ERROR: (\w+\(0x[0-9a-fA-F]+\): )?|sitk::ERROR: )")
 
 
 def file_suffix(path: Path) -> str:
@@ -68,14 +68,17 @@ def library_reason(error: BaseException) -> str:
 
     SimpleITK raises RuntimeError with ITK's chain of messages, most specific last, after a
     source-location line, each prefixed with the class and address, sometimes followed by a stale
-    errno "Reason:" line (a truncated MetaImage reports "No such file"). Python libraries put the
-    message first.
+    errno "Reason:" line (a truncated MetaImage reports "No such file"). A message may run on over
+    several lines (a matrix, row by row): they are joined to it. Python libraries put the message first.
     """
-    lines = [_ITK_PREFIX.sub("", line.strip()) for line in str(error).splitlines()]
-    useful = [line for line in lines if line and not line.startswith(("Exception thrown in SimpleITK", "Reason: "))]
+    raw = [line.strip() for line in str(error).splitlines()]
+    useful = [line for line in raw if line and not line.startswith(("Exception thrown in SimpleITK", "Reason: "))]
     if not useful:
         return type(error).__name__
-    return useful[-1] if isinstance(error, RuntimeError) else useful[0]
+    if not isinstance(error, RuntimeError):
+        return useful[0]
+    starts = [index for index, line in enumerate(useful) if _ITK_PREFIX.match(line)] or [len(useful) - 1]
+    return _ITK_PREFIX.sub("", " ".join(useful[starts[-1]:]))
 
 
 def load_image(
