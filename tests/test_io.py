@@ -977,7 +977,10 @@ def test_a_2d_nifti_is_placed_by_its_header_and_its_mask_keeps_it(tmp_path: Path
     back = load_image(tmp_path / "mask.nii.gz")
     check_same_geometry(back, volume, "2D NIfTI mask")
     np.testing.assert_array_equal(back.array, mask)
-    assert sitk.ReadImage(str(save_mask(mask, volume, tmp_path / "mask.nrrd"))).GetDimension() == 2
+    # A 2D NRRD would hold neither a coronal slice's orientation nor a slice's height: one slice of 3D does.
+    nrrd = load_image(save_mask(mask, volume, tmp_path / "mask.nrrd"))
+    check_same_geometry(nrrd, volume, "NRRD mask of a 2D NIfTI")
+    np.testing.assert_array_equal(nrrd.array, mask)
 
 
 def test_an_itk_message_over_several_lines_is_given_whole(tmp_path: Path, ct_case: Volume) -> None:

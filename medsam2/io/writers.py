@@ -120,9 +120,17 @@ def _write_sitk(labels: np.ndarray, like: Volume, target: Path) -> None:
     image.SetSpacing(like.spacing)
     image.SetOrigin(like.origin)
     image.SetDirection(like.direction)
-    if like.meta.get("is_2d"):  # the mask of a 2D image is 2D, as the image was before it became one slice
+    if like.meta.get("is_2d") and _placed_in_plane(like):  # the mask of a 2D image is 2D, as the image was
         image = image[:, :, 0]
     sitk.WriteImage(image, str(target), useCompression=True)
+
+
+def _placed_in_plane(volume: Volume) -> bool:
+    """Whether a 2D file can hold the slice's placement: in the patient's x-y plane at z = 0. A
+    one-slice NIfTI may be a coronal or sagittal slice, or lie at a height: its mask in a 2D NRRD
+    or MetaImage would lose that, so it is written as one slice of a 3D image instead."""
+    direction = volume.direction_matrix
+    return bool(np.allclose(direction[2], (0, 0, 1)) and np.allclose(direction[:, 2], (0, 0, 1)) and volume.origin[2] == 0)
 
 
 def _write_nifti(labels: np.ndarray, like: Volume, target: Path) -> None:
