@@ -224,6 +224,20 @@ def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nift
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
+def test_the_object_on_a_one_slice_image_with_spacing_is_an_area(tmp_path: Path, lesion_case: Path) -> None:
+    """A one-slice NIfTI's size was given in mL from its third spacing, which is no thickness (the
+    slice's distance to nothing): an area in mm² is what it has."""
+    volume = load_image(lesion_case)
+    truth = stored_array(volume, "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    nib.save(nib.Nifti1Image(volume.array[key].T.astype(np.int16), np.diag([-0.7, -0.6, 3.0, 1.0])), tmp_path / "slice.nii.gz")
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    result = run("segment", tmp_path / "slice.nii.gz", "--box", f"0,{x1},{y1},{x2},{y2}", "-o", tmp_path / "seg.nii.gz")
+    assert result.exit_code == 0, result.output
+    pixels = int(np.count_nonzero(np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)))
+    assert pixels > 100 and result.stdout.splitlines()[-1] == f"object 1: {pixels} pixels, {pixels * 0.7 * 0.6:.1f} mm²"
+
+
 def test_a_picture_without_spacing_gets_sizes_in_pixels_not_millilitres(tmp_path: Path, lesion_case: Path) -> None:
     """A PNG says nothing of its pixels' size: mL (or HD95 in mm) computed as if they were 1 mm would be made up."""
     volume = load_image(lesion_case)

@@ -153,7 +153,9 @@ def segment(
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))
     for obj_id, name in sorted(result.names.items()):
         voxels = int(np.count_nonzero(result.labels.array == obj_id))
-        if volume.has_spacing:
+        if volume.has_spacing and volume.shape[0] == 1:  # a slice's third spacing is no thickness
+            size = f"{counted(voxels, 'pixel')}, {voxels * volume.spacing[0] * volume.spacing[1]:.1f} mm²"
+        elif volume.has_spacing:
             size = f"{counted(voxels, 'voxel')}, {voxels * float(np.prod(volume.spacing)) / 1000:.2f} mL"
         else:
             size = f"{counted(voxels, 'pixel' if volume.shape[0] == 1 else 'voxel')} (the image file gives no spacing: no size in mL)"
