@@ -373,3 +373,33 @@ def test_eval_json_is_strict_json_with_null_for_infinity(tmp_path: Path) -> None
     assert report["cases"][0]["hd95"] is None and report["cases"][0]["dice"] == 0.0
     assert (report["summary"][0]["hd95_mean"], report["summary"][0]["hd95_infinite"]) == (None, 1)
     assert csv_rows(tmp_path / "s.csv")["gt", "1"]["hd95"] == "inf"  # the CSV keeps inf, read back as infinity
+
+
+def test_eval_takes_a_picture_mask_on_the_grid_of_the_other(tmp_path: Path) -> None:
+    """A PNG prediction (another tool's export) of a one-slice ground truth with a spacing was refused
+    ("spacing differs: none in its file vs ..."), though a PNG mask prompt is taken on its image's
+    grid: its pixels are those of the same slice, and distances are in the other file's mm."""
+    from PIL import Image
+
+    truth = np.zeros((1, 40, 50), np.uint8)
+    truth[0, 10:30, 12:36] = 1
+    shifted = np.roll(truth, 3, axis=2)
+    image = sitk.GetImageFromArray(truth[0])
+    image.SetSpacing((0.5, 0.8))
+    sitk.WriteImage(image, str(tmp_path / "gt.nii.gz"))
+    image = sitk.GetImageFromArray(shifted[0])
+    image.SetSpacing((0.5, 0.8))
+    sitk.WriteImage(image, str(tmp_path / "pred.nii.gz"))
+    Image.fromarray(shifted[0]).save(tmp_path / "pred.png")
+    Image.fromarray(truth[0]).save(tmp_path / "gt.png")
+    scores = {}
+    for pred, gt in (("pred.nii.gz", "gt.nii.gz"), ("pred.png", "gt.nii.gz"), ("pred.nii.gz", "gt.png")):
+        result = run_eval(tmp_path / pred, tmp_path / gt, "--json", tmp_path / "s.json")
+        assert result.exit_code == 0, result.output
+        (scores[pred, gt],) = json.loads((tmp_path / "s.json").read_text())["cases"]
+        assert "pixels" not in result.output
+    first = scores["pred.nii.gz", "gt.nii.gz"]
+    assert first["dice"] == pytest.approx(2 * 21 / 48) and 0.5 <= first["hd95"] <= 1.5  # 3 columns of 0.5 mm apart at most
+    assert all({**row, "case": "gt"} == {**first, "case": "gt"} for row in scores.values())
+    result = run_eval(tmp_path / "pred.png", write_mask(tmp_path / "other.nii.gz", np.zeros((1, 40, 49))))
+    assert result.exit_code != 0 and "shape" in result.output

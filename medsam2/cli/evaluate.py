@@ -20,7 +20,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.volume import in_storage_order_of
 from medsam2.io.dicom import is_segmentation
-from medsam2.io.masks import load_mask
+from medsam2.io.masks import load_mask, states_geometry
 from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.video import is_video_mask, load_video_mask, video_mask_pixel_spacing
 from medsam2.io.atomic import check_output_paths, outputs_together
@@ -45,11 +45,19 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     """`image`: the scan both masks belong to, which DICOM-SEG masks are read against."""
     if is_video_mask(pred_path) or is_video_mask(gt_path):
         return score_video_pair(pred_path, gt_path, tolerance_mm)
-    pred, gt = load_mask(pred_path, like=image), load_mask(gt_path, like=image)
+    pred, gt = placed_by_each_other(load_mask(pred_path, like=image), load_mask(gt_path, like=image))
     gt = in_storage_order_of(gt, pred)  # the same grid stored in another order, maybe
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)
     return CaseScores(mask_file_stem(gt_path), scores, in_pixels=not gt.has_spacing)
+
+
+def placed_by_each_other(pred: Volume, gt: Volume) -> tuple[Volume, Volume]:
+    """A mask whose file gives no geometry (a PNG) of the other's shape on the other's grid, as a
+    mask prompt is taken on its image's: its pixels are those of the same slice."""
+    if states_geometry(pred) == states_geometry(gt) or pred.shape != gt.shape:
+        return pred, gt
+    return (gt.with_array(pred.array), gt) if states_geometry(gt) else (pred, pred.with_array(gt.array))
 
 
 def score_video_pair(pred_path: Path, gt_path: Path, tolerance_mm: float) -> CaseScores:
