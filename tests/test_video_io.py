@@ -280,6 +280,22 @@ def test_nifti_2d_t_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(frames, clip)
 
 
+def test_a_nifti_clip_gets_an_overlay_at_its_frame_rate(tmp_path: Path) -> None:
+    # pixdim is float32: its frame interval gave a float32 rate (24.999998) that the overlay's
+    # Fraction refused with a TypeError
+    clip = moving_square_clip(colour=False)
+    image = nib.Nifti1Image(clip.transpose(2, 1, 0)[:, :, None, :], np.eye(4))
+    image.header.set_zooms((1.0, 1.0, 1.0, 40.0))
+    image.header.set_xyzt_units("mm", "msec")
+    nib.save(image, tmp_path / "seq.nii.gz")
+    with load_video(tmp_path / "seq.nii.gz") as video:
+        assert video.frame_rate == 25.0
+        with overlay_video_writer(tmp_path / "overlay.mp4", video, {1: "LV"}) as write:
+            write(0, video.read(), labels_for(clip))
+    back, _ = read_all(tmp_path / "overlay.mp4")
+    assert back.num_frames == len(clip) and back.frame_rate == 25.0
+
+
 def test_camus_half_sequence_reads_like_simpleitk_with_frame_rate_from_info(tmp_path: Path) -> None:
     clip = moving_square_clip(colour=False)
     image = sitk.GetImageFromArray(clip)  # (t, y, x) array -> a 3D (x, y, t) image, as CAMUS stores it

@@ -610,7 +610,9 @@ def _open_nifti(path: Path) -> Video:
     time_unit = header.get_xyzt_units()[1]
     zooms = header.get_zooms()
     if len(shape) == 4:
-        step = zooms[3] * NIFTI_TIME_UNITS[time_unit] if time_unit in NIFTI_TIME_UNITS and zooms[3] > 0 else None
+        # a Python float: pixdim is float32, whose 1/0.04 s is 24.999998 fps and which Fraction (the
+        # overlay's frame rate) refuses
+        step = float(zooms[3]) * NIFTI_TIME_UNITS[time_unit] if time_unit in NIFTI_TIME_UNITS and zooms[3] > 0 else None
         frame_rate = 1.0 / step if step else None
     else:
         frame_rate = _camus_frame_rate(path)
