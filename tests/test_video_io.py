@@ -549,3 +549,13 @@ def test_an_animated_gif_reads_as_a_video(tmp_path: Path) -> None:
     with load_video(tmp_path / "loop.gif") as video:
         assert video.shape == (4, 48, 64) and video.frame_rate == 10
         np.testing.assert_array_equal(np.asarray(video.read())[..., 0], np.stack(frames))  # palette colours: grey as RGB
+
+
+def test_a_gif_at_a_rate_its_centisecond_delays_round_gives_the_rate_of_its_frame_times(tmp_path: Path) -> None:
+    # 15 fps is stored as delays of 7 and 6 cs; FFmpeg's rate (50/3 fps, from one delay) put 0.06 s
+    # between frames in the NIfTI masks while their frame_times said 0.0667 s
+    frames = np.stack([np.full((32, 48, 3), 20 * t, np.uint8) for t in range(10)])
+    write_container(tmp_path / "clip.gif", frames, "gif", "rgb8", Fraction(15))
+    with load_video(tmp_path / "clip.gif") as video:
+        assert video.frame_rate == pytest.approx(15, rel=0.01)
+        assert video.frame_rate == pytest.approx((video.num_frames - 1) / video.frame_times[-1])

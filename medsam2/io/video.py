@@ -482,7 +482,6 @@ def _open_container(path: Path) -> Video:
         frames.close()
         raise InputError(f"{path}: the video has no frames")
     context = frames.stream.codec_context
-    rate = frames.stream.average_rate or frames.stream.guessed_rate
     stored = (context.height, context.width)
     base = frames.stream.time_base
     times = tuple(float((timestamp - frames.timestamps[0]) * base) for timestamp in frames.timestamps) if base else None
@@ -492,9 +491,25 @@ def _open_container(path: Path) -> Video:
         frame_times=times,
         frame_shape=stored[::-1] if frames.quarter_turns % 2 else stored,  # as shown, turned upright
         is_color=frames.format == "rgb24",
-        frame_rate=float(rate) if rate else None,
+        frame_rate=_container_frame_rate(frames.stream, frames.timestamps),
         source=path,
     )
+
+
+def _container_frame_rate(stream: av.VideoStream, timestamps: list[int]) -> float | None:
+    """The stream's frame rate, unless the frames' own timestamps contradict it by more than their
+    rounding (an animated GIF's is FFmpeg's guess from one delay: 50/3 fps for frames 6 and 7 cs
+    apart, 15 fps): then the timestamps' mean rate, which the frame times written beside it
+    (`Video.frame_times`) agree with."""
+    rate = stream.average_rate or stream.guessed_rate
+    base = stream.time_base
+    if len(timestamps) < 2 or not base or timestamps[-1] == timestamps[0]:
+        return float(rate) if rate else None
+    intervals = len(timestamps) - 1
+    mean_interval = (timestamps[-1] - timestamps[0]) * base / intervals
+    if rate and abs(1 / rate - mean_interval) <= base / intervals:  # within a tick over the clip
+        return float(rate)
+    return float(1 / mean_interval)
 
 
 # -- DICOM cine --------------------------------------------------------------------------------------
