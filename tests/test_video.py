@@ -434,6 +434,18 @@ def test_mask_prompt_on_one_frame_to_a_folder_of_pngs(tmp_path: Path) -> None:
     assert min(dice(masks[k] == 3, truth[k]) for k in range(6)) >= 0.9
 
 
+def test_a_mask_prompt_sequence_beside_the_outputs_in_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A FILE spec (no frame) was also taken as the input "" (the working folder): every output
+    # there was refused as "in the input folder ..., among the images it holds"
+    clip, truth, _, _ = ventricle_clip(frames=4)
+    write_container(tmp_path / "echo.mkv", clip, "ffv1", "gray", Fraction(25))
+    np.savez(tmp_path / "lv_seq.npz", segs=truth.astype(np.uint8), frame_rate=25.0)
+    monkeypatch.chdir(tmp_path)
+    result = run("segment", "echo.mkv", "--mask-prompt", "lv_seq.npz", "-o", "lv.npz")
+    assert result.exit_code == 0, result.output
+    assert min(dice(load_video_mask("lv.npz")[k] == 1, truth[k]) for k in range(4)) >= 0.9
+
+
 def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> None:
     clip = ventricle_clip(frames=4)[0]
     good = write_container(tmp_path / "good.avi", clip, "ffv1", "gray", Fraction(25))

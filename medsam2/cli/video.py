@@ -70,8 +70,8 @@ class VideoRequest:
     config: VideoConfig = field(default_factory=VideoConfig)
 
     def inputs(self) -> list[Path | None]:
-        mask_files = [] if self.mask_prompt is None else [Path(self.mask_prompt), Path(self.mask_prompt.partition(":")[2])]
-        return [self.video_path, self.prompts_file, *mask_files]
+        mask_file = None if self.mask_prompt is None else mask_prompt_file(self.mask_prompt)[1]
+        return [self.video_path, self.prompts_file, mask_file]
 
     def outputs(self) -> list[Path | None]:
         """Every file written, the area plot beside the table included."""
@@ -99,12 +99,19 @@ def video_prompts(video: Video, request: VideoRequest) -> list[Prompt]:
     return check_objects_marked(check_one_region_each(prompts, "frame"), "frame")
 
 
+def mask_prompt_file(spec: str) -> tuple[int | None, Path]:
+    """The frame (None for a whole sequence) and the file of a --mask-prompt ``FILE`` or ``FRAME:FILE``."""
+    frame_text, separator, file_text = spec.partition(":")
+    if separator and frame_text.strip().isdigit() and not Path(spec).exists():
+        return int(frame_text), Path(file_text)
+    return None, Path(spec)
+
+
 def mask_prompts(spec: str, video: Video) -> list[Prompt]:
     """``FILE``: a (T, H, W) label sequence, each label prompted on the frame where it is largest;
     ``FRAME:FILE``: one frame's label map (a PNG, say), each label prompted on that frame."""
-    frame_text, separator, file_text = spec.partition(":")
-    one_frame = bool(separator) and frame_text.strip().isdigit() and not Path(spec).exists()
-    path = Path(file_text if one_frame else spec)
+    frame, path = mask_prompt_file(spec)
+    one_frame = frame is not None
     labels = load_video_mask(path)
     if one_frame and len(labels) > 1:
         raise InputError(
@@ -117,7 +124,7 @@ def mask_prompts(spec: str, video: Video) -> list[Prompt]:
         raise InputError(f"{path}: a mask of shape {shape} does not fit the video's {'frames' if one_frame else '(T, H, W)'} {wanted}{one_frame_hint}")
     mask = Volume(array=labels, source=path)
     prompts = prompts_from_mask(mask, mask, 0)
-    return [replace(prompt, slice_index=int(frame_text)) for prompt in prompts] if one_frame else prompts
+    return [replace(prompt, slice_index=frame) for prompt in prompts] if one_frame else prompts
 
 
 def segment_video_command(request: VideoRequest) -> None:
