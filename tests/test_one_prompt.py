@@ -202,6 +202,9 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "9-3"), "9-3 runs backwards; write it 3-9"),
+        # An open range and an empty list were read as slice 5 alone and as every slice.
+        (("--reference", case, "--reference-mask", case, case, "--slices", "5-"), "expected ranges A-B and indices"),
+        (("--reference", case, "--reference-mask", case, case, "--slices", ""), "name the slices to segment"),
         # A target that cannot be read, listed after another: found before any is segmented.
         (("--reference", case, "--reference-mask", case, case, broken, "--slices", "6"), "broken.nii.gz: cannot read"),
         # Options of the other model family would be ignored without a word.

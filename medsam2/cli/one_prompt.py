@@ -73,9 +73,10 @@ def parse_slices(text: str, count: int, where: Path) -> list[int]:
     """"3-9,12" -> [3, ..., 9, 12], checked against a stack of `count` slices."""
     chosen: set[int] = set()
     for part in text.split(","):
-        low, _, high = part.strip().partition("-")
+        low, dash, high = part.strip().partition("-")
         try:
-            first, last = int(low), int(high or low)
+            # "5-" must not read as slice 5 alone: a range needs both its ends.
+            first, last = int(low), int(high if dash else low)
         except ValueError:
             raise InputError(f"--slices {text!r}: expected ranges A-B and indices separated by commas") from None
         if first > last:
@@ -125,6 +126,8 @@ def check_targets(files: list[TargetFile], slices: str | None, axis: str) -> Non
     """What would stop the run at a later target, found before any is segmented: an unreadable
     image, --slices outside a 3D target, a mask its format cannot hold (a DICOM-SEG the image cannot
     have). Each target is read here and again when its turn comes, rather than all held at once."""
+    if slices is not None and not slices.strip():
+        raise InputError("--slices '': name the slices to segment (e.g. 3-9,12), or leave the option out for all")
     three_d = 0
     for target in files:
         volume = load_image(target.path)
