@@ -272,6 +272,21 @@ def test_a_run_without_validation_says_so_and_why(tmp_path: Path) -> None:
     assert no_validation_reason(DataConfig(), 3) == "the validation cases have no labelled voxel"
 
 
+def test_the_closing_hint_names_the_window_and_axis_the_model_was_trained_with(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint does not record how slices are cut from an image, so the printed segment
+    command must carry the training's --window and --axis (a coronal run's hint left --axis out).
+    The training itself is replaced: the hint is what is tested."""
+    out = tmp_path / "run"
+    done = trainer.TrainingSummary(out, 0, 1, True, 0.5, None, None, None, [], True)
+    monkeypatch.setattr(trainer, "train", lambda config, **options: done)
+    config = write_config(tmp_path / "c.yaml", settings(dataset, out, data__axis="coronal", data__window="400,40"))
+    result = runner.invoke(app, ["train", str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'} --window 400,40 --axis coronal"), result.stdout
+    axial = runner.invoke(app, ["train", str(write_config(tmp_path / "a.yaml", settings(dataset, out))), "--no-progress"])
+    assert axial.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'}"), axial.stdout
+
+
 def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:
     """Two gloo processes of one sample each take the same optimizer steps as one process that
     accumulates two micro-batches of one: DDP and gradient accumulation both check out."""

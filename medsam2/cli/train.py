@@ -144,6 +144,8 @@ def train_command(
         )
     else:
         typer.echo(f"no validation case, so no {summary.best_path.name}: the model is {summary.model_path.name}")
+    # The checkpoint records the settings it was trained with (a SAM 2.1 one its preset and input size),
+    # but not how slices are made from an image: segment must be told the same window and axis.
     window = f" --window {config.data.window}" if config.data.window else ""
-    # The checkpoint records the settings it was trained with (a SAM 2.1 one its preset and input size).
-    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {summary.model_path}{window}")
+    axis = f" --axis {config.data.axis}" if config.data.axis != "axial" else ""
+    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {summary.model_path}{window}{axis}")
