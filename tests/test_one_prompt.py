@@ -199,6 +199,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         (("--reference", case, "--reference-mask", empty, case), "the mask prompt is empty"),
         (("--reference", case, "--reference-box", "6,246,273,276,322", "--label", "1", case), "--label chooses a label of --reference-mask"),
         (("--reference", case, "--reference-box", "6,400,10,600,60", case), "reaches outside the 512x512 slice"),
+        (("--reference", case, "--reference-box", "20,1,1,9,9", case), "--reference-box '20,1,1,9,9' on "),
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-20"), "5-20 is outside 0..12"),
         (("--reference", case, "--reference-mask", case, tmp_path / "missing.nii.gz"), "no such file or folder"),
         (("--reference", case, "--reference-mask", case, case, "--slices", "9-3"), "9-3 runs backwards; write it 3-9"),
