@@ -101,10 +101,7 @@ def reference_prompt(
             raise InputError("--label chooses a label of --reference-mask; a --reference-box marks one structure already")
         z, x1, y1, x2, y2 = parse_numbers(box, "--reference-box", (5,))
         prompt = Prompt(whole_number(z, "--reference-box: slice"), 1, box=(x1, y1, x2, y2))
-        try:
-            prompt.validate(*slices.shape[:3])
-        except InputError as error:  # its own words speak of "object 1", which the user never named
-            raise InputError(f"--reference-box {box!r} on {image_path}: {str(error).split(': ', 1)[-1]}") from None
+        prompt.validate(*slices.shape[:3], where=f"--reference-box {box!r} on {image_path}")  # no "object 1": none was named
         return slices, prompt
     prompts = {p.obj_id: p for p in prompts_from_mask(load_mask(mask_path, like=volume), volume, axis_index)}
     if label is None and len(prompts) > 1:

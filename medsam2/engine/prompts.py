@@ -60,11 +60,14 @@ class Prompt:
         """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
         return self.mask is not None and not self.mask.any() and self.box is None and not self.points
 
-    def validate(self, num_slices: int | None, height: int | None, width: int | None, unit: str = "slice") -> None:
+    def validate(
+        self, num_slices: int | None, height: int | None, width: int | None, unit: str = "slice", where: str | None = None
+    ) -> None:
         """Raise `InputError` (one line) if the prompt does not fit a (num_slices, height, width) stack
         (of video frames when `unit` is ``"frame"``). None for the sizes: not known yet (a manifest
-        checked before its images are read), so only what holds for any size is checked."""
-        where = f"prompt on {unit} {self.slice_index} (object {self.obj_id})"
+        checked before its images are read), so only what holds for any size is checked. `where`:
+        how the message names the prompt (by default its slice and object)."""
+        where = where or f"prompt on {unit} {self.slice_index} (object {self.obj_id})"
         for number, what in ((self.slice_index, f"the {unit} index"), (self.obj_id, "the object id")):
             if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
                 raise InputError(f"{where}: {what} must be a whole number, not {type(number).__name__}")
