@@ -285,6 +285,9 @@ def test_the_closing_hint_names_the_window_and_axis_the_model_was_trained_with(d
     assert result.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'} --window 400,40 --axis coronal"), result.stdout
     axial = runner.invoke(app, ["train", str(write_config(tmp_path / "a.yaml", settings(dataset, out))), "--no-progress"])
     assert axial.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'}"), axial.stdout
+    # Files read as CT by data.modality, and no window: CT's default window, which segment has no modality option to repeat.
+    named_ct = runner.invoke(app, ["train", str(write_config(tmp_path / "m.yaml", settings(dataset, out, data__modality="ct"))), "--no-progress"])
+    assert named_ct.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'} --window soft_tissue"), named_ct.stdout
 
 
 def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import typer
 from medsam2.cli.errors import fail, reports_input_errors
 from medsam2.errors import InputError
 from medsam2.io.training_set import MANIFEST_NAME
+from medsam2.io.volume import parse_modality
+from medsam2.preprocess import DEFAULT_CT_WINDOW
 
 TRAIN_EXTRA_HINT = "pip install 'medsam2[train]'"
 
@@ -146,6 +148,9 @@ def train_command(
         typer.echo(f"no validation case, so no {summary.best_path.name}: the model is {summary.model_path.name}")
     # The checkpoint records the settings it was trained with (a SAM 2.1 one its preset and input size),
     # but not how slices are made from an image: segment must be told the same window and axis.
-    window = f" --window {config.data.window}" if config.data.window else ""
+    # data.modality has no segment option: a CT it names (without a window) was windowed as CT by default.
+    named_ct = config.data.modality is not None and parse_modality(config.data.modality) == "CT"
+    window = config.data.window or (DEFAULT_CT_WINDOW if named_ct else None)
+    window = f" --window {window}" if window else ""
     axis = f" --axis {config.data.axis}" if config.data.axis != "axial" else ""
     typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {summary.model_path}{window}{axis}")

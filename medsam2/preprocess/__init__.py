@@ -1,6 +1,7 @@
 """Windowing and normalisation to uint8, resizing to a model's input and mapping results back."""
 
 from medsam2.preprocess.intensity import (
+    DEFAULT_CT_WINDOW,
     WINDOW_PRESETS,
     IntensityMapping,
     MappedImage,
@@ -14,6 +15,7 @@ from medsam2.preprocess.intensity import (
 from medsam2.preprocess.resize import IMAGENET_MEAN, IMAGENET_STD, LongestSideResize, SliceResize, SquareResize
 
 __all__ = [
+    "DEFAULT_CT_WINDOW",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "WINDOW_PRESETS",
