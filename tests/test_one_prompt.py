@@ -192,6 +192,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
     np.savez(empty, imgs=volume["imgs"], gts=np.zeros_like(volume["gts"]))
     broken = tmp_path / "broken.nii.gz"
     broken.write_text("not an image")
+    Image.fromarray(volume["imgs"][6]).save(tmp_path / "slice.png")
     out = tmp_path / "out" / "masks"
     for args, message in [
         (("--reference", case, case), "give exactly one of --reference-mask and --reference-box"),
@@ -206,6 +207,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(shared_data: Path, tmp_pat
         # An open range and an empty list were read as slice 5 alone and as every slice.
         (("--reference", case, "--reference-mask", case, case, "--slices", "5-"), "expected ranges A-B and indices"),
         (("--reference", case, "--reference-mask", case, case, "--slices", ""), "name the slices to segment"),
+        # Its syntax is checked whatever the targets: with no 3D target it was only a warning.
+        (("--reference", case, "--reference-mask", case, tmp_path / "slice.png", "--slices", "abc"), "expected ranges A-B and indices"),
         # A target that cannot be read, listed after another: found before any is segmented.
         (("--reference", case, "--reference-mask", case, case, broken, "--slices", "6"), "broken.nii.gz: cannot read"),
         # Options of the other model family would be ignored without a word.

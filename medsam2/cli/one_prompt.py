@@ -69,8 +69,11 @@ def target_files(paths: list[Path], out_dir: Path) -> list[TargetFile]:
     return files
 
 
-def parse_slices(text: str, count: int, where: Path) -> list[int]:
-    """"3-9,12" -> [3, ..., 9, 12], checked against a stack of `count` slices."""
+def parse_slices(text: str, count: int | None = None, where: Path | None = None) -> list[int]:
+    """"3-9,12" -> [3, ..., 9, 12], checked against the stack `where` of `count` slices (None: the
+    syntax alone, checked before any target is read)."""
+    if not text.strip():
+        raise InputError("--slices '': name the slices to segment (e.g. 3-9,12), or leave the option out for all")
     chosen: set[int] = set()
     for part in text.split(","):
         low, dash, high = part.strip().partition("-")
@@ -81,7 +84,7 @@ def parse_slices(text: str, count: int, where: Path) -> list[int]:
             raise InputError(f"--slices {text!r}: expected ranges A-B and indices separated by commas") from None
         if first > last:
             raise InputError(f"--slices {text!r}: {part.strip()} runs backwards; write it {last}-{first}")
-        if not 0 <= first <= last < count:
+        if count is not None and last >= count:  # no part is negative: "-3" has no number before its dash
             raise InputError(f"--slices {text!r}: {part.strip()} is outside 0..{count - 1} of {where}")
         chosen.update(range(first, last + 1))
     return sorted(chosen)
@@ -126,8 +129,6 @@ def check_targets(files: list[TargetFile], slices: str | None, axis: str) -> Non
     """What would stop the run at a later target, found before any is segmented: an unreadable
     image, --slices outside a 3D target, a mask its format cannot hold (a DICOM-SEG the image cannot
     have). Each target is read here and again when its turn comes, rather than all held at once."""
-    if slices is not None and not slices.strip():
-        raise InputError("--slices '': name the slices to segment (e.g. 3-9,12), or leave the option out for all")
     three_d = 0
     for target in files:
         volume = load_image(target.path)
@@ -173,6 +174,8 @@ def one_prompt(
         raise InputError(f"--axis {axis!r}: choose axial, coronal or sagittal")
     if window is not None:
         parse_window(window)
+    if slices is not None:
+        parse_slices(slices)
     config = OnePromptConfig(
         refine=refine,
         min_confidence=min_confidence,
