@@ -1119,6 +1119,9 @@ $("mask-upload").addEventListener("change", act(async (event) => {
 $("window-preset").addEventListener("change", (event) => {
   if (event.target.value !== "custom") choosePreset(event.target.value);
 });
+// A choice made, the keys are the view's again: G propagates the way just chosen, arrows step
+// slices (in a focused list they would change the choice instead).
+for (const id of ["propagate-direction", "window-preset"]) $(id).addEventListener("change", () => canvas.focus());
 for (const id of ["window-width", "window-level"]) {
   $(id).addEventListener("change", () => {
     const width = Number($("window-width").value);
