@@ -459,3 +459,29 @@ def test_the_summary_shows_an_error_with_brackets_as_it_is(capsys: pytest.Captur
     batch_cli.print_summary(BatchReport(cases=1, done_before=0, records=[record], latest={"c[1]": record}, seconds=1.0), StdoutConsole(width=400))
     shown = capsys.readouterr().out
     assert "under [models] in /c.toml" in shown and "c[1]" in shown
+
+
+def test_a_detached_header_mask_is_replaced_or_missed_together_with_its_data_file(tmp_path: Path) -> None:
+    """A .mhd / .nhdr mask is two files: a rerun in another format (or a failing rerun) removes both,
+    and a case whose data file was deleted is not done."""
+    import SimpleITK as sitk
+
+    from medsam2.distributed.manifest import Case
+    from medsam2.distributed.worker import CaseResult
+
+    out = tmp_path / "out"
+    case = Case("c1", tmp_path / "c1.npz", PromptSources(boxes=("0,1,1,2,2",)))
+    for suffix, data_file, then in ((".mhd", "c1.zraw", "ok"), (".nhdr", "c1.raw.gz", "failed")):
+        with ResultsStore(out) as store:
+            header = out / "masks" / f"c1{suffix}"
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.uint8)), str(header), useCompression=True)
+            store.record(CaseResult("c1", "ok", 1.0, "w", f"masks/c1{suffix}"), case, "fp", "lite-medsam")
+            assert (out / "masks" / data_file).is_file() and store.is_done(case, "fp")
+            (out / "masks" / data_file).unlink()
+            assert not store.is_done(case, "fp")  # the header alone is no mask
+            sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.uint8)), str(header), useCompression=True)
+            if then == "ok":  # rerun as npz: the worker wrote the new mask before its record
+                (out / "masks" / "c1.npz").write_bytes(b"")
+            store.record(CaseResult("c1", then, 1.0, "w", "masks/c1.npz" if then == "ok" else None), case, "fp", "lite-medsam")
+            assert sorted(path.name for path in (out / "masks").iterdir()) == (["c1.npz"] if then == "ok" else [])
+            (out / "masks" / "c1.npz").unlink(missing_ok=True)

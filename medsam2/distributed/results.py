@@ -29,6 +29,7 @@ from medsam2.engine.registry import checkpoint_identity
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_write_text, check_output_paths, make_output_folder
 from medsam2.io.paths import file_identity
+from medsam2.io.writers import mask_files
 
 JOURNAL = "results.jsonl"
 TABLE = "results.csv"
@@ -131,8 +132,8 @@ class ResultsStore:
         record = self.latest.get(case.case_id)
         if record is None or record["fingerprint"] != case_fingerprint:
             return False
-        if record["status"] == "ok":
-            return (self.out_dir / record["output"]).exists()
+        if record["status"] == "ok":  # a .mhd / .nhdr mask is there only with its data file
+            return all(path.exists() for path in mask_files(self.out_dir / record["output"]))
         return not retry_failed
 
     def record(self, result: CaseResult, case: Case, case_fingerprint: str, model: str) -> dict:
@@ -141,6 +142,7 @@ class ResultsStore:
         failed now, or its format changed), so the masks folder holds only what the table lists."""
         assert self._journal is not None, "use ResultsStore as a context manager"
         previous = self.latest.get(result.case_id, {}).get("output")
+        previous_files = mask_files(self.out_dir / previous) if previous else []
         record = {
             **asdict(result),
             "image": str(case.image),
@@ -153,7 +155,8 @@ class ResultsStore:
         os.fsync(self._journal.fileno())
         self.latest[result.case_id] = record
         if previous and previous != record.get("output"):
-            (self.out_dir / previous).unlink(missing_ok=True)
+            for path in previous_files:
+                path.unlink(missing_ok=True)
         return record
 
     def write_table(self, cases: list[Case], fingerprints: dict[str, str]) -> Path:

@@ -53,6 +53,29 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
     return path
 
 
+# The header key naming a detached header's data file (written by SimpleITK beside the header).
+_DATA_FILE_KEYS = {".mhd": ("=", ("elementdatafile",)), ".nhdr": (":", ("data file", "datafile"))}
+
+
+def mask_files(path: Path) -> list[Path]:
+    """The files a written mask consists of: `path`, and for a .mhd / .nhdr header the data file
+    beside it that the header names (a mask removed or replaced must not leave that behind)."""
+    path = Path(path)
+    files = [path]
+    suffix = file_suffix(path)
+    if suffix not in _DATA_FILE_KEYS or not path.is_file():
+        return files
+    separator, keys = _DATA_FILE_KEYS[suffix]
+    for line in path.read_text(encoding="latin-1").splitlines():
+        key, found, value = line.partition(separator)
+        name = value.strip()
+        # Only a plain name beside the header: never follow a header to a file elsewhere.
+        if found and key.strip().lower() in keys and name and Path(name).name == name and name not in (".", "..", "LOCAL"):
+            files.append(path.parent / name)
+            break
+    return files
+
+
 def check_mask_output(path: Path, like: Volume | None = None) -> None:
     """Raise InputError where `save_mask` would refuse `path` (for a mask of `like`, when given).
     Front ends call it before the segmentation, so that a wrong output name fails at once: a
