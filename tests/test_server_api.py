@@ -480,6 +480,9 @@ def test_requests_a_session_must_refuse(server, data_dir: Path, tmp_path: Path) 
     assert before["undo_steps"] == 1 and before["progress"]["state"] == "done"
     unknown = client.post(f"{base}/propagate", json={"obj_ids": [99]})
     assert unknown.status_code == 404 and "no object 99" in unknown.json()["error"]
+    none = client.post(f"{base}/propagate", json={"obj_ids": []})  # not a 200 "done" that propagated nothing
+    assert none.status_code == 422 and none.json()["error"].startswith("obj_ids: "), none.json()
+    assert client.get(base).json()["revision"] == before["revision"]
     assert client.get(base).json()["progress"] == before["progress"]
 
     outside = tmp_path / "outside.nii.gz"

@@ -120,7 +120,8 @@ class PromptIn(BaseModel):
 
 class PropagateIn(BaseModel):
     direction: Literal["both", "forward", "backward"] = "both"
-    obj_ids: list[int] | None = Field(None, description="objects to propagate; default all")
+    # An empty list would answer 200 "done" having propagated nothing (a client's filter that matched nothing).
+    obj_ids: list[int] | None = Field(None, min_length=1, description="objects to propagate (at least one); default all")
 
 
 class RenameIn(BaseModel):
