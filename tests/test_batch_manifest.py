@@ -78,6 +78,10 @@ def test_csv_and_jsonl_manifests_describe_the_same_cases(tmp_path: Path) -> None
     # Same content, different files and lines: the same fingerprints, so either resumes the other.
     assert fingerprints(from_csv, settings) == fingerprints(from_jsonl, settings)
     assert fingerprints([first], settings) != fingerprints([first], BatchSettings(out_dir=tmp_path, keep_largest=True))
+    # JSON's true is no coordinate (Python counts it an int): the error shows the row as written.
+    boolean = write(tmp_path / "bool.jsonl", json.dumps({"id": "c", "image": "c.nii.gz", "box": [True, 246, 273, 276, 322]}) + "\n")
+    with pytest.raises(InputError, match=re.escape("got [true, 246, 273, 276, 322]")):
+        read_manifest(boolean)
     # Editing the prompts file the row names counts as editing the row.
     before = fingerprints([first], settings)
     write(tmp_path / "lists" / "a.json", '{"objects": []}')

@@ -203,7 +203,8 @@ def _prompt_texts(value: object, where: str, column: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(";") if part.strip())
-    if isinstance(value, list) and all(isinstance(item, (int, float)) for item in value):
+    # bool is an int to Python, but `true` in a box is no coordinate: it goes to the error below.
+    if isinstance(value, list) and all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in value):
         return (",".join(str(item) for item in value),)
     if isinstance(value, list) and all(isinstance(item, (str, list)) for item in value):
         return tuple(text for item in value for text in _prompt_texts(item, where, column))
