@@ -301,6 +301,21 @@ def test_dicom_files_written_without_preamble_read_as_with_it(
     np.testing.assert_array_equal(load_mask(tmp_path / "seg.dcm", like=series).array, mask)
 
 
+def test_a_series_rescaled_slice_by_slice_keeps_each_slices_fractional_values(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A PET's slices each have their own Rescale Slope; a first slice of slope 1 (an empty end slice)
+    made ITK read the whole series as integers, truncating every other slice's values."""
+    files = write_dicom_series(ct_case, tmp_path / "pet")
+    expected = []
+    for k, file in enumerate(files):
+        dataset = pydicom.dcmread(file)
+        dataset.RescaleSlope = 1 if k == 0 else 0.25 + 0.01 * k
+        dataset.save_as(file)
+        expected.append(dataset.pixel_array * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept))
+    np.testing.assert_allclose(load_image(tmp_path / "pet").array, np.array(expected))
+
+
 def test_dicom_series_with_a_damaged_slice_is_refused(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]], capfd: pytest.CaptureFixture[str]
 ) -> None:

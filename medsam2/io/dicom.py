@@ -150,9 +150,25 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
         image = reader.Execute()
+        if _rescale_varies(reader, len(files)) and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+            # ITK gives the series the pixel type its first file's rescale needs: a first slice of slope
+            # 1 (a PET's empty end slice) made every other slice's fractional values integers.
+            reader.SetOutputPixelType(sitk.sitkFloat64)
+            image = reader.Execute()
     _check_no_file_left_out(entries, {Path(f) for series in all_series for f in series}, reader, folder)
     _check_even_slice_spacing(reader, image, folder)
     return image, list(files)
+
+
+def _rescale_varies(reader: sitk.ImageSeriesReader, count: int) -> bool:
+    """Whether the series' files have different Rescale Slope or Intercept (a PET's, scaled slice by slice)."""
+    def value(k: int, tag: str) -> float | None:  # as a number: "1" and "1.0" are one slope
+        try:
+            return float(reader.GetMetaData(k, tag)) if reader.HasMetaDataKey(k, tag) else None
+        except ValueError:
+            return None
+
+    return any(len({value(k, tag) for k in range(count)}) > 1 for tag in ("0028|1053", "0028|1052"))
 
 
 def _check_no_file_left_out(entries: list[Path], in_series: set[Path], reader: sitk.ImageSeriesReader, folder: Path) -> None:
