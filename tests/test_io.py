@@ -316,6 +316,26 @@ def test_a_series_rescaled_slice_by_slice_keeps_each_slices_fractional_values(
     np.testing.assert_allclose(load_image(tmp_path / "pet").array, np.array(expected))
 
 
+def test_a_localizer_filed_in_the_series_is_named(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A localizer (another plane or size) sharing the series' UID was refused as "slices are missing"
+    or as a gantry tilt, or, of another size, as "cannot read (Size: [...])"; it is named instead."""
+    files = write_dicom_series(ct_case, tmp_path / "plane")
+    dataset = pydicom.dcmread(files[0])
+    dataset.ImageOrientationPatient, dataset.ImagePositionPatient = [1, 0, 0, 0, 0, -1], [0, 40, 90]
+    dataset.save_as(tmp_path / "plane" / "localizer")
+    with pytest.raises(InputError, match=r"plane/localizer: an image of orientation \(1.0, 0.0, 0.0, 0.0, 0.0, -1.0\) in a series of 13 images"):
+        load_image(tmp_path / "plane")
+    files = write_dicom_series(ct_case, tmp_path / "size")
+    dataset = pydicom.dcmread(files[0])
+    dataset.Rows, dataset.PixelData = dataset.Rows // 2, dataset.pixel_array[: dataset.Rows // 2].tobytes()
+    dataset.save_as(files[0])
+    columns, rows = ct_case.shape[2], ct_case.shape[1]
+    with pytest.raises(InputError, match=rf"{files[0].name}: an image of size {columns}x{rows // 2} in a series of 12 images of size {columns}x{rows} "):
+        load_image(tmp_path / "size")
+
+
 def test_dicom_series_with_a_damaged_slice_is_refused(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]], capfd: pytest.CaptureFixture[str]
 ) -> None:

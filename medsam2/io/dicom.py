@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import get_args
@@ -149,7 +150,12 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
-        image = reader.Execute()
+        try:
+            image = reader.Execute()
+        except RuntimeError:  # ITK says only "Size: [512, 1024, 1]" of an image of another size
+            if (stray := _stray_image(files)) is not None:
+                raise InputError(stray) from None
+            raise
         if _rescale_varies(reader, len(files)) and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
             # ITK gives the series the pixel type its first file's rescale needs: a first slice of slope
             # 1 (a PET's empty end slice) made every other slice's fractional values integers.
@@ -192,6 +198,26 @@ def _check_no_file_left_out(entries: list[Path], in_series: set[Path], reader: s
             raise InputError(f"{entry}: a file of the series that cannot be read (damaged or cut short); restore or remove it")
 
 
+def _stray_image(files: Sequence[str]) -> str | None:
+    """Why one of a series' `files` does not belong with the others (a localizer or screenshot filed
+    in the series: its size or plane differs from most files'); None when all agree."""
+    headers = [read_header(file, ["Rows", "Columns", "ImageOrientationPatient"]) for file in files]
+    sizes = [f"{header.get('Columns')}x{header.get('Rows')}" for header in headers]
+    planes = [tuple(round(float(v), 3) for v in header.get("ImageOrientationPatient") or ()) for header in headers]
+    for values, what in ((sizes, "size"), (planes, "orientation")):
+        common = Counter(values).most_common(1)[0][0]
+        odd = [file for file, value in zip(files, values) if value != common]
+        if odd:
+            others = len(files) - len(odd)
+            value = values[files.index(odd[0])]
+            more = f" (and {counted(len(odd) - 1, 'other file')} alike)" if len(odd) > 1 else ""
+            return (
+                f"{odd[0]}: an image of {what} {value}{more} in a series of {counted(others, 'image')} of {what} "
+                f"{common} (a localizer or another image filed with the series); move it out of the folder"
+            )
+    return None
+
+
 def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path) -> None:
     """Refuse series with missing slices: GDCM silently leaves out files it cannot read, and ITK then
     spaces the remaining slices evenly, which misplaces every slice after the gap."""
@@ -199,6 +225,11 @@ def _check_even_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image,
     count = image.GetSize()[2]
     if count < 3 or not all(reader.HasMetaDataKey(k, position_tag) for k in range(count)):
         return
+    orientation_tag = "0020|0037"
+    orientations = {reader.GetMetaData(k, orientation_tag).strip() for k in range(count) if reader.HasMetaDataKey(k, orientation_tag)}
+    # A localizer filed in the series would pass for a gap or a gantry tilt.
+    if len(orientations) > 1 and (stray := _stray_image(list(reader.GetFileNames()))) is not None:
+        raise InputError(stray)
     positions = np.array([[float(v) for v in reader.GetMetaData(k, position_tag).split("\\")] for k in range(count)])
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
     problem = _stacking_problem(positions, normal, folder, "series")
