@@ -584,6 +584,10 @@ def _rt_structure_set(tmp: Path, _: Path) -> Path:
     return Path(get_testdata_file("rtstruct.dcm"))
 
 
+def _dicom_without_class_or_pixels(tmp: Path, _: Path) -> Path:
+    return Path(get_testdata_file("no_meta.dcm"))
+
+
 def _not_an_nrrd(tmp: Path, _: Path) -> Path:
     (tmp / "garbage.nrrd").write_text("this is not an image\n")
     return tmp / "garbage.nrrd"
@@ -639,7 +643,7 @@ def _empty_folder(tmp: Path, _: Path) -> Path:
         _not_an_nrrd,
         _unsupported_suffix, _nifti_4d,
         _nifti_with_nan, _npz_with_inf, _npz_with_a_flat_direction, _npz_without_imgs, _folder_without_dicom, _empty_folder,
-        _rt_structure_set,
+        _rt_structure_set, _dicom_without_class_or_pixels,
     ],
 )
 def test_bad_input_raises_a_one_line_input_error(
@@ -658,6 +662,8 @@ def test_bad_input_raises_a_one_line_input_error(
         assert "a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short" in message, message
     if make_bad_input is _rt_structure_set:  # intact, but of a class without images: not called damaged
         assert message.endswith(": a DICOM RT Structure Set, which holds no image"), message
+    if make_bad_input is _dicom_without_class_or_pixels:  # was "damaged, cut short or encoded in a way it does not know"
+        assert message.endswith(": a DICOM file of no stated class and without pixel data, which holds no image"), message
     if make_bad_input is _nifti_with_nan:
         assert message.endswith(": NaN or infinite values in 1 voxel"), message
     if make_bad_input is _nifti_4d:  # the shape in the package's (Z, Y, X) order, as everywhere else

@@ -294,12 +294,12 @@ def _imageless_dicom_kind(path: Path) -> str | None:
     from its SOP class; None for an image class (one without pixels is cut short) or an unreadable file."""
     try:  # force: old files (some RT structure sets) lack the preamble
         header = pydicom.dcmread(path, defer_size="1 KB", force=True)
-        kind = str(header.SOPClassUID.name).removesuffix(" Storage")
+        kind = str(header.SOPClassUID.name).removesuffix(" Storage") if "SOPClassUID" in header else None
     except Exception:  # noqa: BLE001 - damaged: the caller says so
         return None
-    if "Image" in kind or any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if (kind and "Image" in kind) or any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         return None
-    return kind
+    return kind or "file of no stated class and without pixel data"
 
 
 def is_picture_file(path: Path) -> bool:
