@@ -3,6 +3,7 @@ and real segmentations of the shared CT lesion cases with the real LiteMedSAM we
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import shutil
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -694,6 +696,32 @@ def test_a_full_server_makes_room_from_the_opening_clients_oldest_session(data_d
         assert left.status_code == 404 and left.json()["error"] == f"session {fourth['id']!r} was closed: {limit}, and its page had been closed when another case was opened"
         short = client.get("/api/cases", headers={CLIENT_HEADER: "abc"})
         assert short.status_code == 400 and "give 16 to 64 letters" in short.json()["error"]
+
+
+def test_a_session_idle_past_the_limit_is_closed_when_next_named(data_dir: Path) -> None:
+    """Expiry is not only a matter of making room: a session idle past the limit answers a 404
+    saying so (not a revived session), is gone from the client's list and its memory is released;
+    the idle time of one whose propagation outlasted the limit counts from the propagation's end."""
+    idle = 1.0
+    with TestClient(create_app(ServerSettings(data_dir=data_dir, session_idle_seconds=idle)), base_url=LOCAL) as client:
+        state = client.app.state.server
+        gone = open_case(client, f"data/ct/{CASE_2}")
+        session = weakref.ref(state.sessions._sessions[gone["id"]])
+        time.sleep(idle + 0.2)
+        answer = client.get(f"/api/sessions/{gone['id']}")
+        assert answer.status_code == 404 and answer.json() == {"error": f"session {gone['id']!r} was closed: it was idle for more than {idle / 60:g} minutes"}
+        assert client.get("/api/sessions").json() == []
+        gc.collect()
+        assert session() is None, "a closed session's slices and model state stay in memory"
+
+        kept = open_case(client, f"data/ct/{CASE_2}")
+        base = f"/api/sessions/{kept['id']}"
+        assert client.post(f"{base}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
+        started = time.monotonic()
+        ended = client.post(f"{base}/propagate", json={})
+        assert ended.status_code == 200 and ended.json()["progress"]["state"] == "done", ended.text
+        assert time.monotonic() - started > idle, "the propagation must outlast the idle limit to test it"
+        assert client.get(base).status_code == 200
 
 
 def test_two_clients_at_once_get_their_own_right_masks(server, data_dir: Path) -> None:

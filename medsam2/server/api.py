@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -87,7 +88,10 @@ async def on_worker(session: ViewerSession, job: Callable[[object], T], revision
     def run(predictor: object) -> T:
         session.check_open()
         session.check_revision(revision)
-        return job(predictor)
+        try:
+            return job(predictor)
+        finally:  # idle time counts from the end of the work: a long propagation used the session all along
+            session.last_used = time.monotonic()  # not `touch`: a page left meanwhile stays left
 
     return await asyncio.wrap_future(session.worker.submit(run))
 

@@ -517,11 +517,9 @@ class SessionStore:
         one without objects first, the client's own before another's, a left page's first, then the
         least recently used. Returns a line for each session closed so."""
         with self._lock:
-            now = time.monotonic()
+            self._close_expired()
             idle = [s for s in self._sessions.values() if not s.busy]
-            for expired in [s for s in idle if now - s.last_used > self.idle_seconds]:
-                self._close(expired, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
-            closable = [s for s in idle if s.id in self._sessions and (s.client == session.client or s.page_left)]
+            closable = [s for s in idle if s.client == session.client or s.page_left]
             made_room = []
             if len(self._sessions) >= self.max_sessions and closable:
                 chosen = min(
@@ -539,6 +537,14 @@ class SessionStore:
             self._sessions[session.id] = session
             return made_room
 
+    def _close_expired(self) -> None:
+        """Close the sessions idle past the limit. Run at every look-up, not only when making room:
+        else an expired session came back to life when next named, and its memory stayed held for
+        as long as no one opened another case. A session propagating is never idle."""
+        now = time.monotonic()
+        for expired in [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_seconds]:
+            self._close(expired, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
+
     def _close(self, session: ViewerSession, reason: str) -> None:
         self._sessions.pop(session.id, None)
         session.close(reason)
@@ -548,17 +554,20 @@ class SessionStore:
 
     def get(self, client: str, session_id: str) -> ViewerSession:
         with self._lock:
+            self._close_expired()
             session = self._sessions.get(session_id)
             closed = self._closed.get(session_id)
+            if session is not None and session.client == client:
+                session.touch()  # under the lock: a sweep between the look-up and this would close it
         if closed is not None and closed[0] == client:
             raise NotFound(f"session {session_id!r} was closed: {closed[1]}")
         if session is None or session.client != client:
             raise NotFound(f"no session {session_id!r}")
-        session.touch()
         return session
 
     def of_client(self, client: str) -> list[ViewerSession]:
         with self._lock:
+            self._close_expired()
             return [s for s in self._sessions.values() if s.client == client]
 
     def leave(self, client: str, session_id: str) -> None:
