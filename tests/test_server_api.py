@@ -149,6 +149,12 @@ def test_rle_is_column_major_coco_and_round_trips() -> None:
         rle.decode({"size": [2, 3], "counts": [2, 3]}, (2, 3))
 
 
+def test_settings_refuse_an_idle_limit_that_is_no_time() -> None:
+    for idle in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="session_idle_seconds .*: give a positive number of seconds"):
+            ServerSettings(session_idle_seconds=idle).check()
+
+
 def test_settings_refuse_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refusing to listen beyond this machine without a token"):
         ServerSettings(host="0.0.0.0").check()

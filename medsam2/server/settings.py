@@ -67,5 +67,7 @@ class ServerSettings:
             raise InputError("--max-upload-mb must be positive")
         if self.max_sessions < 1:
             raise InputError("--max-sessions must be at least 1")
+        if not self.session_idle_seconds > 0:  # NaN too: no session would ever expire, and none would last at 0
+            raise InputError(f"session_idle_seconds {self.session_idle_seconds}: give a positive number of seconds")
         if not self.devices:
             raise InputError("--device: give at least one device")
