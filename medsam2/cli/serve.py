@@ -67,7 +67,8 @@ def serve(
         "Propagation then runs about 7x faster on a GPU (eager 66 -> compiled 450-520 frames/s in bf16 on an H100, see README); "
         "not worth it on a CPU."
     ),
-    max_sessions: int = typer.Option(16, "--max-sessions", help="Open sessions kept at once (idle ones close after an hour)."),
+    max_sessions: int = typer.Option(16, "--max-sessions", help="Open sessions kept at once over all clients (idle ones close first)."),
+    idle_minutes: float = typer.Option(60.0, "--idle-minutes", help="Close a session unused this long (its page then says so), freeing its memory."),
     annotate: Path | None = typer.Option(
         None, "--annotate", help="An annotation project (`medsam2 annotate init`) to serve too: its queue, cases and effort report, with a panel on the page."
     ),
@@ -99,6 +100,7 @@ def serve(
         compiled=compiled,
         max_upload_bytes=int(max_upload_mb * MEGABYTE),
         max_sessions=max_sessions,
+        session_idle_seconds=idle_minutes * 60,
     )
     app = create_app(settings, routers=[annotation_router(annotate, device[0])])
     listener = listen(host, port)

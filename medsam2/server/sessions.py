@@ -493,6 +493,12 @@ class ViewerSession:
         return target
 
 
+def idle_words(seconds: float) -> str:
+    """"5 minutes", "1 minute", "30 seconds": a limit under a minute (a test's) in seconds."""
+    count, unit = (seconds / 60, "minute") if seconds >= 60 else (seconds, "second")
+    return f"{count:g} {unit}{'' if count == 1 else 's'}"
+
+
 class SessionStore:
     """Open sessions by id, each visible only to the client that opened it."""
 
@@ -543,7 +549,7 @@ class SessionStore:
         as long as no one opened another case. A session propagating is never idle."""
         now = time.monotonic()
         for expired in [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_seconds]:
-            self._close(expired, f"it was idle for more than {self.idle_seconds / 60:g} minutes")
+            self._close(expired, f"it was idle for more than {idle_words(self.idle_seconds)}")
 
     def _close(self, session: ViewerSession, reason: str) -> None:
         self._sessions.pop(session.id, None)

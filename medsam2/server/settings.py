@@ -40,7 +40,7 @@ class ServerSettings:
     compiled: bool = False  # SAM 2.1: compile the memory step (and on a GPU the encoder), warmed up as each device loads
     max_upload_bytes: int = 1 << 30
     max_sessions: int = 16  # open sessions over all clients; idle ones are closed first
-    session_idle_seconds: float = 3600.0
+    session_idle_seconds: float = 3600.0  # a session unused this long is closed (--idle-minutes)
 
     @property
     def checks_host_header(self) -> bool:
@@ -68,6 +68,6 @@ class ServerSettings:
         if self.max_sessions < 1:
             raise InputError("--max-sessions must be at least 1")
         if not self.session_idle_seconds > 0:  # NaN too: no session would ever expire, and none would last at 0
-            raise InputError(f"session_idle_seconds {self.session_idle_seconds}: give a positive number of seconds")
+            raise InputError(f"--idle-minutes {self.session_idle_seconds / 60:g}: give a positive number of minutes")
         if not self.devices:
             raise InputError("--device: give at least one device")
