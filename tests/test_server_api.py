@@ -732,6 +732,16 @@ def test_a_session_idle_past_the_limit_is_closed_when_next_named(data_dir: Path)
         assert client.get(base).status_code == 200
 
 
+def test_an_idle_session_is_closed_on_a_server_no_request_reaches(data_dir: Path) -> None:
+    """Look-ups close expired sessions; a server no one calls any more frees them too (its sweep)."""
+    with TestClient(create_app(ServerSettings(data_dir=data_dir, session_idle_seconds=0.5)), base_url=LOCAL) as client:
+        sessions = client.app.state.server.sessions
+        opened = open_case(client, f"data/ct/{CASE_2}")
+        assert opened["id"] in sessions._sessions
+        time.sleep(1.5)  # the idle limit, then the sweep half a limit later, with room to spare
+        assert opened["id"] not in sessions._sessions
+
+
 def test_two_clients_at_once_get_their_own_right_masks(server, data_dir: Path) -> None:
     app, _ = server
     cases = [data_dir / "ct" / CASE_1, data_dir / "ct" / CASE_15]

@@ -93,7 +93,10 @@ async def on_worker(session: ViewerSession, job: Callable[[object], T], revision
         finally:  # idle time counts from the end of the work: a long propagation used the session all along
             session.last_used = time.monotonic()  # not `touch`: a page left meanwhile stays left
 
-    return await asyncio.wrap_future(session.worker.submit(run))
+    future = session.worker.submit(run)
+    session.pending_jobs.add(future)
+    future.add_done_callback(session.pending_jobs.discard)
+    return await asyncio.wrap_future(future)
 
 
 def png_response(array: np.ndarray, cache: str) -> Response:

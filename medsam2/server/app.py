@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.util import find_spec
@@ -53,11 +54,19 @@ def create_app(settings: ServerSettings, routers: Sequence[APIRouter] = ()) -> F
     settings.check()
     state = ServerState.from_settings(settings)
 
+    async def sweep_expired_sessions() -> None:
+        # Look-ups close expired sessions too; this frees their memory on a server no one uses.
+        while True:
+            await asyncio.sleep(min(60.0, settings.session_idle_seconds / 2))
+            state.sessions.close_expired()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_expired_sessions())
         try:
             yield
         finally:
+            sweeper.cancel()
             state.close()
 
     app = FastAPI(

@@ -14,6 +14,7 @@ import secrets
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,7 @@ class ViewerSession:
         self.history: list[Step] = []  # prompts in force, oldest first, for undo
         self.progress = Progress()
         self.last_used = time.monotonic()
+        self.pending_jobs: set[Future] = set()  # on its worker, queued or running (`on_worker`)
         self.page_left = False  # its page said it was closed or reloaded (`leave`); any request since clears it
         self.revision = 0  # counts the changes to objects and prompts, for `check_revision`
         self._static = self._describe()
@@ -217,6 +219,11 @@ class ViewerSession:
     @property
     def busy(self) -> bool:
         return self.progress.state in ("queued", "running")
+
+    @property
+    def in_use(self) -> bool:
+        """Propagating, or with other work on its worker (a first prompt loading the model): not idle."""
+        return self.busy or bool(self.pending_jobs)
 
     # -- changes: called on the worker thread with its predictor -----------------------------------
 
@@ -524,7 +531,7 @@ class SessionStore:
         least recently used. Returns a line for each session closed so."""
         with self._lock:
             self._close_expired()
-            idle = [s for s in self._sessions.values() if not s.busy]
+            idle = [s for s in self._sessions.values() if not s.in_use]
             closable = [s for s in idle if s.client == session.client or s.page_left]
             made_room = []
             if len(self._sessions) >= self.max_sessions and closable:
@@ -543,12 +550,17 @@ class SessionStore:
             self._sessions[session.id] = session
             return made_room
 
+    def close_expired(self) -> None:
+        """`_close_expired`, for the server's periodic sweep: a server no request reaches frees them too."""
+        with self._lock:
+            self._close_expired()
+
     def _close_expired(self) -> None:
         """Close the sessions idle past the limit. Run at every look-up, not only when making room:
         else an expired session came back to life when next named, and its memory stayed held for
-        as long as no one opened another case. A session propagating is never idle."""
+        as long as no one opened another case. A session at work is never idle."""
         now = time.monotonic()
-        for expired in [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_seconds]:
+        for expired in [s for s in self._sessions.values() if not s.in_use and now - s.last_used > self.idle_seconds]:
             self._close(expired, f"it was idle for more than {idle_words(self.idle_seconds)}")
 
     def _close(self, session: ViewerSession, reason: str) -> None:
