@@ -502,8 +502,7 @@ class ViewerSession:
 
 def idle_words(seconds: float) -> str:
     """"5 minutes", "1 minute", "30 seconds": a limit under a minute (a test's) in seconds."""
-    count, unit = (seconds / 60, "minute") if seconds >= 60 else (seconds, "second")
-    return f"{count:g} {unit}{'' if count == 1 else 's'}"
+    return counted(seconds / 60, "minute") if seconds >= 60 else counted(float(seconds), "second")
 
 
 class SessionStore:
