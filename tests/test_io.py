@@ -1084,3 +1084,15 @@ def test_a_path_from_home_and_a_float16_mask_are_taken_as_users_mean_them(tmp_pa
         written = save_mask(mask, image, "~/mask.nii.gz")
     assert written == tmp_path / "home" / "mask.nii.gz" and not (tmp_path / "~").exists()
     assert load_image("~/mask.nii.gz").array.sum() == 4
+
+
+def test_an_rt_dose_reads_as_dose_scaled_by_its_dose_grid_scaling() -> None:
+    """GDCM gave an RT Dose's stored integers (1254000 for 1.254 at a Dose Grid Scaling of 1e-6):
+    its voxels are now the dose, stored value times the scaling, plain or RLE-compressed."""
+    for name in ("rtdose.dcm", "rtdose_rle.dcm"):
+        dataset = pydicom.dcmread(get_testdata_file(name))
+        expected = dataset.pixel_array * float(dataset.DoseGridScaling)
+        dose = load_image(Path(get_testdata_file(name)))
+        assert np.issubdtype(dose.array.dtype, np.floating), name
+        np.testing.assert_allclose(dose.array, expected, rtol=1e-6, err_msg=name)
+        assert dose.array.max() == pytest.approx(1.254, rel=1e-6)

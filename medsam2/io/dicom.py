@@ -364,6 +364,15 @@ def measured_values(array: np.ndarray, files: list[str], first: Dataset) -> np.n
     return measured.astype(array.dtype) if np.array_equal(measured, np.round(measured)) else measured.astype(np.float32)
 
 
+def dose_values(array: np.ndarray, header: Dataset) -> np.ndarray:
+    """An RT Dose's stored values as dose (Gy, or relative), scaled by its Dose Grid Scaling: GDCM
+    applies no such factor (a dose of 1.254 Gy stored as 1254000 at 1e-6). Other images unchanged."""
+    if str(header.get("Modality", "")).strip().upper() != "RTDOSE" or "DoseGridScaling" not in header:
+        return array
+    scaling = float(header.DoseGridScaling)
+    return array if scaling == 1.0 else (array.astype(np.float64) * scaling).astype(np.float32)
+
+
 def modality_of(header: Dataset) -> Modality:
     """The Modality tag (0008,0060) of a header when it is one medsam2 knows, else "unknown"."""
     value = str(header.get("Modality", "")).strip().upper()

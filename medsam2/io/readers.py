@@ -286,7 +286,7 @@ def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files:
     dicom.check_decoded_rightly(header, Path(files[0]))
     spaced = dicom.states_pixel_spacing(header) or not np.allclose(image.GetSpacing()[:2], 1.0)
     volume = _volume_from_sitk(image, path, dicom.modality_of(header), {"dicom_files": files}, has_spacing=spaced)
-    return volume.with_array(dicom.measured_values(volume.array, files, header))
+    return volume.with_array(dicom.dose_values(dicom.measured_values(volume.array, files, header), header))
 
 
 def _imageless_dicom_kind(path: Path) -> str | None:
