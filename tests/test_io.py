@@ -1096,3 +1096,22 @@ def test_an_rt_dose_reads_as_dose_scaled_by_its_dose_grid_scaling() -> None:
         assert np.issubdtype(dose.array.dtype, np.floating), name
         np.testing.assert_allclose(dose.array, expected, rtol=1e-6, err_msg=name)
         assert dose.array.max() == pytest.approx(1.254, rel=1e-6)
+
+
+def test_a_one_frame_rt_dose_reads_as_its_dose_plane(tmp_path: Path) -> None:
+    """GDCM turned down an RT Dose of one frame (a dose plane: it needs two grid frame offsets for a
+    slice spacing) with 'An invalid logic behavior occurred...'; such a plane, plain, RLE or big
+    endian, or stating its one frame, now reads with pydicom at its header's place, as dose."""
+    for name in ("rtdose_1frame.dcm", "rtdose_rle_1frame.dcm", "rtdose_expb_1frame.dcm"):
+        dataset = pydicom.dcmread(get_testdata_file(name))
+        plane = load_image(Path(get_testdata_file(name)))
+        assert plane.array.shape == (1, 10, 10), name
+        np.testing.assert_allclose(plane.array[0], dataset.pixel_array * float(dataset.DoseGridScaling), rtol=1e-6, err_msg=name)
+        assert plane.spacing[:2] == (10.0, 10.0) and plane.has_spacing
+        np.testing.assert_allclose(plane.origin, [float(v) for v in dataset.ImagePositionPatient])
+    dataset = pydicom.dcmread(get_testdata_file("rtdose_1frame.dcm"))
+    dataset.NumberOfFrames, dataset.GridFrameOffsetVector = 1, [0.0]
+    dataset.save_as(tmp_path / "plane.dcm")
+    assert load_image(tmp_path / "plane.dcm").array.max() == pytest.approx(1.254, rel=1e-6)
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "plane.dcm"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["shape_zyx"] == [1, 10, 10], result.output

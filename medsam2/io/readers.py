@@ -271,6 +271,9 @@ def _read_dicom_file(path: Path) -> Volume:
             raise InputError(f"{path}: a DICOMDIR, the index of a disc's or drive's images; give a series folder{f', e.g. {below}' if below else ''}") from None
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
+        if (plane := _single_dose_plane(path)) is not None:
+            header = dicom.read_header(path)
+            return _dicom_volume(plane, path, header, [str(path)], gdcm_decoded=False)
         raise InputError(
             f"{path}: a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short or encoded in a way it does not "
             f"know ({library_reason(error)})"
@@ -280,13 +283,38 @@ def _read_dicom_file(path: Path) -> Volume:
     return _dicom_volume(image, path, header, [str(path)])
 
 
-def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files: list[str]) -> Volume:
+def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files: list[str], gdcm_decoded: bool = True) -> Volume:
     """The volume GDCM read from `files` (`header`: the first one's), its pixel values checked for
     encodings GDCM gets wrong; without spacing where the header gives none and GDCM made up 1 mm."""
-    dicom.check_decoded_rightly(header, Path(files[0]))
+    if gdcm_decoded:
+        dicom.check_decoded_rightly(header, Path(files[0]))
     spaced = dicom.states_pixel_spacing(header) or not np.allclose(image.GetSpacing()[:2], 1.0)
     volume = _volume_from_sitk(image, path, dicom.modality_of(header), {"dicom_files": files}, has_spacing=spaced)
     return volume.with_array(dicom.dose_values(dicom.measured_values(volume.array, files, header), header))
+
+
+def _single_dose_plane(path: Path) -> sitk.Image | None:
+    """A one-frame RT Dose (a dose plane) read with pydicom, placed by its header; None for any other
+    file or one pydicom cannot decode either. GDCM turns down a dose of one frame: it takes the
+    slice spacing from the Grid Frame Offset Vector's first two offsets, which one frame lacks."""
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+        if str(dataset.get("Modality", "")).strip().upper() != "RTDOSE" or int(dataset.get("NumberOfFrames") or 1) != 1:
+            return None
+        pixels = dataset.pixel_array
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))[: int(dataset.Rows), : int(dataset.Columns)]
+        if pixels.ndim != 2:  # several frames though none is stated
+            pixels = pixels[0]
+        orientation = np.array(dataset.ImageOrientationPatient, dtype=float)
+        row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)
+        thickness = float(dataset.get("SliceThickness") or 0) or 1.0
+    except Exception:  # noqa: BLE001 - not a readable dose plane: the caller's error stands
+        return None
+    image = sitk.GetImageFromArray(pixels[np.newaxis])
+    image.SetSpacing((column_spacing, row_spacing, thickness))
+    image.SetOrigin(tuple(float(v) for v in dataset.ImagePositionPatient))
+    image.SetDirection(tuple(np.column_stack([orientation[:3], orientation[3:], np.cross(orientation[:3], orientation[3:])]).flatten()))
+    return image
 
 
 def _imageless_dicom_kind(path: Path) -> str | None:
