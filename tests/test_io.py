@@ -1115,3 +1115,27 @@ def test_a_one_frame_rt_dose_reads_as_its_dose_plane(tmp_path: Path) -> None:
     assert load_image(tmp_path / "plane.dcm").array.max() == pytest.approx(1.254, rel=1e-6)
     result = CliRunner().invoke(app, ["info", str(tmp_path / "plane.dcm"), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["shape_zyx"] == [1, 10, 10], result.output
+
+
+def test_a_multi_frame_image_rescaled_frame_by_frame_reads_as_its_series(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A legacy-converted enhanced image of a series whose slices have their own Rescale Intercept
+    (a PET's are scaled slice by slice) keeps them per frame; GDCM applied one frame's to all, so
+    every other frame read 1024 HU off. Its voxels now are the series' own."""
+    small = Volume(ct_case.array[:6, :64, :64].copy(), spacing=ct_case.spacing, origin=ct_case.origin, direction=ct_case.direction, modality="CT")
+    files = write_dicom_series(small, tmp_path / "series")
+    for index, file in enumerate(files[1::2]):  # the same values, stored 1024 higher with an intercept 1024 lower
+        header = pydicom.dcmread(file)
+        header.PixelData = (header.pixel_array.astype(np.uint16) + 1024).tobytes()
+        header.RescaleIntercept = -2048
+        header.save_as(file)
+    series = load_image(tmp_path / "series")
+    np.testing.assert_array_equal(series.array, small.array)
+    headers = sorted((pydicom.dcmread(file) for file in files), key=lambda header: -float(header.ImagePositionPatient[2]))
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        headers, series_instance_uid=hd.UID(), series_number=9, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    enhanced.save_as(tmp_path / "whole.dcm")
+    whole = load_image(tmp_path / "whole.dcm")
+    np.testing.assert_array_equal(whole.array[::-1], series.array)

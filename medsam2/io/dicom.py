@@ -364,6 +364,28 @@ def measured_values(array: np.ndarray, files: list[str], first: Dataset) -> np.n
     return measured.astype(array.dtype) if np.array_equal(measured, np.round(measured)) else measured.astype(np.float32)
 
 
+def frame_rescaled_values(array: np.ndarray, header: Dataset, path: Path) -> np.ndarray:
+    """`array` (read by GDCM from the multi-frame image at `path`) with each frame rescaled by its own
+    Pixel Value Transformation: GDCM applies one frame's slope and intercept to every frame, which
+    turned a legacy-converted PET's or CT's frames scaled one by one into wrong values (HU off by
+    hundreds on every other frame). Unchanged where the frames share one rescale."""
+    shared = (header.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+    frames = header.get("PerFrameFunctionalGroupsSequence") or []
+
+    def rescale(item: Dataset) -> tuple[float, float] | None:
+        for transform in item.get("PixelValueTransformationSequence", [])[:1]:
+            return float(transform.get("RescaleSlope", 1) or 1), float(transform.get("RescaleIntercept", 0) or 0)
+        return None
+
+    per_frame = [rescale(item) or rescale(shared) or (1.0, 0.0) for item in frames]
+    if len(set(per_frame)) <= 1 or len(per_frame) != array.shape[0] or array.ndim != 3:
+        return array
+    stored = pydicom.dcmread(path).pixel_array.reshape(array.shape).astype(np.float64)
+    slopes, intercepts = (np.array(values)[:, np.newaxis, np.newaxis] for values in zip(*per_frame))
+    measured = stored * slopes + intercepts
+    return measured.astype(np.int32) if np.array_equal(measured, np.round(measured)) else measured.astype(np.float32)
+
+
 def dose_values(array: np.ndarray, header: Dataset) -> np.ndarray:
     """An RT Dose's stored values as dose (Gy, or relative), scaled by its Dose Grid Scaling: GDCM
     applies no such factor (a dose of 1.254 Gy stored as 1254000 at 1e-6). Other images unchanged."""

@@ -280,7 +280,8 @@ def _read_dicom_file(path: Path) -> Volume:
         ) from None
     header = dicom.read_header(path)
     dicom.check_frame_positions(header, path)
-    return _dicom_volume(image, path, header, [str(path)])
+    volume = _dicom_volume(image, path, header, [str(path)])
+    return volume.with_array(dicom.frame_rescaled_values(volume.array, header, path))
 
 
 def _dicom_volume(image: sitk.Image, path: Path, header: pydicom.Dataset, files: list[str], gdcm_decoded: bool = True) -> Volume:
