@@ -417,6 +417,18 @@ def test_segment_from_the_npz_recist_marker(tmp_path: Path, lesion_case: Path, d
     assert dice(load_image(tmp_path / "seg.nii.gz").array > 0, truth) > 0.5
 
 
+def test_an_npz_recist_array_not_shaped_as_its_image_is_one_line_error(tmp_path: Path, lesion_case: Path) -> None:
+    # A recist key holding the line's numbers (Z, X1, Y1, X2, Y2), not a marker volume, ended
+    # `segment` (and failed a batch case) with numpy's "Calling nonzero on 0d arrays" traceback.
+    arrays = dict(np.load(lesion_case))
+    arrays["recist"] = np.array([6, 246, 273, 276, 322])
+    case = tmp_path / "line_numbers.npz"
+    np.savez_compressed(case, **arrays)
+    refused = run("segment", case, "-o", tmp_path / "seg.nii.gz")
+    assert_one_line_error(refused, "line_numbers.npz: its recist array has shape (5,), not the image's (13, 512, 512)")
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
 def test_demo_on_a_shared_case(tmp_path: Path, lesion_case: Path) -> None:
     result = run("demo", "--case", lesion_case, "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -146,6 +146,12 @@ def gather_prompts(volume: Volume, axis: SliceAxis, sources: PromptSources, name
         prompts += prompts_from_mask(load_mask(sources.mask_prompt, like=volume), volume, axis_index)
     marker = stored_array(volume, "recist")
     if not prompts and marker is not None:
+        if marker.shape != volume.shape:
+            raise InputError(
+                f"{volume.source}: its recist array has shape {tuple(marker.shape)}, not the image's "
+                f"{tuple(volume.shape)}: a RECIST marker is the line drawn on one slice of an image-sized "
+                "array (give the line itself as a recist prompt, Z,X1,Y1,X2,Y2)"
+            )
         slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))
         prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
     if not prompts:
