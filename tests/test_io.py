@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -246,8 +247,22 @@ def test_two_equal_series_or_two_echoes_in_one_folder_are_named_not_guessed_betw
     UID order; a dual-echo series is named as such (was 'slices are missing, damaged or repeated')."""
     write_dicom_series(ct_case, tmp_path / "tie")
     write_dicom_series(ct_case, tmp_path / "tie", seed=1)
-    with pytest.raises(InputError, match=r"tie: 2 series of 13 images each \(series 1 \(CT\); series 1 \(CT\)\); put the one"):
+    with pytest.raises(InputError, match=r"tie: 2 series of 13 images each \(series 1 \(CT, e\.g\. \S+\.dcm\); series 1 \(CT, e\.g\. \S+\.dcm\)\); put the one") as refused:
         load_image(tmp_path / "tie")
+    # Two series of one number (or none: SeriesNumber is type 2) are told apart by a file of each.
+    named = re.findall(r"e\.g\. (\S+\.dcm)\)", str(refused.value))
+    assert len(set(named)) == 2
+    assert {pydicom.dcmread(tmp_path / "tie" / name).SeriesInstanceUID for name in named} == {
+        pydicom.dcmread(file).SeriesInstanceUID for file in (tmp_path / "tie").iterdir()
+    }
+    blank = tmp_path / "tie_unnumbered"
+    for file in (tmp_path / "tie").iterdir():
+        dataset = pydicom.dcmread(file)
+        dataset.SeriesNumber = None
+        blank.mkdir(exist_ok=True)
+        dataset.save_as(blank / file.name)
+    with pytest.raises(InputError, match=r"\(series \? \(CT, e\.g\. \S+\.dcm\); series \? \(CT, e\.g\. \S+\.dcm\)\)"):
+        load_image(blank)
     # Separate images (a radiograph per file) are not a scan: one file is to be given.
     stills = tmp_path / "stills"
     stills.mkdir()

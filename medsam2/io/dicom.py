@@ -336,10 +336,14 @@ def states_pixel_spacing(header: Dataset) -> bool:
 
 
 def _series_in_words(file: str) -> str:
-    """'series 3 "Bone 1.0" (CT)': how a viewer lists a series."""
+    """'series 3 "Bone 1.0" (CT, e.g. IM0001.dcm)': how a viewer lists a series, and one of its
+    files, which tells apart series of the same number (or none: it is type 2, often left empty)."""
     header = read_header(file, ["SeriesNumber", "SeriesDescription", "Modality"])
-    description = str(header.get("SeriesDescription", "")).strip()
-    return f"series {header.get('SeriesNumber', '?')}" + (f' "{description}"' if description else "") + f" ({header.get('Modality', '?')})"
+    description = str(header.get("SeriesDescription") or "").strip()
+    number = header.get("SeriesNumber")
+    number = "?" if number is None or str(number).strip() == "" else number
+    modality = header.get("Modality") or "?"
+    return f"series {number}" + (f' "{description}"' if description else "") + f" ({modality}, e.g. {Path(file).name})"
 
 
 # Modalities whose rescaled values are measurements (HU, activity), not only grey levels to show.
