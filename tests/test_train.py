@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -288,6 +289,22 @@ def test_the_closing_hint_names_the_window_and_axis_the_model_was_trained_with(d
     # Files read as CT by data.modality, and no window: CT's default window, which segment has no modality option to repeat.
     named_ct = runner.invoke(app, ["train", str(write_config(tmp_path / "m.yaml", settings(dataset, out, data__modality="ct"))), "--no-progress"])
     assert named_ct.stdout.splitlines()[-1].endswith(f"--model {out / 'model.pt'} --window soft_tissue"), named_ct.stdout
+
+
+def test_the_closing_hint_is_quoted_for_the_shell(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed segment command is meant to be pasted: an output folder with a space or
+    parentheses in its name was printed bare, so the shell split the --model path (or choked on
+    the parenthesis). It is now quoted, and splitting it as a shell does gives the path back."""
+    out = tmp_path / "my runs" / "liver (v2)"
+    done = trainer.TrainingSummary(out, 0, 1, True, 0.5, None, None, None, [], True)
+    monkeypatch.setattr(trainer, "train", lambda config, **options: done)
+    config = write_config(tmp_path / "c.yaml", settings(dataset, out, data__window="400,40"))
+    result = runner.invoke(app, ["train", str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    hint = result.stdout.splitlines()[-1]
+    words = shlex.split(hint.removeprefix("use it with: "))
+    assert words[words.index("--model") + 1] == str(out / "model.pt"), hint
+    assert words[words.index("--window") + 1] == "400,40", hint
 
 
 def test_ddp_under_torchrun_matches_one_process(dataset: Path, uninterrupted, tmp_path: Path) -> None:

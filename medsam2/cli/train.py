@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import typing
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def train_command(
     # data.modality has no segment option: a CT it names (without a window) was windowed as CT by default.
     named_ct = config.data.modality is not None and parse_modality(config.data.modality) == "CT"
     window = config.data.window or (DEFAULT_CT_WINDOW if named_ct else None)
-    window = f" --window {window}" if window else ""
+    # Quoted for a shell: an output folder with a space (or a window written "400, 40") still pastes.
+    window = f" --window {shlex.quote(str(window))}" if window else ""
     axis = f" --axis {config.data.axis}" if config.data.axis != "axial" else ""
-    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {summary.model_path}{window}{axis}")
+    typer.echo(f"use it with: medsam2 segment IMAGE --box Z,X1,Y1,X2,Y2 --model {shlex.quote(str(summary.model_path))}{window}{axis}")
