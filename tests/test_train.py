@@ -151,6 +151,17 @@ def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, unint
     assert "stopped at step 2" in stopped.stdout
     assert (out / "last.pt").is_file() and not (out / "model.pt").exists()
 
+    # A --stop-at the run has reached said "stopped at step 2 ... (train loss n/a)" as if it had
+    # trained, and one it is past did the same; now: nothing to do, and a one-line error.
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    same = runner.invoke(app, ["train", str(config), "--resume", "--stop-at", "2", "--no-progress"])
+    assert same.exit_code == 0 and f"nothing to do: the run in {out} is at step 2 of" in same.stdout, same.output
+    assert "n/a" not in same.stdout
+    past = runner.invoke(app, ["train", str(config), "--resume", "--stop-at", "1", "--no-progress"])
+    assert past.exit_code == 2 and past.stdout == "", past.output
+    assert past.stderr == f"error: stop at step 1: {out / 'last.pt'} already holds step 2; give a later step, or none to finish the run\n"
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+
     resumed = runner.invoke(app, ["train", str(config), "--resume", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr and f"wrote {out / 'model.pt'}" in resumed.stdout

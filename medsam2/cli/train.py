@@ -135,6 +135,10 @@ def train_command(
     if summary.finished and summary.start_step == summary.step:
         typer.echo(f"nothing to do: the run in {summary.out_dir} finished at step {summary.step}")
         return
+    if summary.start_step == summary.step:  # resumed at its --stop-at already
+        typer.echo(f"nothing to do: the run in {summary.out_dir} is at step {summary.step} of {config.training.steps} "
+                   f"already; continue with --resume (a later --stop-at, or none)")
+        return
     loss = "n/a" if summary.train_loss is None else f"{summary.train_loss:.4f}"
     if not summary.finished:
         typer.echo(f"stopped at step {summary.step} of {config.training.steps} (train loss {loss}); continue with --resume")

@@ -125,6 +125,9 @@ def train(
         state = load_training_state(out_dir / STATE_NAME, device) if resume else None
         if state is not None:
             check_resumable(state, out_dir / STATE_NAME, config, data.sha256, distribution.world_size)
+            if stop_at is not None and stop_at < state["step"]:
+                raise InputError(f"stop at step {stop_at}: {out_dir / STATE_NAME} already holds step {state['step']}; "
+                                 "give a later step, or none to finish the run")
         made = not out_dir.exists()
         make_output_folder(out_dir)  # once the data are found good: a bad data set leaves no folder
         try:
