@@ -195,6 +195,23 @@ def tensorboard_scalars(events: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+def test_a_fresh_run_in_a_stopped_runs_folder_starts_its_logs_over(tmp_path: Path) -> None:
+    """A run stopped before its first checkpoint says "nothing to resume, run it again"; running it
+    again rewrote train_log.csv but kept the stopped run's TensorBoard events, so TensorBoard
+    showed both runs' values at the same steps. A fresh run now starts both logs over."""
+    from medsam2.train.logs import RunLog
+
+    stopped = RunLog(tmp_path, ["train_loss"], None, True)
+    for step in (1, 2, 3):
+        stopped.write(step, {"train_loss": 9.0})
+    stopped.close()
+    again = RunLog(tmp_path, ["train_loss"], None, True)
+    again.write(1, {"train_loss": 0.5})
+    again.close()
+    assert tensorboard_scalars(tmp_path / "tensorboard") == {"train/loss": [(1, 0.5)]}
+    assert [row["train_loss"] for row in log_rows(tmp_path)] == ["0.5"]
+
+
 def test_a_resumed_run_logs_each_step_once(dataset: Path, uninterrupted, tmp_path: Path) -> None:
     """A run killed after logging steps 3 and 4 but before checkpointing them (its last.pt is
     from step 2) is resumed: the CSV and the TensorBoard events hold each step once, with the

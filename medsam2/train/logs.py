@@ -32,8 +32,13 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events the interrupted run wrote after its checkpoint.
+            # purge_step drops events the interrupted run wrote after its checkpoint. A fresh run
+            # (the folder holds no resumable run: one stopped before its first checkpoint) starts
+            # the events over, as the CSV does, so TensorBoard does not mix the two runs' curves.
             purge = None if resume_step is None else resume_step + 1
+            if resume_step is None:
+                for old in (out_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+                    old.unlink()
             self.writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR), purge_step=purge)
 
     def write(self, step: int, values: dict[str, float | None]) -> None:
