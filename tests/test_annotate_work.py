@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -215,13 +216,17 @@ def test_click_corrections_are_recorded_as_prompts_and_land_on_the_truth(tmp_pat
 def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_recist) -> None:
     scan = tmp_path / "disc.npz"
     truth = write_disc_case(scan, draw_recist)
-    project = tmp_path / "project"
-    created = run("init", project, "--label", "1=lesion", "--lease-minutes", "20")
-    # Each step of a round names the next (the commands said what they did, not what comes after).
-    assert created.exit_code == 0 and created.stdout.splitlines()[-1] == f"next: medsam2 annotate import {project} SCANS... [--masks MASKS/]"
+    project = tmp_path / "lesion project (v1)"
+    quoted = shlex.quote(str(project))
+    refused = run("init", project, "--label", "1=lesion")
+    assert refused.exit_code == 2 and "the folder's name cannot name the project" in refused.output and "--name" in refused.output
+    created = run("init", project, "--name", "lesions", "--label", "1=lesion", "--lease-minutes", "20")
+    # Each step of a round names the next (the commands said what they did, not what comes after),
+    # paths quoted so that the line pastes into a shell.
+    assert created.exit_code == 0 and created.stdout.splitlines()[-1] == f"next: medsam2 annotate import {quoted} SCANS... [--masks MASKS/]"
     imported = run("import", project, scan)
     assert imported.exit_code == 0 and "imported 1 case(s)" in imported.output
-    assert imported.stdout.splitlines()[-1] == f"next: medsam2 annotate presegment {project} (the cases with hints), then medsam2 annotate queue {project} -a NAME"
+    assert imported.stdout.splitlines()[-1] == f"next: medsam2 annotate presegment {quoted} (the cases with hints), then medsam2 annotate queue {quoted} -a NAME"
     assert "1 already in the project" in run("import", project, scan).output
     (tmp_path / "copy").mkdir()
     shutil.copy(scan, tmp_path / "copy" / "disc_again.npz")
@@ -242,7 +247,7 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     assert re.search(r"│ disc\s+│ new\s+│\s+│ /", run("status", project, "--cases").output)
     presegmented = run("presegment", project)
     assert presegmented.exit_code == 0 and "pre-segmented 1 case(s)" in presegmented.output, presegmented.output
-    assert presegmented.stdout.splitlines()[-1] == f"next: medsam2 annotate queue {project} -a NAME (or, in a browser: medsam2 serve --annotate {project})"
+    assert presegmented.stdout.splitlines()[-1] == f"next: medsam2 annotate queue {quoted} -a NAME (or, in a browser: medsam2 serve --annotate {quoted})"
 
     queued = run("queue", project, "-a", "alice")
     assert queued.exit_code == 0 and queued.output.startswith("disc: leased to alice"), queued.output
@@ -309,7 +314,7 @@ def test_the_annotate_commands_from_hints_to_training_set(tmp_path: Path, draw_r
     exported = run("export", project, tmp_path / "trainset", "--format", "npz", "--no-progress")
     assert exported.exit_code == 0, exported.output
     assert exported.stdout.splitlines()[-1] == (
-        f"next: medsam2 train --data {tmp_path / 'trainset'} --out RUN/, then medsam2 annotate round {project} --model RUN/model.pt"
+        f"next: medsam2 train --data {tmp_path / 'trainset'} --out RUN/, then medsam2 annotate round {quoted} --model RUN/model.pt"
     )
     root, (case,) = read_manifest(tmp_path / "trainset")
     assert case.labels == {"1": "lesion"} and case.round == 1 and case.model.startswith("lite-medsam@")

@@ -260,6 +260,10 @@ def init_project(
     database `database` (an SQLite path relative to the folder, or a URL), with round 1 on `model`."""
     settings = settings or ProjectSettings()
     folder = Path(folder).resolve()
+    if name is None and not NAME_PATTERN.match(folder.name):
+        raise InputError(
+            f"{folder}: the folder's name cannot name the project (letters, digits and . _ @ + - only): give a name with --name"
+        )
     name = check_name(name or folder.name, "project name")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: a file is there; a project is a folder (give a new folder's name)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +112,10 @@ def show_views(model: CaseModel, output: Path | None, overlay: Path | None) -> N
             typer.echo(f"wrote {path}")
 
 
-def say_next(step: str) -> None:
-    """The command a round goes on with, so that each step's output teaches the next."""
-    typer.echo(f"next: {step}")
+def say_next(step: str, **paths: Path) -> None:
+    """The command a round goes on with, so that each step's output teaches the next: `step` with
+    `paths` filled in, quoted so that the line pastes into a shell (a folder named "my project/")."""
+    typer.echo("next: " + step.format(**{name: shlex.quote(str(path)) for name, path in paths.items()}))
 
 
 def describe(model: CaseModel) -> str:
@@ -179,7 +181,7 @@ def init_command(
     created = init_project(project, db, name, settings, model)
     status = created.status()
     typer.echo(f"created project {created.name} in {created.folder} (database {status.database}; round 1: {status.rounds[0].model_version})")
-    say_next(f"medsam2 annotate import {project} SCANS... [--masks MASKS/]")
+    say_next("medsam2 annotate import {project} SCANS... [--masks MASKS/]", project=project)
 
 
 @app.command("import")
@@ -226,7 +228,7 @@ def import_command(
             err=True,
         )
     if summary.imported:
-        say_next(f"medsam2 annotate presegment {project} (the cases with hints), then medsam2 annotate queue {project} -a NAME")
+        say_next("medsam2 annotate presegment {project} (the cases with hints), then medsam2 annotate queue {project} -a NAME", project=project)
 
 
 @app.command("presegment")
@@ -247,7 +249,7 @@ def presegment_command(
     typer.echo(f"pre-segmented {len(report.done)} case(s)")
     for name, why in report.failed.items():
         typer.echo(f"not pre-segmented: {name}: {why}", err=True)
-    say_next(f"medsam2 annotate queue {project} -a NAME (or, in a browser: medsam2 serve --annotate {project})")
+    say_next("medsam2 annotate queue {project} -a NAME (or, in a browser: medsam2 serve --annotate {project})", project=project)
     if report.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -545,7 +547,7 @@ def round_command(
     """
     row = open_project(project).start_round(model)
     typer.echo(f"round {row.number} started with {row.model_version}")
-    say_next(f"medsam2 annotate import {project} SCANS... (the round's new cases), then medsam2 annotate presegment {project}")
+    say_next("medsam2 annotate import {project} SCANS... (the round's new cases), then medsam2 annotate presegment {project}", project=project)
 
 
 @app.command("relocate")
@@ -627,5 +629,5 @@ def export_command(
     """
     cases = export_training_set(open_project(project), out, layout, round_ or None, overwrite, progress)
     typer.echo(f"exported {len(cases)} case(s) to {out}")
-    say_next(f"medsam2 train --data {out} --out RUN/, then medsam2 annotate round {project} --model RUN/model.pt")
+    say_next("medsam2 train --data {out} --out RUN/, then medsam2 annotate round {project} --model RUN/model.pt", project=project, out=out)
 
