@@ -162,7 +162,8 @@ def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, unint
     assert past.stderr == f"error: stop at step 1: {out / 'last.pt'} already holds step 2; give a later step, or none to finish the run\n"
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
 
-    resumed = runner.invoke(app, ["train", str(config), "--resume", "--no-progress"])
+    # The output folder alone resumes the run: it saved its settings (a run started from flags has no config file).
+    resumed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr and f"wrote {out / 'model.pt'}" in resumed.stdout
     ours = torch.load(out / "model.pt", weights_only=True)["model"]

@@ -80,7 +80,7 @@ def train_command(
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Share of cases held out for validation."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of the split, the samples and the prompts."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder exactly where its last.pt left it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder exactly where its last.pt left it (without CONFIG: with the settings the run saved there, so --out RUN --resume is enough)."),
     stop_at: int | None = typer.Option(None, "--stop-at", min=1, help="Stop (with a checkpoint) once this many steps are done; continue later with --resume."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     example: bool = typer.Option(False, "--example-config", callback=show_example_config, is_eager=True, help="Print a config file with every setting at its default, and exit."),
@@ -106,8 +106,10 @@ def train_command(
       medsam2 segment scan.nii.gz --box 42,120,88,160,131 --model runs/liver/model.pt -o liver.nii.gz
     """
     settings = training_module()
-    from medsam2.train.trainer import train
+    from medsam2.train.trainer import CONFIG_NAME, train
 
+    if config_file is None and resume and out is not None and (out.expanduser() / CONFIG_NAME).is_file():
+        config_file = out.expanduser() / CONFIG_NAME  # the run's own settings: `--out RUN --resume` is enough
     config = settings.load_config(config_file) if config_file is not None else settings.TrainConfig()
     if (images is None) != (masks is None):
         raise InputError("--images and --masks go together")
