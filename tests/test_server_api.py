@@ -1113,3 +1113,20 @@ def test_serve_stopped_by_its_usual_signals_ends_cleanly(tmp_path: Path, stop: s
     rest = process.communicate(timeout=60)[0]
     assert process.returncode == 0, "".join(lines) + rest
     assert rest.strip().splitlines()[-1] == "stopped serving" and "error" not in rest, rest
+
+
+def test_a_body_json_cannot_read_is_a_clear_4xx(server) -> None:
+    """A JSON body sent without a Content-Type (Python's requests with `data=json.dumps(...)`) was a
+    422 saying "Input should be a valid dictionary" of a valid JSON object; one that is not UTF-8
+    (a name in cp1252) or nested past the recursion limit was a 400 "There was an error parsing the body"."""
+    _, client = server
+    unlabelled = client.post("/api/sessions", content=b'{"case": "data/nothing"}')
+    assert unlabelled.status_code == 415, unlabelled.text
+    assert unlabelled.json() == {"error": "send the request body as JSON with Content-Type: application/json (the request had no Content-Type)"}
+    as_json = {"Content-Type": "application/json"}
+    assert client.post("/api/sessions", content=b"[]", headers=as_json).status_code == 422  # JSON, not an object: as before
+    assert client.post("/api/sessions").json() == {"error": "request: Field required"}  # no body at all: as before
+    for body in (b'{"case": "data/L\xe4sion.npz"}', b"[" * 100_000 + b"]" * 100_000):
+        refused = client.post("/api/sessions", content=body, headers=as_json)
+        assert refused.status_code == 422, refused.text
+        assert refused.json() == {"error": "request body: not valid JSON (not UTF-8 text, or nested too deeply)"}

@@ -55,6 +55,17 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return JSONResponse({"error": line}, status_code, headers=headers)
 
 
+# What FastAPI answers (a 400) for a JSON body it could not decode other than by a JSONDecodeError.
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+def sent_unparsed_body(error: RequestValidationError) -> bool:
+    """Whether the body was refused as the raw bytes FastAPI passes on when no Content-Type names JSON."""
+    return any(
+        tuple(problem.get("loc", ())) == ("body",) and isinstance(problem.get("input"), bytes) for problem in error.errors()
+    )
+
+
 def validation_message(error: RequestValidationError) -> str:
     """The first problem pydantic found, as "where: what"."""
     first = error.errors()[0] if error.errors() else {}
@@ -72,6 +83,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == FASTAPI_BODY_ERROR:
+            # FastAPI's line for a JSON body json.loads refused other than as a syntax error (bytes
+            # that are not UTF-8, arrays nested past Python's recursion limit): malformed as well.
+            return error_response(422, "request body: not valid JSON (not UTF-8 text, or nested too deeply)")
         return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -80,6 +95,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body_refused = any(tuple(problem.get("loc", ()))[:1] == ("body",) for problem in error.errors())
         if body_refused and content_type not in ("", "application/json"):
             return error_response(415, f"send the request body as JSON with Content-Type: application/json, not {content_type}")
+        if body_refused and content_type == "" and sent_unparsed_body(error):
+            # A body without a Content-Type is not parsed as JSON: pydantic saw bytes, and its line
+            # ("Input should be a valid dictionary") blamed a body that may well be valid JSON.
+            return error_response(415, "send the request body as JSON with Content-Type: application/json (the request had no Content-Type)")
         return error_response(422, validation_message(error))
 
     # A handler of its own: Starlette re-raises what the catch-all handler answers, and the server
