@@ -663,7 +663,10 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert stranger.get("/api/sessions").json() == []
     assert sid in [s["id"] for s in client.get("/api/sessions").json()]
     assert client.delete(base).status_code == 204
-    assert client.get(base).json() == {"error": f"session {sid!r} was closed: closed from a page showing it (another case was opened there)"}
+    # Closed by a script's DELETE as much as by a page's: the reason names no page that was not there.
+    assert client.get(base).json() == {
+        "error": f"session {sid!r} was closed: its client closed it (a DELETE request, as a page showing it sends when another case is opened there)"
+    }
     assert client.get("/api/sessions/unknown-id").json() == {"error": "no session 'unknown-id'"}  # a restart forgot it
 
 
@@ -1130,3 +1133,14 @@ def test_a_body_json_cannot_read_is_a_clear_4xx(server) -> None:
         refused = client.post("/api/sessions", content=body, headers=as_json)
         assert refused.status_code == 422, refused.text
         assert refused.json() == {"error": "request body: not valid JSON (not UTF-8 text, or nested too deeply)"}
+
+
+def test_a_session_closed_by_a_script_is_not_said_closed_by_a_page(server) -> None:
+    _, client = server
+    sid = open_case(client, f"data/ct/{CASE_2}")["id"]
+    assert client.delete(f"/api/sessions/{sid}").status_code == 204
+    gone = client.get(f"/api/sessions/{sid}")
+    assert gone.status_code == 404
+    assert gone.json() == {
+        "error": f"session {sid!r} was closed: its client closed it (a DELETE request, as a page showing it sends when another case is opened there)"
+    }

@@ -44,6 +44,9 @@ from medsam2.server.errors import Busy, Conflict, NotFound, StaleRevision, Unsup
 from medsam2.server.inference import DeviceWorker
 
 CLOSED_KEPT = 1000  # closed sessions whose reason the store keeps
+# Why a session closed by DELETE /api/sessions/{id} closed: a script's request as well as a page's
+# (which closes its session when another case is opened there), so it names neither alone.
+CLOSED_BY_CLIENT = "its client closed it (a DELETE request, as a page showing it sends when another case is opened there)"
 CaseKind = Literal["volume", "video", "image"]
 ProgressState = Literal["idle", "queued", "running", "done", "failed"]
 # A download is one file: formats whose header names a second data file (.mhd, .nhdr) are left out.
@@ -599,4 +602,4 @@ class SessionStore:
         session = self.get(client, session_id)
         with self._lock:
             if session_id in self._sessions:
-                self._close(session, "closed from a page showing it (another case was opened there)")
+                self._close(session, CLOSED_BY_CLIENT)
