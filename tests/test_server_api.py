@@ -1144,3 +1144,28 @@ def test_a_session_closed_by_a_script_is_not_said_closed_by_a_page(server) -> No
     assert gone.json() == {
         "error": f"session {sid!r} was closed: its client closed it (a DELETE request, as a page showing it sends when another case is opened there)"
     }
+
+
+def test_a_json_body_past_its_limit_is_a_413_before_it_is_parsed(server) -> None:
+    """A JSON body was read and parsed whole, however large: 60 MB of mask counts took the server a
+    gigabyte before the counts were found wrong, so one request could take it down. JSON routes now
+    stop at MAX_JSON_BODY, declared or not (chunked), with the usual one-line 413."""
+    from medsam2.server.errors import MAX_JSON_BODY
+
+    _, client = server
+    sid = open_case(client, f"data/ct/{CASE_2}")["id"]
+    as_json = {"Content-Type": "application/json"}
+    expected = {"error": f"request body: over the {MAX_JSON_BODY // 2**20} MiB a JSON request may have"}
+    declared = client.post(f"/api/sessions/{sid}/prompts", content=b" " * (MAX_JSON_BODY + 1), headers=as_json)
+    assert declared.status_code == 413 and declared.json() == expected, declared.text
+
+    def chunks():
+        yield b'{"slice": 3, "mask": {"size": [512, 512], "counts": ['
+        for _ in range(MAX_JSON_BODY // 2**20 + 1):
+            yield b"1," * 2**19
+
+    streamed = client.post(f"/api/sessions/{sid}/prompts", content=chunks(), headers=as_json)
+    assert streamed.status_code == 413 and streamed.json() == expected, streamed.text
+    # Bodies under the limit are taken as before.
+    assert client.post(f"/api/sessions/{sid}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
+    assert client.delete(f"/api/sessions/{sid}").status_code == 204

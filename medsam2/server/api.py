@@ -26,7 +26,7 @@ from medsam2.io.overlay import LABEL_COLOURS
 from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.server import rle
 from medsam2.server.cases import SNIFF_BYTES, UPLOAD_SUFFIXES, check_signature, check_upload_name
-from medsam2.server.errors import PayloadTooLarge, UnsupportedMedia
+from medsam2.server.errors import MAX_JSON_BODY, PayloadTooLarge, UnsupportedMedia
 from medsam2.server.schemas import (
     ERROR_RESPONSES,
     CaseInfo,
@@ -202,7 +202,7 @@ def list_sessions(request: Request, state: ServerState = Depends(server_state)) 
     return [session.info() for session in state.sessions.of_client(client_id(request))]
 
 
-@router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Open a case")
+@router.post("/sessions", status_code=201, response_model=SessionInfo, summary="Open a case", max_body_size=MAX_JSON_BODY)
 async def open_session(body: OpenSession, request: Request, state: ServerState = Depends(server_state)) -> dict:
     case = state.catalog.get(body.case)
     worker = state.sessions.pick_worker(state.inference.workers)
@@ -252,7 +252,7 @@ def get_slice(
 # -- prompts and propagation -----------------------------------------------------------------------
 
 
-@router.post("/sessions/{session_id}/prompts", response_model=PromptResult, summary="Prompt an object on a slice")
+@router.post("/sessions/{session_id}/prompts", response_model=PromptResult, summary="Prompt an object on a slice", max_body_size=MAX_JSON_BODY)
 async def add_prompt(
     body: PromptIn, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
 ) -> dict:
@@ -280,7 +280,7 @@ async def undo(session: ViewerSession = Depends(viewer_session), revision: int |
     return session.info()
 
 
-@router.patch("/sessions/{session_id}/objects/{obj_id}", response_model=SessionInfo, summary="Rename an object")
+@router.patch("/sessions/{session_id}/objects/{obj_id}", response_model=SessionInfo, summary="Rename an object", max_body_size=MAX_JSON_BODY)
 async def rename_object(
     obj_id: int, body: RenameIn, session: ViewerSession = Depends(viewer_session), revision: int | None = Depends(if_match)
 ) -> dict:
@@ -299,6 +299,7 @@ async def delete_object(
 @router.post(
     "/sessions/{session_id}/propagate",
     response_model=SessionInfo,
+    max_body_size=MAX_JSON_BODY,
     summary="Propagate objects through the slices",
     description="Answers when propagation is done; meanwhile GET /api/sessions/{session_id} reports its progress.",
 )
@@ -402,6 +403,7 @@ async def upload_mask(
 @router.post(
     "/sessions/{session_id}/load",
     response_model=SessionInfo,
+    max_body_size=MAX_JSON_BODY,
     summary="Load a mask saved beside the case",
     description="As PUT mask-file, for one of the session's `saved_masks`.",
 )
@@ -412,7 +414,7 @@ async def load_saved(
     return session.info()
 
 
-@router.post("/sessions/{session_id}/save", response_model=SavedMask, summary="Save the label map next to the case")
+@router.post("/sessions/{session_id}/save", response_model=SavedMask, summary="Save the label map next to the case", max_body_size=MAX_JSON_BODY)
 def save(body: SaveIn | None = Body(None), session: ViewerSession = Depends(viewer_session)) -> dict:
     request = body or SaveIn()
     return {"file": session.save_mask(request.format, request.replace).name}

@@ -55,6 +55,13 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return JSONResponse({"error": line}, status_code, headers=headers)
 
 
+# The most a JSON request body may hold (the largest slice's mask prompt, as RLE, is far less): the
+# body is parsed whole in memory, at some 20 times its size, before any field is checked. Uploads
+# stream to a file under --max-upload-mb instead.
+MAX_JSON_BODY = 64 * 2**20
+# What Starlette's body limit raises (a 413) once a body goes past it.
+STARLETTE_TOO_LARGE = "Content Too Large"
+
 # What FastAPI answers (a 400) for a JSON body it could not decode other than by a JSONDecodeError.
 FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
@@ -64,6 +71,10 @@ def sent_unparsed_body(error: RequestValidationError) -> bool:
     return any(
         tuple(problem.get("loc", ())) == ("body",) and isinstance(problem.get("input"), bytes) for problem in error.errors()
     )
+
+
+def json_body_too_large() -> JSONResponse:
+    return error_response(413, f"request body: over the {MAX_JSON_BODY // 2**20} MiB a JSON request may have")
 
 
 def validation_message(error: RequestValidationError) -> str:
@@ -87,6 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's line for a JSON body json.loads refused other than as a syntax error (bytes
             # that are not UTF-8, arrays nested past Python's recursion limit): malformed as well.
             return error_response(422, "request body: not valid JSON (not UTF-8 text, or nested too deeply)")
+        if error.status_code == 413 and error.detail == STARLETTE_TOO_LARGE:
+            return json_body_too_large()
         return error_response(error.status_code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
-from medsam2.server.errors import error_response
+from medsam2.server.errors import MAX_JSON_BODY, error_response, json_body_too_large
 from medsam2.server.settings import ServerSettings, is_loopback
 
 CLIENT_COOKIE = "medsam2_client"
@@ -28,6 +28,22 @@ CLIENT_HEADER = "x-medsam2-client"
 TOKEN_COOKIE = "medsam2_token"
 TOKEN_HEADER = "x-medsam2-token"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# The routes that take a file as their body (streamed to disk under --max-upload-mb); every other
+# body is JSON, parsed whole in memory, and may hold at most MAX_JSON_BODY.
+_UPLOAD_ROUTE = re.compile(r"^(POST /api/cases|PUT /api/sessions/[^/]+/mask-file)$")
+
+
+def declared_too_large(request: Request) -> bool:
+    """Whether a request other than an upload declares a body over MAX_JSON_BODY. The JSON routes'
+    own limit (`max_body_size`) stops a body that grows past it unannounced; one announced by its
+    Content-Length it answers in plain text, so that one is refused here, as JSON."""
+    declared = request.headers.get("content-length", "")
+    return (
+        declared.isascii()
+        and declared.isdigit()
+        and int(declared) > MAX_JSON_BODY
+        and not _UPLOAD_ROUTE.match(f"{request.method} {request.url.path}")
+    )
 
 
 def host_name(host_header: str) -> str:
@@ -76,6 +92,8 @@ def install_security(app: FastAPI, settings: ServerSettings) -> None:
         fresh = client is None or not _CLIENT_ID.match(client)
         if fresh:
             client = secrets.token_urlsafe(18)
+        if declared_too_large(request):
+            return json_body_too_large()
         request.state.client_id = client
         response = await call_next(request)
         if fresh:
