@@ -1169,3 +1169,31 @@ def test_a_json_body_past_its_limit_is_a_413_before_it_is_parsed(server) -> None
     # Bodies under the limit are taken as before.
     assert client.post(f"/api/sessions/{sid}/prompts", json={"slice": 6, "box": [246, 273, 276, 322]}).status_code == 200
     assert client.delete(f"/api/sessions/{sid}").status_code == 204
+
+
+def test_a_dicom_upload_whose_pixels_are_cut_short_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """A DICOM file whose header states more pixels than it holds (cut short, or Rows and Columns made
+    up) was taken as a case: GDCM filled the stated size with zeros, 14 GB for pydicom's 39 kB CT
+    slice stated as 60000x60000, and opening it was a 500 (out of memory). It is now a 400 naming
+    the sizes, and nothing is kept; a whole file still uploads."""
+    uploads = tmp_path / "uploads"
+    app = create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads))
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    whole = io.BytesIO()
+    dataset.save_as(whole)
+    raw = {"Content-Type": "application/octet-stream"}
+    with TestClient(app, base_url=LOCAL) as client:
+        for name, change in (("stated.dcm", {"Rows": 60000, "Columns": 60000}), ("frames.dcm", {"NumberOfFrames": 40})):
+            for keyword, value in change.items():
+                setattr(dataset, keyword, value)
+            claimed = io.BytesIO()
+            dataset.save_as(claimed)
+            refused = client.post("/api/cases", params={"name": name}, content=claimed.getvalue(), headers=raw)
+            assert refused.status_code == 400, refused.text
+            assert "its pixel data is cut short: the header states" in refused.json()["error"], refused.text
+            dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        cut = client.post("/api/cases", params={"name": "cut.dcm"}, content=whole.getvalue()[:-5000], headers=raw)
+        assert cut.status_code == 400 and "cut short" in cut.json()["error"], cut.text
+        assert [case["id"] for case in client.get("/api/cases").json() if case["source"] == "upload"] == []
+        assert client.post("/api/cases", params={"name": "ct.dcm"}, content=whole.getvalue(), headers=raw).status_code == 201
+    assert sorted(path.name for path in uploads.iterdir()) == ["ct.dcm"]

@@ -322,6 +322,28 @@ def check_decoded_rightly(header: Dataset, path: Path) -> None:
     )
 
 
+def check_pixel_data_complete(header: Dataset, path: Path) -> None:
+    """Refuse an uncompressed file shorter than the pixels its header states: GDCM reads one whose
+    pixel data is cut short (or whose Rows and Columns were made up) as zeros filling the stated
+    size, a scan of wrong values, which can be many gigabytes for a file of a few kilobytes."""
+    try:
+        rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+        frames, samples = int(header.get("NumberOfFrames") or 1), int(header.get("SamplesPerPixel") or 1)
+        bits = int(header.get("BitsAllocated") or 0)
+        compressed = transfer_syntax(header).is_compressed
+    except (TypeError, ValueError, AttributeError):  # a value of no number, no syntax found: GDCM judges it
+        return
+    if compressed or min(rows, columns, frames, samples, bits) <= 0:
+        return
+    stated = (rows * columns * frames * samples * bits + 7) // 8
+    size = Path(path).stat().st_size
+    if size < stated:
+        raise InputError(
+            f"{path}: its pixel data is cut short: the header states {frames} frame(s) of {columns}x{rows} pixels "
+            f"({stated} bytes), the whole file has {size}"
+        )
+
+
 # Where a header gives the in-plane pixel spacing (GDCM takes 1 mm where none is).
 PIXEL_SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 

@@ -263,6 +263,12 @@ def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
 
 def _read_dicom_file(path: Path) -> Volume:
     try:
+        stated = dicom.read_header(path)
+    except Exception:  # noqa: BLE001 - a header pydicom cannot read: GDCM's reading below says what is wrong
+        stated = None
+    if stated is not None:
+        dicom.check_pixel_data_complete(stated, path)
+    try:
         with native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # GDCM turns down a file cut short as of no format it knows
