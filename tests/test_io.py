@@ -936,7 +936,8 @@ def test_losslessly_compressed_dicom_reads_as_the_uncompressed_file() -> None:
 def test_pixel_encodings_gdcm_decodes_wrongly_are_refused_and_the_others_match_pydicom() -> None:
     """16- and 32-bit colour RLE and 32-bit big-endian pixels came out of GDCM scrambled (red read as
     green and blue; doses of 4e9), without an error; they are refused. Their neighbours (8-bit colour
-    RLE, 16-bit big endian) read as pydicom decodes them."""
+    RLE, 16-bit big endian, a deflated file: smaller than its pixels, yet not cut short) read as
+    pydicom decodes them."""
     for name, what in [
         ("SC_rgb_rle_16bit.dcm", "RLE-compressed colour of more than 8 bits"),
         ("SC_rgb_rle_32bit.dcm", "RLE-compressed colour of more than 8 bits"),
@@ -944,7 +945,7 @@ def test_pixel_encodings_gdcm_decodes_wrongly_are_refused_and_the_others_match_p
     ]:
         with pytest.raises(InputError, match=rf"{name}: {what} pixel data, which ITK's DICOM reader \(GDCM\) decodes to wrong values"):
             load_image(Path(get_testdata_file(name)))
-    for name in ("SC_rgb_rle.dcm", "MR_small_bigendian.dcm"):
+    for name in ("SC_rgb_rle.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"):
         dataset = pydicom.dcmread(get_testdata_file(name))
         expected = pydicom.pixels.apply_modality_lut(dataset.pixel_array, dataset)
         np.testing.assert_array_equal(load_image(Path(get_testdata_file(name))).array[0], expected, err_msg=name)

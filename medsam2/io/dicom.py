@@ -330,7 +330,8 @@ def check_pixel_data_complete(header: Dataset, path: Path) -> None:
         rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
         frames, samples = int(header.get("NumberOfFrames") or 1), int(header.get("SamplesPerPixel") or 1)
         bits = int(header.get("BitsAllocated") or 0)
-        compressed = transfer_syntax(header).is_compressed
+        encoding = transfer_syntax(header)
+        compressed = encoding.is_compressed or encoding.is_deflated  # a deflated file is smaller than its pixels
     except (TypeError, ValueError, AttributeError):  # a value of no number, no syntax found: GDCM judges it
         return
     if compressed or min(rows, columns, frames, samples, bits) <= 0:
