@@ -586,6 +586,25 @@ def test_a_case_presegment_failed_on_is_presegmented_by_the_round_started_since(
     assert [(row.number, row.cases) for row in open_project(project).status().rounds] == [(1, 0), (2, 1)]
 
 
+def test_a_case_given_back_before_any_model_mask_is_segmented_by_the_round_started_since(tmp_path: Path, draw_recist) -> None:
+    """A case leased in round 1 and given back before the model made any mask of it (released, or
+    passed over because its image was missing then) is not round 1's: after `round --model`, it is
+    pre-segmented by the new round's model and the report credits that round."""
+    scan = tmp_path / "disc.npz"
+    write_disc_case(scan, draw_recist)
+    project = tmp_path / "project"
+    assert run("init", project, "--label", "1=lesion").exit_code == 0
+    assert run("import", project, scan).exit_code == 0
+    assert run("queue", project, "-a", "alice").exit_code == 0  # no -o: the model does not run
+    assert run("release", project, "disc", "-a", "alice").exit_code == 0
+    checkpoint = shutil.copy(bundled_lite_medsam_checkpoint(), tmp_path / "finetuned.pth")
+    assert run("round", project, "--model", checkpoint).exit_code == 0
+    assert run("presegment", project).exit_code == 0
+    [case] = open_project(project).cases()
+    assert case.state == "presegmented" and case.model_version.startswith(f"{tmp_path.name}/finetuned.pth@"), case.model_version
+    assert [(row.number, row.cases) for row in open_project(project).status().rounds] == [(1, 0), (2, 1)]
+
+
 def test_relocate_points_a_project_at_moved_images_and_checkpoints(tmp_path: Path, draw_recist) -> None:
     """The record keeps absolute paths: after the data moved, `relocate` points the project at the
     new place, once every file there is checked to be the one recorded; otherwise nothing changes."""

@@ -86,6 +86,16 @@ def lease_next(project: Project, annotator: str, passing_over: Collection[str] =
         return candidate
 
 
+def case_round(session: Session, project: Project, row: CaseRow) -> int:
+    """The round a case being leased belongs to: the one that recorded its pre-segmentation (an
+    imported mask, the hints' or the first prompt's mask), else the current one. A case leased in
+    an earlier round that got no model mask then (given back unopened, released or left to run out
+    before any prompt) is segmented by the current round's model, and credited to that round."""
+    if row.preseg_mask is not None and row.round_id is not None:
+        return row.round_id
+    return project.current_round(session).id
+
+
 def claim(session: Session, project: Project, row: CaseRow, annotator: str, now: datetime) -> bool:
     """Lease case `row` to `annotator` if it is in the queue and nobody holds it (recorded); whether
     it was."""
@@ -96,7 +106,7 @@ def claim(session: Session, project: Project, row: CaseRow, annotator: str, now:
             state=CaseState.IN_REVIEW.value,
             lease_owner=annotator,
             lease_expires=now + project.lease_duration,
-            round_id=row.round_id or project.current_round(session).id,
+            round_id=case_round(session, project, row),
         )
         .execution_options(synchronize_session=False)
     )
@@ -199,7 +209,7 @@ def claim_for_presegmentation(
             .values(
                 lease_owner=worker,
                 lease_expires=now + project.lease_duration,
-                round_id=candidate.round_id or project.current_round(session).id,
+                round_id=case_round(session, project, candidate),
             )
             .execution_options(synchronize_session=False)
         )
