@@ -724,6 +724,11 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("init", project, "--label", "70000=lesion"), "VALUE a whole number from 1 to 65535")
     assert_one_line_error(run("init", project, "--label", "1=liver", "--label", "1=lesion"), "--label '1=lesion': label 1 is already named 'liver'")
     assert_one_line_error(run("init", project, "--axis", "oblique"), "--axis 'oblique'")
+    # A lease of no whole second would have run out when taken; inf or a lease past the calendar
+    # cannot be stored or computed (a traceback at init, or at every queue of the project made).
+    for minutes in ("0.001", "inf", "1e12", "nan", "0"):
+        assert_one_line_error(run("init", project, "--lease-minutes", minutes), f"--lease-minutes {float(minutes)}: must be from 0.0167 (one second) to 525600 (a year)")
+        assert not project.exists()
     assert_one_line_error(run("init", project, "--db", "oracle://x/y"), "unsupported database 'oracle'")
     (tmp_path / "notes.txt").write_text("a file")
     assert_one_line_error(run("init", tmp_path / "notes.txt"), "notes.txt: a file is there; a project is a folder")

@@ -249,6 +249,9 @@ class Project:
             )
 
 
+MIN_LEASE_MINUTES, MAX_LEASE_MINUTES = 1 / 60, 365 * 24 * 60
+
+
 def init_project(
     folder: Path,
     database: str = DEFAULT_DB,
@@ -271,8 +274,13 @@ def init_project(
         raise InputError(f"{folder}: already an annotation project ({PROJECT_FILE} exists)")
     if settings.axis not in AXES:
         raise InputError(f"--axis {settings.axis!r}: choose axial, coronal or sagittal")
-    if not settings.lease_minutes > 0:
-        raise InputError(f"--lease-minutes {settings.lease_minutes}: must be positive")
+    # Stored as whole seconds: under half a second would be a lease that has run out when taken
+    # (two annotators could take the same case); past a year, inf or nan, no lease end to compute.
+    if not MIN_LEASE_MINUTES <= settings.lease_minutes <= MAX_LEASE_MINUTES:
+        raise InputError(
+            f"--lease-minutes {settings.lease_minutes}: must be from {MIN_LEASE_MINUTES:.3g} (one second) "
+            f"to {MAX_LEASE_MINUTES} (a year)"
+        )
     if settings.window is not None:
         from medsam2.preprocess import parse_window
 

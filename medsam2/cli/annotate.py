@@ -160,7 +160,7 @@ def init_command(
     axis: str = typer.Option("axial", "--axis", help="Slicing axis of every prompt: axial, coronal or sagittal."),
     window: str | None = typer.Option(None, "--window", help="CT window for the model (preset or W,L). Default: by modality."),
     label: list[str] = typer.Option([], "--label", help="A label's name, VALUE=NAME (e.g. 1=lesion); repeat for several."),
-    lease_minutes: float = typer.Option(30.0, "--lease-minutes", help="A case stays an annotator's this long after their last action (fixed for the project's life)."),
+    lease_minutes: float = typer.Option(30.0, "--lease-minutes", help="A case stays an annotator's this long after their last action (fixed for the project's life; one second to a year)."),
 ) -> None:
     """Create an annotation project: a folder for its masks and a database (SQLite or PostgreSQL).
 
