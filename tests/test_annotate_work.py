@@ -717,6 +717,19 @@ def test_a_case_whose_header_was_rewritten_is_refused_where_it_is_opened(tmp_pat
     assert run("queue", project, "-a", "alice", "-o", tmp_path / "current.nii.gz").exit_code == 0
 
 
+def test_an_empty_annotator_name_is_refused_not_taken_for_the_login(tmp_path: Path) -> None:
+    """`-a "$NAME"` with NAME unset: the case is not leased under the login's name (shared by
+    everyone on that account, who would then hold the same lease); the name is refused."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(3 * 32 * 32, dtype=np.int16).reshape(3, 32, 32)), str(tmp_path / "scan.nii.gz"))
+    project = tmp_path / "project"
+    assert run("init", project).exit_code == 0
+    assert run("import", project, tmp_path / "scan.nii.gz").exit_code == 0
+    assert_one_line_error(run("queue", project, "-a", ""), "annotator '': use letters, digits")
+    assert [(row.state, row.lease_owner) for row in open_project(project).cases()] == [("new", None)]
+    queued = run("queue", project, "-a", "alice")
+    assert queued.exit_code == 0 and queued.stdout.startswith("scan: leased to alice"), queued.output
+
+
 def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     project = tmp_path / "project"
     assert_one_line_error(run("status", project), "not an annotation project")

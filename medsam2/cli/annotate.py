@@ -80,7 +80,11 @@ OVERLAY_OPTION = typer.Option(None, "--overlay", help="Also write a PNG montage 
 
 
 def annotator_name(value: str | None) -> str:
-    return value or os.environ.get("MEDSAM2_ANNOTATOR") or getpass.getuser()
+    # An empty -a (a script's unset variable) is refused as a name, not taken for the login's: work
+    # recorded under a shared login's name is no one's, and everyone on it would share its leases.
+    if value is not None:
+        return value
+    return os.environ.get("MEDSAM2_ANNOTATOR") or getpass.getuser()
 
 
 def check_views(output: Path | None, overlay: Path | None, image: Volume | None = None) -> None:
