@@ -4,6 +4,7 @@ and real segmentations of the shared CT lesion cases with the real LiteMedSAM we
 from __future__ import annotations
 
 import gc
+import gzip
 import io
 import re
 import shutil
@@ -16,10 +17,12 @@ import threading
 import time
 import urllib.request
 import weakref
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -1175,7 +1178,8 @@ def test_a_dicom_upload_whose_pixels_are_cut_short_is_refused(data_dir: Path, tm
     """A DICOM file whose header states more pixels than it holds (cut short, or Rows and Columns made
     up) was taken as a case: GDCM filled the stated size with zeros, 14 GB for pydicom's 39 kB CT
     slice stated as 60000x60000, and opening it was a 500 (out of memory). It is now a 400 naming
-    the sizes, and nothing is kept; a whole file still uploads."""
+    the sizes (6000x6000 here: 60000x60000 is over the voxels an upload may declare, a 413), and
+    nothing is kept; a whole file still uploads."""
     uploads = tmp_path / "uploads"
     app = create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads))
     dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
@@ -1183,7 +1187,7 @@ def test_a_dicom_upload_whose_pixels_are_cut_short_is_refused(data_dir: Path, tm
     dataset.save_as(whole)
     raw = {"Content-Type": "application/octet-stream"}
     with TestClient(app, base_url=LOCAL) as client:
-        for name, change in (("stated.dcm", {"Rows": 60000, "Columns": 60000}), ("frames.dcm", {"NumberOfFrames": 40})):
+        for name, change in (("stated.dcm", {"Rows": 6000, "Columns": 6000}), ("frames.dcm", {"NumberOfFrames": 40})):
             for keyword, value in change.items():
                 setattr(dataset, keyword, value)
             claimed = io.BytesIO()
@@ -1197,3 +1201,27 @@ def test_a_dicom_upload_whose_pixels_are_cut_short_is_refused(data_dir: Path, tm
         assert [case["id"] for case in client.get("/api/cases").json() if case["source"] == "upload"] == []
         assert client.post("/api/cases", params={"name": "ct.dcm"}, content=whole.getvalue(), headers=raw).status_code == 201
     assert sorted(path.name for path in uploads.iterdir()) == ["ct.dcm"]
+
+
+def test_an_upload_declaring_more_voxels_than_the_server_reads_is_refused_unread(data_dir: Path, tmp_path: Path) -> None:
+    """A few kB of .nii.gz (zeros compress 1000:1) or npz can declare billions of voxels; reading
+    one to check it would exhaust the server's memory. Its header is read first: a 413 naming the
+    count, nothing kept. (The files here hold only headers: read whole, they would be "truncated".)"""
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 2))
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    nifti = gzip.compress(header.binaryblock + bytes(4) + bytes(1000))
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "|u1", "fortran_order": False, "shape": (2000, 1000, 1000)})
+    npz = io.BytesIO()
+    with zipfile.ZipFile(npz, "w") as archive:
+        archive.writestr("imgs.npy", npy.getvalue() + bytes(1000))
+    uploads = tmp_path / "uploads"
+    raw = {"Content-Type": "application/octet-stream"}
+    with TestClient(create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads)), base_url=LOCAL) as client:
+        for name, body, count in (("bomb.nii.gz", nifti, "1,800,000,000"), ("bomb.npz", npz.getvalue(), "2,000,000,000")):
+            refused = client.post("/api/cases", params={"name": name}, content=body, headers=raw)
+            assert refused.status_code == 413, refused.text
+            assert refused.json()["error"] == f"{name}: its header declares {count} voxels, over the 1,073,741,824 an uploaded scan may have"
+    assert list(uploads.iterdir()) == []

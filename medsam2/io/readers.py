@@ -114,6 +114,38 @@ def load_image(
     return replace(volume, modality=override) if override else volume
 
 
+def declared_voxels(path: Path) -> int | None:
+    """How many values (voxels times channels) an image file's header declares, read without decoding
+    its pixels: what a small compressed file (a .nii.gz of zeros) expands to. None where no header
+    tells (a DICOM folder; a picture, which PIL guards itself) or it cannot be read (`load_image`
+    then says why)."""
+    suffix = file_suffix(path)
+    try:
+        if suffix in SITK_SUFFIXES:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                return sum(_npy_values(archive, member) for member in archive.namelist())
+        if suffix == ".dcm" or dicom.is_dicom_file(path):
+            header = dicom.read_header(path, ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
+            counts = (header.get(tag) or 1 for tag in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"))
+            return int(np.prod([int(count) for count in counts], dtype=np.int64))
+    except (*_LIBRARY_READ_ERRORS, TypeError):
+        return None
+    return None
+
+
+def _npy_values(archive: zipfile.ZipFile, member: str) -> int:
+    """Values of one array of an npz, from its .npy header."""
+    with archive.open(member) as stream:
+        first = np.lib.format.read_magic(stream) == (1, 0)
+        shape, _, _ = (np.lib.format.read_array_header_1_0 if first else np.lib.format.read_array_header_2_0)(stream)
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def _reader_for(path: Path, npz_array_keys: tuple[str, ...], picture_values: bool) -> Callable[[Path], Volume]:
     suffix = file_suffix(path)
     if suffix in SITK_SUFFIXES:

@@ -23,12 +23,12 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, load_image
 from medsam2.io.dicom import is_dicom_file, is_dicomdir
 from medsam2.io.paths import VIDEO_SUFFIXES, image_suffix, mask_file_stem, natural_key
-from medsam2.io.readers import file_suffix, is_frame_folder, is_picture_file
+from medsam2.io.readers import declared_voxels, file_suffix, is_frame_folder, is_picture_file
 from medsam2.io.samples import MNI_FILES, write_synthetic_lesion
 from medsam2.io.video import Video, is_video, load_video
 from medsam2.models.weights import cache_dir
 from medsam2.resources import packaged_file
-from medsam2.server.errors import NotFound, UnsupportedMedia
+from medsam2.server.errors import NotFound, PayloadTooLarge, UnsupportedMedia
 
 CaseSource = Literal["data", "upload", "sample"]
 SAVED_MASK_MARK = "_mask"
@@ -322,6 +322,11 @@ class CaseCatalog:
         """Read a staged upload as a scan (or open it as a video); if that works, move it in under
         `name` (made unique) and return its case. The staged file is gone afterwards either way."""
         try:
+            declared = None if is_video(staged) else declared_voxels(staged)
+            if declared is not None and declared > MAX_UPLOAD_VOXELS:
+                raise PayloadTooLarge(
+                    f"{name}: its header declares {declared:,} voxels, over the {MAX_UPLOAD_VOXELS:,} an uploaded scan may have"
+                )
             try:
                 if is_video(staged):
                     load_frames(staged)  # every frame decodes, as opening the case will need
@@ -354,6 +359,10 @@ class CaseCatalog:
 
 # A session holds its frames in memory; longer clips are for `medsam2 segment`, which streams them.
 MAX_VIDEO_FRAMES = 2000
+# An uploaded scan is read whole (as float32 and more) before it is checked: a few-MB .nii.gz of
+# zeros can declare a billion voxels, and reading it would exhaust the server's memory. A 1 Gvoxel
+# cap passes any real scan (a 512 x 512 x 4000 CT is a quarter of it).
+MAX_UPLOAD_VOXELS = 1 << 30
 
 
 def load_frames(path: Path) -> tuple[Volume, Video]:
