@@ -689,9 +689,9 @@ def test_a_full_server_makes_room_from_the_opening_clients_oldest_session(data_d
         third = open_case(client, case["case"])
         assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([second["id"], third["id"]])
         limit = "the server holds at most 2 sessions"
-        assert third["warnings"] == [f"{limit}: this browser's session of ct/{CASE_1} was closed to open this one"]
+        assert third["warnings"] == [f"{limit}: your session of ct/{CASE_1} was closed to open this one"]
         gone = client.get(f"/api/sessions/{first['id']}")
-        assert gone.status_code == 404 and gone.json()["error"] == f"session {first['id']!r} was closed: {limit}, and this browser opened another case"
+        assert gone.status_code == 404 and gone.json()["error"] == f"session {first['id']!r} was closed: {limit}, and its client (a browser, a script) opened another case"
         assert client.post(f"/api/sessions/{third['id']}/prompts", json={"slice": 0, "box": [10, 10, 40, 40]}).status_code == 200
         fourth = open_case(client, case["case"])  # both with work now: the least recently used goes
         assert sorted(s["id"] for s in client.get("/api/sessions").json()) == sorted([third["id"], fourth["id"]])

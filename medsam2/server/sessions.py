@@ -543,8 +543,8 @@ class SessionStore:
                 )
                 limit = f"the server holds at most {counted(self.max_sessions, 'session')}"
                 if chosen.client == session.client:
-                    self._close(chosen, f"{limit}, and this browser opened another case")
-                    made_room.append(f"{limit}: this browser's session of {chosen.case.name} was closed to open this one")
+                    self._close(chosen, f"{limit}, and its client (a browser, a script) opened another case")
+                    made_room.append(f"{limit}: your session of {chosen.case.name} was closed to open this one")
                 else:  # not named to this client: another's case is none of its business
                     self._close(chosen, f"{limit}, and its page had been closed when another case was opened")
             if len(self._sessions) >= self.max_sessions:
