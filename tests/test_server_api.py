@@ -619,6 +619,9 @@ def test_a_session_from_prompt_to_saved_mask(server, data_dir: Path) -> None:
     assert len(client.get("/api/cases").json()) == 4
     again = client.post(f"{base}/save", json={"format": "npz"})
     assert again.status_code == 409 and again.json()["error"].startswith(f"{saved['file']} was saved earlier")
+    # "replace" must be JSON true or false: a string ("yes", "on") was taken as true and overwrote the file.
+    lax = client.post(f"{base}/save", json={"format": "npz", "replace": "yes"})
+    assert lax.status_code == 422 and lax.json()["error"].startswith("replace: Input should be a valid boolean"), lax.text
     assert client.post(f"{base}/save", json={"format": "npz", "replace": True}).json() == saved
     assert client.get(base).json()["saved_masks"] == [saved["file"]]
     other_session = open_case(client, f"data/ct/{CASE_2}")

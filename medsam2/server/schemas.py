@@ -130,7 +130,7 @@ class RenameIn(BaseModel):
 
 class SaveIn(BaseModel):
     format: str = Field("nii.gz", description="mask file format: nii.gz, nii, nrrd, mha, npz, dcm (DICOM cases), png (2D)")
-    replace: bool = Field(False, description="overwrite a mask saved there earlier (without it, such a save is a 409)")
+    replace: bool = Field(False, strict=True, description="overwrite a mask saved there earlier (without it, such a save is a 409)")
 
 
 class LoadIn(BaseModel):
