@@ -449,3 +449,26 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, write_
         assert dice(np.asarray(mask.dataobj).transpose(2, 1, 0) > 0, lesion) > 0.8, written
     np.testing.assert_array_equal(names["truth"].array > 0, lesion)
     assert names["shown"].shape == (224, 224)
+
+
+def test_segment_volume_refuses_prompts_it_cannot_use_in_one_line(predictor, lesion):
+    """A notebook's prompts that are not `Prompt`s (None, a dict, tuples of numbers) were a TypeError
+    or an AttributeError from inside; an empty list gave an all-zero label map as if the model had
+    found nothing. Each is now a one-line InputError; one Prompt, a list or a tuple of them work."""
+    volume, gts, key = lesion
+    box = box_from_mask(gts[key])
+    for prompts, message in (
+        (None, "prompts must be a Prompt or a list of Prompts .*not NoneType"),
+        ({"slice": key}, "not dict"),
+        ([(key, 1, box)], "not a list holding tuple"),
+        ([], "segment_volume: no prompts; give at least one Prompt"),
+    ):
+        with pytest.raises(medsam2.InputError, match=message) as raised:
+            segment_volume(volume, prompts, predictor, progress=False)
+        assert "\n" not in str(raised.value)
+    one = segment_volume(volume, Prompt(key, 1, box=box), predictor, progress=False).labels.array
+    as_tuple = segment_volume(volume, (Prompt(np.int64(key), 1, box=list(box)),), predictor, progress=False).labels.array
+    assert one.any() and np.array_equal(one, as_tuple)
+    # with a label map to correct, no prompt is a valid call: the map comes back as it was
+    kept = segment_volume(volume, [], predictor, progress=False, start=volume.with_array(one)).labels.array
+    assert np.array_equal(kept, one)

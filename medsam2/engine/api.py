@@ -36,6 +36,25 @@ class Result:
     axis_index: int = 0  # array axis the slices were taken along
 
 
+def as_prompt_list(prompts: object) -> list[Prompt]:
+    """`segment_volume`'s prompts as a list: one `Prompt`, or any iterable of them; anything else
+    (None, a dict, a tuple of numbers) is a one-line error rather than a TypeError inside."""
+    if isinstance(prompts, Prompt):
+        return [prompts]
+    try:
+        listed = list(prompts)  # type: ignore[call-overload]
+    except TypeError:
+        listed = None
+    if listed is None or isinstance(prompts, (str, bytes, dict)) or not all(isinstance(p, Prompt) for p in listed):
+        given = type(prompts).__name__ if listed is None or isinstance(prompts, (str, bytes, dict)) else (
+            f"a {type(prompts).__name__} holding {type(next(p for p in listed if not isinstance(p, Prompt))).__name__}"
+        )
+        raise InputError(
+            f"prompts must be a Prompt or a list of Prompts (medsam2.engine.prompts.Prompt(slice, object, box=...)), not {given}"
+        )
+    return listed
+
+
 def prepare_slices(
     volume: Volume, axis: SliceAxis = "axial", window: str | None = None, refuse_blank: bool = False
 ) -> tuple[np.ndarray, int]:
@@ -97,8 +116,10 @@ def segment_volume(
     if not isinstance(volume, Volume) or not (start is None or isinstance(start, Volume)):
         given = type(volume if not isinstance(volume, Volume) else start).__name__
         raise InputError(f"segment_volume takes Volumes (medsam2.io.load_image, or Volume(array)), not {given}")
-    prompts = [prompts] if isinstance(prompts, Prompt) else list(prompts)
+    prompts = as_prompt_list(prompts)
     slices, axis_index = prepare_slices(volume, axis, window, refuse_blank=True)
+    if not prompts and start is None:  # an all-zero label map came back, as if the model had found nothing
+        raise InputError("segment_volume: no prompts; give at least one Prompt (or start=, a label map to keep)")
     session = Session(slices, predictor, config)
     if start is not None:
         session.load_labels(np.ascontiguousarray(to_slices(start.array, axis_index)), label_names(start))
