@@ -1155,3 +1155,27 @@ def test_a_multi_frame_image_rescaled_frame_by_frame_reads_as_its_series(
     enhanced.save_as(tmp_path / "whole.dcm")
     whole = load_image(tmp_path / "whole.dcm")
     np.testing.assert_array_equal(whole.array[::-1], series.array)
+
+
+def test_save_mask_takes_a_label_volume_or_a_segment_volume_result(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """`save_mask(result.labels, ...)` and `save_mask(result, ...)` were refused with "mask shape ()
+    does not match" (np.asarray of an object); the label Volume's array is written, and a Result's
+    object names name a DICOM-SEG's segments."""
+    from medsam2.engine.api import Result
+
+    labels = ct_case.meta["npz"]["gts"].astype(np.uint16)
+    result = Result(labels=ct_case.with_array(labels), names={1: "lesion"})
+    for given, name in ((result.labels, "volume.nii.gz"), (result, "result.nii.gz"), (labels, "array.nii.gz")):
+        back = load_mask(save_mask(given, ct_case, tmp_path / name), like=ct_case)
+        np.testing.assert_array_equal(back.array, labels)
+        check_same_geometry(ct_case, back, name)
+    write_dicom_series(ct_case, tmp_path / "dicom")
+    series = load_image(tmp_path / "dicom")
+    on_series = Result(labels=series.with_array(labels), names={1: "lesion"})
+    read_back = load_mask(save_mask(on_series, series, tmp_path / "seg.dcm"), like=series)
+    np.testing.assert_array_equal(read_back.array, labels)
+    assert label_names(read_back) == {1: "lesion"}
+    with pytest.raises(InputError, match="mask shape"):
+        save_mask(Volume(labels[:2]), ct_case, tmp_path / "short.nii.gz")

@@ -26,8 +26,13 @@ sitk = lazy_module("SimpleITK")
 SUPPORTED_MASK_SUFFIXES = SITK_SUFFIXES + (".npz", ".png", ".dcm")
 
 
-def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[int, str | None] | None = None) -> Path:
+def save_mask(
+    mask: np.ndarray | Volume | object, like: Volume, path: str | Path, names: Mapping[int, str | None] | None = None
+) -> Path:
     """Write `mask` (integer labels, shape ``like.shape``) with the geometry of `like`; return the path.
+
+    `mask`: an array (numpy, a list, a tensor), a label `Volume` (its array is written) or the
+    `Result` of `segment_volume` (its labels, and its object names where `names` is not given).
 
     The format follows the suffix: NIfTI/NRRD/MetaImage (spacing, origin, direction of `like`; a NIfTI
     mask of a NIfTI image gets that image's qform and sform, with their codes, unchanged), .npz
@@ -40,6 +45,11 @@ def save_mask(mask: np.ndarray, like: Volume, path: str | Path, names: Mapping[i
     if not isinstance(like, Volume):
         raise InputError(f"{path}: save_mask needs like=, the Volume the mask belongs to (its geometry), not {type(like).__name__}")
     check_mask_name(path, like)
+    if isinstance(getattr(mask, "labels", None), Volume):  # a segment_volume Result: was "mask shape ()"
+        names = names if names is not None else getattr(mask, "names", None)
+        mask = mask.labels  # type: ignore[union-attr]
+    if isinstance(mask, Volume):  # result.labels
+        mask = mask.array
     mask = np.asarray(mask)
     if mask.shape != like.shape:
         raise InputError(f"{path}: mask shape {mask.shape} does not match the image's (Z, Y, X) {like.shape}")
