@@ -129,6 +129,7 @@ def evaluate_frames(
     """Scores of a video's (T, H, W) label maps, `evaluate` frame by frame in 2D (frames are moments,
     not slices: no distance runs between them), each label's averaged over the frames where either
     map holds it (a frame where one misses it scores DSC 0, NSD 0, HD95 inf); `pixel_spacing` (sx, sy)."""
+    pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)  # lists, tensors: as `evaluate` takes
     _check_pair(pred_labels, gt_labels)
     if pred_labels.ndim != 3:
         raise InputError(f"video masks must be (T, H, W), got shape {pred_labels.shape}")
@@ -164,9 +165,12 @@ def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _axis_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     """(x, y[, z]) spacing -> per array axis, (sy, sx) or (sz, sy, sx)."""
-    values = [float(s) for s in spacing]
-    if len(values) < ndim or not all(math.isfinite(s) and s > 0 for s in values[:ndim]):
-        raise InputError(f"spacing {tuple(spacing)}: need {ndim} positive values in (x, y, z) order")
+    try:
+        values = [float(s) for s in np.asarray(spacing, dtype=float).ravel()]
+    except (TypeError, ValueError):  # "1,1,1", None: float()'s own message said nothing of spacing
+        values = []
+    if np.ndim(spacing) != 1 or len(values) < ndim or not all(math.isfinite(s) and s > 0 for s in values[:ndim]):
+        raise InputError(f"spacing {spacing!r}: need {ndim} positive values in (x, y, z) order")
     return tuple(reversed(values[:ndim]))
 
 

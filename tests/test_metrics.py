@@ -403,3 +403,23 @@ def test_eval_takes_a_picture_mask_on_the_grid_of_the_other(tmp_path: Path) -> N
     assert all({**row, "case": "gt"} == {**first, "case": "gt"} for row in scores.values())
     result = run_eval(tmp_path / "pred.png", write_mask(tmp_path / "other.nii.gz", np.zeros((1, 40, 49))))
     assert result.exit_code != 0 and "shape" in result.output
+
+
+def test_metrics_take_what_a_notebook_passes_and_refuse_spacing_in_one_line() -> None:
+    """A spacing given as one number or a string was a TypeError ("'float' object is not iterable")
+    or numpy's "could not convert string to float"; `evaluate_frames` of lists (which `evaluate`
+    takes) was an AttributeError. Spacing mistakes are now the one-line InputError; lists score."""
+    from medsam2.metrics import evaluate_frames
+
+    gt = np.zeros((3, 10, 10), dtype=np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    pred = np.roll(gt, 1, axis=2)
+    for spacing in (1.0, "1,1,1", None, [[1, 1, 1]], (1, float("nan"), 1)):
+        for score in (lambda s: hd95(pred, gt, s), lambda s: nsd(pred, gt, s), lambda s: evaluate(pred, gt, s)):
+            with pytest.raises(InputError, match="spacing .*: need 3 positive values in \\(x, y, z\\) order") as raised:
+                score(spacing)
+            assert "\n" not in str(raised.value)
+    assert hd95(pred, gt, np.array([1.0, 1.0, 1.0])) == hd95(pred, gt, [1, 1, 1]) == 1.0
+    from_lists = evaluate_frames(pred.tolist(), gt.tolist(), (0.5, 0.5))
+    assert from_lists == evaluate_frames(pred, gt, (0.5, 0.5))
+    assert from_lists[0].dice == pytest.approx(0.75) and from_lists[0].hd95 == pytest.approx(0.5)
