@@ -472,3 +472,30 @@ def test_segment_volume_refuses_prompts_it_cannot_use_in_one_line(predictor, les
     # with a label map to correct, no prompt is a valid call: the map comes back as it was
     kept = segment_volume(volume, [], predictor, progress=False, start=volume.with_array(one)).labels.array
     assert np.array_equal(kept, one)
+
+
+def test_session_refuses_a_model_name_and_takes_indices_as_a_notebook_gives_them(predictor, lesion):
+    """Session(slices, "lite-medsam") was accepted and failed on the first prompt with an
+    AttributeError; remove_prompt(9.0, 1) was a TypeError from range(), propagate(obj_ids=1) "'int'
+    object is not iterable". Now: one-line InputErrors, one object id as an int, and the session
+    left as it was by each refused call."""
+    volume, gts, key = lesion
+    with pytest.raises(medsam2.InputError, match=r"predictor must be a loaded model .*load_predictor.*not str"):
+        Session(volume.array, "lite-medsam")
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    session.add_prompt(key, 2, box=box_from_mask(gts[key]))
+    session.propagate(obj_ids=np.int64(1), progress=False)  # one object: only it propagates
+    assert not session.needs_propagation(1) and session.needs_propagation(2)
+    before, first = session.result(), session.object_mask(1)
+    for mistake, message in (
+        (lambda: session.remove_prompt(float(key), 1), "the slice index must be a whole number, not float"),
+        (lambda: session.remove_prompt(key, 1.0), "the object id must be a whole number, not float"),
+        (lambda: session.propagate(obj_ids=[1.0], progress=False), "the object id must be a whole number, not float"),
+    ):
+        with pytest.raises(medsam2.InputError, match=message) as raised:
+            mistake()
+        assert "\n" not in str(raised.value)
+    assert np.array_equal(session.result(), before) and sorted(session.objects) == [1, 2]
+    session.remove_prompt(np.int64(key), np.int64(2))
+    assert sorted(session.objects) == [1] and first.any() and np.array_equal(session.result(), first.astype(np.uint16))

@@ -70,6 +70,11 @@ class Session:
             )
         if config is not None and not isinstance(config, PropagationConfig):
             raise InputError(f"config must be a PropagationConfig (medsam2.engine.tracking), not {type(config).__name__}")
+        if not isinstance(predictor, TrackingPredictor) and not all(hasattr(predictor, m) for m in ("encode", "predict")):
+            # a model's name or path: was accepted here and failed on the first prompt with an AttributeError
+            raise InputError(
+                f"predictor must be a loaded model (medsam2.engine.models.load_predictor(...)), not {type(predictor).__name__}"
+            )
         self.slices = slices
         self.predictor = predictor
         self.unit = unit  # what a slice is called on the progress bar ("frame": a video's)
@@ -182,6 +187,7 @@ class Session:
         anchors reach into are recomputed by the next `propagate`; an object left with no prompt is
         forgotten."""
         tracked = self._tracked(obj_id)
+        slice_index = _index(slice_index, "slice index")  # 9.0 was a TypeError from range() below
         if slice_index not in tracked.prompts:
             raise InputError(f"object {obj_id} has no prompt on slice {slice_index} (prompted: {tracked.anchors()})")
         dirty = self._runs_touching(tracked, slice_index)
@@ -216,6 +222,7 @@ class Session:
         del self.objects[obj_id]
 
     def _tracked(self, obj_id: int) -> TrackedObject:
+        obj_id = _index(obj_id, "object id")
         if obj_id not in self.objects:
             raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
         return self.objects[obj_id]
@@ -266,7 +273,7 @@ class Session:
     def propagate(
         self,
         direction: Direction = "both",
-        obj_ids: list[int] | None = None,
+        obj_ids: int | list[int] | None = None,
         progress: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
         on_slice: Callable[[int, int, np.ndarray], None] | None = None,
@@ -280,6 +287,8 @@ class Session:
         receives each slice's (H, W) float32 logits as soon as they are computed (object where > 0)."""
         if direction not in STEPS:
             raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
+        if isinstance(obj_ids, (int, np.integer)) and not isinstance(obj_ids, bool):
+            obj_ids = [int(obj_ids)]  # one object: was "'int' object is not iterable"
         for obj_id in obj_ids or []:
             self._tracked(obj_id)
         runs: list[Run] = []
@@ -338,6 +347,13 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
+
+
+def _index(value: object, what: str) -> int:
+    """A slice index or object id as a Python int (numpy's too), or a one-line error (9.0, "9", True)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"the {what} must be a whole number, not {type(value).__name__}")
+    return int(value)
 
 
 def object_ids(labels: np.ndarray) -> list[int]:
