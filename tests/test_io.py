@@ -1179,3 +1179,17 @@ def test_save_mask_takes_a_label_volume_or_a_segment_volume_result(
     assert label_names(read_back) == {1: "lesion"}
     with pytest.raises(InputError, match="mask shape"):
         save_mask(Volume(labels[:2]), ct_case, tmp_path / "short.nii.gz")
+
+
+def test_load_image_and_load_mask_refuse_an_image_object_in_one_line(tmp_path: Path, ct_case: Volume) -> None:
+    """A nibabel or SimpleITK image, an array or None given where a path goes was a TypeError
+    ("expected str, bytes or os.PathLike object, not Nifti1Image"); now a one-line InputError that
+    says a path is read and how to wrap an array. Paths as str or Path still load."""
+    nifti = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    for given in (nifti, sitk.Image(4, 4, 4, sitk.sitkUInt8), np.zeros((3, 3, 3)), None):
+        for read, name in ((load_image, "load_image"), (load_mask, "load_mask")):
+            with pytest.raises(InputError, match=f"{name} reads a file or DICOM folder given by its path, not a {type(given).__name__}") as raised:
+                read(given)
+            assert "\n" not in str(raised.value)
+    written = save_mask(ct_case.meta["npz"]["gts"], ct_case, tmp_path / "m.nii.gz")
+    np.testing.assert_array_equal(load_mask(str(written)).array, load_mask(written).array)

@@ -9,7 +9,7 @@ import numpy as np
 
 from medsam2.errors import InputError
 from medsam2.io.dicom import is_segmentation, read_segmentation
-from medsam2.io.readers import PICTURE_SUFFIXES, dicom_headers, file_suffix, load_image
+from medsam2.io.readers import PICTURE_SUFFIXES, dicom_headers, file_path, file_suffix, load_image
 from medsam2.io.volume import Volume, check_same_geometry, in_storage_order_of
 
 # npz keys holding a label map, in order of preference: our output, then ground truth.
@@ -59,6 +59,7 @@ def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
     DICOM-SEG, the labels it draws on `like`, the DICOM series (or file) it segments. Given `like`
     (the image the mask belongs to), the mask comes on its voxel grid (`on_grid_of`), or a one-line
     error says why it cannot."""
+    path = file_path(path, "load_mask")
     if is_segmentation(Path(path)):
         return _segmentation_on(Path(path), like)
     volume = load_image(path, npz_array_keys=NPZ_MASK_KEYS, picture_values=True)

@@ -11,6 +11,7 @@ What each reader leaves in ``Volume.meta`` (used by the writers to mirror the in
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zipfile
 import zlib
@@ -96,7 +97,7 @@ def load_image(
     `picture_values`: a palette or 1-bit picture as the values it stores (a label map's: palette
     indices, 0/1), not the colours or grey levels they show.
     """
-    path = Path(path).expanduser()  # "~/scan.nii.gz" from Python, as a shell would expand it
+    path = Path(file_path(path, "load_image")).expanduser()  # "~/scan.nii.gz" from Python, as a shell would expand it
     try:
         override = parse_modality(modality) if modality is not None else None
     except InputError as error:
@@ -144,6 +145,17 @@ def _npy_values(archive: zipfile.ZipFile, member: str) -> int:
         first = np.lib.format.read_magic(stream) == (1, 0)
         shape, _, _ = (np.lib.format.read_array_header_1_0 if first else np.lib.format.read_array_header_2_0)(stream)
     return int(np.prod(shape, dtype=np.int64))
+
+
+def file_path(path: object, caller: str) -> str | os.PathLike:
+    """`path` where it names a file (a str or a path-like), else a one-line error: an image object
+    (nibabel's, SimpleITK's, an array) was a TypeError from Path()."""
+    if isinstance(path, (str, os.PathLike)):
+        return path
+    raise InputError(
+        f"{caller} reads a file or DICOM folder given by its path, not a {type(path).__name__} "
+        "(an array in memory: medsam2.io.Volume(array, spacing=(sx, sy, sz)))"
+    )
 
 
 def _reader_for(path: Path, npz_array_keys: tuple[str, ...], picture_values: bool) -> Callable[[Path], Volume]:
