@@ -499,3 +499,22 @@ def test_session_refuses_a_model_name_and_takes_indices_as_a_notebook_gives_them
     assert np.array_equal(session.result(), before) and sorted(session.objects) == [1, 2]
     session.remove_prompt(np.int64(key), np.int64(2))
     assert sorted(session.objects) == [1] and first.any() and np.array_equal(session.result(), first.astype(np.uint16))
+
+
+def test_load_predictor_takes_torch_devices_and_paths_and_refuses_other_types_in_one_line(predictor, lesion, tmp_path):
+    """load_predictor(device=torch.device("cpu")), device=0, model=None and model=Path(...) were
+    AttributeErrors ('... has no attribute startswith/partition'); a torch device and a path now
+    work, other types are one-line InputErrors."""
+    for call, message in (
+        (lambda: load_predictor(device=0), "device must be 'cpu', 'cuda' or 'cuda:N', not int 0"),
+        (lambda: load_predictor(None), "model must be a model name .*'lite-medsam'.* or a checkpoint path, not NoneType"),
+        (lambda: load_predictor(tmp_path / "missing.pt"), "missing.pt"),  # a Path: read as the path it names
+    ):
+        with pytest.raises(medsam2.InputError, match=message) as raised:
+            call()
+        assert "\n" not in str(raised.value)
+    volume, gts, key = lesion
+    on_torch_device = load_predictor("lite-medsam", device=torch.device("cpu"))
+    prompts = [Prompt(key, 1, box=box_from_mask(gts[key]))]
+    ours = segment_volume(volume, prompts, on_torch_device, progress=False).labels.array
+    assert ours.any() and np.array_equal(ours, segment_volume(volume, prompts, predictor, progress=False).labels.array)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from typing import get_args
 
@@ -197,7 +198,10 @@ def resolve_device(device: str, given_as: str = "--device") -> torch.device:
 
 
 def load_predictor(
-    model: str = DEFAULT_MODEL, device: str = "cpu", precision: Precision | None = None, compiled: bool = False
+    model: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    precision: Precision | None = None,
+    compiled: bool = False,
 ) -> LiteMedSAMPredictor | SAM2Predictor:
     """The predictor for `model`: "lite-medsam", a SAM 2.1 / MedSAM2 preset (`medsam2`,
     `sam2.1-tiny`, ...), `PRESET=PATH`, or the path of a LiteMedSAM or SAM 2.1 checkpoint, told
@@ -205,6 +209,15 @@ def load_predictor(
     default: fp32 for LiteMedSAM, bf16 on CUDA and fp32 on the CPU for SAM 2.1. `compiled`
     compiles SAM 2.1's per-frame memory step (and on a GPU its image encoder) and pays the compilation
     now (see `SAM2Predictor`)."""
+    # A checkpoint's Path and torch's device are what a notebook holds: both were AttributeErrors.
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise InputError(f"model must be a model name (such as {DEFAULT_MODEL!r}) or a checkpoint path, not {type(model).__name__}")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {type(device).__name__} {device!r}")
     check_precision(precision)
     target = resolve_device(device)
     # Building a network draws its initial weights at random before the checkpoint replaces them:
