@@ -477,8 +477,8 @@ def test_segment_volume_refuses_prompts_it_cannot_use_in_one_line(predictor, les
 def test_session_refuses_a_model_name_and_takes_indices_as_a_notebook_gives_them(predictor, lesion):
     """Session(slices, "lite-medsam") was accepted and failed on the first prompt with an
     AttributeError; remove_prompt(9.0, 1) was a TypeError from range(), propagate(obj_ids=1) "'int'
-    object is not iterable". Now: one-line InputErrors, one object id as an int, and the session
-    left as it was by each refused call."""
+    object is not iterable". Now: 9.0 is slice 9 (as in a Prompt), 9.5 or "1" a one-line InputError
+    that leaves the session as it was, and one object id is taken as an int."""
     volume, gts, key = lesion
     with pytest.raises(medsam2.InputError, match=r"predictor must be a loaded model .*load_predictor.*not str"):
         Session(volume.array, "lite-medsam")
@@ -489,9 +489,9 @@ def test_session_refuses_a_model_name_and_takes_indices_as_a_notebook_gives_them
     assert not session.needs_propagation(1) and session.needs_propagation(2)
     before, first = session.result(), session.object_mask(1)
     for mistake, message in (
-        (lambda: session.remove_prompt(float(key), 1), "the slice index must be a whole number, not float"),
-        (lambda: session.remove_prompt(key, 1.0), "the object id must be a whole number, not float"),
-        (lambda: session.propagate(obj_ids=[1.0], progress=False), "the object id must be a whole number, not float"),
+        (lambda: session.remove_prompt(key + 0.5, 1), f"slice index must be a whole number, got {key + 0.5}"),
+        (lambda: session.remove_prompt(key, "1"), 'object id must be a whole number, got "1"'),
+        (lambda: session.propagate(obj_ids=[1.5], progress=False), "object id must be a whole number, got 1.5"),
     ):
         with pytest.raises(medsam2.InputError, match=message) as raised:
             mistake()

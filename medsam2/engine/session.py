@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from medsam2.engine.box_chain import BoxChainTracker
 from medsam2.engine.postprocess import fill_holes_per_slice, largest_component
 from medsam2.engine.predictor import SlicePredictor
-from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt
+from medsam2.engine.prompts import MAX_OBJECT_ID, Prompt, whole_number
 from medsam2.engine.tracking import PropagationConfig, Run, TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.io.masks import as_label_map
@@ -187,7 +187,7 @@ class Session:
         anchors reach into are recomputed by the next `propagate`; an object left with no prompt is
         forgotten."""
         tracked = self._tracked(obj_id)
-        slice_index = _index(slice_index, "slice index")  # 9.0 was a TypeError from range() below
+        slice_index = whole_number(slice_index, "slice index")  # 9.0 was a TypeError from range() below
         if slice_index not in tracked.prompts:
             raise InputError(f"object {obj_id} has no prompt on slice {slice_index} (prompted: {tracked.anchors()})")
         dirty = self._runs_touching(tracked, slice_index)
@@ -222,7 +222,7 @@ class Session:
         del self.objects[obj_id]
 
     def _tracked(self, obj_id: int) -> TrackedObject:
-        obj_id = _index(obj_id, "object id")
+        obj_id = whole_number(obj_id, "object id")
         if obj_id not in self.objects:
             raise InputError(f"unknown object id {obj_id} (known: {sorted(self.objects) or 'none'})")
         return self.objects[obj_id]
@@ -347,13 +347,6 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
-
-
-def _index(value: object, what: str) -> int:
-    """A slice index or object id as a Python int (numpy's too), or a one-line error (9.0, "9", True)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"the {what} must be a whole number, not {type(value).__name__}")
-    return int(value)
 
 
 def object_ids(labels: np.ndarray) -> list[int]:
