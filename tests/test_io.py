@@ -1193,3 +1193,29 @@ def test_load_image_and_load_mask_refuse_an_image_object_in_one_line(tmp_path: P
             assert "\n" not in str(raised.value)
     written = save_mask(ct_case.meta["npz"]["gts"], ct_case, tmp_path / "m.nii.gz")
     np.testing.assert_array_equal(load_mask(str(written)).array, load_mask(written).array)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr", ".mha"])
+def test_a_header_cut_short_by_a_full_disk_is_an_error_and_keeps_the_earlier_mask(tmp_path, monkeypatch, suffix) -> None:
+    """ITK checks its writes of voxel data but not of a header: on a disk that filled up as the header
+    (the last file of a .mhd/.nhdr pair) was written, sitk.WriteImage returned with a header of 0 bytes,
+    and save_mask moved it over the earlier good mask and `segment` said 'wrote'. Seen on a 12k tmpfs."""
+    like = Volume(np.zeros((3, 8, 9), np.int16), spacing=(1.0, 1.0, 2.0))
+    path = tmp_path / f"mask{suffix}"
+    mask = np.zeros(like.shape, np.uint8)
+    save_mask(mask, like=like, path=path)
+    earlier = {file.name: file.read_bytes() for file in tmp_path.iterdir()}
+    real_write = sitk.WriteImage
+
+    def header_cut_short(image, name, *args, **kwargs):  # what ITK leaves on a full disk, no error
+        real_write(image, name, *args, **kwargs)
+        Path(name).write_bytes(b"")
+
+    monkeypatch.setattr(sitk, "WriteImage", header_cut_short)
+    monkeypatch.setattr(os, "statvfs", lambda _path: os.statvfs_result((4096, 4096, 3, 0, 0, 0, 0, 0, 0, 255)))
+    mask[1, 2:5, 3:6] = 1
+    with pytest.raises(InputError, match=re.escape(f"{path}: cannot write (No space left on device)")):
+        save_mask(mask, like=like, path=path)
+    assert {file.name: file.read_bytes() for file in tmp_path.iterdir()} == earlier  # no empty header, no stray file
+    monkeypatch.undo()
+    assert not load_mask(path, like=like).array.any()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -156,6 +158,25 @@ def _write_sitk(labels: np.ndarray, like: Volume, target: Path) -> None:
     if like.meta.get("is_2d") and _placed_in_plane(like):  # the mask of a 2D image is 2D, as the image was
         image = image[:, :, 0]
     sitk.WriteImage(image, str(target), useCompression=True)
+    _check_written(image, target)
+
+
+def _check_written(image: "sitk.Image", target: Path) -> None:
+    """Read back what SimpleITK wrote: ITK checks its writes of voxel data but not of a header, so on a
+    disk that fills up as the header (the last file of a .mhd/.nhdr pair) is written it returns, leaving
+    a header of 0 bytes that would be reported as written and moved over a good one."""
+    try:
+        written = sitk.ReadImage(str(target))
+        same = written.GetSize() == image.GetSize() and np.array_equal(
+            sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image)
+        )
+    except RuntimeError:
+        same = False
+    if not same:
+        free = os.statvfs(target.parent)
+        if free.f_bavail * free.f_frsize < 64 * 1024:  # what ITK did not say: the disk filled up
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        raise OSError(errno.EIO, "the file written does not read back as the mask", str(target))
 
 
 def _placed_in_plane(volume: Volume) -> bool:
