@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from medsam2.errors import InputError
 from medsam2.resources import packaged_file
 from medsam2.io import Volume, check_same_geometry, load_image, save_mask
 from medsam2.io.dicom import build_segmentation
-from medsam2.io.atomic import atomic_folder, atomic_new_path, atomic_write_text, check_output_paths, outputs_together
+from medsam2.io.atomic import atomic_folder, atomic_new_path, atomic_path, atomic_write_text, check_output_paths, outputs_together
 from medsam2.io.masks import label_names, load_mask
 from medsam2.io.volume import in_storage_order_of
 from medsam2.io.native_stderr import METAIO_COMPLAINTS, native_lines_dropped
@@ -1219,3 +1220,20 @@ def test_a_header_cut_short_by_a_full_disk_is_an_error_and_keeps_the_earlier_mas
     assert {file.name: file.read_bytes() for file in tmp_path.iterdir()} == earlier  # no empty header, no stray file
     monkeypatch.undo()
     assert not load_mask(path, like=like).array.any()
+
+
+def test_a_failure_writing_a_file_staged_beside_an_output_names_that_file(tmp_path) -> None:
+    """The --areas plot is staged beside its table: a full disk as the plot was written said
+    'a.csv: cannot write', naming the table, which was fine, instead of the plot a.png."""
+    table, mask = tmp_path / "a.csv", tmp_path / "m.nii.gz"
+    with pytest.raises(InputError) as raised:
+        with outputs_together([mask, table]) as (_, staged):
+            with atomic_path(staged.with_suffix(".png")) as plot:
+                plot.write_text("x")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(raised.value) == f"{tmp_path / 'a.png'}: cannot write (No space left on device)"
+    with pytest.raises(InputError) as raised:
+        with outputs_together([mask, table]) as (_, staged):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staged))
+    assert str(raised.value) == f"{table}: cannot write (No space left on device)"
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import os
 import re
 import secrets
@@ -141,9 +142,18 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
 
 
 def _as_named(text: str, named: dict[str, str]) -> str:
-    """`text` with any path inside a staging folder as the path the user gave for that output."""
+    """`text` with any path inside a staging folder as the path the user gave for that output, or, for
+    another file staged with it (the area plot beside `--areas` table, a .mhd's data file), as that
+    file's path beside the output."""
+
+    def as_given(match: re.Match, staging: str, given: str) -> str:
+        inside = match.group(1).lstrip("/")
+        if not inside or inside == Path(staging).name[1:].rsplit(".", 1)[0]:  # the output itself
+            return given
+        return str(Path(given).parent / inside)
+
     for staging, given in named.items():
-        text = re.sub(re.escape(staging) + r"[^\s:'\"]*", given, text)
+        text = re.sub(re.escape(staging) + r"([^\s:'\"]*)", partial(as_given, staging=staging, given=given), text)
     return text
 
 
