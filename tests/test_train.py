@@ -592,3 +592,36 @@ def test_learning_rate_schedule_ends_at_its_floor(warmup, total):
     assert factors[-1] == pytest.approx(0.1)
     assert all(earlier >= later for earlier, later in zip(factors[warmup:], factors[warmup + 1 :]))
     assert all(0 < factor <= 1 for factor in factors)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_state_to_resume_from(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save reports a full disk as a RuntimeError ('[enforce fail at inline_container.cc:672]
+    . unexpected pos 704 vs 598'), which `train` let out as a traceback; now the one-line error says
+    the disk is full, and the earlier last.pt (step 2) is kept: the run resumes from it."""
+    from medsam2.io import atomic
+    from medsam2.train import checkpoints
+
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "train.yaml", settings(dataset, out))
+    real_save, saves = torch.save, []
+
+    def full_at_the_second(document, target, *args, **kwargs):
+        if Path(target).name.startswith(".last.pt."):
+            saves.append(target)
+        if len(saves) == 2 and Path(target).name.startswith(".last.pt."):  # step 4's last.pt: half written, then the disk is full
+            Path(target).write_bytes(b"PK\x03\x04 half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(document, target, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_at_the_second)
+    monkeypatch.setattr(atomic, "disk_full", lambda _folder: True, raising=False)
+    failed = runner.invoke(app, ["train", str(config), "--no-progress"])
+    assert failed.exit_code == 2, failed.output
+    assert "Traceback" not in failed.output and failed.exception is None or isinstance(failed.exception, SystemExit)
+    assert failed.stderr.strip().splitlines()[-1] == f"error: {out / 'last.pt'}: cannot write (No space left on device)"
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+    assert not [path for path in out.iterdir() if path.name.startswith(".")]  # no temporary left
+    monkeypatch.undo()
+    resumed = runner.invoke(app, ["train", str(config), "--resume", "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == STEPS

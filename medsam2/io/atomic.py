@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from functools import partial
 import os
 import re
@@ -236,6 +237,24 @@ def _missing_folders(folder: Path) -> list[Path]:
         missing.append(folder)
         folder = folder.parent
     return missing[::-1]
+
+
+def disk_full(folder: Path | str) -> bool:
+    """Whether the file system holding `folder` is (all but) full: for a library that reports a failed
+    write as its own error (torch.save's RuntimeError, ITK's header that is silently cut short) and
+    not as the OSError that says why."""
+    try:
+        free = os.statvfs(folder)
+    except OSError:
+        return False
+    return free.f_bavail * free.f_frsize < 1024 * 1024
+
+
+def write_failure(folder: Path | str, reason: str) -> OSError:
+    """The OSError for a library's failed write in `folder`: ENOSPC on a full disk, else `reason`."""
+    if disk_full(folder):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, reason)
 
 
 def make_output_folder(path: Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -18,7 +16,7 @@ from pydicom.tag import Tag
 
 from medsam2.errors import InputError
 from medsam2.io import dicom
-from medsam2.io.atomic import outputs_together
+from medsam2.io.atomic import outputs_together, write_failure
 from medsam2.io.lazy_import import lazy_module
 from medsam2.io.readers import SITK_SUFFIXES, dicom_headers, file_suffix, library_reason
 from medsam2.io.volume import Volume
@@ -172,11 +170,10 @@ def _check_written(image: "sitk.Image", target: Path) -> None:
         )
     except RuntimeError:
         same = False
-    if not same:
-        free = os.statvfs(target.parent)
-        if free.f_bavail * free.f_frsize < 64 * 1024:  # what ITK did not say: the disk filled up
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
-        raise OSError(errno.EIO, "the file written does not read back as the mask", str(target))
+    if not same:  # what ITK did not say: mostly, that the disk filled up
+        failure = write_failure(target.parent, "the file written does not read back as the mask")
+        failure.filename = str(target)
+        raise failure
 
 
 def _placed_in_plane(volume: Volume) -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 
 from medsam2 import __version__
 from medsam2.errors import InputError, first_line
-from medsam2.io.atomic import atomic_path
+from medsam2.io.atomic import atomic_path, write_failure
 from medsam2.train.config import TrainConfig
 
 STATE_FORMAT = "medsam2-training-state"
@@ -47,7 +47,10 @@ def model_checkpoint(
 def save(document: dict[str, Any], path: Path) -> Path:
     """Write a checkpoint atomically: a reader (or a crash) never meets half a file."""
     with atomic_path(path) as temporary:
-        torch.save(document, temporary)
+        try:
+            torch.save(document, temporary)
+        except RuntimeError as error:  # torch's writer reports a full disk as "unexpected pos 704 vs 598"
+            raise write_failure(temporary.parent, first_line(error)) from None
     return path
 
 
