@@ -1237,3 +1237,21 @@ def test_a_failure_writing_a_file_staged_beside_an_output_names_that_file(tmp_pa
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staged))
     assert str(raised.value) == f"{table}: cannot write (No space left on device)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_a_folder_output_is_filled_is_one_line_and_keeps_the_earlier_folder(tmp_path) -> None:
+    """atomic_folder (annotate export's folder) let a full disk's OSError out as it was: `annotate
+    export` ended in a traceback naming a hidden staging path. Now a one-line InputError names the
+    file in the folder the user gave; the earlier export stays and nothing is left beside it."""
+    out = tmp_path / "trainset"
+    out.mkdir()
+    (out / "manifest.json").write_text("earlier")
+    with pytest.raises(InputError) as raised:
+        with atomic_folder(out) as staging:
+            (staging / "images").mkdir()
+            target = staging / "images" / "case1.npz"
+            with open(target, "wb"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    assert str(raised.value) == f"{out / 'images' / 'case1.npz'}: cannot write (No space left on device)"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["trainset"]
+    assert (out / "manifest.json").read_text() == "earlier"

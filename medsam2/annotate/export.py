@@ -25,7 +25,8 @@ from medsam2.annotate.schema import CaseRow, CaseState, RoundRow
 from medsam2.annotate.store import stored_path
 from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry
-from medsam2.io.atomic import atomic_folder
+from medsam2.io.atomic import atomic_folder, write_failure
+from medsam2.io.readers import library_reason
 from medsam2.io.masks import load_mask
 from medsam2.io.paths import image_suffix
 from medsam2.io.training_set import MANIFEST_NAME, TrainingCase, file_sha256, write_manifest
@@ -138,7 +139,12 @@ def write_image(volume: Volume, path: Path) -> None:
     image.SetSpacing(volume.spacing)
     image.SetOrigin(volume.origin)
     image.SetDirection(volume.direction)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:  # ITK's failed write (a full disk) as the OSError that says why
+        failure = write_failure(path.parent, library_reason(error))
+        failure.filename = str(path)
+        raise failure from None
 
 
 def write_medsam_npz(volume: Volume, labels: np.ndarray, window: str | None, path: Path) -> None:

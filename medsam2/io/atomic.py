@@ -136,7 +136,11 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
     path = _link_target(Path(path))
     staging = _create_beside(path, _new_folder)
     try:
-        yield staging
+        try:
+            yield staging
+        except OSError as error:  # a full disk, a file-size limit...: named as the file in the folder
+            where = str(error.filename).replace(str(staging), str(path)) if error.filename else str(path)
+            raise InputError(f"{where}: cannot write ({error.strerror or error})") from None
         _move_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
