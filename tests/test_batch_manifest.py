@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from medsam2.cli import batch as batch_cli
 from medsam2.cli.main import app, exit_on_terminate
 from medsam2.distributed import BatchSettings, read_manifest
+from medsam2.distributed.manifest import Case
 from medsam2.distributed.results import ResultsStore, fingerprints
 from medsam2.distributed import ray_engine
 from medsam2.distributed.runner import StoppedAtOnce, run_batch, stop_requests
@@ -325,7 +327,7 @@ def test_a_journal_line_torn_by_a_kill_is_passed_over_and_the_next_record_stands
     write(out / "results.jsonl", json.dumps({"case_id": "a", "status": "ok"}) + "\n" + '{"case_id": "b", "sta')
     with ResultsStore(out) as store:
         assert list(store.latest) == ["a"]
-        store._journal.write(json.dumps({"case_id": "c", "status": "ok"}) + "\n")
+        store._append(json.dumps({"case_id": "c", "status": "ok"}) + "\n")
     with ResultsStore(out) as store:
         assert list(store.latest) == ["a", "c"]
 
@@ -489,3 +491,32 @@ def test_a_detached_header_mask_is_replaced_or_missed_together_with_its_data_fil
             store.record(CaseResult("c1", then, 1.0, "w", "masks/c1.npz" if then == "ok" else None), case, "fp", "lite-medsam")
             assert sorted(path.name for path in (out / "masks").iterdir()) == (["c1.npz"] if then == "ok" else [])
             (out / "masks" / "c1.npz").unlink(missing_ok=True)
+
+
+def test_a_full_disk_while_a_result_is_recorded_is_one_line_and_the_run_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batch` on a disk that filled up as a case's record was appended ended in a traceback (the
+    buffered journal's OSError, raised again as the store closed). Now a one-line error names the
+    journal, the part of the line that was written is cut off again, and the store closes cleanly."""
+    from medsam2.distributed import results
+    from medsam2.distributed.worker import CaseResult
+
+    out = tmp_path / "out"
+    case = Case("c1", tmp_path / "c1.nii.gz", PromptSources())
+    real_write = os.write
+
+    def full_midway(descriptor, data):  # a short write, then no room at all: what a full disk does
+        if len(data) > 4:
+            return real_write(descriptor, data[:4])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with ResultsStore(out) as store:
+        store.record(CaseResult("c0", "failed", 1.0, "here", error="x"), case, "f0", "lite-medsam")
+        monkeypatch.setattr(results.os, "write", full_midway)
+        with pytest.raises(InputError) as raised:
+            store.record(CaseResult("c1", "failed", 1.0, "here", error="y"), case, "f1", "lite-medsam")
+        monkeypatch.undo()
+    assert str(raised.value) == f"{out / 'results.jsonl'}: cannot write (No space left on device)"
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 1 and json.loads(lines[0])["case_id"] == "c0"
+    with ResultsStore(out) as store:
+        assert list(store.latest) == ["c0"]

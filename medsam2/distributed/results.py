@@ -11,6 +11,7 @@ removed by the next run); a torn last line is ignored. A lock file keeps two dri
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import hashlib
@@ -77,7 +78,7 @@ class ResultsStore:
         self.table_path = self.out_dir / TABLE
         self.latest: dict[str, dict] = {}
         self._lock_handle: io.TextIOWrapper | None = None
-        self._journal: io.TextIOWrapper | None = None
+        self._journal: int | None = None  # the journal, opened for appending
         self._created: list[Path] = []
 
     def __enter__(self) -> ResultsStore:
@@ -100,9 +101,12 @@ class ResultsStore:
         journal = self.journal_path.read_text(encoding="utf-8") if self.journal_path.exists() else ""
         self.latest = _latest_records(journal)
         self._remove_staging_leftovers()
-        self._journal = self.journal_path.open("a", encoding="utf-8")
+        try:
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise InputError(f"{self.journal_path}: cannot write ({error.strerror})") from None
         if journal and not journal.endswith("\n"):  # torn by a kill mid-write: the next record starts a line of its own
-            self._journal.write("\n")
+            self._append("\n")
         return self
 
     def _remove_staging_leftovers(self) -> None:
@@ -114,7 +118,8 @@ class ResultsStore:
 
     def __exit__(self, *exc_info) -> None:
         if self._journal is not None:
-            self._journal.close()
+            os.close(self._journal)
+            self._journal = None
         if self._lock_handle is not None:
             self._lock_handle.close()  # releases the lock
 
@@ -150,14 +155,28 @@ class ResultsStore:
             "fingerprint": case_fingerprint,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        self._journal.write(json.dumps(record) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._append(json.dumps(record) + "\n")
         self.latest[result.case_id] = record
         if previous and previous != record.get("output"):
             for path in previous_files:
                 path.unlink(missing_ok=True)
         return record
+
+    def _append(self, text: str) -> None:
+        """Append `text` to the journal, synced to disk. Unbuffered: a full disk fails here, as one line
+        naming the journal (not later as a traceback when a buffered file is closed), and what was
+        written of the line is cut off again, so the journal holds whole records only."""
+        assert self._journal is not None, "use ResultsStore as a context manager"
+        size = os.fstat(self._journal).st_size
+        data = text.encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self._journal, data):]
+            os.fsync(self._journal)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._journal, size)
+            raise InputError(f"{self.journal_path}: cannot write ({error.strerror or error})") from None
 
     def write_table(self, cases: list[Case], fingerprints: dict[str, str]) -> Path:
         """``results.csv``: one row per manifest case in manifest order; "pending" where not done."""

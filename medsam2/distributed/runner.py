@@ -25,6 +25,7 @@ from medsam2.distributed.manifest import Case
 from medsam2.distributed.results import ResultsStore, fingerprints
 from medsam2.distributed.worker import BatchSettings, CaseResult
 from medsam2.engine.registry import pinned_spec
+from medsam2.errors import InputError
 
 # How often the driver wakes, at most, to notice a stop request while cases run.
 POLL_SECONDS = 0.5
@@ -99,6 +100,7 @@ def run_batch(
         except BaseException:  # no engine (a cluster not there, no GPU): nothing is written
             store.abandon()
             raise
+        failure: BaseException | None = None
         try:
             if engine is None:
                 failed = sum(store.latest[case.case_id].get("status") == "failed" for case in cases)
@@ -107,8 +109,15 @@ def run_batch(
             else:
                 report.engine, report.workers, report.threads = engine.name, engine.workers, engine.threads
                 _stream(todo, engine, store, by_case, settings, report, progress, announce, stop)
+        except BaseException as error:
+            failure = error
+            raise
         finally:
-            store.write_table(cases, by_case)
+            try:
+                store.write_table(cases, by_case)
+            except InputError:  # the disk is full: the error that stopped the run says so first
+                if failure is None:
+                    raise
             report.latest = {
                 case.case_id: store.latest[case.case_id]
                 for case in cases
