@@ -607,3 +607,22 @@ def test_a_database_gone_while_serving_is_a_503_not_a_bad_request(tmp_path: Path
         [sys.executable, "-m", "medsam2.cli", "annotate", "status", str(tmp_path / "project")], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+
+
+def test_sqlites_disk_io_error_on_a_full_disk_says_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk SQLite fails to grow its -shm file and says 'disk I/O error' (seen on a 200k
+    tmpfs: `annotate import` ended 'error: sqlite:///.../project.db: disk I/O error'), which reads as
+    a broken disk; with the database's folder full it now says so."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from medsam2.annotate import db
+
+    url = make_url(f"sqlite:///{tmp_path / 'project.db'}")
+    error = OperationalError("INSERT INTO cases ...", {}, sqlite3.OperationalError("disk I/O error"))
+    assert db.reason(error, url) == "disk I/O error"  # a disk with room: as SQLite said it
+    monkeypatch.setattr(db, "disk_full", lambda folder: Path(folder) == tmp_path)
+    assert db.reason(error, url) == "database or disk is full (No space left on device)"
+    assert db.reason(error) == "disk I/O error"  # no database named: nothing to look at

@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medsam2.errors import InputError
+from medsam2.io.atomic import disk_full
 
 SQLITE_BUSY_SECONDS = 60
 # pg_advisory_xact_lock key held while migrating ("medsam2" in ASCII).
@@ -111,7 +112,7 @@ def migrate(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except DBAPIError as error:
-        raise InputError(f"{shown(engine.url)}: {reason(error)}") from None
+        raise InputError(f"{shown(engine.url)}: {reason(error, engine.url)}") from None
     if current is not None:
         # A shared database upgraded by one annotator's newer medsam2 shuts out the others' older
         # ones; whoever upgraded it should know, so they can tell the team.
@@ -130,9 +131,14 @@ PG_ADVICE = {
 }
 
 
-def reason(error: DBAPIError) -> str:
-    """The driver's first message line, for a one-line error, with what to do where that is known."""
+def reason(error: DBAPIError, url: object = None) -> str:
+    """The driver's first message line, for a one-line error, with what to do where that is known.
+    SQLite says 'disk I/O error' where its shared-memory file (-shm) cannot grow on a full disk:
+    with the SQLite database's `url`, that is said as the full disk it is."""
     lines = str(error.orig or error).strip().splitlines()
     said = lines[0] if lines else type(error).__name__
+    database = getattr(url, "database", None) if getattr(url, "drivername", "").startswith("sqlite") else None
+    if said == "disk I/O error" and database and disk_full(Path(database).parent):
+        said = "database or disk is full (No space left on device)"
     advice = next((text for cause, text in PG_ADVICE.items() if re.search(cause, said)), None)
     return f"{said}; {advice}" if advice else said

@@ -176,7 +176,7 @@ class Project:
             with self._sessions.begin() as session:
                 yield session
         except (OperationalError, InterfaceError) as error:  # the server went away, the file is locked...
-            raise UnavailableError(f"{db.shown(self.url)}: {db.reason(error)}") from None
+            raise UnavailableError(f"{db.shown(self.url)}: {db.reason(error, self.engine.url)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
