@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from functools import partial
 import os
 import re
 import secrets
@@ -12,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from medsam2.errors import InputError
