@@ -911,3 +911,23 @@ def test_propagation_goes_only_the_way_chosen(server_url: str, browser: Browser,
     both = propagated("onward")
     assert set(back) < set(both) and max(both) > 0
     assert problems == []
+
+
+def test_before_a_case_is_open_its_controls_are_disabled_not_failing(server_url: str, browser: Browser) -> None:
+    """Before a case was opened, Download, Save, Propagate, Undo, Erase and Play were enabled and each
+    put "Cannot read properties of null (reading 'id')" on the status line; a window typed into W threw
+    and the status said it was set. They are disabled until a case is open, and work then."""
+    page, problems = start_page(browser, server_url)
+    page.set_default_timeout(20000)
+    assert page.get_attribute("#view", "data-slice") is None  # no case opened by itself
+    controls = ["#propagate", "#undo", "#erase", "#download", "#save", "#play", "#window-width", "#window-level", "#window-preset"]
+    assert [control for control in controls if page.is_enabled(control)] == []
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    assert [control for control in controls if control != "#undo" and page.is_disabled(control)] == []
+    assert page.is_disabled("#undo")  # nothing to take back yet
+    page.fill("#window-width", "400")
+    page.press("#window-width", "Enter")
+    assert page.inner_text("#status").startswith("Window W400")
+    assert problems == []
