@@ -931,3 +931,24 @@ def test_before_a_case_is_open_its_controls_are_disabled_not_failing(server_url:
     page.press("#window-width", "Enter")
     assert page.inner_text("#status").startswith("Window W400")
     assert problems == []
+
+
+def test_deleting_an_object_says_so_and_takes_its_mask_off_the_view(server_url: str, browser: Browser) -> None:
+    """Deleting an object left the status line on the action before it (a box's "segmented on
+    slice ..."), as if nothing had happened; it says the object is deleted, and its mask is gone."""
+    page, problems = start_page(browser, server_url)
+    page.set_default_timeout(20000)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    box = (246, 273, 276, 322)
+    drag(page, box[:2], box[2:])
+    wait_prompts(page, 1)
+    assert overlay_pixels(page, box) > 100
+    page.click("#objects li button")
+    wait_prompts(page, 0)
+    assert page.inner_text("#status") == "Deleted Object 1."
+    assert overlay_pixels(page, box) == 0
+    assert page.is_disabled("#undo")
+    assert problems == []

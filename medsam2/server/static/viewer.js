@@ -568,6 +568,8 @@ async function deleteObject(object) {
   if (!state.objects.length) addObject();
   if (state.activeObject === object.id) state.activeObject = state.objects[0].id;
   renderObjects();
+  // Said: the status line went on showing the action before (say "Took back the latest prompt.").
+  status(`Deleted ${object.name}.`);
   draw();
 }
 
