@@ -952,3 +952,25 @@ def test_deleting_an_object_says_so_and_takes_its_mask_off_the_view(server_url: 
     assert overlay_pixels(page, box) == 0
     assert page.is_disabled("#undo")
     assert problems == []
+
+
+def test_upload_and_load_file_can_be_reached_and_used_with_the_keyboard(server_url: str, browser: Browser) -> None:
+    """Upload… and Load file… are labels over hidden file inputs: Tab went past both, so a user on the
+    keyboard alone could neither upload a scan nor load a mask. Tab reaches them, Enter opens the chooser."""
+    page, problems = start_page(browser, server_url)
+    page.set_default_timeout(20000)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    for before, chooser_of in [("#open-case", "upload"), ("#download", "mask-upload")]:
+        page.focus(before)
+        for _ in range(4):  # past Save on server and the (maybe hidden) saved-mask controls
+            page.keyboard.press("Tab")
+            if page.evaluate(f"document.activeElement.contains(document.getElementById('{chooser_of}'))"):
+                break
+        assert page.evaluate(f"document.activeElement.contains(document.getElementById('{chooser_of}'))")
+        with page.expect_file_chooser(timeout=5000) as chooser:
+            page.keyboard.press("Enter")
+        assert chooser.value.element.get_attribute("id") == chooser_of
+    assert page.inner_text("#play") == "▶"
+    assert problems == []

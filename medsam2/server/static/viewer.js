@@ -1108,6 +1108,16 @@ $("upload").addEventListener("change", act(async (event) => {
   if (file) await uploadFile(file);
 }));
 $("help-button").addEventListener("click", () => $("help").showModal());
+// Upload… and Load file… are labels over hidden file inputs: Tab skips a hidden input, so without
+// this the keyboard could reach neither. Focusable, Enter or Space opens the file chooser.
+for (const id of ["upload", "mask-upload"]) {
+  $(id).closest("label").addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault();
+    event.stopPropagation(); // Space would play, as in the view
+    $(id).click();
+  });
+}
 $("slice").addEventListener("input", (event) => goTo(Number(event.target.value)));
 $("play").addEventListener("click", togglePlay);
 $("propagate").addEventListener("click", act(propagate));
