@@ -974,3 +974,32 @@ def test_upload_and_load_file_can_be_reached_and_used_with_the_keyboard(server_u
         assert chooser.value.element.get_attribute("id") == chooser_of
     assert page.inner_text("#play") == "▶"
     assert problems == []
+
+
+def test_a_prompt_or_undo_during_a_propagation_says_to_wait_not_another_tab(server_url: str, browser: Browser) -> None:
+    """A box drawn (or Ctrl+Z pressed) while the page's own propagation ran was refused with "this
+    session was changed in another tab meanwhile", in the only tab there was. The page says to wait."""
+    page, problems = start_page(browser, server_url)
+    page.set_default_timeout(20000)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    box = (246, 273, 276, 322)
+    drag(page, box[:2], box[2:])
+    wait_prompts(page, 1)
+    held = []  # the propagation request, held back so that it is surely still running
+    page.route("**/propagate", lambda route: held.append(route))
+    page.evaluate("document.querySelector('#propagate').click(); document.querySelector('#status').textContent = ''")
+    page.wait_for_function("document.querySelector('#propagate').disabled")
+    page.wait_for_timeout(100)
+    drag(page, (10, 10), (50, 50))
+    page.wait_for_function("document.querySelector('#status').textContent !== ''")
+    said = page.inner_text("#status")
+    page.keyboard.press("Control+z")
+    undone = page.inner_text("#status")
+    held[0].continue_()
+    page.wait_for_function(f"document.querySelector('#status').textContent.startsWith('Propagated') && {IDLE}", timeout=PROPAGATION_SECONDS * 1000)
+    assert said.startswith("Propagating: prompt again when it is done") and "another tab" not in said
+    assert undone.startswith("Propagating: undo when it is done")
+    assert [len(entry["prompts"]) for entry in session_info(page)["objects"]] == [1]  # the box kept, nothing added
+    assert problems == []

@@ -578,7 +578,16 @@ function caseWords() {
   return state.session?.kind === "video" ? { part: "frame", whole: "clip" } : { part: "slice", whole: "scan" };
 }
 
+// While a propagation runs (Propagate is disabled then, also after a reload during one), a change to
+// the session was refused by the server as made "in another tab", which the user never opened.
+function refusedWhilePropagating(what) {
+  if (!$("propagate").disabled) return false;
+  status(`Propagating: ${what} when it is done.`, true);
+  return true;
+}
+
 async function sendPrompt(fields, done = `segmented on ${caseWords().part} ${state.slice}. Press Propagate (G) to follow it through the ${caseWords().whole}.`) {
+  if (refusedWhilePropagating("prompt again")) return;
   const object = activeObject();
   const slice = state.slice;
   status(`Segmenting ${object.name} on ${caseWords().part} ${slice}…`);
@@ -667,6 +676,7 @@ function showProgress(progress) {
 
 async function undo() {
   if (!state.session || state.session.undo_steps === 0) return;
+  if (refusedWhilePropagating("undo")) return;
   applySession(await change("/undo", { method: "POST" }));
   await refreshMasks();
   status("Took back the latest prompt.");
