@@ -13,9 +13,9 @@ const WHEEL_STEP = 50; // wheel delta per slice: one notch of a mouse wheel, sev
 const PAGE_STEP = 10;
 const CLICK_SLOP = 4; // CSS pixels a click may move and still be a click
 const IMAGE_CACHE = 400;
-const MAX_NAME_LENGTH = 100;
+const MAX_NAME_LENGTH = 100; // the server's limit on an object's name
 // Controls that act on the open session (Undo and Save are also enabled by what it allows).
-const SESSION_CONTROLS = ["propagate", "erase", "download", "play", "window-preset", "window-width", "window-level", "mask-upload"]; // the server's limit on an object's name
+const SESSION_CONTROLS = ["propagate", "erase", "download", "play", "window-preset", "window-width", "window-level", "mask-upload"];
 // Slices and frames are numbered from 0 everywhere, as `medsam2 segment --box Z,...` and the API count them.
 
 const state = {
