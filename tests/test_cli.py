@@ -640,3 +640,30 @@ def test_a_dicom_seg_written_by_segment_prompts_the_next_run(tmp_path: Path, les
     [row] = json.loads((tmp_path / "s.json").read_text())["cases"]
     assert row["dice"] == pytest.approx(dice(seg, truth)) and row["gt_voxels"] == int(truth.sum())
     assert_one_line_error(run("eval", tmp_path / "seg.dcm", tmp_path / "truth.dcm"), "seg.dcm: a DICOM-SEG, read against the DICOM series it segments: give the series with --image SERIES")
+
+
+def test_mask_prompt_npz_with_spacing_only_is_read_in_the_image_storage_order(tmp_path: Path, shared_data: Path) -> None:
+    """A MedSAM-style mask npz (segs and spacing, no origin or direction) for a scan whose npz gives a
+    non-identity direction: its slices are the image's as stored. It was rearranged from a default
+    identity direction: refused on the real case (z flipped: 'origin differs', an origin the file
+    never gave), and silently transposed on a square scan stored with x and y swapped."""
+    case = shared_data / "ct_lesion" / "CT_Lesion_000015_01_01_081-093.npz"
+    data = np.load(case)
+    truth = (data["gts"] > 0).astype(np.uint8)
+    key = 4
+    one_slice = np.zeros_like(truth)
+    one_slice[key] = truth[key]
+    np.savez(tmp_path / "mask.npz", segs=one_slice, spacing=data["spacing"])
+    out = tmp_path / "out.npz"
+    result = run("segment", case, "--mask-prompt", tmp_path / "mask.npz", "-o", out)
+    assert result.exit_code == 0, result.output
+    segs = np.load(out)["segs"] > 0
+    np.testing.assert_array_equal(segs[key], truth[key] > 0)  # a mask prompt is kept as given
+    assert dice(segs, truth > 0) > 0.8
+
+    swapped = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    np.savez(tmp_path / "square.npz", imgs=np.zeros((4, 30, 30), np.uint8), spacing=[1.0, 1.0, 2.0], origin=[0.0, 0.0, 0.0], direction=swapped)
+    drawn = np.zeros((4, 30, 30), np.uint8)
+    drawn[1, 2:5, 10:20] = 1
+    np.savez(tmp_path / "drawn.npz", segs=drawn, spacing=[1.0, 1.0, 2.0])
+    np.testing.assert_array_equal(load_mask(tmp_path / "drawn.npz", like=load_image(tmp_path / "square.npz")).array, drawn)

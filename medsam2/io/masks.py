@@ -73,7 +73,16 @@ def load_mask(path: Path | str, like: Volume | None = None) -> Volume:
 def on_grid_of(mask: Volume, image: Volume) -> Volume:
     """`mask` voxel for voxel on `image`'s grid: as it is, or, stored in another axis order (a tool
     saving RAS for an LPS scan), rearranged into the image's; a one-line error unless it then
-    overlays the image as far as its file says (`check_mask_fits`)."""
+    overlays the image as far as its file says (`check_mask_fits`). What an npz mask leaves out of
+    its geometry (origin, direction: a MedSAM npz gives only spacing) is the image's: its array is
+    in the image's storage order, not rearranged from a default identity direction (which
+    transposed a square mask of a scan stored with x and y swapped, and refused a flipped one)."""
+    if "npz" in mask.meta and states_geometry(mask):
+        unstated = {key: getattr(image, key) for key in ("spacing", "origin", "direction") if key not in mask.meta["npz"]}
+        if "spacing" in unstated:
+            unstated["has_spacing"] = image.has_spacing
+        if unstated:
+            mask = replace(mask, **unstated)
     if states_geometry(mask):
         mask = in_storage_order_of(mask, image)
     check_mask_fits(image, mask)
