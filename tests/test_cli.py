@@ -667,3 +667,19 @@ def test_mask_prompt_npz_with_spacing_only_is_read_in_the_image_storage_order(tm
     drawn[1, 2:5, 10:20] = 1
     np.savez(tmp_path / "drawn.npz", segs=drawn, spacing=[1.0, 1.0, 2.0])
     np.testing.assert_array_equal(load_mask(tmp_path / "drawn.npz", like=load_image(tmp_path / "square.npz")).array, drawn)
+
+
+def test_eval_scores_a_result_against_a_ground_truth_npz_that_gives_only_spacing(tmp_path: Path, shared_data: Path) -> None:
+    """`medsam2 eval` of segment's npz (spacing, origin, direction) against a MedSAM-style ground
+    truth npz (segs and spacing): the same voxels, so Dice 1. It was refused with 'origin differs:
+    [0.0, 0.0, 0.0] vs [0.0, 0.0, 60.0]', an origin neither file gave."""
+    case = shared_data / "ct_lesion" / "CT_Lesion_000002_03_01_035-047.npz"
+    data = np.load(case)
+    truth = (data["gts"] > 0).astype(np.uint8)
+    save_mask(truth, like=load_image(case), path=tmp_path / "pred.npz")
+    np.savez(tmp_path / "gt.npz", segs=truth, spacing=data["spacing"])
+    result = run("eval", tmp_path / "pred.npz", tmp_path / "gt.npz", "--json", tmp_path / "scores.json")
+    assert result.exit_code == 0, result.output
+    assert "1.0000" in result.stdout
+    result = run("eval", tmp_path / "gt.npz", tmp_path / "pred.npz")
+    assert result.exit_code == 0 and "1.0000" in result.stdout, result.output

@@ -20,7 +20,7 @@ from medsam2.errors import InputError
 from medsam2.io import Volume, check_same_geometry, load_image
 from medsam2.io.volume import in_storage_order_of
 from medsam2.io.dicom import is_segmentation
-from medsam2.io.masks import load_mask, states_geometry
+from medsam2.io.masks import load_mask, states_geometry, unstated_geometry_from
 from medsam2.io.paths import list_image_files, mask_file_stem
 from medsam2.io.video import is_video_mask, load_video_mask, video_mask_pixel_spacing
 from medsam2.io.atomic import check_output_paths, outputs_together
@@ -46,6 +46,9 @@ def score_pair(pred_path: Path, gt_path: Path, tolerance_mm: float, image: Volum
     if is_video_mask(pred_path) or is_video_mask(gt_path):
         return score_video_pair(pred_path, gt_path, tolerance_mm)
     pred, gt = placed_by_each_other(load_mask(pred_path, like=image), load_mask(gt_path, like=image))
+    # what one npz leaves out of its geometry (a MedSAM npz gives only spacing) is the other's
+    pred = unstated_geometry_from(pred, gt)
+    gt = unstated_geometry_from(gt, pred)
     gt = in_storage_order_of(gt, pred)  # the same grid stored in another order, maybe
     check_same_geometry(pred, gt, what=f"prediction {pred_path.name} and ground truth {gt_path.name}")
     scores = evaluate_masks(pred.array, gt.array, spacing=gt.spacing, tolerance_mm=tolerance_mm)

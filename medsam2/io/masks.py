@@ -77,16 +77,22 @@ def on_grid_of(mask: Volume, image: Volume) -> Volume:
     its geometry (origin, direction: a MedSAM npz gives only spacing) is the image's: its array is
     in the image's storage order, not rearranged from a default identity direction (which
     transposed a square mask of a scan stored with x and y swapped, and refused a flipped one)."""
-    if "npz" in mask.meta and states_geometry(mask):
-        unstated = {key: getattr(image, key) for key in ("spacing", "origin", "direction") if key not in mask.meta["npz"]}
-        if "spacing" in unstated:
-            unstated["has_spacing"] = image.has_spacing
-        if unstated:
-            mask = replace(mask, **unstated)
+    mask = unstated_geometry_from(mask, image)
     if states_geometry(mask):
         mask = in_storage_order_of(mask, image)
     check_mask_fits(image, mask)
     return mask
+
+
+def unstated_geometry_from(mask: Volume, other: Volume) -> Volume:
+    """`mask` with the geometry its npz leaves out (of spacing, origin, direction, where it gives
+    some) taken from `other`, the image or mask it is compared with, rather than the defaults."""
+    if "npz" not in mask.meta or not states_geometry(mask):
+        return mask
+    unstated: dict = {key: getattr(other, key) for key in ("spacing", "origin", "direction") if key not in mask.meta["npz"]}
+    if "spacing" in unstated:
+        unstated["has_spacing"] = other.has_spacing
+    return replace(mask, **unstated) if unstated else mask
 
 
 def _segmentation_on(path: Path, like: Volume | None) -> Volume:
