@@ -158,6 +158,16 @@ def start_page(browser: Browser, url: str, ready: str = "document.querySelector(
     return page, problems
 
 
+def opened_case_page(browser: Browser, server_url: str) -> tuple[Page, list[str]]:
+    """`start_page` with the first data case open and idle, waits cut to 20 s."""
+    page, problems = start_page(browser, server_url)
+    page.set_default_timeout(20000)
+    page.select_option("#case-select", f"data/{CASE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    return page, problems
+
+
 def wait_prompts(page: Page, count: int) -> None:
     page.wait_for_function(f"document.querySelectorAll('#prompted li').length === {count} && {IDLE}", timeout=PROPAGATION_SECONDS * 1000)
 
@@ -936,12 +946,8 @@ def test_before_a_case_is_open_its_controls_are_disabled_not_failing(server_url:
 def test_deleting_an_object_says_so_and_takes_its_mask_off_the_view(server_url: str, browser: Browser) -> None:
     """Deleting an object left the status line on the action before it (a box's "segmented on
     slice ..."), as if nothing had happened; it says the object is deleted, and its mask is gone."""
-    page, problems = start_page(browser, server_url)
-    page.set_default_timeout(20000)
+    page, problems = opened_case_page(browser, server_url)
     page.on("dialog", lambda dialog: dialog.accept())
-    page.select_option("#case-select", f"data/{CASE}")
-    page.click("#open-case")
-    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
     box = (246, 273, 276, 322)
     drag(page, box[:2], box[2:])
     wait_prompts(page, 1)
@@ -957,11 +963,7 @@ def test_deleting_an_object_says_so_and_takes_its_mask_off_the_view(server_url: 
 def test_upload_and_load_file_can_be_reached_and_used_with_the_keyboard(server_url: str, browser: Browser) -> None:
     """Upload… and Load file… are labels over hidden file inputs: Tab went past both, so a user on the
     keyboard alone could neither upload a scan nor load a mask. Tab reaches them, Enter opens the chooser."""
-    page, problems = start_page(browser, server_url)
-    page.set_default_timeout(20000)
-    page.select_option("#case-select", f"data/{CASE}")
-    page.click("#open-case")
-    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    page, problems = opened_case_page(browser, server_url)
     for before, chooser_of in [("#open-case", "upload"), ("#download", "mask-upload")]:
         page.focus(before)
         for _ in range(4):  # past Save on server and the (maybe hidden) saved-mask controls
@@ -979,11 +981,7 @@ def test_upload_and_load_file_can_be_reached_and_used_with_the_keyboard(server_u
 def test_a_prompt_or_undo_during_a_propagation_says_to_wait_not_another_tab(server_url: str, browser: Browser) -> None:
     """A box drawn (or Ctrl+Z pressed) while the page's own propagation ran was refused with "this
     session was changed in another tab meanwhile", in the only tab there was. The page says to wait."""
-    page, problems = start_page(browser, server_url)
-    page.set_default_timeout(20000)
-    page.select_option("#case-select", f"data/{CASE}")
-    page.click("#open-case")
-    page.wait_for_function(f"document.querySelector('#view').dataset.slice !== undefined && {IDLE}")
+    page, problems = opened_case_page(browser, server_url)
     box = (246, 273, 276, 322)
     drag(page, box[:2], box[2:])
     wait_prompts(page, 1)
