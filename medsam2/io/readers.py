@@ -307,11 +307,11 @@ def _check_nifti_voxels(image: nib.Nifti1Image, path: Path) -> None:
 
 def _read_dicom_file(path: Path) -> Volume:
     try:
-        stated = dicom.read_header(path)
+        header = dicom.read_header(path)
     except Exception:  # noqa: BLE001 - a header pydicom cannot read: GDCM's reading below says what is wrong
-        stated = None
-    if stated is not None:
-        dicom.check_pixel_data_complete(stated, path)
+        header = None
+    if header is not None:
+        dicom.check_pixel_data_complete(header, path)
     try:
         with native_lines_dropped(always=GDCM_JPEG_PROBES, on_failure=OPENJPEG_COMPLAINTS):
             image = sitk.ReadImage(str(path))
@@ -321,14 +321,14 @@ def _read_dicom_file(path: Path) -> Volume:
             raise InputError(f"{path}: a DICOMDIR, the index of a disc's or drive's images; give a series folder{f', e.g. {below}' if below else ''}") from None
         if (kind := _imageless_dicom_kind(path)) is not None:
             raise InputError(f"{path}: a DICOM {kind}, which holds no image") from None
-        if (plane := _single_dose_plane(path)) is not None:
-            header = dicom.read_header(path)
+        if header is not None and (plane := _single_dose_plane(path)) is not None:
             return _dicom_volume(plane, path, header, [str(path)], gdcm_decoded=False)
         raise InputError(
             f"{path}: a DICOM file ITK's reader (GDCM) cannot read: damaged, cut short or encoded in a way it does not "
             f"know ({library_reason(error)})"
         ) from None
-    header = dicom.read_header(path)
+    if header is None:  # GDCM read what pydicom could not: pydicom's error says why the header cannot be used
+        header = dicom.read_header(path)
     dicom.check_frame_positions(header, path)
     volume = _dicom_volume(image, path, header, [str(path)])
     return volume.with_array(dicom.frame_rescaled_values(volume.array, header, path))
