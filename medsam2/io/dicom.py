@@ -327,22 +327,27 @@ def check_pixel_data_complete(header: Dataset, path: Path) -> None:
     pixel data is cut short (or whose Rows and Columns were made up) as zeros filling the stated
     size, a scan of wrong values, which can be many gigabytes for a file of a few kilobytes."""
     try:
-        rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
-        frames, samples = int(header.get("NumberOfFrames") or 1), int(header.get("SamplesPerPixel") or 1)
-        bits = int(header.get("BitsAllocated") or 0)
+        values, bits = stated_values(header), int(header.get("BitsAllocated") or 0)
         encoding = transfer_syntax(header)
         compressed = encoding.is_compressed or encoding.is_deflated  # a deflated file is smaller than its pixels
     except (TypeError, ValueError, AttributeError):  # a value of no number, no syntax found: GDCM judges it
         return
-    if compressed or min(rows, columns, frames, samples, bits) <= 0:
+    if compressed or not header.get("Rows") or not header.get("Columns") or values <= 0 or bits <= 0:
         return
-    stated = (rows * columns * frames * samples * bits + 7) // 8
+    stated = (values * bits + 7) // 8
     size = Path(path).stat().st_size
     if size < stated:
+        frames = int(header.get("NumberOfFrames") or 1)
         raise InputError(
-            f"{path}: its pixel data is cut short: the header states {frames} frame(s) of {columns}x{rows} pixels "
+            f"{path}: its pixel data is cut short: the header states {frames} frame(s) of {header.Columns}x{header.Rows} pixels "
             f"({stated} bytes), the whole file has {size}"
         )
+
+
+def stated_values(header: Dataset) -> int:
+    """Values (pixels times samples, over every frame) a header states its pixel data holds."""
+    counts = [int(header.get(tag) or 1) for tag in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel")]
+    return int(np.prod(counts, dtype=np.int64))
 
 
 # Where a header gives the in-plane pixel spacing (GDCM takes 1 mm where none is).

@@ -131,9 +131,7 @@ def declared_voxels(path: Path) -> int | None:
             with zipfile.ZipFile(path) as archive:
                 return sum(_npy_values(archive, member) for member in archive.namelist())
         if suffix == ".dcm" or dicom.is_dicom_file(path):
-            header = dicom.read_header(path, ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
-            counts = (header.get(tag) or 1 for tag in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"))
-            return int(np.prod([int(count) for count in counts], dtype=np.int64))
+            return dicom.stated_values(dicom.read_header(path, ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"]))
     except (*_LIBRARY_READ_ERRORS, TypeError):
         return None
     return None
