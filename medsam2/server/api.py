@@ -26,7 +26,7 @@ from medsam2.io.overlay import LABEL_COLOURS
 from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.server import rle
 from medsam2.server.cases import SNIFF_BYTES, UPLOAD_SUFFIXES, check_signature, check_upload_name
-from medsam2.server.errors import MAX_JSON_BODY, PayloadTooLarge, UnsupportedMedia
+from medsam2.server.errors import MAX_JSON_BODY, PayloadTooLarge, UnsupportedMedia, declared_length
 from medsam2.server.schemas import (
     ERROR_RESPONSES,
     CaseInfo,
@@ -162,9 +162,9 @@ async def received_file(request: Request, name: str, suffix: str, state: ServerS
         # Also what keeps other web sites out: a cross-site form cannot send this type.
         raise UnsupportedMedia(f"{name}: send the file as the raw body with Content-Type: application/octet-stream")
     limit = state.settings.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"{name}: {int(declared)} bytes is over the upload limit of {limit} bytes")
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"{name}: {declared} bytes is over the upload limit of {limit} bytes")
     received = 0
 
     def counted(chunk: bytes) -> bytes:

@@ -73,6 +73,13 @@ def sent_unparsed_body(error: RequestValidationError) -> bool:
     )
 
 
+def declared_length(request: Request) -> int | None:
+    """The body size a request declares in its Content-Length, or None where it declares none
+    (or something that is no size: "²" passes str.isdigit but not int)."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
+
+
 def json_body_too_large() -> JSONResponse:
     return error_response(413, f"request body: over the {MAX_JSON_BODY // 2**20} MiB a JSON request may have")
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 
-from medsam2.server.errors import MAX_JSON_BODY, error_response, json_body_too_large
+from medsam2.server.errors import MAX_JSON_BODY, declared_length, error_response, json_body_too_large
 from medsam2.server.settings import ServerSettings, is_loopback
 
 CLIENT_COOKIE = "medsam2_client"
@@ -37,13 +37,8 @@ def declared_too_large(request: Request) -> bool:
     """Whether a request other than an upload declares a body over MAX_JSON_BODY. The JSON routes'
     own limit (`max_body_size`) stops a body that grows past it unannounced; one announced by its
     Content-Length it answers in plain text, so that one is refused here, as JSON."""
-    declared = request.headers.get("content-length", "")
-    return (
-        declared.isascii()
-        and declared.isdigit()
-        and int(declared) > MAX_JSON_BODY
-        and not _UPLOAD_ROUTE.match(f"{request.method} {request.url.path}")
-    )
+    declared = declared_length(request)
+    return declared is not None and declared > MAX_JSON_BODY and not _UPLOAD_ROUTE.match(f"{request.method} {request.url.path}")
 
 
 def host_name(host_header: str) -> str:
