@@ -142,9 +142,7 @@ def write_image(volume: Volume, path: Path) -> None:
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as error:  # ITK's failed write (a full disk) as the OSError that says why
-        failure = write_failure(path.parent, library_reason(error))
-        failure.filename = str(path)
-        raise failure from None
+        raise write_failure(path, library_reason(error)) from None
 
 
 def write_medsam_npz(volume: Volume, labels: np.ndarray, window: str | None, path: Path) -> None:

@@ -254,11 +254,12 @@ def disk_full(folder: Path | str) -> bool:
     return free.f_bavail * free.f_frsize < 1024 * 1024
 
 
-def write_failure(folder: Path | str, reason: str) -> OSError:
-    """The OSError for a library's failed write in `folder`: ENOSPC on a full disk, else `reason`."""
-    if disk_full(folder):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return OSError(errno.EIO, reason)
+def write_failure(file: Path | str, reason: str) -> OSError:
+    """The OSError (naming `file`) for a library's failed write of `file`: ENOSPC on a full disk,
+    else `reason`."""
+    if disk_full(Path(file).parent):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+    return OSError(errno.EIO, reason, str(file))
 
 
 def make_output_folder(path: Path) -> Path:

@@ -171,9 +171,7 @@ def _check_written(image: "sitk.Image", target: Path) -> None:
     except RuntimeError:
         same = False
     if not same:  # what ITK did not say: mostly, that the disk filled up
-        failure = write_failure(target.parent, "the file written does not read back as the mask")
-        failure.filename = str(target)
-        raise failure
+        raise write_failure(target, "the file written does not read back as the mask")
 
 
 def _placed_in_plane(volume: Volume) -> bool:

@@ -50,7 +50,7 @@ def save(document: dict[str, Any], path: Path) -> Path:
         try:
             torch.save(document, temporary)
         except RuntimeError as error:  # torch's writer reports a full disk as "unexpected pos 704 vs 598"
-            raise write_failure(temporary.parent, first_line(error)) from None
+            raise write_failure(temporary, first_line(error)) from None
     return path
 
 
