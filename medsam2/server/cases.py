@@ -322,13 +322,14 @@ class CaseCatalog:
         """Read a staged upload as a scan (or open it as a video); if that works, move it in under
         `name` (made unique) and return its case. The staged file is gone afterwards either way."""
         try:
-            declared = None if is_video(staged) else declared_voxels(staged)
+            video = is_video(staged)  # a header read: once
+            declared = None if video else declared_voxels(staged)
             if declared is not None and declared > MAX_UPLOAD_VOXELS:
                 raise PayloadTooLarge(
                     f"{name}: its header declares {declared:,} voxels, over the {MAX_UPLOAD_VOXELS:,} an uploaded scan may have"
                 )
             try:
-                if is_video(staged):
+                if video:
                     load_frames(staged)  # every frame decodes, as opening the case will need
                 else:
                     load_image(staged)
