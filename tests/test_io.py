@@ -96,6 +96,11 @@ def test_npz_mask_keeps_the_npz_layout(tmp_path: Path, ct_case: Volume) -> None:
     bare = load_image(tmp_path / "bare.npz")
     assert set(np.load(save_mask(gts, bare, tmp_path / "bare_segs.npz")).files) == {"segs"}
     assert not load_mask(tmp_path / "bare_segs.npz").has_spacing
+    # Likewise a Volume made in Python without spacing: its 1 mm is a pixel, not a measurement.
+    in_memory = Volume(raw["imgs"])
+    assert not in_memory.has_spacing and in_memory.spacing == (1.0, 1.0, 1.0)
+    assert set(np.load(save_mask(gts, in_memory, tmp_path / "memory_segs.npz")).files) == {"segs"}
+    assert Volume(raw["imgs"], spacing=(1.0, 1.0, 1.0)).has_spacing
 
 
 def test_an_image_is_not_taken_for_a_label_map_but_many_touching_organs_are(tmp_path: Path, ct_case: Volume) -> None:

@@ -430,12 +430,12 @@ def _read_npz(path: Path, array_keys: tuple[str, ...] = ("imgs",)) -> Volume:
         raise InputError(f"{path}: '{key}' has shape {imgs.shape}; expected (D, H, W), (H, W) or (H, W, 3)")
     geometry = {key: arrays[key] for key in ("spacing", "origin", "direction") if key in arrays}  # checked by Volume
     return Volume(
-        array=imgs[None] if is_2d else imgs, source=path, has_spacing="spacing" in geometry, meta={"is_2d": is_2d, "npz": arrays}, **geometry
+        array=imgs[None] if is_2d else imgs, source=path, meta={"is_2d": is_2d, "npz": arrays}, **geometry
     )
 
 
 def _read_picture(path: Path, stored_values: bool = False) -> Volume:
-    return Volume(array=read_picture(path, stored_values)[None], source=path, has_spacing=False, meta={"is_2d": True})
+    return Volume(array=read_picture(path, stored_values)[None], source=path, meta={"is_2d": True})
 
 
 def picture_size(path: Path) -> tuple[int, int]:

@@ -71,14 +71,15 @@ class Volume:
     """An image (3D, or 2D as one slice) and the geometry that places it in the patient."""
 
     array: np.ndarray  # (Z, Y, X) or (Z, Y, X, C)
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (sx, sy, sz) mm
+    # (sx, sy, sz) mm; not given: 1 mm, a pixel, with has_spacing False.
+    spacing: tuple[float, float, float] | None = None
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm of voxel [0, 0, 0]
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # 3x3 row-major
     modality: Modality = "unknown"
     source: Path | None = None
     # False when the file gives no spacing (PNG/JPEG, an npz without "spacing"): the 1 mm default is
-    # a pixel, and sizes in mm or mL would mean nothing.
-    has_spacing: bool = True
+    # a pixel, and sizes in mm or mL would mean nothing. Not given: whether `spacing` was.
+    has_spacing: bool | None = None
     # Format-specific extras the writers need to mirror the input (npz keys, DICOM datasets...).
     meta: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -95,6 +96,10 @@ class Volume:
         if self.source is not None and not isinstance(self.source, Path):
             object.__setattr__(self, "source", Path(self.source))  # a str given: the Path the hint says
         where = f"{self.source}: " if self.source is not None else "Volume: "
+        if self.has_spacing is None:
+            object.__setattr__(self, "has_spacing", self.spacing is not None)
+        if self.spacing is None:
+            object.__setattr__(self, "spacing", (1.0, 1.0, 1.0))
         numeric = np.issubdtype(self.array.dtype, np.number) and not np.issubdtype(self.array.dtype, np.complexfloating)
         if not (numeric or self.array.dtype == bool):
             raise InputError(f"{where}intensities of type {self.array.dtype} are not real numbers")
