@@ -60,6 +60,7 @@ class BoxChainTracker:
         previous: Any | None,
         current_mask: np.ndarray | None,
         neighbour_mask: np.ndarray | None = None,
+        mask_source: BoxChainAnchor | None = None,
     ) -> tuple[np.ndarray, BoxChainAnchor]:
         """The merged prompt decides the anchor's mask (LiteMedSAM has no memory). Clicks alone on a
         slice that has a mask (propagated there, or from earlier clicks) refine that mask, as SAM 2
@@ -67,7 +68,12 @@ class BoxChainTracker:
         box (grown to take in positive clicks) and the mask as its dense input. Positive clicks on a
         slice without a mask, inside the box a run would take from the slice beside it (where a run
         stopped short), get that box: a click alone is ambiguous to a box model (on the CT lesions it
-        gave masks ten times the lesion, which propagation then carried on)."""
+        gave masks ten times the lesion, which propagation then carried on).
+
+        Background clicks alone keep the object's look (the embedding inside its mask, which runs
+        compare each slice with) from `mask_source`: they mark a leak, and the leak left in the
+        refined mask would otherwise let runs from this slice follow the leaked structure on (on a
+        CT lesion they carried it two slices past the lesion's end, where the first run had stopped)."""
         box, dense = prompt.box, prompt.mask
         if box is None and dense is None and current_mask is not None and current_mask.any():
             box, dense = box_around(current_mask, prompt), current_mask
@@ -91,7 +97,10 @@ class BoxChainTracker:
                 mask_logits=None if dense is None else self.predictor.mask_to_low_res_logits(dense),
             )
             mask, seed = prediction.logits > 0, prediction.low_res_logits
-        feature = self.predictor.object_feature(embedding, mask) if mask.any() else np.zeros(0)
+        if prompt.only_background and mask_source is not None:
+            feature = mask_source.feature
+        else:
+            feature = self.predictor.object_feature(embedding, mask) if mask.any() else np.zeros(0)
         return mask, BoxChainAnchor(seed, feature, mask)
 
     def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:

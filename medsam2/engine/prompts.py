@@ -60,6 +60,11 @@ class Prompt:
         """An empty mask alone: the object is not on this slice (an anchor propagation starts nothing from)."""
         return self.mask is not None and not self.mask.any() and self.box is None and not self.points
 
+    @property
+    def only_background(self) -> bool:
+        """Background clicks alone: they take area off a mask already there and show nothing of the object."""
+        return self.box is None and self.mask is None and bool(self.labels) and 1 not in self.labels
+
     def validate(
         self, num_slices: int | None, height: int | None, width: int | None, unit: str = "slice", where: str | None = None
     ) -> None:

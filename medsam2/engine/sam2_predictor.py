@@ -215,12 +215,13 @@ class SAM2Tracker:
         previous: SAM2Anchor | None,
         current_mask: np.ndarray | None,
         neighbour_mask: np.ndarray | None = None,
+        mask_source: SAM2Anchor | None = None,
     ) -> tuple[np.ndarray, SAM2Anchor]:
         """A prompted slice, decoded without memory as SAM 2 decodes a frame's first prompt. A mask
         alone is taken as the answer (and kept exactly on its slice). Otherwise the slice's earlier logits (when it was prompted
         before), a mask given with clicks, or the propagated mask (for clicks on a slice that
         propagation reached) enter as the mask prompt, so clicks refine what is there. As in Meta's
-        predictor, masks on other slices (`neighbour_mask`) play no part in a prompted slice."""
+        predictor, masks on other slices (`neighbour_mask`, `mask_source`) play no part in a prompted slice."""
         model, features = self.model, self.embeddings.get(prompt.slice_index)
         with self.predictor.autocast():
             if prompt.mask is not None and prompt.box is None and not prompt.points:

@@ -129,8 +129,9 @@ class Session:
         where = f"prompt on slice {prompt.slice_index} (object {prompt.obj_id})"
         if merged.erases and prompt.obj_id not in self.objects:
             raise InputError(f"{where}: an empty mask takes an object off a slice, and object {prompt.obj_id} has no mask yet")
+        source = self._mask_source(known, index) if merged.only_background else None
         slice_mask, state = self.tracker.segment_anchor(
-            merged, known.anchor_states.get(index), known.masks.get(index), self._neighbour_mask(known, index)
+            merged, known.anchor_states.get(index), known.masks.get(index), self._neighbour_mask(known, index), source
         )
         if not slice_mask.any() and not merged.erases:
             raise InputError(f"{where}: the model found nothing there")
@@ -152,6 +153,14 @@ class Session:
             return None
         beside = [tracked.masks[i] for i in (index - 1, index + 1) if i in tracked.masks]
         return np.logical_or.reduce(beside) if beside else None
+
+    def _mask_source(self, tracked: TrackedObject, index: int) -> Any | None:
+        """The tracker's state for the anchor whose mask is on slice `index`: its own prompt's, or the
+        state of the anchor whose run reached it (None where no mask is)."""
+        if index not in tracked.masks:
+            return None
+        covering = [anchor for anchor in tracked.anchors() for step in (1, -1) if index == anchor or index in self._run_slices(tracked, anchor, step)]
+        return self._anchor_state(tracked, covering[0]) if covering else None
 
     def refines_propagated_mask(self, prompt: Prompt) -> bool:
         """Whether `prompt` is clicks on a slice where its object has no prompt yet: the model takes

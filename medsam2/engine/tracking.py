@@ -92,12 +92,16 @@ class Tracker(Protocol):
         previous: Any | None,
         current_mask: np.ndarray | None,
         neighbour_mask: np.ndarray | None = None,
+        mask_source: Any | None = None,
     ) -> tuple[np.ndarray, Any]:
         """The (H, W) bool mask of a prompted slice and what runs need from it later (opaque to the
         session). `previous` is what this call returned for the slice's earlier prompt, if any;
         `current_mask` the object's propagated mask there, if any (a correction refines it);
         `neighbour_mask`, where there is none, the object's masks on the adjacent slices (a 2D model
-        takes the object's extent from them; a memory model may ignore it, its memory holds more)."""
+        takes the object's extent from them; a memory model may ignore it, its memory holds more);
+        `mask_source`, for a prompt of background clicks alone, what this call returned for the
+        anchor whose run made `current_mask` (the slice's own, if prompted): how the object looked
+        where it was last shown."""
         ...
 
     def follow(self, runs: list[Run]) -> Iterator[tuple[Run, int, np.ndarray | None]]:
