@@ -224,6 +224,26 @@ def test_segment_writes_a_mask_in_the_input_geometry(tmp_path: Path, lesion_nift
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
+def test_segment_direction_propagates_one_way_from_the_prompted_slice(tmp_path: Path, lesion_case: Path) -> None:
+    truth = stored_array(load_image(lesion_case), "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    both = run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "-o", tmp_path / "both.npz")
+    assert both.exit_code == 0, both.output
+    labels = np.load(tmp_path / "both.npz")["segs"] > 0
+    assert labels[:key].any() and labels[key + 1 :].any()
+    for direction, kept in (("forward", slice(key, None)), ("backward", slice(None, key + 1))):
+        out = tmp_path / f"{direction}.npz"
+        result = run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "--direction", direction, "-o", out)
+        assert result.exit_code == 0, result.output
+        one_way = np.load(out)["segs"] > 0
+        np.testing.assert_array_equal(one_way[kept], labels[kept])
+        assert one_way.sum() == one_way[kept].sum()
+    assert_one_line_error(run("segment", lesion_case, "--box", f"{key},{x1},{y1},{x2},{y2}", "--direction", "up", "-o", tmp_path / "x.npz"),
+                          "--direction must be one of both, forward, backward, not 'up'")
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_the_object_on_a_one_slice_image_with_spacing_is_an_area(tmp_path: Path, lesion_case: Path) -> None:
     """A one-slice NIfTI's size was given in mL from its third spacing, which is no thickness (the
     slice's distance to nothing): an area in mm² is what it has."""

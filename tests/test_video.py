@@ -468,6 +468,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         (["segment", good, "--frame-point", "1,60,80,inf"], ["--frame-point: label must be a whole number, got Infinity"]),
         (["segment", good, "--frame-box", f"1,{box},2", "--echo"], ["--echo", "object 1"]),
         (["segment", good, "--frame-box", f"1,{box}", "--axis", "coronal"], ["--axis"]),
+        (["segment", good, "--frame-box", f"1,{box}", "--direction", "forward"], ["--direction forward", "forward and backward"]),
         (["segment", good, "--frame-box", f"1,{box}", "--overlay", out / "overlay.gif"], ["overlay.gif", ".mp4"]),
         (["segment", good], ["no prompt"]),
         (["segment", good, "--frame-point", "1,60,80,0"], ["object 1: background clicks alone mark no object", "on some frame"]),

@@ -15,7 +15,7 @@ from medsam2.engine.models import check_precision
 from medsam2.engine.prompt_sources import PromptSources, check_objects_marked, gather_prompts
 from medsam2.engine.prompts import Prompt
 from medsam2.engine.sam2_predictor import memory_propagation
-from medsam2.engine.session import object_ids
+from medsam2.engine.session import check_direction, object_ids
 from medsam2.engine.video import VideoConfig
 from medsam2.errors import InputError
 from medsam2.io import load_image, save_mask
@@ -89,6 +89,7 @@ def segment(
     edit: Path | None = typer.Option(None, "--edit", help="Correct this label map (an earlier result, another tool's) instead of starting empty: its masks are kept on every slice, the prompts redo the slices they are on, and past an object's first or last slice propagation goes on from there. Not for videos."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
+    direction: str = typer.Option("both", "--direction", help="Propagate both ways from the prompted slices (both), or only towards higher slice indices (forward) or lower (backward): e.g. a prompt on a lesion's first slice, forward. Not for videos."),
     model: str = typer.Option("lite-medsam", "--model", help=MODEL_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     precision: str | None = PRECISION_OPTION,
@@ -111,6 +112,7 @@ def segment(
 
     Example: medsam2 segment echo.mp4 --frame-box 12,80,60,150,170 -o lv.nii.gz --overlay lv.mp4 --areas lv.csv --echo
     """
+    check_direction(direction, "--direction")
     propagation = memory_propagation(memory)
     checked_precision = check_precision(precision)
     if edit is not None and is_video(image) and Path(image).exists():
@@ -118,6 +120,8 @@ def segment(
     if is_video(image):
         if axis != "axial":
             raise InputError(f"--axis {axis}: a video has no slicing axis (its frames are segmented as they are)")
+        if direction != "both":
+            raise InputError(f"--direction {direction}: a video is segmented forward and backward from its prompted frames")
         request = VideoRequest(
             image, output, boxes=tuple(box), points=tuple(point), recists=tuple(recist), prompts_file=prompts_file,
             mask_prompt=None if mask_prompt is None else str(mask_prompt), overlay=overlay, areas=areas, echo=echo,
@@ -147,7 +151,7 @@ def segment(
     predictor = loaded_predictor(model, device=device, precision=checked_precision)
     result = segment_volume(
         volume, prompts, predictor, axis=axis, window=window, config=propagation, keep_largest=keep_largest, fill_holes=fill_holes,  # type: ignore[arg-type]
-        start=start,
+        start=start, direction=direction,  # type: ignore[arg-type]
     )
     write_result(result, volume, axis, output, overlay)  # type: ignore[arg-type]
     typer.echo(f"wrote {output}" + ("" if overlay is None else f" and {overlay}"))

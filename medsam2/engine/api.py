@@ -9,7 +9,7 @@ import numpy as np
 
 from medsam2.engine.predictor import SlicePredictor
 from medsam2.engine.prompts import Prompt
-from medsam2.engine.session import PropagationConfig, Session
+from medsam2.engine.session import Direction, PropagationConfig, Session, check_direction
 from medsam2.engine.tracking import TrackingPredictor
 from medsam2.errors import InputError
 from medsam2.io.masks import label_names
@@ -106,17 +106,21 @@ def segment_volume(
     fill_holes: bool = False,
     progress: bool = True,
     start: Volume | None = None,
+    direction: Direction = "both",
 ) -> Result:
     """Segment every prompted object through `volume` (prompts in slice coordinates along `axis`).
     `start`: a label map of `volume` (`medsam2.io.masks.load_mask`) to correct instead of starting
     empty (`Session.load_labels`): its masks are kept but where the prompts change them, and the
     names its file gives its labels are the objects' names, unless a prompt names one.
+    `direction`: propagate both ways from the prompted slices, or only "forward" (to higher slice
+    indices) or "backward".
     A blank image (one grey level for the model) is refused: the model would still draw a mask from
     a box, and it would mean nothing."""
     if not isinstance(volume, Volume) or not (start is None or isinstance(start, Volume)):
         given = type(volume if not isinstance(volume, Volume) else start).__name__
         raise InputError(f"segment_volume takes Volumes (medsam2.io.load_image, or Volume(array)), not {given}")
     prompts = as_prompt_list(prompts)
+    check_direction(direction, "segment_volume: direction")
     slices, axis_index = prepare_slices(volume, axis, window, refuse_blank=True)
     if not prompts and start is None:  # an all-zero label map came back, as if the model had found nothing
         raise InputError("segment_volume: no prompts; give at least one Prompt (or start=, a label map to keep)")
@@ -125,7 +129,7 @@ def segment_volume(
         session.load_labels(np.ascontiguousarray(to_slices(start.array, axis_index)), label_names(start))
     for prompt in prompts:
         session.apply(prompt)
-    session.propagate(progress=progress)
+    session.propagate(direction, progress=progress)
     labels = from_slices(session.result(keep_largest=keep_largest, fill_holes=fill_holes), axis_index)
     return Result(
         labels=volume.with_array(np.ascontiguousarray(labels)),

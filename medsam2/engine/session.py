@@ -29,7 +29,7 @@ from medsam2.io.masks import as_label_map
 from medsam2.io.volume import is_slice_stack
 from medsam2.progress import leave_finished_bar
 
-__all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "merge_prompts", "object_ids"]
+__all__ = ["Direction", "PropagationConfig", "Session", "TrackedObject", "check_direction", "merge_prompts", "object_ids"]
 
 Direction = Literal["both", "forward", "backward"]
 STEPS: dict[str, tuple[int, ...]] = {"both": (1, -1), "forward": (1,), "backward": (-1,)}
@@ -294,8 +294,7 @@ class Session:
         the first slice, which can take a while (its batch is encoded first), and after each slice
         (for front ends that report progress their own way); `on_slice(obj_id, index, logits)`
         receives each slice's (H, W) float32 logits as soon as they are computed (object where > 0)."""
-        if direction not in STEPS:
-            raise InputError(f"direction must be one of {', '.join(STEPS)}, not {direction!r}")
+        check_direction(direction)
         if isinstance(obj_ids, (int, np.integer)) and not isinstance(obj_ids, bool):
             obj_ids = [int(obj_ids)]  # one object: was "'int' object is not iterable"
         for obj_id in obj_ids or []:
@@ -356,6 +355,12 @@ class Session:
         for obj_id in sorted(self.objects):
             labels[self.object_mask(obj_id, keep_largest, fill_holes)] = obj_id
         return labels
+
+
+def check_direction(direction: object, what: str = "direction") -> None:
+    """An InputError unless `direction` is one a session propagates in."""
+    if direction not in STEPS:
+        raise InputError(f"{what} must be one of {', '.join(STEPS)}, not {direction!r}")
 
 
 def object_ids(labels: np.ndarray) -> list[int]:
