@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -141,6 +142,11 @@ def test_a_short_run_lowers_the_loss_and_records_itself(dataset: Path, uninterru
     assert checkpoint["data_sha256"] in manifest and '"split": "val"' in manifest
     assert checkpoint["metrics"]["val_dsc"] == pytest.approx(float(rows[-1]["val_dsc"]))
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    # `info` says which file continues the run (last.pt looked like any other checkpoint).
+    described = {name: runner.invoke(app, ["info", str(out / name), "--json"]) for name in ("last.pt", "model.pt")}
+    state, model = (json.loads(result.stdout) for result in described.values())
+    assert state["training_state"].endswith(f"medsam2 train --out {out} --resume continues the run")
+    assert f"at step {STEPS}" in state["training_state"] and "training_state" not in model
 
 
 def test_cli_resume_is_bit_identical_and_the_model_segments(dataset: Path, uninterrupted, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import difflib
 import logging
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from medsam2.errors import InputError, first_line
 from medsam2.io.paths import file_identity
 from medsam2.models.lite_medsam import check_lite_medsam_state
 from medsam2.models.sam2 import SAM2Config, check_sam2_state, is_sam2_state, sam2_from_state
-from medsam2.models.weights import read_checkpoint
+from medsam2.models.weights import TRAINING_STATE_FORMAT, read_checkpoint
 from medsam2.wording import counted
 
 
@@ -308,6 +309,11 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     facts["parameters"] = sum(tensor.numel() for tensor in state.values())
     if "model_name" in recorded:  # written by medsam2 train
         facts["trained"] = {key: recorded[key] for key in ("model_name", "step", "medsam2_version", "data_sha256") if key in recorded}
+    if recorded.get("format") == TRAINING_STATE_FORMAT:
+        facts["training_state"] = (
+            f"a run's full state at step {recorded.get('step')} (optimizer, schedule, random streams): "
+            f"medsam2 train --out {shlex.quote(str(path.parent))} --resume continues the run"
+        )
     return facts
 
 

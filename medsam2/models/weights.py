@@ -89,6 +89,8 @@ def _sha256(path: Path) -> str:
 
 
 # What torch.save files open with: a zip archive (since torch 1.6) or a pickle (protocol 2 and up).
+# What `medsam2 train` writes in its full training state (last.pt), beside the model it holds.
+TRAINING_STATE_FORMAT = "medsam2-training-state"
 ZIP_SIGNATURE = b"PK\x03\x04"
 CHECKPOINT_SIGNATURES = (ZIP_SIGNATURE, b"\x80")
 GIT_LFS_POINTER = b"version https://git-lfs"

@@ -20,9 +20,9 @@ from torch import nn
 from medsam2 import __version__
 from medsam2.errors import InputError, first_line
 from medsam2.io.atomic import atomic_path, write_failure
+from medsam2.models.weights import TRAINING_STATE_FORMAT
 from medsam2.train.config import TrainConfig
 
-STATE_FORMAT = "medsam2-training-state"
 STATE_VERSION = 1
 # Settings that may change between an interrupted run and its resumption without changing what it
 # computes: where it writes and how often it reports, which device it runs on, where the data lives
@@ -75,7 +75,7 @@ def load_training_state(path: Path, device: torch.device) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
         reason = first_line(error)
         raise InputError(f"{path}: not a readable training state ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise InputError(f"{path}: not a medsam2 training state")
     if state.get("version") != STATE_VERSION:
         raise InputError(f"{path}: training state version {state.get('version')!r} is not supported")

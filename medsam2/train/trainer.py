@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from medsam2.errors import InputError
 from medsam2.io.atomic import atomic_write_text, make_output_folder
+from medsam2.models.weights import TRAINING_STATE_FORMAT
 from medsam2.train.checkpoints import (
-    STATE_FORMAT,
     STATE_VERSION,
     check_resumable,
     load_training_state,
@@ -360,7 +360,7 @@ class _Loop:
             self.task.network, self.task.model_name, self.config, self.data.sha256, self.step, self._metrics()
         )
         document |= {
-            "format": STATE_FORMAT,
+            "format": TRAINING_STATE_FORMAT,
             "version": STATE_VERSION,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
