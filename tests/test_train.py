@@ -402,6 +402,7 @@ def break_dataset(tmp_path: Path, dataset: Path, how: str) -> dict:
         ("config is a folder", ["is a folder; CONFIG is a YAML file"]),
         ("key twice", ["train.yaml: not valid YAML (key 'training' given twice (line"]),  # the last one won
         ("modality", ["train.yaml: data.modality 'PETT': choose one of CT, MR, MRI, PT, PET"]),  # named a data file
+        ("window", ["train.yaml: data.window 'nonsense': expected one of soft_tissue"]),  # named no file
     ],
 )
 def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupted, tmp_path: Path, how, fragments) -> None:
@@ -422,6 +423,8 @@ def test_bad_configs_fail_in_one_line_before_training(dataset: Path, uninterrupt
         document["training"]["steps"] = 0
     elif how == "modality":
         document["data"]["modality"] = "PETT"
+    elif how == "window":
+        document["data"]["window"] = "nonsense"
     elif how in ("existing run", "changed settings"):
         out = uninterrupted.out_dir
         document["output"]["dir"] = str(out)

@@ -206,7 +206,10 @@ def validate(config: TrainConfig, where: str = "config") -> None:
     need(0.0 <= config.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
     need(config.data.embedding_cache_slices >= 0, "data.embedding_cache_slices", "must be >= 0")
     if config.data.window is not None:
-        parse_window(config.data.window)
+        try:
+            parse_window(config.data.window)
+        except InputError as error:
+            raise InputError(f"{where}: data.{error}") from None
     modality = config.data.modality
     need(modality is None or modality.strip().upper() in MODALITY_NAMES, "data.modality", f"{modality!r}: choose one of {', '.join(MODALITY_NAMES)}")
     need(config.model.clip_length >= 2, "model.clip_length", "must be at least 2 (a prompted slice and one to track)")
