@@ -1001,3 +1001,22 @@ def test_a_prompt_or_undo_during_a_propagation_says_to_wait_not_another_tab(serv
     assert undone.startswith("Propagating: undo when it is done")
     assert [len(entry["prompts"]) for entry in session_info(page)["objects"]] == [1]  # the box kept, nothing added
     assert problems == []
+
+
+def test_keys_with_nothing_to_do_say_so(server_url: str, browser: Browser) -> None:
+    """Ctrl+Z with nothing to undo left the last action's message up, as if it had been taken back;
+    a number key on an image without window presets (help lists 1 … 7), or past them, did nothing."""
+    page, problems = opened_case_page(browser, server_url)  # an npz of no stated modality: no presets
+    page.keyboard.press("Control+z")
+    assert page.inner_text("#status") == "Nothing to undo."
+    page.keyboard.press("1")
+    assert page.inner_text("#status").startswith("Window presets are for CT; this image has none")
+    ct_slice = packaged_file("pydicom", "pydicom/data/test_files/CT_small.dcm", "pip install pydicom")
+    page.set_input_files("#upload", str(ct_slice))
+    page.wait_for_function(f"document.querySelector('#case-select').value === 'upload/CT_small.dcm' && {IDLE}")
+    page.click("#open-case")
+    page.wait_for_function(f"document.querySelector('#status').textContent.startsWith('CT_small.dcm') && {IDLE}")
+    page.keyboard.press("8")
+    assert page.inner_text("#status") == "Window presets are 1 to 7."
+    assert page.input_value("#window-preset") == ""
+    assert problems == []

@@ -675,7 +675,11 @@ function showProgress(progress) {
 }
 
 async function undo() {
-  if (!state.session || state.session.undo_steps === 0) return;
+  if (!state.session) return;
+  if (state.session.undo_steps === 0) {
+    status("Nothing to undo."); // Ctrl+Z left the last action's message up, as if it had been taken back
+    return;
+  }
   if (refusedWhilePropagating("undo")) return;
   applySession(await change("/undo", { method: "POST" }));
   await refreshMasks();
@@ -1098,8 +1102,9 @@ document.addEventListener("keydown", act(async (event) => {
     return;
   }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
-  if (/^[1-9]$/.test(key) && presets[Number(key) - 1]) {
-    choosePreset(presets[Number(key) - 1]);
+  if (/^[1-9]$/.test(key)) {
+    if (presets[Number(key) - 1]) choosePreset(presets[Number(key) - 1]);
+    else status(presets.length ? `Window presets are 1 to ${presets.length}.` : "Window presets are for CT; this image has none (W drags the window).");
     return;
   }
   const action = actions[key] || actions[key.toLowerCase()];
