@@ -1206,6 +1206,34 @@ def test_a_dicom_upload_whose_pixels_are_cut_short_is_refused(data_dir: Path, tm
     assert sorted(path.name for path in uploads.iterdir()) == ["ct.dcm"]
 
 
+def test_a_scan_too_large_for_the_servers_memory_is_a_503_and_the_server_goes_on(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A scan under the voxel cap can still need more memory than the machine has: reading it raised
+    MemoryError, and opening or uploading it was a bug's 500. It is now a 503 naming the case, one
+    line, nothing kept, and the server serves the next request. (The reader is made to run out of
+    memory: only the error's mapping is under test.)"""
+    import medsam2.server.cases
+    import medsam2.server.sessions
+
+    def out_of_memory(path, *args, **kwargs):
+        raise MemoryError
+
+    uploads = tmp_path / "uploads"
+    npz = io.BytesIO()
+    np.savez(npz, imgs=np.zeros((2, 8, 8), np.int16))
+    with TestClient(create_app(ServerSettings(data_dir=data_dir, upload_dir=uploads)), base_url=LOCAL) as client:
+        monkeypatch.setattr(medsam2.server.sessions, "load_image", out_of_memory)
+        opened = client.post("/api/sessions", json={"case": f"data/ct/{CASE_1}"})
+        assert opened.status_code == 503, opened.text
+        assert opened.json() == {"error": f"ct/{CASE_1}: the scan needs more memory than the server has; open it on a machine with more memory"}
+        monkeypatch.setattr(medsam2.server.cases, "load_image", out_of_memory)
+        raw = {"Content-Type": "application/octet-stream"}
+        uploaded = client.post("/api/cases", params={"name": "big.npz"}, content=npz.getvalue(), headers=raw)
+        assert uploaded.status_code == 503, uploaded.text
+        assert uploaded.json()["error"].startswith("big.npz: the scan needs more memory than the server has")
+        assert client.get("/api/cases").status_code == 200
+    assert list(uploads.iterdir()) == []
+
+
 def test_an_upload_declaring_more_voxels_than_the_server_reads_is_refused_unread(data_dir: Path, tmp_path: Path) -> None:
     """A few kB of .nii.gz (zeros compress 1000:1) or npz can declare billions of voxels; reading
     one to check it would exhaust the server's memory. Its header is read first: a 413 naming the

@@ -26,7 +26,7 @@ from medsam2.io.overlay import LABEL_COLOURS
 from medsam2.preprocess import WINDOW_PRESETS
 from medsam2.server import rle
 from medsam2.server.cases import SNIFF_BYTES, UPLOAD_SUFFIXES, check_signature, check_upload_name
-from medsam2.server.errors import MAX_JSON_BODY, PayloadTooLarge, UnsupportedMedia, declared_length
+from medsam2.server.errors import MAX_JSON_BODY, PayloadTooLarge, UnsupportedMedia, declared_length, memory_for_case
 from medsam2.server.schemas import (
     ERROR_RESPONSES,
     CaseInfo,
@@ -149,7 +149,8 @@ async def upload_case(
 ) -> dict:
     name, suffix = check_upload_name(name)
     async with received_file(request, name, suffix, state) as staged:
-        case = await run_in_threadpool(state.catalog.admit, staged, name)
+        with memory_for_case(name):
+            case = await run_in_threadpool(state.catalog.admit, staged, name)
     return case.public()
 
 
@@ -209,7 +210,8 @@ async def open_session(body: OpenSession, request: Request, state: ServerState =
     # A model without memory (LiteMedSAM) reports none for the default, and refuses another choice
     # when the case is opened, not at the first prompt.
     memory = None if not state.memory_banks and body.memory == "recent" else body.memory
-    session = await run_in_threadpool(ViewerSession, client_id(request), case, body.axis, body.window, worker, memory)
+    with memory_for_case(case.name):
+        session = await run_in_threadpool(ViewerSession, client_id(request), case, body.axis, body.window, worker, memory)
     if memory not in (None, "recent"):  # waits behind other sessions' work on the worker, holding no thread
         await asyncio.wrap_future(worker.submit(session.open_engine))
     session.add_warnings(state.sessions.add(session))

@@ -8,6 +8,8 @@ bug: the client gets a 500 with a generic line and the traceback goes to the ser
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +44,21 @@ class UnsupportedMedia(InputError):
 
 class Busy(InputError):
     status_code = 503
+
+
+class OutOfMemory(InputError):
+    status_code = 503
+
+
+@contextmanager
+def memory_for_case(name: str) -> Iterator[None]:
+    """Reading case `name` running out of memory is a 503 naming it, not a bug's 500: a scan under
+    the voxels an upload may declare can still need more memory than this machine has, and the
+    arrays it got are freed as the error unwinds, so the server goes on serving."""
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemory(f"{name}: the scan needs more memory than the server has; open it on a machine with more memory") from None
 
 
 # Messages quote what the client sent; a long value is cut, not echoed back whole.

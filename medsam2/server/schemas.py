@@ -38,7 +38,7 @@ ERROR_RESPONSES = error_responses({
     412: "a change sent with If-Match naming a revision the session has moved on from",
     415: "a body of the wrong type or format",
     422: "a request that does not match the schema",
-    503: "too many sessions open, or the device is busy",
+    503: "too many sessions open, the device is busy, or a scan needs more memory than the server has",
 })  # fmt: skip
 
 
