@@ -322,6 +322,25 @@ def test_dicom_files_written_without_preamble_read_as_with_it(
     np.testing.assert_array_equal(load_mask(tmp_path / "seg.dcm", like=series).array, mask)
 
 
+def test_a_series_with_a_file_cut_short_is_refused_naming_it(
+    tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
+) -> None:
+    """A file of a series holding fewer pixels than its header states (written cut short, its Pixel
+    Data's length saying so) was read by GDCM with zeros where its pixels are missing, a slice of
+    wrong values in the scan: the check refusing it ran only for a single file. The series is now
+    refused in one line naming the file; `medsam2 info` says so and fails."""
+    files = write_dicom_series(ct_case, tmp_path / "series")
+    cut = files[5]
+    dataset = pydicom.dcmread(cut)
+    dataset.PixelData = dataset.PixelData[:-100000]
+    dataset.save_as(cut)
+    with pytest.raises(InputError, match=f"^{re.escape(str(cut))}: its pixel data is cut short: .*, the whole file has"):
+        load_image(tmp_path / "series")
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "series")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{cut}: its pixel data is cut short" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_a_series_rescaled_slice_by_slice_keeps_each_slices_fractional_values(
     tmp_path: Path, ct_case: Volume, write_dicom_series: Callable[..., list[Path]]
 ) -> None:

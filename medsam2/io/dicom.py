@@ -147,6 +147,7 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
                 f"{folder}: {len(tied)} series of {counted(len(files), 'image')} each ({named}); "
                 "put the one to segment in a folder of its own"
             )
+        _check_files_complete(files)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
@@ -164,6 +165,17 @@ def read_largest_series(folder: Path) -> tuple[sitk.Image, list[str]]:
     _check_no_file_left_out(entries, {Path(f) for series in all_series for f in series}, reader, folder)
     _check_even_slice_spacing(reader, image, folder)
     return image, list(files)
+
+
+# What `check_pixel_data_complete` needs of a header: the pixels it states and their size.
+PIXEL_SIZE_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
+
+
+def _check_files_complete(files: Sequence[str]) -> None:
+    """Refuse a series with a file holding fewer pixels than it states before reading it: GDCM reads
+    that file's missing pixels as zeros, a slice of wrong values in the scan, as it does a single file's."""
+    for file in files:
+        check_pixel_data_complete(read_header(file, PIXEL_SIZE_TAGS), Path(file))
 
 
 def _rescale_varies(reader: sitk.ImageSeriesReader, count: int) -> bool:
