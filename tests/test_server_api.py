@@ -250,6 +250,18 @@ def test_page_and_static_files(server) -> None:
     assert icon.headers["content-type"] == "image/png" and icon.content.startswith(b"\x89PNG")
 
 
+def test_head_answers_as_get_without_a_body(server) -> None:
+    """HEAD on the page or a GET endpoint (`curl -I`, link checkers) was a 405: FastAPI's routes take
+    only GET. It now answers as GET does, headers and all, without the body."""
+    _, client = server
+    for path in ("/", "/api/cases", "/api/info", "/api/sessions", "/openapi.json", "/static/viewer.js", "/api/no-such-route"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, (path, head.status_code)
+        assert head.content == b"", path
+        assert head.headers.get("content-type") == got.headers.get("content-type"), path
+        assert head.headers.get("content-length") == got.headers.get("content-length"), path
+
+
 def test_api_docs_load_nothing_from_outside(server) -> None:
     """Swagger UI at /docs comes with its scripts and styles from this server, so it works offline
     (tests/test_web_e2e.py checks it renders in a browser)."""

@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medsam2 import __version__
 from medsam2.server import api
@@ -45,6 +46,29 @@ every request. Errors are `{"error": "..."}`.
 """
 
 
+class HeadAsGet:
+    """Answers a HEAD request as the GET of its route, without the body (its headers, Content-Length
+    included, stay): FastAPI's routes take only the methods they name, and `curl -I` or a link
+    checker got a 405 from every page and GET endpoint. One middleware, not a HEAD on each route."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.pathsend":  # a file sent by the server itself
+                message = {"type": "http.response.body", "body": b""}
+            elif message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 def create_app(settings: ServerSettings, routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The app for `settings`. `routers` are included after the core API, under the same security
     and error handling: the place for further groups of routes (annotation projects, say).
@@ -74,6 +98,7 @@ def create_app(settings: ServerSettings, routers: Sequence[APIRouter] = ()) -> F
     )
     app.state.server = state
     install_security(app, settings)
+    app.add_middleware(HeadAsGet)  # added last, so outermost: the security checks see the GET too
     install_error_handlers(app)
     app.include_router(api.router)
     for router in routers:
