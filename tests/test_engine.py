@@ -379,16 +379,22 @@ def test_a_loaded_label_map_is_kept_and_corrected_slice_by_slice(predictor, lesi
     np.testing.assert_array_equal(session.result()[:last], expected[:last])  # a refused map changes nothing
 
 
+def boxed_and_propagated(predictor, case: Path, key: int) -> tuple[Session, np.ndarray, np.ndarray]:
+    """A session on `case` whose lesion was boxed on slice `key` (the box of its truth) and propagated;
+    the truth and the result, as bool (Z, H, W)."""
+    volume = load_image(case)
+    gts = stored_array(volume, "gts") > 0
+    session = Session(volume.array, predictor)
+    session.add_prompt(key, 1, box=box_from_mask(gts[key]))
+    session.propagate(progress=False)
+    return session, gts, session.result() > 0
+
+
 def test_a_run_that_loses_the_object_between_two_anchors_is_filled_from_the_other(predictor, shared_data):
     """Case 000001: a click on slice 5, which propagation had missed, makes a small anchor there; the
     run from it loses the lesion on slice 7, half-way to the box on 9. The lesion is on both anchors,
     so it does not end between them: slice 7 is followed from 9 instead of being left empty."""
-    volume = load_image(shared_data / "ct_lesion" / "CT_Lesion_000001_02_01_008-023.npz")
-    gts = stored_array(volume, "gts") > 0
-    session = Session(volume.array, predictor)
-    session.add_prompt(9, 1, box=box_from_mask(gts[9]))
-    session.propagate(progress=False)
-    before = session.result() > 0
+    session, gts, before = boxed_and_propagated(predictor, shared_data / "ct_lesion" / "CT_Lesion_000001_02_01_008-023.npz", 9)
     assert not before[5].any() and dice(before[7], gts[7]) > 0.9
     missed = ndimage.distance_transform_edt(gts[5])
     y, x = np.unravel_index(np.argmax(missed), missed.shape)
@@ -404,12 +410,7 @@ def test_background_clicks_on_a_leak_do_not_carry_the_object_past_where_it_ended
     off slice 11; the runs from that new anchor still compare slices with the lesion's look from
     slice 9, so 12 and 13 stay empty (with the look of the partly spilled slice 11 they took the
     spilled-onto structure there, and the 3D Dice fell from 0.906 to 0.871)."""
-    volume = load_image(shared_data / "ct_lesion" / "CT_Lesion_000001_02_01_008-023.npz")
-    gts = stored_array(volume, "gts") > 0
-    session = Session(volume.array, predictor)
-    session.add_prompt(9, 1, box=box_from_mask(gts[9]))
-    session.propagate(progress=False)
-    before = session.result() > 0
+    session, gts, before = boxed_and_propagated(predictor, shared_data / "ct_lesion" / "CT_Lesion_000001_02_01_008-023.npz", 9)
     spill = before[11] & ~gts[11]
     assert spill.sum() > 500 and not before[12:].any()
     away = ndimage.distance_transform_edt(~gts[11])
