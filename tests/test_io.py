@@ -421,6 +421,9 @@ def test_dicom_seg_of_a_series_reads_back_frame_by_frame(
     assert (read_back.spacing, read_back.origin, read_back.direction) == (series.spacing, series.origin, series.direction)
     with pytest.raises(InputError, match="seg.dcm: a DICOM-SEG is read against the DICOM series it segments, and none is given"):
         load_mask(tmp_path / "seg.dcm")
+    # Given as an image, it was read as one of 0/255 and segmented as a scan.
+    with pytest.raises(InputError, match=r"seg.dcm: a DICOM-SEG \(a mask drawn on a series\), not an image: open the series it segments"):
+        load_image(tmp_path / "seg.dcm")
     with pytest.raises(InputError, match=r"segments, not .*035-047\.npz \(not read from DICOM files\)$"):
         load_mask(tmp_path / "seg.dcm", like=ct_case)  # the same scan, from an npz: no series to read it on
     # A SEG referencing only the slices it segments (as other tools write them) reads back the same.

@@ -439,18 +439,20 @@ def dose_values(array: np.ndarray, header: Dataset) -> np.ndarray:
     return array if scaling == 1.0 else (array.astype(np.float64) * scaling).astype(np.float32)
 
 
+def stated_modality(header: Dataset) -> str:
+    """The Modality tag (0008,0060) as written, upper case ("" where there is none)."""
+    return str(header.get("Modality", "")).strip().upper()
+
+
 def modality_of(header: Dataset) -> Modality:
-    """The Modality tag (0008,0060) of a header when it is one medsam2 knows, else "unknown"."""
-    value = str(header.get("Modality", "")).strip().upper()
+    """The Modality tag of a header when it is one medsam2 knows, else "unknown"."""
+    value = stated_modality(header)
     return value if value in get_args(Modality) else "unknown"  # type: ignore[return-value]
 
 
 def is_segmentation(path: Path) -> bool:
     """True for a DICOM-SEG file (Modality SEG)."""
-    if not is_dicom_file(path):
-        return False
-    dataset = read_header(path, ["Modality"])
-    return str(dataset.get("Modality", "")).strip().upper() == "SEG"
+    return is_dicom_file(path) and stated_modality(read_header(path, ["Modality"])) == "SEG"
 
 
 def read_segmentation(path: Path, sources: Sequence[Dataset]) -> tuple[np.ndarray, dict[int, str]]:

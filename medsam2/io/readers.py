@@ -308,6 +308,9 @@ def _read_dicom_file(path: Path) -> Volume:
         header = dicom.read_header(path)
     except Exception:  # noqa: BLE001 - a header pydicom cannot read: GDCM's reading below says what is wrong
         header = None
+    if header is not None and dicom.stated_modality(header) == "SEG":
+        # GDCM reads a SEG's frames as an image of 0/255: it was segmented as if it were a scan
+        raise InputError(f"{path}: a DICOM-SEG (a mask drawn on a series), not an image: open the series it segments and load the SEG as its mask")
     if header is not None:
         dicom.check_pixel_data_complete(header, path)
     try:
