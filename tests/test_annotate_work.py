@@ -8,8 +8,10 @@ import re
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from medsam2.annotate import (
     open_project,
     read_snapshot,
 )
+from medsam2.annotate import db
 from medsam2.annotate.schema import InteractionKind, InteractionRow
 from medsam2.annotate.simulate import (
     Click,
@@ -758,3 +761,35 @@ def test_annotate_commands_reject_bad_input(tmp_path: Path) -> None:
     assert_one_line_error(run("show", project, "ghost", "-o", tmp_path / "out" / "mask.xyz"), "cannot write masks as '.xyz'")
     assert_one_line_error(run("prompt", project, "ghost", "--box", "0,1,1,5,5", "--overlay", tmp_path / "out" / "view.jpg"), "name it .png")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_command_waiting_for_the_locked_database_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another command writing the SQLite database holds its lock: a command waiting for it says
+    so once, then goes on when the lock is let go, or fails in one line when it is not in time."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(3 * 32 * 32, dtype=np.int16).reshape(3, 32, 32)), str(tmp_path / "scan.nii.gz"))
+    project = tmp_path / "project"
+    assert run("init", project).exit_code == 0 and run("import", project, tmp_path / "scan.nii.gz").exit_code == 0
+    monkeypatch.setattr(db, "WAIT_NOTICE_SECONDS", 0.5)
+    monkeypatch.setattr(db, "SQLITE_BUSY_SECONDS", 3)
+
+    def locked_for(seconds: float) -> threading.Timer:
+        other = sqlite3.connect(project / "project.db", isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        freed = threading.Timer(seconds, lambda: (other.commit(), other.close()))
+        freed.start()
+        return freed
+
+    waiting = "waiting for the project database sqlite:///"
+    freed = locked_for(1.5)
+    queued = run("queue", project, "-a", "alice")
+    freed.join()
+    assert queued.exit_code == 0 and queued.stdout.startswith("scan: leased to alice"), queued.output
+    assert queued.stderr.count(waiting) == 1, queued.stderr
+    assert "which another medsam2 command (or the web server) is writing (for at most 3 s)" in queued.stderr
+    freed = locked_for(5)
+    given_up = run("release", project, "scan", "-a", "alice")
+    freed.join()
+    notice, error = given_up.stderr.splitlines()  # the notice, then the one-line error
+    assert given_up.exit_code == 2 and notice.startswith(waiting), given_up.output
+    assert error.startswith("error: sqlite:///") and error.endswith("project.db: database is locked"), error
+    assert [(row.state, row.lease_owner) for row in open_project(project).cases()] == [("in_review", "alice")]

@@ -10,13 +10,19 @@ SQLite transactions all start with ``BEGIN IMMEDIATE``: the write lock is taken 
 transaction that reads a case and then updates it cannot interleave with another writer (with
 Python's default deferred BEGIN, two processes could both read the same free case). Transactions
 here are short (no model runs inside), so serialising them costs nothing noticeable. The database
-runs in WAL mode; a killed process loses nothing it committed.
+runs in WAL mode; a killed process loses nothing it committed. A transaction that finds the
+write lock taken (another command, or the web server, is writing) waits for it up to
+SQLITE_BUSY_SECONDS, and says so on stderr once the wait outlasts WAIT_NOTICE_SECONDS, so that a
+command waiting for the lock is not taken for a hung one.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +39,8 @@ from medsam2.errors import InputError
 from medsam2.io.atomic import disk_full
 
 SQLITE_BUSY_SECONDS = 60
+# Waits for the SQLite write lock shorter than this pass unsaid (another command's transactions are short).
+WAIT_NOTICE_SECONDS = 1.5
 # pg_advisory_xact_lock key held while migrating ("medsam2" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D656473616D32
 
@@ -77,9 +85,31 @@ def connect(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        with said_if_waiting(url):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def said_if_waiting(url: URL) -> Iterator[None]:
+    """Say once on stderr, should the block take over WAIT_NOTICE_SECONDS, that it waits for the
+    SQLite database `url`'s write lock (BEGIN IMMEDIATE blocks in the driver, so a timer says it)."""
+    notice = threading.Timer(
+        WAIT_NOTICE_SECONDS,
+        lambda: print(
+            f"waiting for the project database {shown(url)}, which another medsam2 command (or the web server) "
+            f"is writing (for at most {SQLITE_BUSY_SECONDS} s)",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    notice.daemon = True
+    notice.start()
+    try:
+        yield
+    finally:
+        notice.cancel()
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
