@@ -793,3 +793,22 @@ def test_a_command_waiting_for_the_locked_database_says_so(tmp_path: Path, monke
     assert given_up.exit_code == 2 and notice.startswith(waiting), given_up.output
     assert error.startswith("error: sqlite:///") and error.endswith("project.db: database is locked"), error
     assert [(row.state, row.lease_owner) for row in open_project(project).cases()] == [("in_review", "alice")]
+
+
+def test_the_queue_says_a_case_comes_with_work_another_annotator_left(tmp_path: Path) -> None:
+    scan = sitk.GetImageFromArray(np.arange(3 * 32 * 32, dtype=np.int16).reshape(3, 32, 32))
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    drawn = np.zeros((3, 32, 32), dtype=np.uint8)
+    drawn[0, 8:20, 8:20] = 1
+    save_mask(drawn, like=load_image(tmp_path / "scan.nii.gz"), path=tmp_path / "drawn.nii.gz")
+    project = tmp_path / "project"
+    assert run("init", project, "--lease-minutes", "0.02").exit_code == 0
+    assert run("import", project, tmp_path / "scan.nii.gz").exit_code == 0
+    assert "left by" not in run("queue", project, "-a", "alice").stdout
+    corrected = run("correct", project, "scan", "-a", "alice", "--mask", tmp_path / "drawn.nii.gz", "--slice", "0")
+    assert corrected.exit_code == 0, corrected.output
+    time.sleep(1.5)  # alice's lease runs out
+    queued = run("queue", project, "-a", "bob")
+    assert queued.exit_code == 0 and queued.stdout.splitlines()[1] == (
+        "scan: left by alice with 1 earlier correction(s), which this continues from"
+    ), queued.output

@@ -86,6 +86,25 @@ def lease_next(project: Project, annotator: str, passing_over: Collection[str] =
         return candidate
 
 
+def left_by_another(project: Project, row: CaseRow, annotator: str) -> tuple[str, int] | None:
+    """Who held case `row` before `annotator` leased it and left it to run out, with the prompts and
+    corrections still in force that it carries on from; None when nobody else left work on it. A
+    lease that ran out keeps its work, so whoever takes the case over should know it is not fresh."""
+    with project.transaction() as session:
+        history = session.execute(
+            select(InteractionRow.id, InteractionRow.kind, InteractionRow.annotator, InteractionRow.undoes_id)
+            .where(InteractionRow.case_id == row.id)
+            .order_by(InteractionRow.id)
+        ).all()
+    leases = [item.annotator for item in history if item.kind == InteractionKind.LEASE.value]
+    undone = {item.undoes_id for item in history if item.undoes_id is not None}
+    work = [item for item in history if item.kind in (InteractionKind.PROMPT.value, InteractionKind.CORRECTION.value)]
+    in_force = sum(item.id not in undone for item in work)
+    if len(leases) < 2 or leases[-2] == annotator or in_force == 0:
+        return None
+    return leases[-2], in_force
+
+
 def case_round(session: Session, project: Project, row: CaseRow) -> int:
     """The round a case being leased belongs to: the one that recorded its pre-segmentation (an
     imported mask, the hints' or the first prompt's mask), else the current one. A case leased in
