@@ -810,5 +810,5 @@ def test_the_queue_says_a_case_comes_with_work_another_annotator_left(tmp_path: 
     time.sleep(1.5)  # alice's lease runs out
     queued = run("queue", project, "-a", "bob")
     assert queued.exit_code == 0 and queued.stdout.splitlines()[1] == (
-        "scan: left by alice with 1 earlier correction(s), which this continues from"
+        "scan: left by alice with 1 earlier correction, which this continues from"
     ), queued.output

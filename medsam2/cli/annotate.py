@@ -291,7 +291,7 @@ def queue_command(
     case = leased.case
     typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
     if (left := left_by_another(opened, case, who)) is not None:
-        typer.echo(f"{case.name}: left by {left[0]} with {left[1]} earlier correction(s), which this continues from")
+        typer.echo(f"{case.name}: left by {left[0]} with {counted(left[1], 'earlier correction')}, which this continues from")
     if isinstance(leased.opened, WorkSession):
         leased.opened.model.remember()
         typer.echo(describe(leased.opened.model))
