@@ -166,3 +166,25 @@ def test_a_lease_that_ran_out_is_not_shown_as_held(tmp_path: Path) -> None:
         refused = client.post("/api/annotate/cases/plain/undo", json={"annotator": "alice"})
         assert refused.status_code == 409 and "your lease on case plain ran out" in refused.json()["error"]
         assert client.post("/api/annotate/queue", json={"annotator": "bob"}).json()["lease_owner"] == "bob"
+
+
+def test_the_queue_says_a_case_comes_with_work_another_annotator_left(tmp_path: Path) -> None:
+    """bob takes over a case alice corrected and let run out: the queue's answer names her and the
+    corrections still in force, in the words of `annotate queue` (the panel said nothing of it)."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 32, 32), 7, np.int16)), str(tmp_path / "plain.nii.gz"))
+    project = init_project(tmp_path / "project", settings=ProjectSettings(lease_minutes=1 / 60))
+    import_cases(project, [tmp_path / "plain.nii.gz"], progress=False)
+    project.close()
+    drawn = np.zeros((32, 32), dtype=bool)
+    drawn[8:20, 8:20] = True
+    with client_for(tmp_path / "project") as client:
+        assert client.post("/api/annotate/queue", json={"annotator": "alice"}).json()["left_by"] is None
+        corrected = client.post("/api/annotate/cases/plain/corrections", json={"annotator": "alice", "slice": 0, "mask": encode(drawn)})
+        assert corrected.status_code == 200, corrected.text
+        time.sleep(1.5)  # alice's lease runs out
+        taken = client.post("/api/annotate/queue", json={"annotator": "bob"}).json()
+        assert taken["lease_owner"] == "bob" and taken["left_by"] == {
+            "annotator": "alice",
+            "corrections": 1,
+            "said": "left by alice with 1 earlier correction, which this continues from",
+        }

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from medsam2.annotate.project import LeaseConflict, Project, check_name
 from medsam2.annotate.schema import CaseRow, CaseState, InteractionKind, InteractionRow
 from medsam2.errors import InputError, first_line
+from medsam2.wording import counted
 
 T = TypeVar("T")
 
@@ -103,6 +104,11 @@ def left_by_another(project: Project, row: CaseRow, annotator: str) -> tuple[str
     if len(leases) < 2 or leases[-2] == annotator or in_force == 0:
         return None
     return leases[-2], in_force
+
+
+def left_by_words(left: tuple[str, int]) -> str:
+    """What the queue says of `left_by_another`'s answer, the same in the command and the web panel."""
+    return f"left by {left[0]} with {counted(left[1], 'earlier correction')}, which this continues from"
 
 
 def case_round(session: Session, project: Project, row: CaseRow) -> int:

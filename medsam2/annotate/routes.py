@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from medsam2.annotate.effort import effort_report, render_rounds_png
-from medsam2.annotate.leases import lease_next_openable, reject, release, running_lease
+from medsam2.annotate.leases import lease_next_openable, left_by_another, left_by_words, reject, release, running_lease
 from medsam2.annotate.project import Project, open_project
 from medsam2.annotate.schema import CaseRow, InteractionRow
 from medsam2.annotate.work import Predictors, WorkSession, covered_slices
@@ -77,6 +77,12 @@ class RejectIn(AnnotatorIn):
     reason: str = ""
 
 
+class LeftBy(BaseModel):
+    annotator: str = Field(description="Who held the case before and let the lease run out.")
+    corrections: int = Field(description="Their prompts and corrections still in force, which the case continues from.")
+    said: str = Field(description="The sentence `annotate queue` prints of it.")
+
+
 class CaseOut(BaseModel):
     name: str
     state: str
@@ -100,6 +106,7 @@ class CaseOut(BaseModel):
     passed_over: list[str] = Field(
         default_factory=list, description="Cases given back on the way to this one because they could not be opened (queue only)."
     )
+    left_by: LeftBy | None = Field(None, description="Work another annotator left on the case (queue only; none when it is fresh).")
 
 
 class AnnotationService:
@@ -219,6 +226,8 @@ def annotation_router(folder: Path | None, device: str = "cpu") -> APIRouter:
         with svc.case_lock(leased.case.name):
             out = svc.describe(leased.opened.case, leased.opened)
         out.passed_over = leased.passed_over
+        if (left := left_by_another(svc.project, leased.case, body.annotator)) is not None:
+            out.left_by = LeftBy(annotator=left[0], corrections=left[1], said=left_by_words(left))
         return out
 
     @router.get("/api/annotate/cases/{name}", summary="A case's record and history")

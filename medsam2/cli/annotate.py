@@ -32,7 +32,7 @@ from medsam2.annotate import (
     write_report,
 )
 from medsam2.annotate.images import load_case_image
-from medsam2.annotate.leases import lease_next_openable, left_by_another, running_lease
+from medsam2.annotate.leases import lease_next_openable, left_by_another, left_by_words, running_lease
 from medsam2.annotate.project import DEFAULT_DB, DEFAULT_MODEL, Project
 from medsam2.annotate.schema import InteractionRow
 from medsam2.cli.console import StdoutConsole
@@ -291,7 +291,7 @@ def queue_command(
     case = leased.case
     typer.echo(f"{case.name}: leased to {who} until {case.lease_expires:%Y-%m-%d %H:%M} UTC ({case.image})")
     if (left := left_by_another(opened, case, who)) is not None:
-        typer.echo(f"{case.name}: left by {left[0]} with {counted(left[1], 'earlier correction')}, which this continues from")
+        typer.echo(f"{case.name}: {left_by_words(left)}")
     if isinstance(leased.opened, WorkSession):
         leased.opened.model.remember()
         typer.echo(describe(leased.opened.model))

@@ -171,7 +171,9 @@ async function start() {
     if (!caseInfo) return say("no case is free");
     show(caseInfo);
     const passedOver = caseInfo.passed_over.map((line) => ` Passed over ${line}.`).join("");
-    say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice.${passedOver}`, passedOver !== "");
+    // The server words it (as `annotate queue` does), so the panel and the command say the same.
+    const leftBy = caseInfo.left_by ? ` ${caseInfo.left_by.said[0].toUpperCase()}${caseInfo.left_by.said.slice(1)}.` : "";
+    say(`${caseInfo.interactions} interaction(s) recorded so far; drag a box to correct a slice.${leftBy}${passedOver}`, passedOver !== "");
   });
   ui.next.addEventListener("click", takeNext);
   ui.slider.addEventListener("input", showSlice);
