@@ -520,3 +520,36 @@ def test_a_full_disk_while_a_result_is_recorded_is_one_line_and_the_run_resumes(
     assert len(lines) == 1 and json.loads(lines[0])["case_id"] == "c0"
     with ResultsStore(out) as store:
         assert list(store.latest) == ["c0"]
+
+
+FULL_JOURNAL = """
+import errno, os, sys
+real_write = os.write
+
+def full_journal(descriptor, data):  # the journal's disk is full; the workers' pipes are not
+    if os.readlink(f"/proc/self/fd/{descriptor}").endswith("results.jsonl"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(descriptor, data)
+
+os.write = full_journal
+from medsam2.cli.main import main
+sys.argv = ["medsam2", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_full_disk_under_the_local_engine_is_one_line_with_no_leaked_semaphore_warning(tmp_path: Path) -> None:
+    """`batch` whose journal hit a full disk printed its one-line error, then Python's
+    'resource_tracker: There appear to be 1 leaked semaphore objects' (tqdm's multiprocessing lock
+    in the worker terminated on the error). Now the error is all it says, and a rerun resumes."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(3 * 32 * 32, dtype=np.int16).reshape(3, 32, 32)), str(tmp_path / "c1.nii.gz"))
+    manifest = write(tmp_path / "cases.csv", 'id,image,box\nc1,c1.nii.gz,"1,8,8,20,20"\n')
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", FULL_JOURNAL, "batch", str(manifest), "--out", str(out), "--workers", "1", "--threads", "1", "--no-progress"]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and failed.stderr.strip() == f"error: {out / 'results.jsonl'}: cannot write (No space left on device)", failed.stderr
+    rerun = subprocess.run(command[:1] + ["-m", "medsam2.cli", *command[3:]], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "leaked" not in rerun.stderr, rerun.stderr
+    assert [row["status"] for row in csv.DictReader((out / "results.csv").open())] == ["ok"]

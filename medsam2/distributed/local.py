@@ -5,10 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
+
+from tqdm import tqdm
 
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.worker import BatchSettings, CaseResult, CaseRunner
@@ -120,6 +123,10 @@ def _serve(connection: Connection, settings: BatchSettings, threads: int) -> Non
     """A worker's life: run the cases the driver sends until it sends None or is gone."""
     # Ctrl-C reaches the whole process group: the driver alone decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore, registered with the driver's resource
+    # tracker by a spawned process; a worker terminated on an error (a full disk) never unlinks it,
+    # and the tracker warned of a leaked semaphore after the one-line error. A worker's bars are its own.
+    tqdm.set_lock(threading.RLock())
     runner = CaseRunner(settings, threads)
     while True:
         try:
