@@ -244,6 +244,29 @@ def test_segment_direction_propagates_one_way_from_the_prompted_slice(tmp_path: 
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_segment_erase_stops_propagation_on_a_slice_and_clears_it_in_an_edit(tmp_path: Path, lesion_case: Path) -> None:
+    truth = stored_array(load_image(lesion_case), "gts") > 0
+    key = int(np.argmax(truth.sum(axis=(1, 2))))
+    x1, y1, x2, y2 = box_from_mask(truth[key])
+    box = f"{key},{x1},{y1},{x2},{y2}"
+    assert run("segment", lesion_case, "--box", box, "-o", tmp_path / "free.npz").exit_code == 0
+    free = np.load(tmp_path / "free.npz")["segs"]
+    assert free[key + 2 :].any()
+    stopped = run("segment", lesion_case, "--box", box, "--erase", str(key + 2), "-o", tmp_path / "stopped.npz")
+    assert stopped.exit_code == 0, stopped.output
+    labels = np.load(tmp_path / "stopped.npz")["segs"]
+    np.testing.assert_array_equal(labels[: key + 2], free[: key + 2])  # the run from the box, up to the erased slice
+    assert not labels[key + 2 :].any()
+    # Correcting the free result: the erased slice is cleared, every other slice kept as it was.
+    edited = run("segment", lesion_case, "--edit", tmp_path / "free.npz", "--erase", f"{key + 2},1", "-o", tmp_path / "edited.npz")
+    assert edited.exit_code == 0, edited.output
+    expected = free.copy()
+    expected[key + 2] = 0
+    np.testing.assert_array_equal(np.load(tmp_path / "edited.npz")["segs"], expected)
+    assert_one_line_error(run("segment", lesion_case, "--erase", str(key), "-o", tmp_path / "x.npz"), "object 1: an erase takes an object off a slice")
+    assert_one_line_error(run("segment", lesion_case, "--box", box, "--erase", "1,2,3", "-o", tmp_path / "x.npz"), "--erase '1,2,3': expected 1 or 2 numbers")
+
+
 def test_the_object_on_a_one_slice_image_with_spacing_is_an_area(tmp_path: Path, lesion_case: Path) -> None:
     """A one-slice NIfTI's size was given in mL from its third spacing, which is no thickness (the
     slice's distance to nothing): an area in mm² is what it has."""

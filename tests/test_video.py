@@ -469,6 +469,7 @@ def test_bad_video_input_gives_one_line_errors_and_no_output(tmp_path: Path) -> 
         (["segment", good, "--frame-box", f"1,{box},2", "--echo"], ["--echo", "object 1"]),
         (["segment", good, "--frame-box", f"1,{box}", "--axis", "coronal"], ["--axis"]),
         (["segment", good, "--frame-box", f"1,{box}", "--direction", "forward"], ["--direction forward", "forward and backward"]),
+        (["segment", good, "--frame-box", f"1,{box}", "--erase", "2"], ["--erase 2", "corrected in the web app"]),
         (["segment", good, "--frame-box", f"1,{box}", "--overlay", out / "overlay.gif"], ["overlay.gif", ".mp4"]),
         (["segment", good], ["no prompt"]),
         (["segment", good, "--frame-point", "1,60,80,0"], ["object 1: background clicks alone mark no object", "on some frame"]),

@@ -86,6 +86,7 @@ def segment(
     recist: list[str] = typer.Option([], "--recist", help="RECIST line Z,X1,Y1,X2,Y2[,ID]: its end points; becomes a square box as in MedSAM2."),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="JSON prompts with several named objects (see README)."),
     mask_prompt: Path | None = typer.Option(None, "--mask-prompt", help="Mask file in the image's geometry: each label is prompted on its largest slice (frame). Video: also T:FILE, one frame's labels."),
+    erase: list[str] = typer.Option([], "--erase", help="Z[,ID]: object ID (default 1) is not on slice Z: it is taken off there and propagation stops there (where a lesion ends, or on a slice it leaked onto; with --edit, clears that slice of the label map). Scans only."),
     edit: Path | None = typer.Option(None, "--edit", help="Correct this label map (an earlier result, another tool's) instead of starting empty: its masks are kept on every slice, the prompts redo the slices they are on, and past an object's first or last slice propagation goes on from there. Not for videos."),
     window: str | None = typer.Option(None, "--window", help=f"CT window: {WINDOW_PRESETS_TEXT}"),
     axis: str = typer.Option("axial", "--axis", help="Slicing axis: axial, coronal or sagittal."),
@@ -122,6 +123,8 @@ def segment(
             raise InputError(f"--axis {axis}: a video has no slicing axis (its frames are segmented as they are)")
         if direction != "both":
             raise InputError(f"--direction {direction}: a video is segmented forward and backward from its prompted frames")
+        if erase:
+            raise InputError(f"--erase {erase[0]}: a video's masks are corrected in the web app (medsam2 serve)")
         request = VideoRequest(
             image, output, boxes=tuple(box), points=tuple(point), recists=tuple(recist), prompts_file=prompts_file,
             mask_prompt=None if mask_prompt is None else str(mask_prompt), overlay=overlay, areas=areas, echo=echo,
@@ -140,7 +143,7 @@ def segment(
     if axis != "axial" and volume.shape[0] == 1:
         raise InputError(f"--axis {axis}: {image} is one 2D image, segmented in its own plane (leave --axis out)")
     check_mask_output(output, volume)
-    sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt)
+    sources = PromptSources(tuple(box), tuple(point), tuple(recist), prompts_file, mask_prompt, tuple(erase))
     prompts = gather_prompts(volume, axis, sources)  # type: ignore[arg-type]
     start = None
     if edit is None:  # nothing to correct: each object needs something on it

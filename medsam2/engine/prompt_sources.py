@@ -28,6 +28,7 @@ class PromptSources:
     recists: tuple[str, ...] = ()  # "Z,X1,Y1,X2,Y2[,ID]"
     prompts_file: Path | None = None  # JSON, see `medsam2.engine.prompt_files`
     mask_prompt: Path | None = None  # a label file in the image's geometry
+    erases: tuple[str, ...] = ()  # "Z[,ID]": the object is not on slice Z (scans only)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class PromptNames:
     recist: str = "--recist"
     unit: str = "slice"
     all_sources: str = "use --box, --point, --recist, --prompts or --mask-prompt"
+    erase: str = "--erase"
 
 
 SCAN_FLAGS = PromptNames()
@@ -73,6 +75,17 @@ def prompts_from_flags(
         z, x1, y1, x2, y2, *rest = parse_numbers(text, names.recist, (5, 6))
         obj_id = whole_number(rest[0], f"{names.recist}: object id") if rest else 1
         prompts.append(Prompt(whole_number(z, f"{names.recist}: {names.unit}"), obj_id, box=recist_to_box((x1, y1, x2, y2), height, width)))
+    return prompts
+
+
+def erase_prompts(texts: list[str], height: int, width: int, names: PromptNames = SCAN_FLAGS) -> list[Prompt]:
+    """`--erase Z[,ID]`: an empty mask of object ID (default 1) on slice Z, which takes the object
+    off that slice and starts no propagation there."""
+    prompts = []
+    for text in texts:
+        z, *rest = parse_numbers(text, names.erase, (1, 2))
+        obj_id = whole_number(rest[0], f"{names.erase}: object id") if rest else 1
+        prompts.append(Prompt(whole_number(z, f"{names.erase}: {names.unit}"), obj_id, mask=np.zeros((height, width), dtype=bool)))
     return prompts
 
 
@@ -118,12 +131,12 @@ def check_one_region_each(prompts: list[Prompt], frame: str = "slice") -> list[P
 def check_objects_marked(prompts: list[Prompt], frame: str = "slice") -> list[Prompt]:
     """`prompts` as they are, where every object has a box, a mask or a click on it somewhere:
     background clicks alone mark nothing to segment (where no mask is there to correct)."""
-    marked = {p.obj_id for p in prompts if p.box is not None or p.mask is not None or 1 in p.labels}
+    marked = {p.obj_id for p in prompts if not p.erases and (p.box is not None or p.mask is not None or 1 in p.labels)}
     unmarked = sorted({prompt.obj_id for prompt in prompts} - marked)
     if unmarked:
-        raise InputError(
-            f"object {unmarked[0]}: background clicks alone mark no object; add a box or a click on the object on some {frame}"
-        )
+        erased_only = all(p.erases for p in prompts if p.obj_id == unmarked[0])
+        what = "an erase takes an object off a slice, and it has nothing else" if erased_only else "background clicks alone mark no object"
+        raise InputError(f"object {unmarked[0]}: {what}; add a box or a click on the object on some {frame}")
     return prompts
 
 
@@ -154,6 +167,7 @@ def gather_prompts(volume: Volume, axis: SliceAxis, sources: PromptSources, name
             )
         slice_index, line = recist_line_from_marker(to_slices(marker, axis_index))
         prompts.append(Prompt(slice_index, 1, box=recist_to_box(line, height, width)))
+    prompts += erase_prompts(list(sources.erases), height, width, names)  # last: after what marks their objects
     if not prompts:
         raise InputError(f"{volume.source}: no prompt given ({names.all_sources})")
     for prompt in prompts:
