@@ -551,6 +551,11 @@ def test_a_presegment_stopped_mid_case_gives_its_claim_back(tmp_path: Path, draw
     process, where the rerun passed it over ("pre-segmented 0 case(s)") for the lease's 30 minutes."""
     scan = tmp_path / "disc.npz"
     write_disc_case(scan, draw_recist)
+    # 30 slices, not 3: the model then runs for seconds after the claim, so the stop lands mid-case
+    # even on a loaded machine (the claim seen by a slow poll could be of a case already done: exit 0).
+    with np.load(scan) as disc:
+        tall = {key: np.concatenate([disc[key]] + [np.zeros_like(disc[key]) if key == "recist" else disc[key]] * 9) for key in ("imgs", "recist")}
+        np.savez_compressed(scan, spacing=disc["spacing"], **tall)
     project = tmp_path / "project"
     assert run("init", project, "--label", "1=lesion").exit_code == 0
     assert run("import", project, scan).exit_code == 0
@@ -561,8 +566,8 @@ def test_a_presegment_stopped_mid_case_gives_its_claim_back(tmp_path: Path, draw
         assert process.poll() is None and time.monotonic() < deadline, "the case was never claimed"
         time.sleep(0.02)
     process.send_signal(stop)
-    process.communicate(timeout=120)
-    assert process.returncode != 0
+    out, err = process.communicate(timeout=120)
+    assert process.returncode != 0, (out, err)
     [case] = open_project(project).cases()
     assert (case.state, case.lease_owner, case.lease_expires) == ("new", None, None)
     rerun = run("presegment", project)

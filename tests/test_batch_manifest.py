@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medsam2.cli import batch as batch_cli
-from medsam2.cli.main import app, exit_on_terminate
+from medsam2.cli.main import app, stop_on_signal
 from medsam2.distributed import BatchSettings, read_manifest
 from medsam2.distributed.manifest import Case
 from medsam2.distributed.results import ResultsStore, fingerprints
@@ -445,7 +445,7 @@ def test_a_stop_signal_after_the_last_case_leaves_the_summary_whole(tmp_path: Pa
         summary(report, console)
 
     monkeypatch.setattr(batch_cli, "print_summary", signalled_summary)
-    previous = signal.signal(signal.SIGTERM, exit_on_terminate)  # as the medsam2 command sets it
+    previous = signal.signal(signal.SIGTERM, stop_on_signal)  # as the medsam2 command sets it
     try:
         result = runner.invoke(app, ["batch", str(manifest), "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"])
     finally:
