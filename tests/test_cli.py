@@ -6,8 +6,11 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
+import time
+import weakref
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medsam2.cli import models as command_models
-from medsam2.cli.main import app, with_plain_value_labels
+from medsam2.cli.main import app, stop_on_signal, with_plain_value_labels
 from medsam2.engine.prompts import box_from_mask
 from medsam2.io import Volume, load_image, save_mask
 from medsam2.io.masks import load_mask, stored_array
@@ -726,3 +729,40 @@ def test_eval_scores_a_result_against_a_ground_truth_npz_that_gives_only_spacing
     assert "1.0000" in result.stdout
     result = run("eval", tmp_path / "gt.npz", tmp_path / "pred.npz")
     assert result.exit_code == 0 and "1.0000" in result.stdout, result.output
+
+
+def test_a_stop_signal_handled_in_a_weakref_callback_comes_again_after_it() -> None:
+    """Python drops an exception raised in a weakref callback, and torch runs such callbacks as it
+    frees tensors between operations: Ctrl-C or SIGTERM handled in one was lost and the command ran
+    to its end. There the handler sends the signal again a moment later; elsewhere it stops at once."""
+    frames = []
+
+    class Key:
+        pass
+
+    def keep_weakref_frames(frame, event, _arg) -> None:
+        if event == "call" and frame.f_code.co_filename.endswith("weakref.py"):
+            frames.append(frame)
+
+    table = weakref.WeakKeyDictionary()
+    key = Key()
+    table[key] = 1
+    sys.setprofile(keep_weakref_frames)
+    del key  # WeakKeyDictionary's removal callback runs, in weakref.py
+    sys.setprofile(None)
+    assert frames and len(table) == 0
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        stop_on_signal(signal.SIGTERM, frames[0])  # inside the callback: no exception to be dropped
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(SystemExit) as stopped:
+        stop_on_signal(signal.SIGTERM, sys._getframe())
+    assert stopped.value.code == 128 + signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        stop_on_signal(signal.SIGINT, None)
